@@ -1,0 +1,13 @@
+DROP FUNCTION IF EXISTS parecer.activate_script(text, text, integer, boolean);
+DROP FUNCTION IF EXISTS parecer.resolve_script(text, text, integer);
+DROP FUNCTION IF EXISTS parecer._resolve_script(text, text, integer);
+DROP FUNCTION IF EXISTS parecer.list_scripts(text, text, boolean);
+DROP FUNCTION IF EXISTS parecer.create_script_version(text, text, text, text[], text, text, boolean);
+DROP FUNCTION IF EXISTS parecer._script_info(parecer.scripts);
+DROP FUNCTION IF EXISTS parecer._instructions(text, text, integer, text, text[], text);
+DROP FUNCTION IF EXISTS parecer._report_schema(text[]);
+DROP FUNCTION IF EXISTS parecer._labels(text);
+DROP FUNCTION IF EXISTS parecer._invalid(text, text);
+DROP FUNCTION IF EXISTS parecer._client(text);
+DROP TYPE IF EXISTS parecer.script_info;
+DROP TABLE IF EXISTS parecer.scripts;

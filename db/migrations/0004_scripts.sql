@@ -1,0 +1,405 @@
+-- 0004: analysis scripts, versioned per (client, script key), and the fixed
+-- parts of the prompt that derive from them (instructions, report schema).
+
+CREATE TABLE parecer.scripts (
+    script_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    client_id     text NOT NULL,
+    client_slug   text NOT NULL,
+    script_key    text NOT NULL,
+    version       integer NOT NULL CHECK (version > 0),
+    script_text   text NOT NULL,
+    topics        text[] NOT NULL,
+    language      text NOT NULL,
+    model         text,
+    -- Built once, at creation: byte-identical for every runner and every call
+    -- (prompt caching), and what prompt_for returns.
+    instructions  text NOT NULL,
+    -- json, not jsonb: key order is part of the schema (evidence before verdicts).
+    report_schema json NOT NULL,
+    is_active     boolean NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    created_by    text NOT NULL DEFAULT session_user,
+    activated_at  timestamptz,
+    UNIQUE (client_id, script_key, version)
+);
+CREATE INDEX scripts_active_idx ON parecer.scripts (client_id, script_key, version DESC) WHERE is_active;
+
+-- What the script functions return.
+CREATE TYPE parecer.script_info AS (
+    script_id     bigint,
+    client_slug   text,
+    script_key    text,
+    version       integer,
+    is_active     boolean,
+    language      text,
+    model         text,
+    topics        text[],
+    created_at    timestamptz,
+    created_by    text,
+    script_text   text
+);
+
+-- Resolve a client slug through parecer.source_clients; PR001 when unknown.
+CREATE FUNCTION parecer._client(p_slug text, OUT client_id text, OUT client_slug text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT c.client_id, c.slug INTO client_id, client_slug
+    FROM parecer.source_clients c
+    WHERE c.slug = p_slug
+    ORDER BY c.client_id
+    LIMIT 1;
+    IF NOT FOUND OR client_id IS NULL THEN
+        RAISE EXCEPTION 'unknown client "%"', COALESCE(left(p_slug, 100), '<null>')
+            USING ERRCODE = 'PR001',
+                  HINT = 'SELECT slug, name FROM parecer.source_clients lists the clients your adapter exposes.';
+    END IF;
+END
+$$;
+
+-- Raise PR010 (invalid argument) with a hint.
+CREATE FUNCTION parecer._invalid(p_message text, p_hint text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION '%', p_message USING ERRCODE = 'PR010', HINT = p_hint;
+END
+$$;
+
+-- Role labels and fixed phrases per script language.
+CREATE FUNCTION parecer._labels(p_language text)
+RETURNS TABLE (agent text, customer text, audio_missing text, audio_transcribed text, empty_message text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM (VALUES
+        ('pt-BR', 'ATENDENTE', 'CLIENTE', '[áudio: audio_present, conteúdo não disponível]', '[áudio transcrito]', '[mensagem sem texto]'),
+        ('en',    'AGENT',     'CUSTOMER', '[audio: audio_present, content unavailable]',    '[audio transcript]', '[message without text]'),
+        ('es',    'AGENTE',    'CLIENTE', '[audio: audio_present, contenido no disponible]', '[audio transcrito]', '[mensaje sin texto]')
+    ) l(language, agent, customer, audio_missing, audio_transcribed, empty_message)
+    WHERE l.language = p_language
+$$;
+
+-- The report schema for a topic list: strict-mode JSON Schema, key order significant.
+CREATE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH ev AS (
+    SELECT json_build_object(
+        'type', 'array',
+        'description', 'Messages that support the verdict: the exact message_id and a short excerpt copied verbatim from that message.',
+        'items', json_build_object(
+            'type', 'object',
+            'additionalProperties', false,
+            'required', json_build_array('message_id', 'excerpt'),
+            'properties', json_build_object(
+                'message_id', json_build_object('type', 'string'),
+                'excerpt', json_build_object('type', 'string', 'description', 'Verbatim, at most 200 characters.')))) AS e
+)
+SELECT json_build_object(
+    'type', 'object',
+    'additionalProperties', false,
+    'required', json_build_array('schema_version', 'summary', 'outcome', 'sentiment', 'topics',
+                                 'flags', 'insufficient_context', 'next_action'),
+    'properties', json_build_object(
+        'schema_version', json_build_object('type', 'string', 'enum', json_build_array('parecer.report.v1')),
+        'summary', json_build_object('type', 'string', 'description', 'Two to four sentences on what happened.'),
+        'outcome', json_build_object(
+            'type', 'object', 'additionalProperties', false,
+            'required', json_build_array('evidence', 'status'),
+            'properties', json_build_object(
+                'evidence', ev.e,
+                'status', json_build_object('type', 'string',
+                    'enum', json_build_array('resolved', 'unresolved', 'escalated', 'abandoned', 'unknown')))),
+        'sentiment', json_build_object(
+            'type', 'object', 'additionalProperties', false,
+            'required', json_build_array('evidence', 'start', 'end'),
+            'properties', json_build_object(
+                'evidence', ev.e,
+                'start', json_build_object('type', 'string', 'enum', json_build_array('positive', 'neutral', 'negative', 'unknown')),
+                'end', json_build_object('type', 'string', 'enum', json_build_array('positive', 'neutral', 'negative', 'unknown')))),
+        'topics', json_build_object(
+            'type', 'array',
+            'description', 'Exactly one entry per topic of the script, in the script''s order.',
+            'items', json_build_object(
+                'type', 'object', 'additionalProperties', false,
+                'required', json_build_array('topic', 'evidence', 'present', 'confidence'),
+                'properties', json_build_object(
+                    'topic', CASE WHEN cardinality(p_topics) > 0
+                                  THEN json_build_object('type', 'string', 'enum', to_json(p_topics))
+                                  ELSE json_build_object('type', 'string') END,
+                    'evidence', ev.e,
+                    'present', json_build_object('type', 'boolean'),
+                    'confidence', json_build_object('type', 'number', 'description', 'From 0 to 1.')))),
+        'flags', json_build_object(
+            'type', 'array',
+            'items', json_build_object(
+                'type', 'object', 'additionalProperties', false,
+                'required', json_build_array('evidence', 'flag'),
+                'properties', json_build_object(
+                    'evidence', ev.e,
+                    'flag', json_build_object('type', 'string', 'enum', json_build_array(
+                        'churn_risk', 'complaint', 'legal_threat', 'agent_error', 'slow_response',
+                        'sensitive_data', 'abusive_language', 'human_requested'))))),
+        'insufficient_context', json_build_object('type', 'boolean'),
+        'next_action', json_build_object('type', json_build_array('string', 'null'),
+            'description', 'The follow-up the operator should take, or null.')))
+FROM ev
+$$;
+
+-- The fixed instructions for a script version (the first, cacheable part of every prompt).
+CREATE FUNCTION parecer._instructions(p_client_slug text, p_script_key text, p_version integer,
+                                      p_script_text text, p_topics text[], p_language text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN p_language = 'en' THEN
+       'You are a customer-support quality analyst. Analyse the support conversation below following the operator''s script.' || E'\n\n'
+    || '## Analysis script (client ' || p_client_slug || ', script ' || p_script_key || ' v' || p_version || ')' || E'\n'
+    || p_script_text || E'\n\n'
+    || '## Topics to assess' || E'\n'
+    || COALESCE((SELECT string_agg('- ' || t, E'\n' ORDER BY o) FROM unnest(p_topics) WITH ORDINALITY u(t, o)), '(none)') || E'\n'
+    || 'For each topic say whether it is present, your confidence from 0 to 1, and the evidence.' || E'\n\n'
+    || '## How to read the transcript' || E'\n'
+    || '- One line per message: [msg <id>] <UTC time> <ROLE>: <content>. Lines starting with 4 spaces continue the previous message.' || E'\n'
+    || '- ' || l.agent || ' = sent by the company (fromMe=true); ' || l.customer || ' = sent by the customer (fromMe=false).' || E'\n'
+    || '- "' || l.audio_missing || '" is an audio message without transcription: you do not know what was said. Never invent its content and never cite it as evidence.' || E'\n'
+    || '- "' || l.audio_transcribed || '" precedes the transcription of an audio message.' || E'\n\n'
+    || '## Answer rules' || E'\n'
+    || '- Answer only with one JSON object in the given schema: no markdown, no text outside the JSON.' || E'\n'
+    || '- Every evidence item cites the exact message_id of a transcript message and a short excerpt (up to 200 characters) copied verbatim from that message''s content, without the bracketed marker.' || E'\n'
+    || '- Write evidence before verdicts. If the conversation does not say enough, set insufficient_context to true and use "unknown" where it applies.' || E'\n'
+    || '- Write summary and next_action in English.'
+  WHEN p_language = 'es' THEN
+       'Eres un analista de calidad de atención al cliente. Analiza la conversación de soporte siguiendo el guion del operador.' || E'\n\n'
+    || '## Guion de análisis (cliente ' || p_client_slug || ', guion ' || p_script_key || ' v' || p_version || ')' || E'\n'
+    || p_script_text || E'\n\n'
+    || '## Temas a evaluar' || E'\n'
+    || COALESCE((SELECT string_agg('- ' || t, E'\n' ORDER BY o) FROM unnest(p_topics) WITH ORDINALITY u(t, o)), '(ninguno)') || E'\n'
+    || 'Para cada tema indica si está presente, tu confianza de 0 a 1 y las evidencias.' || E'\n\n'
+    || '## Cómo leer la transcripción' || E'\n'
+    || '- Una línea por mensaje: [msg <id>] <hora UTC> <ROL>: <contenido>. Las líneas que empiezan con 4 espacios continúan el mensaje anterior.' || E'\n'
+    || '- ' || l.agent || ' = enviado por la empresa (fromMe=true); ' || l.customer || ' = enviado por el cliente (fromMe=false).' || E'\n'
+    || '- "' || l.audio_missing || '" es un audio sin transcripción: no sabes lo que se dijo. Nunca inventes su contenido ni lo cites como evidencia.' || E'\n'
+    || '- "' || l.audio_transcribed || '" precede la transcripción de un audio.' || E'\n\n'
+    || '## Reglas de la respuesta' || E'\n'
+    || '- Responde solo con un objeto JSON en el esquema dado: sin markdown, sin texto fuera del JSON.' || E'\n'
+    || '- Cada evidencia cita el message_id exacto de un mensaje de la transcripción y un fragmento corto (hasta 200 caracteres) copiado literalmente de ese mensaje, sin el marcador entre corchetes.' || E'\n'
+    || '- Escribe las evidencias antes de los veredictos. Si la conversación no dice lo suficiente, marca insufficient_context = true y usa "unknown" donde corresponda.' || E'\n'
+    || '- Escribe summary y next_action en español.'
+  ELSE
+       'Você é um analista de qualidade de atendimento. Analise a conversa de suporte abaixo seguindo o roteiro do operador.' || E'\n\n'
+    || '## Roteiro de análise (cliente ' || p_client_slug || ', roteiro ' || p_script_key || ' v' || p_version || ')' || E'\n'
+    || p_script_text || E'\n\n'
+    || '## Tópicos a avaliar' || E'\n'
+    || COALESCE((SELECT string_agg('- ' || t, E'\n' ORDER BY o) FROM unnest(p_topics) WITH ORDINALITY u(t, o)), '(nenhum)') || E'\n'
+    || 'Para cada tópico, diga se está presente, sua confiança de 0 a 1 e as evidências.' || E'\n\n'
+    || '## Como ler a transcrição' || E'\n'
+    || '- Uma linha por mensagem: [msg <id>] <hora UTC> <PAPEL>: <conteúdo>. Linhas que começam com 4 espaços continuam a mensagem anterior.' || E'\n'
+    || '- ' || l.agent || ' = enviada pela empresa (fromMe=true); ' || l.customer || ' = enviada pelo cliente (fromMe=false).' || E'\n'
+    || '- "' || l.audio_missing || '" é um áudio sem transcrição: você não sabe o que foi dito. Nunca invente o conteúdo e nunca o cite como evidência.' || E'\n'
+    || '- "' || l.audio_transcribed || '" precede a transcrição de um áudio.' || E'\n\n'
+    || '## Regras da resposta' || E'\n'
+    || '- Responda somente com um objeto JSON no esquema fornecido: sem markdown, sem texto fora do JSON.' || E'\n'
+    || '- Toda evidência cita o message_id exato de uma mensagem da transcrição e um trecho curto (até 200 caracteres) copiado literalmente do conteúdo dessa mensagem, sem o marcador entre colchetes.' || E'\n'
+    || '- Escreva as evidências antes dos veredictos. Se a conversa não tiver informação suficiente, marque insufficient_context = true e use "unknown" onde couber.' || E'\n'
+    || '- Escreva summary e next_action em português do Brasil.'
+  END
+FROM parecer._labels(p_language) l
+$$;
+
+-- A script_info row for a scripts row.
+CREATE FUNCTION parecer._script_info(s parecer.scripts) RETURNS parecer.script_info
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ROW(s.script_id, s.client_slug, s.script_key, s.version, s.is_active, s.language, s.model,
+               s.topics, s.created_at, s.created_by, s.script_text)::parecer.script_info
+$$;
+
+-- Create the next version of a client's script (optionally activating it).
+CREATE FUNCTION parecer.create_script_version(
+    client_slug   text,
+    script_key    text,
+    script_text   text,
+    topics        text[] DEFAULT '{}',
+    language      text DEFAULT 'pt-BR',
+    model         text DEFAULT NULL,
+    activate      boolean DEFAULT false
+) RETURNS parecer.script_info
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_client  record;
+    v_version integer;
+    v_topics  text[];
+    v_row     parecer.scripts;
+BEGIN
+    v_client := parecer._client(create_script_version.client_slug);
+
+    IF script_key IS NULL OR script_key !~ '^[a-z0-9][a-z0-9_.-]{0,63}$' THEN
+        RAISE EXCEPTION 'invalid script key "%"', COALESCE(left(script_key, 100), '<null>')
+            USING ERRCODE = 'PR013',
+                  HINT = 'A script key is 1-64 characters: lowercase letters, digits, "_", "." or "-", starting with a letter or digit.';
+    END IF;
+    IF script_text IS NULL OR btrim(script_text) = '' OR length(script_text) > 100000 THEN
+        RAISE EXCEPTION 'invalid script text'
+            USING ERRCODE = 'PR013', HINT = 'The script text must be non-empty and at most 100000 characters.';
+    END IF;
+    IF topics IS NULL THEN
+        topics := '{}';
+    END IF;
+    IF cardinality(topics) > 50 OR array_position(topics, NULL) IS NOT NULL
+       OR EXISTS (SELECT FROM unnest(topics) t WHERE btrim(t) = '' OR length(t) > 200)
+       OR (SELECT count(DISTINCT btrim(t)) FROM unnest(topics) t) <> cardinality(topics) THEN
+        RAISE EXCEPTION 'invalid topics'
+            USING ERRCODE = 'PR013',
+                  HINT = 'Topics: at most 50 distinct, non-empty texts of up to 200 characters.';
+    END IF;
+    SELECT array_agg(btrim(t) ORDER BY o) INTO v_topics FROM unnest(topics) WITH ORDINALITY u(t, o);
+    v_topics := COALESCE(v_topics, '{}');
+    IF language IS NULL OR NOT EXISTS (SELECT FROM parecer._labels(language)) THEN
+        RAISE EXCEPTION 'unsupported language "%"', COALESCE(left(language, 50), '<null>')
+            USING ERRCODE = 'PR013', HINT = 'Supported languages: pt-BR, en, es.';
+    END IF;
+    IF model IS NOT NULL AND model !~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$' THEN
+        RAISE EXCEPTION 'invalid model name "%"', left(model, 100)
+            USING ERRCODE = 'PR013', HINT = 'A model name such as gpt-4.1-mini, or NULL to use the runner''s default.';
+    END IF;
+
+    -- Serialise version numbering per (client, key).
+    PERFORM pg_advisory_xact_lock(hashtextextended('parecer.scripts:' || v_client.client_id || ':' || script_key, 0));
+    SELECT COALESCE(max(s.version), 0) + 1 INTO v_version
+    FROM parecer.scripts s
+    WHERE s.client_id = v_client.client_id AND s.script_key = create_script_version.script_key;
+
+    IF activate THEN
+        UPDATE parecer.scripts s SET is_active = false
+        WHERE s.client_id = v_client.client_id AND s.script_key = create_script_version.script_key AND s.is_active;
+    END IF;
+
+    INSERT INTO parecer.scripts (client_id, client_slug, script_key, version, script_text, topics, language,
+                                 model, instructions, report_schema, is_active, activated_at)
+    VALUES (v_client.client_id, v_client.client_slug, create_script_version.script_key, v_version,
+            create_script_version.script_text, v_topics, create_script_version.language,
+            create_script_version.model,
+            parecer._instructions(v_client.client_slug, create_script_version.script_key, v_version,
+                                  create_script_version.script_text, v_topics, create_script_version.language),
+            parecer._report_schema(v_topics), COALESCE(activate, false),
+            CASE WHEN activate THEN now() END)
+    RETURNING * INTO v_row;
+
+    RETURN parecer._script_info(v_row);
+END
+$$;
+COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text, text, boolean) IS
+'Create the next version (max + 1) of a client''s analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).';
+
+-- List a client's scripts.
+CREATE FUNCTION parecer.list_scripts(client_slug text, script_key text DEFAULT NULL, active_only boolean DEFAULT false)
+RETURNS SETOF parecer.script_info
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_client record;
+BEGIN
+    v_client := parecer._client(list_scripts.client_slug);
+    RETURN QUERY
+        SELECT (parecer._script_info(s)).*
+        FROM parecer.scripts s
+        WHERE s.client_id = v_client.client_id
+          AND (list_scripts.script_key IS NULL OR s.script_key = list_scripts.script_key)
+          AND (NOT COALESCE(active_only, false) OR s.is_active)
+        ORDER BY s.script_key, s.version DESC;
+END
+$$;
+COMMENT ON FUNCTION parecer.list_scripts(text, text, boolean) IS
+'List a client''s script versions (newest first per key), optionally one key and only active ones. Errors: PR001 unknown client.';
+
+-- The script version a run uses: the given version, or the highest active one.
+CREATE FUNCTION parecer._resolve_script(p_client_slug text, p_script_key text, p_version integer)
+RETURNS parecer.scripts
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_client record;
+    v_row    parecer.scripts;
+BEGIN
+    v_client := parecer._client(p_client_slug);
+    IF p_version IS NULL THEN
+        SELECT * INTO v_row FROM parecer.scripts s
+        WHERE s.client_id = v_client.client_id AND s.script_key = p_script_key AND s.is_active
+        ORDER BY s.version DESC LIMIT 1;
+        IF NOT FOUND THEN
+            IF EXISTS (SELECT FROM parecer.scripts s WHERE s.client_id = v_client.client_id AND s.script_key = p_script_key) THEN
+                RAISE EXCEPTION 'script "%" of client "%" has no active version', left(p_script_key, 100), v_client.client_slug
+                    USING ERRCODE = 'PR003',
+                          HINT = 'Activate one: SELECT * FROM parecer.activate_script(client_slug, script_key, version); or pass script_version.';
+            END IF;
+            RAISE EXCEPTION 'unknown script "%" for client "%"', COALESCE(left(p_script_key, 100), '<null>'), v_client.client_slug
+                USING ERRCODE = 'PR002',
+                      HINT = 'SELECT * FROM parecer.list_scripts(client_slug) lists the client''s scripts.';
+        END IF;
+    ELSE
+        SELECT * INTO v_row FROM parecer.scripts s
+        WHERE s.client_id = v_client.client_id AND s.script_key = p_script_key AND s.version = p_version;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'unknown script "%" version % for client "%"', COALESCE(left(p_script_key, 100), '<null>'), p_version, v_client.client_slug
+                USING ERRCODE = 'PR002',
+                      HINT = 'SELECT * FROM parecer.list_scripts(client_slug) lists the client''s scripts.';
+        END IF;
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+-- Resolve a script: the given version, or without one the highest active version.
+CREATE FUNCTION parecer.resolve_script(client_slug text, script_key text, script_version integer DEFAULT NULL)
+RETURNS parecer.script_info
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT parecer._script_info(parecer._resolve_script(client_slug, script_key, script_version))
+$$;
+COMMENT ON FUNCTION parecer.resolve_script(text, text, integer) IS
+'The script version a run would use: script_version if given, else the highest active version. Errors: PR001 unknown client, PR002 unknown script/version, PR003 no active version.';
+
+-- Activate a script version (by default the only active one of its key).
+CREATE FUNCTION parecer.activate_script(client_slug text, script_key text, script_version integer,
+                                        deactivate_others boolean DEFAULT true)
+RETURNS parecer.script_info
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row parecer.scripts;
+BEGIN
+    IF script_version IS NULL THEN
+        PERFORM parecer._invalid('script_version is required', 'Pass the version to activate; parecer.list_scripts(client_slug) shows them.');
+    END IF;
+    v_row := parecer._resolve_script(client_slug, script_key, script_version);
+    PERFORM pg_advisory_xact_lock(hashtextextended('parecer.scripts:' || v_row.client_id || ':' || v_row.script_key, 0));
+    IF COALESCE(deactivate_others, true) THEN
+        UPDATE parecer.scripts s SET is_active = false
+        WHERE s.client_id = v_row.client_id AND s.script_key = v_row.script_key
+          AND s.version <> v_row.version AND s.is_active;
+    END IF;
+    UPDATE parecer.scripts s SET is_active = true, activated_at = now()
+    WHERE s.script_id = v_row.script_id
+    RETURNING * INTO v_row;
+    RETURN parecer._script_info(v_row);
+END
+$$;
+COMMENT ON FUNCTION parecer.activate_script(text, text, integer, boolean) IS
+'Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.';

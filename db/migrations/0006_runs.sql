@@ -1,0 +1,181 @@
+-- 0006: runs (what an operator asked for, with a dry run), their summaries,
+-- and the queue at a glance.
+
+CREATE TYPE parecer.run_result AS (
+    run_id            bigint,
+    dry_run           boolean,
+    eligible          integer,
+    already_done      integer,
+    already_queued    integer,
+    would_enqueue     integer,
+    would_process_now integer,
+    enqueued          integer,
+    reset             integer
+);
+
+-- Select eligible sessions for a script and queue the newest ones (or, dry run, only count).
+CREATE FUNCTION parecer.start_run(
+    client_slug          text,
+    script_key           text,
+    script_version       integer DEFAULT NULL,
+    min_messages         integer DEFAULT 20,
+    tag_filter           jsonb DEFAULT '{"mode":"none"}',
+    analysis_version_tag text DEFAULT 'v1',
+    force_reprocess      boolean DEFAULT false,
+    dry_run              boolean DEFAULT false,
+    max_sessions         integer DEFAULT 100,
+    ended_after          timestamptz DEFAULT NULL,
+    ended_before         timestamptz DEFAULT NULL,
+    require_agent_reply  boolean DEFAULT false
+) RETURNS parecer.run_result
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_script   parecer.scripts;
+    v_cap      integer := parecer._setting_int('max_sessions_cap');
+    v_max      integer := parecer._setting_int('max_attempts');
+    v_force    boolean := COALESCE(force_reprocess, false);
+    v_res      parecer.run_result;
+    v_selected text[];
+    v_enq      record;
+BEGIN
+    v_script := parecer._resolve_script(start_run.client_slug, start_run.script_key, start_run.script_version);
+    IF max_sessions IS NULL OR max_sessions < 1 OR max_sessions > v_cap THEN
+        RAISE EXCEPTION 'max_sessions % is outside 1..%', COALESCE(max_sessions::text, 'NULL'), v_cap
+            USING ERRCODE = 'PR005',
+                  HINT = pg_catalog.format('Use at most %s sessions per run (setting max_sessions_cap; raise it with parecer.set_setting(''max_sessions_cap'', ''N'')) or start several runs.', v_cap);
+    END IF;
+    IF analysis_version_tag IS NULL OR analysis_version_tag !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$' THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid analysis_version_tag "%s"', COALESCE(left(analysis_version_tag, 50), 'NULL')),
+                                 'A tag is 1-32 characters: letters, digits, "_", "." or "-" (e.g. v1).');
+    END IF;
+
+    WITH e AS (
+        SELECT * FROM parecer.eligible_sessions(start_run.client_slug, start_run.min_messages, start_run.tag_filter,
+                                                start_run.ended_after, start_run.ended_before, start_run.require_agent_reply)
+    ), x AS (
+        SELECT e.session_id, e.ended_at, a.status, a.next_retry_at, a.retry_count
+        FROM e
+        LEFT JOIN parecer.analyses a
+               ON a.session_id = e.session_id AND a.script_id = v_script.script_id
+              AND a.analysis_version_tag = start_run.analysis_version_tag
+    ), sel AS (
+        SELECT * FROM x
+        WHERE v_force OR x.status IS DISTINCT FROM 'done'
+        ORDER BY x.ended_at DESC, x.session_id
+        LIMIT start_run.max_sessions
+    )
+    SELECT (SELECT count(*) FROM x),
+           (SELECT count(*) FROM x WHERE x.status = 'done'),
+           (SELECT count(*) FROM x WHERE x.status IN ('pending', 'processing')
+                                      OR (x.status = 'failed' AND x.next_retry_at IS NOT NULL)),
+           (SELECT count(*) FROM sel),
+           (SELECT count(*) FROM sel
+             WHERE v_force OR sel.status IS NULL
+                OR (sel.status = 'pending' AND (sel.next_retry_at IS NULL OR sel.next_retry_at <= now()))
+                OR (sel.status = 'failed' AND sel.next_retry_at <= now() AND sel.retry_count < v_max)),
+           (SELECT array_agg(sel.session_id) FROM sel)
+    INTO v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue,
+         v_res.would_process_now, v_selected;
+
+    v_res.dry_run := COALESCE(dry_run, false);
+    v_res.enqueued := 0;
+    v_res.reset := 0;
+    IF v_res.dry_run THEN
+        RETURN v_res;   -- writes nothing
+    END IF;
+
+    INSERT INTO parecer.runs (client_id, client_slug, script_id, analysis_version_tag, params,
+                              eligible, already_done, already_queued, selected)
+    VALUES (v_script.client_id, v_script.client_slug, v_script.script_id, start_run.analysis_version_tag,
+            jsonb_build_object('script_key', v_script.script_key, 'script_version', v_script.version,
+                               'min_messages', start_run.min_messages, 'tag_filter', start_run.tag_filter,
+                               'force_reprocess', v_force, 'max_sessions', start_run.max_sessions,
+                               'ended_after', start_run.ended_after, 'ended_before', start_run.ended_before,
+                               'require_agent_reply', COALESCE(start_run.require_agent_reply, false)),
+            v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue)
+    RETURNING runs.run_id INTO v_res.run_id;
+
+    SELECT * INTO v_enq
+    FROM parecer.enqueue(COALESCE(v_selected, '{}'), v_script.script_id, start_run.analysis_version_tag,
+                         v_force, v_res.run_id);
+    v_res.enqueued := v_enq.enqueued;
+    v_res.reset := v_enq.reset;
+    UPDATE parecer.runs r SET enqueued = v_res.enqueued, reset = v_res.reset WHERE r.run_id = v_res.run_id;
+    RETURN v_res;
+END
+$$;
+COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean) IS
+'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done (all with force_reprocess). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
+
+-- How a run is going.
+CREATE FUNCTION parecer.run_summary(run_id bigint)
+RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
+               done_sample text[], failed_sample text[], total integer)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_run bigint := run_summary.run_id;
+BEGIN
+    IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = v_run) THEN
+        RAISE EXCEPTION 'unknown run %', COALESCE(v_run::text, 'NULL')
+            USING ERRCODE = 'PR012', HINT = 'SELECT run_id, client_slug, created_at FROM parecer.runs_overview lists the runs.';
+    END IF;
+    RETURN QUERY
+    WITH items AS (
+        SELECT a.* FROM parecer.run_items ri JOIN parecer.analyses a ON a.analysis_id = ri.analysis_id
+        WHERE ri.run_id = v_run
+    )
+    SELECT v_run,
+           (count(*) FILTER (WHERE i.status = 'done'))::integer,
+           (count(*) FILTER (WHERE i.status = 'failed' AND i.next_retry_at IS NULL))::integer,
+           (count(*) FILTER (WHERE i.status = 'failed' AND i.next_retry_at IS NOT NULL))::integer,
+           (count(*) FILTER (WHERE i.status IN ('pending', 'processing')
+                                OR (i.status = 'failed' AND i.next_retry_at IS NOT NULL)))::integer,
+           COALESCE((SELECT array_agg(d.session_id) FROM (SELECT i2.session_id FROM items i2 WHERE i2.status = 'done'
+                      ORDER BY i2.processed_at DESC, i2.session_id LIMIT 20) d), '{}'),
+           COALESCE((SELECT array_agg(f.session_id) FROM (SELECT i3.session_id FROM items i3
+                      WHERE i3.status = 'failed' AND i3.next_retry_at IS NULL
+                      ORDER BY i3.updated_at DESC, i3.session_id LIMIT 20) f), '{}'),
+           count(*)::integer
+    FROM items i;
+END
+$$;
+COMMENT ON FUNCTION parecer.run_summary(bigint) IS
+'Progress of a run: processed (done), failed (terminal), retrying (failed with a retry scheduled), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
+
+-- Runs with their progress.
+CREATE VIEW parecer.runs_overview AS
+SELECT r.run_id, r.client_slug, s.script_key, s.version AS script_version, r.analysis_version_tag,
+       r.created_at, r.created_by, r.eligible, r.selected, r.enqueued, r.reset,
+       count(a.analysis_id) FILTER (WHERE a.status = 'done') AS done,
+       count(a.analysis_id) FILTER (WHERE a.status = 'failed' AND a.next_retry_at IS NULL) AS failed,
+       count(a.analysis_id) FILTER (WHERE a.status IN ('pending', 'processing')
+                                       OR (a.status = 'failed' AND a.next_retry_at IS NOT NULL)) AS remaining,
+       r.params
+FROM parecer.runs r
+JOIN parecer.scripts s ON s.script_id = r.script_id
+LEFT JOIN parecer.run_items ri ON ri.run_id = r.run_id
+LEFT JOIN parecer.analyses a ON a.analysis_id = ri.analysis_id
+GROUP BY r.run_id, s.script_key, s.version;
+COMMENT ON VIEW parecer.runs_overview IS 'Every run with what it selected and how far it got.';
+
+-- The queue by client x script x state.
+CREATE VIEW parecer.queue_status AS
+SELECT a.client_slug, s.script_key, s.version AS script_version, a.analysis_version_tag,
+       count(*) FILTER (WHERE a.status = 'pending') AS pending,
+       count(*) FILTER (WHERE a.status = 'processing') AS processing,
+       count(*) FILTER (WHERE a.status = 'done') AS done,
+       count(*) FILTER (WHERE a.status = 'failed' AND a.next_retry_at IS NOT NULL) AS retrying,
+       count(*) FILTER (WHERE a.status = 'failed' AND a.next_retry_at IS NULL) AS failed,
+       min(a.created_at) FILTER (WHERE a.status = 'pending') AS oldest_pending_at,
+       count(*) FILTER (WHERE a.status = 'done' AND a.processed_at > now() - interval '1 hour') AS done_last_hour
+FROM parecer.analyses a
+JOIN parecer.scripts s ON s.script_id = a.script_id
+GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
+COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending, processing, done, retrying, failed (terminal), oldest pending, done in the last hour.';

@@ -1,0 +1,11 @@
+DROP VIEW IF EXISTS parecer.attempts;
+DROP VIEW IF EXISTS parecer.reports;
+DROP FUNCTION IF EXISTS parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb);
+DROP FUNCTION IF EXISTS parecer._check_report(jsonb, text[], text);
+DROP FUNCTION IF EXISTS parecer._check_evidence(jsonb, text);
+DROP FUNCTION IF EXISTS parecer._check_keys(jsonb, text[], text);
+DROP FUNCTION IF EXISTS parecer._bad_report(text);
+DROP FUNCTION IF EXISTS parecer._norm(text);
+DROP FUNCTION IF EXISTS parecer.prompt_for(uuid);
+DROP FUNCTION IF EXISTS parecer._transcript_text(text, text);
+DROP FUNCTION IF EXISTS parecer.session_transcript(text);

@@ -1,0 +1,105 @@
+"""Database plumbing: URLs, connections, migrations (yoyo) and adapters."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from . import paths
+
+ENV_URL = "PARECER_DATABASE_URL"
+
+
+def database_url(explicit: str | None = None) -> str | None:
+    """The database URL: explicit, else $PARECER_DATABASE_URL, else None."""
+    return explicit or os.environ.get(ENV_URL) or None
+
+
+def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
+    """A connection returning rows as dicts (map by column name, never by position)."""
+    return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row,
+                           application_name=kwargs.pop("application_name", "parecer"), **kwargs)
+
+
+def yoyo_uri(url: str) -> str:
+    """Turn a libpq URL or conninfo into yoyo's ``postgresql+psycopg://`` URI."""
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    dbname = quote(params.pop("dbname", ""), safe="")
+    host = params.pop("host", "")
+    port = params.pop("port", None)
+    auth = user + (":" + quote(password, safe="") if password else "")
+    netloc = ""
+    if host and not host.startswith("/"):
+        netloc = host + (f":{port}" if port else "")
+    else:
+        if host:
+            params["host"] = host
+        if port:
+            params["port"] = port
+    query = ("?" + urlencode(params)) if params else ""
+    return f"postgresql+psycopg://{auth}{'@' if auth else ''}{netloc}/{dbname}{query}"
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    id: str
+    applied: bool
+
+
+def _backend_and_migrations(url: str) -> tuple[Any, Any]:
+    from yoyo import get_backend, read_migrations
+
+    return get_backend(yoyo_uri(url)), read_migrations(str(paths.migrations_dir()))
+
+
+def migrate(url: str) -> list[str]:
+    """Apply pending migrations; returns the ids applied (empty: already up to date)."""
+    backend, migrations = _backend_and_migrations(url)
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def rollback(url: str, *, count: int | None = None) -> list[str]:
+    """Roll back the last ``count`` applied migrations (all when None)."""
+    backend, migrations = _backend_and_migrations(url)
+    with backend.lock():
+        todo = backend.to_rollback(migrations)
+        if count is not None:
+            todo = todo[:count]
+        backend.rollback_migrations(todo)
+    return [m.id for m in todo]
+
+
+def status(url: str) -> list[MigrationState]:
+    """Every bundled migration and whether it is applied."""
+    backend, migrations = _backend_and_migrations(url)
+    applied = backend.get_applied_migration_hashes()
+    return [MigrationState(m.id, m.hash in applied) for m in migrations]
+
+
+def install_sql(url: str, path: Path) -> None:
+    """Run a SQL file (an adapter, the reference schema) in one transaction."""
+    sql = path.read_text(encoding="utf-8")
+    with psycopg.connect(url, autocommit=False) as conn:
+        conn.execute(sql.encode("utf-8"))  # bytes: no client-side placeholders
+
+
+def install_adapter(url: str, name_or_path: str) -> Path:
+    """Install a bundled adapter by name (``reference``, ``prisma``...) or a file path."""
+    bundled = paths.adapters()
+    path = bundled.get(name_or_path) or Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter {name_or_path!r}; bundled: {', '.join(bundled)}")
+    install_sql(url, path)
+    return path

@@ -1,0 +1,58 @@
+"""parecer's SQLSTATEs: the documented error interface of the SQL API.
+
+Python branches on ``exc.diag.sqlstate``, never on message text.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+UNKNOWN_CLIENT = "PR001"
+UNKNOWN_SCRIPT = "PR002"
+NO_ACTIVE_SCRIPT = "PR003"
+BAD_TAG_FILTER = "PR004"
+CAP_EXCEEDED = "PR005"
+STALE_LEASE = "PR006"
+INVALID_REPORT = "PR007"
+UNGROUNDED_REPORT = "PR008"
+BAD_SETTING = "PR009"
+INVALID_ARGUMENT = "PR010"
+UNKNOWN_ANALYSIS = "PR011"
+UNKNOWN_RUN = "PR012"
+INVALID_SCRIPT = "PR013"
+UNKNOWN_SESSION = "PR014"
+
+#: Every code the SQL API raises on purpose, with its meaning (docs/sql-api.md mirrors this).
+CODES: dict[str, str] = {
+    UNKNOWN_CLIENT: "unknown client slug",
+    UNKNOWN_SCRIPT: "unknown script, version or script_id",
+    NO_ACTIVE_SCRIPT: "script has no active version",
+    BAD_TAG_FILTER: "invalid tag filter",
+    CAP_EXCEEDED: "max_sessions outside 1..max_sessions_cap",
+    STALE_LEASE: "wrong or expired lease token",
+    INVALID_REPORT: "report does not follow the report schema",
+    UNGROUNDED_REPORT: "report evidence not found in the session's messages",
+    BAD_SETTING: "unknown setting or invalid value",
+    INVALID_ARGUMENT: "invalid argument",
+    UNKNOWN_ANALYSIS: "unknown analysis id",
+    UNKNOWN_RUN: "unknown run",
+    INVALID_SCRIPT: "invalid script (key, text, topics, language or model)",
+    UNKNOWN_SESSION: "unknown session",
+}
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, if any."""
+    if isinstance(exc, psycopg.Error) and exc.diag is not None:
+        return exc.diag.sqlstate
+    return None
+
+
+def describe(exc: psycopg.Error) -> str:
+    """One line for a user: message, SQLSTATE and hint."""
+    diag = exc.diag
+    msg = (diag.message_primary or str(exc)).strip()
+    line = f"{msg} [{diag.sqlstate}]" if diag.sqlstate else msg
+    if diag.message_hint:
+        line += f" — hint: {diag.message_hint}"
+    return line
