@@ -74,7 +74,7 @@ RETURNS TABLE (agent text, customer text, audio_missing text, audio_transcribed 
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM (VALUES
+    SELECT l.agent, l.customer, l.audio_missing, l.audio_transcribed, l.empty_message FROM (VALUES
         ('pt-BR', 'ATENDENTE', 'CLIENTE', '[áudio: audio_present, conteúdo não disponível]', '[áudio transcrito]', '[mensagem sem texto]'),
         ('en',    'AGENT',     'CUSTOMER', '[audio: audio_present, content unavailable]',    '[audio transcript]', '[message without text]'),
         ('es',    'AGENTE',    'CLIENTE', '[audio: audio_present, contenido no disponible]', '[audio transcrito]', '[mensaje sin texto]')

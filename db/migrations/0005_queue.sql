@@ -45,7 +45,7 @@ CREATE TABLE parecer.analyses (
     updated_at           timestamptz NOT NULL DEFAULT now(),
     started_at           timestamptz,
     processed_at         timestamptz,
-    UNIQUE (session_id, script_id, analysis_version_tag),
+    CONSTRAINT analyses_item_key UNIQUE (session_id, script_id, analysis_version_tag),
     -- A lease exists exactly while an item is processing.
     CHECK ((status = 'processing') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)),
     CHECK (status <> 'done' OR (report IS NOT NULL AND next_retry_at IS NULL)),
@@ -235,7 +235,7 @@ BEGIN
         SELECT v_script.client_id, v_script.client_slug, src.session_id, v_script.script_id,
                enqueue.analysis_version_tag, src.ended_at
         FROM src
-        ON CONFLICT (session_id, script_id, analysis_version_tag) DO UPDATE
+        ON CONFLICT ON CONSTRAINT analyses_item_key DO UPDATE
             SET status = 'pending', report = NULL, error = NULL, retry_count = 0, next_retry_at = NULL,
                 processed_at = NULL, started_at = NULL, worker = NULL, lease_token = NULL,
                 lease_expires_at = NULL, model = NULL, prompt_hash = NULL, usage = NULL,
@@ -310,13 +310,9 @@ BEGIN
 END
 $$;
 
--- Claim up to max_items items for a worker, with a lease.
-CREATE FUNCTION parecer.claim(
-    worker        text,
-    max_items     integer DEFAULT 1,
-    lease_seconds integer DEFAULT NULL,
-    client_slug   text DEFAULT NULL
-) RETURNS TABLE (
+-- The claim itself (see parecer.claim).
+CREATE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text)
+RETURNS TABLE (
     analysis_id      uuid,
     lease_token      uuid,
     attempt          integer,
@@ -330,15 +326,14 @@ CREATE FUNCTION parecer.claim(
     retry_count      integer
 )
 LANGUAGE plpgsql
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_worker text := claim.worker;
-    v_client text := claim.client_slug;
-    v_limit  integer := claim.max_items;
-    v_lease  integer := COALESCE(claim.lease_seconds, parecer._setting_int('lease_seconds'));
+    v_worker text := p_worker;
+    v_client text := p_client_slug;
+    v_limit  integer := p_max_items;
+    v_lease  integer := COALESCE(p_lease_seconds, parecer._setting_int('lease_seconds'));
     v_max    integer := parecer._setting_int('max_attempts');
 BEGIN
     IF v_worker IS NULL OR btrim(v_worker) = '' OR length(v_worker) > 200 THEN
@@ -386,6 +381,29 @@ BEGIN
     ORDER BY u.session_ended_at DESC NULLS LAST, u.created_at DESC;
 END
 $$;
+-- Claim up to max_items items for a worker, with a lease.
+CREATE FUNCTION parecer.claim(
+    worker        text,
+    max_items     integer DEFAULT 1,
+    lease_seconds integer DEFAULT NULL,
+    client_slug   text DEFAULT NULL
+) RETURNS TABLE (
+    analysis_id      uuid,
+    lease_token      uuid,
+    attempt          integer,
+    client_slug      text,
+    session_id       text,
+    script_id        bigint,
+    script_key       text,
+    script_version   integer,
+    model            text,
+    lease_expires_at timestamptz,
+    retry_count      integer
+)
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM parecer._claim($1, $2, $3, $4) $$;
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text) IS
 'Claim up to max_items claimable items (pending, or failed with a retry due), newest-ended session first, with a lease of lease_seconds (default: setting lease_seconds). Items whose lease expired are recovered first, as a failed attempt. Errors: PR010.';
 

@@ -110,17 +110,16 @@ $$;
 COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean) IS
 'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done (all with force_reprocess). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
 
--- How a run is going.
-CREATE FUNCTION parecer.run_summary(run_id bigint)
+-- The summary itself (see parecer.run_summary).
+CREATE FUNCTION parecer._run_summary(p_run_id bigint)
 RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
                done_sample text[], failed_sample text[], total integer)
 LANGUAGE plpgsql STABLE
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_run bigint := run_summary.run_id;
+    v_run bigint := p_run_id;
 BEGIN
     IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = v_run) THEN
         RAISE EXCEPTION 'unknown run %', COALESCE(v_run::text, 'NULL')
@@ -146,6 +145,14 @@ BEGIN
     FROM items i;
 END
 $$;
+-- How a run is going.
+CREATE FUNCTION parecer.run_summary(run_id bigint)
+RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
+               done_sample text[], failed_sample text[], total integer)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM parecer._run_summary($1) $$;
 COMMENT ON FUNCTION parecer.run_summary(bigint) IS
 'Progress of a run: processed (done), failed (terminal), retrying (failed with a retry scheduled), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
 

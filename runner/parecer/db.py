@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +63,18 @@ def _backend_and_migrations(url: str) -> tuple[Any, Any]:
     return get_backend(yoyo_uri(url)), read_migrations(str(paths.migrations_dir()))
 
 
+@contextmanager
+def _yoyo(url: str) -> Iterator[tuple[Any, Any]]:
+    backend, migrations = _backend_and_migrations(url)
+    try:
+        yield backend, migrations
+    finally:
+        backend.connection.close()
+
+
 def migrate(url: str) -> list[str]:
     """Apply pending migrations; returns the ids applied (empty: already up to date)."""
-    backend, migrations = _backend_and_migrations(url)
-    with backend.lock():
+    with _yoyo(url) as (backend, migrations), backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     return [m.id for m in pending]
@@ -72,8 +82,7 @@ def migrate(url: str) -> list[str]:
 
 def rollback(url: str, *, count: int | None = None) -> list[str]:
     """Roll back the last ``count`` applied migrations (all when None)."""
-    backend, migrations = _backend_and_migrations(url)
-    with backend.lock():
+    with _yoyo(url) as (backend, migrations), backend.lock():
         todo = backend.to_rollback(migrations)
         if count is not None:
             todo = todo[:count]
@@ -83,9 +92,9 @@ def rollback(url: str, *, count: int | None = None) -> list[str]:
 
 def status(url: str) -> list[MigrationState]:
     """Every bundled migration and whether it is applied."""
-    backend, migrations = _backend_and_migrations(url)
-    applied = backend.get_applied_migration_hashes()
-    return [MigrationState(m.id, m.hash in applied) for m in migrations]
+    with _yoyo(url) as (backend, migrations):
+        applied = backend.get_applied_migration_hashes()
+        return [MigrationState(m.id, m.hash in applied) for m in migrations]
 
 
 def install_sql(url: str, path: Path) -> None:

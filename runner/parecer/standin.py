@@ -35,7 +35,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs 3.11
 
 __all__ = [
     "FAULT_HEADER",
@@ -333,7 +336,8 @@ def build_report(transcript: str, schema: dict[str, Any] | None) -> dict[str, An
     # Sentiment: the customer's first and last messages.
     first = customer[0] if customer else (quotable[0] if quotable else None)
     last = customer[-1] if customer else (quotable[-1] if quotable else None)
-    sentiment_ev = [_evidence(m) for m in dict.fromkeys(x for x in (first, last) if x)]
+    cited = [m for m in (first, last) if m is not None]
+    sentiment_ev = [_evidence(m) for i, m in enumerate(cited) if m.id not in {c.id for c in cited[:i]}]
 
     present = [t["topic"] for t in topics if t["present"]]
     summary = (
@@ -645,6 +649,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "parecer-standin/1"
     sys_version = ""
     timeout = 120  # idle keep-alive connections are closed after this
+    disable_nagle_algorithm = True  # headers and body go out as separate small writes
 
     @property
     def state(self) -> _State:
@@ -741,6 +746,11 @@ class _Handler(BaseHTTPRequestHandler):
                 elif self._fault is None and status in (400, 413):
                     state.count("invalid_requests")
                 self._json(status, err.body, self._headers(started, request_id, err.headers))
+            except Exception as exc:  # a stand-in bug: answer like the API would, no traceback
+                status, self._fault = 500, f"internal:{type(exc).__name__}"
+                self._json(500, _ApiError(500, "The server had an error while processing your "
+                                          "request. Sorry about that!", "server_error").body,
+                           self._headers(started, request_id, {}))
         finally:
             with state.lock:
                 state.in_flight -= 1
@@ -811,7 +821,7 @@ class _Handler(BaseHTTPRequestHandler):
         schema = fmt.get("schema") if isinstance(fmt, dict) else None
         output = json.dumps(build_report(transcript, schema if isinstance(schema, dict) else None),
                             ensure_ascii=False, separators=(",", ":"))
-        input_tokens = _tokens(str(instructions) + transcript)
+        input_tokens = _tokens(instructions + transcript)
 
         # Rate limits, charged with the whole request's tokens.
         with state.lock:
@@ -1011,9 +1021,6 @@ def _response_body(req: dict[str, Any], output: str, fault: str | None, input_to
 # -------------------------------------------------------------------------- public API
 
 
-_S = TypeVar("_S", bound="Standin")
-
-
 class Standin:
     """The stand-in server, run on a background thread.
 
@@ -1027,7 +1034,7 @@ class Standin:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self: _S) -> _S:
+    def start(self) -> Self:
         if self._server is not None:
             return self
         server = _Server((self.config.host, self.config.port), _Handler)
@@ -1077,7 +1084,7 @@ class Standin:
         """Zero the counters and the rate-limit windows (the prompt cache stays)."""
         self._state.reset()
 
-    def __enter__(self: _S) -> _S:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -1,0 +1,245 @@
+"""The work item's life: enqueue, claim, lease, done, failed with backoff, release."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from parecer import db
+from parecer import errors as E
+
+from .factories import make_script, make_session, report_for
+
+
+def queue(conn: psycopg.Connection[Any], n: int = 3, **kw: Any) -> tuple[dict[str, Any], list[Any]]:
+    script = make_script(conn)
+    sessions = [make_session(conn, **kw) for _ in range(n)]
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id for s in sessions], script["script_id"]))
+    return script, sessions
+
+
+def claim(conn: psycopg.Connection[Any], worker: str = "w1", n: int = 1, **kw: Any) -> list[dict[str, Any]]:
+    args = ", ".join(f"{k} => %({k})s" for k in kw)
+    sql = f"SELECT * FROM parecer.claim(worker => %(worker)s, max_items => %(n)s{', ' + args if args else ''})"
+    return conn.execute(sql, {"worker": worker, "n": n, **kw}).fetchall()
+
+
+def state(conn: psycopg.Connection[Any], analysis_id: Any) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM parecer.analyses WHERE analysis_id = %s", (analysis_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def test_enqueue_counts_and_force_reprocess_resets_done(conn: psycopg.Connection[Any]) -> None:
+    script, sessions = queue(conn, 3)
+    ids = [s.session_id for s in sessions]
+    again = conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"])).fetchone()
+    assert again == {"enqueued": 0, "reset": 0, "skipped": 3}
+
+    [item] = claim(conn)
+    conn.execute("SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+                 (item["analysis_id"], item["lease_token"],
+                  json.dumps(report_for(next(s for s in sessions if s.session_id == item["session_id"]))), "a" * 64))
+    assert state(conn, item["analysis_id"])["status"] == "done"
+
+    forced = conn.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+                          (ids, script["script_id"])).fetchone()
+    assert forced == {"enqueued": 0, "reset": 3, "skipped": 0}
+    row = state(conn, item["analysis_id"])
+    assert row["status"] == "pending"
+    assert (row["report"], row["error"], row["retry_count"], row["next_retry_at"], row["processed_at"],
+            row["started_at"]) == (None, None, 0, None, None, None)
+
+
+def test_enqueue_notifies_once_per_call(db_url: str) -> None:
+    with db.connect(db_url) as listener, db.connect(db_url) as c:
+        listener.execute("LISTEN parecer_work")
+        script = make_script(c)
+        ids = [make_session(c).session_id for _ in range(5)]
+        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"]))
+        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"]))  # nothing new: no notify
+        got = list(listener.notifies(timeout=1.0, stop_after=5))
+    assert len(got) == 1
+    assert json.loads(got[0].payload) == {"client": "acme", "n": 5}
+
+
+def test_claim_order_newest_ended_first(conn: psycopg.Connection[Any]) -> None:
+    script, sessions = queue(conn, 4)
+    got = [r["session_id"] for r in claim(conn, n=10)]
+    expected = [s.session_id for s in sorted(sessions, key=lambda s: s.ended_at, reverse=True)]
+    assert got == expected
+
+
+def test_concurrent_claims_get_disjoint_items(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        queue(c, 40)
+    results: list[list[str]] = []
+    barrier = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        got: list[str] = []
+        with db.connect(db_url) as wc:
+            barrier.wait()
+            while True:
+                rows = claim(wc, f"w{i}", 3)
+                if not rows:
+                    break
+                got += [str(r["analysis_id"]) for r in rows]
+        results.append(got)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [x for r in results for x in r]
+    assert len(flat) == 40 and len(set(flat)) == 40
+
+
+def test_skip_locked_while_another_transaction_holds_a_claim(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        queue(c, 2)
+    with db.connect(db_url, autocommit=False) as a, db.connect(db_url) as b:
+        first = claim(a)           # transaction still open: row locked
+        second = claim(b)          # must not block, must not get the same item
+        assert first and second and first[0]["analysis_id"] != second[0]["analysis_id"]
+        assert claim(b) == []
+        a.rollback()
+        assert len(claim(b)) == 1  # the rolled-back claim is free again
+
+
+def test_backoff_exact_values_then_terminal(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 1)
+    conn.autocommit = False
+    expected = [timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15)]
+    for n in range(1, 5):
+        # now() is fixed inside one transaction; move the retry into the past to claim again
+        conn.execute("UPDATE parecer.analyses SET next_retry_at = now() WHERE status = 'failed'")
+        [item] = claim(conn)
+        assert item["attempt"] == n
+        out = conn.execute("SELECT * FROM parecer.mark_failed(%s, %s, 'boom')",
+                           (item["analysis_id"], item["lease_token"])).fetchone()
+        now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
+        assert out is not None
+        if n < 4:
+            assert out == {"status": "failed", "retry_count": n, "next_retry_at": now + expected[n - 1]}
+        else:
+            assert out == {"status": "failed", "retry_count": 4, "next_retry_at": None}
+    conn.execute("UPDATE parecer.analyses SET updated_at = now()")
+    assert claim(conn) == []  # terminal
+    conn.rollback()
+
+
+def test_not_retryable_goes_terminal_at_once(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 1)
+    [item] = claim(conn)
+    out = conn.execute("SELECT * FROM parecer.mark_failed(%s, %s, 'context length exceeded', retryable => false)",
+                       (item["analysis_id"], item["lease_token"])).fetchone()
+    assert out == {"status": "failed", "retry_count": 1, "next_retry_at": None}
+    conn.execute("UPDATE parecer.analyses SET updated_at = now() - interval '1 day'")
+    assert claim(conn) == []
+
+
+def test_failed_item_waits_for_backoff(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 1)
+    [item] = claim(conn)
+    conn.execute("SELECT parecer.mark_failed(%s, %s, 'x')", (item["analysis_id"], item["lease_token"]))
+    assert claim(conn) == []
+    conn.execute("UPDATE parecer.analyses SET next_retry_at = now() - interval '1 second'")
+    [again] = claim(conn)
+    assert again["analysis_id"] == item["analysis_id"] and again["retry_count"] == 1
+
+
+def test_release_spends_no_attempt(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 1)
+    [item] = claim(conn)
+    out = conn.execute("SELECT * FROM parecer.release(%s, %s, reason => 'shutdown')",
+                       (item["analysis_id"], item["lease_token"])).fetchone()
+    assert out == {"status": "pending", "retry_count": 0, "next_retry_at": None}
+    [again] = claim(conn)
+    assert again["attempt"] == 2 and again["retry_count"] == 0
+    out = conn.execute("SELECT * FROM parecer.release(%s, %s, delay_seconds => 30)",
+                       (again["analysis_id"], again["lease_token"])).fetchone()
+    assert out is not None and out["status"] == "pending" and out["next_retry_at"] is not None
+    assert claim(conn) == []  # delayed
+    outcomes = conn.execute("SELECT outcome, error FROM parecer.attempts ORDER BY attempt").fetchall()
+    assert outcomes == [{"outcome": "released", "error": "shutdown"}, {"outcome": "released", "error": "released"}]
+
+
+def test_stale_runner_cannot_overwrite_newer_result(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        _, sessions = queue(c, 1)
+        [old] = claim(c, "slow", lease_seconds=5)
+        # the slow runner's lease runs out; another runner takes the item over
+        c.execute("UPDATE parecer.analyses SET lease_expires_at = now() - interval '1 second'")
+        assert claim(c, "fast") == []  # recovers the expired item: a failed attempt, with backoff
+        assert state(c, old["analysis_id"])["status"] == "failed"
+        c.execute("UPDATE parecer.analyses SET next_retry_at = now() - interval '1 second'")
+        [new] = claim(c, "fast")
+        assert new["analysis_id"] == old["analysis_id"] and new["lease_token"] != old["lease_token"]
+        report = json.dumps(report_for(sessions[0]))
+        with pytest.raises(psycopg.Error) as exc:
+            c.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+                      (old["analysis_id"], old["lease_token"], report, "b" * 64))
+        assert E.sqlstate(exc.value) == E.STALE_LEASE
+        c.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+                  (new["analysis_id"], new["lease_token"], report, "c" * 64))
+        row = state(c, new["analysis_id"])
+        assert row["prompt_hash"] == "c" * 64 and row["retry_count"] == 1
+        att = c.execute("SELECT attempt, worker, outcome FROM parecer.attempts ORDER BY attempt").fetchall()
+        assert att == [{"attempt": 1, "worker": "slow", "outcome": "expired"},
+                       {"attempt": 2, "worker": "fast", "outcome": "done"}]
+
+
+def test_expired_lease_is_rejected_even_before_reclaim(conn: psycopg.Connection[Any]) -> None:
+    _, sessions = queue(conn, 1)
+    [item] = claim(conn)
+    conn.execute("UPDATE parecer.analyses SET lease_expires_at = now() - interval '1 second'")
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute("SELECT parecer.extend_lease(%s, %s)", (item["analysis_id"], item["lease_token"]))
+    assert E.sqlstate(exc.value) == E.STALE_LEASE
+
+
+def test_extend_lease_moves_expiry(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 1)
+    [item] = claim(conn, lease_seconds=10)
+    exp = conn.execute("SELECT parecer.extend_lease(%s, %s, 600) AS e",
+                       (item["analysis_id"], item["lease_token"])).fetchone()["e"]  # type: ignore[index]
+    assert exp > item["lease_expires_at"]
+
+
+def test_expired_lease_on_last_attempt_goes_terminal(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 1)
+    conn.execute("SELECT parecer.set_setting('max_attempts', '1')")
+    [item] = claim(conn)
+    conn.execute("UPDATE parecer.analyses SET lease_expires_at = now() - interval '1 second'")
+    assert claim(conn) == []
+    row = state(conn, item["analysis_id"])
+    assert (row["status"], row["retry_count"], row["next_retry_at"]) == ("failed", 1, None)
+    assert row["error"].startswith("lease expired")
+
+
+def test_force_reprocess_invalidates_in_flight_lease(conn: psycopg.Connection[Any]) -> None:
+    script, sessions = queue(conn, 1)
+    [item] = claim(conn)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+                 ([sessions[0].session_id], script["script_id"]))
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+                     (item["analysis_id"], item["lease_token"], json.dumps(report_for(sessions[0])), "d" * 64))
+    assert E.sqlstate(exc.value) == E.STALE_LEASE
+    assert conn.execute("SELECT outcome FROM parecer.attempts").fetchone() == {"outcome": "reset"}
+
+
+def test_claim_filters_by_client(conn: psycopg.Connection[Any]) -> None:
+    queue(conn, 2)
+    other = make_script(conn, client="beta")
+    s = make_session(conn, client="beta")
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], other["script_id"]))
+    got = claim(conn, n=10, client_slug="beta")
+    assert [r["session_id"] for r in got] == [s.session_id]
