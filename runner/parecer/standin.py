@@ -140,7 +140,7 @@ class Message:
 def parse_transcript(transcript: str) -> list[Message]:
     """Parse the runner's transcript format; unknown lines are ignored."""
     messages: list[Message] = []
-    for raw in transcript.splitlines():
+    for raw in transcript.split("\n"):  # not splitlines(): \r, \x1c... stay inside a line
         m = _LINE_RE.match(raw)
         if m:
             content = m["content"]
@@ -250,6 +250,10 @@ _FLAG_HINTS: dict[str, tuple[str, ...]] = {
     "refund": ("reembols", "estorn", "devoluc", "refund"),
     "reembols": ("reembols", "estorn", "devoluc"),
     "complain": ("reclam",),
+    "slow": ("demor", "aguardand", "esperand"),
+    "sensitive": ("cpf", "senha", "cartao"),
+    "human": ("humano", "pessoa de verdade"),
+    "error": ("errad", "errou"),
 }
 
 
@@ -679,6 +683,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if "x-request-id" not in headers:
+                self.send_header("x-request-id", "req_" + secrets.token_hex(16))
             for name, value in headers.items():
                 self.send_header(name, value)
             self.end_headers()

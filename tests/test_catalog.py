@@ -1,0 +1,132 @@
+"""The schema as a catalogue: migrations, comments, security settings, documented errors."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from parecer import db, paths
+from parecer import errors as E
+
+from .factories import make_script, make_session
+from .helpers import table_checksum
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_migrations_are_numbered_and_have_rollbacks() -> None:
+    files = sorted(p.name for p in paths.migrations_dir().glob("*.sql"))
+    forward = [f for f in files if not f.endswith(".rollback.sql")]
+    assert forward, "no migrations"
+    for i, f in enumerate(forward, start=1):
+        assert re.fullmatch(rf"{i:04d}_[a-z0-9_]+\.sql", f), f
+        assert f.replace(".sql", ".rollback.sql") in files, f"{f} has no rollback"
+
+
+def test_apply_twice_rollback_all_apply_again(empty_db_url: str) -> None:
+    applied = db.migrate(empty_db_url)
+    assert len(applied) == len([p for p in paths.migrations_dir().glob("*.sql") if ".rollback" not in p.name])
+    assert db.migrate(empty_db_url) == []
+    assert all(s.applied for s in db.status(empty_db_url))
+    rolled = db.rollback(empty_db_url)
+    assert rolled == list(reversed(applied))
+    with db.connect(empty_db_url) as c:
+        assert c.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'parecer'").fetchone() == {"n": 0}
+    assert db.migrate(empty_db_url) == applied
+
+
+def _public_functions(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT p.proname, p.oid::regprocedure::text AS sig, p.prosecdef, p.proconfig, "
+        "       obj_description(p.oid, 'pg_proc') AS comment "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'parecer' "
+        "ORDER BY 1").fetchall()
+
+
+def test_every_public_function_is_commented_and_documented(conn: psycopg.Connection[Any]) -> None:
+    docs = (ROOT / "docs" / "sql-api.md").read_text(encoding="utf-8")
+    funcs = [f for f in _public_functions(conn) if not f["proname"].startswith("_")]
+    assert funcs
+    missing = [f["sig"] for f in funcs if not f["comment"]]
+    assert missing == [], f"no COMMENT ON FUNCTION: {missing}"
+    undocumented = [f["proname"] for f in funcs if f"parecer.{f['proname']}" not in docs]
+    assert undocumented == [], f"not in docs/sql-api.md: {undocumented}"
+
+
+def test_every_function_pins_search_path(conn: psycopg.Connection[Any]) -> None:
+    for f in _public_functions(conn):
+        assert f["proconfig"] == ["search_path=pg_catalog, pg_temp"], f["sig"]
+    definers = {f["proname"] for f in _public_functions(conn) if f["prosecdef"]}
+    assert all(not n.startswith("_") for n in definers), "helpers must not be SECURITY DEFINER"
+
+
+def test_every_error_code_is_documented() -> None:
+    docs = (ROOT / "docs" / "sql-api.md").read_text(encoding="utf-8")
+    sql = "\n".join(p.read_text() for p in paths.migrations_dir().glob("*.sql"))
+    raised = set(re.findall(r"ERRCODE = '(PR\d{3})'", sql))
+    assert raised == set(E.CODES)
+    for code in E.CODES:
+        assert f"`{code}`" in docs, code
+
+
+# (call, params, expected SQLSTATE): every error a caller can cause, no partial writes.
+X = str(uuid.uuid4())
+ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
+    ("SELECT * FROM parecer.eligible_sessions('nope')", (), E.UNKNOWN_CLIENT),
+    ("SELECT * FROM parecer.create_script_version('nope', 'k', 't')", (), E.UNKNOWN_CLIENT),
+    ("SELECT * FROM parecer.resolve_script('acme', 'missing')", (), E.UNKNOWN_SCRIPT),
+    ("SELECT * FROM parecer.resolve_script('acme', 'qa', 99)", (), E.UNKNOWN_SCRIPT),
+    ("SELECT * FROM parecer.enqueue('{}', 999999)", (), E.UNKNOWN_SCRIPT),
+    ("SELECT * FROM parecer.resolve_script('acme', 'inactive')", (), E.NO_ACTIVE_SCRIPT),
+    ("SELECT * FROM parecer.start_run('acme', 'qa', tag_filter => '{\"mode\":\"x\"}')", (), E.BAD_TAG_FILTER),
+    ("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 0)", (), E.CAP_EXCEEDED),
+    ("SELECT * FROM parecer.mark_failed(%s, %s, 'e')", ("ITEM", X), E.STALE_LEASE),
+    ("SELECT * FROM parecer.set_setting('nope', '1')", (), E.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('max_attempts', '0')", (), E.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('max_attempts', 'abc')", (), E.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('backoff_schedule', '{-1 minute}')", (), E.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('backoff_schedule', '{}')", (), E.BAD_SETTING),
+    ("SELECT * FROM parecer.claim('')", (), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.claim('w', 0)", (), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.claim('w', lease_seconds => 1)", (), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.eligible_sessions('acme', min_messages => 0)", (), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.enqueue(ARRAY[NULL]::text[], %s)", ("SCRIPT",), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.release(%s, %s, delay_seconds => -1)", ("ITEM", "TOKEN"), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.prompt_for(%s)", (X,), E.UNKNOWN_ANALYSIS),
+    ("SELECT * FROM parecer.extend_lease(%s, %s)", (X, X), E.UNKNOWN_ANALYSIS),
+    ("SELECT * FROM parecer.run_summary(424242)", (), E.UNKNOWN_RUN),
+    ("SELECT * FROM parecer.create_script_version('acme', 'Bad Key', 't')", (), E.INVALID_SCRIPT),
+    ("SELECT * FROM parecer.create_script_version('acme', 'k', '  ')", (), E.INVALID_SCRIPT),
+    ("SELECT * FROM parecer.create_script_version('acme', 'k', 't', topics => '{a,a}')", (), E.INVALID_SCRIPT),
+    ("SELECT * FROM parecer.create_script_version('acme', 'k', 't', language => 'fr')", (), E.INVALID_SCRIPT),
+    ("SELECT * FROM parecer.enqueue('{no-such-session}', %s)", ("SCRIPT",), E.UNKNOWN_SESSION),
+    ("SELECT * FROM parecer.session_transcript('no-such-session')", (), E.UNKNOWN_SESSION),
+]
+
+
+@pytest.fixture
+def seeded(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    script = make_script(conn)
+    make_script(conn, key="inactive", activate=False)
+    s = make_session(conn)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None
+    return {"ITEM": item["analysis_id"], "TOKEN": item["lease_token"], "SCRIPT": script["script_id"]}
+
+
+def test_every_documented_error_is_raised_with_hint_and_no_writes(conn: psycopg.Connection[Any], seeded: dict[str, Any]) -> None:
+    assert {code for _, _, code in ERROR_CASES} == set(E.CODES) - {E.INVALID_REPORT, E.UNGROUNDED_REPORT}  # those: test_prompt_report
+    for sql, params, code in ERROR_CASES:
+        args = tuple(seeded.get(p, p) if isinstance(p, str) else p for p in params)
+        before = table_checksum(conn)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(sql, args)
+        assert E.sqlstate(exc.value) == code, sql
+        assert exc.value.diag.message_hint, sql
+        assert table_checksum(conn) == before, sql

@@ -1,0 +1,150 @@
+"""prompt_for, session_transcript, report checks and grounding in mark_done."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from parecer import errors as E
+
+from .factories import make_script, make_session, report_for
+from .helpers import table_checksum
+
+
+def one_item(conn: psycopg.Connection[Any], **kw: Any) -> tuple[dict[str, Any], Any]:
+    script = make_script(conn)
+    s = make_session(conn, **kw)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None
+    return item, s
+
+
+def test_transcript_order_and_audio_rule(conn: psycopg.Connection[Any]) -> None:
+    s = make_session(conn, messages=0)
+    t0 = datetime(2026, 1, 2, 10, 0, tzinfo=timezone.utc)
+    rows = [
+        # id, from_me, media, body, transcription, created_at, created_ext, updated_ext
+        ("b", False, "text", "segunda\nlinha", None, t0, t0 + timedelta(minutes=2), None),
+        ("a", True, "text", "primeira", None, t0, t0 + timedelta(minutes=1), None),
+        ("c", False, "audio", None, None, t0, t0 + timedelta(minutes=3), None),
+        ("d", False, "audio", None, "quero cancelar", t0, t0 + timedelta(minutes=4), None),
+        ("e", True, "image", "comprovante", None, t0, None, None),  # falls back to created_at
+        ("f", True, "text", "editada", None, t0, t0 + timedelta(minutes=0), t0 + timedelta(minutes=5)),
+    ]
+    for r in rows:
+        conn.execute("INSERT INTO chat.messages (id, session_id, from_me, media_type, body, transcription, created_at,"
+                     " created_at_external, updated_at_external) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                     (f"{s.session_id}-{r[0]}", s.session_id, *r[1:]))
+    got = conn.execute("SELECT * FROM parecer.session_transcript(%s)", (s.session_id,)).fetchall()
+    assert [g["message_id"][-1] for g in got] == ["e", "a", "b", "c", "d", "f"]
+    assert [g["position"] for g in got] == [1, 2, 3, 4, 5, 6]
+
+    script = make_script(conn)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
+    aid = conn.execute("SELECT analysis_id FROM parecer.analyses").fetchone()["analysis_id"]  # type: ignore[index]
+    p = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (aid,)).fetchone()
+    assert p is not None
+    sid = s.session_id
+    assert p["input"].splitlines() == [
+        f"[msg {sid}-e] 2026-01-02T10:00:00Z ATENDENTE: [image] comprovante",
+        f"[msg {sid}-a] 2026-01-02T10:01:00Z ATENDENTE: primeira",
+        f"[msg {sid}-b] 2026-01-02T10:02:00Z CLIENTE: segunda",
+        "    linha",
+        f"[msg {sid}-c] 2026-01-02T10:03:00Z CLIENTE: [áudio: audio_present, conteúdo não disponível]",
+        f"[msg {sid}-d] 2026-01-02T10:04:00Z CLIENTE: [áudio transcrito] quero cancelar",
+        f"[msg {sid}-f] 2026-01-02T10:05:00Z ATENDENTE: editada",
+    ]
+    final = p["instructions"] + "\n\n" + p["input"]
+    assert p["prompt_hash"] == hashlib.sha256(final.encode()).hexdigest()
+    for needle in ["Avalie a qualidade do atendimento.", "- cancelamento", "ATENDENTE = enviada pela empresa (fromMe=true)",
+                   "audio_present", "message_id", "somente com um objeto JSON"]:
+        assert needle in p["instructions"]
+
+
+def test_prompt_is_deterministic_across_timezones(db_url: str) -> None:
+    from parecer import db
+    hashes = set()
+    with db.connect(db_url) as c:
+        item, _ = one_item(c)
+    for tz in ["UTC", "America/Sao_Paulo", "Asia/Tokyo"]:
+        with db.connect(db_url, options=f"-c TimeZone={tz}") as c:
+            hashes.add(c.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()["prompt_hash"])  # type: ignore[index]
+    assert len(hashes) == 1
+
+
+def test_report_schema_is_strict_and_ordered(conn: psycopg.Connection[Any]) -> None:
+    item, _ = one_item(conn)
+    raw = conn.execute("SELECT report_schema::text AS s FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()["s"]  # type: ignore[index]
+    schema = json.loads(raw)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                assert node["additionalProperties"] is False
+                assert set(node["required"]) == set(node["properties"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(schema)
+    assert list(schema["properties"]["outcome"]["properties"]) == ["evidence", "status"]
+    assert schema["properties"]["topics"]["items"]["properties"]["topic"]["enum"] == ["cancelamento", "internet"]
+
+
+def test_mark_done_accepts_grounded_report(conn: psycopg.Connection[Any]) -> None:
+    item, s = one_item(conn)
+    r = report_for(s, excerpt="  MINHA   internet caiu ")  # case and whitespace normalised
+    out = conn.execute("SELECT * FROM parecer.mark_done(%s, %s, %s, 'gpt-x', %s, %s)",
+                       (item["analysis_id"], item["lease_token"], json.dumps(r), "a" * 64,
+                        json.dumps({"input_tokens": 10}))).fetchone()
+    assert out == {"status": "done", "retry_count": 0, "next_retry_at": None}
+    rep = conn.execute("SELECT * FROM parecer.reports").fetchone()
+    assert rep is not None and rep["report"] == r and rep["model"] == "gpt-x" and rep["script_version"] == 1
+
+
+def _mutations(s: Any) -> list[tuple[str, Any, str]]:
+    good = report_for(s)
+    out: list[tuple[str, Any, str]] = []
+
+    def mut(name: str, f: Any, code: str) -> None:
+        r = copy.deepcopy(good)
+        f(r)
+        out.append((name, r, code))
+
+    mut("missing summary", lambda r: r.pop("summary"), E.INVALID_REPORT)
+    mut("extra key", lambda r: r.update(extra=1), E.INVALID_REPORT)
+    mut("bad status", lambda r: r["outcome"].update(status="great"), E.INVALID_REPORT)
+    mut("bad sentiment", lambda r: r["sentiment"].update(end=3), E.INVALID_REPORT)
+    mut("missing topic", lambda r: r["topics"].pop(), E.INVALID_REPORT)
+    mut("duplicate topic", lambda r: r["topics"].append(copy.deepcopy(r["topics"][0])), E.INVALID_REPORT)
+    mut("unknown topic", lambda r: r["topics"][0].update(topic="other"), E.INVALID_REPORT)
+    mut("confidence > 1", lambda r: r["topics"][0].update(confidence=1.5), E.INVALID_REPORT)
+    mut("evidence not array", lambda r: r["outcome"].update(evidence={}), E.INVALID_REPORT)
+    mut("empty excerpt", lambda r: r["outcome"].update(evidence=[{"message_id": s.message_ids[0], "excerpt": " "}]), E.INVALID_REPORT)
+    mut("bad flag", lambda r: r["flags"].append({"evidence": [], "flag": "nice"}), E.INVALID_REPORT)
+    mut("wrong version", lambda r: r.update(schema_version="v0"), E.INVALID_REPORT)
+    mut("fabricated id", lambda r: r["outcome"].update(evidence=[{"message_id": "nope", "excerpt": "internet"}]), E.UNGROUNDED_REPORT)
+    mut("fabricated excerpt", lambda r: r["outcome"].update(evidence=[{"message_id": s.message_ids[0], "excerpt": "quero cancelar"}]), E.UNGROUNDED_REPORT)
+    mut("other session's message", lambda r: r["topics"][1].update(evidence=[{"message_id": "ses-x-m000", "excerpt": "internet"}]), E.UNGROUNDED_REPORT)
+    return out
+
+
+def test_bad_reports_are_rejected_and_change_nothing(conn: psycopg.Connection[Any]) -> None:
+    item, s = one_item(conn)
+    make_session(conn)  # another session whose messages must not ground this report
+    for name, report, code in _mutations(s) + [("not an object", [1], E.INVALID_REPORT), ("null", None, E.INVALID_REPORT)]:
+        before = table_checksum(conn)
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+                         (item["analysis_id"], item["lease_token"], None if report is None else json.dumps(report), "a" * 64))
+        assert E.sqlstate(exc.value) == code, name
+        assert exc.value.diag.message_hint, name
+        assert table_checksum(conn) == before, name
