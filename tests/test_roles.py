@@ -31,6 +31,7 @@ CALLS: dict[str, str] = {
     "release": f"SELECT * FROM parecer.release('{U}', '{U}')",
     "prompt_for": f"SELECT * FROM parecer.prompt_for('{U}')",
     "session_transcript": "SELECT * FROM parecer.session_transcript('x')",
+    "next_due": "SELECT * FROM parecer.next_due()",
 }
 RELATIONS = ["reports", "attempts", "queue_status", "runs_overview", "settings", "analyses", "scripts", "runs",
              "run_items", "_attempts", "_settings", "source_clients", "source_sessions", "source_messages",
@@ -42,7 +43,7 @@ MATRIX: dict[str, set[str]] = {
                       "eligible_sessions", "enqueue", "start_run", "run_summary", "prompt_for",
                       "session_transcript"} | READER_VIEWS,
     "parecer_runner": {"claim", "extend_lease", "mark_done", "mark_failed", "release", "prompt_for",
-                       "session_transcript"},
+                       "session_transcript", "next_due"},
     "parecer_reader": {"run_summary"} | READER_VIEWS,
     "parecer_test_nobody": set(),
 }

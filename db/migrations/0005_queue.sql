@@ -460,7 +460,8 @@ COMMENT ON FUNCTION parecer.extend_lease(uuid, uuid, integer) IS
 'Heartbeat: extend the lease of an item you hold to now() + lease_seconds; returns the new expiry. Errors: PR006 stale lease, PR010, PR011.';
 
 -- Record a failed attempt: backoff per backoff_schedule, terminal after max_attempts or when not retryable.
-CREATE FUNCTION parecer.mark_failed(analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true)
+CREATE FUNCTION parecer.mark_failed(analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true,
+                                    usage jsonb DEFAULT NULL)
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -481,13 +482,14 @@ BEGIN
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = v_row.analysis_id
     RETURNING a.* INTO v_row;
-    UPDATE parecer._attempts t SET outcome = 'failed', finished_at = now(), error = v_error
+    UPDATE parecer._attempts t SET outcome = 'failed', finished_at = now(), error = v_error,
+                                   usage = CASE WHEN jsonb_typeof(mark_failed.usage) = 'object' THEN mark_failed.usage END
      WHERE t.analysis_id = v_row.analysis_id AND t.attempt = v_row.claims;
     RETURN ROW(v_row.status, v_row.retry_count, v_row.next_retry_at)::parecer.item_outcome;
 END
 $$;
-COMMENT ON FUNCTION parecer.mark_failed(uuid, uuid, text, boolean) IS
-'Record a failed attempt of an item you hold: retry_count + 1 and next_retry_at = now() + backoff_schedule[retry_count]; terminal (next_retry_at NULL) after max_attempts or at once with retryable => false. Errors: PR006, PR011.';
+COMMENT ON FUNCTION parecer.mark_failed(uuid, uuid, text, boolean, jsonb) IS
+'Record a failed attempt of an item you hold (usage: tokens the failed call cost, if any): retry_count + 1 and next_retry_at = now() + backoff_schedule[retry_count]; terminal (next_retry_at NULL) after max_attempts or at once with retryable => false. Errors: PR006, PR011.';
 
 -- Give an item back without spending an attempt (shutdown, provider throttling).
 CREATE FUNCTION parecer.release(analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, reason text DEFAULT NULL)
@@ -519,3 +521,17 @@ END
 $$;
 COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS
 'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Errors: PR006, PR010, PR011.';
+
+-- When the next item of the queue becomes claimable (NULL: nothing waiting), for the runner's poll timer.
+CREATE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
+    FROM parecer.analyses a
+    WHERE (a.status IN ('pending', 'processing') OR (a.status = 'failed' AND a.next_retry_at IS NOT NULL))
+      AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
+$$;
+COMMENT ON FUNCTION parecer.next_due(text) IS
+'The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting. Runners sleep until then at most.';

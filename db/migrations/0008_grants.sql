@@ -16,7 +16,8 @@ GRANT EXECUTE ON FUNCTION
     parecer.session_transcript(text),
     parecer.extend_lease(uuid, uuid, integer),
     parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb),
-    parecer.mark_failed(uuid, uuid, text, boolean),
+    parecer.mark_failed(uuid, uuid, text, boolean, jsonb),
+    parecer.next_due(text),
     parecer.release(uuid, uuid, integer, text)
 TO parecer_runner;
 
