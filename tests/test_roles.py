@@ -32,6 +32,7 @@ CALLS: dict[str, str] = {
     "prompt_for": f"SELECT * FROM parecer.prompt_for('{U}')",
     "session_transcript": "SELECT * FROM parecer.session_transcript('x')",
     "next_due": "SELECT * FROM parecer.next_due()",
+    "retry_failed": "SELECT * FROM parecer.retry_failed(client_slug => 'acme')",
 }
 RELATIONS = ["reports", "attempts", "queue_status", "runs_overview", "settings", "analyses", "scripts", "runs",
              "run_items", "_attempts", "_settings", "source_clients", "source_sessions", "source_messages",
@@ -40,7 +41,7 @@ RELATIONS = ["reports", "attempts", "queue_status", "runs_overview", "settings",
 READER_VIEWS = {"reports", "attempts", "queue_status", "runs_overview", "settings"}
 MATRIX: dict[str, set[str]] = {
     "parecer_admin": {"set_setting", "create_script_version", "list_scripts", "resolve_script", "activate_script",
-                      "eligible_sessions", "enqueue", "start_run", "run_summary", "prompt_for",
+                      "eligible_sessions", "enqueue", "start_run", "run_summary", "prompt_for", "retry_failed",
                       "session_transcript"} | READER_VIEWS,
     "parecer_runner": {"claim", "extend_lease", "mark_done", "mark_failed", "release", "prompt_for",
                        "session_transcript", "next_due"},

@@ -1,3 +1,4 @@
+DROP FUNCTION IF EXISTS parecer.retry_failed(bigint, text, text);
 DROP VIEW IF EXISTS parecer.queue_status;
 DROP VIEW IF EXISTS parecer.runs_overview;
 DROP FUNCTION IF EXISTS parecer.run_summary(bigint);

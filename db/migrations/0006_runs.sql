@@ -186,3 +186,42 @@ FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
 COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending, processing, done, retrying, failed (terminal), oldest pending, done in the last hour.';
+
+-- Re-queue terminal failures chosen by run, client and/or error text.
+CREATE FUNCTION parecer.retry_failed(run_id bigint DEFAULT NULL, client_slug text DEFAULT NULL,
+                                     error_like text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_n integer;
+BEGIN
+    IF retry_failed.run_id IS NULL AND retry_failed.client_slug IS NULL AND retry_failed.error_like IS NULL THEN
+        PERFORM parecer._invalid('retry_failed needs run_id, client_slug or error_like',
+                                 'Choose what to retry, e.g. parecer.retry_failed(client_slug => ''acme'') or error_like => ''%timed out%''.');
+    END IF;
+    IF retry_failed.run_id IS NOT NULL AND NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = retry_failed.run_id) THEN
+        RAISE EXCEPTION 'unknown run %', retry_failed.run_id
+            USING ERRCODE = 'PR012', HINT = 'SELECT run_id FROM parecer.runs_overview lists the runs.';
+    END IF;
+    IF retry_failed.client_slug IS NOT NULL THEN
+        PERFORM parecer._client(retry_failed.client_slug);
+    END IF;
+    UPDATE parecer.analyses a
+       SET status = 'pending', retry_count = 0, next_retry_at = NULL, error = NULL, updated_at = now()
+     WHERE a.status = 'failed' AND a.next_retry_at IS NULL
+       AND (retry_failed.run_id IS NULL OR EXISTS (
+                SELECT FROM parecer.run_items ri WHERE ri.run_id = retry_failed.run_id AND ri.analysis_id = a.analysis_id))
+       AND (retry_failed.client_slug IS NULL OR a.client_slug = retry_failed.client_slug)
+       AND (retry_failed.error_like IS NULL OR a.error ILIKE retry_failed.error_like);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('parecer_work', json_build_object('client', retry_failed.client_slug, 'n', v_n)::text);
+    END IF;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION parecer.retry_failed(bigint, text, text) IS
+'Re-queue terminal failures (status failed, no retry scheduled) of a run, a client and/or whose error matches error_like (ILIKE), with a fresh attempt budget; returns how many. Errors: PR001, PR010 nothing chosen, PR012.';

@@ -32,6 +32,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean),
     parecer.enqueue(text[], bigint, text, boolean, bigint),
     parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean),
+    parecer.retry_failed(bigint, text, text),
     parecer.session_transcript(text),
     parecer.prompt_for(uuid)
 TO parecer_admin;

@@ -26,15 +26,15 @@ class EmbeddedPostgres:
         return str(self._server.get_uri())
 
     def start(self) -> EmbeddedPostgres:
-        try:
-            import pgserver
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "no database URL given and the embedded PostgreSQL is not installed: "
-                "set PARECER_DATABASE_URL or pip install 'parecer[embedded]'"
-            ) from exc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+            try:
+                import pgserver
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise RuntimeError(
+                    "no database URL given and the embedded PostgreSQL is not installed: "
+                    "set PARECER_DATABASE_URL or pip install 'parecer[embedded]'"
+                ) from exc
             self._server = pgserver.get_server(self.datadir, cleanup_mode="stop" if self.keep else "delete")
         return self
 

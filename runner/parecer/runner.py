@@ -180,6 +180,7 @@ class Runner:
 
     def __init__(self, config: RunnerConfig, client: openai.AsyncOpenAI | None = None) -> None:
         self.cfg = config
+        self._owns_client = client is None
         if client is None:
             if not (config.api_key or config.base_url):
                 raise RuntimeError("OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)")
@@ -274,6 +275,8 @@ class Runner:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
             await self.pool.close()
+            if self._owns_client:
+                await self.client.close()
             event(log, "runner summary", worker=cfg.worker_id, **self.stats.as_dict())
         return self.stats
 

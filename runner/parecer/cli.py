@@ -1,0 +1,672 @@
+"""The ``parecer`` command: a thin, pleasant front on the SQL API.
+
+Each command is one or two ``parecer.`` function calls plus presentation. User
+errors (SQLSTATEs, bad options, an unreachable database) are one clear line and
+a non-zero exit; the database error's hint is shown.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import click
+import psycopg
+
+from . import __version__, db, logs, paths
+from . import errors as E
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PARECER", "show_default": True}
+
+
+# ---- plumbing ------------------------------------------------------------
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (datetime, date)):
+        return o.isoformat()
+    if isinstance(o, (UUID, Decimal)):
+        return str(o) if isinstance(o, UUID) else float(o)
+    raise TypeError(type(o).__name__)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=_json_default, ensure_ascii=False, indent=2))
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.strftime("%Y-%m-%d %H:%M:%S%z")
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False, default=_json_default)
+    return str(v)
+
+
+def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> None:
+    """A table on a terminal (rich), tab-separated lines otherwise."""
+    columns = columns or (list(rows[0]) if rows else [])
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_lines=False)
+        for c in columns:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*[_cell(r.get(c)) for c in columns])
+        Console().print(table)
+    else:
+        if title:
+            click.echo(f"# {title}")
+        click.echo("\t".join(columns))
+        for r in rows:
+            click.echo("\t".join(_cell(r.get(c)) for c in columns))
+
+
+def emit_record(row: dict[str, Any]) -> None:
+    width = max((len(k) for k in row), default=0)
+    for k, v in row.items():
+        click.echo(f"{k:>{width}}  {_cell(v)}")
+
+
+def need_url(ctx: click.Context) -> str:
+    url: str | None = ctx.obj.get("database_url")
+    if not url:
+        raise click.ClickException(
+            "no database: set PARECER_DATABASE_URL or pass --database-url (`parecer demo` runs on an embedded one)")
+    return url
+
+
+@contextmanager
+def connection(ctx: click.Context) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    url = need_url(ctx)
+    try:
+        conn = db.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"cannot connect to the database: {first}") from None
+    with conn:
+        yield conn
+
+
+def user_errors(f: F) -> F:
+    """Turn database errors into one clear line (message [SQLSTATE] — hint)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"database unavailable: {first}") from None
+        except psycopg.Error as exc:
+            raise click.ClickException(E.describe(exc)) from None
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+# ---- the group -----------------------------------------------------------
+@click.group(context_settings=CONTEXT)
+@click.option("--database-url", envvar="PARECER_DATABASE_URL", show_envvar=True,
+              help="PostgreSQL URL of the database parecer is installed in.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="PARECER_LOG_FORMAT",
+              show_envvar=True, help="Log line format (stderr).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(__version__, "-V", "--version")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, log_format: str, verbose: bool) -> None:
+    """parecer: LLM analysis of customer-support chat sessions, inside PostgreSQL.
+
+    Every command is a thin front on a parecer.* SQL function; psql can do the same.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["database_url"] = database_url
+    ctx.obj["log_format"] = log_format
+    logs.setup(log_format, logging.DEBUG if verbose else logging.INFO)
+
+
+# ---- db ------------------------------------------------------------------
+@main.group("db", context_settings=CONTEXT)
+def db_group() -> None:
+    """Install and upgrade parecer's schema (yoyo migrations) and adapters."""
+
+
+@db_group.command("migrate")
+@click.pass_context
+@user_errors
+def db_migrate(ctx: click.Context) -> None:
+    """Apply pending migrations (applying twice is a no-op)."""
+    applied = db.migrate(need_url(ctx))
+    click.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "; up to date"))
+
+
+@db_group.command("status")
+@json_option
+@click.pass_context
+@user_errors
+def db_status(ctx: click.Context, as_json: bool) -> None:
+    """List applied and pending migrations."""
+    rows = [{"migration": s.id, "state": "applied" if s.applied else "pending"} for s in db.status(need_url(ctx))]
+    emit_json(rows) if as_json else emit_table(rows)
+
+
+@db_group.command("rollback")
+@click.option("--count", type=int, default=None, help="Roll back only the last N migrations (default: all).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+@user_errors
+def db_rollback(ctx: click.Context, count: int | None, yes: bool) -> None:
+    """Roll back migrations (all of them drops the parecer schema and its data)."""
+    if not yes:
+        click.confirm(f"Roll back {'all' if count is None else count} migration(s)?", abort=True)
+    rolled = db.rollback(need_url(ctx), count=count)
+    click.echo(f"rolled back {len(rolled)} migration(s)" + (": " + ", ".join(rolled) if rolled else ""))
+
+
+@db_group.command("adapter")
+@click.argument("name_or_file")
+@click.pass_context
+@user_errors
+def db_adapter(ctx: click.Context, name_or_file: str) -> None:
+    """Install an adapter: bundled (reference, prisma) or a SQL file of yours."""
+    path = db.install_adapter(need_url(ctx), name_or_file)
+    click.echo(f"adapter installed: {path.name}")
+
+
+@db_group.command("reference-schema")
+@click.pass_context
+@user_errors
+def db_reference(ctx: click.Context) -> None:
+    """Create the reference chat schema ("chat") and install its adapter."""
+    url = need_url(ctx)
+    db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+    db.install_adapter(url, "reference")
+    click.echo("reference chat schema and adapter installed")
+
+
+# ---- scripts -------------------------------------------------------------
+@main.group("scripts", context_settings=CONTEXT)
+def scripts_group() -> None:
+    """Versioned analysis scripts (prompt + topics) per client."""
+
+
+SCRIPT_COLUMNS = ["script_id", "client_slug", "script_key", "version", "is_active", "language", "model", "topics",
+                  "created_at"]
+
+
+@scripts_group.command("create")
+@click.argument("client")
+@click.argument("key")
+@click.option("--file", "file_", type=click.File("r", encoding="utf-8"), required=True,
+              help="The script text (prompt), '-' for stdin.")
+@click.option("--topic", "topics", multiple=True, help="A topic to assess (repeat).")
+@click.option("--language", default="pt-BR", type=click.Choice(["pt-BR", "en", "es"]), help="Prompt language.")
+@click.option("--model", default=None, help="Model for this version (default: the runner's).")
+@click.option("--activate", is_flag=True, help="Make it the active version.")
+@json_option
+@click.pass_context
+@user_errors
+def scripts_create(ctx: click.Context, client: str, key: str, file_: Any, topics: tuple[str, ...], language: str,
+                   model: str | None, activate: bool, as_json: bool) -> None:
+    """Create the next version of CLIENT's script KEY."""
+    with connection(ctx) as conn:
+        row = conn.execute(
+            "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
+            " topics => %s, language => %s, model => %s, activate => %s)",
+            (client, key, file_.read(), list(topics), language, model, activate)).fetchone()
+    assert row is not None
+    if as_json:
+        emit_json(row)
+    else:
+        click.echo(f"created {row['client_slug']}/{row['script_key']} v{row['version']} (script_id {row['script_id']})"
+                   + (", active" if row["is_active"] else ""))
+
+
+@scripts_group.command("list")
+@click.argument("client")
+@click.option("--key", default=None, help="Only this script key.")
+@click.option("--active-only", is_flag=True, help="Only active versions.")
+@json_option
+@click.pass_context
+@user_errors
+def scripts_list(ctx: click.Context, client: str, key: str | None, active_only: bool, as_json: bool) -> None:
+    """List CLIENT's script versions."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.list_scripts(%s, %s, %s)", (client, key, active_only)).fetchall()
+    emit_json(rows) if as_json else emit_table(rows, SCRIPT_COLUMNS)
+
+
+@scripts_group.command("show")
+@click.argument("client")
+@click.argument("key")
+@click.option("--version", "version", type=int, default=None, help="Version (default: the active one).")
+@json_option
+@click.pass_context
+@user_errors
+def scripts_show(ctx: click.Context, client: str, key: str, version: int | None, as_json: bool) -> None:
+    """Show a script version (default: the one a run would use)."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.resolve_script(%s, %s, %s)", (client, key, version)).fetchone()
+    assert row is not None
+    if as_json:
+        emit_json(row)
+    else:
+        text = row.pop("script_text")
+        emit_record(row)
+        click.echo("\n" + text)
+
+
+@scripts_group.command("activate")
+@click.argument("client")
+@click.argument("key")
+@click.argument("version", type=int)
+@click.option("--keep-others", is_flag=True, help="Leave other active versions active.")
+@json_option
+@click.pass_context
+@user_errors
+def scripts_activate(ctx: click.Context, client: str, key: str, version: int, keep_others: bool, as_json: bool) -> None:
+    """Activate VERSION of CLIENT's script KEY."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.activate_script(%s, %s, %s, %s)",
+                           (client, key, version, not keep_others)).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else click.echo(f"activated {client}/{key} v{version}")
+
+
+# ---- run -----------------------------------------------------------------
+def _tag_filter(tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool) -> str:
+    chosen = sum([tag_filter is not None, no_tags, bool(any_tags), ignore_tags])
+    if chosen > 1:
+        raise click.UsageError("give only one of --tag-filter, --no-tags, --any-tag, --ignore-tags")
+    if tag_filter is not None:
+        return tag_filter  # the database validates it (PR004)
+    if any_tags:
+        return json.dumps({"mode": "any_of", "tags": list(any_tags)})
+    if ignore_tags:
+        return json.dumps({"mode": "ignore"})
+    return json.dumps({"mode": "none"})
+
+
+@main.command("run")
+@click.argument("client")
+@click.argument("key")
+@click.option("--version", "version", type=int, default=None, help="Script version (default: highest active).")
+@click.option("--min-messages", type=int, default=20, help="Minimum messages per session.")
+@click.option("--tag-filter", default=None, help='Tag filter JSON, e.g. \'{"mode":"all_of","tags":["vip"]}\'.')
+@click.option("--no-tags", is_flag=True, help="Only contacts without tags (the default).")
+@click.option("--any-tag", "any_tags", multiple=True, help="Only contacts with any of these tags (repeat).")
+@click.option("--ignore-tags", is_flag=True, help="Tags do not matter.")
+@click.option("--ended-before-hours", type=float, default=None,
+              help="Only sessions ended at least this many hours ago (seed 003: 24).")
+@click.option("--require-agent-reply", is_flag=True, help="Only sessions where the agent replied.")
+@click.option("--tag", "version_tag", default="v1", help="Analysis version tag.")
+@click.option("--force", is_flag=True, help="Reprocess sessions already analysed (resets them to pending).")
+@click.option("--dry-run", is_flag=True, help="Only count: eligible / done / queued / would enqueue / would process now.")
+@click.option("--max-sessions", type=int, default=100, help="At most this many sessions (setting max_sessions_cap).")
+@click.option("--wait", is_flag=True, help="Follow the run with a progress bar until it settles.")
+@click.option("--process", is_flag=True, help="Also process the run here with an in-process runner (implies --wait).")
+@click.option("--concurrency", type=int, default=4, help="With --process: items in flight.")
+@json_option
+@click.pass_context
+@user_errors
+def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_messages: int,
+            tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool,
+            ended_before_hours: float | None, require_agent_reply: bool, version_tag: str, force: bool,
+            dry_run: bool, max_sessions: int, wait: bool, process: bool, concurrency: int, as_json: bool) -> None:
+    """Select CLIENT's eligible sessions for script KEY and queue them (parecer.start_run)."""
+    tf = _tag_filter(tag_filter, no_tags, any_tags, ignore_tags)
+    with connection(ctx) as conn:
+        res = conn.execute(
+            "SELECT * FROM parecer.start_run(client_slug => %s, script_key => %s, script_version => %s,"
+            " min_messages => %s, tag_filter => %s::jsonb, analysis_version_tag => %s, force_reprocess => %s,"
+            " dry_run => %s, max_sessions => %s,"
+            " ended_before => CASE WHEN %s::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => %s::float8 * 3600) END,"
+            " require_agent_reply => %s)",
+            (client, key, version, min_messages, tf, version_tag, force, dry_run, max_sessions,
+             ended_before_hours, ended_before_hours, require_agent_reply)).fetchone()
+    assert res is not None
+    if dry_run or not (wait or process):
+        if as_json:
+            emit_json(res)
+        else:
+            emit_record(res)
+        return
+    if not as_json:
+        click.echo(f"run {res['run_id']}: {res['enqueued']} enqueued, {res['reset']} reset, "
+                   f"{res['would_enqueue']} selected of {res['eligible']} eligible")
+    if process:
+        _process_run(ctx, res["run_id"], client, concurrency)
+    summary = follow_run(ctx, res["run_id"], quiet=as_json)
+    if as_json:
+        emit_json({"run": res, "summary": summary})
+    else:
+        emit_record(summary)
+
+
+def _process_run(ctx: click.Context, run_id: int, client: str, concurrency: int) -> None:
+    """An in-process runner until the run settles, with the progress bar alongside."""
+    import threading
+
+    from .runner import Runner, RunnerConfig
+
+    cfg = RunnerConfig(database_url=need_url(ctx), concurrency=concurrency, client_slug=client, run_id=run_id,
+                       poll_seconds=5.0)
+    try:
+        runner = Runner(cfg)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    import asyncio
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            asyncio.run(runner.run())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=work, name="parecer-runner", daemon=True)
+    t.start()
+    try:
+        follow_run(ctx, run_id, quiet=False, alive=t.is_alive)
+    finally:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def follow_run(ctx: click.Context, run_id: int, *, quiet: bool, alive: Callable[[], bool] | None = None,
+               interval: float = 0.5) -> dict[str, Any]:
+    """Poll run_summary with a live progress bar (plain lines off a terminal) until nothing remains."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with connection(ctx) as conn:
+        def summary() -> dict[str, Any]:
+            row = conn.execute("SELECT * FROM parecer.run_summary(%s)", (run_id,)).fetchone()
+            assert row is not None
+            return row
+
+        s = summary()
+        tty = sys.stderr.isatty() and not quiet
+        start, last_line = time.monotonic(), 0.0
+        progress = Progress(TextColumn("run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("done {task.fields[done]} · failed {task.fields[failed]} · "
+                                       "retrying {task.fields[retrying]} · {task.fields[rate]}/min"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), disable=not tty, transient=False)
+        with progress:
+            task = progress.add_task("run", total=s["total"], run=run_id, done=0, failed=0, retrying=0, rate=0)
+            while True:
+                finished = s["processed"] + s["failed"]
+                rate = round(s["processed"] * 60 / max(time.monotonic() - start, 1e-6), 1)
+                progress.update(task, completed=finished, done=s["processed"], failed=s["failed"],
+                                retrying=s["retrying"], rate=rate)
+                if not tty and not quiet and time.monotonic() - last_line >= 5:
+                    click.echo(f"run {run_id}: done {s['processed']}, failed {s['failed']}, retrying {s['retrying']}, "
+                               f"remaining {s['remaining']} of {s['total']}", err=True)
+                    last_line = time.monotonic()
+                if s["remaining"] == 0 or (alive is not None and not alive()):
+                    break
+                time.sleep(interval)
+                s = summary()
+    return s
+
+
+# ---- status, prompt, retry, reports -----------------------------------------
+@main.command("status")
+@click.argument("client", required=False)
+@json_option
+@click.pass_context
+@user_errors
+def status_cmd(ctx: click.Context, client: str | None, as_json: bool) -> None:
+    """The queue by client x script x state, oldest pending, throughput in the last hour."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.queue_status WHERE %s::text IS NULL OR client_slug = %s"
+                            " ORDER BY client_slug, script_key, script_version", (client, client)).fetchall()
+    emit_json(rows) if as_json else emit_table(rows, title="parecer queue")
+
+
+@main.command("prompt")
+@click.argument("analysis_id")
+@json_option
+@click.pass_context
+@user_errors
+def prompt_cmd(ctx: click.Context, analysis_id: str, as_json: bool) -> None:
+    """Show exactly what the model gets for ANALYSIS_ID (parecer.prompt_for)."""
+    try:
+        UUID(analysis_id)
+    except ValueError:
+        raise click.BadParameter("not a uuid", param_hint="ANALYSIS_ID") from None
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (analysis_id,)).fetchone()
+    assert row is not None
+    if as_json:
+        emit_json(row)
+        return
+    click.echo(f"# prompt_hash {row['prompt_hash']}  model {row['model'] or '(runner default)'}\n")
+    click.echo("## instructions\n" + row["instructions"] + "\n\n## input\n" + row["input"])
+
+
+@main.command("retry")
+@click.option("--run", "run_id", type=int, default=None, help="Terminal failures of this run.")
+@click.option("--client", default=None, help="Terminal failures of this client.")
+@click.option("--error-like", default=None, help="Only errors matching this ILIKE pattern, e.g. '%timed out%'.")
+@json_option
+@click.pass_context
+@user_errors
+def retry_cmd(ctx: click.Context, run_id: int | None, client: str | None, error_like: str | None, as_json: bool) -> None:
+    """Re-queue terminal failures (parecer.retry_failed)."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT parecer.retry_failed(%s, %s, %s) AS requeued", (run_id, client, error_like)).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else click.echo(f"re-queued {row['requeued']} item(s)")
+
+
+@main.group("reports", context_settings=CONTEXT)
+def reports_group() -> None:
+    """Read analysis reports."""
+
+
+@reports_group.command("export")
+@click.argument("client")
+@click.option("--key", default=None, help="Only this script key.")
+@click.option("--since", type=click.DateTime(), default=None, help="Only reports processed since this time.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", help="Output format.")
+@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Output file.")
+@click.pass_context
+@user_errors
+def reports_export(ctx: click.Context, client: str, key: str | None, since: datetime | None, fmt: str, output: Any) -> None:
+    """Stream CLIENT's reports (constant memory: a server-side cursor)."""
+    n = 0
+    with connection(ctx) as conn, conn.transaction():
+        cur = conn.cursor(name="parecer_export")
+        cur.itersize = 500
+        cur.execute("SELECT analysis_id, client_slug, session_id, script_key, script_version, analysis_version_tag,"
+                    " model, prompt_hash, processed_at, report FROM parecer.reports"
+                    " WHERE client_slug = %s AND (%s::text IS NULL OR script_key = %s)"
+                    " AND (%s::timestamptz IS NULL OR processed_at >= %s) ORDER BY processed_at, analysis_id",
+                    (client, key, key, since, since))
+        writer = None
+        for row in cur:
+            if fmt == "jsonl":
+                output.write(json.dumps(row, default=_json_default, ensure_ascii=False) + "\n")
+            else:
+                flat = {k: v for k, v in row.items() if k != "report"}
+                r = row["report"]
+                flat.update(outcome=r["outcome"]["status"], sentiment_start=r["sentiment"]["start"],
+                            sentiment_end=r["sentiment"]["end"], insufficient_context=r["insufficient_context"],
+                            topics_present=";".join(t["topic"] for t in r["topics"] if t["present"]),
+                            flags=";".join(f["flag"] for f in r["flags"]), summary=r["summary"],
+                            report=json.dumps(r, ensure_ascii=False))
+                if writer is None:
+                    writer = csv.DictWriter(output, fieldnames=list(flat))
+                    writer.writeheader()
+                writer.writerow({k: _cell(v) for k, v in flat.items()})
+            n += 1
+    click.echo(f"exported {n} report(s)", err=True)
+
+
+# ---- runner, stand-in, sample, demo ----------------------------------------------
+@main.command("runner")
+@click.option("--concurrency", type=int, default=4, envvar="PARECER_CONCURRENCY", show_envvar=True,
+              help="Items in flight at once.")
+@click.option("--client", default=None, envvar="PARECER_CLIENT", show_envvar=True, help="Only this client's items.")
+@click.option("--once", is_flag=True, envvar="PARECER_ONCE", show_envvar=True,
+              help="Drain what is claimable now and exit 0 (cron, tests).")
+@click.option("--worker-id", default=None, envvar="PARECER_WORKER_ID", show_envvar=True,
+              help="Name in leases and attempts (default host:pid).")
+@click.option("--poll-seconds", type=float, default=30.0, envvar="PARECER_POLL_SECONDS", show_envvar=True,
+              help="Backstop poll interval (NOTIFY wakes it sooner).")
+@click.option("--lease-seconds", type=int, default=None, envvar="PARECER_LEASE_SECONDS", show_envvar=True,
+              help="Lease per claim (default: the database's lease_seconds setting).")
+@click.option("--model", default=None, envvar="OPENAI_MODEL", show_envvar=True,
+              help="Default model when the script version names none.")
+@click.option("--base-url", default=None, envvar="OPENAI_BASE_URL", show_envvar=True,
+              help="OpenAI-compatible endpoint (the stand-in, a proxy).")
+@click.option("--timeout", "request_timeout", type=float, default=120.0, envvar="PARECER_REQUEST_TIMEOUT",
+              show_envvar=True, help="Model call timeout, seconds.")
+@click.option("--max-output-tokens", type=int, default=4000, envvar="PARECER_MAX_OUTPUT_TOKENS", show_envvar=True,
+              help="Cap on the report's output tokens.")
+@click.option("--shutdown-grace", type=float, default=20.0, envvar="PARECER_SHUTDOWN_GRACE", show_envvar=True,
+              help="Seconds in-flight calls get after SIGTERM before their items are released.")
+@click.pass_context
+def runner_cmd(ctx: click.Context, concurrency: int, client: str | None, once: bool, worker_id: str | None,
+               poll_seconds: float, lease_seconds: int | None, model: str | None, base_url: str | None,
+               request_timeout: float, max_output_tokens: int, shutdown_grace: float) -> None:
+    """Claim queued analyses, call the model, store the reports (OPENAI_API_KEY from the environment)."""
+    from .runner import Runner, RunnerConfig, default_worker_id
+
+    if concurrency < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--concurrency")
+    cfg = RunnerConfig(database_url=need_url(ctx), concurrency=concurrency, client_slug=client, once=once,
+                       worker_id=worker_id or default_worker_id(), poll_seconds=poll_seconds,
+                       lease_seconds=lease_seconds, request_timeout=request_timeout,
+                       max_output_tokens=max_output_tokens, shutdown_grace=shutdown_grace)
+    if model:
+        cfg.model = model
+    if base_url:
+        cfg.base_url = base_url
+    try:
+        runner = Runner(cfg)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    import asyncio
+
+    try:
+        asyncio.run(runner.run())
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
+
+
+@main.command("standin")
+@click.option("--port", type=int, default=8787, envvar="PARECER_STANDIN_PORT", show_envvar=True, help="Port on 127.0.0.1.")
+@click.option("--latency-ms", default="0,0", envvar="PARECER_STANDIN_LATENCY_MS", show_envvar=True,
+              help="Latency range per request, 'MIN,MAX' milliseconds.")
+@click.option("--fault-rate", type=float, default=0.0, envvar="PARECER_STANDIN_FAULT_RATE", show_envvar=True,
+              help="Share of requests that get a fault, 0..1.")
+@click.option("--faults", default=None, envvar="PARECER_STANDIN_FAULTS", show_envvar=True,
+              help="Comma-separated fault kinds (default all): rate_limit, quota, server_error, timeout, malformed, "
+                   "ungrounded, refusal, incomplete, context_length, auth.")
+@click.option("--rpm-limit", type=int, default=None, envvar="PARECER_STANDIN_RPM", show_envvar=True,
+              help="Requests per minute before 429s.")
+@click.option("--tpm-limit", type=int, default=None, envvar="PARECER_STANDIN_TPM", show_envvar=True,
+              help="Tokens per minute before 429s.")
+@click.option("--seed", type=int, default=None, help="Seed for the fault dice.")
+@click.option("--log", "log_requests", is_flag=True, help="One line per request (never its content).")
+def standin_cmd(port: int, latency_ms: str, fault_rate: float, faults: str | None, rpm_limit: int | None,
+                tpm_limit: int | None, seed: int | None, log_requests: bool) -> None:
+    """A local OpenAI-compatible stand-in (POST /v1/responses) with fault injection — not a real model."""
+    from .standin import FAULT_KINDS, StandinConfig, serve_forever
+
+    try:
+        lo, _, hi = latency_ms.partition(",")
+        lat = (int(lo), int(hi or lo))
+        cfg = StandinConfig(port=port, latency_ms=lat, fault_rate=fault_rate,
+                            faults=tuple(f.strip() for f in faults.split(",")) if faults else FAULT_KINDS,
+                            rpm_limit=rpm_limit, tpm_limit=tpm_limit, seed=seed,
+                            log=(lambda line: click.echo(line, err=True)) if log_requests else None)
+    except ValueError as exc:
+        raise click.ClickException(f"bad stand-in option: {exc}") from None
+    serve_forever(cfg, on_ready=lambda url: click.echo(
+        f"parecer stand-in (not a real model) listening on {url} — OPENAI_BASE_URL={url}", err=True))
+
+
+@main.group("sample", context_settings=CONTEXT)
+def sample_group() -> None:
+    """Bundled sample chat data (reference schema)."""
+
+
+@sample_group.command("load")
+@click.option("--sessions", type=int, default=300, help="How many sessions to generate.")
+@click.option("--seed", type=int, default=42, help="Generator seed (same seed, same data).")
+@json_option
+@click.pass_context
+@user_errors
+def sample_load(ctx: click.Context, sessions: int, seed: int, as_json: bool) -> None:
+    """Load deterministic Brazilian-Portuguese support sessions into the reference schema (idempotent)."""
+    from .sample import load_sample
+
+    url = need_url(ctx)
+    db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+    with connection(ctx) as conn:
+        stats = _with_progress("loading sample", lambda cb: load_sample(conn, sessions=sessions, seed=seed, progress=cb))
+    data = {k: getattr(stats, k) for k in ("clients", "contacts", "sessions", "messages", "inserted_sessions",
+                                           "inserted_messages", "seconds")}
+    emit_json(data) if as_json else click.echo(
+        f"sample: {stats.sessions} sessions, {stats.messages} messages "
+        f"({stats.inserted_sessions} sessions new) in {stats.seconds:.1f}s")
+
+
+def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
+    from rich.progress import Progress
+
+    with Progress(disable=not sys.stderr.isatty(), transient=True) as p:
+        task = p.add_task(label, total=None)
+
+        def cb(done: int, total: int) -> None:
+            p.update(task, completed=done, total=total)
+
+        return work(cb)
+
+
+@main.command("demo")
+@click.option("--sessions", type=int, default=300, help="Sample sessions to load.")
+@click.option("--max-sessions", type=int, default=60, help="Sessions the demo run analyses.")
+@click.option("--concurrency", type=int, default=8, help="Items in flight.")
+@click.pass_context
+def demo_cmd(ctx: click.Context, sessions: int, max_sessions: int, concurrency: int) -> None:
+    """The whole job end to end: database, sample data, script, dry run, run, reports.
+
+    Uses PARECER_DATABASE_URL when set, otherwise an embedded throwaway PostgreSQL;
+    the real OpenAI API when OPENAI_API_KEY is set, otherwise the local stand-in.
+    """
+    from .demo import run_demo
+
+    try:
+        run_demo(ctx.obj.get("database_url"), sessions=sessions, max_sessions=max_sessions, concurrency=concurrency)
+    except psycopg.Error as exc:
+        raise click.ClickException(E.describe(exc)) from None
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
