@@ -496,8 +496,7 @@ def reports_group() -> None:
 def reports_export(ctx: click.Context, client: str, key: str | None, since: datetime | None, fmt: str, output: Any) -> None:
     """Stream CLIENT's reports (constant memory: a server-side cursor)."""
     n = 0
-    with connection(ctx) as conn, conn.transaction():
-        cur = conn.cursor(name="parecer_export")
+    with connection(ctx) as conn, conn.transaction(), conn.cursor(name="parecer_export") as cur:
         cur.itersize = 500
         cur.execute("SELECT analysis_id, client_slug, session_id, script_key, script_version, analysis_version_tag,"
                     " model, prompt_hash, processed_at, report FROM parecer.reports"

@@ -1,0 +1,153 @@
+"""The CLI through click's CliRunner against real PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from parecer import db
+from parecer.cli import main
+from parecer.standin import Standin, StandinConfig
+
+from .factories import make_client, make_session
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(url: str | None, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
+    runner = CliRunner()
+    e = {"PARECER_DATABASE_URL": url} if url else {"PARECER_DATABASE_URL": ""}
+    e.update(env or {})
+    return runner.invoke(main, list(args), input=input, env=e, catch_exceptions=False)
+
+
+@pytest.fixture
+def seeded(db_url: str) -> str:
+    with db.connect(db_url) as c:
+        make_client(c, "acme")
+        for _ in range(6):
+            make_session(c)
+    return db_url
+
+
+def test_scripts_commands(seeded: str) -> None:
+    r = cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--topic", "cancelamento", "--topic",
+            "internet", "--activate", "--json", input="Avalie o atendimento.")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)
+    assert (row["client_slug"], row["script_key"], row["version"], row["is_active"]) == ("acme", "qa", 1, True)
+    assert row["topics"] == ["cancelamento", "internet"]
+    r = cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", input="v2")
+    assert r.exit_code == 0 and "v2" in r.output
+    rows = json.loads(cli(seeded, "scripts", "list", "acme", "--json").output)
+    assert [(x["version"], x["is_active"]) for x in rows] == [(2, False), (1, True)]
+    r = cli(seeded, "scripts", "show", "acme", "qa")
+    assert r.exit_code == 0 and "Avalie o atendimento." in r.output
+    assert cli(seeded, "scripts", "activate", "acme", "qa", "2").exit_code == 0
+    assert json.loads(cli(seeded, "scripts", "show", "acme", "qa", "--json").output)["version"] == 2
+
+
+def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
+    cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--topic", "internet", "--activate", input="x")
+    dry = json.loads(cli(seeded, "run", "acme", "qa", "--dry-run", "--json").output)
+    assert dry["dry_run"] is True and dry["eligible"] == 6 and dry["run_id"] is None
+    with Standin(StandinConfig(seed=1)) as s:
+        r = cli(seeded, "run", "acme", "qa", "--max-sessions", "4", "--process", "--json",
+                env={"OPENAI_BASE_URL": s.url, "OPENAI_API_KEY": "sk-test"})
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{"):])
+    assert out["summary"]["processed"] == 4 and out["summary"]["remaining"] == 0
+    st = json.loads(cli(seeded, "status", "--json").output)
+    assert st[0]["done"] == 4 and st[0]["client_slug"] == "acme"
+    with db.connect(seeded) as c:
+        aid = c.execute("SELECT analysis_id FROM parecer.reports LIMIT 1").fetchone()["analysis_id"]  # type: ignore[index]
+    p = json.loads(cli(seeded, "prompt", str(aid), "--json").output)
+    assert set(p) == {"instructions", "input", "report_schema", "prompt_hash", "model"}
+    jl = cli(seeded, "reports", "export", "acme", "--format", "jsonl")
+    lines = [json.loads(x) for x in jl.stdout.splitlines() if x.strip()]
+    assert len(lines) == 4 and lines[0]["report"]["schema_version"] == "parecer.report.v1"
+    cs = cli(seeded, "reports", "export", "acme", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(cs.stdout)))
+    assert len(rows) == 4 and {"session_id", "outcome", "summary", "report"} <= set(rows[0])
+    assert json.loads(cli(seeded, "retry", "--client", "acme", "--json").output) == {"requeued": 0}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "nope", "qa", "--dry-run"], "unknown client \"nope\" [PR001] — hint: SELECT slug"),
+    (["run", "acme", "qa", "--dry-run", "--tag-filter", '{"mode":"maybe"}'], "[PR004] — hint:"),
+    (["run", "acme", "qa", "--max-sessions", "100000"], "[PR005] — hint: Use at most 500 sessions"),
+    (["run", "acme", "missing", "--dry-run"], "[PR002]"),
+    (["retry"], "[PR010]"),
+    (["prompt", "not-a-uuid"], "not a uuid"),
+    (["run", "acme", "qa", "--no-tags", "--any-tag", "vip"], "only one of"),
+])
+def test_user_errors_are_one_line(seeded: str, args: list[str], needle: str) -> None:
+    cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--activate", input="x")
+    r = cli(seeded, *args)
+    assert r.exit_code != 0
+    assert needle in r.output
+    assert "Traceback" not in r.output
+
+
+def test_no_database_and_unreachable_database() -> None:
+    r = cli(None, "status")
+    assert r.exit_code != 0 and "PARECER_DATABASE_URL" in r.output
+    r = cli("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "status")
+    assert r.exit_code != 0 and "cannot connect to the database" in r.output and "Traceback" not in r.output
+
+
+def test_db_commands(empty_db_url: str) -> None:
+    r = cli(empty_db_url, "db", "migrate")
+    assert r.exit_code == 0 and "applied" in r.output
+    assert "up to date" in cli(empty_db_url, "db", "migrate").output
+    st = json.loads(cli(empty_db_url, "db", "status", "--json").output)
+    assert st and all(x["state"] == "applied" for x in st)
+    assert cli(empty_db_url, "db", "reference-schema").exit_code == 0
+    assert cli(empty_db_url, "db", "rollback", "--count", "1", "--yes").exit_code == 0
+    st = json.loads(cli(empty_db_url, "db", "status", "--json").output)
+    assert st[-1]["state"] == "pending"
+
+
+def _walk(cmd: click.Command, path: str = "parecer") -> list[tuple[str, click.Command]]:
+    out = [(path, cmd)]
+    if isinstance(cmd, click.Group):
+        for name, sub in cmd.commands.items():
+            out += _walk(sub, f"{path} {name}")
+    return out
+
+
+def test_every_command_and_option_has_help() -> None:
+    for path, cmd in _walk(main):
+        assert cmd.help, f"{path} has no help"
+        for p in cmd.params:
+            if isinstance(p, click.Option):
+                assert p.help, f"{path} {p.opts} has no help"
+
+
+def test_readme_commands_exist() -> None:
+    commands = {path for path, _ in _walk(main)}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:sh|bash|console)\n(.*?)```", readme, re.S)
+    assert blocks
+    used = 0
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.strip().lstrip("$ ")
+            m = re.match(r"(?:\S+=\S+\s+)*(?:\.venv/bin/)?parecer((?:\s+[a-z][a-z-]*)*)", line)
+            if not m:
+                continue
+            words = ("parecer" + m.group(1)).split()
+            # the longest prefix that is a command must be a leaf or take arguments
+            while len(words) > 1 and " ".join(words) not in commands:
+                words.pop()
+            assert " ".join(words) in commands and len(words) > 1 or line.strip() == "parecer", line
+            used += 1
+    assert used > 3
