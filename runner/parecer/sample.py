@@ -14,17 +14,21 @@ current one.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.resources
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import tuple_row
 
 __all__ = ["DEFAULT_CLIENTS", "SampleStats", "load_sample", "sql_path"]
 
@@ -33,7 +37,7 @@ DEFAULT_CLIENTS: tuple[tuple[str, str], ...] = (
     ("clinica-bem-estar", "Clínica Bem-Estar"),
 )
 
-BATCH_SESSIONS = 5_000  # sessions generated, copied and committed together
+BATCH_SESSIONS = 2_000  # sessions generated, copied and committed together
 TAG_VOCABULARY = ("vip", "lead", "inadimplente", "teste", "parceiro", "cliente-antigo")
 
 _DAY = 86_400
@@ -129,7 +133,7 @@ _AGENT_GREETINGS = _alts(
     "Olá, {nome}! Aqui é {art} {agente}, da {empresa}. Como posso ajudar?",
     "Oi, {nome}, tudo bem? Sou {art} {agente}, da equipe de atendimento da {empresa}. "
     "Em que posso ajudar?",
-    "Olá! Obrigado por entrar em contato com a {empresa}. Meu nome é {agente}, "
+    "Olá! {Obg_at} por entrar em contato com a {empresa}. Meu nome é {agente}, "
     "como posso te ajudar hoje?",
     "Oi, {nome}! {agente} falando. Me conta, o que aconteceu?",
 )
@@ -159,7 +163,7 @@ _AGENT_AFTER_ESCALATION = _alts(
 _AGENT_PENDING_QUESTION = _alts(
     "Conseguiu verificar, {nome}?",
     "Pode me confirmar essa informação, por favor?",
-    "Conseguiu testar aí?",
+    "Posso ajudar em mais alguma coisa?",
     "Ficou alguma dúvida?",
 )
 _AGENT_STILL_THERE = _alts(
@@ -179,7 +183,7 @@ _CLIENT_NO_REPLY = _alts(
     "Estou aguardando há mais de uma hora", "Oi?",
 )
 _AGENT_FILLER = _alts(
-    "Um momento, por favor.", "Só um instante, estou verificando.", "Obrigado por aguardar.",
+    "Um momento, por favor.", "Só um instante, estou verificando.", "{Obg_at} por aguardar.",
     "Certo, {nome}.", "Entendi.", "Estou consultando o sistema, só mais um minutinho.",
 )
 _CLIENT_FILLER = _alts(
@@ -191,7 +195,7 @@ _SHARED_FILLER_STEPS: tuple[Step, ...] = (
     (A("Um momento, por favor, estou verificando."), C("Ok", "Tá bom", "Aguardo")),
     (C("Conseguiu ver?", "E aí, conseguiu?"),
      A("Ainda estou verificando, {nome}. Só mais um instante.")),
-    (A("Obrigado por aguardar."), C("Tudo bem", "Sem problemas")),
+    (A("{Obg_at} por aguardar."), C("Tudo bem", "Sem problemas")),
     (C("Vai demorar muito? Estou no trabalho"), A("Já estou finalizando, {nome}.")),
     (A("Pode me confirmar um telefone para contato?"),
      C("Pode ser esse mesmo", "({ddd}) 9{tel}")),
@@ -242,7 +246,7 @@ _TELECOM_SCENARIOS = (
             (A("Você está conectado pelo Wi-Fi ou por cabo?"),
              C("Pelo Wi-Fi, o computador fica na sala", "No cabo, direto no modem")),
             (C("Fiz o teste de velocidade e deu isso:\nDownload: {velocidade}\nUpload: 2 Mega"),
-             A("Obrigado pelas informações. Está bem abaixo do contratado.")),
+             A("{Obg_at} pelas informações. Está bem abaixo do contratado.")),
         ),
         _alts(
             "Pronto, {nome}! Reconfigurei o seu modem remotamente e a conexão já está "
@@ -676,12 +680,20 @@ def _family_for(slug: str, position: int) -> _Family:
 
 # ------------------------------------------------------------------------ generation
 
+Rnd = Callable[[], float]
+
 _LENGTH_NO_AGENT = 0.02  # no agent reply at all (counted as short)
 _LENGTH_SHORT = 0.30  # 3-15 messages
 _LENGTH_MEDIUM = 0.90  # 20-40; the rest long, 40-90
 _OPEN = 0.08  # still open: ended_at NULL
 _RECENT = 0.18  # the next 10%: ended within the last 24 hours
 _RESOLVED, _ESCALATED = 0.65, 0.85  # the rest: the customer went silent
+_BACKFILL = 0.03  # closed sessions ingested late: created_at is the sync time
+_EXTERNAL = 0.90  # messages with created_at_external
+# One draw per message picks its kind: audio / image-or-document / edited text / plain.
+_AUDIO_C, _AUDIO_A = 0.10, 0.04  # customer / agent: ~7% overall
+_MEDIA_C, _MEDIA_A = 0.135, 0.065  # + image/document: ~3% overall
+_EDITED = 0.89  # draws above this are edited (updated_at_external), when external
 
 
 @dataclass(frozen=True)
@@ -707,12 +719,15 @@ class _Plan:
 @dataclass
 class _Batch:
     done: int  # sessions covered so far (the progress figure)
-    contacts: str  # COPY text for the staging tables
-    sessions: str
-    messages: str
+    sessions: int  # new sessions in this batch
+    messages: int
+    contacts_text: str  # COPY text: contacts (+ tags), tickets, sessions, messages
+    tickets_text: str
+    sessions_text: str
+    messages_text: str
 
 
-def _pick(rnd: Callable[[], float], seq: Sequence[str]) -> str:
+def _pick(rnd: Rnd, seq: Sequence[str]) -> str:
     return seq[int(rnd() * len(seq))]
 
 
@@ -731,7 +746,7 @@ def _plan(seed: int, client: _Client, ordinal: int) -> _Plan:
     rng = random.Random(f"{seed}:{client.slug}:{ordinal}")
     rnd = rng.random
     # Returning contacts: the newest contact (the "frontier") or any earlier one, so a
-    # client has about one contact per 2.5 sessions and older contacts have more.
+    # client has about one contact per 2.5-3 sessions and older contacts have more.
     frontier = int(ordinal / 2.5)
     contact = frontier if rnd() < 0.45 else int(rnd() * (frontier + 1))
     u = rnd()
@@ -744,6 +759,31 @@ def _plan(seed: int, client: _Client, ordinal: int) -> _Plan:
     else:
         n = int(rng.triangular(40, 91, 45))
     return _Plan(client, ordinal, contact, n, u < _LENGTH_NO_AGENT, rng)
+
+
+@functools.cache
+def _hms_table() -> tuple[str, ...]:
+    return tuple(f"{h:02d}:{m:02d}:{s:02d}+00" for h in range(24) for m in range(60)
+                 for s in range(60))
+
+
+class _Clock:
+    """Epoch seconds -> timestamptz text, from cached day and time-of-day strings."""
+
+    def __init__(self) -> None:
+        self.hms = _hms_table()
+        self.days: dict[int, str] = {}
+
+    def day(self, day: int) -> str:
+        prefix = self.days.get(day)
+        if prefix is None:
+            prefix = self.days[day] = datetime.fromtimestamp(
+                day * _DAY, timezone.utc).strftime("%Y-%m-%d ")
+        return prefix
+
+    def __call__(self, ts: int) -> str:
+        day, sec = divmod(ts, _DAY)
+        return self.day(day) + self.hms[sec]
 
 
 Identity = tuple[str, str, bool]  # first name, full name, female
@@ -761,69 +801,123 @@ def _contact_identity(seed: int, client: _Client, idx: int) -> tuple[Identity, r
     return (first, name, female), rng
 
 
-def _contact_row(seed: int, client: _Client, idx: int, now_ts: int) -> str:
+def _contact_row(seed: int, client: _Client, idx: int, now_ts: int, clock: _Clock) -> str:
+    """COPY line for _sample_contacts: id, client_id, name, phone, created_at, tags."""
     (_, name, _), rng = _contact_identity(seed, client, idx)
     rnd = rng.random
     phone = f"55{_pick(rnd, _DDDS)}9{int(rnd() * 1e8):08d}"
-    created = now_ts - _WINDOW - _DAY - int(rnd() * 365 * _DAY)
-    tags = ""
-    if rnd() < 0.35:
-        k = 1 if rnd() < 0.6 else 2
-        tags = ",".join(rng.sample(TAG_VOCABULARY, k))
+    created = clock(now_ts - _WINDOW - _DAY - int(rnd() * 365 * _DAY))
+    # Tagged iff a golden-ratio (Weyl) sequence over the index falls below 35%: any range
+    # of contacts gets close to 35% tagged, even in a small sample.
+    weyl = (idx * 0.6180339887498949 + random.Random(f"{seed}:{client.slug}:tags").random()) % 1
+    tags = ",".join(rng.sample(TAG_VOCABULARY, 1 if rnd() < 0.6 else 2)) if weyl < 0.35 else ""
     stored_name = "\\N" if rnd() < 0.04 else name  # a few contacts were saved without a name
     return (f"{client.slug}:c{idx:05d}\t{client.slug}\t{stored_name}\t{phone}\t{created}\t"
             f"{tags}\n")
 
 
-
-def _slots(rng: random.Random, client: _Client, identity: Identity) -> dict[str, str]:
-    rnd = rng.random
-    ri = rng.randrange
-    first, full, female = identity
-    agent, article = client.family.agents[int(rnd() * len(client.family.agents))]
-    plan, plan_up = _PLANS[int(rnd() * len(_PLANS))]
-    doctor, specialty = _DOCTORS[int(rnd() * len(_DOCTORS))]
-
-    def money() -> str:
-        return f"R$ {ri(39, 400)},{(90, 99, 0, 50, 80)[ri(5)]:02d}"
-
-    def hour() -> str:
-        h, m = ri(7, 19), (0, 15, 30, 45)[ri(4)]
-        return f"{h}h{m:02d}" if m else f"{h}h"
-
-    digits = f"{rng.getrandbits(160):049d}"
-    obg = "obrigada" if female else "obrigado"
-    return {
-        "nome": first, "nome_completo": full, "obg": obg, "Obg": obg.capitalize(),
-        "chateado": "chateada" if female else "chateado",
-        "tranquilo": "tranquila" if female else "tranquilo",
-        "atendido": "atendida" if female else "atendido",
-        "mesmo": "mesma" if female else "mesmo",
-        "agente": agent, "art": article, "empresa": client.name,
-        "protocolo": str(ri(10**11, 10**12)), "cpf": (
-            f"{ri(1000):03d}.{ri(1000):03d}.{ri(1000):03d}-{ri(100):02d}"),
-        "valor": money(), "valor2": money(),
-        "data": f"{ri(1, 29):02d}/{ri(1, 13):02d}", "data2": f"{ri(1, 29):02d}/{ri(1, 13):02d}",
-        "dia": str(ri(1, 29)), "hora": hour(), "hora2": hour(), "prazo": _pick(rnd, _DEADLINES),
-        "ddd": _pick(rnd, _DDDS), "tel": f"{ri(10**4):04d}-{ri(10**4):04d}",
-        "nascimento": f"{ri(1, 29):02d}/{ri(1, 13):02d}/{ri(1950, 2012)}",
-        "plano": plan, "plano_up": plan_up, "velocidade": _pick(rnd, _SPEEDS),
-        "servico": _pick(rnd, _SERVICES), "operadora": _pick(rnd, _CARRIERS),
-        "endereco": f"{_pick(rnd, _STREETS)}, {ri(10, 3000)}",
-        "cep": f"{ri(10**5):05d}-{ri(1000):03d}",
-        "barcode": f"{digits[0:5]}.{digits[5:10]} {digits[10:15]}.{digits[15:21]} "
-                   f"{digits[21:26]}.{digits[26:32]} {digits[32]} {digits[33:47]}",
-        "medico": doctor, "especialidade": specialty, "exame": _pick(rnd, _EXAMS),
-        "convenio": _pick(rnd, _INSURERS), "plano_conv": _pick(rnd, _INSURANCE_PLANS),
-        "unidade": _pick(rnd, _UNITS),
-    }
+# Slot values are drawn lazily, when a template first needs them: a session only pays
+# for the handful it uses. Makers may fill a paired slot too (plan and its upgrade...).
+SlotMaker = Callable[[Rnd, dict[str, str]], str]
 
 
-def _script(rng: random.Random, client: _Client, n: int, no_agent: bool, is_open: bool
+def _money(r: Rnd, _: dict[str, str]) -> str:
+    return f"R$ {39 + int(r() * 361)},{(90, 99, 0, 50, 80)[int(r() * 5)]:02d}"
+
+
+def _date(r: Rnd, _: dict[str, str]) -> str:
+    return f"{1 + int(r() * 28):02d}/{1 + int(r() * 12):02d}"
+
+
+def _dates(r: Rnd, slots: dict[str, str]) -> str:
+    """"data" and "data2": two dates of the same month, 1-6 days apart."""
+    day, month = 1 + int(r() * 22), 1 + int(r() * 12)
+    slots["data"] = f"{day:02d}/{month:02d}"
+    slots["data2"] = f"{day + 1 + int(r() * 6):02d}/{month:02d}"
+    return slots["data"]  # __missing__ then returns whichever of the two was asked
+
+
+def _hour(r: Rnd, _: dict[str, str]) -> str:
+    h, m = 7 + int(r() * 12), (0, 15, 30, 45)[int(r() * 4)]
+    return f"{h}h{m:02d}" if m else f"{h}h"
+
+
+def _digits(r: Rnd, k: int) -> str:
+    return f"{int(r() * 10**k):0{k}d}"
+
+
+def _pair(pairs: Sequence[tuple[str, str]], first: str, second: str, want_second: bool
+          ) -> SlotMaker:
+    def make(r: Rnd, slots: dict[str, str]) -> str:
+        a, b = pairs[int(r() * len(pairs))]
+        slots[first], slots[second] = a, b
+        return b if want_second else a
+    return make
+
+
+def _choice(pool: Sequence[str]) -> SlotMaker:
+    return lambda r, _: pool[int(r() * len(pool))]
+
+
+def _barcode(r: Rnd, _: dict[str, str]) -> str:
+    d = "".join(_digits(r, 12) for _ in range(4))
+    return (f"{d[0:5]}.{d[5:10]} {d[10:15]}.{d[15:21]} {d[21:26]}.{d[26:32]} {d[32]} "
+            f"{d[33:47]}")
+
+
+_SLOT_MAKERS: dict[str, SlotMaker] = {
+    "protocolo": lambda r, _: str(10**11 + int(r() * 9 * 10**11)),
+    "cpf": lambda r, _: f"{_digits(r, 3)}.{_digits(r, 3)}.{_digits(r, 3)}-{_digits(r, 2)}",
+    "valor": _money, "valor2": _money, "data": _dates, "data2": _dates,
+    "hora": _hour, "hora2": _hour,
+    "dia": lambda r, _: str(1 + int(r() * 28)),
+    "nascimento": lambda r, s: f"{_date(r, s)}/{1950 + int(r() * 62)}",
+    "prazo": _choice(_DEADLINES), "ddd": _choice(_DDDS),
+    "tel": lambda r, _: f"{_digits(r, 4)}-{_digits(r, 4)}",
+    "plano": _pair(_PLANS, "plano", "plano_up", False),
+    "plano_up": _pair(_PLANS, "plano", "plano_up", True),
+    "velocidade": _choice(_SPEEDS), "servico": _choice(_SERVICES),
+    "operadora": _choice(_CARRIERS),
+    "endereco": lambda r, _: f"{_pick(r, _STREETS)}, {10 + int(r() * 2990)}",
+    "cep": lambda r, _: f"{_digits(r, 5)}-{_digits(r, 3)}",
+    "barcode": _barcode,
+    "medico": _pair(_DOCTORS, "medico", "especialidade", False),
+    "especialidade": _pair(_DOCTORS, "medico", "especialidade", True),
+    "exame": _choice(_EXAMS), "convenio": _choice(_INSURERS),
+    "plano_conv": _choice(_INSURANCE_PLANS), "unidade": _choice(_UNITS),
+}
+
+_GENDERED = {
+    True: {"obg": "obrigada", "Obg": "Obrigada", "chateado": "chateada",
+           "tranquilo": "tranquila", "atendido": "atendida", "mesmo": "mesma"},
+    False: {"obg": "obrigado", "Obg": "Obrigado", "chateado": "chateado",
+            "tranquilo": "tranquilo", "atendido": "atendido", "mesmo": "mesmo"},
+}
+
+
+class _Slots(dict[str, str]):
+    """Template slot values of one session (str.format_map calls __missing__)."""
+
+    def __init__(self, rnd: Rnd, base: dict[str, str]) -> None:
+        super().__init__(base)
+        self.rnd = rnd
+
+    def __missing__(self, key: str) -> str:
+        value = _SLOT_MAKERS[key](self.rnd, self)
+        return self.setdefault(key, value)  # a pair maker may have set key already
+
+
+def _shuffled(rnd: Rnd, seq: Sequence[Step]) -> list[Step]:
+    out = list(seq)
+    for i in range(len(out) - 1, 0, -1):
+        j = int(rnd() * (i + 1))
+        out[i], out[j] = out[j], out[i]
+    return out
+
+
+def _script(rnd: Rnd, fam: _Family, n: int, no_agent: bool, is_open: bool
             ) -> tuple[list[tuple[bool, str]], str]:
     """The session's dialogue as (from_me, escaped template) lines, and the ticket status."""
-    rnd = rng.random
-    fam = client.family
     u = rnd()
     scenario = fam.scenarios[-1]
     for sc, w in zip(fam.scenarios, fam.weights):
@@ -840,13 +934,13 @@ def _script(rng: random.Random, client: _Client, n: int, no_agent: bool, is_open
     if long_form:
         head = [(False, _pick(rnd, _CLIENT_GREETINGS)), (True, _pick(rnd, _AGENT_GREETINGS)),
                 (False, opening)]
-    else:
+    else:  # short sessions: greeting and problem in one message
         head = [(False, f"{_pick(rnd, _CLIENT_GREETINGS)}! {opening}")]
 
     closing: list[tuple[bool, str]] = []
     v = rnd()
     if is_open:
-        status = "open"
+        status = "open"  # still going: no closing lines yet
     elif v < _RESOLVED:
         status = "resolved"
         closing = [(True, _pick(rnd, scenario.resolved)), (False, _pick(rnd, _CLIENT_THANKS))]
@@ -864,142 +958,162 @@ def _script(rng: random.Random, client: _Client, n: int, no_agent: bool, is_open
         if long_form:
             closing.insert(0, (True, _pick(rnd, _AGENT_PENDING_QUESTION)))
 
-    # Middle: the scenario's steps (first one first, the others shuffled), then generic
-    # steps, each added whole while it fits; single filler lines pad the rest.
+    # Middle: the scenario's steps (the first one first, the others shuffled), then
+    # generic steps, each added whole while it fits; single filler lines pad the rest.
     room = n - len(head) - len(closing)
-    rest = list(scenario.steps[1:])
-    rng.shuffle(rest)
-    fillers = list(fam.filler_steps)
-    rng.shuffle(fillers)
-    candidates = [scenario.steps[0], *rest, *fillers, *fillers, *fillers, *fillers]
     middle: list[tuple[bool, str]] = []
-    for step in candidates:
-        if room < 2:
-            break
-        if len(step) <= room:
-            for from_me, alts in step:
-                middle.append((from_me, alts[int(rnd() * len(alts))] if len(alts) > 1 else alts[0]))
-            room -= len(step)
+    steps = [scenario.steps[0], *_shuffled(rnd, scenario.steps[1:])]
+    rounds = 0
+    while room >= 2 and rounds < 4:
+        for step in steps:
+            if len(step) <= room:
+                for from_me, alts in step:
+                    middle.append((from_me, alts[int(rnd() * len(alts))]))
+                room -= len(step)
+                if room < 2:
+                    break
+        steps, rounds = _shuffled(rnd, fam.filler_steps), rounds + 1
     last_me = middle[-1][0] if middle else head[-1][0]
-    while room > 0:
+    for _ in range(room):
         me = not last_me if rnd() < 0.85 else last_me
         middle.append((me, _pick(rnd, _AGENT_FILLER if me else _CLIENT_FILLER)))
-        last_me, room = me, room - 1
+        last_me = me
     return head + middle + closing, status
 
 
-def _session_rows(p: _Plan, identity: Identity, now_ts: int,
-                  msgs: list[str]) -> str:
-    """Append the session's COPY lines for messages to ``msgs``; return its sessions line."""
-    rng, client = p.rng, p.client
-    rnd = rng.random
-    no_agent, n = p.no_agent, p.n
+def _session_rows(p: _Plan, identity: Identity, now_ts: int, clock: _Clock,
+                  msgs: list[str]) -> tuple[str, str]:
+    """Append the session's message COPY lines to ``msgs``; return its tickets and
+    sessions lines."""
+    client, rnd = p.client, p.rng.random
+    fam = client.family
+    first, full, female = identity
     u = rnd()
     is_open = u < _OPEN
-    slots = _slots(rng, client, identity)
-    lines, status = _script(rng, client, n, no_agent, is_open)
-    fam = client.family
+    agent, article = fam.agents[int(rnd() * len(fam.agents))]
+    slots = _Slots(rnd, _GENDERED[female])
+    slots.update(nome=first, nome_completo=full, agente=agent, art=article,
+                 empresa=client.name, Obg_at="Obrigada" if article == "a" else "Obrigado")
+    lines, status = _script(rnd, fam, p.n, p.no_agent, is_open)
+    n = len(lines)
 
     # Timing: gaps of 10 s to 10 min (log-uniform), placed relative to now.
     gaps = [int(10 * 60 ** rnd()) for _ in range(n - 1)]
-    duration = sum(gaps)
+    gaps.append(60)  # room after the last message for an edit, before ended_at
+    duration = sum(gaps) - 60
     tail = 60 + int(rnd() * 1741)  # last message -> ended_at: 1-30 min
     if is_open:
+        ended = 0
         last = now_ts - 60 - int(rnd() * 3 * 3600)
-        ended = -1
     elif u < _RECENT:
         ended = now_ts - int(rnd() * (_DAY - 60))
         last = ended - tail
     else:
+        earliest = now_ts - _WINDOW
         latest = now_ts - _DAY - 60 - tail - duration
-        start = now_ts - _WINDOW + int(rnd() * (latest - (now_ts - _WINDOW)))
-        last = start + duration
+        last = earliest + int(rnd() * (latest - earliest)) + duration
         ended = last + tail
-    t = last - duration
-    started = t
-    # ~3% of closed sessions were synced late: created_at (ingestion) is the sync time,
-    # so only the external timestamps give the right order.
-    backfill = min(ended + 60 + int(rnd() * 7200), now_ts) if ended > 0 and rnd() < 0.03 else 0
+    t = started = last - duration
+    backfill = min(ended + 60 + int(rnd() * 7200), now_ts) if ended and rnd() < _BACKFILL else 0
+    backfill_text = clock(backfill) if backfill else ""
 
     sid = f"{client.slug}:s{p.ordinal:06d}"
-    mid = f"{client.slug}:m{p.ordinal:06d}-"
+    prefix = f"{client.slug}:m{p.ordinal:06d}-"
     out = msgs.append
-    for j, (from_me, tpl) in enumerate(lines):
+    nul = "\\N"
+    # Timestamps as text: the session's first day inline, the rare rest via clock().
+    hms = clock.hms
+    day0 = started - started % _DAY
+    day_text = clock.day(started // _DAY)
+    day_end = _DAY - 4  # room for created_at's 1-3 s ingestion delay
+    for j in range(n):
+        from_me, tpl = lines[j]
         text = tpl.format_map(slots) if "{" in tpl else tpl
-        body, transcription, media = text, "\\N", "text"
+        body, transcription, media, upd = text, nul, "text", nul
         r = rnd()
-        if r < (0.04 if from_me else 0.10):  # audio
-            media, body = "audio", "\\N"
-            if rnd() < 0.6:
-                transcription = text
-        elif r < (0.065 if from_me else 0.135):  # image / document, short caption or none
-            if rnd() < 0.5:
-                media, pool = "image", fam.agent_image if from_me else fam.client_image
-            else:
-                media, pool = "document", fam.agent_doc if from_me else fam.client_doc
-            body = _pick(rnd, pool).format_map(slots) if rnd() < 0.6 else "\\N"
-        gap = gaps[j] if j < n - 1 else 60
-        if backfill or rnd() < 0.9:
-            ext = str(t)
-            created = backfill or t + int(rnd() * 4)
-            upd = str(t + 1 + int(rnd() * (gap - 2))) if rnd() < 0.11 else "\\N"
+        if from_me:
+            flag, p_audio, p_media = "t", _AUDIO_A, _MEDIA_A
         else:
-            ext, upd, created = "\\N", "\\N", t
-        out(f"{mid}{j:03d}\t{sid}\t{'t' if from_me else 'f'}\t{media}\t{body}\t{transcription}"
-            f"\t{created}\t{ext}\t{upd}\n")
+            flag, p_audio, p_media = "f", _AUDIO_C, _MEDIA_C
+        if r < p_media:
+            if r < p_audio:  # ~60% transcribed (body NULL), the rest has neither
+                media, body = "audio", nul
+                if r < p_audio * 0.6:
+                    transcription = text
+            else:  # image / document: a short caption or nothing
+                if rnd() < 0.5:
+                    media, pool = "image", fam.agent_image if from_me else fam.client_image
+                else:
+                    media, pool = "document", fam.agent_doc if from_me else fam.client_doc
+                body = _pick(rnd, pool) if rnd() < 0.6 else nul
+        gap = gaps[j]
+        v = rnd()
+        rel = t - day0
+        if backfill or v < _EXTERNAL:
+            ext = day_text + hms[rel] if rel < day_end else clock(t)
+            if backfill_text:
+                created = backfill_text
+            elif v < 0.6:
+                created = ext
+            else:  # ingested 1-3 s later
+                created = clock(t + 1 + int(v * 10) % 3)
+            if r > _EDITED:  # edited: after the original, before the next message
+                upd = clock(t + 1 + int((r - _EDITED) / (1 - _EDITED) * (gap - 2)))
+        else:
+            ext = nul
+            created = day_text + hms[rel] if rel < day_end else clock(t)
+        out(f"{prefix}{j:03d}\t{sid}\t{flag}\t{media}\t{body}\t{transcription}\t{created}\t"
+            f"{ext}\t{upd}\n")
         t += gap
-    contact_id = f"{client.slug}:c{p.contact:05d}"
-    ticket_id = f"{client.slug}:t{p.ordinal:06d}"
-    return (f"{sid}\t{ticket_id}\t{client.slug}\t{contact_id}\t{status}\t{started}\t"
-            f"{ended if ended > 0 else chr(92) + 'N'}\n")
+    tid = f"{client.slug}:t{p.ordinal:06d}"
+    start_text = clock(started)
+    ticket = (f"{tid}\t{client.slug}\t{client.slug}:c{p.contact:05d}\t{status}\t"
+              f"{start_text}\n")
+    session = f"{sid}\t{tid}\t{start_text}\t{clock(ended) if ended else nul}\n"
+    return ticket, session
 
 
 # --------------------------------------------------------------------------- loading
 
-_STAGE_SQL = """
+_CONTACTS_COLS = "id, client_id, name, phone, created_at"
+_TICKETS_COLS = "id, client_id, contact_id, status, created_at"
+_SESSIONS_COLS = "id, ticket_id, started_at, ended_at"
+_MESSAGES_COLS = ("id, session_id, from_me, media_type, body, transcription, created_at, "
+                  "created_at_external, updated_at_external")
+
+_STAGE_CONTACTS = """
 CREATE TEMP TABLE _sample_contacts (
-    id text, client_id text, name text, phone text, created_at bigint, tags text
+    id text, client_id text, name text, phone text, created_at timestamptz, tags text
+) ON COMMIT DROP
+"""
+_STAGE_REST = """
+CREATE TEMP TABLE _sample_tickets (
+    id text, client_id text, contact_id text, status text, created_at timestamptz
 ) ON COMMIT DROP;
 CREATE TEMP TABLE _sample_sessions (
-    id text, ticket_id text, client_id text, contact_id text, status text,
-    started_at bigint, ended_at bigint
+    id text, ticket_id text, started_at timestamptz, ended_at timestamptz
 ) ON COMMIT DROP;
 CREATE TEMP TABLE _sample_messages (
     id text, session_id text, from_me boolean, media_type text, body text,
-    transcription text, created_at bigint, created_at_external bigint,
-    updated_at_external bigint
+    transcription text, created_at timestamptz, created_at_external timestamptz,
+    updated_at_external timestamptz
 ) ON COMMIT DROP;
-"""
-
-_MOVE_CONTACTS = """
-INSERT INTO chat.contacts (id, client_id, name, phone, created_at)
-SELECT id, client_id, name, phone, to_timestamp(created_at) FROM _sample_contacts
-ON CONFLICT DO NOTHING
 """
 _MOVE_TAGS = """
 INSERT INTO chat.contact_tags (contact_id, tag)
 SELECT id, unnest(string_to_array(tags, ',')) FROM _sample_contacts WHERE tags <> ''
 ON CONFLICT DO NOTHING
 """
-_MOVE_TICKETS = """
-INSERT INTO chat.tickets (id, client_id, contact_id, status, created_at)
-SELECT ticket_id, client_id, contact_id, status, to_timestamp(started_at)
-FROM _sample_sessions
-ON CONFLICT DO NOTHING
-"""
-_MOVE_SESSIONS = """
-INSERT INTO chat.sessions (id, ticket_id, started_at, ended_at)
-SELECT id, ticket_id, to_timestamp(started_at), to_timestamp(ended_at) FROM _sample_sessions
-ON CONFLICT DO NOTHING
-"""
-_MOVE_MESSAGES = """
-INSERT INTO chat.messages (id, session_id, from_me, media_type, body, transcription,
-                           created_at, created_at_external, updated_at_external)
-SELECT id, session_id, from_me, media_type, body, transcription, to_timestamp(created_at),
-       to_timestamp(created_at_external), to_timestamp(updated_at_external)
-FROM _sample_messages
-ON CONFLICT DO NOTHING
-"""
+
+
+def _move(table: str, cols: str) -> str:
+    return (f"INSERT INTO chat.{table} ({cols}) SELECT {cols} FROM _sample_{table} "
+            "ON CONFLICT DO NOTHING")
+
+
+def _commit(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        conn.commit()
 
 
 def _ensure_schema(conn: psycopg.Connection) -> None:
@@ -1007,11 +1121,6 @@ def _ensure_schema(conn: psycopg.Connection) -> None:
     if row is None or not row[0]:
         conn.execute(sql_path("reference", "schema.sql").read_text(encoding="utf-8"))
     _commit(conn)
-
-
-def _commit(conn: psycopg.Connection) -> None:
-    if not conn.autocommit:
-        conn.commit()
 
 
 def _existing_sessions(conn: psycopg.Connection, slugs: list[str]) -> set[str]:
@@ -1031,15 +1140,16 @@ class _Generator:
         self.existing = existing
         self.total_weight = sum(c.weight for c in clients)
         self.contacts_seen: set[tuple[str, int]] = set()  # every contact of the sample
-        self.contacts_staged: set[tuple[str, int]] = set()  # staged during this call
         self.messages = 0
 
     def batches(self) -> Iterator[_Batch]:
-        seed, now_ts = self.seed, self.now_ts
+        seed, now_ts, clock = self.seed, self.now_ts, _Clock()
+        staged: set[tuple[str, int]] = set()  # contacts already sent by this call
         identities: dict[tuple[str, int], Identity] = {}
         for b0 in range(0, self.sessions, BATCH_SESSIONS):
             b1 = min(b0 + BATCH_SESSIONS, self.sessions)
             contacts: list[str] = []
+            tickets: list[str] = []
             sessions: list[str] = []
             msgs: list[str] = []
             for i in range(b0, b1):
@@ -1050,42 +1160,62 @@ class _Generator:
                 self.messages += p.n
                 if f"{client.slug}:s{ordinal:06d}" in self.existing:
                     continue
-                if key not in self.contacts_staged:
-                    self.contacts_staged.add(key)
-                    contacts.append(_contact_row(seed, client, p.contact, now_ts))
+                if key not in staged:
+                    staged.add(key)
+                    contacts.append(_contact_row(seed, client, p.contact, now_ts, clock))
                 identity = identities.get(key)
                 if identity is None:
                     identity = identities[key] = _contact_identity(seed, client, p.contact)[0]
-                sessions.append(_session_rows(p, identity, now_ts, msgs))
+                ticket, session = _session_rows(p, identity, now_ts, clock, msgs)
+                tickets.append(ticket)
+                sessions.append(session)
             if len(identities) > 200_000:
                 identities.clear()
-            yield _Batch(b1, "".join(contacts), "".join(sessions), "".join(msgs))
+            yield _Batch(b1, len(sessions), len(msgs), "".join(contacts), "".join(tickets),
+                         "".join(sessions), "".join(msgs))
+
+
+def _copy(cur: psycopg.Cursor[object], target: str, cols: str, data: str) -> None:
+    if data:
+        with cur.copy(f"COPY {target} ({cols}) FROM STDIN") as copy:
+            copy.write(data)
 
 
 def _load_batch(conn: psycopg.Connection, batch: _Batch) -> tuple[int, int]:
+    """One transaction: contacts and tags through staging + ON CONFLICT DO NOTHING; then
+    tickets, sessions and messages (all new when the batch was planned) COPYed straight
+    into place under a savepoint, falling back to staging + ON CONFLICT DO NOTHING if any
+    row turns out to exist already (e.g. a concurrent load)."""
     if not batch.sessions:
         return 0, 0
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(_STAGE_SQL)
-        for table, data in (("_sample_contacts", batch.contacts),
-                            ("_sample_sessions", batch.sessions),
-                            ("_sample_messages", batch.messages)):
-            if data:
-                with cur.copy(f"COPY {table} FROM STDIN") as copy:
-                    copy.write(data)
-        cur.execute(_MOVE_CONTACTS)
+        cur.execute("SET LOCAL synchronous_commit = off")  # sample data: no fsync wait
+        cur.execute(_STAGE_CONTACTS)
+        _copy(cur, "_sample_contacts", f"{_CONTACTS_COLS}, tags", batch.contacts_text)
+        cur.execute(_move("contacts", _CONTACTS_COLS))
         cur.execute(_MOVE_TAGS)
-        cur.execute(_MOVE_TICKETS)
-        cur.execute(_MOVE_SESSIONS)
-        inserted_sessions = cur.rowcount
-        cur.execute(_MOVE_MESSAGES)
-        inserted_messages = cur.rowcount
+        try:
+            with conn.transaction():
+                _copy(cur, "chat.tickets", _TICKETS_COLS, batch.tickets_text)
+                _copy(cur, "chat.sessions", _SESSIONS_COLS, batch.sessions_text)
+                _copy(cur, "chat.messages", _MESSAGES_COLS, batch.messages_text)
+            inserted = batch.sessions, batch.messages
+        except psycopg.errors.UniqueViolation:
+            cur.execute(_STAGE_REST)
+            _copy(cur, "_sample_tickets", _TICKETS_COLS, batch.tickets_text)
+            _copy(cur, "_sample_sessions", _SESSIONS_COLS, batch.sessions_text)
+            _copy(cur, "_sample_messages", _MESSAGES_COLS, batch.messages_text)
+            cur.execute(_move("tickets", _TICKETS_COLS))
+            cur.execute(_move("sessions", _SESSIONS_COLS))
+            sessions = cur.rowcount
+            cur.execute(_move("messages", _MESSAGES_COLS))
+            inserted = sessions, cur.rowcount
     _commit(conn)
-    return inserted_sessions, inserted_messages
+    return inserted
 
 
 def load_sample(
-    conn: psycopg.Connection,
+    conn: psycopg.Connection[Any],
     *,
     sessions: int = 300,
     seed: int = 42,
@@ -1096,10 +1226,10 @@ def load_sample(
     """Load ``sessions`` deterministic support chats for ``clients`` (slug, display name).
 
     Creates the ``chat`` schema if it is missing, commits once per batch and is
-    idempotent: sessions already present are skipped (not regenerated), and every
-    insert is ``ON CONFLICT DO NOTHING``. ``now`` (default: this hour, UTC; a naive
-    value is taken as UTC) anchors the timestamps; the text never depends on it.
-    ``progress(done, total)`` is called after each batch with session counts.
+    idempotent: sessions already present are skipped (not regenerated) and anything
+    that may exist is inserted with ``ON CONFLICT DO NOTHING``. ``now`` (default: this
+    hour, UTC; a naive value is taken as UTC) anchors the timestamps; the text never
+    depends on it. ``progress(done, total)`` is called after each batch (sessions).
     """
     t0 = time.perf_counter()
     if sessions < 0:
@@ -1114,6 +1244,17 @@ def load_sample(
     specs = [_Client(slug, name, _family_for(slug, i), 3 if i == 0 else 2)
              for i, (slug, name) in enumerate(clients)]  # 60/40 for two clients
 
+    # this module reads rows by position: work on tuples whatever the caller's row factory
+    saved_factory = conn.row_factory
+    conn.row_factory = tuple_row  # type: ignore[assignment]
+    try:
+        return _load(conn, sessions, seed, specs, now_ts, progress, t0)
+    finally:
+        conn.row_factory = saved_factory  # type: ignore[assignment]
+
+
+def _load(conn: psycopg.Connection[Any], sessions: int, seed: int, specs: list[_Client], now_ts: int,
+          progress: Callable[[int, int], None] | None, t0: float) -> SampleStats:
     _ensure_schema(conn)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
@@ -1124,19 +1265,20 @@ def load_sample(
 
     gen = _Generator(seed, sessions, specs, now_ts, existing)
     inserted_sessions = inserted_messages = 0
-    for batch in _prefetch(gen.batches()):
-        s, m = _load_batch(conn, batch)
-        inserted_sessions += s
-        inserted_messages += m
-        if progress is not None:
-            progress(batch.done, sessions)
+    with contextlib.closing(_prefetch(gen.batches())) as batches:
+        for batch in batches:
+            s, m = _load_batch(conn, batch)
+            inserted_sessions += s
+            inserted_messages += m
+            if progress is not None:
+                progress(batch.done, sessions)
     return SampleStats(
         clients=len(specs), contacts=len(gen.contacts_seen), sessions=sessions,
         messages=gen.messages, inserted_sessions=inserted_sessions,
         inserted_messages=inserted_messages, seconds=time.perf_counter() - t0)
 
 
-def _prefetch(batches: Iterator[_Batch], depth: int = 1) -> Iterator[_Batch]:
+def _prefetch(batches: Iterator[_Batch], depth: int = 1) -> Generator[_Batch, None, None]:
     """Run the generator in a thread so the next batch is built while the server works
     on the current one (psycopg releases the GIL while it waits)."""
     q: queue.Queue[_Batch | BaseException | None] = queue.Queue(maxsize=depth)
@@ -1157,7 +1299,7 @@ def _prefetch(batches: Iterator[_Batch], depth: int = 1) -> Iterator[_Batch]:
                 if not put(b):
                     return
             put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer and re-raised there
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, re-raised
             put(exc)
 
     th = threading.Thread(target=work, name="parecer-sample", daemon=True)
