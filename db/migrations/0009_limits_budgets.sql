@@ -43,8 +43,9 @@ CREATE TABLE parecer._rate_limits (
     limit_key            text PRIMARY KEY,          -- '<key label>:<model>', never the key itself
     rpm                  integer,                   -- NULL: setting default_rpm
     tpm                  integer,                   -- NULL: setting default_tpm
-    req_tokens           double precision NOT NULL DEFAULT 0,
-    tok_tokens           double precision NOT NULL DEFAULT 0,
+    -- bucket contents; a new key starts full (capped to the burst at the first refill)
+    req_tokens           double precision NOT NULL DEFAULT 1e9,
+    tok_tokens           double precision NOT NULL DEFAULT 1e12,
     refilled_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     paused_until         timestamptz,
     pause_reason         text,
@@ -98,9 +99,9 @@ BEGIN
         PERFORM parecer._invalid(pg_catalog.format('invalid tokens: %s', COALESCE(tokens::text, 'NULL')),
                                  'tokens is the estimated size of the call (prompt + output), 0..10000000.');
     END IF;
-    INSERT INTO parecer._rate_limits AS r (limit_key, req_tokens, tok_tokens, refilled_at)
-    VALUES (v_key, 1, tokens, v_now)
-    ON CONFLICT (limit_key) DO NOTHING;
+    INSERT INTO parecer._rate_limits AS r (limit_key, refilled_at)
+    VALUES (v_key, v_now)
+    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
     SELECT * INTO v_row FROM parecer._rate_limits r WHERE r.limit_key = v_key FOR UPDATE;
 
     v_rpm := COALESCE(v_row.rpm, parecer._setting_int('default_rpm'));
@@ -159,7 +160,7 @@ BEGIN
     IF retry_after_seconds < 0 OR retry_after_seconds > 86400 OR reset_seconds < 0 OR reset_seconds > 86400 THEN
         PERFORM parecer._invalid('retry_after_seconds and reset_seconds must be between 0 and 86400', 'Pass the provider''s Retry-After in seconds.');
     END IF;
-    INSERT INTO parecer._rate_limits AS r (limit_key) VALUES (v_key) ON CONFLICT (limit_key) DO NOTHING;
+    INSERT INTO parecer._rate_limits AS r (limit_key) VALUES (v_key) ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
     IF retry_after_seconds IS NOT NULL THEN
         v_pause := v_now + make_interval(secs => retry_after_seconds);
     ELSIF remaining_requests = 0 AND reset_seconds IS NOT NULL THEN
@@ -214,7 +215,7 @@ BEGIN
         PERFORM parecer._invalid('rpm must be 1..1000000 and tpm 100..1000000000', 'Seed 003 ran at 80% of the official limits: e.g. rpm => 400, tpm => 160000.');
     END IF;
     INSERT INTO parecer._rate_limits AS r (limit_key, rpm, tpm) VALUES (v_key, rpm, tpm)
-    ON CONFLICT (limit_key) DO UPDATE SET rpm = EXCLUDED.rpm, tpm = EXCLUDED.tpm, updated_at = now();
+    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO UPDATE SET rpm = EXCLUDED.rpm, tpm = EXCLUDED.tpm, updated_at = now();
     RETURN QUERY SELECT * FROM parecer.rate_limits l WHERE l.limit_key = v_key;
 END
 $$;
@@ -633,7 +634,8 @@ BEGIN
         ) x
         WHERE (SELECT count(*) FROM fresh) < v_limit
     ), c AS MATERIALIZED (
-        SELECT f.analysis_id
+        SELECT f.analysis_id,
+               row_number() OVER (ORDER BY f.tier, (f.rn - 1) / f.priority, f.priority DESC, f.rn) AS ord
         FROM (SELECT * FROM fresh UNION ALL SELECT * FROM old) f
         ORDER BY f.tier, (f.rn - 1) / f.priority, f.priority DESC, f.rn
         LIMIT v_limit
@@ -649,7 +651,7 @@ BEGIN
                updated_at = now()
           FROM c
          WHERE a.analysis_id = c.analysis_id
-        RETURNING a.*
+        RETURNING a.*, c.ord
     ), att AS (
         INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at)
         SELECT u.analysis_id, u.claims, u.worker, u.lease_token, now() FROM u
@@ -657,7 +659,7 @@ BEGIN
     SELECT u.analysis_id, u.lease_token, u.claims, u.client_slug, u.session_id, u.script_id,
            s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count
     FROM u JOIN parecer.scripts s ON s.script_id = u.script_id
-    ORDER BY u.backlog, u.session_ended_at DESC NULLS LAST, u.created_at DESC;
+    ORDER BY u.ord;
 END
 $$;
 

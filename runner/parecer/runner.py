@@ -17,8 +17,11 @@ the model busy, safely:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import math
+import re
 import os
 import signal
 import socket
@@ -38,6 +41,8 @@ from .logs import LOGGER, event
 
 DEFAULT_MODEL = "gpt-5-mini"
 NOTIFY_CHANNEL = "parecer_work"
+BUDGET_CHANNEL = "parecer_budget"
+MAX_LOCAL_RATE_WAIT = 10.0   # longer shared-limit waits release the item instead of holding it
 log = logging.getLogger(LOGGER + ".runner")
 
 
@@ -63,6 +68,9 @@ class RunnerConfig:
     shutdown_grace: float = 20.0
     auth_pause_seconds: float = 60.0
     extra_headers: dict[str, str] | None = None   # tests: force stand-in faults
+    key_label: str | None = field(default_factory=lambda: os.environ.get("PARECER_KEY_LABEL"))
+    expected_output_tokens: int = 600           # for the shared limiter's estimate
+    rate_limit: bool = True                     # consult parecer.acquire_rate before each call
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -141,6 +149,39 @@ def classify(exc: Exception) -> ProviderPause | ItemFailure:
     return ItemFailure(f"runner error: {type(exc).__name__}")
 
 
+def limit_label(cfg: RunnerConfig) -> str:
+    """A label for the provider key in shared rate-limit state: never the key itself."""
+    if cfg.key_label:
+        return cfg.key_label
+    if cfg.api_key:
+        return "key-" + hashlib.sha256(cfg.api_key.encode()).hexdigest()[:8]
+    return "default"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """OpenAI's x-ratelimit-reset-* values: '1s', '250ms', '6m0s'."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = _DURATION.findall(value)
+    return sum(float(n) * scale[u] for n, u in parts) if parts else None
+
+
+def _int_header(headers: Any, name: str) -> int | None:
+    v = headers.get(name) if headers is not None else None
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
 def _usage(resp: Any, latency_ms: int, requested_model: str) -> dict[str, Any]:
     u = getattr(resp, "usage", None)
     cached = 0
@@ -153,6 +194,7 @@ def _usage(resp: Any, latency_ms: int, requested_model: str) -> dict[str, Any]:
         "latency_ms": latency_ms,
         "response_id": getattr(resp, "id", None),
         "requested_model": requested_model,
+        "model": getattr(resp, "model", None) or requested_model,
     }
 
 
@@ -237,10 +279,19 @@ class Runner:
                 async with await psycopg.AsyncConnection.connect(self.cfg.database_url, autocommit=True,
                                                                  application_name="parecer-listen") as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await conn.execute(f"LISTEN {BUDGET_CHANNEL}")
                     delay = 0.5
                     self._wake.set()  # we may have missed notifications while away
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    async for n in conn.notifies():
+                        if n.channel == BUDGET_CHANNEL:
+                            try:
+                                alert = json.loads(n.payload)
+                            except ValueError:
+                                alert = {}
+                            event(log, "budget alert", logging.ERROR if alert.get("threshold") == 100 else logging.WARNING,
+                                  **{k: alert.get(k) for k in ("client", "period", "threshold", "spent_usd", "budget_usd")})
+                        else:
+                            self._wake.set()
             except psycopg.OperationalError as exc:
                 event(log, "listen connection lost", logging.WARNING, error=type(exc).__name__, retry_in=delay)
                 await asyncio.sleep(delay)
@@ -405,8 +456,13 @@ class Runner:
         [prompt] = await self._db("SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],))
         model = item["model"] or prompt["model"] or cfg.model
         fields["prompt"] = prompt["prompt_hash"][:16]
+        limit_key = f"{limit_label(cfg)}:{model}"
+        estimate = math.ceil((len(prompt["instructions"]) + len(prompt["input"])) / 4) + cfg.expected_output_tokens
+        if cfg.rate_limit:
+            await self._acquire(limit_key, estimate)
+        t0 = time.monotonic()
         try:
-            resp = await self.client.responses.create(
+            raw = await self.client.responses.with_raw_response.create(
                 model=model,
                 instructions=prompt["instructions"],
                 input=prompt["input"],
@@ -418,8 +474,24 @@ class Runner:
                 timeout=cfg.request_timeout,
                 extra_headers=cfg.extra_headers,
             )
+            resp = raw.parse()
         except openai.OpenAIError as exc:
-            raise classify(exc) from None
+            verdict = classify(exc)
+            if isinstance(verdict, ProviderPause) and cfg.rate_limit:
+                await self._db("SELECT parecer.report_rate(%s, retry_after_seconds => %s, reason => %s)",
+                               (limit_key, min(verdict.seconds, 86400.0), verdict.reason))
+            raise verdict from None
+        if cfg.rate_limit:
+            h = raw.headers
+            actual = None
+            if getattr(resp, "usage", None) is not None:
+                actual = int(resp.usage.input_tokens or 0) + int(resp.usage.output_tokens or 0)
+            await self._db(
+                "SELECT parecer.report_rate(%s, remaining_requests => %s, remaining_tokens => %s,"
+                " reset_seconds => %s, estimated_tokens => %s, actual_tokens => %s)",
+                (limit_key, _int_header(h, "x-ratelimit-remaining-requests"),
+                 _int_header(h, "x-ratelimit-remaining-tokens"),
+                 parse_duration(h.get("x-ratelimit-reset-requests")), estimate, actual))
         latency_ms = int((time.monotonic() - t0) * 1000)
         usage = _usage(resp, latency_ms, model)
         if self._slots < cfg.concurrency:
@@ -448,6 +520,17 @@ class Runner:
         self.stats.output_tokens += usage["output_tokens"] or 0
         event(log, "item done", **fields, model=used_model, latency_ms=latency_ms, tokens_in=usage["input_tokens"],
               tokens_cached=usage["cached_input_tokens"], tokens_out=usage["output_tokens"])
+
+    async def _acquire(self, limit_key: str, tokens: int) -> None:
+        """Wait for the shared limiter; a long wait gives the item back instead of holding it."""
+        while True:
+            [g] = await self._db("SELECT * FROM parecer.acquire_rate(%s, %s)", (limit_key, tokens))
+            if g["granted"]:
+                return
+            wait = float(g["wait_seconds"])
+            if wait > MAX_LOCAL_RATE_WAIT:
+                raise ProviderPause(f"shared rate limit {limit_key}: capacity in {wait:.0f}s", wait)
+            await asyncio.sleep(wait)
 
     async def _finish_failed(self, item: dict[str, Any], fields: dict[str, Any], f: ItemFailure, t0: float) -> None:
         try:

@@ -1,0 +1,158 @@
+"""Shared rate limits, usage and cost, budgets (fail-closed), fair claiming, backlog runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from parecer import db
+from parecer import errors as E
+from parecer.standin import Standin, StandinConfig
+
+from .factories import make_script, make_session, report_for
+
+
+def test_rate_limiter_never_hands_out_more_than_the_limit(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        c.execute("SELECT * FROM parecer.set_rate_limit('k:m', rpm => 120, tpm => 1000000)")
+    granted: list[int] = []
+    barrier = threading.Barrier(3)
+
+    def hammer() -> None:
+        n = 0
+        with db.connect(db_url) as c:
+            barrier.wait()
+            for _ in range(60):
+                if c.execute("SELECT granted FROM parecer.acquire_rate('k:m', 100)").fetchone()["granted"]:  # type: ignore[index]
+                    n += 1
+        granted.append(n)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    # bucket: 6 s of 120/min = 12 requests, refilled at 2/s while the threads ran
+    assert sum(granted) <= 12 + 2 * elapsed + 1
+    assert sum(granted) >= 12
+
+
+def test_429_pauses_every_runner_of_the_key(conn: psycopg.Connection[Any]) -> None:
+    assert conn.execute("SELECT granted FROM parecer.acquire_rate('k:m')").fetchone() == {"granted": True}
+    until = conn.execute("SELECT parecer.report_rate('k:m', retry_after_seconds => 30, reason => '429') AS u").fetchone()
+    assert until is not None and until["u"] is not None
+    g = conn.execute("SELECT * FROM parecer.acquire_rate('k:m')").fetchone()
+    assert g is not None and g["granted"] is False and 25 < g["wait_seconds"] <= 30
+    row = conn.execute("SELECT * FROM parecer.rate_limits").fetchone()
+    assert row is not None and row["throttled"] == 1 and row["pause_reason"] == "429"
+
+
+def test_limit_keys_refuse_api_keys(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute("SELECT * FROM parecer.acquire_rate('sk-proj-abcdef:gpt-5-mini')")
+    assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT
+
+
+def _done_with_usage(conn: psycopg.Connection[Any], client: str, usage: dict[str, Any], model: str = "gpt-5-mini") -> None:
+    script = make_script(conn, client=client)
+    s = make_session(conn, client)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
+    item = conn.execute("SELECT * FROM parecer.claim('w', client_slug => %s)", (client,)).fetchone()
+    assert item is not None
+    conn.execute("SELECT parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+                 (item["analysis_id"], item["lease_token"], json.dumps(report_for(s)), model, "a" * 64, json.dumps(usage)))
+
+
+def test_cost_is_recorded_per_attempt_and_aggregated(conn: psycopg.Connection[Any]) -> None:
+    usage = {"input_tokens": 1_000_000, "cached_input_tokens": 200_000, "output_tokens": 100_000}
+    _done_with_usage(conn, "acme", usage, model="gpt-5-mini-2025-08-07")  # priced by prefix
+    # gpt-5-mini: 0.25 in, 0.025 cached, 2.00 out per million: 0.8*0.25 + 0.2*0.025 + 0.1*2 = 0.405
+    assert float(conn.execute("SELECT cost_usd FROM parecer._attempts").fetchone()["cost_usd"]) == pytest.approx(0.405)  # type: ignore[index]
+    d = conn.execute("SELECT * FROM parecer.spend_daily").fetchone()
+    assert d is not None and d["client_slug"] == "acme" and float(d["cost_usd"]) == pytest.approx(0.405)
+    assert d["input_tokens"] == 1_000_000 and d["output_tokens"] == 100_000
+    est = conn.execute("SELECT parecer.estimate_cost(script_id, 10) AS e FROM parecer.scripts").fetchone()
+    assert est is not None and float(est["e"]) == pytest.approx(4.05)
+
+
+def test_budget_is_fail_closed_and_alerts_once(db_url: str) -> None:
+    with db.connect(db_url) as listener, db.connect(db_url) as c:
+        listener.execute("LISTEN parecer_budget")
+        make_script(c, client="beta")
+        _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 50_000})  # 0.10 USD
+        c.execute("SELECT * FROM parecer.set_budget('acme', daily_usd => 0.12)")
+        _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 0})       # crosses nothing new
+        b = c.execute("SELECT * FROM parecer.budgets WHERE client_slug = 'acme'").fetchone()
+        assert b is not None and b["blocked_reason"] is None
+        _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 10_000})  # 0.12: 100%
+        b = c.execute("SELECT * FROM parecer.budgets WHERE client_slug = 'acme'").fetchone()
+        assert b is not None and b["blocked_reason"].startswith("daily budget reached")
+        # acme has work but is over budget: claim hands out only beta's
+        script_a = c.execute("SELECT script_id FROM parecer.resolve_script('acme', 'qa')").fetchone()["script_id"]  # type: ignore[index]
+        script_b = c.execute("SELECT script_id FROM parecer.resolve_script('beta', 'qa')").fetchone()["script_id"]  # type: ignore[index]
+        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(c, "acme").session_id], script_a))
+        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(c, "beta").session_id], script_b))
+        got = c.execute("SELECT client_slug FROM parecer.claim('w', 10)").fetchall()
+        assert got == [{"client_slug": "beta"}]
+        alerts = [json.loads(n.payload) for n in listener.notifies(timeout=0.5, stop_after=10)]
+    assert [(a["client"], a["period"], a["threshold"]) for a in alerts] == [("acme", "day", 80), ("acme", "day", 100)]
+
+
+def test_fair_claim_round_robin_weighted_by_priority(conn: psycopg.Connection[Any]) -> None:
+    sa, sb = make_script(conn, client="big"), make_script(conn, client="small")
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "big").session_id for _ in range(30)], sa["script_id"]))
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "small").session_id for _ in range(3)], sb["script_id"]))
+    got = [r["client_slug"] for r in conn.execute("SELECT client_slug FROM parecer.claim('w', 4)").fetchall()]
+    assert sorted(got) == ["big", "big", "small", "small"]  # not starved by big's backlog
+    conn.execute("SELECT * FROM parecer.set_client_priority('big', 2)")
+    got = [r["client_slug"] for r in conn.execute("SELECT client_slug FROM parecer.claim('w', 3)").fetchall()]
+    assert sorted(got) == ["big", "big", "small"]
+
+
+def test_backlog_run_waits_for_fresh_work_and_goes_oldest_first(conn: psycopg.Connection[Any]) -> None:
+    make_script(conn)
+    old = [make_session(conn) for _ in range(3)]
+    r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')").fetchone()
+    assert r is not None
+    assert conn.execute("SELECT parecer.set_run_backlog(%s) AS n", (r["run_id"],)).fetchone() == {"n": 3}
+    fresh = make_session(conn)
+    conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
+    got = [x["session_id"] for x in conn.execute("SELECT session_id FROM parecer.claim('w', 3)").fetchall()]
+    oldest_first = [s.session_id for s in sorted(old, key=lambda s: s.ended_at)]
+    assert got == [fresh.session_id] + oldest_first[:2]
+
+
+def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
+    """Two runners against a limit at 80% of the provider's: the provider never has to say 429."""
+    with db.connect(db_url) as c:
+        make_script(c)
+        for _ in range(30):
+            make_session(c)
+        c.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
+        c.execute("SELECT * FROM parecer.set_rate_limit('shared:gpt-5-mini', rpm => 48)")
+    with Standin(StandinConfig(rpm_limit=60, latency_ms=(5, 20))) as s:
+        env = {**os.environ, "PARECER_DATABASE_URL": db_url, "OPENAI_BASE_URL": s.url, "OPENAI_API_KEY": "sk-test",
+               "PARECER_KEY_LABEL": "shared"}
+        procs = [subprocess.Popen([sys.executable, "-m", "parecer.cli", "runner", "--concurrency", "4"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(8)
+        for p in procs:
+            p.terminate()
+        outs = [p.communicate(timeout=30) for p in procs]
+        stats = s.stats()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert stats["rate_limited"] == 0
+    assert stats["completed"] >= 4  # the burst plus the refill: work did happen
+    with db.connect(db_url) as c:
+        row = c.execute("SELECT granted, throttled FROM parecer.rate_limits WHERE limit_key = 'shared:gpt-5-mini'").fetchone()
+    assert row is not None and row["throttled"] == 0 and row["granted"] == stats["requests"]
