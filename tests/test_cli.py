@@ -151,3 +151,25 @@ def test_readme_commands_exist() -> None:
             assert " ".join(words) in commands and len(words) > 1 or line.strip() == "parecer", line
             used += 1
     assert used > 3
+
+
+def test_limits_budgets_prices_spend_backlog(seeded: str) -> None:
+    cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--activate", input="x")
+    r = json.loads(cli(seeded, "limits", "set", "default:gpt-5-mini", "--rpm", "100", "--json").output)
+    assert (r["rpm"], r["is_default"]) == (100, False)
+    assert json.loads(cli(seeded, "limits", "show", "--json").output)[0]["limit_key"] == "default:gpt-5-mini"
+    b = json.loads(cli(seeded, "budgets", "set", "acme", "--daily", "5", "--monthly", "100", "--json").output)
+    assert float(b["daily_budget_usd"]) == 5 and b["blocked_reason"] is None
+    assert json.loads(cli(seeded, "budgets", "priority", "acme", "3", "--json").output)["priority"] == 3
+    p = json.loads(cli(seeded, "prices", "set", "my-model", "--input", "1", "--cached", "0.1", "--output", "4", "--json").output)
+    assert p["model"] == "my-model"
+    assert any(x["model"] == "gpt-5-mini" for x in json.loads(cli(seeded, "prices", "show", "--json").output))
+    assert json.loads(cli(seeded, "spend", "--json").output) == []
+    dry = json.loads(cli(seeded, "run", "acme", "qa", "--dry-run", "--json").output)
+    assert "estimated_cost_usd" in dry and dry["estimated_cost_usd"] is None  # no history yet
+    r = cli(seeded, "run", "acme", "qa", "--backlog", "--json")
+    assert r.exit_code == 0, r.output
+    with db.connect(seeded) as c:
+        assert c.execute("SELECT bool_and(backlog) AS b FROM parecer.analyses").fetchone() == {"b": True}
+    r = cli(seeded, "budgets", "priority", "acme", "0")
+    assert r.exit_code != 0 and "[PR010]" in r.output

@@ -325,16 +325,18 @@ def _tag_filter(tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...]
 @click.option("--wait", is_flag=True, help="Follow the run with a progress bar until it settles.")
 @click.option("--process", is_flag=True, help="Also process the run here with an in-process runner (implies --wait).")
 @click.option("--concurrency", type=int, default=4, help="With --process: items in flight.")
+@click.option("--backlog", is_flag=True, help="A backlog run: claimed only when no fresh work waits, oldest first.")
 @json_option
 @click.pass_context
 @user_errors
 def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_messages: int,
             tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool,
             ended_before_hours: float | None, require_agent_reply: bool, version_tag: str, force: bool,
-            dry_run: bool, max_sessions: int, wait: bool, process: bool, concurrency: int, as_json: bool) -> None:
+            dry_run: bool, max_sessions: int, wait: bool, process: bool, concurrency: int, backlog: bool,
+            as_json: bool) -> None:
     """Select CLIENT's eligible sessions for script KEY and queue them (parecer.start_run)."""
     tf = _tag_filter(tag_filter, no_tags, any_tags, ignore_tags)
-    with connection(ctx) as conn:
+    with connection(ctx) as conn, conn.transaction():
         res = conn.execute(
             "SELECT * FROM parecer.start_run(client_slug => %s, script_key => %s, script_version => %s,"
             " min_messages => %s, tag_filter => %s::jsonb, analysis_version_tag => %s, force_reprocess => %s,"
@@ -343,7 +345,13 @@ def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_
             " require_agent_reply => %s)",
             (client, key, version, min_messages, tf, version_tag, force, dry_run, max_sessions,
              ended_before_hours, ended_before_hours, require_agent_reply)).fetchone()
-    assert res is not None
+        assert res is not None
+        if dry_run:
+            est = conn.execute("SELECT parecer.estimate_cost(s.script_id, %s) AS e FROM parecer.resolve_script(%s, %s, %s) s",
+                               (res["would_enqueue"], client, key, version)).fetchone()
+            res["estimated_cost_usd"] = est["e"] if est else None
+        elif backlog:
+            conn.execute("SELECT parecer.set_run_backlog(%s)", (res["run_id"],))
     if dry_run or not (wait or process):
         if as_json:
             emit_json(res)
@@ -441,7 +449,13 @@ def status_cmd(ctx: click.Context, client: str | None, as_json: bool) -> None:
     with connection(ctx) as conn:
         rows = conn.execute("SELECT * FROM parecer.queue_status WHERE %s::text IS NULL OR client_slug = %s"
                             " ORDER BY client_slug, script_key, script_version", (client, client)).fetchall()
-    emit_json(rows) if as_json else emit_table(rows, title="parecer queue")
+        clients = conn.execute("SELECT * FROM parecer.client_status WHERE %s::text IS NULL OR client_slug = %s",
+                               (client, client)).fetchall()
+    if as_json:
+        emit_json(rows)
+        return
+    emit_table(rows, title="parecer queue")
+    emit_table(clients, title="clients: spend and budgets (USD)")
 
 
 @main.command("prompt")
@@ -521,6 +535,133 @@ def reports_export(ctx: click.Context, client: str, key: str | None, since: date
                 writer.writerow({k: _cell(v) for k, v in flat.items()})
             n += 1
     click.echo(f"exported {n} report(s)", err=True)
+
+
+# ---- limits, budgets, prices, spend -------------------------------------------
+@main.group("limits", context_settings=CONTEXT)
+def limits_group() -> None:
+    """Shared rate limits per provider key label + model (all runners obey them)."""
+
+
+@limits_group.command("show")
+@json_option
+@click.pass_context
+@user_errors
+def limits_show(ctx: click.Context, as_json: bool) -> None:
+    """Configured limits, current pauses, requests granted and 429s reported."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.rate_limits").fetchall()
+    emit_json(rows) if as_json else emit_table(rows, title="rate limits")
+
+
+@limits_group.command("set")
+@click.argument("limit_key")
+@click.option("--rpm", type=int, default=None, help="Requests per minute (default: setting default_rpm).")
+@click.option("--tpm", type=int, default=None, help="Tokens per minute (default: setting default_tpm).")
+@json_option
+@click.pass_context
+@user_errors
+def limits_set(ctx: click.Context, limit_key: str, rpm: int | None, tpm: int | None, as_json: bool) -> None:
+    """Set LIMIT_KEY's limits ('<key label>:<model>', e.g. default:gpt-5-mini)."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.set_rate_limit(%s, %s, %s)", (limit_key, rpm, tpm)).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else click.echo(f"{row['limit_key']}: {row['rpm']} rpm, {row['tpm']} tpm")
+
+
+@main.group("budgets", context_settings=CONTEXT)
+def budgets_group() -> None:
+    """Spend budgets and claim priority per client."""
+
+
+@budgets_group.command("show")
+@json_option
+@click.pass_context
+@user_errors
+def budgets_show(ctx: click.Context, as_json: bool) -> None:
+    """Budgets, spend so far and why a client is held back."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.budgets").fetchall()
+    emit_json(rows) if as_json else emit_table(rows, title="budgets (USD)")
+
+
+@budgets_group.command("set")
+@click.argument("client")
+@click.option("--daily", type=float, default=None, help="Daily budget in USD (omit: none).")
+@click.option("--monthly", type=float, default=None, help="Monthly budget in USD (omit: none).")
+@json_option
+@click.pass_context
+@user_errors
+def budgets_set(ctx: click.Context, client: str, daily: float | None, monthly: float | None, as_json: bool) -> None:
+    """Set CLIENT's budgets; claim hands out no work past them (fail-closed)."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.set_budget(%s, %s::numeric, %s::numeric)", (client, daily, monthly)).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else emit_record(row)
+
+
+@budgets_group.command("priority")
+@click.argument("client")
+@click.argument("priority", type=int)
+@json_option
+@click.pass_context
+@user_errors
+def budgets_priority(ctx: click.Context, client: str, priority: int, as_json: bool) -> None:
+    """Set CLIENT's weight in claim's round-robin (1..100; VIP first)."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.set_client_priority(%s, %s)", (client, priority)).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else click.echo(f"{client}: priority {row['priority']}")
+
+
+@main.group("prices", context_settings=CONTEXT)
+def prices_group() -> None:
+    """Model prices used for cost accounting."""
+
+
+@prices_group.command("show")
+@json_option
+@click.pass_context
+@user_errors
+def prices_show(ctx: click.Context, as_json: bool) -> None:
+    """Prices in USD per million tokens, with their source and date."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.model_prices").fetchall()
+    emit_json(rows) if as_json else emit_table(rows, title="model prices (USD / 1M tokens)")
+
+
+@prices_group.command("set")
+@click.argument("model")
+@click.option("--input", "input_", type=float, required=True, help="USD per million input tokens.")
+@click.option("--cached", type=float, required=True, help="USD per million cached input tokens.")
+@click.option("--output", type=float, required=True, help="USD per million output tokens.")
+@click.option("--source", default="set by operator", help="Where the price comes from.")
+@json_option
+@click.pass_context
+@user_errors
+def prices_set(ctx: click.Context, model: str, input_: float, cached: float, output: float, source: str,
+               as_json: bool) -> None:
+    """Add or change MODEL's price (matched by prefix)."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.set_model_price(%s, %s::numeric, %s::numeric, %s::numeric, %s)",
+                           (model, input_, cached, output, source)).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else emit_record(row)
+
+
+@main.command("spend")
+@click.option("--client", default=None, help="Only this client.")
+@click.option("--monthly", is_flag=True, help="Per month instead of per day.")
+@json_option
+@click.pass_context
+@user_errors
+def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bool) -> None:
+    """Tokens and cost per client and day (or month)."""
+    view = "spend_monthly" if monthly else "spend_daily"
+    with connection(ctx) as conn:
+        rows = conn.execute(f"SELECT * FROM parecer.{view} WHERE %s::text IS NULL OR client_slug = %s",
+                            (client, client)).fetchall()
+    emit_json(rows) if as_json else emit_table(rows, title=f"spend ({'month' if monthly else 'day'}, USD)")
 
 
 # ---- runner, stand-in, sample, demo ----------------------------------------------
@@ -666,6 +807,18 @@ def demo_cmd(ctx: click.Context, sessions: int, max_sessions: int, concurrency: 
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 
+
+def _show_envvars(cmd: click.Command) -> None:
+    """Name every option's environment variable in its help (PARECER_<COMMAND>_<OPTION> unless set)."""
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.is_eager:
+            p.show_envvar = True
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _show_envvars(sub)
+
+
+_show_envvars(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
