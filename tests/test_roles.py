@@ -33,18 +33,31 @@ CALLS: dict[str, str] = {
     "session_transcript": "SELECT * FROM parecer.session_transcript('x')",
     "next_due": "SELECT * FROM parecer.next_due()",
     "retry_failed": "SELECT * FROM parecer.retry_failed(client_slug => 'acme')",
+    "acquire_rate": "SELECT * FROM parecer.acquire_rate('k:m')",
+    "report_rate": "SELECT * FROM parecer.report_rate('k:m')",
+    "set_rate_limit": "SELECT * FROM parecer.set_rate_limit('k:m', 10)",
+    "set_model_price": "SELECT * FROM parecer.set_model_price('m', 1, 1, 1)",
+    "set_budget": "SELECT * FROM parecer.set_budget('acme', 1)",
+    "set_client_priority": "SELECT * FROM parecer.set_client_priority('acme', 2)",
+    "set_run_backlog": "SELECT * FROM parecer.set_run_backlog(1)",
+    "estimate_cost": "SELECT * FROM parecer.estimate_cost(1, 10)",
 }
 RELATIONS = ["reports", "attempts", "queue_status", "runs_overview", "settings", "analyses", "scripts", "runs",
              "run_items", "_attempts", "_settings", "source_clients", "source_sessions", "source_messages",
-             "source_contact_tags"]
+             "source_contact_tags", "rate_limits", "model_prices", "budgets", "spend_daily", "spend_monthly",
+             "run_costs", "client_status", "_rate_limits", "_model_prices", "_spend", "_client_policy",
+             "_budget_alerts"]
 
-READER_VIEWS = {"reports", "attempts", "queue_status", "runs_overview", "settings"}
+READER_VIEWS = {"reports", "attempts", "queue_status", "runs_overview", "settings", "rate_limits", "model_prices",
+                "budgets", "spend_daily", "spend_monthly", "run_costs", "client_status"}
 MATRIX: dict[str, set[str]] = {
     "parecer_admin": {"set_setting", "create_script_version", "list_scripts", "resolve_script", "activate_script",
                       "eligible_sessions", "enqueue", "start_run", "run_summary", "prompt_for", "retry_failed",
+                      "set_rate_limit", "set_model_price", "set_budget", "set_client_priority", "set_run_backlog",
+                      "estimate_cost",
                       "session_transcript"} | READER_VIEWS,
     "parecer_runner": {"claim", "extend_lease", "mark_done", "mark_failed", "release", "prompt_for",
-                       "session_transcript", "next_due"},
+                       "session_transcript", "next_due", "acquire_rate", "report_rate"},
     "parecer_reader": {"run_summary"} | READER_VIEWS,
     "parecer_test_nobody": set(),
 }

@@ -64,6 +64,7 @@ DROP VIEW IF EXISTS parecer.spend_monthly;
 DROP VIEW IF EXISTS parecer.spend_daily;
 DROP VIEW IF EXISTS parecer.budgets;
 DROP FUNCTION IF EXISTS parecer._blocked_reason(text);
+DROP VIEW IF EXISTS parecer._budget_state;
 DROP TRIGGER IF EXISTS analyses_register_clients ON parecer.analyses;
 DROP FUNCTION IF EXISTS parecer._register_clients();
 DROP TRIGGER IF EXISTS attempts_cost ON parecer._attempts;

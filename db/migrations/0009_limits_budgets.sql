@@ -190,8 +190,10 @@ COMMENT ON FUNCTION parecer.report_rate(text, double precision, integer, integer
 -- The shared limits, as runners see them.
 CREATE VIEW parecer.rate_limits AS
 SELECT r.limit_key,
-       COALESCE(r.rpm, parecer._setting_int('default_rpm')) AS rpm,
-       COALESCE(r.tpm, parecer._setting_int('default_tpm')) AS tpm,
+       COALESCE(r.rpm, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
+                        WHERE st.name = 'default_rpm')) AS rpm,
+       COALESCE(r.tpm, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
+                        WHERE st.name = 'default_tpm')) AS tpm,
        r.rpm IS NULL AND r.tpm IS NULL AS is_default,
        CASE WHEN r.paused_until > clock_timestamp() THEN r.paused_until END AS paused_until,
        CASE WHEN r.paused_until > clock_timestamp() THEN r.pause_reason END AS pause_reason,
@@ -405,36 +407,43 @@ $$;
 CREATE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION parecer._register_clients();
 
+-- Budget state per client right now. Views reached by parecer_reader call no
+-- functions of ours (a view's functions run with the reader's rights): the
+-- budget calendar is inlined here.
+CREATE VIEW parecer._budget_state AS
+WITH cal AS (
+    SELECT (now() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
+                                WHERE st.name = 'budget_timezone'))::date AS today
+)
+SELECT p.client_id, p.client_slug, p.priority, p.daily_budget_usd, p.monthly_budget_usd,
+       sp.spent_today, sp.spent_month,
+       CASE
+           WHEN p.daily_budget_usd IS NOT NULL AND sp.spent_today >= p.daily_budget_usd
+               THEN pg_catalog.format('daily budget reached: %s of %s USD', round(sp.spent_today, 4), p.daily_budget_usd)
+           WHEN p.monthly_budget_usd IS NOT NULL AND sp.spent_month >= p.monthly_budget_usd
+               THEN pg_catalog.format('monthly budget reached: %s of %s USD', round(sp.spent_month, 4), p.monthly_budget_usd)
+       END AS blocked_reason
+FROM parecer._client_policy p
+CROSS JOIN cal
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0) AS spent_today,
+           COALESCE(sum(s.cost_usd), 0) AS spent_month
+    FROM parecer._spend s
+    WHERE s.client_id = p.client_id AND s.day >= date_trunc('month', cal.today)::date AND s.day <= cal.today
+) sp;
+
 -- Why a client may not get work now (NULL: it may).
 CREATE FUNCTION parecer._blocked_reason(p_client_id text) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE
-        WHEN p.daily_budget_usd IS NOT NULL AND d.spent >= p.daily_budget_usd
-            THEN pg_catalog.format('daily budget reached: %s of %s USD', round(d.spent, 4), p.daily_budget_usd)
-        WHEN p.monthly_budget_usd IS NOT NULL AND m.spent >= p.monthly_budget_usd
-            THEN pg_catalog.format('monthly budget reached: %s of %s USD', round(m.spent, 4), p.monthly_budget_usd)
-        END
-    FROM parecer._client_policy p,
-         LATERAL (SELECT COALESCE(sum(s.cost_usd), 0) AS spent FROM parecer._spend s
-                  WHERE s.client_id = p.client_id AND s.day = parecer._budget_day()) d,
-         LATERAL (SELECT COALESCE(sum(s.cost_usd), 0) AS spent FROM parecer._spend s
-                  WHERE s.client_id = p.client_id AND s.day >= date_trunc('month', parecer._budget_day())::date) m
-    WHERE p.client_id = p_client_id
-$$;
+AS $$ SELECT b.blocked_reason FROM parecer._budget_state b WHERE b.client_id = p_client_id $$;
 
 -- Budgets and spend per client.
 CREATE VIEW parecer.budgets AS
-SELECT p.client_slug, p.priority, p.daily_budget_usd,
-       COALESCE((SELECT sum(s.cost_usd) FROM parecer._spend s WHERE s.client_id = p.client_id
-                  AND s.day = parecer._budget_day()), 0) AS spent_today_usd,
-       p.monthly_budget_usd,
-       COALESCE((SELECT sum(s.cost_usd) FROM parecer._spend s WHERE s.client_id = p.client_id
-                  AND s.day >= date_trunc('month', parecer._budget_day())::date), 0) AS spent_month_usd,
-       parecer._blocked_reason(p.client_id) AS blocked_reason
-FROM parecer._client_policy p
-ORDER BY p.client_slug;
+SELECT b.client_slug, b.priority, b.daily_budget_usd, b.spent_today AS spent_today_usd,
+       b.monthly_budget_usd, b.spent_month AS spent_month_usd, b.blocked_reason
+FROM parecer._budget_state b
+ORDER BY b.client_slug;
 COMMENT ON VIEW parecer.budgets IS 'Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).';
 
 CREATE VIEW parecer.spend_daily AS
