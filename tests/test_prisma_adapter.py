@@ -16,12 +16,12 @@ CREATE TABLE public.contact_tags ("contactId" text NOT NULL REFERENCES public.co
                                   PRIMARY KEY ("contactId", tag));
 CREATE TABLE public.tickets (id text PRIMARY KEY, "clientId" text NOT NULL, "contactId" text NOT NULL);
 CREATE TABLE public.sessions (id text PRIMARY KEY, "ticketId" text NOT NULL REFERENCES public.tickets,
-                              "startedAt" timestamp(3) with time zone, "endedAt" timestamp(3) with time zone);
+                              "startedAt" timestamp(3), "endedAt" timestamp(3));
 CREATE TABLE public.messages (id text PRIMARY KEY, "sessionId" text NOT NULL REFERENCES public.sessions,
                               "fromMe" boolean NOT NULL, "mediaType" text NOT NULL DEFAULT 'text', body text,
-                              transcription text, "createdAt" timestamp(3) with time zone NOT NULL DEFAULT now(),
-                              "createdAtExternal" timestamp(3) with time zone,
-                              "updatedAtExternal" timestamp(3) with time zone);
+                              transcription text, "createdAt" timestamp(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
+                              "createdAtExternal" timestamp(3),
+                              "updatedAtExternal" timestamp(3));
 INSERT INTO public.clients VALUES ('c1', 'loja', 'Loja');
 INSERT INTO public.contacts VALUES ('k1', 'c1', 'Ana'), ('k2', 'c1', 'Bia');
 INSERT INTO public.contact_tags VALUES ('k2', 'vip');

@@ -51,7 +51,7 @@ RELATIONS = ["reports", "attempts", "queue_status", "runs_overview", "settings",
 READER_VIEWS = {"reports", "attempts", "queue_status", "runs_overview", "settings", "rate_limits", "model_prices",
                 "budgets", "spend_daily", "spend_monthly", "run_costs", "client_status"}
 MATRIX: dict[str, set[str]] = {
-    "parecer_admin": {"set_setting", "create_script_version", "list_scripts", "resolve_script", "activate_script",
+    "parecer_admin": {"source_clients", "set_setting", "create_script_version", "list_scripts", "resolve_script", "activate_script",
                       "eligible_sessions", "enqueue", "start_run", "run_summary", "prompt_for", "retry_failed",
                       "set_rate_limit", "set_model_price", "set_budget", "set_client_priority", "set_run_backlog",
                       "estimate_cost",

@@ -193,4 +193,6 @@ def test_idle_runner_wakes_on_notify_not_poll(db_url: str, standin: Standin) -> 
     finally:
         loop.call_soon_threadsafe(runner.stop)
         t.join(timeout=30)
+        if not t.is_alive():
+            loop.close()
     assert not t.is_alive()

@@ -6,7 +6,9 @@
 --   messages (id, "sessionId", "fromMe", "mediaType", body, transcription,
 --             "createdAt", "createdAtExternal", "updatedAtExternal")
 -- Prisma ids are text (String @id) already; cast with ::text if yours are not
--- and add an expression index (see docs/adapters.md).
+-- and add an expression index (see docs/adapters.md). Prisma's DateTime is
+-- timestamp(3) WITHOUT time zone holding UTC: AT TIME ZONE 'UTC' makes it a
+-- timestamptz independent of the session's TimeZone (prompt hashes depend on it).
 
 -- Mandatory for the transcript and eligibility (seed 000), and the recommended
 -- index for the ordering key.
@@ -19,7 +21,7 @@ FROM public.clients c;
 
 CREATE OR REPLACE VIEW parecer.source_sessions AS
 SELECT s.id AS session_id, t."clientId" AS client_id, t."contactId" AS contact_id,
-       s."endedAt"::timestamptz AS ended_at   -- Prisma uses timestamp(3): the contract is plain timestamptz
+       s."endedAt" AT TIME ZONE 'UTC' AS ended_at   -- Prisma DateTime: timestamp(3) holding UTC
 FROM public.sessions s
 JOIN public.tickets t ON t.id = s."ticketId";
 
@@ -27,7 +29,7 @@ CREATE OR REPLACE VIEW parecer.source_messages AS
 SELECT m.id AS message_id,
        m."sessionId" AS session_id,
        m."fromMe" AS from_me,
-       COALESCE(m."updatedAtExternal", m."createdAtExternal", m."createdAt")::timestamptz AS sent_at,
+       COALESCE(m."updatedAtExternal", m."createdAtExternal", m."createdAt") AT TIME ZONE 'UTC' AS sent_at,
        m."mediaType" AS media_type,
        m.body,
        m.transcription

@@ -1,7 +1,7 @@
 -- 0001: the parecer schema and its three roles.
 -- Roles are cluster-wide and NOLOGIN: grant them to your login roles
 -- (GRANT parecer_runner TO my_worker_login). Tables are private; the API is the
--- functions and views granted to these roles in 0007 and later migrations.
+-- functions and views granted to these roles in 0008 and later migrations.
 CREATE SCHEMA IF NOT EXISTS parecer;
 COMMENT ON SCHEMA parecer IS 'parecer: LLM analysis of support chat sessions. Tables are not the API; functions and views are (see docs/sql-api.md).';
 

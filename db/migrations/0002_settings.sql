@@ -85,13 +85,15 @@ BEGIN
                 v_iv := NULL;
             END;
             IF v_iv IS NULL OR cardinality(v_iv) = 0 OR cardinality(v_iv) > 100
+               OR array_ndims(v_iv) <> 1           -- before array_position, which refuses 2-D arrays (0A000)
                OR array_position(v_iv, NULL) IS NOT NULL
                OR EXISTS (SELECT FROM unnest(v_iv) d WHERE d <= interval '0' OR d > interval '30 days') THEN
                 RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
                     USING ERRCODE = 'PR009',
                           HINT = 'Give a non-empty array of positive intervals up to 30 days, e.g. ''{1 minute,5 minutes,15 minutes}''.';
             END IF;
-            set_setting.value := v_iv::text;
+            -- Stored 1-based ('[0:1]={...}' would make _backoff index past the array and return NULL).
+            set_setting.value := ARRAY(SELECT d FROM unnest(v_iv) WITH ORDINALITY u(d, o) ORDER BY o)::text;
         ELSIF v_def.kind IN ('integer', 'numeric') THEN
             BEGIN
                 v_num := set_setting.value::numeric;
@@ -108,7 +110,8 @@ BEGIN
                                     CASE v_def.kind WHEN 'integer' THEN 'an integer' ELSE 'a number' END,
                                     COALESCE(v_def.min_value::text, '-inf'), COALESCE(v_def.max_value::text, 'inf'));
             END IF;
-            set_setting.value := v_num::text;
+            -- An integer is stored without a fractional part ('4.0' -> '4'): _setting_int casts it to integer.
+            set_setting.value := CASE WHEN v_def.kind = 'integer' THEN trunc(v_num)::text ELSE v_num::text END;
         END IF;
     END IF;
 

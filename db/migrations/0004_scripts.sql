@@ -255,7 +255,8 @@ BEGIN
     IF topics IS NULL THEN
         topics := '{}';
     END IF;
-    IF cardinality(topics) > 50 OR array_position(topics, NULL) IS NOT NULL
+    IF cardinality(topics) > 50 OR array_ndims(topics) > 1   -- array_position refuses 2-D arrays (0A000)
+       OR array_position(topics, NULL) IS NOT NULL
        OR EXISTS (SELECT FROM unnest(topics) t WHERE btrim(t) = '' OR length(t) > 200)
        OR (SELECT count(DISTINCT btrim(t)) FROM unnest(topics) t) <> cardinality(topics) THEN
         RAISE EXCEPTION 'invalid topics'

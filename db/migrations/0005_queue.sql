@@ -204,8 +204,9 @@ BEGIN
         PERFORM parecer._invalid(pg_catalog.format('invalid analysis_version_tag "%s"', COALESCE(left(analysis_version_tag, 50), 'NULL')),
                                  'A tag is 1-32 characters: letters, digits, "_", "." or "-" (e.g. v1).');
     END IF;
-    IF session_ids IS NULL OR array_position(session_ids, NULL) IS NOT NULL THEN
-        PERFORM parecer._invalid('session_ids must be an array without NULLs', 'Pass e.g. ARRAY[''s1'',''s2''] (an empty array enqueues nothing).');
+    IF session_ids IS NULL OR array_ndims(session_ids) > 1   -- array_position refuses 2-D arrays (0A000)
+       OR array_position(session_ids, NULL) IS NOT NULL THEN
+        PERFORM parecer._invalid('session_ids must be a one-dimensional array without NULLs', 'Pass e.g. ARRAY[''s1'',''s2''] (an empty array enqueues nothing).');
     END IF;
     IF enqueue.run_id IS NOT NULL AND NOT EXISTS (
         SELECT FROM parecer.runs r WHERE r.run_id = enqueue.run_id AND r.script_id = v_script.script_id) THEN
@@ -223,7 +224,7 @@ BEGIN
           LIMIT 5) m;
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION 'unknown session(s) for client "%": %', v_script.client_slug, left(array_to_string(v_missing, ', '), 300)
-            USING ERRCODE = 'PR014', HINT = 'Every session id must exist in parecer.source_sessions for the script''s client.';
+            USING ERRCODE = 'PR014', HINT = 'Every session id must be a session of the script''s client, e.g. from parecer.eligible_sessions(client_slug).';
     END IF;
 
     WITH src AS (
@@ -459,6 +460,19 @@ $$;
 COMMENT ON FUNCTION parecer.extend_lease(uuid, uuid, integer) IS
 'Heartbeat: extend the lease of an item you hold to now() + lease_seconds; returns the new expiry. Errors: PR006 stale lease, PR010, PR011.';
 
+-- A usage object as runners report it: a JSON object whose token counts (input_tokens,
+-- cached_input_tokens, output_tokens), when given and not null, are non-negative integers
+-- written as plain digits, so that spend accounting can add them up as bigint.
+CREATE FUNCTION parecer._usage_ok(p_usage jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_typeof(p_usage) = 'object'
+       AND NOT EXISTS (SELECT FROM unnest(ARRAY['input_tokens', 'cached_input_tokens', 'output_tokens']) k
+                       WHERE COALESCE(jsonb_typeof(p_usage -> k), 'null') <> 'null'
+                         AND (jsonb_typeof(p_usage -> k) <> 'number' OR (p_usage ->> k) !~ '^[0-9]{1,12}$'))
+$$;
+
 -- Record a failed attempt: backoff per backoff_schedule, terminal after max_attempts or when not retryable.
 CREATE FUNCTION parecer.mark_failed(analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true,
                                     usage jsonb DEFAULT NULL)
@@ -483,7 +497,7 @@ BEGIN
      WHERE a.analysis_id = v_row.analysis_id
     RETURNING a.* INTO v_row;
     UPDATE parecer._attempts t SET outcome = 'failed', finished_at = now(), error = v_error,
-                                   usage = CASE WHEN jsonb_typeof(mark_failed.usage) = 'object' THEN mark_failed.usage END
+                                   usage = CASE WHEN parecer._usage_ok(mark_failed.usage) THEN mark_failed.usage END
      WHERE t.analysis_id = v_row.analysis_id AND t.attempt = v_row.claims;
     RETURN ROW(v_row.status, v_row.retry_count, v_row.next_retry_at)::parecer.item_outcome;
 END

@@ -202,6 +202,11 @@ BEGIN
         PERFORM parecer._invalid('retry_failed needs run_id, client_slug or error_like',
                                  'Choose what to retry, e.g. parecer.retry_failed(client_slug => ''acme'') or error_like => ''%timed out%''.');
     END IF;
+    -- ILIKE raises 22025 on a pattern ending in an odd number of backslashes, but only once a row reaches it.
+    IF retry_failed.error_like ~ '(^|[^\\])(\\\\)*\\$' THEN
+        PERFORM parecer._invalid('invalid error_like: the pattern ends with an escape character (\)',
+                                 'error_like is an ILIKE pattern, where \ escapes the next character: write \\ for a literal backslash.');
+    END IF;
     IF retry_failed.run_id IS NOT NULL AND NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = retry_failed.run_id) THEN
         RAISE EXCEPTION 'unknown run %', retry_failed.run_id
             USING ERRCODE = 'PR012', HINT = 'SELECT run_id FROM parecer.runs_overview lists the runs.';

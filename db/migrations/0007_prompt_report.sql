@@ -15,14 +15,14 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT FROM parecer.source_sessions s WHERE s.session_id = v_session) THEN
         RAISE EXCEPTION 'unknown session "%"', COALESCE(left(v_session, 100), '<null>')
-            USING ERRCODE = 'PR014', HINT = 'Session ids come from parecer.source_sessions (or parecer.eligible_sessions).';
+            USING ERRCODE = 'PR014', HINT = 'Session ids come from parecer.eligible_sessions(client_slug) or parecer.reports.';
     END IF;
     RETURN QUERY
-    SELECT m.message_id, row_number() OVER (ORDER BY m.sent_at, m.message_id), m.from_me, m.sent_at,
-           m.media_type, m.body, m.transcription
+    SELECT m.message_id, row_number() OVER (ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), m.from_me,
+           m.sent_at, m.media_type, m.body, m.transcription
     FROM parecer.source_messages m
     WHERE m.session_id = v_session
-    ORDER BY m.sent_at, m.message_id;
+    ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST;
 END
 $$;
 COMMENT ON FUNCTION parecer.session_transcript(text) IS
@@ -34,8 +34,8 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT COALESCE(string_agg(
-           '[msg ' || replace(replace(m.message_id, ']', ')'), E'\n', ' ') || '] '
-        || to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') || ' '
+           '[msg ' || replace(replace(COALESCE(m.message_id, '?'), ']', ')'), E'\n', ' ') || '] '
+        || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
         || CASE WHEN m.from_me THEN l.agent ELSE l.customer END || ': '
         || replace(
              CASE
@@ -49,7 +49,7 @@ SELECT COALESCE(string_agg(
                  '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
              END,
              E'\n', E'\n    '),
-         E'\n' ORDER BY m.sent_at, m.message_id), '')
+         E'\n' ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '')
 FROM parecer.source_messages m
 CROSS JOIN parecer._labels(p_language) l
 WHERE m.session_id = p_session_id
@@ -135,7 +135,7 @@ BEGIN
     FOR e IN SELECT * FROM jsonb_array_elements(p_ev) LOOP
         PERFORM parecer._check_keys(e, ARRAY['message_id', 'excerpt'], p_where || '.evidence[]');
         IF jsonb_typeof(e -> 'message_id') <> 'string' OR jsonb_typeof(e -> 'excerpt') <> 'string'
-           OR btrim(e ->> 'excerpt') = '' OR length(e ->> 'excerpt') > 500 THEN
+           OR parecer._norm(e ->> 'excerpt') = '' OR length(e ->> 'excerpt') > 500 THEN
             PERFORM parecer._bad_report(p_where || '.evidence[] needs a message_id string and a non-empty excerpt of at most 500 characters');
         END IF;
         RETURN NEXT e;
@@ -248,8 +248,9 @@ DECLARE
     v_topics text[];
 BEGIN
     v_row := parecer._lease(mark_done.analysis_id, mark_done.lease_token);
-    IF mark_done.usage IS NOT NULL AND jsonb_typeof(mark_done.usage) <> 'object' THEN
-        PERFORM parecer._invalid('usage must be a JSON object or NULL', 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}');
+    IF mark_done.usage IS NOT NULL AND NOT parecer._usage_ok(mark_done.usage) THEN
+        PERFORM parecer._invalid('usage must be a JSON object with non-negative integer token counts, or NULL',
+                                 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}');
     END IF;
     IF mark_done.prompt_hash IS NULL OR mark_done.prompt_hash !~ '^[0-9a-f]{64}$' THEN
         PERFORM parecer._invalid('prompt_hash must be a sha256 hex digest', 'Use prompt_hash from parecer.prompt_for.');

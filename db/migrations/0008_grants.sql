@@ -21,8 +21,10 @@ GRANT EXECUTE ON FUNCTION
     parecer.release(uuid, uuid, integer, text)
 TO parecer_runner;
 
--- parecer_admin: scripts, runs, settings (and everything a reader sees).
+-- parecer_admin: scripts, runs, settings (and everything a reader sees), and the
+-- client list so the PR001 hint can be followed. No other host data.
 GRANT parecer_reader TO parecer_admin;
+GRANT SELECT ON parecer.source_clients TO parecer_admin;
 GRANT EXECUTE ON FUNCTION
     parecer.set_setting(text, text),
     parecer.create_script_version(text, text, text, text[], text, text, boolean),

@@ -1,4 +1,16 @@
 DROP VIEW IF EXISTS parecer.client_status;
+CREATE OR REPLACE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
+    FROM parecer.analyses a
+    WHERE (a.status IN ('pending', 'processing') OR (a.status = 'failed' AND a.next_retry_at IS NOT NULL))
+      AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
+$$;
+DROP TRIGGER IF EXISTS settings_max_attempts ON parecer._settings;
+DROP FUNCTION IF EXISTS parecer._max_attempts_changed();
 -- restore 0005's single-queue claim
 DROP INDEX IF EXISTS parecer.analyses_backlog_idx;
 DROP INDEX IF EXISTS parecer.analyses_fresh_idx;

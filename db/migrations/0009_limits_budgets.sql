@@ -30,6 +30,24 @@ $$;
 CREATE TRIGGER settings_text_check BEFORE UPDATE ON parecer._settings
     FOR EACH ROW EXECUTE FUNCTION parecer._check_text_setting();
 
+-- Lowering max_attempts: items waiting for a retry they no longer have become terminal
+-- (otherwise claim would never take them and their runs would never settle).
+CREATE FUNCTION parecer._max_attempts_changed() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE parecer.analyses a
+       SET next_retry_at = NULL, updated_at = now(),
+           error = COALESCE(a.error, 'failed') || ' (terminal: max_attempts lowered to ' || parecer._setting_int('max_attempts') || ')'
+     WHERE a.status = 'failed' AND a.next_retry_at IS NOT NULL
+       AND a.retry_count >= parecer._setting_int('max_attempts');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER settings_max_attempts AFTER UPDATE ON parecer._settings
+    FOR EACH ROW WHEN (NEW.name = 'max_attempts') EXECUTE FUNCTION parecer._max_attempts_changed();
+
 -- The calendar day in the budget time zone.
 CREATE FUNCTION parecer._budget_day(p_ts timestamptz DEFAULT now()) RETURNS date
 LANGUAGE sql STABLE
@@ -180,7 +198,7 @@ BEGIN
            observed_at = CASE WHEN remaining_requests IS NOT NULL OR remaining_tokens IS NOT NULL THEN v_now ELSE r.observed_at END,
            updated_at = v_now
      WHERE r.limit_key = v_key
-    RETURNING r.paused_until INTO v_pause;
+    RETURNING CASE WHEN r.paused_until > v_now THEN r.paused_until END INTO v_pause;
     RETURN v_pause;
 END
 $$;
@@ -644,9 +662,10 @@ BEGIN
         WHERE (SELECT count(*) FROM fresh) < v_limit
     ), c AS MATERIALIZED (
         SELECT f.analysis_id,
-               row_number() OVER (ORDER BY f.tier, (f.rn - 1) / f.priority, f.priority DESC, f.rn) AS ord
-        FROM (SELECT * FROM fresh UNION ALL SELECT * FROM old) f
-        ORDER BY f.tier, (f.rn - 1) / f.priority, f.priority DESC, f.rn
+               row_number() OVER (ORDER BY f.tier, (f.rn - 1) / f.priority, f.race, f.rn) AS ord
+        FROM (SELECT u.*, -ln(1.0 - random()) / u.priority AS race   -- weighted race: ties within a round go
+              FROM (SELECT * FROM fresh UNION ALL SELECT * FROM old) u) f  -- to client i with p_i / sum(p)
+        ORDER BY f.tier, (f.rn - 1) / f.priority, f.race, f.rn
         LIMIT v_limit
     ), u AS (
         UPDATE parecer.analyses a
@@ -674,6 +693,21 @@ $$;
 
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text) IS
 'Claim up to max_items claimable items (pending, or failed with a retry due) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. Errors: PR010.';
+
+-- next_due, now that claim skips clients over budget and items past max_attempts.
+CREATE OR REPLACE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
+    FROM parecer.analyses a
+    JOIN parecer._budget_state b ON b.client_id = a.client_id AND b.blocked_reason IS NULL
+    WHERE (a.status IN ('pending', 'processing')
+           OR (a.status = 'failed' AND a.next_retry_at IS NOT NULL
+               AND a.retry_count < parecer._setting_int('max_attempts')))
+      AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
+$$;
 
 -- Queue overview with spend: extend status with the budget state.
 CREATE VIEW parecer.client_status AS

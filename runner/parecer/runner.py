@@ -379,7 +379,8 @@ class Runner:
             return min(timeout, 5.0)
         due = rows[0]["due"] if rows else None
         if due is not None:
-            timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.05))
+            # a floor, so that an item claim cannot take (held by a slow claim elsewhere) is no busy loop
+            timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.25))
         return timeout
 
     async def _sleep(self, seconds: float) -> None:
