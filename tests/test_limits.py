@@ -156,3 +156,14 @@ def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
     with db.connect(db_url) as c:
         row = c.execute("SELECT granted, throttled FROM parecer.rate_limits WHERE limit_key = 'shared:gpt-5-mini'").fetchone()
     assert row is not None and row["throttled"] == 0 and row["granted"] == stats["requests"]
+
+
+def test_single_item_claims_alternate_between_clients(conn: psycopg.Connection[Any]) -> None:
+    """A runner with one free slot claims one item at a time: no client may win every call."""
+    sa, sb = make_script(conn, client="one"), make_script(conn, client="two")
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "one").session_id for _ in range(40)], sa["script_id"]))
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "two").session_id for _ in range(40)], sb["script_id"]))
+    got = [conn.execute("SELECT client_slug FROM parecer.claim('w', 1)").fetchone()["client_slug"]  # type: ignore[index]
+           for _ in range(40)]
+    # each call is a fair coin between the two: 9 or fewer of 40 has probability ~1e-6
+    assert got.count("one") >= 9 and got.count("two") >= 9
