@@ -196,3 +196,14 @@ def test_idle_runner_wakes_on_notify_not_poll(db_url: str, standin: Standin) -> 
         if not t.is_alive():
             loop.close()
     assert not t.is_alive()
+
+
+def test_heartbeats_keep_a_long_call_alive(db_url: str) -> None:
+    """A call longer than the lease finishes on its first attempt: heartbeats extend the lease."""
+    with db.connect(db_url) as c:
+        make_run(c, 1)
+    with Standin(StandinConfig(latency_ms=(7000, 7000))) as slow:
+        stats = run(cfg(db_url, slow, lease_seconds=5, request_timeout=30.0))
+    assert stats.outcomes["done"] == 1
+    with db.connect(db_url) as c:
+        assert c.execute("SELECT attempt, outcome FROM parecer.attempts").fetchall() == [{"attempt": 1, "outcome": "done"}]
