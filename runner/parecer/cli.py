@@ -11,14 +11,12 @@ import csv
 import functools
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -405,7 +403,14 @@ def _process_run(ctx: click.Context, run_id: int, client: str, concurrency: int)
 def follow_run(ctx: click.Context, run_id: int, *, quiet: bool, alive: Callable[[], bool] | None = None,
                interval: float = 0.5) -> dict[str, Any]:
     """Poll run_summary with a live progress bar (plain lines off a terminal) until nothing remains."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with connection(ctx) as conn:
         def summary() -> dict[str, Any]:

@@ -53,6 +53,7 @@ def run_demo(database_url: str | None, *, sessions: int = 300, max_sessions: int
 
             scripts = conn.execute("SELECT * FROM parecer.list_scripts(%s, %s, active_only => true)",
                                    (DEMO_CLIENT, DEMO_KEY)).fetchall()
+            script: dict[str, Any] | None
             if scripts:
                 script = scripts[0]
             else:

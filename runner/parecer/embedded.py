@@ -35,7 +35,8 @@ class EmbeddedPostgres:
                     "no database URL given and the embedded PostgreSQL is not installed: "
                     "set PARECER_DATABASE_URL or pip install 'parecer[embedded]'"
                 ) from exc
-            self._server = pgserver.get_server(self.datadir, cleanup_mode="stop" if self.keep else "delete")
+            get_server = getattr(pgserver, "get_server")  # noqa: B009 (pgserver does not re-export it for mypy)
+            self._server = get_server(self.datadir, cleanup_mode="stop" if self.keep else "delete")
         return self
 
     def stop(self) -> None:

@@ -21,8 +21,8 @@ import hashlib
 import json
 import logging
 import math
-import re
 import os
+import re
 import signal
 import socket
 import time
@@ -394,7 +394,7 @@ class Runner:
                 w.cancel()
         for t in done:
             if t in self._inflight:
-                self._inflight.pop(t)  # type: ignore[call-overload]
+                self._inflight.pop(t)
         # reap any other finished tasks
         for t in [t for t in self._inflight if t.done()]:
             self._inflight.pop(t)
@@ -485,7 +485,7 @@ class Runner:
         if cfg.rate_limit:
             h = raw.headers
             actual = None
-            if getattr(resp, "usage", None) is not None:
+            if resp.usage is not None:
                 actual = int(resp.usage.input_tokens or 0) + int(resp.usage.output_tokens or 0)
             await self._db(
                 "SELECT parecer.report_rate(%s, remaining_requests => %s, remaining_tokens => %s,"

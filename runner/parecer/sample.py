@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -1246,11 +1246,11 @@ def load_sample(
 
     # this module reads rows by position: work on tuples whatever the caller's row factory
     saved_factory = conn.row_factory
-    conn.row_factory = tuple_row  # type: ignore[assignment]
+    conn.row_factory = tuple_row
     try:
         return _load(conn, sessions, seed, specs, now_ts, progress, t0)
     finally:
-        conn.row_factory = saved_factory  # type: ignore[assignment]
+        conn.row_factory = saved_factory
 
 
 def _load(conn: psycopg.Connection[Any], sessions: int, seed: int, specs: list[_Client], now_ts: int,
