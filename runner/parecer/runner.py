@@ -28,7 +28,6 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import openai
@@ -343,7 +342,8 @@ class Runner:
             if free > 0:
                 try:
                     items = await self._db(
-                        "SELECT * FROM parecer.claim(worker => %s, max_items => %s, lease_seconds => %s, client_slug => %s)",
+                        "SELECT c.*, clock_timestamp() AS db_now FROM parecer.claim(worker => %s, max_items => %s,"
+                        " lease_seconds => %s, client_slug => %s) c",
                         (cfg.worker_id, free, cfg.lease_seconds, cfg.client_slug), attempts=1)
                     self._db_failures = 0
                 except psycopg.OperationalError as exc:
@@ -374,19 +374,25 @@ class Runner:
         """Sleep until the poll interval, or earlier when a retry falls due."""
         timeout = self.cfg.poll_seconds
         try:
-            rows = await self._db("SELECT parecer.next_due(%s) AS due", (self.cfg.client_slug,), attempts=1)
+            rows = await self._db("SELECT extract(epoch FROM parecer.next_due(%s) - clock_timestamp())::float8 AS due",
+                                  (self.cfg.client_slug,), attempts=1)
         except psycopg.Error:
             return min(timeout, 5.0)
         due = rows[0]["due"] if rows else None
         if due is not None:
-            # a floor, so that an item claim cannot take (held by a slow claim elsewhere) is no busy loop
-            timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.25))
+            # seconds by the database's clock; a floor, so that an item claim cannot take
+            # (locked by a claim elsewhere) makes no busy loop
+            timeout = min(timeout, max(float(due), 0.25))
         return timeout
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a NOTIFY, a finished item, the stop signal or the timeout."""
         self._wake.clear()
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait())}
+        if self._stopping.is_set():
+            return
+        # the stop event too: a stop() that landed while we were busy must not wait out the timeout
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait()),
+                                             asyncio.ensure_future(self._stopping.wait())}
         waiters |= set(self._inflight)
         done, pending = await asyncio.wait(waiters, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
         for w in pending:
@@ -410,19 +416,21 @@ class Runner:
 
     # ---- one item ------------------------------------------------------
     async def _heartbeat(self, item: dict[str, Any]) -> None:
-        expires: datetime = item["lease_expires_at"]
+        # Lease time left by the database's clock, counted down on ours (monotonic):
+        # a runner whose wall clock is off still heartbeats in time.
+        left = (item["lease_expires_at"] - item["db_now"]).total_seconds()
         while True:
-            left = (expires - datetime.now(timezone.utc)).total_seconds()
             await asyncio.sleep(max(left / 3, 0.5))
             try:
-                rows = await self._db("SELECT parecer.extend_lease(%s, %s, %s) AS e",
+                rows = await self._db("SELECT parecer.extend_lease(%s, %s, %s) AS e, clock_timestamp() AS n",
                                       (item["analysis_id"], item["lease_token"], self.cfg.lease_seconds))
-                expires = rows[0]["e"]
+                left = (rows[0]["e"] - rows[0]["n"]).total_seconds()
             except psycopg.Error as exc:
                 if E.sqlstate(exc) == E.STALE_LEASE:
-                    event(log, "lease lost", logging.WARNING, analysis=str(item["analysis_id"]))
+                    if not item.get("_reporting"):
+                        event(log, "lease lost", logging.WARNING, analysis=str(item["analysis_id"]))
                     return
-                # database trouble: keep trying while the lease lasts
+                left = max(left * 2 / 3, 1.5)  # database trouble: keep trying while the lease lasts
 
     async def _process(self, item: dict[str, Any]) -> None:
         aid = item["analysis_id"]
@@ -503,6 +511,7 @@ class Runner:
             f.usage = usage
             raise
         used_model = getattr(resp, "model", None) or model
+        item["_reporting"] = True
         try:
             await self._db("SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
                            (item["analysis_id"], item["lease_token"], json.dumps(report), used_model,
@@ -534,6 +543,7 @@ class Runner:
             await asyncio.sleep(wait)
 
     async def _finish_failed(self, item: dict[str, Any], fields: dict[str, Any], f: ItemFailure, t0: float) -> None:
+        item["_reporting"] = True
         try:
             [out] = await self._db("SELECT * FROM parecer.mark_failed(%s, %s, %s, %s, %s)",
                                    (item["analysis_id"], item["lease_token"], f.reason, f.retryable,
@@ -552,11 +562,14 @@ class Runner:
               latency_ms=int((time.monotonic() - t0) * 1000))
 
     async def _finish_release(self, item: dict[str, Any], fields: dict[str, Any], reason: str, delay: int) -> None:
+        item["_reporting"] = True
         try:
             await self._db("SELECT * FROM parecer.release(%s, %s, %s, %s)",
                            (item["analysis_id"], item["lease_token"], min(delay, 86400), reason))
         except psycopg.Error as exc:
             if E.sqlstate(exc) == E.STALE_LEASE:
+                self.stats.outcomes["stale"] += 1
+                event(log, "item stale", logging.WARNING, **fields, reason=f"lease lost before release ({reason})")
                 return
             raise
         self.stats.outcomes["released"] += 1

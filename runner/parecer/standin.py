@@ -647,6 +647,14 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512  # listen backlog: bursts of concurrent connections
     state: _State
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away (a killed runner) is no error worth a traceback
+        import sys as _sys
+
+        if isinstance(_sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
