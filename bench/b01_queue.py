@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""Benchmark 1 - queue overhead: claim -> mark_done with a no-op model.
+
+Worker threads (each its own autocommit connection) drain a queue of ``--items``
+analyses through parecer's functions, with no model call:
+
+* ``claim+mark_done``:            parecer.claim(worker, 1), then parecer.mark_done
+  with a valid grounded report (it cites the session's first message, read once per
+  session up front through parecer.session_transcript, outside the timed loop);
+* ``claim+prompt_for+mark_done``: the same plus parecer.prompt_for (the transcript
+  text the runner would send), whose prompt_hash goes into mark_done.
+
+mark_done gets a usage object like the runner's (``--no-usage`` to leave it out), so
+the cost trigger runs as it does in production.
+
+Baseline (the ceiling): a minimal hand-written SKIP LOCKED loop on the same database
+and the same worker counts: a bench table (id, status) with a partial index on the
+pending rows, ``WITH c AS (SELECT id ... FOR UPDATE SKIP LOCKED LIMIT 1) UPDATE ...
+RETURNING`` then ``UPDATE ... SET status = 'done'``, measured right before parecer
+at the same worker count. Figures: items/s and parecer / ceiling (target >= 50%).
+
+    python bench/b01_queue.py --items 4000 --workers 1,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import common as C
+
+MODES = ("claim+mark_done", "claim+prompt_for+mark_done")
+USAGE = json.dumps({"input_tokens": 1800, "cached_input_tokens": 900, "output_tokens": 350,
+                    "latency_ms": 0, "response_id": "resp_bench", "requested_model": C.MODEL,
+                    "model": "bench-noop"})
+FAKE_HASH = "0" * 64
+
+
+@dataclass
+class Loop:
+    items: int = 0
+    seconds: float = 0.0
+    op_seconds: dict[str, float] = field(default_factory=dict)  # summed over threads
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+def _excerpt(text: str) -> str:
+    words = text.split()
+    return " ".join(words[:6])[:120]
+
+
+def grounded_reports(conn: Any, sessions: list[str]) -> dict[str, str]:
+    """A valid report per session citing its first message with text (read via session_transcript)."""
+    rows = conn.execute(
+        "SELECT s AS session_id, t.message_id, COALESCE(NULLIF(btrim(t.body), ''), t.transcription) AS text "
+        "FROM unnest(%s::text[]) s CROSS JOIN LATERAL ("
+        "  SELECT * FROM parecer.session_transcript(s) x"
+        "  WHERE NULLIF(btrim(x.body), '') IS NOT NULL OR NULLIF(btrim(x.transcription), '') IS NOT NULL"
+        "  ORDER BY x.position LIMIT 1) t", (sessions,)).fetchall()
+    out = {}
+    for r in rows:
+        ev = [{"message_id": r["message_id"], "excerpt": _excerpt(r["text"])}]
+        out[r["session_id"]] = json.dumps({
+            "schema_version": "parecer.report.v1",
+            "summary": "Relatório de benchmark (modelo no-op).",
+            "outcome": {"evidence": ev, "status": "resolved"},
+            "sentiment": {"evidence": [], "start": "neutral", "end": "neutral"},
+            "topics": [{"topic": t, "evidence": ev if i == 0 else [], "present": i == 0, "confidence": 0.9}
+                       for i, t in enumerate(C.TOPICS)],
+            "flags": [],
+            "insufficient_context": False,
+            "next_action": None,
+        }, ensure_ascii=False)
+    return out
+
+
+def _threads(n: int, target: Any) -> float:
+    """Run target(i, barrier) in n threads; seconds from the common start to the last finish."""
+    barrier = threading.Barrier(n + 1)
+    errors: list[BaseException] = []
+
+    def wrap(i: int) -> None:
+        try:
+            target(i, barrier)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+            barrier.abort()
+
+    ts = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(n)]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    secs = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return secs
+
+
+def parecer_loop(url: str, workers: int, prompt: bool, reports: dict[str, str], usage: bool) -> Loop:
+    res = Loop(op_seconds={"claim": 0.0, "prompt_for": 0.0, "mark_done": 0.0})
+    lock = threading.Lock()
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        done, ops = 0, {"claim": 0.0, "prompt_for": 0.0, "mark_done": 0.0}
+        with C.connect(url) as c:
+            wid = f"bench-w{i}"
+            barrier.wait()
+            while True:
+                t0 = time.perf_counter()
+                row = c.execute("SELECT analysis_id, lease_token, session_id FROM parecer.claim(%s, 1)",
+                                (wid,)).fetchone()
+                t1 = time.perf_counter()
+                ops["claim"] += t1 - t0
+                if row is None:
+                    break
+                ph = FAKE_HASH
+                if prompt:
+                    p = c.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (row["analysis_id"],)).fetchone()
+                    ph = p["prompt_hash"]  # type: ignore[index]
+                    t2 = time.perf_counter()
+                    ops["prompt_for"] += t2 - t1
+                    t1 = t2
+                c.execute("SELECT status FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+                          (row["analysis_id"], row["lease_token"], reports[row["session_id"]], "bench-noop", ph,
+                           USAGE if usage else None)).fetchone()
+                ops["mark_done"] += time.perf_counter() - t1
+                done += 1
+        with lock:
+            res.items += done
+            for k, v in ops.items():
+                res.op_seconds[k] += v
+
+    res.seconds = _threads(workers, work)
+    return res
+
+
+CEILING_CLAIM = ("WITH c AS (SELECT id FROM bench_queue WHERE status = 'pending' ORDER BY id "
+                 "LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                 "UPDATE bench_queue q SET status = 'processing' FROM c WHERE q.id = c.id RETURNING q.id")
+CEILING_DONE = "UPDATE bench_queue SET status = 'done' WHERE id = %s"
+
+
+def ceiling_setup(url: str, items: int) -> None:
+    with C.connect(url) as c:
+        c.execute("DROP TABLE IF EXISTS bench_queue")
+        c.execute("CREATE TABLE bench_queue (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                  "status text NOT NULL DEFAULT 'pending')")
+        c.execute("CREATE INDEX bench_queue_pending_idx ON bench_queue (id) WHERE status = 'pending'")
+        c.execute("INSERT INTO bench_queue (status) SELECT 'pending' FROM generate_series(1, %s)", (items,))
+    C.vacuum_analyze(url, ["bench_queue"])
+
+
+def ceiling_reset(url: str) -> None:
+    with C.connect(url) as c:
+        c.execute("UPDATE bench_queue SET status = 'pending'")
+    C.vacuum_analyze(url, ["bench_queue"])
+
+
+def ceiling_loop(url: str, workers: int) -> Loop:
+    res = Loop(op_seconds={"claim": 0.0, "done": 0.0})
+    lock = threading.Lock()
+
+    def work(i: int, barrier: threading.Barrier) -> None:
+        done, ops = 0, {"claim": 0.0, "done": 0.0}
+        with C.connect(url) as c:
+            barrier.wait()
+            while True:
+                t0 = time.perf_counter()
+                row = c.execute(CEILING_CLAIM).fetchone()
+                t1 = time.perf_counter()
+                ops["claim"] += t1 - t0
+                if row is None:
+                    break
+                c.execute(CEILING_DONE, (row["id"],))
+                ops["done"] += time.perf_counter() - t1
+                done += 1
+        with lock:
+            res.items += done
+            for k, v in ops.items():
+                res.op_seconds[k] += v
+
+    res.seconds = _threads(workers, work)
+    return res
+
+
+def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8), seed: int = 7,
+        usage: bool = True, keep: bool = False) -> C.Result:
+    res = C.Result("b01", "queue overhead: claim -> mark_done, no-op model")
+    t_start = time.perf_counter()
+    with C.bench_database(server_url, "queue", keep=keep) as url:
+        n_sessions = C.sessions_needed(items)
+        load_s = C.load(url, n_sessions, seed)
+        with C.connect(url) as c:
+            script = C.make_script(c)
+            sessions = C.client_sessions(c, limit=items)
+            if len(sessions) < items:
+                raise RuntimeError(f"only {len(sessions)} sessions of {C.CLIENT} for {items} items")
+            t0 = time.perf_counter()
+            reports = grounded_reports(c, sessions)
+            prep_s = time.perf_counter() - t0
+            r = c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (sessions, script["script_id"])).fetchone()
+            assert r is not None and r["enqueued"] == items, r
+        C.say(f"   b01 setup: {n_sessions} sample sessions loaded in {load_s:.1f}s, {items} items queued, "
+              f"reports prepared in {prep_s:.1f}s")
+        ceiling_setup(url, items)
+
+        ceil: dict[int, Loop] = {}
+        ours: dict[tuple[str, int], Loop] = {}
+        first_ceiling = first_parecer = True
+        for w in workers:   # the ceiling right before parecer at the same worker count
+            if not first_ceiling:
+                ceiling_reset(url)
+            first_ceiling = False
+            ceil[w] = ceiling_loop(url, w)
+            C.say(f"   ceiling SKIP LOCKED, {w} worker(s): {ceil[w].items} items in {ceil[w].seconds:.2f}s "
+                  f"= {ceil[w].rate:.0f} items/s")
+            for mode in MODES:
+                if not first_parecer:
+                    with C.connect(url) as c:   # put every item back to pending (done included)
+                        c.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+                                  (sessions, script["script_id"]))
+                C.vacuum_analyze(url, ["parecer.analyses", "parecer._attempts", "parecer._spend"])
+                first_parecer = False
+                loop = parecer_loop(url, w, mode != MODES[0], reports, usage)
+                ours[(mode, w)] = loop
+                per_op = ", ".join(f"{k} {v / max(loop.items, 1) * 1000:.2f} ms"
+                                   for k, v in loop.op_seconds.items() if v)
+                C.say(f"   parecer {mode}, {w} worker(s): {loop.items} items in {loop.seconds:.2f}s "
+                      f"= {loop.rate:.0f} items/s (per item, summed over workers: {per_op})")
+                if loop.items != items:
+                    raise RuntimeError(f"{mode}/{w}: processed {loop.items} of {items}")
+        with C.connect(url) as c:
+            done = c.execute("SELECT count(*) AS n FROM parecer.analyses WHERE status = 'done'").fetchone()["n"]  # type: ignore[index]
+            assert done == items, done
+
+    for w in workers:
+        ceil_rate = ceil[w].rate
+        res.add(f"ceiling (SKIP LOCKED claim+update) {w}w", ceil_rate, "items/s")
+        for mode in MODES:
+            loop = ours[(mode, w)]
+            res.add(f"{mode} {w}w", loop.rate, "items/s", baseline_name=f"ceiling {w}w", baseline=ceil_rate,
+                    ratio=loop.rate / ceil_rate, ratio_label="% of ceiling", target=">= 50%")
+    res.details = {"items": items, "workers": list(workers), "usage": usage,
+                   "ops_ms": {f"{m} {w}w": {k: v / max(ours[(m, w)].items, 1) * 1000
+                                            for k, v in ours[(m, w)].op_seconds.items()}
+                              for (m, w) in ours}}
+    res.seconds = time.perf_counter() - t_start
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    C.add_common_args(p)
+    p.add_argument("--items", type=int, default=3000, help="queue size per configuration")
+    p.add_argument("--workers", default="1,8", help="worker thread counts, comma-separated")
+    p.add_argument("--no-usage", action="store_true", help="mark_done without a usage object (no cost trigger)")
+    a = p.parse_args(argv)
+    with C.server(a.database_url) as srv:
+        res = run(srv, items=a.items, workers=tuple(int(x) for x in a.workers.split(",")), seed=a.seed,
+                  usage=not a.no_usage, keep=a.keep)
+    C.print_result(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
