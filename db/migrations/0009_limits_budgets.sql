@@ -326,7 +326,10 @@ CREATE TABLE parecer._spend (
     cached_input_tokens bigint NOT NULL DEFAULT 0,
     output_tokens       bigint NOT NULL DEFAULT 0,
     cost_usd            numeric NOT NULL DEFAULT 0,
-    PRIMARY KEY (client_id, day)
+    -- Counters are sharded by backend so that concurrent mark_done calls of one
+    -- client do not serialise on one row; readers sum the shards.
+    shard               smallint NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_id, day, shard)
 );
 
 ALTER TABLE parecer._attempts ADD COLUMN cost_usd numeric;
@@ -374,17 +377,20 @@ BEGIN
     END IF;
     NEW.cost_usd := parecer._cost(COALESCE(NEW.model, NEW.usage ->> 'model', NEW.usage ->> 'requested_model', ''), NEW.usage);
     SELECT a.client_id, a.client_slug INTO v_a FROM parecer.analyses a WHERE a.analysis_id = NEW.analysis_id;
-    INSERT INTO parecer._spend AS s (client_id, client_slug, day, attempts, input_tokens, cached_input_tokens,
+    INSERT INTO parecer._spend AS s (client_id, client_slug, day, shard, attempts, input_tokens, cached_input_tokens,
                                      output_tokens, cost_usd)
-    VALUES (v_a.client_id, v_a.client_slug, v_day, 1,
+    VALUES (v_a.client_id, v_a.client_slug, v_day, pg_backend_pid() % 16, 1,
             COALESCE((NEW.usage ->> 'input_tokens')::bigint, 0), COALESCE((NEW.usage ->> 'cached_input_tokens')::bigint, 0),
             COALESCE((NEW.usage ->> 'output_tokens')::bigint, 0), COALESCE(NEW.cost_usd, 0))
-    ON CONFLICT (client_id, day) DO UPDATE
+    ON CONFLICT (client_id, day, shard) DO UPDATE
         SET attempts = s.attempts + 1, input_tokens = s.input_tokens + EXCLUDED.input_tokens,
             cached_input_tokens = s.cached_input_tokens + EXCLUDED.cached_input_tokens,
             output_tokens = s.output_tokens + EXCLUDED.output_tokens, cost_usd = s.cost_usd + EXCLUDED.cost_usd;
 
     SELECT * INTO v_pol FROM parecer._client_policy p WHERE p.client_id = v_a.client_id;
+    IF v_pol.daily_budget_usd IS NULL AND v_pol.monthly_budget_usd IS NULL THEN
+        RETURN NEW;
+    END IF;
     FOREACH v_period IN ARRAY ARRAY['day', 'month'] LOOP
         v_budget := CASE v_period WHEN 'day' THEN v_pol.daily_budget_usd ELSE v_pol.monthly_budget_usd END;
         CONTINUE WHEN v_budget IS NULL;
@@ -465,8 +471,10 @@ ORDER BY b.client_slug;
 COMMENT ON VIEW parecer.budgets IS 'Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).';
 
 CREATE VIEW parecer.spend_daily AS
-SELECT s.client_slug, s.day, s.attempts, s.input_tokens, s.cached_input_tokens, s.output_tokens, s.cost_usd
-FROM parecer._spend s ORDER BY s.day DESC, s.client_slug;
+SELECT s.client_slug, s.day, sum(s.attempts)::bigint AS attempts, sum(s.input_tokens)::bigint AS input_tokens,
+       sum(s.cached_input_tokens)::bigint AS cached_input_tokens, sum(s.output_tokens)::bigint AS output_tokens,
+       sum(s.cost_usd) AS cost_usd
+FROM parecer._spend s GROUP BY s.client_slug, s.day ORDER BY s.day DESC, s.client_slug;
 COMMENT ON VIEW parecer.spend_daily IS 'Tokens and cost per client and day (budget_timezone calendar), all attempts included (failed ones cost too).';
 
 CREATE VIEW parecer.spend_monthly AS
@@ -625,14 +633,17 @@ BEGIN
         PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease), 'lease_seconds must be between 5 and 86400.');
     END IF;
 
-    PERFORM parecer._expire_leases();
+    IF EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()) THEN
+        PERFORM parecer._expire_leases();
+    END IF;
 
     RETURN QUERY
     WITH pol AS (
         SELECT p.client_id, p.priority
         FROM parecer._client_policy p
         WHERE (v_client IS NULL OR p.client_slug = v_client)
-          AND parecer._blocked_reason(p.client_id) IS NULL
+          AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
+               OR parecer._blocked_reason(p.client_id) IS NULL)
     ), fresh AS (
         SELECT 0 AS tier, pol.priority, x.analysis_id, x.rn
         FROM pol CROSS JOIN LATERAL (

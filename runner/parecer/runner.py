@@ -490,19 +490,10 @@ class Runner:
                 await self._db("SELECT parecer.report_rate(%s, retry_after_seconds => %s, reason => %s)",
                                (limit_key, min(verdict.seconds, 86400.0), verdict.reason))
             raise verdict from None
-        if cfg.rate_limit:
-            h = raw.headers
-            actual = None
-            if resp.usage is not None:
-                actual = int(resp.usage.input_tokens or 0) + int(resp.usage.output_tokens or 0)
-            await self._db(
-                "SELECT parecer.report_rate(%s, remaining_requests => %s, remaining_tokens => %s,"
-                " reset_seconds => %s, estimated_tokens => %s, actual_tokens => %s)",
-                (limit_key, _int_header(h, "x-ratelimit-remaining-requests"),
-                 _int_header(h, "x-ratelimit-remaining-tokens"),
-                 parse_duration(h.get("x-ratelimit-reset-requests")), estimate, actual))
         latency_ms = int((time.monotonic() - t0) * 1000)
         usage = _usage(resp, latency_ms, model)
+        if cfg.rate_limit:
+            await self._feedback(limit_key, raw.headers, estimate, usage)
         if self._slots < cfg.concurrency:
             self._slots += 1  # ramp back after a pause
         try:
@@ -530,6 +521,22 @@ class Runner:
         self.stats.output_tokens += usage["output_tokens"] or 0
         event(log, "item done", **fields, model=used_model, latency_ms=latency_ms, tokens_in=usage["input_tokens"],
               tokens_cached=usage["cached_input_tokens"], tokens_out=usage["output_tokens"])
+
+    async def _feedback(self, limit_key: str, headers: Any, estimate: int, usage: dict[str, Any]) -> None:
+        """Tell the shared limiter what the provider said, when it matters: a window used up, or an
+        estimate far off (one round trip saved per call otherwise)."""
+        remaining_requests = _int_header(headers, "x-ratelimit-remaining-requests")
+        remaining_tokens = _int_header(headers, "x-ratelimit-remaining-tokens")
+        actual = (usage["input_tokens"] or 0) + (usage["output_tokens"] or 0) if usage["input_tokens"] is not None else None
+        off = actual is not None and abs(estimate - actual) > estimate / 2
+        if remaining_requests == 0 or remaining_tokens == 0 or off:
+            await self._db(
+                "SELECT parecer.report_rate(%s, remaining_requests => %s, remaining_tokens => %s,"
+                " reset_seconds => %s, estimated_tokens => %s, actual_tokens => %s)",
+                (limit_key, remaining_requests, remaining_tokens,
+                 parse_duration(headers.get("x-ratelimit-reset-requests") if remaining_requests == 0
+                                else headers.get("x-ratelimit-reset-tokens")),
+                 estimate, actual))
 
     async def _acquire(self, limit_key: str, tokens: int) -> None:
         """Wait for the shared limiter; a long wait gives the item back instead of holding it."""
