@@ -33,7 +33,14 @@ from typing import Any
 import psycopg
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from parecer import db
 from parecer import errors as E
@@ -100,12 +107,13 @@ def test_queue_state_machine(db_url: str) -> None:
             return [self.items[k] for k in sorted(self.items)]
 
         def pick_item(self, i: int) -> Item:
-            """Mostly an item in flight, sometimes any item."""
+            """Mostly an item with a live lease, sometimes one whose lease expired, sometimes any item."""
             items = self.ordered()
-            inflight = [it for it in items if it.status == "processing"]
-            if i % 4 != 3 and inflight:
-                return inflight[(i // 4) % len(inflight)]
-            return items[i % len(items)]
+            live = [it for it in items if it.status == "processing" and not it.expired]
+            dead = [it for it in items if it.status == "processing" and it.expired]
+            pool = live if i % 5 < 3 else dead if i % 5 == 3 else items
+            pool = pool or items
+            return pool[(i // 5) % len(pool)]
 
         def token_for(self, item: Item, how: int) -> uuid.UUID | None:
             if how == 0 or (how == 1 and not self.stale):
@@ -143,10 +151,12 @@ def test_queue_state_machine(db_url: str) -> None:
             for r in rows:
                 it = ids[r["analysis_id"]]
                 it.status, it.claims, it.token, it.due, it.delayed = "processing", it.claims + 1, r["lease_token"], True, False
+                if it.retry_count:
+                    self.count("claim of a retry")
                 assert r["attempt"] == it.claims and r["retry_count"] == it.retry_count, (r, it)
 
         # ------------------------------------------------------------ rules
-        @initialize(max_attempts=st.sampled_from([1, 2, 4]))
+        @initialize(max_attempts=st.sampled_from([4, 4, 2, 1]))
         def settings_(self, max_attempts: int) -> None:
             admin.execute("SELECT * FROM parecer.set_setting('max_attempts', %s)", (str(max_attempts),))
             self.max_attempts = max_attempts
@@ -257,7 +267,7 @@ def test_queue_state_machine(db_url: str) -> None:
                 self.count("mark_done")
 
         @precondition(lambda self: self.items)
-        @rule(c=st.integers(0, 2), i=st.integers(0, 50), how=HOW, retryable=st.booleans())
+        @rule(c=st.integers(0, 2), i=st.integers(0, 50), how=HOW, retryable=st.sampled_from([True, True, True, False]))
         def mark_failed(self, c: int, i: int, how: int, retryable: bool) -> None:
             it = self.pick_item(i)
             token = self.token_for(it, how)
@@ -277,11 +287,15 @@ def test_queue_state_machine(db_url: str) -> None:
             self.count("mark_failed terminal" if it.terminal else "mark_failed retry")
 
         @precondition(lambda self: self.items)
-        @rule(c=st.integers(0, 2), i=st.integers(0, 50), how=HOW, delay=st.sampled_from([0, 0, 30]))
-        def release(self, c: int, i: int, how: int, delay: int) -> None:
+        @rule(c=st.integers(0, 2), i=st.integers(0, 50), how=HOW, delay=st.sampled_from([0, 0, 30]),
+              lower_first=st.booleans())
+        def release(self, c: int, i: int, how: int, delay: int, lower_first: bool) -> None:
             it = self.pick_item(i)
             token = self.token_for(it, how)
             sql = "SELECT * FROM parecer.release(%s, %s, %s)"
+            if lower_first and it.status == "processing" and it.retry_count > 0:
+                # Meanwhile an operator lowers max_attempts to what this item has already used.
+                self.change_max_attempts(it.retry_count, False)
             if not self.leased(it, token):
                 expect_error("PR006", lambda: conns[c].execute(sql, (it.analysis_id, token, delay)))
                 self.count("release refused")
@@ -289,11 +303,30 @@ def test_queue_state_machine(db_url: str) -> None:
             row = conns[c].execute(sql, (it.analysis_id, token, delay)).fetchone()
             assert row is not None
             it.status = "pending" if it.retry_count == 0 else "failed"
-            it.due, it.delayed, it.terminal = delay == 0, it.status == "pending" and delay > 0, False
+            it.due, it.delayed = delay == 0, it.status == "pending" and delay > 0
+            # No retry left (max_attempts lowered while it was in flight): terminal, not stranded.
+            it.terminal = it.status == "failed" and it.retry_count >= self.max_attempts
             self.drop_lease(it)
             assert row["status"] == it.status and row["retry_count"] == it.retry_count, (row, it)
-            assert (row["next_retry_at"] is None) == (it.status == "pending" and delay == 0), row
-            self.count("release")
+            assert (row["next_retry_at"] is None) == ((it.status == "pending" and delay == 0) or it.terminal), row
+            self.count("release, no retry left" if it.terminal else "release")
+
+        @precondition(lambda self: any(it.retry_count > 0 for it in self.items.values()))
+        @rule(max_attempts=st.sampled_from([1, 2, 3, 4]), to_inflight=st.booleans())
+        def change_max_attempts(self, max_attempts: int, to_inflight: bool) -> None:
+            """An operator changes max_attempts while items are in the queue (sometimes down to exactly
+            the retry_count of an item in flight, which then has no retry left)."""
+            inflight = [it.retry_count for it in self.ordered() if it.status == "processing" and it.retry_count > 0]
+            if to_inflight and inflight:
+                max_attempts = inflight[0]
+            admin.execute("SELECT * FROM parecer.set_setting('max_attempts', %s)", (str(max_attempts),))
+            self.max_attempts = max_attempts
+            # Lowered: items waiting for a retry they no longer have become terminal at once.
+            for it in self.items.values():
+                if it.status == "failed" and not it.terminal and it.retry_count >= max_attempts:
+                    it.terminal = True
+                    self.count("retry cancelled by lower max_attempts")
+            self.count("max_attempts changed")
 
         @precondition(lambda self: self.items)
         @rule(c=st.integers(0, 2))
@@ -349,6 +382,8 @@ def test_queue_state_machine(db_url: str) -> None:
                 # next_retry_at only on a delayed release (pending) or a retryable failure; failed without it is terminal.
                 if r["next_retry_at"] is not None:
                     assert r["status"] == "failed" or (r["status"] == "pending" and it.delayed), r
+                    # ... and no item waits for a retry it can never get (claim wants retry_count < max_attempts).
+                    assert r["status"] != "failed" or r["retry_count"] < self.max_attempts, ("stranded", r)
                 assert (r["status"] == "failed" and r["next_retry_at"] is None) == (it.status == "failed" and it.terminal)
                 # retry_count = attempts failed or expired since the last reset.
                 counted = [x for x in a if x["attempt"] > it.reset_mark and x["outcome"] in ("failed", "expired")]
@@ -389,3 +424,24 @@ def test_queue_state_machine(db_url: str) -> None:
     for what in ("claim", "mark_done", "mark_failed retry", "mark_failed terminal", "release", "lease expires",
                  "force reset", "claim in open transaction, commit", "claim in open transaction, rollback"):
         assert stats.get(what, 0) > 0, f"never ran: {what}"
+
+
+def test_regression_release_with_no_retry_left_is_terminal(conn: Conn) -> None:
+    """Found by the state machine: enqueue, claim, mark_failed (retryable), backoff runs out, claim,
+    max_attempts lowered to the item's retry_count, release. release scheduled a retry that claim
+    (retry_count < max_attempts) would never take: the item waited as "retrying" forever, and
+    retry_failed (terminal failures only) could not re-queue it either. It is now terminal."""
+    script = make_script(conn)
+    s = make_session(conn)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None
+    conn.execute("SELECT * FROM parecer.mark_failed(%s, %s, 'boom')", (item["analysis_id"], item["lease_token"]))
+    conn.execute("UPDATE parecer.analyses SET next_retry_at = now() - interval '1 second'")
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None and item["retry_count"] == 1
+    conn.execute("SELECT * FROM parecer.set_setting('max_attempts', '1')")
+    out = conn.execute("SELECT * FROM parecer.release(%s, %s)", (item["analysis_id"], item["lease_token"])).fetchone()
+    assert out is not None and (out["status"], out["retry_count"], out["next_retry_at"]) == ("failed", 1, None)
+    assert conn.execute("SELECT failed, retrying FROM parecer.queue_status").fetchone() == {"failed": 1, "retrying": 0}
+    assert conn.execute("SELECT parecer.retry_failed(client_slug => 'acme') AS n").fetchone() == {"n": 1}

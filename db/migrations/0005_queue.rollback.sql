@@ -1,6 +1,7 @@
 DROP FUNCTION IF EXISTS parecer.release(uuid, uuid, integer, text);
 DROP FUNCTION IF EXISTS parecer.next_due(text);
 DROP FUNCTION IF EXISTS parecer.mark_failed(uuid, uuid, text, boolean, jsonb);
+DROP FUNCTION IF EXISTS parecer._usage_ok(jsonb);
 DROP FUNCTION IF EXISTS parecer.extend_lease(uuid, uuid, integer);
 DROP FUNCTION IF EXISTS parecer._lease(uuid, uuid);
 DROP FUNCTION IF EXISTS parecer.claim(text, integer, integer, text);

@@ -514,6 +514,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_row    parecer.analyses;
+    v_max    integer := parecer._setting_int('max_attempts');
     v_delay  integer := COALESCE(release.delay_seconds, 0);
     v_reason text := left(COALESCE(NULLIF(btrim(release.reason), ''), 'released'), 1000);
 BEGIN
@@ -524,6 +525,9 @@ BEGIN
     UPDATE parecer.analyses a
        SET status = CASE WHEN a.retry_count = 0 THEN 'pending' ELSE 'failed' END,
            next_retry_at = CASE WHEN a.retry_count = 0 AND v_delay = 0 THEN NULL
+                                -- No retry left (max_attempts lowered while in flight): terminal, since
+                                -- claim would never take it and it would wait as "retrying" forever.
+                                WHEN a.retry_count >= v_max THEN NULL
                                 ELSE now() + make_interval(secs => v_delay) END,
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = v_row.analysis_id
@@ -534,7 +538,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS
-'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Errors: PR006, PR010, PR011.';
+'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling); an item with no retry left (max_attempts lowered meanwhile) becomes a terminal failure. Errors: PR006, PR010, PR011.';
 
 -- When the next item of the queue becomes claimable (NULL: nothing waiting), for the runner's poll timer.
 CREATE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
