@@ -61,6 +61,11 @@ def template_db(pg_server_url: str) -> Iterator[str]:
     db.migrate(url)
     db.install_sql(url, paths.sql_path("reference", "schema.sql"))
     db.install_adapter(url, "reference")
+    # The stand-in is no provider to protect: tests that exercise the shared
+    # limiter set their own limits (tests/test_limits.py).
+    with db.connect(url) as c:
+        c.execute("SELECT parecer.set_setting('default_rpm', '1000000')")
+        c.execute("SELECT parecer.set_setting('default_tpm', '1000000000')")
     try:
         yield name
     finally:

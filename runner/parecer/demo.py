@@ -86,6 +86,10 @@ def run_demo(database_url: str | None, *, sessions: int = 300, max_sessions: int
 
             standin = stack.enter_context(Standin(StandinConfig(latency_ms=(100, 400), seed=7)))
             base_url, api_key = standin.url, "standin"
+            os.environ.setdefault("PARECER_KEY_LABEL", "standin")
+            with db.connect(url) as conn:  # the stand-in is no provider to protect
+                conn.execute("SELECT * FROM parecer.set_rate_limit(%s, rpm => 6000, tpm => 100000000)",
+                             (f"{os.environ['PARECER_KEY_LABEL']}:{os.environ.get('OPENAI_MODEL') or 'gpt-5-mini'}",))
             say("model: no OPENAI_API_KEY -> the local stand-in (parecer-standin). Its reports are SYNTHETIC,"
                 " not a real model's.")
 
