@@ -109,11 +109,12 @@ def test_real_run_enqueues_newest_and_summarises(conn: psycopg.Connection[Any]) 
     assert s == {"run_id": r["run_id"], "processed": 1, "failed": 1, "retrying": 1, "remaining": 1,
                  "done_sample": [items[0]["session_id"]], "failed_sample": [items[2]["session_id"]], "total": 3}
 
-    # a second run over the same sessions adopts the items already queued
+    # a second run over the same sessions adopts the item still queued (retrying) and
+    # skips the done and the terminally failed ones
     r2 = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 5)").fetchone()
-    assert r2 is not None and (r2["already_done"], r2["already_queued"], r2["would_enqueue"], r2["enqueued"]) == (1, 1, 4, 2)
+    assert r2 is not None and (r2["already_done"], r2["already_queued"], r2["would_enqueue"], r2["enqueued"]) == (1, 1, 3, 2)
     s2 = conn.execute("SELECT * FROM parecer.run_summary(%s)", (r2["run_id"],)).fetchone()
-    assert s2 is not None and s2["total"] == 4
+    assert s2 is not None and s2["total"] == 3
 
 
 def test_max_sessions_cap(conn: psycopg.Connection[Any]) -> None:
@@ -139,3 +140,19 @@ def test_script_versions_and_activation(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT * FROM parecer.activate_script('acme', 'qa', 1, deactivate_others => false)")
     assert conn.execute("SELECT version FROM parecer.resolve_script('acme', 'qa')").fetchone() == {"version": 2}
     assert conn.execute("SELECT version FROM parecer.resolve_script('acme', 'qa', 1)").fetchone() == {"version": 1}
+
+
+def test_terminal_failures_are_not_reselected_without_force(conn: psycopg.Connection[Any]) -> None:
+    make_script(conn)
+    sessions = sorted((make_session(conn) for _ in range(3)), key=lambda s: s.ended_at, reverse=True)
+    r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 1)").fetchone()
+    assert r is not None and r["enqueued"] == 1
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None and item["session_id"] == sessions[0].session_id
+    conn.execute("SELECT parecer.mark_failed(%s, %s, 'context length exceeded', retryable => false)",
+                 (item["analysis_id"], item["lease_token"]))
+    # the next run moves on to the next newest session instead of re-selecting the terminal failure
+    r2 = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 1)").fetchone()
+    assert r2 is not None and r2["enqueued"] == 1
+    queued = conn.execute("SELECT session_id FROM parecer.analyses WHERE status = 'pending'").fetchall()
+    assert queued == [{"session_id": sessions[1].session_id}]

@@ -63,7 +63,10 @@ BEGIN
               AND a.analysis_version_tag = start_run.analysis_version_tag
     ), sel AS (
         SELECT * FROM x
-        WHERE v_force OR x.status IS DISTINCT FROM 'done'
+        -- done and terminally failed sessions are not selected again without force (terminal
+        -- failures come back through parecer.retry_failed): newer runs move on to older sessions
+        WHERE v_force OR x.status IS NULL
+           OR NOT (x.status = 'done' OR (x.status = 'failed' AND x.next_retry_at IS NULL))
         ORDER BY x.ended_at DESC, x.session_id
         LIMIT start_run.max_sessions
     )
@@ -108,7 +111,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean) IS
-'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done (all with force_reprocess). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
+'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
 
 -- The summary itself (see parecer.run_summary).
 CREATE FUNCTION parecer._run_summary(p_run_id bigint)
