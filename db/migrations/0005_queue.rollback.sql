@@ -6,6 +6,7 @@ DROP FUNCTION IF EXISTS parecer.extend_lease(uuid, uuid, integer);
 DROP FUNCTION IF EXISTS parecer._lease(uuid, uuid);
 DROP FUNCTION IF EXISTS parecer.claim(text, integer, integer, text);
 DROP FUNCTION IF EXISTS parecer._claim(text, integer, integer, text);
+DROP TYPE IF EXISTS parecer.claimed_item;
 DROP FUNCTION IF EXISTS parecer._expire_leases();
 DROP FUNCTION IF EXISTS parecer.enqueue(text[], bigint, text, boolean, bigint);
 DROP FUNCTION IF EXISTS parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean);

@@ -311,9 +311,8 @@ BEGIN
 END
 $$;
 
--- The claim itself (see parecer.claim).
-CREATE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text)
-RETURNS TABLE (
+-- A claimed item: what parecer.claim returns per row.
+CREATE TYPE parecer.claimed_item AS (
     analysis_id      uuid,
     lease_token      uuid,
     attempt          integer,
@@ -325,7 +324,11 @@ RETURNS TABLE (
     model            text,
     lease_expires_at timestamptz,
     retry_count      integer
-)
+);
+
+-- The claim itself (see parecer.claim).
+CREATE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text)
+RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -388,19 +391,7 @@ CREATE FUNCTION parecer.claim(
     max_items     integer DEFAULT 1,
     lease_seconds integer DEFAULT NULL,
     client_slug   text DEFAULT NULL
-) RETURNS TABLE (
-    analysis_id      uuid,
-    lease_token      uuid,
-    attempt          integer,
-    client_slug      text,
-    session_id       text,
-    script_id        bigint,
-    script_key       text,
-    script_version   integer,
-    model            text,
-    lease_expires_at timestamptz,
-    retry_count      integer
-)
+) RETURNS SETOF parecer.claimed_item
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

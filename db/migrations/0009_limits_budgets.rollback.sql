@@ -17,8 +17,7 @@ DROP INDEX IF EXISTS parecer.analyses_fresh_idx;
 CREATE INDEX analyses_claim_idx ON parecer.analyses (session_ended_at DESC NULLS LAST, created_at DESC)
     WHERE status = 'pending' OR (status = 'failed' AND next_retry_at IS NOT NULL);
 CREATE OR REPLACE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text)
-RETURNS TABLE (analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint,
-               script_key text, script_version integer, model text, lease_expires_at timestamptz, retry_count integer)
+RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$

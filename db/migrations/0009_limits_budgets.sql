@@ -599,19 +599,7 @@ COMMENT ON FUNCTION parecer.set_run_backlog(bigint, boolean) IS
 -- client's fresh work newest-ended first, then backlog oldest first; clients over
 -- budget get nothing.
 CREATE OR REPLACE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text)
-RETURNS TABLE (
-    analysis_id      uuid,
-    lease_token      uuid,
-    attempt          integer,
-    client_slug      text,
-    session_id       text,
-    script_id        bigint,
-    script_key       text,
-    script_version   integer,
-    model            text,
-    lease_expires_at timestamptz,
-    retry_count      integer
-)
+RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
