@@ -856,6 +856,7 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
         r = conn.execute("SELECT topics FROM parecer.scripts WHERE script_id = %s", (pool.item["script_id"],)).fetchone()
         pool.item_topics = r["topics"] if r else []
         report = data.draw(st.one_of(fabricated, fabricated, hostile, valid), label="report")  # built for pool.item
+        agree_fast_and_slow_report_checks(conn, report, pool.item_topics, pool.item["session_id"])
         values = {"analysis_id": pool.item["analysis_id"], "lease_token": pool.item["lease_token"],
                   "report": report, "model": "gpt-4.1-mini", "prompt_hash": "0" * 64, "usage": OMIT}
         out = call(conn, f, values)
@@ -867,6 +868,29 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
     run()
     print(f"\nmark_done reports: outcomes {dict(sorted(seen.items()))}")
     assert {"ok", "PR007", "PR008"} <= set(seen), seen
+
+
+def agree_fast_and_slow_report_checks(conn: Conn, report: Any, topics: list[str], session_id: str) -> None:
+    """mark_done accepts a report when the one-query check (_report_ok) says yes and otherwise asks the
+    detailed one (_check_report) for the error: the two must agree on every report, or a report the
+    detailed check refuses could be stored."""
+    try:
+        doc = json.dumps(report, allow_nan=False)
+    except (TypeError, ValueError):
+        return
+    try:
+        fast = conn.execute("SELECT parecer._report_ok(%s::jsonb, %s::text[], %s) AS ok",
+                            (doc, topics, session_id)).fetchone()["ok"]  # type: ignore[index]
+    except psycopg.DataError:   # not storable as jsonb (e.g. \u0000): refused at input, before any check
+        return
+    try:
+        conn.execute("SELECT parecer._check_report(%s::jsonb, %s::text[], %s)", (doc, topics, session_id))
+        slow = True
+    except psycopg.Error as exc:
+        assert E.sqlstate(exc) in ("PR007", "PR008"), exc
+        slow = False
+    note(f"fast={fast} slow={slow}")
+    assert fast == slow, f"_report_ok says {fast}, _check_report says {slow} for {doc[:2000]}"
 
 
 def test_absurdly_deep_json_is_refused_at_input(conn: Conn) -> None:
