@@ -9,6 +9,13 @@ ALTER TABLE parecer._attempts ALTER COLUMN outcome DROP NOT NULL,
                               ALTER COLUMN finished_at DROP NOT NULL;
 CREATE INDEX attempts_finished_idx ON parecer._attempts (finished_at);
 CREATE INDEX analyses_client_idx ON parecer.analyses (client_id, script_id, status);
+ALTER TABLE parecer.analyses
+    DROP CONSTRAINT analyses_state_check,
+    ADD CONSTRAINT analyses_status_check CHECK (status IN ('pending', 'processing', 'done', 'failed')),
+    ADD CONSTRAINT analyses_retry_count_check CHECK (retry_count >= 0),
+    ADD CONSTRAINT analyses_check CHECK ((status = 'processing') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)),
+    ADD CONSTRAINT analyses_check1 CHECK (status <> 'done' OR (report IS NOT NULL AND next_retry_at IS NULL)),
+    ADD CONSTRAINT analyses_check2 CHECK (status <> 'processing' OR next_retry_at IS NULL);
 
 -- Every claim of every item and how it ended.
 CREATE OR REPLACE VIEW parecer.attempts AS
@@ -19,9 +26,10 @@ FROM parecer._attempts t
 JOIN parecer.analyses a ON a.analysis_id = t.analysis_id;
 COMMENT ON VIEW parecer.attempts IS 'Attempt history: one row per claim (outcome done, failed, released, expired, reset, or processing while in flight).';
 
-DROP TRIGGER attempts_cost ON parecer._attempts;
+DROP FUNCTION parecer._end_attempt(uuid, integer, text, uuid, timestamptz, text, text, text, text, jsonb, text, text);
+DROP FUNCTION parecer._budget_alerts_check(text, text, date, numeric, numeric);
 -- Record an attempt's cost when its usage arrives; raise budget alerts (NOTIFY parecer_budget) at 80% and 100%.
-CREATE OR REPLACE FUNCTION parecer._attempt_cost() RETURNS trigger
+CREATE FUNCTION parecer._attempt_cost() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 DECLARE
