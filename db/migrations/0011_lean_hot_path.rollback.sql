@@ -18,6 +18,16 @@ ALTER TABLE parecer.analyses
     ADD CONSTRAINT analyses_check2 CHECK (status <> 'processing' OR next_retry_at IS NULL);
 
 -- Every claim of every item and how it ended.
+UPDATE parecer.analyses a SET usage = t.usage
+  FROM parecer._attempts t
+ WHERE a.status = 'done' AND a.usage IS NULL AND t.analysis_id = a.analysis_id AND t.attempt = a.claims;
+CREATE OR REPLACE VIEW parecer.reports AS
+SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version,
+       a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, a.usage
+FROM parecer.analyses a
+JOIN parecer.scripts s ON s.script_id = a.script_id
+WHERE a.status = 'done';
+
 CREATE OR REPLACE VIEW parecer.attempts AS
 SELECT t.analysis_id, t.attempt, t.worker, t.claimed_at, t.finished_at,
        COALESCE(t.outcome, 'processing') AS outcome, t.error, t.model, t.usage,

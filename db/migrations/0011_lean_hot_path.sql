@@ -34,6 +34,16 @@ ALTER TABLE parecer.analyses
 -- analyses_fresh_idx / analyses_backlog_idx, the rest are whole-queue aggregates.
 DROP INDEX parecer.analyses_client_idx;
 
+-- A report's usage is its done attempt's (written once, there).
+CREATE OR REPLACE VIEW parecer.reports AS
+SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version,
+       a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, COALESCE(t.usage, a.usage) AS usage
+FROM parecer.analyses a
+JOIN parecer.scripts s ON s.script_id = a.script_id
+LEFT JOIN parecer._attempts t ON t.analysis_id = a.analysis_id AND t.attempt = a.claims
+WHERE a.status = 'done';
+COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis.';
+
 CREATE OR REPLACE VIEW parecer.attempts AS
 SELECT t.analysis_id, t.attempt, t.worker, t.claimed_at, t.finished_at,
        t.outcome, t.error, t.model, t.usage,
@@ -99,8 +109,10 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_day     date;
+    v_cost    numeric;
     v_daily   numeric;
     v_monthly numeric;
+    v_shard   smallint := pg_backend_pid() % 16;
 BEGIN
     IF p_usage IS NULL OR jsonb_typeof(p_usage) <> 'object' THEN
         INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
@@ -109,39 +121,51 @@ BEGIN
                 p_outcome, p_error, p_model, p_prompt_hash, p_usage);
         RETURN;
     END IF;
-    WITH cal AS (
-        SELECT (now() AT TIME ZONE COALESCE(st.value, st.default_value))::date AS day
-        FROM parecer._settings st WHERE st.name = 'budget_timezone'
-    ), price AS (   -- longest matching price prefix; no row when the model is unpriced
-        SELECT round((GREATEST(COALESCE((p_usage ->> 'input_tokens')::numeric, 0)
-                               - COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0), 0) * p.input_usd_per_mtok
-                     + COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0) * p.cached_input_usd_per_mtok
-                     + COALESCE((p_usage ->> 'output_tokens')::numeric, 0) * p.output_usd_per_mtok) / 1000000, 8) AS usd
-        FROM parecer._model_prices p
-        WHERE starts_with(COALESCE(p_model, p_usage ->> 'model', p_usage ->> 'requested_model', ''), p.model)
-        ORDER BY length(p.model) DESC
-        LIMIT 1
-    ), att AS (
-        INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
-                                       error, model, prompt_hash, usage, cost_usd)
-        VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
-                p_outcome, p_error, p_model, p_prompt_hash, p_usage, (SELECT price.usd FROM price))
-    ), sp AS (
-        -- Counters are sharded by backend so that concurrent calls for one client do
-        -- not serialise on one row; readers sum the shards.
+    -- The budget day, the cost (longest matching price prefix; NULL when the model is
+    -- unpriced) and the client's budgets, in one query.
+    SELECT (now() AT TIME ZONE COALESCE(st.value, st.default_value))::date, pr.usd,
+           pol.daily_budget_usd, pol.monthly_budget_usd
+      INTO v_day, v_cost, v_daily, v_monthly
+      FROM parecer._settings st
+      LEFT JOIN LATERAL (
+            SELECT round((GREATEST(COALESCE((p_usage ->> 'input_tokens')::numeric, 0)
+                                   - COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0), 0) * p.input_usd_per_mtok
+                         + COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0) * p.cached_input_usd_per_mtok
+                         + COALESCE((p_usage ->> 'output_tokens')::numeric, 0) * p.output_usd_per_mtok) / 1000000, 8) AS usd
+            FROM parecer._model_prices p
+            WHERE starts_with(COALESCE(p_model, p_usage ->> 'model', p_usage ->> 'requested_model', ''), p.model)
+            ORDER BY length(p.model) DESC
+            LIMIT 1) pr ON true
+      LEFT JOIN parecer._client_policy pol ON pol.client_id = p_client_id
+     WHERE st.name = 'budget_timezone';
+
+    INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
+                                   error, model, prompt_hash, usage, cost_usd)
+    VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
+            p_outcome, p_error, p_model, p_prompt_hash, p_usage, v_cost);
+
+    -- Counters are sharded by backend so that concurrent calls for one client do not
+    -- serialise on one row; readers sum the shards. A plain UPDATE first: the upsert's
+    -- conflict path locks the row and writes one more WAL record per attempt.
+    UPDATE parecer._spend s
+       SET attempts = s.attempts + 1,
+           input_tokens = s.input_tokens + COALESCE((p_usage ->> 'input_tokens')::bigint, 0),
+           cached_input_tokens = s.cached_input_tokens + COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
+           output_tokens = s.output_tokens + COALESCE((p_usage ->> 'output_tokens')::bigint, 0),
+           cost_usd = s.cost_usd + COALESCE(v_cost, 0)
+     WHERE s.client_id = p_client_id AND s.day = v_day AND s.shard = v_shard;
+    IF NOT FOUND THEN
         INSERT INTO parecer._spend AS s (client_id, client_slug, day, shard, attempts, input_tokens,
                                          cached_input_tokens, output_tokens, cost_usd)
-        SELECT p_client_id, p_client_slug, cal.day, pg_backend_pid() % 16, 1,
-               COALESCE((p_usage ->> 'input_tokens')::bigint, 0), COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
-               COALESCE((p_usage ->> 'output_tokens')::bigint, 0), COALESCE((SELECT price.usd FROM price), 0)
-        FROM cal
+        VALUES (p_client_id, p_client_slug, v_day, v_shard, 1,
+                COALESCE((p_usage ->> 'input_tokens')::bigint, 0), COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
+                COALESCE((p_usage ->> 'output_tokens')::bigint, 0), COALESCE(v_cost, 0))
         ON CONFLICT (client_id, day, shard) DO UPDATE
             SET attempts = s.attempts + 1, input_tokens = s.input_tokens + EXCLUDED.input_tokens,
                 cached_input_tokens = s.cached_input_tokens + EXCLUDED.cached_input_tokens,
-                output_tokens = s.output_tokens + EXCLUDED.output_tokens, cost_usd = s.cost_usd + EXCLUDED.cost_usd
-    )
-    SELECT cal.day, pol.daily_budget_usd, pol.monthly_budget_usd INTO v_day, v_daily, v_monthly
-    FROM cal LEFT JOIN parecer._client_policy pol ON pol.client_id = p_client_id;
+                output_tokens = s.output_tokens + EXCLUDED.output_tokens, cost_usd = s.cost_usd + EXCLUDED.cost_usd;
+    END IF;
+
     IF v_daily IS NOT NULL OR v_monthly IS NOT NULL THEN
         PERFORM parecer._budget_alerts_check(p_client_id, p_client_slug, v_day, v_daily, v_monthly);
     END IF;
@@ -216,11 +240,24 @@ DECLARE
     v_n      integer;
     v_one    text;
     v_ids    uuid[];
+    v_expired boolean;
 BEGIN
+    -- Settings, whether any lease ran out, and which clients may get work (client
+    -- filter, budgets: none, one, or more), in one query.
+    WITH pol AS (
+        SELECT p.client_id FROM parecer._client_policy p
+        WHERE (v_client IS NULL OR p.client_slug = v_client)
+          AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
+               OR parecer._blocked_reason(p.client_id) IS NULL)
+        LIMIT 2
+    )
     SELECT COALESCE($3, max(COALESCE(s.value, s.default_value)::integer) FILTER (WHERE s.name = 'lease_seconds')),
-           max(COALESCE(s.value, s.default_value)::integer) FILTER (WHERE s.name = 'max_attempts')
-      INTO v_lease, v_max
-      FROM parecer._settings s WHERE s.name IN ('lease_seconds', 'max_attempts');
+           max(COALESCE(s.value, s.default_value)::integer) FILTER (WHERE s.name = 'max_attempts'),
+           EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
+           (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
+      INTO v_lease, v_max, v_expired, v_n, v_one
+      FROM parecer._settings s
+     WHERE s.name IN ('lease_seconds', 'max_attempts');
     IF v_worker IS NULL OR btrim(v_worker) = '' OR length(v_worker) > 200 THEN
         PERFORM parecer._invalid('worker must be a non-empty name of up to 200 characters', 'Name the runner, e.g. worker => ''host-1:4242''.');
     END IF;
@@ -231,17 +268,10 @@ BEGIN
         PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease), 'lease_seconds must be between 5 and 86400.');
     END IF;
 
-    IF EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()) THEN
+    IF v_expired THEN
         PERFORM parecer._expire_leases();
     END IF;
 
-    -- Which clients may get work (client filter, budgets): none, one, or more.
-    SELECT count(*), min(p.client_id) INTO v_n, v_one
-    FROM (SELECT p.client_id FROM parecer._client_policy p
-          WHERE (v_client IS NULL OR p.client_slug = v_client)
-            AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
-                 OR parecer._blocked_reason(p.client_id) IS NULL)
-          LIMIT 2) p;
     IF v_n = 0 THEN
         RETURN;
     ELSIF v_n = 1 THEN
@@ -504,7 +534,7 @@ BEGIN
     END IF;
     UPDATE parecer.analyses a
        SET status = 'done', report = mark_done.report, model = mark_done.model,
-           prompt_hash = mark_done.prompt_hash, usage = mark_done.usage, error = NULL,
+           prompt_hash = mark_done.prompt_hash, usage = NULL, error = NULL,   -- usage: in the attempt row
            next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
            processed_at = now(), updated_at = now()
       FROM parecer.scripts s
