@@ -196,7 +196,7 @@ def ceiling_loop(url: str, workers: int) -> Loop:
 
 
 def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8), seed: int = 7,
-        usage: bool = True, keep: bool = False, rounds: int = 3) -> C.Result:
+        usage: bool = True, keep: bool = False, rounds: int = 3, other_clients: bool = False) -> C.Result:
     res = C.Result("b01", "queue overhead: claim -> mark_done, no-op model")
     t_start = time.perf_counter()
     with C.bench_database(server_url, "queue", keep=keep) as url:
@@ -212,6 +212,9 @@ def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8)
             prep_s = time.perf_counter() - t0
             r = c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (sessions, script["script_id"])).fetchone()
             assert r is not None and r["enqueued"] == items, r
+            if other_clients:   # every other sample client registered (no work queued): the fair path
+                for o in c.execute("SELECT slug FROM parecer.source_clients WHERE slug <> %s", (C.CLIENT,)).fetchall():
+                    c.execute("SELECT parecer.set_client_priority(%s, 1)", (o["slug"],))
         C.say(f"   b01 setup: {n_sessions} sample sessions loaded in {load_s:.1f}s, {items} items queued, "
               f"reports prepared in {prep_s:.1f}s")
         ceiling_setup(url, items)
@@ -265,7 +268,7 @@ def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8)
                     ratio=rate / ceil_rate, ratio_label="% of ceiling", target=">= 50%")
             res.details.setdefault("per_round_ratio", {})[f"{mode} {w}w"] = [round(x, 3) for x in per_round]
     res.details.update({
-        "items": items, "workers": list(workers), "usage": usage, "rounds": rounds,
+        "other_clients": other_clients, "items": items, "workers": list(workers), "usage": usage, "rounds": rounds,
         "ops_ms": {f"{m} {w}w": {k: median([x.op_seconds[k] / max(x.items, 1) * 1000 for x in ours[(m, w)]])
                                  for k in ours[(m, w)][0].op_seconds}
                    for (m, w) in ours}})
@@ -280,10 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1,8", help="worker thread counts, comma-separated")
     p.add_argument("--no-usage", action="store_true", help="mark_done without a usage object (no spend accounting)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians over them")
+    p.add_argument("--other-clients", action="store_true",
+                   help="register the sample's other clients (no work queued), so that every claim takes the "
+                        "multi-client fair path instead of the one-client path")
     a = p.parse_args(argv)
     with C.server(a.database_url) as srv:
         res = run(srv, items=a.items, workers=tuple(int(x) for x in a.workers.split(",")), seed=a.seed,
-                  usage=not a.no_usage, keep=a.keep, rounds=a.rounds)
+                  usage=not a.no_usage, keep=a.keep, rounds=a.rounds,
+                  other_clients=a.other_clients)
     C.print_result(res)
     return 0
 
