@@ -453,6 +453,31 @@ $$;
 COMMENT ON FUNCTION parecer.enqueue(text[], bigint, text, boolean, bigint) IS
 'Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session.';
 
+CREATE OR REPLACE FUNCTION parecer._transcript_text(p_session_id text, p_language text) RETURNS text
+LANGUAGE sql STABLE
+AS $$
+SELECT COALESCE(string_agg(
+           '[msg ' || replace(replace(COALESCE(m.message_id, '?'), ']', ')'), E'\n', ' ') || '] '
+        || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
+        || CASE WHEN m.from_me THEN l.agent ELSE l.customer END || ': '
+        || replace(
+             CASE
+               WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
+                 CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
+                      THEN l.audio_transcribed || ' ' || btrim(m.transcription)
+                      ELSE l.audio_missing END
+               WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
+                 COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
+               ELSE
+                 '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
+             END,
+             E'\n', E'\n    '),
+         E'\n' ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '')
+FROM parecer.source_messages m
+CROSS JOIN parecer._labels(p_language) l
+WHERE m.session_id = p_session_id
+$$;
+
 -- Functions are executable by PUBLIC when created (a per-schema default privilege
 -- cannot take that back): revoke, as every migration that creates functions does.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA parecer FROM PUBLIC;
