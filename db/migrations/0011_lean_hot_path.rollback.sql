@@ -478,6 +478,10 @@ CROSS JOIN parecer._labels(p_language) l
 WHERE m.session_id = p_session_id
 $$;
 
+CREATE OR REPLACE FUNCTION parecer._blocked_reason(p_client_id text) RETURNS text
+LANGUAGE sql STABLE
+AS $$ SELECT b.blocked_reason FROM parecer._budget_state b WHERE b.client_id = p_client_id $$;
+
 -- Functions are executable by PUBLIC when created (a per-schema default privilege
 -- cannot take that back): revoke, as every migration that creates functions does.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA parecer FROM PUBLIC;

@@ -800,6 +800,17 @@ BEGIN
 END
 $fn$;
 
+-- Why claim holds a client's work back, as PL/pgSQL for the same reason: the
+-- claim asks it for every client with a budget, on every call, and as a SQL
+-- function it re-planned the budget-state view each time.
+CREATE OR REPLACE FUNCTION parecer._blocked_reason(p_client_id text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT b.blocked_reason FROM parecer._budget_state b WHERE b.client_id = p_client_id);
+END
+$$;
+
 -- Functions are executable by PUBLIC when created (a per-schema default privilege
 -- cannot take that back): revoke, as every migration that creates functions does.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA parecer FROM PUBLIC;
