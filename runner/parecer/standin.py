@@ -565,7 +565,11 @@ class _State:
     def __init__(self, config: StandinConfig) -> None:
         self.config = config
         self.lock = threading.Lock()
+        # Separate dice for faults and for the rest (latencies, answer variants): the n-th
+        # request to arrive draws the n-th fault whatever the timing of the others, so a
+        # seeded run injects the same faults in the same order.
         self.dice = random.Random(config.seed)
+        self.other_dice = random.Random(None if config.seed is None else f"other:{config.seed}")
         self.windows = _Windows()
         self.prompt_cache: OrderedDict[str, None] = OrderedDict()
         self.stopping = threading.Event()
@@ -602,7 +606,7 @@ class _State:
 
     def uniform(self, lo: float, hi: float) -> float:
         with self.lock:
-            return self.dice.uniform(lo, hi)
+            return self.other_dice.uniform(lo, hi)
 
     def seen_instructions(self, instructions: str) -> bool:
         """Simulated prompt cache: True when these instructions were seen recently."""
@@ -883,7 +887,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _variant_rng(self) -> random.Random:
         with self.state.lock:
-            return random.Random(self.state.dice.getrandbits(64))
+            return random.Random(self.state.other_dice.getrandbits(64))
 
 
 def _input_text(value: Any) -> str | None:
