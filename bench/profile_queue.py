@@ -101,9 +101,11 @@ def plan_cache_experiment(url: str, n: int = 300) -> None:
     from psycopg.rows import dict_row
 
     C.say(f"\n---- plan cache: {n} claims per session, rolled back, median of the last {n - 50} ----")
+    claim_fn = "parecer.claim(text, integer, integer, text)"
     for mode in ("auto", "force_generic_plan", "auto", "force_generic_plan"):
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as c:
-            c.execute(f"SET plan_cache_mode = {mode}")
+            # claim pins plan_cache_mode itself (0010, 0011); the experiment sets it on the function
+            c.execute(f"ALTER FUNCTION {claim_fn} SET plan_cache_mode = {mode}")
             ts = []
             for _ in range(n):
                 with c.transaction(force_rollback=True):
@@ -111,6 +113,8 @@ def plan_cache_experiment(url: str, n: int = 300) -> None:
                     c.execute("SELECT analysis_id FROM parecer.claim('plan-cache', 1)").fetchone()
                     ts.append(time.perf_counter() - t0)
         tail = sorted(ts[50:])
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(f"ALTER FUNCTION {claim_fn} SET plan_cache_mode = force_generic_plan")
         C.say(f"plan_cache_mode = {mode:<18}: claim median {tail[len(tail) // 2] * 1000:.2f} ms, "
               f"p90 {tail[int(len(tail) * 0.9)] * 1000:.2f} ms")
 
