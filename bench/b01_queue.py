@@ -4,7 +4,8 @@
 Worker threads (each its own autocommit connection) drain a queue of ``--items``
 analyses through parecer's functions, with no model call:
 
-* ``claim+mark_done``:            parecer.claim(worker, 1), then parecer.mark_done
+* ``claim+mark_done``:            parecer.claim(worker, 1, sync_commit => false) as the
+  runner claims (``--sync-claim``: claims wait for the WAL flush too), then parecer.mark_done
   with a valid grounded report (it cites the session's first message, read once per
   session up front through parecer.session_transcript, outside the timed loop);
 * ``claim+prompt_for+mark_done``: the same plus parecer.prompt_for (the transcript
@@ -108,7 +109,8 @@ def _threads(n: int, target: Any) -> float:
     return secs
 
 
-def parecer_loop(url: str, workers: int, prompt: bool, reports: dict[str, str], usage: bool) -> Loop:
+def parecer_loop(url: str, workers: int, prompt: bool, reports: dict[str, str], usage: bool,
+                 sync_claim: bool = False) -> Loop:
     res = Loop(op_seconds={"claim": 0.0, "prompt_for": 0.0, "mark_done": 0.0})
     lock = threading.Lock()
 
@@ -119,8 +121,8 @@ def parecer_loop(url: str, workers: int, prompt: bool, reports: dict[str, str], 
             barrier.wait()
             while True:
                 t0 = time.perf_counter()
-                row = c.execute("SELECT analysis_id, lease_token, session_id FROM parecer.claim(%s, 1)",
-                                (wid,)).fetchone()
+                row = c.execute("SELECT analysis_id, lease_token, session_id "
+                                "FROM parecer.claim(%s, 1, sync_commit => %s)", (wid, sync_claim)).fetchone()
                 t1 = time.perf_counter()
                 ops["claim"] += t1 - t0
                 if row is None:
@@ -196,7 +198,8 @@ def ceiling_loop(url: str, workers: int) -> Loop:
 
 
 def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8), seed: int = 7,
-        usage: bool = True, keep: bool = False, rounds: int = 3, other_clients: bool = False) -> C.Result:
+        usage: bool = True, keep: bool = False, rounds: int = 3, other_clients: bool = False,
+        sync_claim: bool = False) -> C.Result:
     res = C.Result("b01", "queue overhead: claim -> mark_done, no-op model")
     t_start = time.perf_counter()
     with C.bench_database(server_url, "queue", keep=keep) as url:
@@ -241,7 +244,7 @@ def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8)
                                       (sessions, script["script_id"]))
                     C.vacuum_analyze(url, ["parecer.analyses", "parecer._attempts", "parecer._spend"])
                     first_parecer = False
-                    loop = parecer_loop(url, w, mode != MODES[0], reports, usage)
+                    loop = parecer_loop(url, w, mode != MODES[0], reports, usage, sync_claim)
                     ours[(mode, w)].append(loop)
                     per_op = ", ".join(f"{k} {v / max(loop.items, 1) * 1000:.2f} ms"
                                        for k, v in loop.op_seconds.items() if v)
@@ -268,7 +271,7 @@ def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8)
                     ratio=rate / ceil_rate, ratio_label="% of ceiling", target=">= 50%")
             res.details.setdefault("per_round_ratio", {})[f"{mode} {w}w"] = [round(x, 3) for x in per_round]
     res.details.update({
-        "other_clients": other_clients, "items": items, "workers": list(workers), "usage": usage, "rounds": rounds,
+        "other_clients": other_clients, "sync_claim": sync_claim, "items": items, "workers": list(workers), "usage": usage, "rounds": rounds,
         "ops_ms": {f"{m} {w}w": {k: median([x.op_seconds[k] / max(x.items, 1) * 1000 for x in ours[(m, w)]])
                                  for k in ours[(m, w)][0].op_seconds}
                    for (m, w) in ours}})
@@ -286,11 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--other-clients", action="store_true",
                    help="register the sample's other clients (no work queued), so that every claim takes the "
                         "multi-client fair path instead of the one-client path")
+    p.add_argument("--sync-claim", action="store_true",
+                   help="claims wait for the WAL flush (sync_commit => true, a claim's default in psql); "
+                        "the runner claims with sync_commit => false")
     a = p.parse_args(argv)
     with C.server(a.database_url) as srv:
         res = run(srv, items=a.items, workers=tuple(int(x) for x in a.workers.split(",")), seed=a.seed,
                   usage=not a.no_usage, keep=a.keep, rounds=a.rounds,
-                  other_clients=a.other_clients)
+                  other_clients=a.other_clients, sync_claim=a.sync_claim)
     C.print_result(res)
     return 0
 

@@ -101,7 +101,7 @@ def plan_cache_experiment(url: str, n: int = 300) -> None:
     from psycopg.rows import dict_row
 
     C.say(f"\n---- plan cache: {n} claims per session, rolled back, median of the last {n - 50} ----")
-    claim_fn = "parecer.claim(text, integer, integer, text)"
+    claim_fn = "parecer.claim(text, integer, integer, text, boolean)"
     for mode in ("auto", "force_generic_plan", "auto", "force_generic_plan"):
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as c:
             # claim pins plan_cache_mode itself (0010, 0011); the experiment sets it on the function

@@ -306,3 +306,56 @@ def test_claim_never_scans_the_queue_table(conn: psycopg.Connection[Any]) -> Non
             stats = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
                                  " WHERE relid = 'parecer.analyses'::regclass").fetchone()
             assert stats is not None and stats["seq_scan"] == 0 and stats["idx_scan"] > 0, (path, stats)
+
+
+def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -> None:
+    """sync_commit => false sets synchronous_commit = off for the claim's transaction (SET LOCAL), not beyond;
+    the default leaves it alone; NULL is refused (PR010) and claims nothing."""
+    with db.connect(db_url) as c:
+        queue(c, 3)
+        before = c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"]  # type: ignore[index]
+        assert before != "off"
+        # Autocommit: the setting holds for the claim's own statement (its transaction) and is gone after.
+        [row] = c.execute("SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
+                          "FROM parecer.claim('w1', 1, sync_commit => false) c").fetchall()
+        assert row["s"] == "off"
+        assert c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"] == before  # type: ignore[index]
+        [row] = c.execute("SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
+                          "FROM parecer.claim('w1', 1) c").fetchall()
+        assert row["s"] == before
+        with pytest.raises(psycopg.Error) as exc:
+            claim(c, sync_commit=None)
+        assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT and exc.value.diag.message_hint
+        assert c.execute("SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'").fetchone()["n"] == 2  # type: ignore[index]
+    # Inside a caller's transaction it lasts until that transaction ends.
+    with db.connect(db_url, autocommit=False) as t:
+        assert len(claim(t, sync_commit=False)) == 1
+        assert t.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "off"  # type: ignore[index]
+        t.commit()
+        assert t.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == before  # type: ignore[index]
+        t.rollback()
+
+
+def test_a_claim_lost_before_it_reached_disk_is_an_expired_lease(db_url: str) -> None:
+    """A claim made with sync_commit => false can be lost in a server crash: the database is then as if
+    the claim never happened (a rolled-back transaction is that state). The item is claimable again and
+    the runner that thought it held it is refused (PR006) by every call, so nothing is stored twice."""
+    with db.connect(db_url) as c:
+        _, sessions = queue(c, 1)
+    with db.connect(db_url, autocommit=False) as lost:
+        [ghost] = claim(lost, "ghost", sync_commit=False)
+        lost.rollback()
+    with db.connect(db_url) as c:
+        assert state(c, ghost["analysis_id"])["status"] == "pending"
+        before = table_checksum(c)
+        report = json.dumps(report_for(sessions[0]))
+        for sql, args in (("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)", (report, "a" * 64)),
+                          ("SELECT parecer.extend_lease(%s, %s, 60)", ()),
+                          ("SELECT parecer.mark_failed(%s, %s, 'boom')", ()),
+                          ("SELECT parecer.release(%s, %s)", ())):
+            with pytest.raises(psycopg.Error) as exc:
+                c.execute(sql, (ghost["analysis_id"], ghost["lease_token"], *args))
+            assert E.sqlstate(exc.value) == E.STALE_LEASE, sql
+        assert table_checksum(c) == before
+        [again] = claim(c, "w2", sync_commit=False)
+        assert again["analysis_id"] == ghost["analysis_id"] and again["lease_token"] != ghost["lease_token"]

@@ -343,7 +343,7 @@ class Runner:
                 try:
                     items = await self._db(
                         "SELECT c.*, clock_timestamp() AS db_now FROM parecer.claim(worker => %s, max_items => %s,"
-                        " lease_seconds => %s, client_slug => %s) c",
+                        " lease_seconds => %s, client_slug => %s, sync_commit => false) c",
                         (cfg.worker_id, free, cfg.lease_seconds, cfg.client_slug), attempts=1)
                     self._db_failures = 0
                 except psycopg.OperationalError as exc:
