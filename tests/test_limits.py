@@ -167,3 +167,50 @@ def test_single_item_claims_alternate_between_clients(conn: psycopg.Connection[A
            for _ in range(40)]
     # each call is a fair coin between the two: 9 or fewer of 40 has probability ~1e-6
     assert got.count("one") >= 9 and got.count("two") >= 9
+
+
+USAGE_OK: list[Any] = [{}, {"input_tokens": 0}, {"input_tokens": 12, "cached_input_tokens": None, "output_tokens": 3},
+                       {"input_tokens": 999_999_999_999, "model": "x", "latency_ms": 1.5}]
+USAGE_BAD: list[Any] = [[], 5, "s", None, {"input_tokens": -1}, {"input_tokens": 1.5}, {"output_tokens": "12"},
+                        {"cached_input_tokens": True}, {"input_tokens": 1_000_000_000_000}, {"output_tokens": [1]},
+                        {"input_tokens": {"n": 1}}, {"output_tokens": 1e3}]   # 1e3: json.dumps writes 1000.0
+
+
+def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any]) -> None:
+    """mark_done refuses a usage that is not an object of non-negative integer token counts (PR010, nothing
+    changes); mark_failed records the failure and drops such a usage. (JSON null as the whole usage is
+    SQL NULL to mark_done: no usage.)"""
+    from .helpers import table_checksum
+
+    script = make_script(conn)
+    sessions = [make_session(conn) for _ in range(len(USAGE_OK) + 1)]
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id for s in sessions], script["script_id"]))
+    by_id = {s.session_id: s for s in sessions}
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None
+    report = json.dumps(report_for(by_id[item["session_id"]]))
+    before = table_checksum(conn)
+    for bad in USAGE_BAD:
+        if bad is None:
+            continue
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
+                         (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(bad)))
+        assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT, bad
+        assert exc.value.diag.message_hint
+        assert table_checksum(conn) == before, bad
+    for i, good in enumerate(USAGE_OK):
+        if i:
+            item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+            assert item is not None
+            report = json.dumps(report_for(by_id[item["session_id"]]))
+        conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
+                     (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(good)))
+        assert conn.execute("SELECT usage FROM parecer.reports WHERE analysis_id = %s",
+                            (item["analysis_id"],)).fetchone() == {"usage": good}
+    item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
+    assert item is not None
+    conn.execute("SELECT parecer.mark_failed(%s, %s, 'boom', true, %s)",
+                 (item["analysis_id"], item["lease_token"], json.dumps({"input_tokens": -5})))
+    assert conn.execute("SELECT outcome, usage FROM parecer.attempts WHERE analysis_id = %s",
+                        (item["analysis_id"],)).fetchall() == [{"outcome": "failed", "usage": None}]

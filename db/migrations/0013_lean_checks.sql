@@ -1,0 +1,143 @@
+-- 0013: the report and usage checks of mark_done with less work per call.
+--
+-- * Grounding tries the excerpt against the lowercased message first and
+--   normalises the message (a regexp_replace over its whole text) only when that
+--   fails: a model's excerpt is usually verbatim, and an excerpt found verbatim is
+--   also found after normalising both (whitespace runs collapse the same way on
+--   both sides), so the answer is the same. tests/test_fuzz.py checks _report_ok
+--   against _check_report on every report it generates.
+-- * _usage_ok becomes one SQL expression, which the planner inlines into
+--   mark_done's check (a PL/pgSQL function with a loop was a call and four
+--   expressions to prepare per transaction).
+
+CREATE OR REPLACE FUNCTION parecer._report_ok(p_report jsonb, p_topics text[], p_session_id text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    k_report  constant text[] := ARRAY['schema_version', 'summary', 'outcome', 'sentiment', 'topics', 'flags',
+                                       'insufficient_context', 'next_action'];
+    k_outcome constant text[] := ARRAY['evidence', 'status'];
+    k_senti   constant text[] := ARRAY['evidence', 'start', 'end'];
+    k_topic   constant text[] := ARRAY['topic', 'evidence', 'present', 'confidence'];
+    k_flag    constant text[] := ARRAY['evidence', 'flag'];
+    k_ev      constant text[] := ARRAY['message_id', 'excerpt'];
+    v         jsonb;
+    v_list    jsonb;
+    v_evs     jsonb := '[]';    -- every evidence array, concatenated
+    v_topics  text[] := '{}';
+    v_ids     text[] := '{}';
+    v_excerpt text[] := '{}';
+    v_raw     text[] := '{}';
+    i         integer;
+BEGIN
+    -- An object whose keys are exactly ks: has them all, and nothing is left without them.
+    IF jsonb_typeof(p_report) IS DISTINCT FROM 'object' OR NOT p_report ?& k_report
+       OR (p_report - k_report) <> '{}' THEN
+        RETURN false;
+    END IF;
+    IF jsonb_typeof(p_report -> 'schema_version') <> 'string' OR p_report ->> 'schema_version' <> 'parecer.report.v1'
+       OR jsonb_typeof(p_report -> 'summary') <> 'string'
+       OR jsonb_typeof(p_report -> 'insufficient_context') <> 'boolean'
+       OR jsonb_typeof(p_report -> 'next_action') NOT IN ('string', 'null') THEN
+        RETURN false;
+    END IF;
+
+    v := p_report -> 'outcome';
+    IF jsonb_typeof(v) <> 'object' OR NOT v ?& k_outcome OR (v - k_outcome) <> '{}'
+       OR jsonb_typeof(v -> 'status') <> 'string'
+       OR v ->> 'status' NOT IN ('resolved', 'unresolved', 'escalated', 'abandoned', 'unknown')
+       OR jsonb_typeof(v -> 'evidence') <> 'array' THEN
+        RETURN false;
+    END IF;
+    v_evs := v_evs || (v -> 'evidence');
+
+    v := p_report -> 'sentiment';
+    IF jsonb_typeof(v) <> 'object' OR NOT v ?& k_senti OR (v - k_senti) <> '{}'
+       OR jsonb_typeof(v -> 'start') <> 'string' OR jsonb_typeof(v -> 'end') <> 'string'
+       OR v ->> 'start' NOT IN ('positive', 'neutral', 'negative', 'unknown')
+       OR v ->> 'end' NOT IN ('positive', 'neutral', 'negative', 'unknown')
+       OR jsonb_typeof(v -> 'evidence') <> 'array' THEN
+        RETURN false;
+    END IF;
+    v_evs := v_evs || (v -> 'evidence');
+
+    v_list := p_report -> 'topics';
+    IF jsonb_typeof(v_list) <> 'array' THEN
+        RETURN false;
+    END IF;
+    FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
+        v := v_list -> i;
+        IF jsonb_typeof(v) <> 'object' OR NOT v ?& k_topic OR (v - k_topic) <> '{}'
+           OR jsonb_typeof(v -> 'topic') <> 'string' OR jsonb_typeof(v -> 'present') <> 'boolean'
+           OR jsonb_typeof(v -> 'confidence') <> 'number' OR jsonb_typeof(v -> 'evidence') <> 'array' THEN
+            RETURN false;
+        END IF;
+        IF (v ->> 'confidence')::numeric NOT BETWEEN 0 AND 1          -- a number (checked above)
+           OR array_position(v_topics, v ->> 'topic') IS NOT NULL THEN   -- each topic once
+            RETURN false;
+        END IF;
+        v_topics := v_topics || (v ->> 'topic');
+        v_evs := v_evs || (v -> 'evidence');
+    END LOOP;
+    IF cardinality(v_topics) <> cardinality(p_topics) OR NOT (v_topics <@ p_topics AND v_topics @> p_topics) THEN
+        RETURN false;
+    END IF;
+
+    v_list := p_report -> 'flags';
+    IF jsonb_typeof(v_list) <> 'array' THEN
+        RETURN false;
+    END IF;
+    FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
+        v := v_list -> i;
+        IF jsonb_typeof(v) <> 'object' OR NOT v ?& k_flag OR (v - k_flag) <> '{}'
+           OR jsonb_typeof(v -> 'flag') <> 'string'
+           OR v ->> 'flag' NOT IN ('churn_risk', 'complaint', 'legal_threat', 'agent_error', 'slow_response',
+                                   'sensitive_data', 'abusive_language', 'human_requested')
+           OR jsonb_typeof(v -> 'evidence') <> 'array' THEN
+            RETURN false;
+        END IF;
+        v_evs := v_evs || (v -> 'evidence');
+    END LOOP;
+
+    FOR i IN 0 .. jsonb_array_length(v_evs) - 1 LOOP
+        v := v_evs -> i;
+        IF jsonb_typeof(v) <> 'object' OR NOT v ?& k_ev OR (v - k_ev) <> '{}'
+           OR jsonb_typeof(v -> 'message_id') <> 'string' OR jsonb_typeof(v -> 'excerpt') <> 'string' THEN
+            RETURN false;
+        END IF;
+        IF parecer._norm(v ->> 'excerpt') = '' OR length(v ->> 'excerpt') > 500 THEN
+            RETURN false;
+        END IF;
+        v_ids := v_ids || (v ->> 'message_id');
+        v_excerpt := v_excerpt || parecer._norm(v ->> 'excerpt');
+        v_raw := v_raw || lower(v ->> 'excerpt');
+    END LOOP;
+
+    -- Grounding, one query for all: each evidence cites a message of this session
+    -- whose text contains the excerpt. A verbatim excerpt (the usual case) is found
+    -- in the lowercased text without normalising it: a substring of the text is a
+    -- substring of its normalised form too, so the regexp runs only when needed.
+    RETURN cardinality(v_ids) = 0 OR NOT EXISTS (
+        SELECT FROM unnest(v_ids, v_excerpt, v_raw) AS e(message_id, excerpt, raw)
+        WHERE NOT EXISTS (
+            SELECT FROM parecer.source_messages m
+            WHERE m.message_id = e.message_id AND m.session_id = p_session_id
+              AND (strpos(lower(m.body), e.raw) > 0 OR strpos(lower(m.transcription), e.raw) > 0
+                   OR strpos(parecer._norm(m.body), e.excerpt) > 0
+                   OR strpos(parecer._norm(m.transcription), e.excerpt) > 0)));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION parecer._usage_ok(p_usage jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT jsonb_typeof(p_usage) IS NOT DISTINCT FROM 'object'
+   AND COALESCE(jsonb_typeof(p_usage -> 'input_tokens'), 'null') IN ('null', 'number')
+   AND COALESCE(jsonb_typeof(p_usage -> 'cached_input_tokens'), 'null') IN ('null', 'number')
+   AND COALESCE(jsonb_typeof(p_usage -> 'output_tokens'), 'null') IN ('null', 'number')
+   AND COALESCE(p_usage ->> 'input_tokens', '0') ~ '^[0-9]{1,12}$'
+   AND COALESCE(p_usage ->> 'cached_input_tokens', '0') ~ '^[0-9]{1,12}$'
+   AND COALESCE(p_usage ->> 'output_tokens', '0') ~ '^[0-9]{1,12}$'
+$$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA parecer FROM PUBLIC;
