@@ -108,6 +108,7 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
     ("SELECT * FROM parecer.claim('')", (), E.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.claim('w', 0)", (), E.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.claim('w', lease_seconds => 1)", (), E.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.claim('w', sync_commit => NULL)", (), E.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.eligible_sessions('acme', min_messages => 0)", (), E.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.enqueue(ARRAY[NULL]::text[], %s)", ("SCRIPT",), E.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.release(%s, %s, delay_seconds => -1)", ("ITEM", "TOKEN"), E.INVALID_ARGUMENT),
