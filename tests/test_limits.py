@@ -132,6 +132,27 @@ def test_backlog_run_waits_for_fresh_work_and_goes_oldest_first(conn: psycopg.Co
     assert got == [fresh.session_id] + oldest_first[:2]
 
 
+def test_claims_of_one_item_follow_the_same_order(conn: psycopg.Connection[Any]) -> None:
+    """Claiming one item at a time (the one-statement path of a single client) hands out what claiming
+    them all at once would: fresh work newest-ended first, then the backlog oldest first."""
+    make_script(conn)
+    old = [make_session(conn) for _ in range(3)]
+    r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')").fetchone()
+    assert r is not None
+    conn.execute("SELECT parecer.set_run_backlog(%s)", (r["run_id"],))
+    fresh = [make_session(conn) for _ in range(2)]
+    conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
+    with conn.transaction() as tx:
+        every = [x["session_id"] for x in conn.execute("SELECT session_id FROM parecer.claim('w', 10)").fetchall()]
+        tx.force_rollback = True
+    one_by_one = []
+    while (row := conn.execute("SELECT session_id FROM parecer.claim('w', 1)").fetchone()) is not None:
+        one_by_one.append(row["session_id"])
+    newest_first = [s.session_id for s in sorted(fresh, key=lambda s: s.ended_at, reverse=True)]
+    oldest_first = [s.session_id for s in sorted(old, key=lambda s: s.ended_at)]
+    assert one_by_one == every == newest_first + oldest_first
+
+
 def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
     """Two runners against a limit at 80% of the provider's: the provider never has to say 429."""
     with db.connect(db_url) as c:
