@@ -21,6 +21,13 @@ RETURNING`` then ``UPDATE ... SET status = 'done'``, measured right before parec
 at the same worker count. Figures: items/s and parecer / ceiling (target >= 50%), medians
 over ``--rounds`` interleaved rounds (default 5).
 
+Each loop's worker connections are opened once and kept for every round, as the runner
+keeps its pooled connections, and are warmed up first with ``--warm-items`` items each
+(not counted): a new connection's first calls compile the PL/pgSQL functions and plan
+their statements (custom plans for the first five calls), a one-off cost per connection
+that is not queue overhead. The first item of each new connection is printed as its
+own figure (``--warm-items 0``: cold connections, as before).
+
     python bench/b01_queue.py --items 4000 --workers 1,8
 """
 
@@ -109,42 +116,48 @@ def _threads(n: int, target: Any) -> float:
     return secs
 
 
-def parecer_loop(url: str, workers: int, prompt: bool, reports: dict[str, str], usage: bool,
+def parecer_cycle(c: Any, wid: str, prompt: bool, reports: dict[str, str], usage: bool, sync_claim: bool,
+                  ops: dict[str, float]) -> bool:
+    """One item through parecer: claim (False when the queue is empty), [prompt_for,] mark_done."""
+    t0 = time.perf_counter()
+    row = c.execute("SELECT analysis_id, lease_token, session_id "
+                    "FROM parecer.claim(%s, 1, sync_commit => %s)", (wid, sync_claim)).fetchone()
+    t1 = time.perf_counter()
+    ops["claim"] += t1 - t0
+    if row is None:
+        return False
+    ph = FAKE_HASH
+    if prompt:
+        p = c.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (row["analysis_id"],)).fetchone()
+        ph = p["prompt_hash"]  # type: ignore[index]
+        t2 = time.perf_counter()
+        ops["prompt_for"] += t2 - t1
+        t1 = t2
+    c.execute("SELECT status FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+              (row["analysis_id"], row["lease_token"], reports[row["session_id"]], "bench-noop", ph,
+               USAGE if usage else None)).fetchone()
+    ops["mark_done"] += time.perf_counter() - t1
+    return True
+
+
+def parecer_loop(conns: list[Any], prompt: bool, reports: dict[str, str], usage: bool,
                  sync_claim: bool = False) -> Loop:
+    """Drain the queue with one worker thread per connection."""
     res = Loop(op_seconds={"claim": 0.0, "prompt_for": 0.0, "mark_done": 0.0})
     lock = threading.Lock()
 
     def work(i: int, barrier: threading.Barrier) -> None:
         done, ops = 0, {"claim": 0.0, "prompt_for": 0.0, "mark_done": 0.0}
-        with C.connect(url) as c:
-            wid = f"bench-w{i}"
-            barrier.wait()
-            while True:
-                t0 = time.perf_counter()
-                row = c.execute("SELECT analysis_id, lease_token, session_id "
-                                "FROM parecer.claim(%s, 1, sync_commit => %s)", (wid, sync_claim)).fetchone()
-                t1 = time.perf_counter()
-                ops["claim"] += t1 - t0
-                if row is None:
-                    break
-                ph = FAKE_HASH
-                if prompt:
-                    p = c.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (row["analysis_id"],)).fetchone()
-                    ph = p["prompt_hash"]  # type: ignore[index]
-                    t2 = time.perf_counter()
-                    ops["prompt_for"] += t2 - t1
-                    t1 = t2
-                c.execute("SELECT status FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
-                          (row["analysis_id"], row["lease_token"], reports[row["session_id"]], "bench-noop", ph,
-                           USAGE if usage else None)).fetchone()
-                ops["mark_done"] += time.perf_counter() - t1
-                done += 1
+        c, wid = conns[i], f"bench-w{i}"
+        barrier.wait()
+        while parecer_cycle(c, wid, prompt, reports, usage, sync_claim, ops):
+            done += 1
         with lock:
             res.items += done
             for k, v in ops.items():
                 res.op_seconds[k] += v
 
-    res.seconds = _threads(workers, work)
+    res.seconds = _threads(len(conns), work)
     return res
 
 
@@ -170,36 +183,58 @@ def ceiling_reset(url: str) -> None:
     C.vacuum_analyze(url, ["bench_queue"])
 
 
-def ceiling_loop(url: str, workers: int) -> Loop:
+def ceiling_cycle(c: Any) -> bool:
+    row = c.execute(CEILING_CLAIM).fetchone()
+    if row is None:
+        return False
+    c.execute(CEILING_DONE, (row["id"],))
+    return True
+
+
+def ceiling_loop(conns: list[Any]) -> Loop:
     res = Loop(op_seconds={"claim": 0.0, "done": 0.0})
     lock = threading.Lock()
 
     def work(i: int, barrier: threading.Barrier) -> None:
         done, ops = 0, {"claim": 0.0, "done": 0.0}
-        with C.connect(url) as c:
-            barrier.wait()
-            while True:
-                t0 = time.perf_counter()
-                row = c.execute(CEILING_CLAIM).fetchone()
-                t1 = time.perf_counter()
-                ops["claim"] += t1 - t0
-                if row is None:
-                    break
-                c.execute(CEILING_DONE, (row["id"],))
-                ops["done"] += time.perf_counter() - t1
-                done += 1
+        c = conns[i]
+        barrier.wait()
+        while True:
+            t0 = time.perf_counter()
+            row = c.execute(CEILING_CLAIM).fetchone()
+            t1 = time.perf_counter()
+            ops["claim"] += t1 - t0
+            if row is None:
+                break
+            c.execute(CEILING_DONE, (row["id"],))
+            ops["done"] += time.perf_counter() - t1
+            done += 1
         with lock:
             res.items += done
             for k, v in ops.items():
                 res.op_seconds[k] += v
 
-    res.seconds = _threads(workers, work)
+    res.seconds = _threads(len(conns), work)
     return res
+
+
+def warm_up(conns: list[Any], n: int, cycle: Any) -> tuple[float, float]:
+    """Run n items on each new connection, one connection after the other (the items are put
+    back before the first round). Returns (ms of the first item, median ms of the others)."""
+    first: list[float] = []
+    rest: list[float] = []
+    for c in conns:
+        for k in range(n):
+            t0 = time.perf_counter()
+            if not cycle(c):
+                raise RuntimeError("queue too small for the warm-up")
+            (first if k == 0 else rest).append((time.perf_counter() - t0) * 1000)
+    return (statistics.median(first) if first else 0.0, statistics.median(rest) if rest else 0.0)
 
 
 def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8), seed: int = 7,
         usage: bool = True, keep: bool = False, rounds: int = 5, other_clients: bool = False,
-        sync_claim: bool = False) -> C.Result:
+        sync_claim: bool = False, warm_items: int = 10) -> C.Result:
     res = C.Result("b01", "queue overhead: claim -> mark_done, no-op model")
     t_start = time.perf_counter()
     with C.bench_database(server_url, "queue", keep=keep) as url:
@@ -222,37 +257,83 @@ def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8)
               f"reports prepared in {prep_s:.1f}s")
         ceiling_setup(url, items)
 
+        def requeue() -> None:
+            with C.connect(url) as c:   # put every item back to pending (done included)
+                c.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+                          (sessions, script["script_id"]))
+
+        # Long-lived worker connections, one set per loop and worker count, warmed up before
+        # the first round (warm_items = 0: new connections in every round, cold).
+        kept: dict[tuple[str, int], list[Any]] = {}
+        if warm_items > 0:
+            noop_ops = {"claim": 0.0, "prompt_for": 0.0, "mark_done": 0.0}
+            for w in workers:
+                kept[("ceiling", w)] = [C.connect(url) for _ in range(w)]
+                kept[("parecer", w)] = [C.connect(url) for _ in range(w)]
+            need = warm_items * max(workers)
+            if need > items:
+                raise RuntimeError(f"--warm-items {warm_items} x {max(workers)} workers needs {need} items")
+            for w in workers:
+                ceiling_reset(url)
+                cf, cs = warm_up(kept[("ceiling", w)], warm_items, ceiling_cycle)
+                requeue()
+                pf, ps = warm_up(kept[("parecer", w)], warm_items,
+                                 lambda c: parecer_cycle(c, "bench-warm", True, reports, usage, sync_claim, noop_ops))
+                C.say(f"   warm-up, {w} connection(s) per loop, {warm_items} items each: first item on a new connection "
+                      f"{pf:.1f} ms for parecer (claim+prompt_for+mark_done; then {ps:.2f} ms), "
+                      f"{cf:.1f} ms for the ceiling (then {cs:.2f} ms)")
+                res.details.setdefault("first_item_ms", {})[f"{w}w"] = {
+                    "parecer": round(pf, 2), "parecer_after": round(ps, 3),
+                    "ceiling": round(cf, 2), "ceiling_after": round(cs, 3)}
+            res.add("first item on a new connection (parecer, claim+prompt_for+mark_done)",
+                    statistics.median([d["parecer"] for d in res.details["first_item_ms"].values()]), "ms")
+
+        def open_conns(kind: str, w: int) -> list[Any]:
+            return kept[(kind, w)] if kept else [C.connect(url) for _ in range(w)]
+
+        def close_conns(conns: list[Any]) -> None:
+            if not kept:
+                for c in conns:
+                    c.close()
+
         # Interleaved rounds: on a shared (virtual) machine a single few-second sample moves by
         # 20-60%; each round measures the ceiling right before parecer at the same worker count,
         # and the figures are medians over the rounds.
         ceil: dict[int, list[Loop]] = {w: [] for w in workers}
         ours: dict[tuple[str, int], list[Loop]] = {(m, w): [] for m in MODES for w in workers}
-        first_ceiling = first_parecer = True
-        for rnd in range(1, rounds + 1):
-            for w in workers:
-                if not first_ceiling:
-                    ceiling_reset(url)
-                first_ceiling = False
-                loop = ceiling_loop(url, w)
-                ceil[w].append(loop)
-                C.say(f"   round {rnd}: ceiling SKIP LOCKED, {w} worker(s): {loop.items} items in {loop.seconds:.2f}s "
-                      f"= {loop.rate:.0f} items/s")
-                for mode in MODES:
-                    if not first_parecer:
-                        with C.connect(url) as c:   # put every item back to pending (done included)
-                            c.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
-                                      (sessions, script["script_id"]))
-                    C.vacuum_analyze(url, ["parecer.analyses", "parecer._attempts", "parecer._spend"])
-                    first_parecer = False
-                    loop = parecer_loop(url, w, mode != MODES[0], reports, usage, sync_claim)
-                    ours[(mode, w)].append(loop)
-                    per_op = ", ".join(f"{k} {v / max(loop.items, 1) * 1000:.2f} ms"
-                                       for k, v in loop.op_seconds.items() if v)
-                    C.say(f"   round {rnd}: parecer {mode}, {w} worker(s): {loop.items} items in {loop.seconds:.2f}s "
-                          f"= {loop.rate:.0f} items/s ({loop.rate / ceil[w][-1].rate:.0%} of this round's ceiling; "
-                          f"per item, summed over workers: {per_op})")
-                    if loop.items != items:
-                        raise RuntimeError(f"{mode}/{w}: processed {loop.items} of {items}")
+        first_ceiling = first_parecer = not kept   # the queues are full only if nothing ran yet
+        try:
+            for rnd in range(1, rounds + 1):
+                for w in workers:
+                    if not first_ceiling:
+                        ceiling_reset(url)
+                    first_ceiling = False
+                    conns = open_conns("ceiling", w)
+                    loop = ceiling_loop(conns)
+                    close_conns(conns)
+                    ceil[w].append(loop)
+                    C.say(f"   round {rnd}: ceiling SKIP LOCKED, {w} worker(s): {loop.items} items in {loop.seconds:.2f}s "
+                          f"= {loop.rate:.0f} items/s")
+                    for mode in MODES:
+                        if not first_parecer:
+                            requeue()
+                        C.vacuum_analyze(url, ["parecer.analyses", "parecer._attempts", "parecer._spend"])
+                        first_parecer = False
+                        conns = open_conns("parecer", w)
+                        loop = parecer_loop(conns, mode != MODES[0], reports, usage, sync_claim)
+                        close_conns(conns)
+                        ours[(mode, w)].append(loop)
+                        per_op = ", ".join(f"{k} {v / max(loop.items, 1) * 1000:.2f} ms"
+                                           for k, v in loop.op_seconds.items() if v)
+                        C.say(f"   round {rnd}: parecer {mode}, {w} worker(s): {loop.items} items in {loop.seconds:.2f}s "
+                              f"= {loop.rate:.0f} items/s ({loop.rate / ceil[w][-1].rate:.0%} of this round's ceiling; "
+                              f"per item, summed over workers: {per_op})")
+                        if loop.items != items:
+                            raise RuntimeError(f"{mode}/{w}: processed {loop.items} of {items}")
+        finally:
+            for cs_ in kept.values():
+                for c in cs_:
+                    c.close()
         with C.connect(url) as c:
             done = c.execute("SELECT count(*) AS n FROM parecer.analyses WHERE status = 'done'").fetchone()["n"]  # type: ignore[index]
             assert done == items, done
@@ -271,7 +352,8 @@ def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8)
                     ratio=rate / ceil_rate, ratio_label="% of ceiling", target=">= 50%")
             res.details.setdefault("per_round_ratio", {})[f"{mode} {w}w"] = [round(x, 3) for x in per_round]
     res.details.update({
-        "other_clients": other_clients, "sync_claim": sync_claim, "items": items, "workers": list(workers), "usage": usage, "rounds": rounds,
+        "other_clients": other_clients, "sync_claim": sync_claim, "items": items, "workers": list(workers),
+        "usage": usage, "rounds": rounds, "warm_items": warm_items,
         "ops_ms": {f"{m} {w}w": {k: median([x.op_seconds[k] / max(x.items, 1) * 1000 for x in ours[(m, w)]])
                                  for k in ours[(m, w)][0].op_seconds}
                    for (m, w) in ours}})
@@ -292,11 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync-claim", action="store_true",
                    help="claims wait for the WAL flush (sync_commit => true, a claim's default in psql); "
                         "the runner claims with sync_commit => false")
+    p.add_argument("--warm-items", type=int, default=10,
+                   help="items each long-lived worker connection runs before the first round (not counted); "
+                        "0: new, cold connections in every round")
     a = p.parse_args(argv)
     with C.server(a.database_url) as srv:
         res = run(srv, items=a.items, workers=tuple(int(x) for x in a.workers.split(",")), seed=a.seed,
                   usage=not a.no_usage, keep=a.keep, rounds=a.rounds,
-                  other_clients=a.other_clients, sync_claim=a.sync_claim)
+                  other_clients=a.other_clients, sync_claim=a.sync_claim, warm_items=a.warm_items)
     C.print_result(res)
     return 0
 

@@ -190,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             stop = threading.Event()
             sampler = threading.Thread(target=sample_waits, args=(url, stop, waits), daemon=True)
             sampler.start()
-            loop = B.parecer_loop(url, w, a.prompt, reports, usage)
+            conns = [C.connect(url) for _ in range(w)]
+            try:
+                loop = B.parecer_loop(conns, a.prompt, reports, usage)
+            finally:
+                for c in conns:
+                    c.close()
             stop.set()
             sampler.join()
             time.sleep(1.0)   # let the backends flush their function stats

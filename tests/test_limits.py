@@ -77,7 +77,12 @@ def test_cost_is_recorded_per_attempt_and_aggregated(conn: psycopg.Connection[An
     usage = {"input_tokens": 1_000_000, "cached_input_tokens": 200_000, "output_tokens": 100_000}
     _done_with_usage(conn, "acme", usage, model="gpt-5-mini-2025-08-07")  # priced by prefix
     # gpt-5-mini: 0.25 in, 0.025 cached, 2.00 out per million: 0.8*0.25 + 0.2*0.025 + 0.1*2 = 0.405
-    assert float(conn.execute("SELECT cost_usd FROM parecer._attempts").fetchone()["cost_usd"]) == pytest.approx(0.405)  # type: ignore[index]
+    # The done attempt is the item's row (0016): its cost is there, and in the attempt history.
+    assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
+    assert float(conn.execute("SELECT cost_usd FROM parecer.reports").fetchone()["cost_usd"]) == pytest.approx(0.405)  # type: ignore[index]
+    att = conn.execute("SELECT outcome, usage, cost_usd FROM parecer.attempts").fetchone()
+    assert att is not None and att["outcome"] == "done" and att["usage"] == usage
+    assert float(att["cost_usd"]) == pytest.approx(0.405)
     d = conn.execute("SELECT * FROM parecer.spend_daily").fetchone()
     assert d is not None and d["client_slug"] == "acme" and float(d["cost_usd"]) == pytest.approx(0.405)
     assert d["input_tokens"] == 1_000_000 and d["output_tokens"] == 100_000

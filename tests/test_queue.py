@@ -248,9 +248,10 @@ def test_claim_filters_by_client(conn: psycopg.Connection[Any]) -> None:
     assert [r["session_id"] for r in got] == [s.session_id]
 
 
-def test_attempt_row_is_written_when_the_attempt_ends(conn: psycopg.Connection[Any]) -> None:
-    """An attempt in flight is the item's own row (parecer.attempts shows it as processing); its
-    row in parecer._attempts is written once, when it ends, with the usage that reports show."""
+def test_attempt_in_flight_and_attempt_that_finished_are_the_items_row(conn: psycopg.Connection[Any]) -> None:
+    """An attempt in flight is the item's own row (parecer.attempts shows it as processing), and so
+    is the attempt that finishes it: mark_done writes no attempt row (0016). parecer.attempts
+    shows it as done with the usage that reports show."""
     _, sessions = queue(conn, 1)
     [item] = claim(conn, "w9")
     assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
@@ -264,6 +265,39 @@ def test_attempt_row_is_written_when_the_attempt_ends(conn: psycopg.Connection[A
                         " FROM parecer.attempts").fetchall()
     assert rows == [{"attempt": 1, "worker": "w9", "outcome": "done", "ended": True, "usage": usage}]
     assert conn.execute("SELECT usage FROM parecer.reports").fetchone() == {"usage": usage}
+    assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
+
+
+def test_force_reprocess_keeps_the_done_attempt_in_the_history(conn: psycopg.Connection[Any]) -> None:
+    """The attempt that finished a done item is the item's row (0016); enqueue(force_reprocess)
+    moves it into parecer._attempts before resetting the row, so the history, the run's cost and
+    estimate_cost keep it, and the next attempt is numbered after it."""
+    script, sessions = queue(conn, 1)
+    [item] = claim(conn, "w1")
+    usage = {"input_tokens": 1_000_000, "cached_input_tokens": 0, "output_tokens": 100_000}
+    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
+                 (item["analysis_id"], item["lease_token"], json.dumps(report_for(sessions[0])), "e" * 64,
+                  json.dumps(usage)))
+    before = conn.execute("SELECT attempt, worker, outcome, model, usage, cost_usd FROM parecer.attempts").fetchall()
+    assert [(r["attempt"], r["outcome"], r["usage"]) for r in before] == [(1, "done", usage)]
+    assert before[0]["cost_usd"] is not None and before[0]["cost_usd"] > 0
+    est = conn.execute("SELECT parecer.estimate_cost(%s, 1) AS e", (script["script_id"],)).fetchone()
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+                 ([sessions[0].session_id], script["script_id"]))
+    assert conn.execute("SELECT status, usage, cost_usd FROM parecer.analyses").fetchone() == {
+        "status": "pending", "usage": None, "cost_usd": None}
+    assert conn.execute("SELECT attempt, worker, outcome, model, usage, cost_usd FROM parecer.attempts").fetchall() == before
+    assert conn.execute("SELECT lease_token FROM parecer._attempts").fetchone() == {"lease_token": None}
+    [again] = claim(conn, "w2")
+    assert again["attempt"] == 2
+    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
+                 (again["analysis_id"], again["lease_token"], json.dumps(report_for(sessions[0])), "f" * 64,
+                  json.dumps(usage)))
+    rows = conn.execute("SELECT attempt, worker, outcome FROM parecer.attempts ORDER BY attempt").fetchall()
+    assert rows == [{"attempt": 1, "worker": "w1", "outcome": "done"}, {"attempt": 2, "worker": "w2", "outcome": "done"}]
+    # estimate_cost: every attempt's cost per done item, the moved one included.
+    assert est is not None and est["e"] > 0
+    assert conn.execute("SELECT parecer.estimate_cost(%s, 1) AS e", (script["script_id"],)).fetchone() == {"e": 2 * est["e"]}
 
 
 def test_null_report_is_refused_after_the_lease_check(conn: psycopg.Connection[Any]) -> None:

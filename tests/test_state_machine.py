@@ -365,7 +365,7 @@ def test_queue_state_machine(db_url: str) -> None:
                 "SELECT analysis_id, session_id, script_id, analysis_version_tag, status, lease_token,"
                 " lease_expires_at, next_retry_at, retry_count, claims, report FROM parecer.analyses").fetchall()}
             atts: dict[uuid.UUID, list[dict[str, Any]]] = {}
-            for a in admin.execute("SELECT analysis_id, attempt, outcome, lease_token FROM parecer._attempts"
+            for a in admin.execute("SELECT analysis_id, attempt, outcome, lease_token FROM parecer._finished_attempts"
                                    " ORDER BY analysis_id, attempt").fetchall():
                 atts.setdefault(a["analysis_id"], []).append(a)
             model = {it.analysis_id: it for it in self.items.values()}
@@ -388,8 +388,9 @@ def test_queue_state_machine(db_url: str) -> None:
                 # retry_count = attempts failed or expired since the last reset.
                 counted = [x for x in a if x["attempt"] > it.reset_mark and x["outcome"] in ("failed", "expired")]
                 assert r["retry_count"] == len(counted), (r, a, it)
-                # Every claim that ended left exactly one attempt row, numbered 1..claims; the
-                # claim in flight (status processing) has none yet: it is the item's own row.
+                # Every claim that ended left exactly one finished attempt, numbered 1..claims; the
+                # claim in flight (status processing) has none yet: it is the item's own row, as
+                # is the attempt that finished a done item.
                 assert inflight == [], (r, a)
                 ended = r["claims"] - (1 if r["status"] == "processing" else 0)
                 assert [x["attempt"] for x in a] == list(range(1, ended + 1)), (r, a)
