@@ -21,12 +21,11 @@ RETURNING`` then ``UPDATE ... SET status = 'done'``, measured right before parec
 at the same worker count. Figures: items/s and parecer / ceiling (target >= 50%), medians
 over ``--rounds`` interleaved rounds (default 5).
 
-Each loop's worker connections are opened once and kept for every round, as the runner
-keeps its pooled connections, and are warmed up first with ``--warm-items`` items each
-(not counted): a new connection's first calls compile the PL/pgSQL functions and plan
-their statements (custom plans for the first five calls), a one-off cost per connection
-that is not queue overhead. The first item of each new connection is printed as its
-own figure (``--warm-items 0``: cold connections, as before).
+Each round opens new worker connections. ``--warm-items N`` keeps each loop's
+connections for every round instead, as the runner keeps its pooled connections,
+warmed up with N items each (not counted): a new connection's first calls compile
+the PL/pgSQL functions and plan their statements (custom plans for the first five
+calls), a one-off cost per connection; the first item's time is printed.
 
     python bench/b01_queue.py --items 4000 --workers 1,8
 """
@@ -234,7 +233,7 @@ def warm_up(conns: list[Any], n: int, cycle: Any) -> tuple[float, float]:
 
 def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8), seed: int = 7,
         usage: bool = True, keep: bool = False, rounds: int = 5, other_clients: bool = False,
-        sync_claim: bool = False, warm_items: int = 10) -> C.Result:
+        sync_claim: bool = False, warm_items: int = 0) -> C.Result:
     res = C.Result("b01", "queue overhead: claim -> mark_done, no-op model")
     t_start = time.perf_counter()
     with C.bench_database(server_url, "queue", keep=keep) as url:
@@ -374,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sync-claim", action="store_true",
                    help="claims wait for the WAL flush (sync_commit => true, a claim's default in psql); "
                         "the runner claims with sync_commit => false")
-    p.add_argument("--warm-items", type=int, default=10,
-                   help="items each long-lived worker connection runs before the first round (not counted); "
-                        "0: new, cold connections in every round")
+    p.add_argument("--warm-items", type=int, default=0,
+                   help="keep each loop's worker connections for every round, warmed up with this many items "
+                        "each (not counted); 0 (default): new connections in every round")
     a = p.parse_args(argv)
     with C.server(a.database_url) as srv:
         res = run(srv, items=a.items, workers=tuple(int(x) for x in a.workers.split(",")), seed=a.seed,
