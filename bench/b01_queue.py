@@ -19,7 +19,7 @@ and the same worker counts: a bench table (id, status) with a partial index on t
 pending rows, ``WITH c AS (SELECT id ... FOR UPDATE SKIP LOCKED LIMIT 1) UPDATE ...
 RETURNING`` then ``UPDATE ... SET status = 'done'``, measured right before parecer
 at the same worker count. Figures: items/s and parecer / ceiling (target >= 50%), medians
-over ``--rounds`` interleaved rounds (default 5).
+over ``--rounds`` interleaved rounds (default 7).
 
 Each round opens new worker connections. ``--warm-items N`` keeps each loop's
 connections for every round instead, as the runner keeps its pooled connections,
@@ -232,7 +232,7 @@ def warm_up(conns: list[Any], n: int, cycle: Any) -> tuple[float, float]:
 
 
 def run(server_url: str, *, items: int = 3000, workers: tuple[int, ...] = (1, 8), seed: int = 7,
-        usage: bool = True, keep: bool = False, rounds: int = 5, other_clients: bool = False,
+        usage: bool = True, keep: bool = False, rounds: int = 7, other_clients: bool = False,
         sync_claim: bool = False, warm_items: int = 0) -> C.Result:
     res = C.Result("b01", "queue overhead: claim -> mark_done, no-op model")
     t_start = time.perf_counter()
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=3000, help="queue size per configuration")
     p.add_argument("--workers", default="1,8", help="worker thread counts, comma-separated")
     p.add_argument("--no-usage", action="store_true", help="mark_done without a usage object (no spend accounting)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are medians over them")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; figures are medians over them")
     p.add_argument("--other-clients", action="store_true",
                    help="register the sample's other clients (no work queued), so that every claim takes the "
                         "multi-client fair path instead of the one-client path")
