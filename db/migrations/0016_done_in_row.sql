@@ -21,7 +21,8 @@
 -- * the usage and prompt_hash checks use no regular expression: `~ '^[0-9a-f]{64}$'`
 --   cost ~5 us per call (a bounded repetition), length + ltrim ~0.5 us.
 -- pgbench, both versions interleaved in one run (claim, mark_done, rolled back):
--- mark_done 0.44 vs 0.48 ms.
+-- mark_done 0.49 vs 0.61 ms (0.44 vs 0.48 ms for a first draft, another phase of
+-- the VM); WAL per mark_done 5.5 records / 1.46 KiB instead of 8.9 / 1.80 KiB.
 
 ALTER TABLE parecer.analyses ADD COLUMN cost_usd numeric;
 COMMENT ON COLUMN parecer.analyses.cost_usd IS
