@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test migrate bench lint clean
+.PHONY: demo test migrate bench lint clean schema
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# db/schema.sql: the catalogue of a fresh install (tests/test_schema.py checks it is current).
+schema: $(STAMP)
+	$(BIN)/python -m parecer.schema > db/schema.sql.tmp && mv db/schema.sql.tmp db/schema.sql

@@ -81,7 +81,7 @@ def test_every_function_pins_search_path(conn: psycopg.Connection[Any]) -> None:
 
 def test_every_error_code_is_documented() -> None:
     docs = (ROOT / "docs" / "sql-api.md").read_text(encoding="utf-8")
-    sql = "\n".join(p.read_text() for p in paths.migrations_dir().glob("*.sql"))
+    sql = "\n".join(p.read_text() for p in [*paths.migrations_dir().glob("*.sql"), *db.api_files()])
     raised = set(re.findall(r"ERRCODE = '(PR\d{3})'", sql))
     assert raised == set(E.CODES)
     for code in E.CODES:

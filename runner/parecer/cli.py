@@ -340,16 +340,10 @@ def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_
             " min_messages => %s, tag_filter => %s::jsonb, analysis_version_tag => %s, force_reprocess => %s,"
             " dry_run => %s, max_sessions => %s,"
             " ended_before => CASE WHEN %s::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => %s::float8 * 3600) END,"
-            " require_agent_reply => %s)",
+            " require_agent_reply => %s, backlog => %s)",
             (client, key, version, min_messages, tf, version_tag, force, dry_run, max_sessions,
-             ended_before_hours, ended_before_hours, require_agent_reply)).fetchone()
+             ended_before_hours, ended_before_hours, require_agent_reply, backlog)).fetchone()
         assert res is not None
-        if dry_run:
-            est = conn.execute("SELECT parecer.estimate_cost(s.script_id, %s) AS e FROM parecer.resolve_script(%s, %s, %s) s",
-                               (res["would_enqueue"], client, key, version)).fetchone()
-            res["estimated_cost_usd"] = est["e"] if est else None
-        elif backlog:
-            conn.execute("SELECT parecer.set_run_backlog(%s)", (res["run_id"],))
     if dry_run or not (wait or process):
         if as_json:
             emit_json(res)

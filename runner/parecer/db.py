@@ -73,11 +73,34 @@ def _yoyo(url: str) -> Iterator[tuple[Any, Any]]:
 
 
 def migrate(url: str) -> list[str]:
-    """Apply pending migrations; returns the ids applied (empty: already up to date)."""
+    """Apply pending migrations, then the SQL API; returns the migration ids applied.
+
+    Migrations change tables; the API files (``db/api/*.sql``: every function,
+    view, trigger, comment and grant, each defined once) are applied after them
+    every time, in one transaction, still under yoyo's migration lock, so a
+    migrate is also how a changed function reaches the database. yoyo runs its
+    ``post-apply`` hooks only when a migration was pending, hence this.
+    """
     with _yoyo(url) as (backend, migrations), backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
+        apply_api(url)
     return [m.id for m in pending]
+
+
+def api_files() -> list[Path]:
+    """The SQL API files in the order they are applied (by file name)."""
+    return sorted(paths.sql_path("api").glob("*.sql"))
+
+
+def apply_api(url: str) -> None:
+    """Apply every API file in one transaction (idempotent: CREATE OR REPLACE, grants)."""
+    with psycopg.connect(url, autocommit=False) as conn:
+        # As pg_dump does: SQL function bodies may name objects of a later file.
+        conn.execute("SET LOCAL check_function_bodies = off")
+        conn.execute("SET LOCAL client_min_messages = warning")
+        for path in api_files():
+            conn.execute(path.read_bytes())  # bytes: no client-side placeholders
 
 
 def rollback(url: str, *, count: int | None = None) -> list[str]:

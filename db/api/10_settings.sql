@@ -1,17 +1,11 @@
--- 0002: settings. One row per knob; value NULL means "the default applies".
-CREATE TABLE parecer._settings (
-    name          text PRIMARY KEY,
-    value         text,
-    default_value text NOT NULL,
-    kind          text NOT NULL CHECK (kind IN ('interval[]', 'integer', 'numeric', 'text')),
-    min_value     numeric,
-    max_value     numeric,
-    description   text NOT NULL,
-    updated_at    timestamptz,
-    updated_by    text
-);
+-- Settings: the knobs an operator turns, and the helpers every other file reads them with.
+--
+-- A setting is a row of parecer._settings; value NULL means "the default applies".
+-- The catalogue below is the one place a knob is declared: applying this file
+-- adds new knobs and refreshes defaults, bounds and descriptions, and keeps every
+-- value an operator set.
 
-INSERT INTO parecer._settings (name, default_value, kind, min_value, max_value, description) VALUES
+INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_value, description) VALUES
     ('backoff_schedule', '{"1 minute","5 minutes","15 minutes"}', 'interval[]', NULL, NULL,
      'Delay before retry n after the n-th failed attempt (1-based); the last entry repeats.'),
     ('max_attempts', '4', 'integer', 1, 100,
@@ -19,33 +13,61 @@ INSERT INTO parecer._settings (name, default_value, kind, min_value, max_value, 
     ('max_sessions_cap', '500', 'integer', 1, 1000000,
      'Upper bound for start_run(max_sessions => ...).'),
     ('lease_seconds', '300', 'integer', 5, 86400,
-     'Default lease a claim hands out; heartbeats extend it. An expired lease makes the item claimable again.');
+     'Default lease a claim hands out; heartbeats extend it. An expired lease makes the item claimable again.'),
+    ('default_rpm', '400', 'integer', 1, 1000000,
+     'Requests per minute for a provider key + model without its own limit (seed 003: 80% of 500).'),
+    ('default_tpm', '160000', 'integer', 100, 1000000000,
+     'Tokens per minute for a provider key + model without its own limit (80% of 200k).'),
+    ('rate_burst_seconds', '6', 'integer', 1, 60,
+     'Bucket size in seconds of the rate: a burst never exceeds this many seconds of the limit.'),
+    ('budget_timezone', 'UTC', 'text', NULL, NULL,
+     'Time zone whose calendar days and months budgets and spend are counted in (e.g. America/Sao_Paulo).')
+ON CONFLICT (name) DO UPDATE
+    SET default_value = EXCLUDED.default_value, kind = EXCLUDED.kind, min_value = EXCLUDED.min_value,
+        max_value = EXCLUDED.max_value, description = EXCLUDED.description;
 
--- Current value of a setting (the default when unset).
-CREATE FUNCTION parecer._setting(p_name text) RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
+-- Raise PR010 (invalid argument) with a hint.
+CREATE OR REPLACE FUNCTION parecer._invalid(p_message text, p_hint text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
 AS $$
-    SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name
+BEGIN
+    RAISE EXCEPTION '%', p_message USING ERRCODE = 'PR010', HINT = p_hint;
+END
 $$;
 
--- Integer setting.
-CREATE FUNCTION parecer._setting_int(p_name text) RETURNS integer
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT parecer._setting(p_name)::integer $$;
+-- Current value of a setting (the default when unset). PL/pgSQL, not SQL: a SQL
+-- helper with a FROM clause is never inlined and is planned on every call; here
+-- the plan is cached for the session.
+CREATE OR REPLACE FUNCTION parecer._setting(p_name text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name);
+END
+$$;
+
+-- An integer setting.
+CREATE OR REPLACE FUNCTION parecer._setting_int(p_name text) RETURNS integer
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name)::integer;
+END
+$$;
 
 -- Backoff after the n-th failure: backoff_schedule[n], the last entry repeating.
-CREATE FUNCTION parecer._backoff(p_failures integer) RETURNS interval
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
+CREATE OR REPLACE FUNCTION parecer._backoff(p_failures integer) RETURNS interval
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT sched[LEAST(GREATEST(p_failures, 1), cardinality(sched))]
-    FROM (SELECT parecer._setting('backoff_schedule')::interval[] AS sched) s
+DECLARE
+    sched interval[] := parecer._setting('backoff_schedule')::interval[];
+BEGIN
+    RETURN sched[LEAST(GREATEST(p_failures, 1), cardinality(sched))];
+END
 $$;
 
 -- The settings an operator can see and change (value shows the default when unset).
-CREATE VIEW parecer.settings AS
+CREATE OR REPLACE VIEW parecer.settings AS
 SELECT s.name,
        COALESCE(s.value, s.default_value) AS value,
        s.default_value                    AS "default",
@@ -59,7 +81,7 @@ ORDER BY s.name;
 COMMENT ON VIEW parecer.settings IS 'parecer settings: name, current value, default, description. Change with parecer.set_setting(name, value).';
 
 -- Change a setting (NULL value: back to the default). Raises PR009 on an unknown name or a bad value.
-CREATE FUNCTION parecer.set_setting(name text, value text)
+CREATE OR REPLACE FUNCTION parecer.set_setting(name text, value text)
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -112,12 +134,26 @@ BEGIN
             END IF;
             -- An integer is stored without a fractional part ('4.0' -> '4'): _setting_int casts it to integer.
             set_setting.value := CASE WHEN v_def.kind = 'integer' THEN trunc(v_num)::text ELSE v_num::text END;
+        ELSIF v_def.name = 'budget_timezone'
+              AND NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z WHERE z.name = set_setting.value) THEN
+            RAISE EXCEPTION 'invalid value for budget_timezone: %', left(set_setting.value, 100)
+                USING ERRCODE = 'PR009', HINT = 'Use a time zone name from pg_timezone_names, e.g. UTC or America/Sao_Paulo.';
         END IF;
     END IF;
 
     UPDATE parecer._settings s
        SET value = set_setting.value, updated_at = now(), updated_by = session_user::text
      WHERE s.name = v_def.name;
+
+    -- Lowering max_attempts: items waiting for a retry they no longer have fail
+    -- terminally (claim would otherwise take them for attempts they do not have).
+    IF v_def.name = 'max_attempts' THEN
+        UPDATE parecer.analyses a
+           SET status = 'failed', next_retry_at = NULL, updated_at = now(),
+               error = COALESCE(a.error, 'failed') || ' (terminal: max_attempts lowered to '
+                       || parecer._setting_int('max_attempts') || ')'
+         WHERE a.status = 'pending' AND a.retry_count >= parecer._setting_int('max_attempts');
+    END IF;
 
     RETURN QUERY SELECT * FROM parecer.settings st WHERE st.name = v_def.name;
 END

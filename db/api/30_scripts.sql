@@ -1,48 +1,29 @@
--- 0004: analysis scripts, versioned per (client, script key), and the fixed
--- parts of the prompt that derive from them (instructions, report schema).
+-- Analysis scripts: versioned per (client, script key), and the fixed parts of
+-- the prompt derived from them once, at creation (instructions, report schema).
+--
+-- A script version never changes after it is created; activating one makes it
+-- the version start_run uses by default. The vocabulary of a report (outcomes,
+-- sentiments, flags) is declared here once and read by the schema builder and
+-- by the report check (60_reports.sql).
 
-CREATE TABLE parecer.scripts (
-    script_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    client_id     text NOT NULL,
-    client_slug   text NOT NULL,
-    script_key    text NOT NULL,
-    version       integer NOT NULL CHECK (version > 0),
-    script_text   text NOT NULL,
-    topics        text[] NOT NULL,
-    language      text NOT NULL,
-    model         text,
-    -- Built once, at creation: byte-identical for every runner and every call
-    -- (prompt caching), and what prompt_for returns.
-    instructions  text NOT NULL,
-    -- json, not jsonb: key order is part of the schema (evidence before verdicts).
-    report_schema json NOT NULL,
-    is_active     boolean NOT NULL DEFAULT false,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    created_by    text NOT NULL DEFAULT session_user,
-    activated_at  timestamptz,
-    UNIQUE (client_id, script_key, version)
-);
-CREATE INDEX scripts_active_idx ON parecer.scripts (client_id, script_key, version DESC) WHERE is_active;
+-- How a conversation ended (report.outcome.status).
+CREATE OR REPLACE FUNCTION parecer._outcomes() RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT '{resolved,unresolved,escalated,abandoned,unknown}'::text[] $$;
 
--- What the script functions return.
-CREATE TYPE parecer.script_info AS (
-    script_id     bigint,
-    client_slug   text,
-    script_key    text,
-    version       integer,
-    is_active     boolean,
-    language      text,
-    model         text,
-    topics        text[],
-    created_at    timestamptz,
-    created_by    text,
-    script_text   text
-);
+-- The customer's mood (report.sentiment.start / .end).
+CREATE OR REPLACE FUNCTION parecer._sentiments() RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT '{positive,neutral,negative,unknown}'::text[] $$;
+
+-- Things an operator should know about (report.flags[].flag).
+CREATE OR REPLACE FUNCTION parecer._flags() RETURNS text[]
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT '{churn_risk,complaint,legal_threat,agent_error,slow_response,sensitive_data,abusive_language,human_requested}'::text[] $$;
 
 -- Resolve a client slug through parecer.source_clients; PR001 when unknown.
-CREATE FUNCTION parecer._client(p_slug text, OUT client_id text, OUT client_slug text)
+CREATE OR REPLACE FUNCTION parecer._client(p_slug text, OUT client_id text, OUT client_slug text)
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     SELECT c.client_id, c.slug INTO client_id, client_slug
@@ -58,21 +39,10 @@ BEGIN
 END
 $$;
 
--- Raise PR010 (invalid argument) with a hint.
-CREATE FUNCTION parecer._invalid(p_message text, p_hint text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RAISE EXCEPTION '%', p_message USING ERRCODE = 'PR010', HINT = p_hint;
-END
-$$;
-
 -- Role labels and fixed phrases per script language.
-CREATE FUNCTION parecer._labels(p_language text)
+CREATE OR REPLACE FUNCTION parecer._labels(p_language text)
 RETURNS TABLE (agent text, customer text, audio_missing text, audio_transcribed text, empty_message text)
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT l.agent, l.customer, l.audio_missing, l.audio_transcribed, l.empty_message FROM (VALUES
         ('pt-BR', 'ATENDENTE', 'CLIENTE', '[áudio: audio_present, conteúdo não disponível]', '[áudio transcrito]', '[mensagem sem texto]'),
@@ -83,9 +53,8 @@ AS $$
 $$;
 
 -- The report schema for a topic list: strict-mode JSON Schema, key order significant.
-CREATE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
+CREATE OR REPLACE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 WITH ev AS (
     SELECT json_build_object(
@@ -113,14 +82,14 @@ SELECT json_build_object(
             'properties', json_build_object(
                 'evidence', ev.e,
                 'status', json_build_object('type', 'string',
-                    'enum', json_build_array('resolved', 'unresolved', 'escalated', 'abandoned', 'unknown')))),
+                    'enum', to_json(parecer._outcomes())))),
         'sentiment', json_build_object(
             'type', 'object', 'additionalProperties', false,
             'required', json_build_array('evidence', 'start', 'end'),
             'properties', json_build_object(
                 'evidence', ev.e,
-                'start', json_build_object('type', 'string', 'enum', json_build_array('positive', 'neutral', 'negative', 'unknown')),
-                'end', json_build_object('type', 'string', 'enum', json_build_array('positive', 'neutral', 'negative', 'unknown')))),
+                'start', json_build_object('type', 'string', 'enum', to_json(parecer._sentiments())),
+                'end', json_build_object('type', 'string', 'enum', to_json(parecer._sentiments())))),
         'topics', json_build_object(
             'type', 'array',
             'description', 'Exactly one entry per topic of the script, in the script''s order.',
@@ -141,9 +110,7 @@ SELECT json_build_object(
                 'required', json_build_array('evidence', 'flag'),
                 'properties', json_build_object(
                     'evidence', ev.e,
-                    'flag', json_build_object('type', 'string', 'enum', json_build_array(
-                        'churn_risk', 'complaint', 'legal_threat', 'agent_error', 'slow_response',
-                        'sensitive_data', 'abusive_language', 'human_requested'))))),
+                    'flag', json_build_object('type', 'string', 'enum', to_json(parecer._flags()))))),
         'insufficient_context', json_build_object('type', 'boolean'),
         'next_action', json_build_object('type', json_build_array('string', 'null'),
             'description', 'The follow-up the operator should take, or null.')))
@@ -151,11 +118,10 @@ FROM ev
 $$;
 
 -- The fixed instructions for a script version (the first, cacheable part of every prompt).
-CREATE FUNCTION parecer._instructions(p_client_slug text, p_script_key text, p_version integer,
+CREATE OR REPLACE FUNCTION parecer._instructions(p_client_slug text, p_script_key text, p_version integer,
                                       p_script_text text, p_topics text[], p_language text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT CASE WHEN p_language = 'en' THEN
        'You are a customer-support quality analyst. Analyse the support conversation below following the operator''s script.' || E'\n\n'
@@ -213,16 +179,15 @@ FROM parecer._labels(p_language) l
 $$;
 
 -- A script_info row for a scripts row.
-CREATE FUNCTION parecer._script_info(s parecer.scripts) RETURNS parecer.script_info
+CREATE OR REPLACE FUNCTION parecer._script_info(s parecer.scripts) RETURNS parecer.script_info
 LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ROW(s.script_id, s.client_slug, s.script_key, s.version, s.is_active, s.language, s.model,
                s.topics, s.created_at, s.created_by, s.script_text)::parecer.script_info
 $$;
 
 -- Create the next version of a client's script (optionally activating it).
-CREATE FUNCTION parecer.create_script_version(
+CREATE OR REPLACE FUNCTION parecer.create_script_version(
     client_slug   text,
     script_key    text,
     script_text   text,
@@ -303,7 +268,7 @@ COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text
 'Create the next version (max + 1) of a client''s analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).';
 
 -- List a client's scripts.
-CREATE FUNCTION parecer.list_scripts(client_slug text, script_key text DEFAULT NULL, active_only boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION parecer.list_scripts(client_slug text, script_key text DEFAULT NULL, active_only boolean DEFAULT false)
 RETURNS SETOF parecer.script_info
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
@@ -326,10 +291,9 @@ COMMENT ON FUNCTION parecer.list_scripts(text, text, boolean) IS
 'List a client''s script versions (newest first per key), optionally one key and only active ones. Errors: PR001 unknown client.';
 
 -- The script version a run uses: the given version, or the highest active one.
-CREATE FUNCTION parecer._resolve_script(p_client_slug text, p_script_key text, p_version integer)
+CREATE OR REPLACE FUNCTION parecer._resolve_script(p_client_slug text, p_script_key text, p_version integer)
 RETURNS parecer.scripts
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_client record;
@@ -364,7 +328,7 @@ END
 $$;
 
 -- Resolve a script: the given version, or without one the highest active version.
-CREATE FUNCTION parecer.resolve_script(client_slug text, script_key text, script_version integer DEFAULT NULL)
+CREATE OR REPLACE FUNCTION parecer.resolve_script(client_slug text, script_key text, script_version integer DEFAULT NULL)
 RETURNS parecer.script_info
 LANGUAGE sql STABLE
 SECURITY DEFINER
@@ -376,7 +340,7 @@ COMMENT ON FUNCTION parecer.resolve_script(text, text, integer) IS
 'The script version a run would use: script_version if given, else the highest active version. Errors: PR001 unknown client, PR002 unknown script/version, PR003 no active version.';
 
 -- Activate a script version (by default the only active one of its key).
-CREATE FUNCTION parecer.activate_script(client_slug text, script_key text, script_version integer,
+CREATE OR REPLACE FUNCTION parecer.activate_script(client_slug text, script_key text, script_version integer,
                                         deactivate_others boolean DEFAULT true)
 RETURNS parecer.script_info
 LANGUAGE plpgsql

@@ -1,20 +1,5 @@
--- 0006: runs (what an operator asked for, with a dry run), their summaries,
--- and the queue at a glance.
-
-CREATE TYPE parecer.run_result AS (
-    run_id            bigint,
-    dry_run           boolean,
-    eligible          integer,
-    already_done      integer,
-    already_queued    integer,
-    would_enqueue     integer,
-    would_process_now integer,
-    enqueued          integer,
-    reset             integer
-);
-
 -- Select eligible sessions for a script and queue the newest ones (or, dry run, only count).
-CREATE FUNCTION parecer.start_run(
+CREATE OR REPLACE FUNCTION parecer.start_run(
     client_slug          text,
     script_key           text,
     script_version       integer DEFAULT NULL,
@@ -26,7 +11,8 @@ CREATE FUNCTION parecer.start_run(
     max_sessions         integer DEFAULT 100,
     ended_after          timestamptz DEFAULT NULL,
     ended_before         timestamptz DEFAULT NULL,
-    require_agent_reply  boolean DEFAULT false
+    require_agent_reply  boolean DEFAULT false,
+    backlog              boolean DEFAULT false
 ) RETURNS parecer.run_result
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -35,7 +21,6 @@ AS $$
 DECLARE
     v_script   parecer.scripts;
     v_cap      integer := parecer._setting_int('max_sessions_cap');
-    v_max      integer := parecer._setting_int('max_attempts');
     v_force    boolean := COALESCE(force_reprocess, false);
     v_res      parecer.run_result;
     v_selected text[];
@@ -65,20 +50,17 @@ BEGIN
         SELECT * FROM x
         -- done and terminally failed sessions are not selected again without force (terminal
         -- failures come back through parecer.retry_failed): newer runs move on to older sessions
-        WHERE v_force OR x.status IS NULL
-           OR NOT (x.status = 'done' OR (x.status = 'failed' AND x.next_retry_at IS NULL))
+        WHERE v_force OR x.status IS NULL OR x.status NOT IN ('done', 'failed')
         ORDER BY x.ended_at DESC, x.session_id
         LIMIT start_run.max_sessions
     )
     SELECT (SELECT count(*) FROM x),
            (SELECT count(*) FROM x WHERE x.status = 'done'),
-           (SELECT count(*) FROM x WHERE x.status IN ('pending', 'processing')
-                                      OR (x.status = 'failed' AND x.next_retry_at IS NOT NULL)),
+           (SELECT count(*) FROM x WHERE x.status IN ('pending', 'processing')),
            (SELECT count(*) FROM sel),
            (SELECT count(*) FROM sel
              WHERE v_force OR sel.status IS NULL
-                OR (sel.status = 'pending' AND (sel.next_retry_at IS NULL OR sel.next_retry_at <= now()))
-                OR (sel.status = 'failed' AND sel.next_retry_at <= now() AND sel.retry_count < v_max)),
+                OR (sel.status = 'pending' AND (sel.next_retry_at IS NULL OR sel.next_retry_at <= now()))),
            (SELECT array_agg(sel.session_id) FROM sel)
     INTO v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue,
          v_res.would_process_now, v_selected;
@@ -86,6 +68,7 @@ BEGIN
     v_res.dry_run := COALESCE(dry_run, false);
     v_res.enqueued := 0;
     v_res.reset := 0;
+    v_res.estimated_cost_usd := parecer.estimate_cost(v_script.script_id, v_res.would_enqueue);
     IF v_res.dry_run THEN
         RETURN v_res;   -- writes nothing
     END IF;
@@ -97,7 +80,8 @@ BEGIN
                                'min_messages', start_run.min_messages, 'tag_filter', start_run.tag_filter,
                                'force_reprocess', v_force, 'max_sessions', start_run.max_sessions,
                                'ended_after', start_run.ended_after, 'ended_before', start_run.ended_before,
-                               'require_agent_reply', COALESCE(start_run.require_agent_reply, false)),
+                               'require_agent_reply', COALESCE(start_run.require_agent_reply, false),
+                               'backlog', COALESCE(start_run.backlog, false)),
             v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue)
     RETURNING runs.run_id INTO v_res.run_id;
 
@@ -106,19 +90,21 @@ BEGIN
                          v_force, v_res.run_id);
     v_res.enqueued := v_enq.enqueued;
     v_res.reset := v_enq.reset;
+    IF start_run.backlog THEN
+        PERFORM parecer.set_run_backlog(v_res.run_id);
+    END IF;
     UPDATE parecer.runs r SET enqueued = v_res.enqueued, reset = v_res.reset WHERE r.run_id = v_res.run_id;
     RETURN v_res;
 END
 $$;
-COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean) IS
-'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
+COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean) IS
+'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
 
 -- The summary itself (see parecer.run_summary).
-CREATE FUNCTION parecer._run_summary(p_run_id bigint)
+CREATE OR REPLACE FUNCTION parecer._run_summary(p_run_id bigint)
 RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
                done_sample text[], failed_sample text[], total integer)
 LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -135,21 +121,21 @@ BEGIN
     )
     SELECT v_run,
            (count(*) FILTER (WHERE i.status = 'done'))::integer,
-           (count(*) FILTER (WHERE i.status = 'failed' AND i.next_retry_at IS NULL))::integer,
-           (count(*) FILTER (WHERE i.status = 'failed' AND i.next_retry_at IS NOT NULL))::integer,
-           (count(*) FILTER (WHERE i.status IN ('pending', 'processing')
-                                OR (i.status = 'failed' AND i.next_retry_at IS NOT NULL)))::integer,
+           (count(*) FILTER (WHERE i.status = 'failed'))::integer,
+           (count(*) FILTER (WHERE i.status = 'pending' AND i.retry_count > 0))::integer,
+           (count(*) FILTER (WHERE i.status IN ('pending', 'processing')))::integer,
            COALESCE((SELECT array_agg(d.session_id) FROM (SELECT i2.session_id FROM items i2 WHERE i2.status = 'done'
                       ORDER BY i2.processed_at DESC, i2.session_id LIMIT 20) d), '{}'),
            COALESCE((SELECT array_agg(f.session_id) FROM (SELECT i3.session_id FROM items i3
-                      WHERE i3.status = 'failed' AND i3.next_retry_at IS NULL
+                      WHERE i3.status = 'failed'
                       ORDER BY i3.updated_at DESC, i3.session_id LIMIT 20) f), '{}'),
            count(*)::integer
     FROM items i;
 END
 $$;
+
 -- How a run is going.
-CREATE FUNCTION parecer.run_summary(run_id bigint)
+CREATE OR REPLACE FUNCTION parecer.run_summary(run_id bigint)
 RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
                done_sample text[], failed_sample text[], total integer)
 LANGUAGE sql STABLE
@@ -160,13 +146,12 @@ COMMENT ON FUNCTION parecer.run_summary(bigint) IS
 'Progress of a run: processed (done), failed (terminal), retrying (failed with a retry scheduled), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
 
 -- Runs with their progress.
-CREATE VIEW parecer.runs_overview AS
+CREATE OR REPLACE VIEW parecer.runs_overview AS
 SELECT r.run_id, r.client_slug, s.script_key, s.version AS script_version, r.analysis_version_tag,
        r.created_at, r.created_by, r.eligible, r.selected, r.enqueued, r.reset,
        count(a.analysis_id) FILTER (WHERE a.status = 'done') AS done,
-       count(a.analysis_id) FILTER (WHERE a.status = 'failed' AND a.next_retry_at IS NULL) AS failed,
-       count(a.analysis_id) FILTER (WHERE a.status IN ('pending', 'processing')
-                                       OR (a.status = 'failed' AND a.next_retry_at IS NOT NULL)) AS remaining,
+       count(a.analysis_id) FILTER (WHERE a.status = 'failed') AS failed,
+       count(a.analysis_id) FILTER (WHERE a.status IN ('pending', 'processing')) AS remaining,
        r.params
 FROM parecer.runs r
 JOIN parecer.scripts s ON s.script_id = r.script_id
@@ -176,22 +161,22 @@ GROUP BY r.run_id, s.script_key, s.version;
 COMMENT ON VIEW parecer.runs_overview IS 'Every run with what it selected and how far it got.';
 
 -- The queue by client x script x state.
-CREATE VIEW parecer.queue_status AS
+CREATE OR REPLACE VIEW parecer.queue_status AS
 SELECT a.client_slug, s.script_key, s.version AS script_version, a.analysis_version_tag,
-       count(*) FILTER (WHERE a.status = 'pending') AS pending,
+       count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count = 0) AS pending,
        count(*) FILTER (WHERE a.status = 'processing') AS processing,
        count(*) FILTER (WHERE a.status = 'done') AS done,
-       count(*) FILTER (WHERE a.status = 'failed' AND a.next_retry_at IS NOT NULL) AS retrying,
-       count(*) FILTER (WHERE a.status = 'failed' AND a.next_retry_at IS NULL) AS failed,
+       count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count > 0) AS retrying,
+       count(*) FILTER (WHERE a.status = 'failed') AS failed,
        min(a.created_at) FILTER (WHERE a.status = 'pending') AS oldest_pending_at,
        count(*) FILTER (WHERE a.status = 'done' AND a.processed_at > now() - interval '1 hour') AS done_last_hour
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
-COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending, processing, done, retrying, failed (terminal), oldest pending, done in the last hour.';
+COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.';
 
 -- Re-queue terminal failures chosen by run, client and/or error text.
-CREATE FUNCTION parecer.retry_failed(run_id bigint DEFAULT NULL, client_slug text DEFAULT NULL,
+CREATE OR REPLACE FUNCTION parecer.retry_failed(run_id bigint DEFAULT NULL, client_slug text DEFAULT NULL,
                                      error_like text DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql
@@ -219,7 +204,7 @@ BEGIN
     END IF;
     UPDATE parecer.analyses a
        SET status = 'pending', retry_count = 0, next_retry_at = NULL, error = NULL, updated_at = now()
-     WHERE a.status = 'failed' AND a.next_retry_at IS NULL
+     WHERE a.status = 'failed'
        AND (retry_failed.run_id IS NULL OR EXISTS (
                 SELECT FROM parecer.run_items ri WHERE ri.run_id = retry_failed.run_id AND ri.analysis_id = a.analysis_id))
        AND (retry_failed.client_slug IS NULL OR a.client_slug = retry_failed.client_slug)
@@ -232,4 +217,28 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.retry_failed(bigint, text, text) IS
-'Re-queue terminal failures (status failed, no retry scheduled) of a run, a client and/or whose error matches error_like (ILIKE), with a fresh attempt budget; returns how many. Errors: PR001, PR010 nothing chosen, PR012.';
+'Re-queue terminal failures (status failed) of a run, a client and/or whose error matches error_like (ILIKE), with a fresh attempt budget; returns how many. Errors: PR001, PR010 nothing chosen, PR012.';
+
+-- Mark a run's waiting items as backlog (lower priority, oldest first) or back to fresh.
+CREATE OR REPLACE FUNCTION parecer.set_run_backlog(run_id bigint, backlog boolean DEFAULT true) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_n integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = set_run_backlog.run_id) THEN
+        RAISE EXCEPTION 'unknown run %', COALESCE(set_run_backlog.run_id::text, 'NULL')
+            USING ERRCODE = 'PR012', HINT = 'SELECT run_id FROM parecer.runs_overview lists the runs.';
+    END IF;
+    UPDATE parecer.analyses a SET backlog = COALESCE(set_run_backlog.backlog, true), updated_at = now()
+      FROM parecer.run_items ri
+     WHERE ri.run_id = set_run_backlog.run_id AND a.analysis_id = ri.analysis_id
+       AND a.status = 'pending' AND a.backlog IS DISTINCT FROM COALESCE(set_run_backlog.backlog, true);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION parecer.set_run_backlog(bigint, boolean) IS
+'Mark a run''s waiting items as backlog (claimed only when no fresh work is claimable, oldest session first: seed 003''s nightly processor) or, with false, back to fresh. Returns how many items changed. Errors: PR012.';

@@ -1,4 +1,4 @@
--- Rollback 0001. Roles are cluster-wide: each is dropped only when no other
+-- Rollback of 0001 (everything parecer installed). Roles are cluster-wide: each is dropped only when no other
 -- database still references it.
 DROP SCHEMA IF EXISTS parecer CASCADE;
 DO $$

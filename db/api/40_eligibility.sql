@@ -1,0 +1,81 @@
+-- Validate a tag filter; returns (mode, tags). PR004 on any other shape.
+CREATE OR REPLACE FUNCTION parecer._tag_filter(p_filter jsonb, OUT mode text, OUT tags text[])
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_hint constant text := 'Use {"mode":"none"} (contacts without tags), {"mode":"ignore"} (tags do not matter), or {"mode":"any_of"|"all_of"|"none_of","tags":["tag", ...]} with 1-1000 non-empty tags.';
+BEGIN
+    IF p_filter IS NULL OR jsonb_typeof(p_filter) <> 'object'
+       OR EXISTS (SELECT FROM jsonb_object_keys(p_filter) k WHERE k NOT IN ('mode', 'tags'))
+       OR jsonb_typeof(p_filter -> 'mode') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'invalid tag filter' USING ERRCODE = 'PR004', HINT = v_hint;
+    END IF;
+    mode := p_filter ->> 'mode';
+    IF mode IN ('none', 'ignore') THEN
+        IF p_filter ? 'tags' THEN
+            RAISE EXCEPTION 'tag filter mode "%" takes no tags', mode USING ERRCODE = 'PR004', HINT = v_hint;
+        END IF;
+        tags := '{}';
+    ELSIF mode IN ('any_of', 'all_of', 'none_of') THEN
+        IF jsonb_typeof(p_filter -> 'tags') IS DISTINCT FROM 'array'
+           OR jsonb_array_length(p_filter -> 'tags') NOT BETWEEN 1 AND 1000
+           OR EXISTS (SELECT FROM jsonb_array_elements(p_filter -> 'tags') e
+                      WHERE jsonb_typeof(e) <> 'string' OR btrim(e #>> '{}') = '' OR length(e #>> '{}') > 200) THEN
+            RAISE EXCEPTION 'tag filter mode "%" needs a non-empty array of tags', mode USING ERRCODE = 'PR004', HINT = v_hint;
+        END IF;
+        SELECT array_agg(DISTINCT e) INTO tags FROM jsonb_array_elements_text(p_filter -> 'tags') e;
+    ELSE
+        RAISE EXCEPTION 'unknown tag filter mode "%"', left(mode, 50) USING ERRCODE = 'PR004', HINT = v_hint;
+    END IF;
+END
+$$;
+
+-- Sessions of a client worth analysing: ended, enough messages, tag filter.
+CREATE OR REPLACE FUNCTION parecer.eligible_sessions(
+    client_slug         text,
+    min_messages        integer DEFAULT 20,
+    tag_filter          jsonb DEFAULT '{"mode":"none"}',
+    ended_after         timestamptz DEFAULT NULL,
+    ended_before        timestamptz DEFAULT NULL,
+    require_agent_reply boolean DEFAULT false
+) RETURNS TABLE (session_id text, ended_at timestamptz, message_count bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_client record;
+    v_filter record;
+    v_tag_sql text;
+BEGIN
+    v_client := parecer._client(eligible_sessions.client_slug);
+    v_filter := parecer._tag_filter(tag_filter);
+    IF min_messages IS NULL OR min_messages < 1 OR min_messages > 1000000 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid min_messages: %s', COALESCE(min_messages::text, 'NULL')),
+                                 'min_messages must be between 1 and 1000000.');
+    END IF;
+    -- Only the predicate the filter needs, so the planner sees a simple query.
+    v_tag_sql := CASE v_filter.mode
+        WHEN 'none'    THEN 'AND NOT EXISTS (SELECT FROM parecer.source_contact_tags t WHERE t.contact_id = s.contact_id)'
+        WHEN 'any_of'  THEN 'AND EXISTS (SELECT FROM parecer.source_contact_tags t WHERE t.contact_id = s.contact_id AND t.tag = ANY ($5))'
+        WHEN 'none_of' THEN 'AND NOT EXISTS (SELECT FROM parecer.source_contact_tags t WHERE t.contact_id = s.contact_id AND t.tag = ANY ($5))'
+        WHEN 'all_of'  THEN 'AND (SELECT count(DISTINCT t.tag) FROM parecer.source_contact_tags t WHERE t.contact_id = s.contact_id AND t.tag = ANY ($5)) = cardinality($5)'
+        ELSE '' END;
+    RETURN QUERY EXECUTE
+        'SELECT s.session_id, s.ended_at, count(*)::bigint
+         FROM parecer.source_sessions s
+         JOIN parecer.source_messages m ON m.session_id = s.session_id
+         WHERE s.client_id = $1
+           AND s.ended_at IS NOT NULL
+           AND ($2::timestamptz IS NULL OR s.ended_at >= $2)
+           AND ($3::timestamptz IS NULL OR s.ended_at < $3) '
+        || v_tag_sql ||
+        ' GROUP BY s.session_id, s.ended_at
+          HAVING count(*) >= $4 AND (NOT $6 OR bool_or(m.from_me))
+          ORDER BY s.ended_at DESC, s.session_id'
+    USING v_client.client_id, ended_after, ended_before, min_messages, v_filter.tags,
+          COALESCE(require_agent_reply, false);
+END
+$$;
+COMMENT ON FUNCTION parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean) IS
+'Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply. Newest first. Errors: PR001, PR004, PR010.';

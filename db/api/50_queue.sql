@@ -1,0 +1,541 @@
+-- The work queue: one row of parecer.analyses per analysis, that is per
+-- (session, script version, analysis version tag), and the state machine that
+-- moves it. Every transition is a function of this file (enqueue, claim,
+-- extend_lease, mark_failed, release) or of 60_reports.sql (mark_done).
+--
+--                 enqueue
+--                    │
+--                    v
+--   ┌──────────> pending ───────claim───────> processing ──mark_done──> done
+--   │       (next_retry_at: not                │  │  │
+--   │        claimable before it)              │  │  └─mark_failed, no attempt left──> failed
+--   │              ^  ^                        │  │     or retryable => false         (terminal)
+--   │              │  └──release(delay)────────┘  │                                     │
+--   │              └──mark_failed (retry_count+1, next_retry_at = now() + backoff)──┘   │
+--   │                 lease expired: the same, error 'lease expired'                    │
+--   └── enqueue(force_reprocess) from any state; retry_failed from failed ──────────────┘
+--
+-- One word for each state:
+--   pending     waiting to be claimed. CLAIMABLE means
+--                   status = 'pending' AND (next_retry_at IS NULL OR next_retry_at <= now())
+--               the partial indexes analyses_fresh_idx / analyses_backlog_idx hold
+--               exactly the pending items; retry_count > 0 says it is a retry
+--               (parecer.queue_status counts those as "retrying").
+--   processing  leased to one runner: lease_token + lease_expires_at exist exactly
+--               then (analyses_state_check). Only the holder of the current token can
+--               end the attempt; a stale runner gets PR006 and changes nothing.
+--   done        report stored (mark_done, 60_reports.sql).
+--   failed      terminal: max_attempts failures, or a failure that is not retryable.
+--
+-- retry_count counts failed attempts (mark_failed and expired leases); a release
+-- is not a failure and costs no attempt. claims counts every claim (the attempt
+-- number). Attempts that end are written to parecer._attempts (_end_attempt);
+-- the attempt in flight and the one that finished a done item are the item's row.
+--
+-- Claim order: each client's fresh work newest-ended first, then its backlog
+-- oldest first; across clients, a weighted round-robin by priority; clients over
+-- budget get nothing (85_spend.sql). No transaction is held across a model call.
+
+-- Check a lease and lock the item; PR011 unknown item, PR006 wrong/expired lease.
+CREATE OR REPLACE FUNCTION parecer._lease(p_analysis_id uuid, p_token uuid) RETURNS parecer.analyses
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_row parecer.analyses;
+BEGIN
+    SELECT * INTO v_row FROM parecer.analyses a WHERE a.analysis_id = p_analysis_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown analysis %', COALESCE(p_analysis_id::text, 'NULL')
+            USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim.';
+    END IF;
+    IF v_row.status <> 'processing' OR p_token IS NULL OR v_row.lease_token <> p_token THEN
+        RAISE EXCEPTION 'stale lease for analysis %', p_analysis_id
+            USING ERRCODE = 'PR006',
+                  HINT = 'The item is no longer leased to you (it was released, reset, expired or taken by another runner); drop your result.';
+    END IF;
+    IF v_row.lease_expires_at < now() THEN
+        RAISE EXCEPTION 'lease for analysis % expired at %', p_analysis_id, v_row.lease_expires_at
+            USING ERRCODE = 'PR006',
+                  HINT = 'Extend the lease (parecer.extend_lease) before it runs out; the item will be retried.';
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+-- Raise the error that explains why an item is not leased to the caller:
+-- PR011 unknown item, PR006 stale or expired lease. The functions that end an
+-- attempt check the lease in their UPDATE's WHERE (one row visit); this runs
+-- only when that UPDATE found nothing.
+CREATE OR REPLACE FUNCTION parecer._lease_refused(p_analysis_id uuid, p_token uuid) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM parecer._lease(p_analysis_id, p_token);
+    -- _lease found the lease valid: the caller's UPDATE lost a race it can retry.
+    RAISE EXCEPTION 'analysis % changed while it was being updated', p_analysis_id
+        USING ERRCODE = '40001', HINT = 'Retry the call.';
+END
+$$;
+
+-- Lease expiry ends a dead runner's attempt as 'expired': a failure of the item
+-- (its runner died holding it), retried after the backoff like mark_failed.
+CREATE OR REPLACE FUNCTION parecer._expire_leases() RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_max integer := parecer._setting_int('max_attempts');
+    v_n   integer;
+BEGIN
+    WITH x AS MATERIALIZED (
+        SELECT a.analysis_id, a.claims, a.worker, a.lease_token, a.started_at
+        FROM parecer.analyses a
+        WHERE a.status = 'processing' AND a.lease_expires_at < now()
+        ORDER BY a.lease_expires_at
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED
+    ), u AS (
+        UPDATE parecer.analyses a
+           SET status = CASE WHEN a.retry_count + 1 >= v_max THEN 'failed' ELSE 'pending' END,
+               retry_count = a.retry_count + 1,
+               next_retry_at = CASE WHEN a.retry_count + 1 >= v_max THEN NULL
+                                    ELSE now() + parecer._backoff(a.retry_count + 1) END,
+               error = 'lease expired: worker ' || COALESCE(a.worker, '?') || ' stopped without reporting',
+               lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+          FROM x
+         WHERE a.analysis_id = x.analysis_id
+        RETURNING a.analysis_id, a.error
+    ), t AS (
+        INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome, error)
+        SELECT x.analysis_id, x.claims, COALESCE(x.worker, '?'), x.lease_token, COALESCE(x.started_at, now()), now(),
+               'expired', u.error
+        FROM u JOIN x ON x.analysis_id = u.analysis_id
+    )
+    SELECT count(*) INTO v_n FROM u;
+    RETURN v_n;
+END
+$$;
+
+-- Queue sessions for a script version. With force_reprocess an existing item is
+-- reset to pending whatever its state; the attempt in flight ends as 'reset' and
+-- a done item's finishing attempt moves into parecer._attempts first.
+CREATE OR REPLACE FUNCTION parecer.enqueue(
+    session_ids          text[],
+    script_id            bigint,
+    analysis_version_tag text DEFAULT 'v1',
+    force_reprocess      boolean DEFAULT false,
+    run_id               bigint DEFAULT NULL
+) RETURNS TABLE (enqueued integer, reset integer, skipped integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_script  parecer.scripts;
+    v_ids     text[];
+    v_missing text[];
+    v_enq     integer := 0;
+    v_reset   integer := 0;
+    v_total   integer;
+BEGIN
+    SELECT * INTO v_script FROM parecer.scripts s WHERE s.script_id = enqueue.script_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown script_id %', COALESCE(enqueue.script_id::text, 'NULL')
+            USING ERRCODE = 'PR002', HINT = 'parecer.resolve_script(client_slug, script_key) gives a script_id.';
+    END IF;
+    IF analysis_version_tag IS NULL OR analysis_version_tag !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$' THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid analysis_version_tag "%s"', COALESCE(left(analysis_version_tag, 50), 'NULL')),
+                                 'A tag is 1-32 characters: letters, digits, "_", "." or "-" (e.g. v1).');
+    END IF;
+    IF session_ids IS NULL OR array_ndims(session_ids) > 1   -- array_position refuses 2-D arrays (0A000)
+       OR array_position(session_ids, NULL) IS NOT NULL THEN
+        PERFORM parecer._invalid('session_ids must be a one-dimensional array without NULLs', 'Pass e.g. ARRAY[''s1'',''s2''] (an empty array enqueues nothing).');
+    END IF;
+    IF enqueue.run_id IS NOT NULL AND NOT EXISTS (
+        SELECT FROM parecer.runs r WHERE r.run_id = enqueue.run_id AND r.script_id = v_script.script_id) THEN
+        RAISE EXCEPTION 'unknown run % for script_id %', enqueue.run_id, v_script.script_id
+            USING ERRCODE = 'PR012', HINT = 'Runs are created by parecer.start_run; leave run_id NULL otherwise.';
+    END IF;
+    SELECT array_agg(DISTINCT x) INTO v_ids FROM unnest(session_ids) x;
+    v_ids := COALESCE(v_ids, '{}');
+    v_total := cardinality(v_ids);
+
+    SELECT array_agg(x) INTO v_missing
+    FROM (SELECT x FROM unnest(v_ids) x
+          WHERE NOT EXISTS (SELECT FROM parecer.source_sessions s
+                            WHERE s.session_id = x AND s.client_id = v_script.client_id)
+          LIMIT 5) m;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'unknown session(s) for client "%": %', v_script.client_slug, left(array_to_string(v_missing, ', '), 300)
+            USING ERRCODE = 'PR014', HINT = 'Every session id must be a session of the script''s client, e.g. from parecer.eligible_sessions(client_slug).';
+    END IF;
+
+    IF force_reprocess THEN
+        -- A forced reset ends the attempt of an item in flight. Lock the items first, so
+        -- that none is claimed between this and the reset below.
+        -- The attempt that finished a done item lives in the item's row: it moves
+        -- into parecer._attempts before the reset below clears the row.
+        WITH lk AS (
+            SELECT a.analysis_id, a.status, a.claims, a.worker, a.lease_token, a.started_at, a.processed_at,
+                   a.model, a.prompt_hash, a.usage, a.cost_usd
+            FROM parecer.analyses a
+            WHERE a.session_id = ANY (v_ids) AND a.script_id = v_script.script_id
+              AND a.analysis_version_tag = enqueue.analysis_version_tag
+            ORDER BY a.analysis_id
+            FOR UPDATE
+        )
+        INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome, error,
+                                       model, prompt_hash, usage, cost_usd)
+        SELECT lk.analysis_id, lk.claims, COALESCE(lk.worker, '?'), lk.lease_token, COALESCE(lk.started_at, now()), now(),
+               'reset', 'reset by enqueue(force_reprocess)', NULL, NULL, NULL, NULL
+        FROM lk WHERE lk.status = 'processing'
+        UNION ALL
+        SELECT lk.analysis_id, lk.claims, COALESCE(lk.worker, '?'), NULL, COALESCE(lk.started_at, lk.processed_at, now()),
+               COALESCE(lk.processed_at, now()), 'done', NULL, lk.model, lk.prompt_hash, lk.usage, lk.cost_usd
+        FROM lk WHERE lk.status = 'done' AND lk.claims > 0
+        ON CONFLICT (analysis_id, attempt) DO NOTHING;
+    END IF;
+
+    WITH src AS (
+        SELECT s.session_id, s.ended_at
+        FROM parecer.source_sessions s
+        WHERE s.session_id = ANY (v_ids) AND s.client_id = v_script.client_id
+    ), ins AS (
+        INSERT INTO parecer.analyses AS a (client_id, client_slug, session_id, script_id, analysis_version_tag, session_ended_at)
+        SELECT v_script.client_id, v_script.client_slug, src.session_id, v_script.script_id,
+               enqueue.analysis_version_tag, src.ended_at
+        FROM src
+        ON CONFLICT ON CONSTRAINT analyses_item_key DO UPDATE
+            SET status = 'pending', report = NULL, error = NULL, retry_count = 0, next_retry_at = NULL,
+                processed_at = NULL, started_at = NULL, worker = NULL, lease_token = NULL,
+                lease_expires_at = NULL, model = NULL, prompt_hash = NULL, usage = NULL, cost_usd = NULL,
+                session_ended_at = EXCLUDED.session_ended_at, updated_at = now()
+            WHERE force_reprocess
+        RETURNING a.analysis_id, (a.xmax = 0) AS inserted
+    ), runlink AS (
+        INSERT INTO parecer.run_items (run_id, analysis_id)
+        SELECT enqueue.run_id, a.analysis_id
+        FROM parecer.analyses a
+        WHERE enqueue.run_id IS NOT NULL
+          AND a.session_id = ANY (v_ids) AND a.script_id = v_script.script_id
+          AND a.analysis_version_tag = enqueue.analysis_version_tag
+        UNION
+        SELECT enqueue.run_id, ins.analysis_id FROM ins WHERE enqueue.run_id IS NOT NULL
+        ON CONFLICT DO NOTHING
+    )
+    SELECT count(*) FILTER (WHERE ins.inserted), count(*) FILTER (WHERE NOT ins.inserted)
+    INTO v_enq, v_reset
+    FROM ins;
+
+    IF v_enq + v_reset > 0 THEN
+        -- One small notification per call, never per row.
+        PERFORM pg_notify('parecer_work', json_build_object('client', v_script.client_slug, 'n', v_enq + v_reset)::text);
+    END IF;
+    RETURN QUERY SELECT v_enq, v_reset, v_total - v_enq - v_reset;
+END
+$$;
+COMMENT ON FUNCTION parecer.enqueue(text[], bigint, text, boolean, bigint) IS
+'Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session.';
+
+-- Up to p_limit claimable items of one client, locked (FOR UPDATE SKIP LOCKED),
+-- in claim order: fresh work newest-ended first, then backlog oldest first
+-- (each walks its partial index; the backlog is read only when the fresh work
+-- runs short). Rows come back with the tier they came from. The claimable
+-- condition (see the top of this file) is written here and nowhere else.
+CREATE OR REPLACE FUNCTION parecer._candidates(p_client_id text, p_limit integer)
+RETURNS TABLE (analysis_id uuid, backlog boolean)
+LANGUAGE plpgsql
+-- Generic plans: the same plan is right at any queue size and any LIMIT, and
+-- re-planning per LIMIT value cost as much as running the query.
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_n integer;
+BEGIN
+    RETURN QUERY
+    SELECT a.analysis_id, false
+    FROM parecer.analyses a
+    WHERE a.client_id = p_client_id AND NOT a.backlog
+      AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
+    ORDER BY a.session_ended_at DESC NULLS LAST, a.created_at DESC
+    LIMIT p_limit
+    FOR UPDATE SKIP LOCKED;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    IF v_n < p_limit THEN
+        RETURN QUERY
+        SELECT a.analysis_id, true
+        FROM parecer.analyses a
+        WHERE a.client_id = p_client_id AND a.backlog
+          AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
+        ORDER BY a.session_ended_at ASC NULLS FIRST, a.created_at
+        LIMIT p_limit - v_n
+        FOR UPDATE SKIP LOCKED;
+    END IF;
+END
+$$;
+
+-- Claim up to max_items claimable items: each gets a lease (token + expiry) and
+-- the attempt number; commit before calling the model.
+CREATE OR REPLACE FUNCTION parecer.claim(
+    worker        text,
+    max_items     integer DEFAULT 1,
+    lease_seconds integer DEFAULT NULL,
+    client_slug   text DEFAULT NULL,
+    sync_commit   boolean DEFAULT true
+) RETURNS SETOF parecer.claimed_item
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_worker  text := $1;
+    v_limit   integer := $2;
+    v_lease   integer;
+    v_client  text := $4;
+    v_n       integer;
+    v_one     text;
+    v_ids     uuid[];
+    v_expired boolean;
+BEGIN
+    -- Settings, whether any lease ran out, and which clients may get work (client
+    -- filter, budgets: none, one, or more), in one query.
+    WITH pol AS (
+        SELECT p.client_id FROM parecer._client_policy p
+        WHERE (v_client IS NULL OR p.client_slug = v_client)
+          AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
+               OR parecer._blocked_reason(p.client_id) IS NULL)
+        LIMIT 2
+    )
+    SELECT COALESCE($3, parecer._setting_int('lease_seconds')),
+           EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
+           (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
+      INTO v_lease, v_expired, v_n, v_one;
+    IF v_worker IS NULL OR btrim(v_worker) = '' OR length(v_worker) > 200 THEN
+        PERFORM parecer._invalid('worker must be a non-empty name of up to 200 characters', 'Name the runner, e.g. worker => ''host-1:4242''.');
+    END IF;
+    IF v_limit IS NULL OR v_limit < 1 OR v_limit > 1000 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid max_items: %s', COALESCE(v_limit::text, 'NULL')), 'max_items must be between 1 and 1000.');
+    END IF;
+    IF v_lease < 5 OR v_lease > 86400 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease), 'lease_seconds must be between 5 and 86400.');
+    END IF;
+    IF sync_commit IS NULL THEN
+        PERFORM parecer._invalid('sync_commit must be true or false', 'Leave it out (true) unless the claim is a transaction of its own.');
+    END IF;
+    -- A claim need not survive a server crash: lost, it leaves the item claimable as
+    -- before, and its holder's mark_done / extend_lease get PR006. Not waiting for
+    -- the WAL flush halves the flushes per item (SET LOCAL: until this transaction ends).
+    IF NOT sync_commit THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    END IF;
+
+    IF v_expired THEN
+        PERFORM parecer._expire_leases();
+    END IF;
+
+    IF v_n = 0 THEN
+        RETURN;
+    ELSIF v_n = 1 THEN
+        v_ids := ARRAY(SELECT c.analysis_id FROM parecer._candidates(v_one, v_limit) c);
+    ELSE
+        -- Fair across clients: every client's fresh work before anyone's backlog; within
+        -- a tier a weighted round-robin by priority (a client of priority p gets p items
+        -- per round; ties within a round go to client i with probability p_i / sum(p)).
+        v_ids := ARRAY(
+            SELECT c.analysis_id
+            FROM parecer._client_policy p
+            CROSS JOIN LATERAL parecer._candidates(p.client_id, v_limit) WITH ORDINALITY c(analysis_id, backlog, rn)
+            WHERE (v_client IS NULL OR p.client_slug = v_client)
+              AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
+                   OR parecer._blocked_reason(p.client_id) IS NULL)
+            ORDER BY c.backlog, (c.rn - 1) / p.priority, -ln(1.0 - random()) / p.priority, c.rn
+            LIMIT v_limit);
+    END IF;
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- Updated by primary key (= ANY of the locked ids), never through a join the
+    -- planner could turn into a hash join over the whole table.
+    RETURN QUERY
+    WITH u AS (
+        UPDATE parecer.analyses a
+           SET status = 'processing',
+               claims = a.claims + 1,
+               worker = v_worker,
+               lease_token = gen_random_uuid(),
+               lease_expires_at = now() + make_interval(secs => v_lease),
+               next_retry_at = NULL,
+               started_at = now(),
+               updated_at = now()
+         WHERE a.analysis_id = ANY (v_ids)
+        RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
+                  a.lease_expires_at, a.retry_count
+    )
+    SELECT u.analysis_id, u.lease_token, u.claims, u.client_slug, u.session_id, u.script_id,
+           s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count
+    FROM u JOIN parecer.scripts s ON s.script_id = u.script_id
+    ORDER BY array_position(v_ids, u.analysis_id);
+END
+$$;
+COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
+'Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.';
+
+-- Extend the lease of an item in flight (heartbeat).
+CREATE OR REPLACE FUNCTION parecer.extend_lease(analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_lease integer := COALESCE(extend_lease.lease_seconds, parecer._setting_int('lease_seconds'));
+    v_exp   timestamptz;
+BEGIN
+    IF v_lease < 5 OR v_lease > 86400 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease), 'lease_seconds must be between 5 and 86400.');
+    END IF;
+    PERFORM parecer._lease(extend_lease.analysis_id, extend_lease.lease_token);
+    UPDATE parecer.analyses a
+       SET lease_expires_at = now() + make_interval(secs => v_lease), updated_at = now()
+     WHERE a.analysis_id = extend_lease.analysis_id
+    RETURNING a.lease_expires_at INTO v_exp;
+    RETURN v_exp;
+END
+$$;
+COMMENT ON FUNCTION parecer.extend_lease(uuid, uuid, integer) IS
+'Heartbeat: extend the lease of an item you hold to now() + lease_seconds; returns the new expiry. Errors: PR006 stale lease, PR010, PR011.';
+
+-- Write the row of an attempt that ended without finishing its item and, when it
+-- reports usage, its cost (model price table) into the row and the client's spend.
+CREATE OR REPLACE FUNCTION parecer._end_attempt(p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid,
+                                                p_claimed_at timestamptz, p_outcome text, p_error text, p_model text,
+                                                p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_day  date;
+    v_cost numeric;
+BEGIN
+    IF p_usage IS NULL OR jsonb_typeof(p_usage) <> 'object' THEN
+        INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
+                                       error, model, prompt_hash, usage)
+        VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
+                p_outcome, p_error, p_model, p_prompt_hash, p_usage);
+        RETURN;
+    END IF;
+    SELECT parecer._budget_day(), parecer._cost(COALESCE(p_model, p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage)
+      INTO v_day, v_cost;
+    INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
+                                   error, model, prompt_hash, usage, cost_usd)
+    VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
+            p_outcome, p_error, p_model, p_prompt_hash, p_usage, v_cost);
+    PERFORM parecer._add_spend(p_client_id, p_client_slug, v_day, p_usage, v_cost);
+END
+$$;
+
+-- A failed attempt of an item you hold: pending again after the backoff, or
+-- failed for good after max_attempts or when not retryable.
+CREATE OR REPLACE FUNCTION parecer.mark_failed(analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true,
+                                               usage jsonb DEFAULT NULL)
+RETURNS parecer.item_outcome
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max   integer := parecer._setting_int('max_attempts');
+    v_error text := left(COALESCE(NULLIF(btrim(mark_failed.error), ''), 'unspecified error'), 1000);
+    v_status  text;
+    v_retries integer;
+    v_next    timestamptz;
+    v_claims  integer;
+    v_worker  text;
+    v_started timestamptz;
+    v_client  text;
+    v_slug    text;
+BEGIN
+    UPDATE parecer.analyses a
+       SET status = CASE WHEN NOT COALESCE(retryable, true) OR a.retry_count + 1 >= v_max THEN 'failed'
+                         ELSE 'pending' END,
+           retry_count = a.retry_count + 1,
+           next_retry_at = CASE WHEN NOT COALESCE(retryable, true) OR a.retry_count + 1 >= v_max THEN NULL
+                                ELSE now() + parecer._backoff(a.retry_count + 1) END,
+           error = v_error,
+           lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+     WHERE a.analysis_id = mark_failed.analysis_id   -- a lease token only while processing (analyses_state_check)
+       AND a.lease_token = mark_failed.lease_token AND a.lease_expires_at >= now()
+    RETURNING a.status, a.retry_count, a.next_retry_at, a.claims, a.worker, a.started_at, a.client_id, a.client_slug
+         INTO v_status, v_retries, v_next, v_claims, v_worker, v_started, v_client, v_slug;
+    IF NOT FOUND THEN
+        PERFORM parecer._lease_refused(mark_failed.analysis_id, mark_failed.lease_token);
+    END IF;
+    PERFORM parecer._end_attempt(mark_failed.analysis_id, v_claims, v_worker, mark_failed.lease_token, v_started,
+                                 'failed', v_error, NULL, NULL,
+                                 CASE WHEN parecer._usage_ok(mark_failed.usage) THEN mark_failed.usage END, v_client, v_slug);
+    RETURN ROW(v_status, v_retries, v_next)::parecer.item_outcome;
+END
+$$;
+COMMENT ON FUNCTION parecer.mark_failed(uuid, uuid, text, boolean, jsonb) IS
+'Record a failed attempt of an item you hold (usage: tokens the failed call cost, if any): retry_count + 1, pending again at next_retry_at = now() + backoff_schedule[retry_count]; status failed (terminal) after max_attempts or at once with retryable => false. Errors: PR006, PR011.';
+
+-- Give back an item you hold without spending an attempt.
+CREATE OR REPLACE FUNCTION parecer.release(analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, reason text DEFAULT NULL)
+RETURNS parecer.item_outcome
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max    integer := parecer._setting_int('max_attempts');
+    v_delay  integer := COALESCE(release.delay_seconds, 0);
+    v_reason text := left(COALESCE(NULLIF(btrim(release.reason), ''), 'released'), 1000);
+    v_status  text;
+    v_retries integer;
+    v_next    timestamptz;
+    v_claims  integer;
+    v_worker  text;
+    v_started timestamptz;
+    v_client  text;
+    v_slug    text;
+BEGIN
+    IF v_delay < 0 OR v_delay > 86400 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid delay_seconds: %s', v_delay), 'delay_seconds must be between 0 and 86400.');
+    END IF;
+    UPDATE parecer.analyses a
+       -- No attempt left (max_attempts lowered while it was in flight): terminal.
+       SET status = CASE WHEN a.retry_count >= v_max THEN 'failed' ELSE 'pending' END,
+           next_retry_at = CASE WHEN a.retry_count >= v_max OR v_delay = 0 THEN NULL
+                                ELSE now() + make_interval(secs => v_delay) END,
+           lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+     WHERE a.analysis_id = release.analysis_id   -- a lease token only while processing (analyses_state_check)
+       AND a.lease_token = release.lease_token AND a.lease_expires_at >= now()
+    RETURNING a.status, a.retry_count, a.next_retry_at, a.claims, a.worker, a.started_at, a.client_id, a.client_slug
+         INTO v_status, v_retries, v_next, v_claims, v_worker, v_started, v_client, v_slug;
+    IF NOT FOUND THEN
+        PERFORM parecer._lease_refused(release.analysis_id, release.lease_token);
+    END IF;
+    INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome, error)
+    VALUES (release.analysis_id, v_claims, v_worker, release.lease_token, v_started, now(), 'released', v_reason);
+    RETURN ROW(v_status, v_retries, v_next)::parecer.item_outcome;
+END
+$$;
+COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS
+'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling); an item with no retry left (max_attempts lowered meanwhile) becomes a terminal failure. Errors: PR006, PR010, PR011.';
+
+-- When the next item becomes claimable (or a lease runs out), for a runner's poll timer.
+CREATE OR REPLACE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
+    FROM parecer.analyses a
+    JOIN parecer._budget_state b ON b.client_id = a.client_id AND b.blocked_reason IS NULL
+    WHERE a.status IN ('pending', 'processing')
+      AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
+$$;
+COMMENT ON FUNCTION parecer.next_due(text) IS
+'The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting. Runners sleep until then at most.';

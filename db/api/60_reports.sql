@@ -1,0 +1,359 @@
+-- What the model sees (the transcript, the prompt) and what parecer accepts
+-- back: the report's shape, its grounding in the session's messages, and the
+-- view that shows stored reports.
+
+-- A session's transcript as the model reads it: one line per message,
+-- "[msg <id>] <UTC time> <ROLE>: <content>", continuation lines indented.
+-- (PL/pgSQL rather than SQL: its plan is cached for the session.)
+CREATE OR REPLACE FUNCTION parecer._transcript_text(p_session_id text, p_language text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $fn$
+BEGIN
+    RETURN (
+        SELECT COALESCE(string_agg(
+                   '[msg ' || replace(replace(COALESCE(m.message_id, '?'), ']', ')'), E'\n', ' ') || '] '
+                || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
+                || CASE WHEN m.from_me THEN l.agent ELSE l.customer END || ': '
+                || replace(
+                     CASE
+                       WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
+                         CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
+                              THEN l.audio_transcribed || ' ' || btrim(m.transcription)
+                              ELSE l.audio_missing END
+                       WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
+                         COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
+                       ELSE
+                         '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
+                     END,
+                     E'\n', E'\n    '),
+                 E'\n' ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '')
+        FROM parecer.source_messages m
+        CROSS JOIN parecer._labels(p_language) l
+        WHERE m.session_id = p_session_id
+    );
+END
+$fn$;
+
+-- Transcript of a session in the deterministic order (sent_at, message_id), no media filter.
+CREATE OR REPLACE FUNCTION parecer.session_transcript(session_id text)
+RETURNS TABLE (message_id text, "position" bigint, from_me boolean, sent_at timestamptz,
+               media_type text, body text, transcription text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_session text := session_transcript.session_id;
+BEGIN
+    IF NOT EXISTS (SELECT FROM parecer.source_sessions s WHERE s.session_id = v_session) THEN
+        RAISE EXCEPTION 'unknown session "%"', COALESCE(left(v_session, 100), '<null>')
+            USING ERRCODE = 'PR014', HINT = 'Session ids come from parecer.eligible_sessions(client_slug) or parecer.reports.';
+    END IF;
+    RETURN QUERY
+    SELECT m.message_id, row_number() OVER (ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), m.from_me,
+           m.sent_at, m.media_type, m.body, m.transcription
+    FROM parecer.source_messages m
+    WHERE m.session_id = v_session
+    ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST;
+END
+$$;
+COMMENT ON FUNCTION parecer.session_transcript(text) IS
+'A session''s messages in transcript order (sent_at, message_id) with their position; no media-type filter. Errors: PR014 unknown session.';
+
+-- Exactly what the model is sent for an analysis.
+CREATE OR REPLACE FUNCTION parecer.prompt_for(analysis_id uuid)
+RETURNS TABLE (instructions text, input text, report_schema json, prompt_hash text, model text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id     uuid := prompt_for.analysis_id;
+    v_a      parecer.analyses;
+    v_s      parecer.scripts;
+    v_input  text;
+BEGIN
+    SELECT * INTO v_a FROM parecer.analyses a WHERE a.analysis_id = v_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown analysis %', COALESCE(v_id::text, 'NULL')
+            USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim or parecer.reports.';
+    END IF;
+    SELECT * INTO v_s FROM parecer.scripts s WHERE s.script_id = v_a.script_id;
+    v_input := parecer._transcript_text(v_a.session_id, v_s.language);
+    RETURN QUERY SELECT v_s.instructions, v_input, v_s.report_schema,
+        encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex'),
+        v_s.model;
+END
+$$;
+COMMENT ON FUNCTION parecer.prompt_for(uuid) IS
+'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, and the script''s model (NULL: runner default). Errors: PR011.';
+
+-- Whitespace collapsed and lowercased, for grounding.
+CREATE OR REPLACE FUNCTION parecer._norm(p text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+AS $$ SELECT lower(btrim(regexp_replace(p, '\s+', ' ', 'g'))) $$;
+
+-- What is wrong with a report's shape (parecer.report.v1 for these topics), or
+-- NULL when nothing is: the one check of a report, for mark_done's decision and
+-- for its error message alike. Grounding is _ungrounded's.
+CREATE OR REPLACE FUNCTION parecer._report_problem(p_report jsonb, p_topics text[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    k_report  constant text[] := ARRAY['schema_version', 'summary', 'outcome', 'sentiment', 'topics', 'flags',
+                                       'insufficient_context', 'next_action'];
+    k_outcome constant text[] := ARRAY['evidence', 'status'];
+    k_senti   constant text[] := ARRAY['evidence', 'start', 'end'];
+    k_topic   constant text[] := ARRAY['topic', 'evidence', 'present', 'confidence'];
+    k_flag    constant text[] := ARRAY['evidence', 'flag'];
+    k_ev      constant text[] := ARRAY['message_id', 'excerpt'];
+    v         jsonb;
+    v_where   text;
+    v_problem text;
+    v_topics  text[] := '{}';
+BEGIN
+    v_problem := parecer._keys_problem(p_report, k_report, 'report');
+    IF v_problem IS NOT NULL THEN
+        RETURN v_problem;
+    ELSIF jsonb_typeof(p_report -> 'schema_version') <> 'string' OR p_report ->> 'schema_version' <> 'parecer.report.v1' THEN
+        RETURN 'schema_version must be "parecer.report.v1"';
+    ELSIF jsonb_typeof(p_report -> 'summary') <> 'string' THEN
+        RETURN 'summary must be a string';
+    ELSIF jsonb_typeof(p_report -> 'insufficient_context') <> 'boolean' THEN
+        RETURN 'insufficient_context must be a boolean';
+    ELSIF jsonb_typeof(p_report -> 'next_action') NOT IN ('string', 'null') THEN
+        RETURN 'next_action must be a string or null';
+    END IF;
+
+    v_problem := parecer._keys_problem(p_report -> 'outcome', k_outcome, 'outcome');
+    IF v_problem IS NOT NULL THEN
+        RETURN v_problem;
+    ELSIF jsonb_typeof(p_report #> '{outcome,status}') <> 'string'
+          OR NOT (p_report #>> '{outcome,status}' = ANY (parecer._outcomes())) THEN
+        RETURN 'outcome.status must be one of ' || array_to_string(parecer._outcomes(), ', ');
+    END IF;
+
+    v_problem := parecer._keys_problem(p_report -> 'sentiment', k_senti, 'sentiment');
+    IF v_problem IS NOT NULL THEN
+        RETURN v_problem;
+    ELSIF jsonb_typeof(p_report #> '{sentiment,start}') <> 'string' OR jsonb_typeof(p_report #> '{sentiment,end}') <> 'string'
+          OR NOT (p_report #>> '{sentiment,start}' = ANY (parecer._sentiments()))
+          OR NOT (p_report #>> '{sentiment,end}' = ANY (parecer._sentiments())) THEN
+        RETURN 'sentiment.start and sentiment.end must be one of ' || array_to_string(parecer._sentiments(), ', ');
+    END IF;
+
+    IF jsonb_typeof(p_report -> 'topics') <> 'array' THEN
+        RETURN 'topics must be an array';
+    END IF;
+    FOR v IN SELECT * FROM jsonb_array_elements(p_report -> 'topics') LOOP
+        v_problem := parecer._keys_problem(v, k_topic, 'topics[]');
+        IF v_problem IS NOT NULL THEN
+            RETURN v_problem;
+        ELSIF jsonb_typeof(v -> 'topic') <> 'string' OR jsonb_typeof(v -> 'present') <> 'boolean'
+              OR jsonb_typeof(v -> 'confidence') <> 'number' OR (v ->> 'confidence')::numeric NOT BETWEEN 0 AND 1 THEN
+            RETURN 'topics[] needs topic (string), present (boolean), confidence (0..1)';
+        ELSIF array_position(v_topics, v ->> 'topic') IS NOT NULL THEN
+            RETURN 'topics must hold exactly one entry per script topic';
+        END IF;
+        v_topics := v_topics || (v ->> 'topic');
+    END LOOP;
+    IF cardinality(v_topics) <> cardinality(p_topics) OR NOT (v_topics <@ p_topics AND v_topics @> p_topics) THEN
+        RETURN 'topics must hold exactly one entry per script topic';
+    END IF;
+
+    IF jsonb_typeof(p_report -> 'flags') <> 'array' THEN
+        RETURN 'flags must be an array';
+    END IF;
+    FOR v IN SELECT * FROM jsonb_array_elements(p_report -> 'flags') LOOP
+        v_problem := parecer._keys_problem(v, k_flag, 'flags[]');
+        IF v_problem IS NOT NULL THEN
+            RETURN v_problem;
+        ELSIF jsonb_typeof(v -> 'flag') <> 'string' OR NOT (v ->> 'flag' = ANY (parecer._flags())) THEN
+            RETURN 'flags[].flag is not one of the schema''s flags';
+        END IF;
+    END LOOP;
+
+    -- Every evidence list: an array of objects of exactly message_id and excerpt (strings,
+    -- the excerpt non-blank and at most 500 characters).
+    FOR v_where, v IN SELECT e.k, e.ev FROM parecer._evidence_lists(p_report) e LOOP
+        IF jsonb_typeof(v) IS DISTINCT FROM 'array' THEN
+            RETURN v_where || ' must be an array';
+        END IF;
+        v_problem := (
+            SELECT COALESCE(parecer._keys_problem(x, k_ev, v_where || '[]'),
+                            v_where || '[] needs a message_id string and a non-empty excerpt of at most 500 characters')
+            FROM jsonb_array_elements(v) x
+            WHERE (jsonb_typeof(x) = 'object' AND x ?& k_ev AND (x - k_ev) = '{}'
+                   AND jsonb_typeof(x -> 'message_id') = 'string' AND jsonb_typeof(x -> 'excerpt') = 'string'
+                   AND length(x ->> 'excerpt') <= 500 AND parecer._norm(x ->> 'excerpt') <> '') IS NOT TRUE
+            LIMIT 1);
+        IF v_problem IS NOT NULL THEN
+            RETURN v_problem;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- What is wrong with an object that must have exactly these keys, or NULL.
+CREATE OR REPLACE FUNCTION parecer._keys_problem(p_obj jsonb, p_keys text[], p_where text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT CASE
+    WHEN jsonb_typeof(p_obj) IS DISTINCT FROM 'object' THEN p_where || ' must be an object'
+    WHEN NOT (p_obj ?& p_keys) THEN
+        p_where || ' lacks ' || array_to_string(ARRAY(SELECT k FROM unnest(p_keys) k WHERE NOT p_obj ? k), ', ')
+    WHEN (p_obj - p_keys) <> '{}' THEN p_where || ' has unexpected keys'
+END
+$$;
+
+-- Every evidence list of a report with its path: outcome.evidence,
+-- sentiment.evidence, topics[i].evidence, flags[i].evidence.
+CREATE OR REPLACE FUNCTION parecer._evidence_lists(p_report jsonb) RETURNS TABLE (k text, ev jsonb)
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT 'outcome.evidence', p_report #> '{outcome,evidence}'
+UNION ALL
+SELECT 'sentiment.evidence', p_report #> '{sentiment,evidence}'
+UNION ALL
+SELECT pg_catalog.format('topics[%s].evidence', i - 1), t -> 'evidence'
+FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'topics') = 'array' THEN p_report -> 'topics' END)
+     WITH ORDINALITY u(t, i)
+UNION ALL
+SELECT pg_catalog.format('flags[%s].evidence', i - 1), f -> 'evidence'
+FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' THEN p_report -> 'flags' END)
+     WITH ORDINALITY u(f, i)
+$$;
+
+-- The evidence items of a well-formed report that do not occur in the message
+-- they cite, as a JSON array of {path, message_id, excerpt, problem}; empty when
+-- every one is grounded.
+CREATE OR REPLACE FUNCTION parecer._ungrounded(p_report jsonb, p_session_id text) RETURNS jsonb
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (
+        SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                   'path', l.k || '[' || (e.i - 1) || ']',
+                   'message_id', e.x ->> 'message_id',
+                   'excerpt', e.x ->> 'excerpt',
+                   'problem', CASE WHEN EXISTS (SELECT FROM parecer.source_messages m
+                                                WHERE m.message_id = e.x ->> 'message_id' AND m.session_id = p_session_id)
+                                   THEN 'not found in the cited message'
+                                   ELSE 'no such message in this session' END)), '[]')
+        FROM parecer._evidence_lists(p_report) l
+        CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
+        WHERE NOT EXISTS (
+            SELECT FROM parecer.source_messages m
+            WHERE m.message_id = e.x ->> 'message_id' AND m.session_id = p_session_id
+              AND (strpos(lower(m.body), lower(e.x ->> 'excerpt')) > 0
+                   OR strpos(lower(m.transcription), lower(e.x ->> 'excerpt')) > 0
+                   OR strpos(parecer._norm(m.body), parecer._norm(e.x ->> 'excerpt')) > 0
+                   OR strpos(parecer._norm(m.transcription), parecer._norm(e.x ->> 'excerpt')) > 0))
+    );
+END
+$$;
+
+-- Usage: token counts are JSON numbers written as 1 to 12 digits (no sign, fraction or exponent).
+CREATE OR REPLACE FUNCTION parecer._usage_ok(p_usage jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT jsonb_typeof(p_usage) IS NOT DISTINCT FROM 'object'
+   AND COALESCE(jsonb_typeof(p_usage -> 'input_tokens'), 'null') IN ('null', 'number')
+   AND COALESCE(jsonb_typeof(p_usage -> 'cached_input_tokens'), 'null') IN ('null', 'number')
+   AND COALESCE(jsonb_typeof(p_usage -> 'output_tokens'), 'null') IN ('null', 'number')
+   AND length(COALESCE(p_usage ->> 'input_tokens', '0')) BETWEEN 1 AND 12
+   AND ltrim(COALESCE(p_usage ->> 'input_tokens', '0'), '0123456789') = ''
+   AND length(COALESCE(p_usage ->> 'cached_input_tokens', '0')) BETWEEN 1 AND 12
+   AND ltrim(COALESCE(p_usage ->> 'cached_input_tokens', '0'), '0123456789') = ''
+   AND length(COALESCE(p_usage ->> 'output_tokens', '0')) BETWEEN 1 AND 12
+   AND ltrim(COALESCE(p_usage ->> 'output_tokens', '0'), '0123456789') = ''
+$$;
+
+-- Whether a prompt_hash is a sha256 digest in lowercase hex.
+CREATE OR REPLACE FUNCTION parecer._is_sha256_hex(p text) RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT length(p) = 64 AND ltrim(p, '0123456789abcdef') = '' $$;
+
+-- Store the report of an item you hold, once it passes every check. The item's
+-- row is the done attempt: its model, prompt hash, usage and cost stay there.
+CREATE OR REPLACE FUNCTION parecer.mark_done(analysis_id uuid, lease_token uuid, report jsonb, model text,
+                                             prompt_hash text, usage jsonb DEFAULT NULL)
+RETURNS parecer.item_outcome
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_session text;
+    v_topics  text[];
+    v_retries integer;
+    v_client  text;
+    v_slug    text;
+    v_cost    numeric;
+    v_problem text;
+    v_bad     jsonb;
+BEGIN
+    IF mark_done.report IS NULL THEN   -- the UPDATE below would trip the done-needs-a-report CHECK
+        PERFORM parecer._lease(mark_done.analysis_id, mark_done.lease_token);
+        RAISE EXCEPTION 'invalid report: report must be an object'
+            USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
+    END IF;
+    -- The lease is checked by the UPDATE's WHERE (a lease token exists only while the
+    -- item is processing: analyses_state_check). Any error raised after it undoes it:
+    -- a refused report changes nothing.
+    UPDATE parecer.analyses a
+       SET status = 'done', report = mark_done.report, model = mark_done.model,
+           prompt_hash = mark_done.prompt_hash, usage = mark_done.usage, error = NULL,
+           cost_usd = CASE WHEN parecer._usage_ok(mark_done.usage)
+                           THEN parecer._cost(COALESCE(mark_done.model, mark_done.usage ->> 'model', ''), mark_done.usage) END,
+           next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
+           processed_at = now(), updated_at = now()
+     WHERE a.analysis_id = mark_done.analysis_id
+       AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now()
+    RETURNING a.session_id, (SELECT s.topics FROM parecer.scripts s WHERE s.script_id = a.script_id),
+              a.retry_count, a.client_id, a.client_slug, a.cost_usd
+         INTO v_session, v_topics, v_retries, v_client, v_slug, v_cost;
+    IF NOT FOUND THEN
+        PERFORM parecer._lease_refused(mark_done.analysis_id, mark_done.lease_token);
+    END IF;
+
+    IF mark_done.usage IS NOT NULL AND NOT parecer._usage_ok(mark_done.usage) THEN
+        PERFORM parecer._invalid('usage must be a JSON object with non-negative integer token counts, or NULL',
+                                 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}');
+    ELSIF mark_done.prompt_hash IS NULL OR NOT parecer._is_sha256_hex(mark_done.prompt_hash) THEN
+        PERFORM parecer._invalid('prompt_hash must be a sha256 hex digest', 'Use prompt_hash from parecer.prompt_for.');
+    ELSIF mark_done.model IS NULL OR btrim(mark_done.model) = '' OR length(mark_done.model) > 200 THEN
+        PERFORM parecer._invalid('model must name the model that answered', 'Pass the model from the provider''s response.');
+    END IF;
+    v_problem := parecer._report_problem(mark_done.report, v_topics);
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid report: %', v_problem
+            USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
+    END IF;
+    v_bad := parecer._ungrounded(mark_done.report, v_session);
+    IF jsonb_array_length(v_bad) > 0 THEN
+        RAISE EXCEPTION 'ungrounded evidence: % evidence item(s), first citing message "%", not found in the session''s messages',
+                        jsonb_array_length(v_bad), left(v_bad -> 0 ->> 'message_id', 100)
+            USING ERRCODE = 'PR008', DETAIL = v_bad::text,
+                  HINT = 'Every evidence must cite a message_id of this session and an excerpt that occurs in that message''s body or transcription. DETAIL lists the failing items as JSON.';
+    END IF;
+
+    IF mark_done.usage IS NOT NULL THEN
+        PERFORM parecer._add_spend(v_client, v_slug, parecer._budget_day(), mark_done.usage, v_cost);
+    END IF;
+    RETURN ROW('done', v_retries, NULL)::parecer.item_outcome;
+END
+$$;
+COMMENT ON FUNCTION parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb) IS
+'Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session''s messages; its usage and cost stay in the item''s row (parecer.reports, parecer.attempts). A failing report changes nothing. Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011.';
+
+CREATE OR REPLACE VIEW parecer.reports AS
+SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version,
+       a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, a.usage, a.cost_usd
+FROM parecer.analyses a
+JOIN parecer.scripts s ON s.script_id = a.script_id
+WHERE a.status = 'done';
+COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it.';

@@ -1,0 +1,163 @@
+-- Validate a limit key (a label and a model, never an API key).
+CREATE OR REPLACE FUNCTION parecer._limit_key(p_key text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_key IS NULL OR p_key !~ '^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$' THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid limit_key "%s"', COALESCE(left(p_key, 50), 'NULL')),
+                                 'A limit key is "<key label>:<model>", e.g. ''default:gpt-5-mini'' (letters, digits, . _ : / @ -).');
+    END IF;
+    IF p_key ~ '^sk-' THEN
+        PERFORM parecer._invalid('limit_key looks like an API key', 'Use a label for the key, never the key itself.');
+    END IF;
+    RETURN p_key;
+END
+$$;
+
+-- Ask for one request of about `tokens` tokens under a shared limit.
+CREATE OR REPLACE FUNCTION parecer.acquire_rate(limit_key text, tokens integer DEFAULT 1000)
+RETURNS parecer.rate_grant
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key   text := parecer._limit_key(acquire_rate.limit_key);
+    v_row   parecer._rate_limits;
+    v_now   timestamptz := clock_timestamp();
+    v_rpm   double precision;
+    v_tpm   double precision;
+    v_burst double precision := parecer._setting_int('rate_burst_seconds');
+    v_need  double precision;
+    v_req   double precision;
+    v_tok   double precision;
+    v_wait  double precision;
+BEGIN
+    IF tokens IS NULL OR tokens < 0 OR tokens > 10000000 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid tokens: %s', COALESCE(tokens::text, 'NULL')),
+                                 'tokens is the estimated size of the call (prompt + output), 0..10000000.');
+    END IF;
+    INSERT INTO parecer._rate_limits AS r (limit_key, refilled_at)
+    VALUES (v_key, v_now)
+    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
+    SELECT * INTO v_row FROM parecer._rate_limits r WHERE r.limit_key = v_key FOR UPDATE;
+
+    v_rpm := COALESCE(v_row.rpm, parecer._setting_int('default_rpm'));
+    v_tpm := COALESCE(v_row.tpm, parecer._setting_int('default_tpm'));
+    v_need := LEAST(tokens, v_tpm);
+    -- refill since the last call; buckets hold at most rate_burst_seconds of the rate
+    v_req := LEAST(GREATEST(1.0, v_rpm * v_burst / 60.0),
+                   v_row.req_tokens + extract(epoch FROM v_now - v_row.refilled_at) * v_rpm / 60.0);
+    v_tok := LEAST(GREATEST(v_need, v_tpm * v_burst / 60.0),
+                   v_row.tok_tokens + extract(epoch FROM v_now - v_row.refilled_at) * v_tpm / 60.0);
+
+    IF v_row.paused_until > v_now THEN
+        v_wait := extract(epoch FROM v_row.paused_until - v_now);
+        UPDATE parecer._rate_limits r SET req_tokens = 0, tok_tokens = v_tok, refilled_at = v_now
+         WHERE r.limit_key = v_key;
+        RETURN ROW(false, v_wait)::parecer.rate_grant;
+    END IF;
+
+    IF v_req >= 1.0 AND v_tok >= v_need THEN
+        UPDATE parecer._rate_limits r
+           SET req_tokens = v_req - 1.0, tok_tokens = v_tok - v_need, refilled_at = v_now,
+               granted = r.granted + 1, updated_at = v_now
+         WHERE r.limit_key = v_key;
+        RETURN ROW(true, 0.0)::parecer.rate_grant;
+    END IF;
+
+    v_wait := GREATEST((1.0 - v_req) * 60.0 / v_rpm, (v_need - v_tok) * 60.0 / v_tpm, 0.01);
+    UPDATE parecer._rate_limits r SET req_tokens = v_req, tok_tokens = v_tok, refilled_at = v_now
+     WHERE r.limit_key = v_key;
+    RETURN ROW(false, v_wait)::parecer.rate_grant;
+END
+$$;
+COMMENT ON FUNCTION parecer.acquire_rate(text, integer) IS
+'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010.';
+
+-- Feed back what the provider said: 429 Retry-After pauses every runner of the key; remaining headers; actual tokens.
+CREATE OR REPLACE FUNCTION parecer.report_rate(
+    limit_key           text,
+    retry_after_seconds double precision DEFAULT NULL,
+    remaining_requests  integer DEFAULT NULL,
+    remaining_tokens    integer DEFAULT NULL,
+    reset_seconds       double precision DEFAULT NULL,
+    estimated_tokens    integer DEFAULT NULL,
+    actual_tokens       integer DEFAULT NULL,
+    reason              text DEFAULT NULL
+) RETURNS timestamptz
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key   text := parecer._limit_key(report_rate.limit_key);
+    v_now   timestamptz := clock_timestamp();
+    v_pause timestamptz;
+BEGIN
+    IF retry_after_seconds < 0 OR retry_after_seconds > 86400 OR reset_seconds < 0 OR reset_seconds > 86400 THEN
+        PERFORM parecer._invalid('retry_after_seconds and reset_seconds must be between 0 and 86400', 'Pass the provider''s Retry-After in seconds.');
+    END IF;
+    INSERT INTO parecer._rate_limits AS r (limit_key) VALUES (v_key) ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
+    IF retry_after_seconds IS NOT NULL THEN
+        v_pause := v_now + make_interval(secs => retry_after_seconds);
+    ELSIF remaining_requests = 0 AND reset_seconds IS NOT NULL THEN
+        v_pause := v_now + make_interval(secs => reset_seconds);
+    END IF;
+    UPDATE parecer._rate_limits r
+       SET paused_until = CASE WHEN v_pause > COALESCE(r.paused_until, '-infinity') THEN v_pause ELSE r.paused_until END,
+           pause_reason = CASE WHEN v_pause > COALESCE(r.paused_until, '-infinity')
+                               THEN left(COALESCE(report_rate.reason, 'rate limited by the provider'), 200) ELSE r.pause_reason END,
+           -- after a pause, start from an empty request bucket: the rate ramps back up
+           req_tokens = CASE WHEN v_pause IS NOT NULL THEN 0 ELSE r.req_tokens END,
+           throttled = r.throttled + (retry_after_seconds IS NOT NULL)::int,
+           tok_tokens = r.tok_tokens + CASE WHEN estimated_tokens IS NOT NULL AND actual_tokens IS NOT NULL
+                                            THEN GREATEST(estimated_tokens - actual_tokens, -1000000) ELSE 0 END,
+           observed_remaining_requests = COALESCE(remaining_requests, r.observed_remaining_requests),
+           observed_remaining_tokens = COALESCE(remaining_tokens, r.observed_remaining_tokens),
+           observed_at = CASE WHEN remaining_requests IS NOT NULL OR remaining_tokens IS NOT NULL THEN v_now ELSE r.observed_at END,
+           updated_at = v_now
+     WHERE r.limit_key = v_key
+    RETURNING CASE WHEN r.paused_until > v_now THEN r.paused_until END INTO v_pause;
+    RETURN v_pause;
+END
+$$;
+COMMENT ON FUNCTION parecer.report_rate(text, double precision, integer, integer, double precision, integer, integer, text) IS
+'Feed back the provider''s answer for limit_key: a 429''s Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. Returns the pause end (NULL: not paused). Errors: PR010.';
+
+-- The shared limits, as runners see them.
+CREATE OR REPLACE VIEW parecer.rate_limits AS
+SELECT r.limit_key,
+       COALESCE(r.rpm, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
+                        WHERE st.name = 'default_rpm')) AS rpm,
+       COALESCE(r.tpm, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
+                        WHERE st.name = 'default_tpm')) AS tpm,
+       r.rpm IS NULL AND r.tpm IS NULL AS is_default,
+       CASE WHEN r.paused_until > clock_timestamp() THEN r.paused_until END AS paused_until,
+       CASE WHEN r.paused_until > clock_timestamp() THEN r.pause_reason END AS pause_reason,
+       r.granted, r.throttled, r.observed_remaining_requests, r.observed_remaining_tokens, r.observed_at,
+       r.updated_at
+FROM parecer._rate_limits r
+ORDER BY r.limit_key;
+COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported.';
+
+-- Set (or with NULLs reset to the defaults) the limits of a key + model.
+CREATE OR REPLACE FUNCTION parecer.set_rate_limit(limit_key text, rpm integer DEFAULT NULL, tpm integer DEFAULT NULL)
+RETURNS SETOF parecer.rate_limits
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key text := parecer._limit_key(set_rate_limit.limit_key);
+BEGIN
+    IF rpm IS NOT NULL AND (rpm < 1 OR rpm > 1000000) OR tpm IS NOT NULL AND (tpm < 100 OR tpm > 1000000000) THEN
+        PERFORM parecer._invalid('rpm must be 1..1000000 and tpm 100..1000000000', 'Seed 003 ran at 80% of the official limits: e.g. rpm => 400, tpm => 160000.');
+    END IF;
+    INSERT INTO parecer._rate_limits AS r (limit_key, rpm, tpm) VALUES (v_key, rpm, tpm)
+    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO UPDATE SET rpm = EXCLUDED.rpm, tpm = EXCLUDED.tpm, updated_at = now();
+    RETURN QUERY SELECT * FROM parecer.rate_limits l WHERE l.limit_key = v_key;
+END
+$$;
+COMMENT ON FUNCTION parecer.set_rate_limit(text, integer, integer) IS
+'Configure requests and tokens per minute for a provider key label + model (NULL: the default_rpm / default_tpm settings). Errors: PR010.';

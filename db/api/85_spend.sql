@@ -1,0 +1,324 @@
+CREATE OR REPLACE VIEW parecer.model_prices AS
+SELECT p.model, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok, p.source, p.taken_on
+FROM parecer._model_prices p ORDER BY p.model;
+COMMENT ON VIEW parecer.model_prices IS 'Model prices in USD per million tokens (input, cached input, output), with where and when they were taken.';
+
+-- Add or change a model's price.
+CREATE OR REPLACE FUNCTION parecer.set_model_price(model text, input_usd_per_mtok numeric, cached_input_usd_per_mtok numeric,
+                                        output_usd_per_mtok numeric, source text DEFAULT 'set by operator',
+                                        taken_on date DEFAULT CURRENT_DATE)
+RETURNS SETOF parecer.model_prices
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF model IS NULL OR model !~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$' THEN
+        PERFORM parecer._invalid('invalid model name', 'e.g. gpt-5-mini (prices match by prefix).');
+    END IF;
+    IF input_usd_per_mtok IS NULL OR cached_input_usd_per_mtok IS NULL OR output_usd_per_mtok IS NULL
+       OR LEAST(input_usd_per_mtok, cached_input_usd_per_mtok, output_usd_per_mtok) < 0
+       OR GREATEST(input_usd_per_mtok, cached_input_usd_per_mtok, output_usd_per_mtok) > 100000 THEN
+        PERFORM parecer._invalid('prices must be numbers between 0 and 100000 USD per million tokens', 'e.g. 0.25, 0.025, 2.00');
+    END IF;
+    INSERT INTO parecer._model_prices AS p VALUES (model, input_usd_per_mtok, cached_input_usd_per_mtok,
+        output_usd_per_mtok, COALESCE(left(source, 200), 'set by operator'), COALESCE(taken_on, CURRENT_DATE))
+    ON CONFLICT ON CONSTRAINT _model_prices_pkey DO UPDATE
+        SET input_usd_per_mtok = EXCLUDED.input_usd_per_mtok,
+            cached_input_usd_per_mtok = EXCLUDED.cached_input_usd_per_mtok,
+            output_usd_per_mtok = EXCLUDED.output_usd_per_mtok,
+            source = EXCLUDED.source, taken_on = EXCLUDED.taken_on;
+    RETURN QUERY SELECT * FROM parecer.model_prices mp WHERE mp.model = set_model_price.model;
+END
+$$;
+COMMENT ON FUNCTION parecer.set_model_price(text, numeric, numeric, numeric, text, date) IS
+'Add or change a model''s price (USD per million input, cached input and output tokens). Errors: PR010.';
+
+CREATE OR REPLACE FUNCTION parecer._cost(p_model text, p_usage jsonb) RETURNS numeric
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (
+        SELECT round((GREATEST(COALESCE((p_usage ->> 'input_tokens')::numeric, 0)
+                               - COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0), 0) * p.input_usd_per_mtok
+                     + COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0) * p.cached_input_usd_per_mtok
+                     + COALESCE((p_usage ->> 'output_tokens')::numeric, 0) * p.output_usd_per_mtok) / 1000000, 8)
+        FROM parecer._model_prices p
+        WHERE starts_with(p_model, p.model)
+        ORDER BY length(p.model) DESC
+        LIMIT 1);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION parecer._budget_day(p_ts timestamptz DEFAULT now()) RETURNS date
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (p_ts AT TIME ZONE parecer._setting('budget_timezone'))::date;
+END
+$$;
+
+-- Add an attempt's usage and cost to its client's spend of the day, and raise the
+-- budget alerts when the client has a budget.
+CREATE OR REPLACE FUNCTION parecer._add_spend(p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_shard   smallint := pg_backend_pid() % 16;
+    v_daily   numeric;
+    v_monthly numeric;
+BEGIN
+    -- Counters are sharded by backend so that concurrent calls for one client do not
+    -- serialise on one row; readers sum the shards. A plain UPDATE first: the upsert's
+    -- conflict path locks the row and writes one more WAL record per attempt.
+    UPDATE parecer._spend s
+       SET attempts = s.attempts + 1,
+           input_tokens = s.input_tokens + COALESCE((p_usage ->> 'input_tokens')::bigint, 0),
+           cached_input_tokens = s.cached_input_tokens + COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
+           output_tokens = s.output_tokens + COALESCE((p_usage ->> 'output_tokens')::bigint, 0),
+           cost_usd = s.cost_usd + COALESCE(p_cost, 0)
+     WHERE s.client_id = p_client_id AND s.day = p_day AND s.shard = v_shard
+    RETURNING (SELECT pol.daily_budget_usd FROM parecer._client_policy pol WHERE pol.client_id = p_client_id),
+              (SELECT pol.monthly_budget_usd FROM parecer._client_policy pol WHERE pol.client_id = p_client_id)
+         INTO v_daily, v_monthly;
+    IF NOT FOUND THEN
+        INSERT INTO parecer._spend AS s (client_id, client_slug, day, shard, attempts, input_tokens,
+                                         cached_input_tokens, output_tokens, cost_usd)
+        VALUES (p_client_id, p_client_slug, p_day, v_shard, 1,
+                COALESCE((p_usage ->> 'input_tokens')::bigint, 0), COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
+                COALESCE((p_usage ->> 'output_tokens')::bigint, 0), COALESCE(p_cost, 0))
+        ON CONFLICT (client_id, day, shard) DO UPDATE
+            SET attempts = s.attempts + 1, input_tokens = s.input_tokens + EXCLUDED.input_tokens,
+                cached_input_tokens = s.cached_input_tokens + EXCLUDED.cached_input_tokens,
+                output_tokens = s.output_tokens + EXCLUDED.output_tokens, cost_usd = s.cost_usd + EXCLUDED.cost_usd;
+        SELECT pol.daily_budget_usd, pol.monthly_budget_usd INTO v_daily, v_monthly
+        FROM parecer._client_policy pol WHERE pol.client_id = p_client_id;
+    END IF;
+    IF v_daily IS NOT NULL OR v_monthly IS NOT NULL THEN
+        PERFORM parecer._budget_alerts_check(p_client_id, p_client_slug, p_day, v_daily, v_monthly);
+    END IF;
+END
+$$;
+
+-- Every client that ever had work gets a policy row (default priority, no budget).
+CREATE OR REPLACE FUNCTION parecer._register_clients() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO parecer._client_policy (client_id, client_slug)
+    SELECT DISTINCT n.client_id, n.client_slug FROM new_rows n
+    ON CONFLICT (client_id) DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION parecer._register_clients();
+
+-- Budget state per client right now. Views reached by parecer_reader call no
+-- functions of ours (a view's functions run with the reader's rights): the
+-- budget calendar is inlined here.
+CREATE OR REPLACE VIEW parecer._budget_state AS
+WITH cal AS (
+    SELECT (now() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
+                                WHERE st.name = 'budget_timezone'))::date AS today
+)
+SELECT p.client_id, p.client_slug, p.priority, p.daily_budget_usd, p.monthly_budget_usd,
+       sp.spent_today, sp.spent_month,
+       CASE
+           WHEN p.daily_budget_usd IS NOT NULL AND sp.spent_today >= p.daily_budget_usd
+               THEN pg_catalog.format('daily budget reached: %s of %s USD', round(sp.spent_today, 4), p.daily_budget_usd)
+           WHEN p.monthly_budget_usd IS NOT NULL AND sp.spent_month >= p.monthly_budget_usd
+               THEN pg_catalog.format('monthly budget reached: %s of %s USD', round(sp.spent_month, 4), p.monthly_budget_usd)
+       END AS blocked_reason
+FROM parecer._client_policy p
+CROSS JOIN cal
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0) AS spent_today,
+           COALESCE(sum(s.cost_usd), 0) AS spent_month
+    FROM parecer._spend s
+    WHERE s.client_id = p.client_id AND s.day >= date_trunc('month', cal.today)::date AND s.day <= cal.today
+) sp;
+
+-- Why claim holds a client's work back, as PL/pgSQL for the same reason: the
+-- claim asks it for every client with a budget, on every call, and as a SQL
+-- function it re-planned the budget-state view each time.
+CREATE OR REPLACE FUNCTION parecer._blocked_reason(p_client_id text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT b.blocked_reason FROM parecer._budget_state b WHERE b.client_id = p_client_id);
+END
+$$;
+
+-- Raise budget alerts (NOTIFY parecer_budget, once per client, period and threshold) at 80% and 100%.
+CREATE OR REPLACE FUNCTION parecer._budget_alerts_check(p_client_id text, p_client_slug text, p_day date,
+                                             p_daily numeric, p_monthly numeric) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_spent  numeric;
+    v_period text;
+    v_budget numeric;
+    v_start  date;
+    v_pct    integer;
+BEGIN
+    FOREACH v_period IN ARRAY ARRAY['day', 'month'] LOOP
+        v_budget := CASE v_period WHEN 'day' THEN p_daily ELSE p_monthly END;
+        CONTINUE WHEN v_budget IS NULL;
+        v_start := CASE v_period WHEN 'day' THEN p_day ELSE date_trunc('month', p_day)::date END;
+        SELECT COALESCE(sum(s.cost_usd), 0) INTO v_spent FROM parecer._spend s
+         WHERE s.client_id = p_client_id AND s.day >= v_start AND s.day <= p_day;
+        FOREACH v_pct IN ARRAY ARRAY[80, 100] LOOP
+            IF v_spent >= v_budget * v_pct / 100.0 THEN
+                INSERT INTO parecer._budget_alerts (client_id, period, period_start, threshold, spent_usd, budget_usd)
+                VALUES (p_client_id, v_period, v_start, v_pct, v_spent, v_budget)
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    PERFORM pg_notify('parecer_budget', json_build_object(
+                        'client', p_client_slug, 'period', v_period, 'threshold', v_pct,
+                        'spent_usd', round(v_spent, 4), 'budget_usd', v_budget)::text);
+                END IF;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- Budgets and spend per client.
+CREATE OR REPLACE VIEW parecer.budgets AS
+SELECT b.client_slug, b.priority, b.daily_budget_usd, b.spent_today AS spent_today_usd,
+       b.monthly_budget_usd, b.spent_month AS spent_month_usd, b.blocked_reason
+FROM parecer._budget_state b
+ORDER BY b.client_slug;
+COMMENT ON VIEW parecer.budgets IS 'Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).';
+
+CREATE OR REPLACE VIEW parecer.spend_daily AS
+SELECT s.client_slug, s.day, sum(s.attempts)::bigint AS attempts, sum(s.input_tokens)::bigint AS input_tokens,
+       sum(s.cached_input_tokens)::bigint AS cached_input_tokens, sum(s.output_tokens)::bigint AS output_tokens,
+       sum(s.cost_usd) AS cost_usd
+FROM parecer._spend s GROUP BY s.client_slug, s.day ORDER BY s.day DESC, s.client_slug;
+COMMENT ON VIEW parecer.spend_daily IS 'Tokens and cost per client and day (budget_timezone calendar), all attempts included (failed ones cost too).';
+
+CREATE OR REPLACE VIEW parecer.spend_monthly AS
+SELECT s.client_slug, date_trunc('month', s.day)::date AS month, sum(s.attempts)::bigint AS attempts,
+       sum(s.input_tokens)::bigint AS input_tokens, sum(s.cached_input_tokens)::bigint AS cached_input_tokens,
+       sum(s.output_tokens)::bigint AS output_tokens, sum(s.cost_usd) AS cost_usd
+FROM parecer._spend s GROUP BY 1, 2 ORDER BY 2 DESC, 1;
+COMMENT ON VIEW parecer.spend_monthly IS 'Tokens and cost per client and month.';
+
+-- Set a client's daily / monthly budget in USD (NULL: none).
+CREATE OR REPLACE FUNCTION parecer.set_budget(client_slug text, daily_usd numeric DEFAULT NULL, monthly_usd numeric DEFAULT NULL)
+RETURNS SETOF parecer.budgets
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_client record := parecer._client(set_budget.client_slug);
+BEGIN
+    IF daily_usd < 0 OR monthly_usd < 0 OR daily_usd > 1e9 OR monthly_usd > 1e9 THEN
+        PERFORM parecer._invalid('budgets must be between 0 and 1e9 USD', 'e.g. daily_usd => 5, monthly_usd => 100 (seed 003''s thresholds); NULL for none.');
+    END IF;
+    INSERT INTO parecer._client_policy AS p (client_id, client_slug, daily_budget_usd, monthly_budget_usd)
+    VALUES (v_client.client_id, v_client.client_slug, daily_usd, monthly_usd)
+    ON CONFLICT (client_id) DO UPDATE SET daily_budget_usd = EXCLUDED.daily_budget_usd,
+        monthly_budget_usd = EXCLUDED.monthly_budget_usd, updated_at = now();
+    RETURN QUERY SELECT * FROM parecer.budgets b WHERE b.client_slug = v_client.client_slug;
+END
+$$;
+COMMENT ON FUNCTION parecer.set_budget(text, numeric, numeric) IS
+'Set a client''s daily and monthly budget in USD (NULL: no limit). A client at or over budget gets no work from claim (fail-closed) until the period turns; alerts at 80% and 100% (NOTIFY parecer_budget). Errors: PR001, PR010.';
+
+-- Set a client's claim priority (weight in the round-robin: 2 gets twice the share of 1).
+CREATE OR REPLACE FUNCTION parecer.set_client_priority(client_slug text, priority integer)
+RETURNS SETOF parecer.budgets
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_client record := parecer._client(set_client_priority.client_slug);
+BEGIN
+    IF priority IS NULL OR priority < 1 OR priority > 100 THEN
+        PERFORM parecer._invalid('priority must be between 1 and 100', 'The weight of the client in claim''s round-robin: 2 gets twice the share of 1 (VIP first).');
+    END IF;
+    INSERT INTO parecer._client_policy AS p (client_id, client_slug, priority)
+    VALUES (v_client.client_id, v_client.client_slug, priority)
+    ON CONFLICT (client_id) DO UPDATE SET priority = EXCLUDED.priority, updated_at = now();
+    RETURN QUERY SELECT * FROM parecer.budgets b WHERE b.client_slug = v_client.client_slug;
+END
+$$;
+COMMENT ON FUNCTION parecer.set_client_priority(text, integer) IS
+'Set a client''s weight in claim''s round-robin (1..100, default 1): with weights 2 and 1, two items of the first per item of the second. Errors: PR001, PR010.';
+
+-- Queue overview with spend: extend status with the budget state.
+CREATE OR REPLACE VIEW parecer.client_status AS
+SELECT b.client_slug, b.priority,
+       COALESCE(q.pending, 0) AS pending, COALESCE(q.processing, 0) AS processing, COALESCE(q.done, 0) AS done,
+       COALESCE(q.retrying, 0) AS retrying, COALESCE(q.failed, 0) AS failed,
+       b.spent_today_usd, b.daily_budget_usd, b.spent_month_usd, b.monthly_budget_usd, b.blocked_reason
+FROM parecer.budgets b
+LEFT JOIN (SELECT qs.client_slug, sum(qs.pending) AS pending, sum(qs.processing) AS processing, sum(qs.done) AS done,
+                  sum(qs.retrying) AS retrying, sum(qs.failed) AS failed
+           FROM parecer.queue_status qs GROUP BY qs.client_slug) q ON q.client_slug = b.client_slug
+ORDER BY b.client_slug;
+COMMENT ON VIEW parecer.client_status IS 'Per client: queue counts, spend today and this month against budgets, and why claim is holding its work back.';
+
+CREATE OR REPLACE VIEW parecer._finished_attempts AS
+SELECT t.analysis_id, t.attempt, t.worker, t.lease_token, t.claimed_at, t.finished_at, t.outcome, t.error,
+       t.model, t.prompt_hash, t.usage, t.cost_usd
+FROM parecer._attempts t
+UNION ALL
+SELECT a.analysis_id, a.claims, COALESCE(a.worker, '?'), NULL::uuid, COALESCE(a.started_at, a.processed_at), a.processed_at,
+       'done', NULL::text, a.model, a.prompt_hash, a.usage, a.cost_usd
+FROM parecer.analyses a
+WHERE a.status = 'done' AND a.claims > 0;
+COMMENT ON VIEW parecer._finished_attempts IS
+'Every attempt that ended: the rows of parecer._attempts and, for each done item, the attempt that finished it (the item''s row).';
+
+CREATE OR REPLACE VIEW parecer.attempts AS
+SELECT t.analysis_id, t.attempt, t.worker, t.claimed_at, t.finished_at,
+       t.outcome, t.error, t.model, t.usage,
+       a.client_slug, a.session_id, t.cost_usd
+FROM parecer._finished_attempts t
+JOIN parecer.analyses a ON a.analysis_id = t.analysis_id
+UNION ALL
+SELECT a.analysis_id, a.claims, a.worker, a.started_at, NULL::timestamptz,
+       'processing', NULL::text, NULL::text, NULL::jsonb,
+       a.client_slug, a.session_id, NULL::numeric
+FROM parecer.analyses a
+WHERE a.status = 'processing';
+COMMENT ON VIEW parecer.attempts IS 'Attempt history: one row per claim (outcome done, failed, released, expired, reset, or processing while in flight), with its usage and cost.';
+
+CREATE OR REPLACE VIEW parecer.run_costs AS
+SELECT ri.run_id, count(t.*) FILTER (WHERE t.usage IS NOT NULL) AS attempts,
+       COALESCE(sum((t.usage ->> 'input_tokens')::bigint), 0) AS input_tokens,
+       COALESCE(sum((t.usage ->> 'cached_input_tokens')::bigint), 0) AS cached_input_tokens,
+       COALESCE(sum((t.usage ->> 'output_tokens')::bigint), 0) AS output_tokens,
+       COALESCE(sum(t.cost_usd), 0) AS cost_usd
+FROM parecer.run_items ri
+LEFT JOIN parecer._finished_attempts t ON t.analysis_id = ri.analysis_id
+GROUP BY ri.run_id;
+COMMENT ON VIEW parecer.run_costs IS 'Tokens and cost per run (every attempt of the run''s items).';
+
+CREATE OR REPLACE FUNCTION parecer.estimate_cost(script_id bigint, sessions integer) RETURNS numeric
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH per_script AS (
+        SELECT sum(t.cost_usd) / NULLIF(count(DISTINCT a.analysis_id) FILTER (WHERE a.status = 'done'), 0) AS c
+        FROM parecer.analyses a JOIN parecer._finished_attempts t ON t.analysis_id = a.analysis_id
+        WHERE a.script_id = estimate_cost.script_id AND t.cost_usd IS NOT NULL
+    ), per_client AS (
+        SELECT sum(t.cost_usd) / NULLIF(count(DISTINCT a.analysis_id) FILTER (WHERE a.status = 'done'), 0) AS c
+        FROM parecer.analyses a JOIN parecer._finished_attempts t ON t.analysis_id = a.analysis_id
+        WHERE a.client_id = (SELECT s.client_id FROM parecer.scripts s WHERE s.script_id = estimate_cost.script_id)
+          AND t.cost_usd IS NOT NULL
+    )
+    SELECT round(COALESCE((SELECT c FROM per_script), (SELECT c FROM per_client)) * GREATEST(sessions, 0), 4)
+$$;
+COMMENT ON FUNCTION parecer.estimate_cost(bigint, integer) IS
+'Estimated cost in USD of analysing `sessions` sessions with a script: the average cost per done analysis (all attempts included) of the script, else of its client; NULL without history.';

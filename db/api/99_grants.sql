@@ -1,0 +1,66 @@
+-- Who may do what: the whole role matrix, in one place.
+--
+-- Every public function is SECURITY DEFINER with a pinned search_path, so a
+-- role needs EXECUTE on it and nothing else: no role has any privilege on a
+-- table, and private `_` helpers are executable by their owner only.
+-- docs/sql-api.md shows this matrix; tests/test_roles.py checks it.
+--
+--   parecer_reader   read results and summaries
+--   parecer_runner   claim, read the prompt, heartbeat, report, release, rate limits
+--   parecer_admin    scripts, runs, settings, budgets, prices (and all a reader may)
+
+-- Start from nothing (functions are executable by PUBLIC when created; a
+-- per-schema default privilege cannot take that back).
+REVOKE ALL ON SCHEMA parecer FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA parecer FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA parecer FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES IN SCHEMA parecer REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+GRANT USAGE ON SCHEMA parecer TO parecer_admin, parecer_runner, parecer_reader;
+
+-- parecer_reader: results and summaries.
+GRANT SELECT ON
+    parecer.reports, parecer.attempts, parecer.queue_status, parecer.runs_overview, parecer.settings,
+    parecer.rate_limits, parecer.model_prices, parecer.budgets, parecer.spend_daily, parecer.spend_monthly,
+    parecer.run_costs, parecer.client_status
+TO parecer_reader;
+GRANT EXECUTE ON FUNCTION
+    parecer.run_summary(bigint)
+TO parecer_reader;
+
+-- parecer_runner: claim, read the prompt, heartbeat, report, release; the shared rate limiter.
+GRANT EXECUTE ON FUNCTION
+    parecer.claim(text, integer, integer, text, boolean),
+    parecer.prompt_for(uuid),
+    parecer.session_transcript(text),
+    parecer.extend_lease(uuid, uuid, integer),
+    parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb),
+    parecer.mark_failed(uuid, uuid, text, boolean, jsonb),
+    parecer.release(uuid, uuid, integer, text),
+    parecer.next_due(text),
+    parecer.acquire_rate(text, integer),
+    parecer.report_rate(text, double precision, integer, integer, double precision, integer, integer, text)
+TO parecer_runner;
+
+-- parecer_admin: everything a reader may, scripts, runs, settings, budgets and
+-- prices, and the client list (so the PR001 hint can be followed). No other host data.
+GRANT parecer_reader TO parecer_admin;
+GRANT SELECT ON parecer.source_clients TO parecer_admin;
+GRANT EXECUTE ON FUNCTION
+    parecer.set_setting(text, text),
+    parecer.create_script_version(text, text, text, text[], text, text, boolean),
+    parecer.list_scripts(text, text, boolean),
+    parecer.resolve_script(text, text, integer),
+    parecer.activate_script(text, text, integer, boolean),
+    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean),
+    parecer.enqueue(text[], bigint, text, boolean, bigint),
+    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean),
+    parecer.retry_failed(bigint, text, text),
+    parecer.set_run_backlog(bigint, boolean),
+    parecer.estimate_cost(bigint, integer),
+    parecer.session_transcript(text),
+    parecer.prompt_for(uuid),
+    parecer.set_rate_limit(text, integer, integer),
+    parecer.set_model_price(text, numeric, numeric, numeric, text, date),
+    parecer.set_budget(text, numeric, numeric),
+    parecer.set_client_priority(text, integer)
+TO parecer_admin;
