@@ -709,24 +709,28 @@ CREATE OR REPLACE FUNCTION parecer._candidates(p_client_id text, p_limit integer
  LANGUAGE plpgsql
  SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
+DECLARE
+    v_n integer;
 BEGIN
     RETURN QUERY
-    (SELECT a.analysis_id, false
-     FROM parecer.analyses a
-     WHERE a.client_id = p_client_id AND NOT a.backlog
-       AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
-     ORDER BY a.session_ended_at DESC NULLS LAST, a.created_at DESC
-     LIMIT p_limit
-     FOR UPDATE SKIP LOCKED)
-    UNION ALL
-    (SELECT a.analysis_id, true
-     FROM parecer.analyses a
-     WHERE a.client_id = p_client_id AND a.backlog
-       AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
-     ORDER BY a.session_ended_at ASC NULLS FIRST, a.created_at
-     LIMIT p_limit
-     FOR UPDATE SKIP LOCKED)
-    LIMIT p_limit;
+    SELECT a.analysis_id, false
+    FROM parecer.analyses a
+    WHERE a.client_id = p_client_id AND NOT a.backlog
+      AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
+    ORDER BY a.session_ended_at DESC NULLS LAST, a.created_at DESC
+    LIMIT p_limit
+    FOR UPDATE SKIP LOCKED;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    IF v_n < p_limit THEN
+        RETURN QUERY
+        SELECT a.analysis_id, true
+        FROM parecer.analyses a
+        WHERE a.client_id = p_client_id AND a.backlog
+          AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
+        ORDER BY a.session_ended_at ASC NULLS FIRST, a.created_at
+        LIMIT p_limit - v_n
+        FOR UPDATE SKIP LOCKED;
+    END IF;
 END
 $function$
 

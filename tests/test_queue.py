@@ -122,7 +122,7 @@ def test_backoff_exact_values_then_terminal(conn: psycopg.Connection[Any]) -> No
     expected = [timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15)]
     for n in range(1, 5):
         # now() is fixed inside one transaction; move the retry into the past to claim again
-        conn.execute("UPDATE parecer.analyses SET next_retry_at = now() WHERE status = 'failed'")
+        conn.execute("UPDATE parecer.analyses SET next_retry_at = now() WHERE status = 'pending'")
         [item] = claim(conn)
         assert item["attempt"] == n
         out = conn.execute("SELECT * FROM parecer.mark_failed(%s, %s, 'boom')",
@@ -130,7 +130,7 @@ def test_backoff_exact_values_then_terminal(conn: psycopg.Connection[Any]) -> No
         now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
         assert out is not None
         if n < 4:
-            assert out == {"status": "failed", "retry_count": n, "next_retry_at": now + expected[n - 1]}
+            assert out == {"status": "pending", "retry_count": n, "next_retry_at": now + expected[n - 1]}
         else:
             assert out == {"status": "failed", "retry_count": 4, "next_retry_at": None}
     conn.execute("UPDATE parecer.analyses SET updated_at = now()")
@@ -181,7 +181,7 @@ def test_stale_runner_cannot_overwrite_newer_result(db_url: str) -> None:
         # the slow runner's lease runs out; another runner takes the item over
         c.execute("UPDATE parecer.analyses SET lease_expires_at = now() - interval '1 second'")
         assert claim(c, "fast") == []  # recovers the expired item: a failed attempt, with backoff
-        assert state(c, old["analysis_id"])["status"] == "failed"
+        assert state(c, old["analysis_id"])["status"] == "pending"
         c.execute("UPDATE parecer.analyses SET next_retry_at = now() - interval '1 second'")
         [new] = claim(c, "fast")
         assert new["analysis_id"] == old["analysis_id"] and new["lease_token"] != old["lease_token"]

@@ -82,7 +82,7 @@ def test_dry_run_counts_and_writes_nothing(conn: psycopg.Connection[Any]) -> Non
     r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', dry_run => true)").fetchone()
     assert table_checksum(conn) == before
     assert r == {"run_id": None, "dry_run": True, "eligible": 6, "already_done": 1, "already_queued": 2,
-                 "would_enqueue": 5, "would_process_now": 4, "enqueued": 0, "reset": 0}
+                 "would_enqueue": 5, "would_process_now": 4, "enqueued": 0, "reset": 0, "estimated_cost_usd": None}
     forced = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', dry_run => true, force_reprocess => true)").fetchone()
     assert forced is not None and forced["would_enqueue"] == 6 and forced["would_process_now"] == 6
     capped = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', dry_run => true, max_sessions => 2)").fetchone()

@@ -65,13 +65,11 @@ class Item:
     token: uuid.UUID | None = None
     expired: bool = False        # lease forced into the past, not yet collected by a claim
     due: bool = True             # next_retry_at NULL or in the past
-    terminal: bool = False       # failed with next_retry_at NULL
+    terminal: bool = False       # status failed (terminal)
     delayed: bool = False        # pending with next_retry_at set (a release with a delay)
 
     def claimable(self, max_attempts: int) -> bool:
-        if self.status == "pending":
-            return self.due
-        return self.status == "failed" and not self.terminal and self.due and self.retry_count < max_attempts
+        return self.status == "pending" and self.due
 
 
 def expect_error(code: str, fn: Any) -> None:
@@ -137,9 +135,10 @@ def test_queue_state_machine(db_url: str) -> None:
             """What _expire_leases does at the start of a claim: an expired lease is a failed attempt."""
             for it in self.ordered():
                 if it.status == "processing" and it.expired:
-                    it.status, it.retry_count = "failed", it.retry_count + 1
+                    it.retry_count += 1
                     it.terminal = it.retry_count >= self.max_attempts
-                    it.due = False
+                    it.status = "failed" if it.terminal else "pending"
+                    it.due, it.delayed = False, False
                     self.drop_lease(it)
 
         def apply_claim(self, rows: list[dict[str, Any]], claimable: list[Item], n: int) -> None:
@@ -278,11 +277,12 @@ def test_queue_state_machine(db_url: str) -> None:
                 return
             row = conns[c].execute(sql, (it.analysis_id, token, retryable)).fetchone()
             assert row is not None
-            it.status, it.retry_count = "failed", it.retry_count + 1
+            it.retry_count += 1
             it.terminal = not retryable or it.retry_count >= self.max_attempts
-            it.due = False
+            it.status = "failed" if it.terminal else "pending"
+            it.due, it.delayed = False, False
             self.drop_lease(it)
-            assert row["status"] == "failed" and row["retry_count"] == it.retry_count, (row, it)
+            assert row["status"] == it.status and row["retry_count"] == it.retry_count, (row, it)
             assert (row["next_retry_at"] is None) == it.terminal, (row, it)
             self.count("mark_failed terminal" if it.terminal else "mark_failed retry")
 
@@ -302,13 +302,13 @@ def test_queue_state_machine(db_url: str) -> None:
                 return
             row = conns[c].execute(sql, (it.analysis_id, token, delay)).fetchone()
             assert row is not None
-            it.status = "pending" if it.retry_count == 0 else "failed"
-            it.due, it.delayed = delay == 0, it.status == "pending" and delay > 0
             # No retry left (max_attempts lowered while it was in flight): terminal, not stranded.
-            it.terminal = it.status == "failed" and it.retry_count >= self.max_attempts
+            it.terminal = it.retry_count >= self.max_attempts
+            it.status = "failed" if it.terminal else "pending"
+            it.due, it.delayed = delay == 0, it.status == "pending" and delay > 0
             self.drop_lease(it)
             assert row["status"] == it.status and row["retry_count"] == it.retry_count, (row, it)
-            assert (row["next_retry_at"] is None) == ((it.status == "pending" and delay == 0) or it.terminal), row
+            assert (row["next_retry_at"] is None) == (delay == 0 or it.terminal), row
             self.count("release, no retry left" if it.terminal else "release")
 
         @precondition(lambda self: any(it.retry_count > 0 for it in self.items.values()))
@@ -323,8 +323,8 @@ def test_queue_state_machine(db_url: str) -> None:
             self.max_attempts = max_attempts
             # Lowered: items waiting for a retry they no longer have become terminal at once.
             for it in self.items.values():
-                if it.status == "failed" and not it.terminal and it.retry_count >= max_attempts:
-                    it.terminal = True
+                if it.status == "pending" and it.retry_count >= max_attempts:
+                    it.status, it.terminal, it.due, it.delayed = "failed", True, True, False
                     self.count("retry cancelled by lower max_attempts")
             self.count("max_attempts changed")
 
@@ -379,12 +379,12 @@ def test_queue_state_machine(db_url: str) -> None:
                 assert r["status"] in ("pending", "processing", "done", "failed")
                 # A lease exists exactly while an item is processing.
                 assert (r["lease_token"] is not None) == (r["lease_expires_at"] is not None) == (r["status"] == "processing")
-                # next_retry_at only on a delayed release (pending) or a retryable failure; failed without it is terminal.
+                # next_retry_at only on a pending item (a delayed release or a retry); failed is terminal.
                 if r["next_retry_at"] is not None:
-                    assert r["status"] == "failed" or (r["status"] == "pending" and it.delayed), r
-                    # ... and no item waits for a retry it can never get (claim wants retry_count < max_attempts).
-                    assert r["status"] != "failed" or r["retry_count"] < self.max_attempts, ("stranded", r)
-                assert (r["status"] == "failed" and r["next_retry_at"] is None) == (it.status == "failed" and it.terminal)
+                    assert r["status"] == "pending", r
+                # No item waits for an attempt it can never get.
+                assert r["status"] != "pending" or r["retry_count"] < self.max_attempts, ("stranded", r)
+                assert (r["status"] == "failed") == (it.status == "failed") == it.terminal
                 # retry_count = attempts failed or expired since the last reset.
                 counted = [x for x in a if x["attempt"] > it.reset_mark and x["outcome"] in ("failed", "expired")]
                 assert r["retry_count"] == len(counted), (r, a, it)
