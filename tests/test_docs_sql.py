@@ -1,10 +1,14 @@
 """The docs' SQL is executable and exact.
 
-- docs/sql-api.md: every ```sql block runs, in order, on a fresh database with
-  the bundled sample (120 sessions, seed 42); every ```sql-error block raises
-  the SQLSTATE named in its ``-- raises PR0nn`` comment, with a hint, and
-  changes no parecer table. The reference gives every public function's exact
-  signature and every view's columns, and the settings table every default.
+- The SQL API docs (docs/sql-api.md, the entry page with the error codes, and
+  the tutorial, reference and concepts it links to): every ```sql block runs,
+  in order (tutorial, reference, concepts, entry page), on a fresh database
+  with the bundled sample (120 sessions, seed 42); every ```sql-error block
+  raises the SQLSTATE named in its ``-- raises PR0nn`` comment, with a hint,
+  and changes no parecer table. The reference's catalogue blocks (signature,
+  result columns, COMMENT, roles) are what tests/docs_reference.py generates
+  from the database, it gives every public function's exact signature and
+  every view's columns, and the settings table in concepts.md every default.
 - docs/adapters.md: its blocks build the example uuid host and its adapter in a
   rolled-back transaction, and parecer reads that host correctly through it.
 - docs/report-schema.md: the example prompt input and English instructions are
@@ -28,6 +32,7 @@ import pytest
 
 from parecer.sample import load_sample
 
+from . import docs_reference
 from .helpers import table_checksum
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -58,14 +63,34 @@ def expected_error(sql: str, where: str) -> str:
     return codes[0]
 
 
-# ---- docs/sql-api.md -------------------------------------------------------
+# ---- docs/sql-api.md, sql-tutorial.md, sql-reference.md, concepts.md -------
+
+#: The SQL API docs, in the order their blocks run (the tutorial first: it builds the state).
+SQL_API_DOCS = ("sql-tutorial.md", "sql-reference.md", "concepts.md", "sql-api.md")
+TUTORIAL, REFERENCE, CONCEPTS = "sql-tutorial.md", "sql-reference.md", "concepts.md"
+
+
+def test_sql_api_docs_link_their_parts() -> None:
+    entry = (DOCS / "sql-api.md").read_text(encoding="utf-8")
+    for part in (TUTORIAL, REFERENCE, CONCEPTS):
+        assert f"]({part})" in entry, f"docs/sql-api.md does not link {part}"
+        assert "](sql-api.md)" in (DOCS / part).read_text(encoding="utf-8"), f"{part} does not link back"
+    # every relative link between the parts points at a heading that exists
+    anchors = {name: {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                      for h in re.findall(r"^#+ (.*)$", (DOCS / name).read_text(encoding="utf-8"), re.M)}
+               for name in SQL_API_DOCS}
+    for name in SQL_API_DOCS:
+        for target, anchor in re.findall(r"\]\(((?:sql-api|sql-tutorial|sql-reference|concepts)\.md)?#([^)]+)\)",
+                                         (DOCS / name).read_text(encoding="utf-8")):
+            assert anchor in anchors[target or name], f"docs/{name}: broken link {target}#{anchor}"
+
 
 def test_sql_api_blocks_run_in_order_on_the_sample(conn: psycopg.Connection[Any]) -> None:
     load_sample(conn, sessions=120, seed=42)
-    todo = [b for b in blocks("sql-api.md") if b[0] in ("sql", "sql-error")]
-    assert len(todo) >= 20, "the walkthrough lost its SQL blocks"
-    for lang, sql, line in todo:
-        where = f"docs/sql-api.md:{line}"
+    todo = [(name, *b) for name in SQL_API_DOCS for b in blocks(name) if b[0] in ("sql", "sql-error")]
+    assert len([t for t in todo if t[0] == TUTORIAL]) >= 20, "the walkthrough lost its SQL blocks"
+    for name, lang, sql, line in todo:
+        where = f"docs/{name}:{line}"
         if lang == "sql":
             try:
                 run(conn, sql)
@@ -86,15 +111,23 @@ def test_sql_api_blocks_run_in_order_on_the_sample(conn: psycopg.Connection[Any]
     assert att == [{"outcome": "done", "n": 1}, {"outcome": "failed", "n": 2}, {"outcome": "released", "n": 1}]
 
 
-def _as_documented(sig: str) -> str:
-    """pg_get_function_arguments/result as the reference writes them."""
-    sig = sig.replace("timestamp with time zone", "timestamptz")
-    sig = re.sub(r"::(double precision|[a-z_]+)(\[\])?", "", sig)  # DEFAULT NULL::text -> DEFAULT NULL
-    return " ".join(sig.split())
+_as_documented = docs_reference.as_documented
+
+
+def test_reference_blocks_are_generated_from_the_catalogue(conn: psycopg.Connection[Any]) -> None:
+    text = (DOCS / REFERENCE).read_text(encoding="utf-8")
+    generated = docs_reference.render(conn)
+    found = docs_reference.blocks_in(text)
+    assert sorted(found) == sorted(generated), "catalogue blocks and public objects differ"
+    stale = [name for name in generated if found[name] != generated[name]]
+    assert stale == [], (f"docs/{REFERENCE}: stale catalogue blocks {stale}; regenerate with "
+                         "`.venv/bin/python -m tests.docs_reference <url of a migrated database>`")
+    for name in generated:  # each block opens its object's section
+        assert re.search(rf"^### {re.escape(name)}\n\n<!-- catalogue: {re.escape(name)} -->$", text, re.M), name
 
 
 def test_reference_matches_the_catalogue(conn: psycopg.Connection[Any]) -> None:
-    raw = (DOCS / "sql-api.md").read_text(encoding="utf-8")
+    raw = (DOCS / REFERENCE).read_text(encoding="utf-8")
     flat = " ".join(raw.split())
     funcs = conn.execute(
         "SELECT p.proname, pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS res "
@@ -103,9 +136,9 @@ def test_reference_matches_the_catalogue(conn: psycopg.Connection[Any]) -> None:
     assert len(funcs) >= 18
     for f in funcs:
         sig = f"parecer.{f['proname']}({_as_documented(f['args'])})"
-        assert sig in flat, f"docs/sql-api.md lacks the signature {sig}"
+        assert sig in flat, f"docs/{REFERENCE} lacks the signature {sig}"
         ret = f"RETURNS {_as_documented(f['res'])}"
-        assert f"{sig} {ret}" in flat, f"docs/sql-api.md lacks {sig} {ret}"
+        assert f"{sig} {ret}" in flat, f"docs/{REFERENCE} lacks {sig} {ret}"
         assert f"\n### parecer.{f['proname']}\n" in raw, f"no reference section for {f['proname']}"
     views = conn.execute(
         "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum) AS cols "
@@ -122,7 +155,7 @@ def test_reference_matches_the_catalogue(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_settings_table_matches_the_defaults(conn: psycopg.Connection[Any]) -> None:
-    text = (DOCS / "sql-api.md").read_text(encoding="utf-8")
+    text = (DOCS / CONCEPTS).read_text(encoding="utf-8")
     for s in conn.execute('SELECT name, "default" FROM parecer.settings').fetchall():
         row = rf"^\| `{re.escape(s['name'])}` \| `{re.escape(s['default'])}` \|"
         assert re.search(row, text, re.MULTILINE), f"settings table: {s}"
