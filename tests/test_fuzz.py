@@ -882,7 +882,7 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
     other = next(m for m in pool.texts if m not in own.message_ids and any(pool.texts[m]))
     doc = report_for(own, pool.item_topics)
     doc["outcome"]["evidence"] = [{"message_id": other, "excerpt": next(x for x in pool.texts[other] if x)[:30]}]
-    bad = conn.execute("SELECT parecer._ungrounded(%s::jsonb, %s) AS bad",
+    bad = conn.execute("SELECT jsonb_path_query_array(parecer._grounding(%s::jsonb, %s), '$[*] ? (exists(@.problem))') AS bad",
                        (json.dumps(doc), pool.item["session_id"])).fetchone()
     assert bad is not None and [b["message_id"] for b in bad["bad"]] == [other]
     with pytest.raises(psycopg.Error) as exc:
@@ -892,7 +892,7 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
 
 
 def check_never_raises(conn: Conn, report: Any, topics: list[str], session_id: str) -> None:
-    """mark_done's one report check (_report_problem, then _ungrounded) never raises on any input:
+    """mark_done's one report check (_report_problem, then _grounding) never raises on any input:
     whatever a model sends, the answer is a problem text (PR007), a list of ungrounded evidence
     (PR008), or neither."""
     try:
@@ -905,7 +905,7 @@ def check_never_raises(conn: Conn, report: Any, topics: list[str], session_id: s
     except psycopg.DataError:   # not storable as jsonb (e.g. \u0000): refused at input, before any check
         return
     if problem is None:
-        bad = conn.execute("SELECT parecer._ungrounded(%s::jsonb, %s) AS b", (doc, session_id)).fetchone()
+        bad = conn.execute("SELECT parecer._grounding(%s::jsonb, %s) AS b", (doc, session_id)).fetchone()
         assert bad is not None and isinstance(bad["b"], list)
     note(f"problem={problem}")
 

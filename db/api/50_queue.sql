@@ -205,7 +205,7 @@ BEGIN
                enqueue.analysis_version_tag, src.ended_at
         FROM src
         ON CONFLICT ON CONSTRAINT analyses_item_key DO UPDATE
-            SET status = 'pending', report = NULL, error = NULL, retry_count = 0, next_retry_at = NULL,
+            SET status = 'pending', report = NULL, grounding = NULL, error = NULL, retry_count = 0, next_retry_at = NULL,
                 processed_at = NULL, started_at = NULL, worker = NULL, lease_token = NULL,
                 lease_expires_at = NULL, model = NULL, prompt_hash = NULL, usage = NULL, cost_usd = NULL,
                 session_ended_at = EXCLUDED.session_ended_at, updated_at = now()

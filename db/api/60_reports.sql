@@ -2,19 +2,36 @@
 -- back: the report's shape, its grounding in the session's messages, and the
 -- view that shows stored reports.
 
+-- A message's content on one line, so that nothing in it can pass for another
+-- message or role: every line separator (those of Python's str.splitlines:
+-- \r, \n, \v, \f, \x1c-\x1e, \x85, U+2028, U+2029) becomes " ↵ ", other control
+-- characters are dropped, and "[msg" becomes "［msg" (a full-width bracket:
+-- no marker, and _fold still reads it as "[msg").
+CREATE OR REPLACE FUNCTION parecer._one_line(p text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+AS $$
+SELECT regexp_replace(
+         regexp_replace(
+           regexp_replace(p, '\r\n|[\r\n\v\f\x1c-\x1e\u0085\u2028\u2029]', ' ↵ ', 'g'),
+           '[\x01-\x08\x0e-\x1b\x1f\x7f\t]', ' ', 'g'),
+         '\[(msg)', '［\1', 'gi')
+$$;
+
 -- A session's transcript as the model reads it: one line per message,
--- "[msg <id>] <UTC time> <ROLE>: <content>", continuation lines indented.
--- (PL/pgSQL rather than SQL: its plan is cached for the session.)
+-- "[msg <id>] <UTC time> <ROLE>: <content>". An id with a space, a bracket, a
+-- quote or a control character is shown as a JSON string. (PL/pgSQL rather than
+-- SQL: its plan is cached for the session.)
 CREATE OR REPLACE FUNCTION parecer._transcript_text(p_session_id text, p_language text) RETURNS text
 LANGUAGE plpgsql STABLE
 AS $fn$
 BEGIN
     RETURN (
         SELECT COALESCE(string_agg(
-                   '[msg ' || replace(replace(COALESCE(m.message_id, '?'), ']', ')'), E'\n', ' ') || '] '
+                   '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
+                                   ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
                 || CASE WHEN m.from_me THEN l.agent ELSE l.customer END || ': '
-                || replace(
+                || parecer._one_line(
                      CASE
                        WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
                          CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
@@ -24,8 +41,7 @@ BEGIN
                          COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
                        ELSE
                          '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
-                     END,
-                     E'\n', E'\n    '),
+                     END),
                  E'\n' ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '')
         FROM parecer.source_messages m
         CROSS JOIN parecer._labels(p_language) l
@@ -90,14 +106,9 @@ $$;
 COMMENT ON FUNCTION parecer.prompt_for(uuid) IS
 'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, and the script''s model (NULL: runner default). Errors: PR011.';
 
--- Whitespace collapsed and lowercased, for grounding.
-CREATE OR REPLACE FUNCTION parecer._norm(p text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
-AS $$ SELECT lower(btrim(regexp_replace(p, '\s+', ' ', 'g'))) $$;
-
 -- What is wrong with a report's shape (parecer.report.v1 for these topics), or
 -- NULL when nothing is: the one check of a report, for mark_done's decision and
--- for its error message alike. Grounding is _ungrounded's.
+-- for its error message alike. Grounding is _grounding's.
 CREATE OR REPLACE FUNCTION parecer._report_problem(p_report jsonb, p_topics text[]) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -187,7 +198,7 @@ BEGIN
             FROM jsonb_array_elements(v) x
             WHERE (jsonb_typeof(x) = 'object' AND x ?& k_ev AND (x - k_ev) = '{}'
                    AND jsonb_typeof(x -> 'message_id') = 'string' AND jsonb_typeof(x -> 'excerpt') = 'string'
-                   AND length(x ->> 'excerpt') <= 500 AND parecer._norm(x ->> 'excerpt') <> '') IS NOT TRUE
+                   AND length(x ->> 'excerpt') <= 500 AND x ->> 'excerpt' ~ '[^[:space:]]') IS NOT TRUE
             LIMIT 1);
         IF v_problem IS NOT NULL THEN
             RETURN v_problem;
@@ -227,31 +238,116 @@ FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' 
      WITH ORDINALITY u(f, i)
 $$;
 
--- The evidence items of a well-formed report that do not occur in the message
--- they cite, as a JSON array of {path, message_id, excerpt, problem}; empty when
--- every one is grounded.
-CREATE OR REPLACE FUNCTION parecer._ungrounded(p_report jsonb, p_session_id text) RETURNS jsonb
+-- Text folded for grounding, one documented normalisation for the excerpt and
+-- the message alike (docs/report-schema.md, "Grounding"): Unicode NFKC (… is
+-- "...", a no-break space a space, ｆｕｌｌ width plain), lower case, accents
+-- dropped (NFD, then no combining marks: no unaccent extension needed), every
+-- quote and apostrophe as ', every dash as -, emoji, arrows, pictographs,
+-- variation selectors and zero-width characters dropped, whitespace runs as one
+-- space, and punctuation, quotes and spaces trimmed from both ends.
+CREATE OR REPLACE FUNCTION parecer._fold(p text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT btrim(
+         regexp_replace(
+           translate(
+             regexp_replace(
+               normalize(lower(normalize(p, NFKC)), NFD),
+               '[\u0300-\u036f\u200b-\u200d\u2060\ufeff\ufe00-\ufe0f\u2190-\u21ff\u2300-\u23ff\u2460-\u24ff\u25a0-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]',
+               '', 'g'),
+             E'\u2018\u2019\u201a\u201b\u2032\u0060\u00b4\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb\u2039\u203a"\u2010\u2011\u2012\u2013\u2014\u2015\u2212',
+             repeat('''', 17) || repeat('-', 7)),
+           '\s+', ' ', 'g'),
+         E' .,;:!?''-')
+$$;
+
+-- How an excerpt occurs in a message's text: 'exact' (verbatim), 'normalised'
+-- (after _fold), 'fragments' (parts joined by "..." or "…", each of at least 3
+-- characters once folded, all in the text in order), or NULL (it does not). A
+-- folded excerpt shorter than 3 characters counts only when it is the whole
+-- message.
+CREATE OR REPLACE FUNCTION parecer._match(p_text text, p_excerpt text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_text    text;
+    v_excerpt text;
+    v_frag    text;
+    v_at      integer := 1;
+    v_pos     integer;
+    v_n       integer := 0;
+BEGIN
+    IF p_text IS NULL OR p_excerpt IS NULL THEN
+        RETURN NULL;
+    END IF;
+    v_text := parecer._fold(p_text);
+    v_excerpt := parecer._fold(p_excerpt);
+    IF v_excerpt = '' OR (length(v_excerpt) < 3 AND v_excerpt <> v_text) THEN
+        RETURN NULL;
+    ELSIF strpos(p_text, btrim(p_excerpt)) > 0 THEN
+        RETURN 'exact';
+    ELSIF strpos(v_text, v_excerpt) > 0 THEN
+        RETURN 'normalised';
+    END IF;
+    FOREACH v_frag IN ARRAY regexp_split_to_array(v_excerpt, '\s*\.{3,}\s*') LOOP
+        v_frag := btrim(v_frag, E' .,;:!?''-');
+        CONTINUE WHEN v_frag = '';   -- a leading or trailing ellipsis
+        IF length(v_frag) < 3 THEN
+            RETURN NULL;
+        END IF;
+        v_pos := strpos(substr(v_text, v_at), v_frag);
+        IF v_pos = 0 THEN
+            RETURN NULL;
+        END IF;
+        v_at := v_at + v_pos - 1 + length(v_frag);
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN CASE WHEN v_n >= 2 THEN 'fragments' END;
+END
+$$;
+
+-- Every evidence item of a well-formed report, grounded in this session: one
+-- object per item with its path, message_id, the cited message's role
+-- (customer or agent) and how the excerpt matched, plus a "problem" for each
+-- item that is not grounded and for each verdict that needs evidence and has
+-- none (an outcome other than unknown, unless insufficient_context; any flag).
+CREATE OR REPLACE FUNCTION parecer._grounding(p_report jsonb, p_session_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     RETURN (
-        SELECT COALESCE(jsonb_agg(jsonb_build_object(
-                   'path', l.k || '[' || (e.i - 1) || ']',
-                   'message_id', e.x ->> 'message_id',
-                   'excerpt', e.x ->> 'excerpt',
-                   'problem', CASE WHEN EXISTS (SELECT FROM parecer.source_messages m
-                                                WHERE m.message_id = e.x ->> 'message_id' AND m.session_id = p_session_id)
-                                   THEN 'not found in the cited message'
-                                   ELSE 'no such message in this session' END)), '[]')
-        FROM parecer._evidence_lists(p_report) l
-        CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
-        WHERE NOT EXISTS (
-            SELECT FROM parecer.source_messages m
-            WHERE m.message_id = e.x ->> 'message_id' AND m.session_id = p_session_id
-              AND (strpos(lower(m.body), lower(e.x ->> 'excerpt')) > 0
-                   OR strpos(lower(m.transcription), lower(e.x ->> 'excerpt')) > 0
-                   OR strpos(parecer._norm(m.body), parecer._norm(e.x ->> 'excerpt')) > 0
-                   OR strpos(parecer._norm(m.transcription), parecer._norm(e.x ->> 'excerpt')) > 0))
+        SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
+        FROM (
+            SELECT l.ord, e.i,
+                   jsonb_strip_nulls(jsonb_build_object(
+                       'path', l.k || '[' || (e.i - 1) || ']',
+                       'message_id', e.x ->> 'message_id',
+                       'role', m.role,
+                       'match', m.match,
+                       'problem', CASE WHEN m.match IS NOT NULL THEN NULL
+                                       WHEN m.role IS NOT NULL THEN 'not found in the cited message'
+                                       ELSE 'no such message in this session' END)) AS item
+            FROM parecer._evidence_lists(p_report) WITH ORDINALITY l(k, ev, ord)
+            CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
+            LEFT JOIN LATERAL (
+                SELECT CASE WHEN sm.from_me THEN 'agent' ELSE 'customer' END AS role,
+                       COALESCE(parecer._match(sm.body, e.x ->> 'excerpt'),
+                                parecer._match(sm.transcription, e.x ->> 'excerpt')) AS match
+                FROM parecer.source_messages sm
+                WHERE sm.message_id = e.x ->> 'message_id' AND sm.session_id = p_session_id
+                ORDER BY 2 NULLS LAST
+                LIMIT 1) m ON true
+            UNION ALL
+            SELECT 0, 0, jsonb_build_object('path', 'outcome.evidence', 'problem', 'a verdict needs evidence: outcome.status '
+                                            || (p_report #>> '{outcome,status}') || ' cites no message')
+            WHERE p_report #>> '{outcome,status}' <> 'unknown' AND NOT (p_report -> 'insufficient_context')::boolean
+              AND jsonb_array_length(p_report #> '{outcome,evidence}') = 0
+            UNION ALL
+            SELECT 1000 + f.i, 0, jsonb_build_object('path', pg_catalog.format('flags[%s].evidence', f.i - 1),
+                                                     'problem', 'a flag needs evidence: ' || (f.x ->> 'flag') || ' cites no message')
+            FROM jsonb_array_elements(p_report -> 'flags') WITH ORDINALITY f(x, i)
+            WHERE jsonb_array_length(f.x -> 'evidence') = 0
+        ) g
     );
 END
 $$;
@@ -294,28 +390,16 @@ DECLARE
     v_slug    text;
     v_cost    numeric;
     v_problem text;
+    v_grounding jsonb;
     v_bad     jsonb;
 BEGIN
-    IF mark_done.report IS NULL THEN   -- the UPDATE below would trip the done-needs-a-report CHECK
-        PERFORM parecer._lease(mark_done.analysis_id, mark_done.lease_token);
-        RAISE EXCEPTION 'invalid report: report must be an object'
-            USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
-    END IF;
-    -- The lease is checked by the UPDATE's WHERE (a lease token exists only while the
-    -- item is processing: analyses_state_check). Any error raised after it undoes it:
-    -- a refused report changes nothing.
-    UPDATE parecer.analyses a
-       SET status = 'done', report = mark_done.report, model = mark_done.model,
-           prompt_hash = mark_done.prompt_hash, usage = mark_done.usage, error = NULL,
-           cost_usd = CASE WHEN parecer._usage_ok(mark_done.usage)
-                           THEN parecer._cost(COALESCE(mark_done.model, mark_done.usage ->> 'model', ''), mark_done.usage) END,
-           next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
-           processed_at = now(), updated_at = now()
-     WHERE a.analysis_id = mark_done.analysis_id
-       AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now()
-    RETURNING a.session_id, (SELECT s.topics FROM parecer.scripts s WHERE s.script_id = a.script_id),
-              a.retry_count, a.client_id, a.client_slug, a.cost_usd
-         INTO v_session, v_topics, v_retries, v_client, v_slug, v_cost;
+    -- The lease is checked by the WHERE of both statements below (a lease token exists
+    -- only while the item is processing: analyses_state_check); a refused report
+    -- changes nothing, and the item is written once.
+    SELECT a.session_id, s.topics INTO v_session, v_topics
+    FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
+    WHERE a.analysis_id = mark_done.analysis_id
+      AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now();
     IF NOT FOUND THEN
         PERFORM parecer._lease_refused(mark_done.analysis_id, mark_done.lease_token);
     END IF;
@@ -328,17 +412,34 @@ BEGIN
     ELSIF mark_done.model IS NULL OR btrim(mark_done.model) = '' OR length(mark_done.model) > 200 THEN
         PERFORM parecer._invalid('model must name the model that answered', 'Pass the model from the provider''s response.');
     END IF;
-    v_problem := parecer._report_problem(mark_done.report, v_topics);
+    v_problem := CASE WHEN mark_done.report IS NULL THEN 'report must be an object'
+                      ELSE parecer._report_problem(mark_done.report, v_topics) END;
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'invalid report: %', v_problem
             USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
     END IF;
-    v_bad := parecer._ungrounded(mark_done.report, v_session);
+    v_grounding := parecer._grounding(mark_done.report, v_session);
+    v_bad := jsonb_path_query_array(v_grounding, '$[*] ? (exists(@.problem))');
     IF jsonb_array_length(v_bad) > 0 THEN
-        RAISE EXCEPTION 'ungrounded evidence: % evidence item(s), first citing message "%", not found in the session''s messages',
-                        jsonb_array_length(v_bad), left(v_bad -> 0 ->> 'message_id', 100)
+        RAISE EXCEPTION 'ungrounded evidence: % problem(s), first at %: %', jsonb_array_length(v_bad),
+                        v_bad -> 0 ->> 'path', v_bad -> 0 ->> 'problem'
             USING ERRCODE = 'PR008', DETAIL = v_bad::text,
-                  HINT = 'Every evidence must cite a message_id of this session and an excerpt that occurs in that message''s body or transcription. DETAIL lists the failing items as JSON.';
+                  HINT = 'Every evidence must cite a message_id of this session and an excerpt that occurs in that message''s body or transcription; verdicts need evidence. DETAIL lists the problems as JSON.';
+    END IF;
+
+    UPDATE parecer.analyses a
+       SET status = 'done', report = mark_done.report, grounding = v_grounding, model = mark_done.model,
+           prompt_hash = mark_done.prompt_hash, usage = mark_done.usage, error = NULL,
+           cost_usd = CASE WHEN mark_done.usage IS NOT NULL
+                           THEN parecer._cost(COALESCE(mark_done.model, mark_done.usage ->> 'model', ''), mark_done.usage) END,
+           next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
+           processed_at = now(), updated_at = now()
+     WHERE a.analysis_id = mark_done.analysis_id
+       AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now()
+    RETURNING a.retry_count, a.client_id, a.client_slug, a.cost_usd
+         INTO v_retries, v_client, v_slug, v_cost;
+    IF NOT FOUND THEN
+        PERFORM parecer._lease_refused(mark_done.analysis_id, mark_done.lease_token);
     END IF;
 
     IF mark_done.usage IS NOT NULL THEN
@@ -352,8 +453,9 @@ COMMENT ON FUNCTION parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb) IS
 
 CREATE OR REPLACE VIEW parecer.reports AS
 SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version,
-       a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, a.usage, a.cost_usd
+       a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, a.usage, a.cost_usd,
+       a.grounding
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 WHERE a.status = 'done';
-COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it.';
+COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments).';
