@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark 2 - eligibility and enqueue at scale.
 
-Grows the sample (``parecer.sample.load_sample``, ~25 messages per session) through
+Grows the sample (``parecer.devkit.sample.load_sample``, ~25 messages per session) through
 ``--sizes`` (default 50k / 100k / 200k sessions; 200k is ~5M messages; ``--quick``:
 10k / 20k / 40k; ``--max-sessions`` drops sizes above it), runs VACUUM ANALYZE after
 each load, and times for acme-telecom (60% of the sessions), with the defaults

@@ -29,7 +29,7 @@ from typing import Any
 
 import common as C
 
-from parecer.standin import Standin, StandinConfig
+from parecer.devkit.standin import Standin, StandinConfig
 
 
 def _granted(c: Any) -> int:

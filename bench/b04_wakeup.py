@@ -31,7 +31,7 @@ from typing import Any
 import common as C
 from psycopg import sql
 
-from parecer.standin import Standin, StandinConfig
+from parecer.devkit.standin import Standin, StandinConfig
 
 
 def enqueue_one(c: Any, sid: str, script_id: int) -> tuple[Any, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import common as C
 
-from parecer.standin import Standin, StandinConfig
+from parecer.devkit.standin import Standin, StandinConfig
 
 
 def _drain(url: str, base_url: str, sessions: list[str], script_id: int, concurrency: int, worker: str,

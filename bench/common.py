@@ -31,7 +31,7 @@ if str(ROOT / "runner") not in sys.path:  # run from a checkout without an insta
     sys.path.insert(1, str(ROOT / "runner"))
 
 from parecer import db, paths  # noqa: E402
-from parecer.sample import load_sample  # noqa: E402
+from parecer.devkit.sample import load_sample  # noqa: E402
 
 CLIENT = "acme-telecom"          # the sample's larger client (60% of the sessions)
 SCRIPT_KEY = "bench"
@@ -139,7 +139,7 @@ def server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from parecer.embedded import EmbeddedPostgres
+    from parecer.devkit.embedded import EmbeddedPostgres
 
     say("no --database-url / $PARECER_DATABASE_URL: starting an embedded PostgreSQL")
     with EmbeddedPostgres() as srv:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from parecer import db
 from parecer.cli import main
-from parecer.standin import Standin, StandinConfig
+from parecer.devkit.standin import Standin, StandinConfig
 
 from .factories import make_client, make_session
 

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer.sample import load_sample
+from parecer.devkit.sample import load_sample
 
 from .helpers import table_checksum
 

@@ -13,7 +13,7 @@ import pytest
 
 from parecer import db
 from parecer import errors as E
-from parecer.sample import load_sample
+from parecer.devkit.sample import load_sample
 
 from .factories import make_script, make_session, report_for
 from .helpers import table_checksum

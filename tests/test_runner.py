@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from parecer import db
+from parecer.devkit.standin import Standin, StandinConfig
 from parecer.runner import Runner, RunnerConfig, run
-from parecer.standin import Standin, StandinConfig
 
 from .factories import make_script, make_session
 

@@ -14,7 +14,7 @@ import pytest
 
 from parecer import db
 from parecer import errors as E
-from parecer.standin import Standin, StandinConfig
+from parecer.devkit.standin import Standin, StandinConfig
 
 from .factories import make_client, make_script, make_session, report_for
 from .helpers import table_checksum

@@ -739,7 +739,7 @@ def runner_cmd(ctx: click.Context, concurrency: int, client: str | None, once: b
 def standin_cmd(port: int, latency_ms: str, fault_rate: float, faults: str | None, rpm_limit: int | None,
                 tpm_limit: int | None, seed: int | None, log_requests: bool) -> None:
     """A local OpenAI-compatible stand-in (POST /v1/responses) with fault injection — not a real model."""
-    from .standin import FAULT_KINDS, StandinConfig, serve_forever
+    from .devkit.standin import FAULT_KINDS, StandinConfig, serve_forever
 
     try:
         lo, _, hi = latency_ms.partition(",")
@@ -767,7 +767,7 @@ def sample_group() -> None:
 @user_errors
 def sample_load(ctx: click.Context, sessions: int, seed: int, as_json: bool) -> None:
     """Load deterministic Brazilian-Portuguese support sessions into the reference schema (idempotent)."""
-    from .sample import load_sample
+    from .devkit.sample import load_sample
 
     url = need_url(ctx)
     db.install_sql(url, paths.sql_path("reference", "schema.sql"))
@@ -803,7 +803,7 @@ def demo_cmd(ctx: click.Context, sessions: int, max_sessions: int, concurrency: 
     Uses PARECER_DATABASE_URL when set, otherwise an embedded throwaway PostgreSQL;
     the real OpenAI API when OPENAI_API_KEY is set, otherwise the local stand-in.
     """
-    from .demo import run_demo
+    from .devkit.demo import run_demo
 
     try:
         run_demo(ctx.obj.get("database_url"), sessions=sessions, max_sessions=max_sessions, concurrency=concurrency)

@@ -18,24 +18,24 @@ Stdlib only. Request bodies are never logged (they contain transcripts).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import random
-import re
 import secrets
 import signal
 import socket
 import threading
 import time
-import unicodedata
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
+
+from .limits import Windows, count_tokens
+from .report import build_report, ungrounded
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs 3.11
@@ -46,8 +46,6 @@ __all__ = [
     "STANDIN_MODEL",
     "Standin",
     "StandinConfig",
-    "build_report",
-    "parse_transcript",
     "serve_forever",
 ]
 
@@ -65,13 +63,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "context_length",
     "auth",
 )
-_VERSION = "parecer.report.v1"
-_WINDOW_S = 60.0
-_NOMINAL_RPM = 10_000  # advertised in headers when no limit is configured
-_NOMINAL_TPM = 30_000_000
 _MAX_BODY = 32 * 1024 * 1024
 _CACHE_SLOTS = 256
-_EXCERPT_MAX = 80
 _KEYS_URL = "https://platform.openai.com/account/api-keys"
 
 
@@ -110,453 +103,7 @@ class StandinConfig:
             raise ValueError("timeout_delay_s must be >= 0")
 
 
-# --------------------------------------------------------------------------- transcript
-
-_LINE_RE = re.compile(r"^\[msg (?P<id>[^\]]+)\] (?P<ts>\S+) (?P<role>[^:]+): (?P<content>.*)$")
-_MARKER_RE = re.compile(r"^\[[^\]]*\](?: |$)")
-_SEGMENT_RE = re.compile(r"\S+(?: \S+)*")  # runs of words separated by single spaces
-_AGENT_ROLES = {"ATENDENTE", "AGENT", "AGENTE"}
-_CUSTOMER_ROLES = {"CLIENTE", "CUSTOMER"}
-
-
-@dataclass
-class Message:
-    """One transcript message; ``lines`` are its text lines, marker stripped."""
-
-    id: str
-    role: str  # "agent" | "customer" | "other"
-    lines: list[str]
-    unusable: bool = False  # audio without transcription
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.lines)
-
-    @property
-    def quotable(self) -> bool:
-        return not self.unusable and bool(self.text.strip())
-
-
-def parse_transcript(transcript: str) -> list[Message]:
-    """Parse the runner's transcript format; unknown lines are ignored."""
-    messages: list[Message] = []
-    for raw in transcript.split("\n"):  # not splitlines(): \r, \x1c... stay inside a line
-        m = _LINE_RE.match(raw)
-        if m:
-            content = m["content"]
-            marker = _MARKER_RE.match(content)
-            unusable = bool(marker and "audio_present" in marker.group(0))
-            if marker:
-                content = content[marker.end() :]
-            role_name = m["role"].strip().upper()
-            role = (
-                "agent"
-                if role_name in _AGENT_ROLES
-                else "customer"
-                if role_name in _CUSTOMER_ROLES
-                else "other"
-            )
-            messages.append(Message(m["id"], role, [content], unusable))
-        elif raw.startswith("    ") and messages:
-            messages[-1].lines.append(raw[4:])
-    return messages
-
-
-def _fold(s: str) -> str:
-    """Lowercase without accents, for naive keyword matching."""
-    decomposed = unicodedata.normalize("NFKD", s)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
-
-
-def _excerpt(line: str, at: int = 0) -> str:
-    """A short exact substring of ``line`` around ``at``, single-spaced, <= 80 chars.
-
-    Staying inside one line and one single-spaced run keeps the excerpt a
-    substring however the database joins lines or collapses whitespace.
-    """
-    segments = list(_SEGMENT_RE.finditer(line))
-    if not segments:
-        return ""
-    seg = next((s for s in segments if s.start() <= at < s.end()), segments[0])
-    words = list(re.finditer(r"\S+", seg.group(0)))
-    rel = max(0, at - seg.start())
-    hit = next((i for i, w in enumerate(words) if w.end() > rel), 0)
-    first = words[max(0, hit - 2)]
-    start = seg.start() + first.start()
-    end = start + min(len(first.group(0)), _EXCERPT_MAX)
-    for w in words[max(0, hit - 2) + 1 :]:
-        w_end = seg.start() + w.end()
-        if w_end - start > _EXCERPT_MAX:
-            break
-        end = w_end
-    return line[start:end]
-
-
-def _evidence(msg: Message, at: tuple[int, int] | None = None) -> dict[str, str]:
-    """Evidence for ``msg``; ``at`` = (line index, char offset) of a keyword hit."""
-    if at is None:
-        idx = next(i for i, ln in enumerate(msg.lines) if ln.strip())
-        return {"message_id": msg.id, "excerpt": _excerpt(msg.lines[idx])}
-    return {"message_id": msg.id, "excerpt": _excerpt(msg.lines[at[0]], at[1])}
-
-
-def _find(msgs: Sequence[Message], stems: Sequence[str]) -> tuple[Message, int, int] | None:
-    """The first quotable message with a word starting with one of ``stems``.
-
-    Folding keeps string lengths for Latin text, so offsets map back to the line;
-    if they do not, the excerpt falls back to the line start (still grounded).
-    """
-    if not stems:
-        return None
-    pattern = re.compile(r"\b(?:" + "|".join(re.escape(s) for s in stems) + ")")
-    for msg in msgs:
-        if not msg.quotable:
-            continue
-        for i, line in enumerate(msg.lines):
-            folded = _fold(line)
-            hit = pattern.search(folded)
-            if hit:
-                offset = hit.start() if len(folded) == len(line) else 0
-                return msg, i, offset
-    return None
-
-
-_STOPWORDS = {"para", "pelo", "pela", "como", "sobre", "with", "from", "that", "this", "outro"}
-
-
-def _stems(label: str) -> list[str]:
-    """Keyword stems of an enum label: significant words, cut to 6 letters."""
-    words = [w for w in re.split(r"[\W_]+", _fold(label)) if len(w) >= 4 and w not in _STOPWORDS]
-    return [w[:6] for w in words]
-
-
-_NEGATIVE = ("caiu", "problema", "ruim", "pessim", "absurd", "reclam", "lento", "cancel",
-             "indevid", "erro", "demora", "irritad", "horrivel", "nao funciona", "bad",
-             "terrible", "broken", "angry", "refund")
-_POSITIVE = ("obrigad", "otimo", "perfeito", "resolv", "funcionou", "excelente", "valeu",
-             "agradec", "thank", "great", "perfect", "fixed")
-_ESCALATED = ("transfer", "encaminh", "supervisor", "escalon", "ouvidoria", "escalat")
-_RESOLVED = ("resolvid", "resolveu", "funcionou", "normalizad", "solucionad", "voltou",
-             "resolved", "fixed")
-_FLAG_HINTS: dict[str, tuple[str, ...]] = {
-    "churn": ("cancel",),
-    "cancel": ("cancel",),
-    "legal": ("procon", "advogad", "processar", "justica", "lawyer"),
-    "procon": ("procon",),
-    "abus": ("idiota", "palhac", "lixo", "incompetent"),
-    "profan": ("idiota", "palhac", "lixo"),
-    "urgent": ("urgent",),
-    "escalat": _ESCALATED,
-    "refund": ("reembols", "estorn", "devoluc", "refund"),
-    "reembols": ("reembols", "estorn", "devoluc"),
-    "complain": ("reclam",),
-    "slow": ("demor", "aguardand", "esperand"),
-    "sensitive": ("cpf", "senha", "cartao"),
-    "human": ("humano", "pessoa de verdade"),
-    "error": ("errad", "errou"),
-}
-
-
-def _sentiment(msg: Message | None) -> str:
-    if msg is None:
-        return "unknown"
-    folded = _fold(msg.text)
-    score = sum(k in folded for k in _POSITIVE) - sum(k in folded for k in _NEGATIVE)
-    return "positive" if score > 0 else "negative" if score < 0 else "neutral"
-
-
-def _pick(value: str, allowed: Sequence[Any]) -> str:
-    """``value`` if the schema allows it, else "unknown" or the first allowed value."""
-    if not allowed or value in allowed:
-        return value
-    return "unknown" if "unknown" in allowed else str(allowed[0])
-
-
-def _prop(schema: Any, *path: str) -> Any:
-    """schema["properties"][p0]["items"?]... tolerant lookup; {} when absent."""
-    node = schema
-    for key in path:
-        if not isinstance(node, dict):
-            return {}
-        node = node.get(key, {})
-    return node if isinstance(node, dict) else {}
-
-
-def build_report(transcript: str, schema: dict[str, Any] | None) -> dict[str, Any]:
-    """The synthetic, grounded report for ``transcript`` (deterministic per input)."""
-    schema = schema if isinstance(schema, dict) else {}
-    rng = random.Random(hashlib.sha256(transcript.encode("utf-8")).digest())
-    msgs = parse_transcript(transcript)
-    quotable = [m for m in msgs if m.quotable]
-    customer = [m for m in quotable if m.role == "customer"]
-    agent = [m for m in quotable if m.role == "agent"]
-    insufficient = not quotable
-
-    items = ("items", "properties")
-    topic_enum = _prop(schema, "properties", "topics", *items, "topic").get("enum", [])
-    flag_enum = _prop(schema, "properties", "flags", *items, "flag").get("enum", [])
-    status_enum = _prop(schema, "properties", "outcome", "properties", "status").get("enum", [])
-    sent_enum = _prop(schema, "properties", "sentiment", "properties", "start").get("enum", [])
-    version_schema = _prop(schema, "properties", "schema_version")
-    version = version_schema.get("const") or (version_schema.get("enum") or [_VERSION])[0]
-
-    # Topics: a naive keyword match of the topic's words; cite the matching message.
-    topics: list[dict[str, Any]] = []
-    for topic in topic_enum:
-        hit = _find(quotable, _stems(str(topic)))
-        confidence = rng.uniform(0.62, 0.95) if hit else rng.uniform(0.03, 0.25)
-        topics.append({
-            "topic": topic,
-            "evidence": [_evidence(hit[0], (hit[1], hit[2]))] if hit else [],
-            "present": hit is not None,
-            "confidence": round(confidence, 2),
-        })
-
-    # Flags: keyword match of the flag's words plus a few hints.
-    flags: list[dict[str, Any]] = []
-    for flag in flag_enum:
-        folded_flag = _fold(str(flag))
-        hints = [s for k, v in _FLAG_HINTS.items() if k in folded_flag for s in v]
-        stems = _stems(str(flag)) + hints
-        hit = _find(customer or quotable, stems)
-        if hit:
-            flags.append({"evidence": [_evidence(hit[0], (hit[1], hit[2]))], "flag": flag})
-
-    # Outcome: escalation / resolution keywords, else who spoke last.
-    outcome_ev: list[dict[str, str]] = []
-    if insufficient:
-        status = "unknown"
-    elif esc := _find(agent, _ESCALATED):
-        status, outcome_ev = "escalated", [_evidence(esc[0], (esc[1], esc[2]))]
-    elif res := _find(quotable[-4:], _RESOLVED):
-        status, outcome_ev = "resolved", [_evidence(res[0], (res[1], res[2]))]
-    elif quotable[-1].role == "agent" and len(quotable) >= 3:
-        status = "abandoned"
-    else:
-        status = "unresolved"
-    if quotable and all(e["message_id"] != quotable[-1].id for e in outcome_ev):
-        outcome_ev.append(_evidence(quotable[-1]))
-
-    # Sentiment: the customer's first and last messages.
-    first = customer[0] if customer else (quotable[0] if quotable else None)
-    last = customer[-1] if customer else (quotable[-1] if quotable else None)
-    cited = [m for m in (first, last) if m is not None]
-    sentiment_ev = [_evidence(m) for i, m in enumerate(cited) if m.id not in {c.id for c in cited[:i]}]
-
-    present = [t["topic"] for t in topics if t["present"]]
-    summary = (
-        "[parecer-standin] Synthetic report from the local stand-in server, not a real "
-        f"model. {len(msgs)} messages ({len(customer)} customer, {len(agent)} agent, "
-        f"{len(msgs) - len(quotable)} without usable text); keyword-matched topics: "
-        f"{', '.join(map(str, present)) or 'none'}; outcome guessed as {status}."
-    )
-    next_actions = {  # resolved / unknown: none
-        "unresolved": "Retomar o contato com o cliente para concluir o atendimento (sintético).",
-        "abandoned": "Tentar um novo contato, o cliente parou de responder (sintético).",
-        "escalated": "Acompanhar o encaminhamento até a resposta ao cliente (sintético).",
-    }
-    report: dict[str, Any] = {
-        "schema_version": version,
-        "summary": summary,
-        "outcome": {"evidence": outcome_ev, "status": _pick(status, status_enum)},
-        "sentiment": {
-            "evidence": sentiment_ev,
-            "start": _pick(_sentiment(first), sent_enum),
-            "end": _pick(_sentiment(last), sent_enum),
-        },
-        "topics": topics,
-        "flags": flags,
-        "insufficient_context": insufficient,
-        "next_action": None if insufficient else next_actions.get(status),
-    }
-    return cast(dict[str, Any], _conform(report, schema)) if schema else report
-
-
-# ------------------------------------------------------------------ schema conformance
-
-
-def _types(schema: dict[str, Any]) -> list[str]:
-    t = schema.get("type", [])
-    return [t] if isinstance(t, str) else list(t)
-
-
-def _matches(value: Any, schema: dict[str, Any]) -> bool:
-    checks: dict[str, Callable[[Any], bool]] = {
-        "string": lambda v: isinstance(v, str),
-        "object": lambda v: isinstance(v, dict),
-        "array": lambda v: isinstance(v, list),
-        "boolean": lambda v: isinstance(v, bool),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "null": lambda v: v is None,
-    }
-    types = _types(schema)
-    return not types or any(checks.get(t, lambda v: False)(value) for t in types)
-
-
-def _default(schema: Any) -> Any:
-    """A minimal valid value for a required key the report lacks."""
-    if not isinstance(schema, dict):
-        return None
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return _pick("unknown", schema["enum"])
-    if "anyOf" in schema:
-        branches = [b for b in schema["anyOf"] if isinstance(b, dict)]
-        nullable = [b for b in branches if "null" in _types(b)]
-        return _default((nullable or branches or [{}])[0])
-    types = _types(schema)
-    if "null" in types:
-        return None
-    kind = types[0] if types else "null"
-    if kind == "object":
-        return _conform({}, schema)
-    return {"string": "", "number": schema.get("minimum", 0), "integer": schema.get("minimum", 0),
-            "boolean": False, "array": []}.get(kind)
-
-
-def _conform(value: Any, schema: Any) -> Any:
-    """Order keys as the schema lists them, fill missing required keys, drop keys a
-    closed object forbids, respect enums, maxLength and numeric bounds."""
-    if not isinstance(schema, dict):
-        return value
-    if "anyOf" in schema:
-        for branch in schema["anyOf"]:
-            if isinstance(branch, dict) and _matches(value, branch):
-                return _conform(value, branch)
-        return value
-    if "const" in schema:
-        return schema["const"]
-    props = schema.get("properties")
-    if isinstance(value, dict) and isinstance(props, dict):
-        required = set(schema.get("required", props))
-        out: dict[str, Any] = {}
-        for key, sub in props.items():
-            if key in value:
-                out[key] = _conform(value[key], sub)
-            elif key in required:
-                out[key] = _default(sub)
-        if schema.get("additionalProperties", True) is not False:
-            out.update((k, v) for k, v in value.items() if k not in props)
-        return out
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        items = [_conform(v, schema["items"]) for v in value]
-        return items[: schema["maxItems"]] if "maxItems" in schema else items
-    if isinstance(value, str):
-        if schema.get("enum"):
-            value = _pick(value, schema["enum"])
-        if isinstance(schema.get("maxLength"), int):
-            value = value[: schema["maxLength"]].rstrip()  # a prefix stays a substring
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema:
-            value = max(value, schema["minimum"])
-        if "maximum" in schema:
-            value = min(value, schema["maximum"])
-    return value
-
-
 # ----------------------------------------------------------------------- server state
-
-
-def _tokens(text: str) -> int:
-    return math.ceil(len(text) / 4)
-
-
-def _fmt_duration(seconds: float) -> str:
-    """OpenAI's reset format: "0s", "250ms", "1.5s", "6m0s"."""
-    if seconds <= 0:
-        return "0s"
-    if seconds < 1:
-        return f"{max(1, round(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m" + f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
-
-
-@dataclass
-class _Verdict:
-    """Outcome of the rate-limit check, with the header values to send."""
-
-    ok: bool
-    kind: str = ""  # "requests" | "tokens" when rejected
-    retry_s: float = 0.0
-    message: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class _Windows:
-    """Sliding 60 s windows of admitted requests and their tokens (caller locks)."""
-
-    def __init__(self) -> None:
-        self.requests: deque[float] = deque()
-        self.tokens: deque[tuple[float, int]] = deque()
-        self.token_sum = 0
-
-    def clear(self) -> None:
-        self.requests.clear()
-        self.tokens.clear()
-        self.token_sum = 0
-
-    def _prune(self, now: float) -> None:
-        while self.requests and self.requests[0] <= now - _WINDOW_S:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= now - _WINDOW_S:
-            self.token_sum -= self.tokens.popleft()[1]
-
-    def admit(self, now: float, charge: int, rpm: int | None, tpm: int | None) -> _Verdict:
-        self._prune(now)
-        verdict = _Verdict(ok=True)
-        used_r, used_t = len(self.requests), self.token_sum
-        if rpm is not None and used_r + 1 > rpm:
-            retry = self.requests[0] + _WINDOW_S - now
-            verdict = _Verdict(False, "requests", retry, (
-                f"Rate limit reached for {STANDIN_MODEL} in organization org-standin on "
-                f"requests per min (RPM): Limit {rpm}, Used {used_r}, Requested 1. "
-                f"Please try again in {_fmt_duration(retry)}."))
-        elif tpm is not None and used_t + charge > tpm:
-            if charge > tpm:
-                retry = _WINDOW_S
-                text = (f"Request too large for {STANDIN_MODEL} in organization org-standin on "
-                        f"tokens per min (TPM): Limit {tpm}, Requested {charge}.")
-            else:
-                freed, retry = 0, _WINDOW_S
-                for stamp, tokens in self.tokens:
-                    freed += tokens
-                    if used_t - freed + charge <= tpm:
-                        retry = stamp + _WINDOW_S - now
-                        break
-                text = (f"Rate limit reached for {STANDIN_MODEL} in organization org-standin on "
-                        f"tokens per min (TPM): Limit {tpm}, Used {used_t}, Requested {charge}. "
-                        f"Please try again in {_fmt_duration(retry)}.")
-            verdict = _Verdict(False, "tokens", retry, text)
-        else:
-            self.requests.append(now)
-            self.tokens.append((now, charge))
-            self.token_sum += charge
-        verdict.headers = self.headers(now, rpm, tpm, verdict)
-        return verdict
-
-    def headers(self, now: float, rpm: int | None, tpm: int | None,
-                verdict: _Verdict | None = None) -> dict[str, str]:
-        """The x-ratelimit-* headers for the windows' current state."""
-        self._prune(now)
-        limit_r, limit_t = rpm or _NOMINAL_RPM, tpm or _NOMINAL_TPM
-        reset_r = self.requests[0] + _WINDOW_S - now if self.requests else 0.0
-        reset_t = self.tokens[0][0] + _WINDOW_S - now if self.tokens else 0.0
-        if verdict is not None and not verdict.ok:  # when the blocked resource frees up
-            reset_r = verdict.retry_s if verdict.kind == "requests" else reset_r
-            reset_t = verdict.retry_s if verdict.kind == "tokens" else reset_t
-        return {
-            "x-ratelimit-limit-requests": str(limit_r),
-            "x-ratelimit-remaining-requests": str(max(0, limit_r - len(self.requests))),
-            "x-ratelimit-reset-requests": _fmt_duration(reset_r),
-            "x-ratelimit-limit-tokens": str(limit_t),
-            "x-ratelimit-remaining-tokens": str(max(0, limit_t - self.token_sum)),
-            "x-ratelimit-reset-tokens": _fmt_duration(reset_t),
-        }
 
 
 class _State:
@@ -570,7 +117,7 @@ class _State:
         # seeded run injects the same faults in the same order.
         self.dice = random.Random(config.seed)
         self.other_dice = random.Random(None if config.seed is None else f"other:{config.seed}")
-        self.windows = _Windows()
+        self.windows = Windows(STANDIN_MODEL)
         self.prompt_cache: OrderedDict[str, None] = OrderedDict()
         self.stopping = threading.Event()
         self.connections: set[socket.socket] = set()
@@ -839,11 +386,11 @@ class _Handler(BaseHTTPRequestHandler):
         schema = fmt.get("schema") if isinstance(fmt, dict) else None
         output = json.dumps(build_report(transcript, schema if isinstance(schema, dict) else None),
                             ensure_ascii=False, separators=(",", ":"))
-        input_tokens = _tokens(instructions + transcript)
+        input_tokens = count_tokens(instructions + transcript)
 
         # Rate limits, charged with the whole request's tokens.
         with state.lock:
-            verdict = state.windows.admit(time.monotonic(), input_tokens + _tokens(output),
+            verdict = state.windows.admit(time.monotonic(), input_tokens + count_tokens(output),
                                           cfg.rpm_limit, cfg.tpm_limit)
             if not verdict.ok:
                 state.counters["rate_limited"] += 1
@@ -872,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
                             "about that!", "server_error", None, None, rl)
 
         hit = bool(instructions) and state.seen_instructions(instructions)
-        cached = _tokens(instructions) if hit else 0
+        cached = count_tokens(instructions) if hit else 0
         body = _response_body(req, output, fault, input_tokens, cached, max_out,
                               self._variant_rng(), transcript)
         usage = body["usage"]
@@ -932,44 +479,6 @@ def _raise_early_fault(fault: str | None, rl: dict[str, str]) -> None:
         raise _auth_error(f"Incorrect API key provided. You can find your API key at {_KEYS_URL}.")
 
 
-def _evidence_lists(node: Any) -> Iterator[list[Any]]:
-    """Every "evidence" list in the report, in document order."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "evidence" and isinstance(value, list):
-                yield value
-            else:
-                yield from _evidence_lists(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _evidence_lists(item)
-
-
-def _ungrounded(output: str, transcript: str, rng: random.Random) -> str:
-    """Same report, one citation broken: a fabricated id or a fabricated excerpt."""
-    report = json.loads(output)
-    msgs = {m.id: m for m in parse_transcript(transcript)}
-    lists = list(_evidence_lists(report))
-    if not lists:
-        return output
-    evidence = next((ev for ev in lists if ev), lists[0])
-    if not evidence:  # nothing cited (insufficient context): cite something anyway
-        evidence.append({"message_id": "", "excerpt": "o cliente confirmou a solução"})
-    cited = evidence[0]
-    if rng.random() < 0.5 or cited["message_id"] not in msgs:
-        fake = "msg-" + secrets.token_hex(6)
-        while fake in msgs:
-            fake = "msg-" + secrets.token_hex(6)
-        cited["message_id"] = fake
-    else:
-        text = " ".join(_fold(msgs[cited["message_id"]].text).split())
-        excerpt = "o cliente confirmou que tudo foi resolvido e agradeceu"
-        while excerpt in text:
-            excerpt += " muito"
-        cited["excerpt"] = excerpt
-    return json.dumps(report, ensure_ascii=False, separators=(",", ":"))
-
-
 def _response_body(req: dict[str, Any], output: str, fault: str | None, input_tokens: int,
                    cached: int, max_out: int | None, rng: random.Random,
                    transcript: str) -> dict[str, Any]:
@@ -980,18 +489,18 @@ def _response_body(req: dict[str, Any], output: str, fault: str | None, input_to
         output = (output[: len(output) // 2] if rng.random() < 0.5
                   else "```json\n" + output + "\n```")
     elif fault == "ungrounded":
-        output = _ungrounded(output, transcript, rng)
+        output = ungrounded(output, transcript, rng)
     if fault == "incomplete":
         limit = len(output) // 2 if max_out is None else min(len(output) // 2, max_out * 4)
         output, status, reason = output[:limit], "incomplete", "max_output_tokens"
-    elif max_out is not None and _tokens(output) > max_out:  # a genuine cut-off
+    elif max_out is not None and count_tokens(output) > max_out:  # a genuine cut-off
         output, status, reason = output[: max_out * 4], "incomplete", "max_output_tokens"
     if fault == "refusal":
         refusal = "I'm sorry, I can't help with that."
-        content, output_tokens = {"type": "refusal", "refusal": refusal}, _tokens(refusal)
+        content, output_tokens = {"type": "refusal", "refusal": refusal}, count_tokens(refusal)
     else:
         content = {"type": "output_text", "text": output, "annotations": [], "logprobs": []}
-        output_tokens = max_out if reason and max_out is not None else _tokens(output)
+        output_tokens = max_out if reason and max_out is not None else count_tokens(output)
     now = int(time.time())
     text_param = req["text"] if isinstance(req.get("text"), dict) else {"format": {"type": "text"}}
     return {
@@ -1137,38 +646,3 @@ def serve_forever(config: StandinConfig | None = None, *,
         standin.stop()
         for sig, handler in previous:
             signal.signal(sig, handler)
-
-
-def _iter_faults(value: str) -> Iterator[str]:
-    yield from (f.strip() for f in value.split(",") if f.strip())
-
-
-def _print_line(line: str) -> None:
-    print(line, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m parecer.standin --port 8787 --fault-rate 0.1``"""
-    p = argparse.ArgumentParser(prog="parecer.standin", description=__doc__.split("\n")[0])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--latency-ms", default="0,0", help="LO,HI")
-    p.add_argument("--fault-rate", type=float, default=0.0)
-    p.add_argument("--faults", default=",".join(FAULT_KINDS))
-    p.add_argument("--rpm", type=int, default=None)
-    p.add_argument("--tpm", type=int, default=None)
-    p.add_argument("--require-key", default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--log", action="store_true", help="one content-free line per request")
-    a = p.parse_args(argv)
-    lo, _, hi = a.latency_ms.partition(",")
-    config = StandinConfig(host=a.host, port=a.port, latency_ms=(int(lo), int(hi or lo)),
-                           fault_rate=a.fault_rate, faults=tuple(_iter_faults(a.faults)),
-                           rpm_limit=a.rpm, tpm_limit=a.tpm, require_key=a.require_key,
-                           seed=a.seed, log=_print_line if a.log else None)
-    serve_forever(config, on_ready=lambda url: print(f"parecer-standin listening on {url}",
-                                                     flush=True))
-
-
-if __name__ == "__main__":
-    main()

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from . import db, paths
-from .runner import Runner, RunnerConfig
+from .. import db, paths
+from ..runner import Runner, RunnerConfig
 
 DEMO_CLIENT = "acme-telecom"
 DEMO_KEY = "qualidade-atendimento"

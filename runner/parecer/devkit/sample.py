@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.resources
+import json
 import queue
 import random
 import threading
@@ -24,13 +25,14 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
 
-__all__ = ["DEFAULT_CLIENTS", "SampleStats", "load_sample", "sql_path"]
+from .. import paths
+
+__all__ = ["DEFAULT_CLIENTS", "SampleStats", "load_sample"]
 
 DEFAULT_CLIENTS: tuple[tuple[str, str], ...] = (
     ("acme-telecom", "Acme Telecom"),
@@ -42,20 +44,6 @@ TAG_VOCABULARY = ("vip", "lead", "inadimplente", "teste", "parceiro", "cliente-a
 
 _DAY = 86_400
 _WINDOW = 30 * _DAY  # sessions start within the last 30 days
-
-
-def sql_path(*parts: str) -> Path:
-    """Path of a file under the project's ``db`` directory, e.g. ``sql_path("reference",
-    "schema.sql")``: the copy packaged in the wheel first, then the source checkout."""
-    checkout = Path(__file__).resolve().parents[2].joinpath("db", *parts)
-    try:
-        res = importlib.resources.files("parecer") / "db"
-        for part in parts:
-            res = res / part
-        found = res.is_file() or res.is_dir()
-    except (ImportError, OSError, TypeError, ValueError, AttributeError):
-        return checkout  # not importable as a package (e.g. run from the checkout)
-    return Path(str(res)) if found else checkout
 
 
 @dataclass(frozen=True)
@@ -73,8 +61,9 @@ class SampleStats:
 
 # --------------------------------------------------------------------------- text
 
-# A line of dialogue: (from_me, alternatives). Templates are stored already escaped
-# for COPY text format; slot values never contain tabs, newlines or backslashes.
+# The dialogue text lives in data/sample_chats.json. A line of dialogue is
+# (from_me, alternatives); templates are kept escaped for COPY text format (slot
+# values never contain tabs, newlines or backslashes).
 Line = tuple[bool, tuple[str, ...]]
 Step = tuple[Line, ...]
 
@@ -83,16 +72,8 @@ def _esc(s: str) -> str:
     return s.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
-def _alts(*alts: str) -> tuple[str, ...]:
+def _alts(alts: Sequence[str]) -> tuple[str, ...]:
     return tuple(_esc(a) for a in alts)
-
-
-def A(*alts: str) -> Line:  # the agent (ATENDENTE, from_me = true)
-    return (True, _alts(*alts))
-
-
-def C(*alts: str) -> Line:  # the customer (CLIENTE, from_me = false)
-    return (False, _alts(*alts))
 
 
 @dataclass(frozen=True)
@@ -125,548 +106,79 @@ def _cumulative(ws: Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-_CLIENT_GREETINGS = _alts(
-    "Oi", "Olá", "Oi, tudo bem?", "Olá, tudo bom?", "Oi, boa tarde", "Bom dia!", "Boa noite",
-    "Olá, preciso de ajuda", "Oi!! Alguém pode me ajudar?", "Oie",
-)
-_AGENT_GREETINGS = _alts(
-    "Olá, {nome}! Aqui é {art} {agente}, da {empresa}. Como posso ajudar?",
-    "Oi, {nome}, tudo bem? Sou {art} {agente}, da equipe de atendimento da {empresa}. "
-    "Em que posso ajudar?",
-    "Olá! {Obg_at} por entrar em contato com a {empresa}. Meu nome é {agente}, "
-    "como posso te ajudar hoje?",
-    "Oi, {nome}! {agente} falando. Me conta, o que aconteceu?",
-)
-_CLIENT_THANKS = _alts(
-    "{Obg}!", "Muito {obg}, {agente}!", "Resolveu, valeu!", "Perfeito, {obg} pela ajuda",
-    "Ok, {obg}", "Show, muito {obg} 🙏", "Até que enfim! {Obg}.", "Beleza, {obg} pela atenção",
-)
-_AGENT_FAREWELL = _alts(
-    "Por nada, {nome}! A {empresa} agradece o contato. Tenha um ótimo dia!",
-    "Eu que agradeço! Se precisar, é só chamar por aqui.",
-    "Imagina! Qualquer coisa, estamos à disposição.",
-    "Disponha, {nome}! Vou encerrar o atendimento, mas pode nos chamar quando quiser.",
-)
-_CLIENT_ESCALATION_REACTION = _alts(
-    "Tá bom, vou aguardar",
-    "De novo esse prazo? Já é a terceira vez que eu entro em contato.",
-    "Ok. Espero que resolvam dessa vez",
-    "Tá, mas me avisem por favor",
-    "Sério? Não dá pra resolver agora?",
-    "Ok, anotei o protocolo",
-)
-_AGENT_AFTER_ESCALATION = _alts(
-    "Mais alguma coisa em que eu possa ajudar, {nome}?",
-    "Peço desculpas pelo transtorno. Assim que tivermos retorno, avisamos por aqui.",
-    "Fique {tranquilo}, vamos acompanhar o seu caso. Até logo!",
-)
-_AGENT_PENDING_QUESTION = _alts(
-    "Conseguiu verificar, {nome}?",
-    "Pode me confirmar essa informação, por favor?",
-    "Posso ajudar em mais alguma coisa?",
-    "Ficou alguma dúvida?",
-)
-_AGENT_STILL_THERE = _alts(
-    "{nome}, você ainda está aí?",
-    "Oi, {nome}? Continua comigo?",
-    "Olá, {nome}! Ainda posso ajudar?",
-)
-_AGENT_CLOSE_SILENT = _alts(
-    "Como não tivemos retorno, vou encerrar este atendimento. Se precisar, é só chamar "
-    "novamente!",
-    "Este atendimento será encerrado por falta de interação. A {empresa} agradece!",
-    "Vou finalizar a conversa por inatividade. Quando puder, é só mandar uma mensagem.",
-)
-_CLIENT_NO_REPLY = _alts(
-    "Alguém aí?", "Olá??", "Oi, tem alguém atendendo?", "Preciso de ajuda, por favor",
-    "Ninguém responde nesse chat...", "Vou tentar ligar então.", "???",
-    "Estou aguardando há mais de uma hora", "Oi?",
-)
-_AGENT_FILLER = _alts(
-    "Um momento, por favor.", "Só um instante, estou verificando.", "{Obg_at} por aguardar.",
-    "Certo, {nome}.", "Entendi.", "Estou consultando o sistema, só mais um minutinho.",
-)
-_CLIENT_FILLER = _alts(
-    "Ok", "Tá bom", "Certo", "Aguardo", "E aí?", "Alguma novidade?", "Blz", "Ainda estou aqui",
-    "Demora muito?", "hmm",
-)
+def _step(raw: list[dict[str, list[str]]]) -> Step:
+    """``[{"agent": [alternatives]}, {"customer": [...]}]`` -> a Step."""
+    lines: list[Line] = []
+    for entry in raw:
+        [(who, alts)] = entry.items()
+        if who not in ("agent", "customer"):
+            raise ValueError(f"sample data: a line is spoken by 'agent' or 'customer', not {who!r}")
+        lines.append((who == "agent", _alts(alts)))
+    return tuple(lines)
 
-_SHARED_FILLER_STEPS: tuple[Step, ...] = (
-    (A("Um momento, por favor, estou verificando."), C("Ok", "Tá bom", "Aguardo")),
-    (C("Conseguiu ver?", "E aí, conseguiu?"),
-     A("Ainda estou verificando, {nome}. Só mais um instante.")),
-    (A("{Obg_at} por aguardar."), C("Tudo bem", "Sem problemas")),
-    (C("Vai demorar muito? Estou no trabalho"), A("Já estou finalizando, {nome}.")),
-    (A("Pode me confirmar um telefone para contato?"),
-     C("Pode ser esse mesmo", "({ddd}) 9{tel}")),
-    (C("Desculpa a demora, estava dirigindo", "Desculpa, tive que sair rapidinho"),
-     A("Sem problemas!", "Tudo bem, {nome}!")),
-    (C("Alô?", "Oi??"), A("Estou aqui, {nome}. Só mais um momento.")),
-    (A("O sistema está um pouco lento hoje, peço paciência."), C("Tá bom", "Ok, sem pressa")),
-    (C("Já tentei resolver pelo aplicativo e não consegui"),
-     A("Entendo. Vamos resolver por aqui mesmo.")),
-    (C("Já entrei em contato várias vezes e ninguém resolve"),
-     A("Sinto muito por isso, {nome}. Vou acompanhar o seu caso pessoalmente.")),
-    (A("Só para confirmar: o atendimento é para você {mesmo}?"),
-     C("Sim, sou eu", "É para a minha mãe, mas eu que cuido disso")),
-    (C("Posso mandar um áudio?"), A("Pode sim, fique à vontade.")),
-)
 
-# -- internet / phone provider -----------------------------------------------------
+def _family(name: str, raw: dict[str, Any], shared_filler: tuple[Step, ...]) -> _Family:
+    scenarios = tuple(
+        _Scenario(sc["name"], _alts(sc["opening"]), tuple(_step(st) for st in sc["steps"]),
+                  _alts(sc["resolved"]), _alts(sc["escalated"]))
+        for sc in raw["scenarios"])
+    captions = raw["captions"]
+    return _Family(
+        name,
+        tuple((agent, article) for agent, article in raw["agents"]),
+        scenarios,
+        _cumulative([sc["weight"] for sc in raw["scenarios"]]),
+        shared_filler + tuple(_step(st) for st in raw["filler_steps"]),
+        _alts(captions["customer_image"]),
+        _alts(captions["customer_document"]),
+        _alts(captions["agent_image"]),
+        _alts(captions["agent_document"]),
+    )
 
-_TELECOM_SCENARIOS = (
-    _Scenario(
-        "internet",
-        _alts(
-            "Minha internet caiu desde ontem à noite e até agora nada",
-            "A internet tá muito lenta, contratei {plano} e no teste dá {velocidade}",
-            "Estou sem internet em casa, a luz do modem está piscando vermelho",
-            "A internet fica caindo toda hora, não consigo trabalhar",
-            "Minha conexão cai toda noite, a partir das 20h fica impossível de usar",
-        ),
-        (
-            (A("Sinto muito pelo transtorno, {nome}. Vou verificar a sua conexão. Pode me "
-               "confirmar o CPF do titular?"), C("{cpf}", "É {cpf}")),
-            (A("Poderia desligar o modem da tomada, aguardar 30 segundos e ligar de novo?"),
-             C("Já fiz isso umas três vezes e não resolveu", "Ok, vou fazer",
-               "Pronto, desliguei e liguei de novo")),
-            (A("Quais luzes estão acesas no modem agora?"),
-             C("A luz \"PON\" tá verde mas a \"LOS\" tá piscando vermelho",
-               "Só a de energia", "Todas acesas, mas a internet não funciona")),
-            (A("Identifiquei uma instabilidade na sua região. A equipe técnica já está atuando."),
-             C("E tem previsão de volta?"),
-             A("A previsão de normalização é de até {prazo}.")),
-            (C("Aparece a mensagem 'sem acesso à internet' no celular"),
-             A("Entendi. Vou fazer um teste remoto na sua linha, só um instante.")),
-            (A("Fiz um reset remoto na sua porta. Pode testar de novo, por favor?"),
-             C("Agora voltou, mas ainda tá lento", "Continua sem funcionar",
-               "Voltou! Vou ver se continua")),
-            (C("Eu trabalho de casa, preciso disso funcionando hoje!"),
-             A("Entendo a urgência, {nome}. Vou priorizar o seu caso.")),
-            (A("Você está conectado pelo Wi-Fi ou por cabo?"),
-             C("Pelo Wi-Fi, o computador fica na sala", "No cabo, direto no modem")),
-            (C("Fiz o teste de velocidade e deu isso:\nDownload: {velocidade}\nUpload: 2 Mega"),
-             A("{Obg_at} pelas informações. Está bem abaixo do contratado.")),
-        ),
-        _alts(
-            "Pronto, {nome}! Reconfigurei o seu modem remotamente e a conexão já está "
-            "normalizada. Protocolo {protocolo}.",
-            "A instabilidade foi corrigida e a sua velocidade já está de acordo com o "
-            "{plano}. Seu protocolo é {protocolo}.",
-        ),
-        _alts(
-            "Vou abrir uma ordem de serviço para visita técnica. Um técnico entrará em contato "
-            "em até {prazo}. Protocolo {protocolo}.",
-            "Como o problema persiste, encaminhei o seu caso para a equipe de rede. Protocolo "
-            "{protocolo}, prazo de retorno de {prazo}.",
-        ),
-    ),
-    _Scenario(
-        "cobranca_indevida",
-        _alts(
-            "Veio uma cobrança de {valor} na minha fatura que eu não reconheço",
-            "Minha conta desse mês veio {valor}, sempre pago {valor2}. O que aconteceu?",
-            "Estão me cobrando um pacote de canais que eu nunca contratei",
-            "Fui cobrado duas vezes no mesmo mês!",
-        ),
-        (
-            (A("Vou verificar a sua fatura. Pode me confirmar o CPF do titular?"),
-             C("{cpf}", "Claro: {cpf}")),
-            (A("Na sua fatura consta o serviço \"{servico}\" no valor de {valor}. Você reconhece "
-               "essa contratação?"), C("Não! Nunca pedi isso", "Nunca ouvi falar disso")),
-            (C("Já é o segundo mês que isso acontece"),
-             A("Peço desculpas pelo transtorno, {nome}.")),
-            (A("Vou verificar o histórico de alterações do seu plano, um momento."),
-             C("Ok, aguardo")),
-            (C("Quero o meu dinheiro de volta"),
-             A("Entendo. Vou verificar a possibilidade de estorno.")),
-            (C("Está escrito assim na fatura:\n\"Serviço adicional - {valor}\"\nO que é isso?"),
-             A("Esse é um serviço avulso. Vou checar quando ele foi ativado.")),
-            (C("Eu já paguei a fatura, vou ter que pagar de novo?"),
-             A("Não, {nome}. Se a cobrança for indevida, o valor volta como crédito.")),
-        ),
-        _alts(
-            "Pronto, cancelei o serviço e o valor de {valor} será estornado na próxima fatura. "
-            "Protocolo {protocolo}.",
-            "Confirmei a cobrança em duplicidade e já gerei o crédito de {valor}. Protocolo "
-            "{protocolo}.",
-        ),
-        _alts(
-            "Abri uma contestação junto ao setor financeiro. O prazo de análise é de {prazo}. "
-            "Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "cancelamento",
-        _alts(
-            "Quero cancelar a minha internet",
-            "Gostaria de cancelar meu plano, vou me mudar para uma cidade sem cobertura",
-            "Como faço para cancelar o contrato?",
-            "Quero cancelar tudo, internet e telefone",
-        ),
-        (
-            (A("Que pena, {nome}! Posso saber o motivo do cancelamento?"),
-             C("O serviço está muito instável", "Achei um plano mais barato na {operadora}",
-               "Vou me mudar", "Está caro demais pra mim")),
-            (A("Antes de seguir, tenho uma oferta: {plano_up} por {valor} nos próximos 6 meses. "
-               "Tem interesse?"),
-             C("Não, {obg}, quero cancelar mesmo", "Hmm, deixa eu pensar...")),
-            (C("Tem multa?"),
-             A("Como o seu contrato tem fidelidade até {data}, há uma multa proporcional de "
-               "{valor}.")),
-            (C("Mas ninguém me falou de multa quando contratei!"),
-             A("Entendo, {nome}. Vou verificar as condições do seu contrato.")),
-            (A("O equipamento precisa ser devolvido em uma de nossas lojas ou retirado por um "
-               "técnico."), C("Prefiro que venham buscar", "Levo na loja do centro")),
-        ),
-        _alts(
-            "Cancelamento realizado, {nome}. A retirada do equipamento está agendada para "
-            "{data}. Protocolo {protocolo}.",
-            "Pronto, o seu contrato será encerrado ao fim do ciclo atual. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "Vou transferir você para o setor de retenção, que cuida dos cancelamentos com "
-            "multa. Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "portabilidade",
-        _alts(
-            "Quero trazer meu número da {operadora} para a {empresa}",
-            "Minha portabilidade está parada há uma semana",
-            "Pedi a portabilidade do meu número e até agora nada",
-        ),
-        (
-            (A("Pode me informar o número que será portado, com DDD?"), C("({ddd}) 9{tel}")),
-            (A("A portabilidade leva até 3 dias úteis após a confirmação por SMS. Você recebeu o "
-               "SMS de confirmação?"), C("Recebi e respondi SIM", "Não recebi nada")),
-            (C("Fiquei sem linha nenhuma, nem o chip antigo funciona"),
-             A("Vou verificar o status junto à {operadora}.")),
-            (A("O pedido consta com status \"pendente de validação\"."), C("E o que eu faço?")),
-            (C("Vou perder meu número?"),
-             A("Não, {nome}. O número é seu e continua reservado durante o processo.")),
-        ),
-        _alts(
-            "A portabilidade foi concluída! Seu número já está ativo na {empresa}. Reinicie o "
-            "celular para atualizar. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "Abri um chamado com a {operadora} para liberar o número. O prazo é de {prazo}. "
-            "Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "segunda_via",
-        _alts(
-            "Preciso da segunda via do boleto",
-            "Não recebi a fatura desse mês",
-            "Meu boleto venceu, como eu pago?",
-        ),
-        (
-            (A("Claro! Me confirma o CPF do titular, por favor?"), C("{cpf}")),
-            (A("Encontrei a fatura com vencimento em {data}, no valor de {valor}."),
-             C("Isso, essa mesmo", "Essa mesma, pode mandar")),
-            (C("Dá pra pagar por Pix?"), A("Sim! Vou enviar o código Pix copia e cola.")),
-            (C("Vai ter juros?"),
-             A("Sim, há multa de 2% e juros de 1% ao mês, que virão na próxima fatura.")),
-            (A("Prefere receber por aqui ou por e-mail?"), C("Por aqui mesmo", "Pelos dois")),
-        ),
-        _alts(
-            "Segue o código de barras:\n{barcode}\nO pagamento é compensado em até 2 dias "
-            "úteis. Protocolo {protocolo}.",
-            "Enviei a segunda via para o seu e-mail e também por aqui. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "Não consegui gerar a segunda via pelo sistema. Encaminhei ao financeiro, que "
-            "enviará o boleto por e-mail em até {prazo}. Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "mudanca_endereco",
-        _alts(
-            "Vou me mudar e queria levar a internet para o endereço novo",
-            "Preciso transferir o meu plano para outro endereço",
-        ),
-        (
-            (A("Qual é o novo endereço, com CEP?"), C("{endereco}, CEP {cep}")),
-            (A("Verifiquei a cobertura e o endereço é atendido pela nossa fibra."),
-             C("Ótimo!", "Que bom")),
-            (C("Tem custo a mudança?"),
-             A("A taxa de transferência é de {valor}, que pode ser parcelada na fatura.")),
-            (A("Qual a melhor data para a instalação no novo endereço?"),
-             C("Pode ser dia {dia}, de manhã?", "Qualquer dia depois do dia {dia}")),
-        ),
-        _alts(
-            "Mudança agendada para {data}, no período da manhã. O técnico levará o equipamento. "
-            "Protocolo {protocolo}.",
-        ),
-        _alts(
-            "Esse endereço precisa de viabilidade técnica. Encaminhei para a equipe de "
-            "engenharia, retorno em até {prazo}. Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "upgrade_plano",
-        _alts(
-            "Quero aumentar a velocidade da minha internet",
-            "Tem plano mais rápido? O meu {plano} não está dando conta",
-            "Vi a promoção do {plano_up}, consigo mudar?",
-        ),
-        (
-            (A("Temos as seguintes opções:\n- {plano_up}: {valor}/mês\n- Fibra 1 Giga: "
-               "{valor2}/mês\nQual prefere?"), C("O {plano_up}", "O primeiro")),
-            (C("Muda a fidelidade?"), A("Sim, o upgrade renova a fidelidade por 12 meses.")),
-            (C("E o modem atual aguenta?"),
-             A("Vou verificar o modelo do seu equipamento, um momento.")),
-            (C("Tem desconto pra quem já é cliente?"),
-             A("Para clientes ativos, o primeiro mês sai pela metade do preço.")),
-        ),
-        _alts(
-            "Upgrade feito! Em até 2 horas o seu plano passa a ser {plano_up}. O novo valor de "
-            "{valor} vem na próxima fatura. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "Para esse plano será necessária a troca do modem. Encaminhei para agendamento "
-            "técnico. Protocolo {protocolo}.",
-        ),
-    ),
-)
 
-_TELECOM = _Family(
-    "telecom",
-    (("Ana", "a"), ("Bruno", "o"), ("Carla", "a"), ("Diego", "o"), ("Fernanda", "a"),
-     ("Gustavo", "o"), ("Juliana", "a"), ("Rafael", "o"), ("Patrícia", "a"), ("Thiago", "o")),
-    _TELECOM_SCENARIOS,
-    _cumulative((30, 15, 12, 8, 15, 8, 12)),
-    _SHARED_FILLER_STEPS + (
-        (A("Você já tentou acessar pelo aplicativo da {empresa}?"),
-         C("Tentei, mas pede uma senha que eu não tenho")),
-        (C("Esse mês eu paguei certinho, hein"), A("Sim, consta aqui que está tudo em dia.")),
-    ),
-    _alts("Segue o print", "Olha a foto do modem", "Print do erro", "Foto aqui"),
-    _alts("comprovante.pdf", "Segue o comprovante de pagamento", "fatura.pdf"),
-    _alts("Segue a imagem com o passo a passo", "Veja a posição correta dos cabos"),
-    _alts("Segue a segunda via", "fatura.pdf", "Contrato atualizado"),
-)
+def _read_data() -> dict[str, Any]:
+    ref = importlib.resources.files("parecer.devkit") / "data" / "sample_chats.json"
+    data: dict[str, Any] = json.loads(ref.read_text(encoding="utf-8"))
+    return data
 
-# -- health clinic ---------------------------------------------------------------------
 
-_CLINIC_SCENARIOS = (
-    _Scenario(
-        "agendar_consulta",
-        _alts(
-            "Gostaria de agendar uma consulta de {especialidade}",
-            "Vocês têm horário com {medico} essa semana?",
-            "Quero marcar uma consulta para a minha filha",
-            "Preciso de uma consulta de {especialidade}, é urgente",
-        ),
-        (
-            (A("Claro! A consulta será pelo convênio ou particular?"),
-             C("Pelo convênio, {convenio}", "Particular. Quanto custa?")),
-            (A("Tenho os seguintes horários com {medico}:\n- {data} às {hora}\n- {data2} às "
-               "{hora2}\nQual fica melhor?"), C("O primeiro", "O segundo, por favor")),
-            (A("Pode me informar o nome completo e a data de nascimento do paciente?"),
-             C("{nome_completo}, {nascimento}")),
-            (C("Precisa de pedido médico?"),
-             A("Para consulta não precisa, apenas a carteirinha e um documento com foto.")),
-            (A("O valor da consulta particular é {valor}."),
-             C("Aceita cartão?", "Parcela?"), A("Aceitamos cartão de crédito, débito e Pix.")),
-        ),
-        _alts(
-            "Consulta agendada com {medico} em {data} às {hora}. Chegue com 15 minutos de "
-            "antecedência. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "No momento não há agenda aberta com {medico}. Coloquei você na lista de espera e "
-            "a equipe entrará em contato. Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "remarcar",
-        _alts(
-            "Preciso remarcar minha consulta do dia {data}",
-            "Não vou conseguir ir na consulta de amanhã, dá pra trocar?",
-        ),
-        (
-            (A("Sem problemas. Qual o nome completo do paciente?"), C("{nome_completo}")),
-            (A("Encontrei a consulta com {medico} em {data} às {hora}. Para quando gostaria de "
-               "remarcar?"), C("Para a semana que vem, de preferência à tarde")),
-            (A("Tenho {data2} às {hora2}. Pode ser?"),
-             C("Pode sim", "Esse não dá, tem outro?")),
-            (C("Vai ter alguma taxa?"),
-             A("Não, remarcações com mais de 24h de antecedência não têm custo.")),
-        ),
-        _alts("Pronto! Sua consulta foi remarcada para {data2} às {hora2}. Protocolo "
-              "{protocolo}."),
-        _alts(
-            "A agenda de {medico} está fechada para o próximo mês. Encaminhei o pedido para a "
-            "coordenação. Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "resultado_exame",
-        _alts(
-            "Fiz um {exame} semana passada, o resultado já saiu?",
-            "Como pego o resultado do meu exame?",
-        ),
-        (
-            (A("Vou verificar. Pode me informar o nome completo e a data de nascimento?"),
-             C("{nome_completo}, {nascimento}")),
-            (A("O resultado do seu {exame} já está disponível no portal do paciente."),
-             C("Não consigo acessar o portal, dá erro de senha")),
-            (C("Aparece \"usuário não encontrado\" quando tento entrar"),
-             A("Vou reenviar o link de acesso para o seu e-mail.")),
-            (C("Pode mandar por aqui?"),
-             A("Por segurança, enviamos apenas pelo portal ou para o e-mail cadastrado.")),
-            (C("O resultado deu alterado, preciso voltar no médico?"),
-             A("Recomendamos levar o resultado ao médico que pediu o exame. Posso agendar um "
-               "retorno.")),
-        ),
-        _alts(
-            "Reenviei o resultado para o e-mail cadastrado. Qualquer dúvida, estamos à "
-            "disposição. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "O laudo ainda está em análise pelo médico responsável. O prazo é de {prazo}. "
-            "Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "convenio",
-        _alts(
-            "Vocês atendem {convenio}?",
-            "Meu convênio mudou para {convenio}, preciso atualizar o cadastro",
-        ),
-        (
-            (A("Atendemos sim! Qual é o seu plano?"), C("É o plano {plano_conv}")),
-            (A("Pode enviar uma foto da carteirinha, frente e verso?"),
-             C("Vou mandar", "Mandei agora")),
-            (C("O {exame} é coberto?"),
-             A("Depende da autorização do convênio. Vamos solicitar e o prazo é de até "
-               "{prazo}.")),
-            (C("Quanto fica a coparticipação?"),
-             A("O valor da coparticipação é definido pelo convênio, em geral em torno de "
-               "{valor}.")),
-        ),
-        _alts(
-            "Cadastro atualizado com o convênio {convenio}. Já pode agendar normalmente. "
-            "Protocolo {protocolo}.",
-        ),
-        _alts(
-            "A guia precisa de autorização prévia. Enviei ao {convenio} e o retorno sai em até "
-            "{prazo}. Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "reclamacao_atendimento",
-        _alts(
-            "Quero fazer uma reclamação",
-            "Fiquei mais de uma hora esperando ontem e ninguém me deu satisfação",
-            "A recepcionista foi muito grosseira comigo",
-        ),
-        (
-            (A("Lamentamos muito, {nome}. Pode me contar o que aconteceu?"),
-             C("Cheguei às {hora} para a consulta e só fui {atendido} quase duas horas depois."
-               "\nNinguém avisou do atraso.")),
-            (C("Isso é um absurdo, pago caro no convênio"),
-             A("Você tem toda razão em ficar {chateado}.")),
-            (A("Em qual unidade foi o atendimento?"), C("Na unidade {unidade}")),
-            (C("Falaram pra mim: 'o médico atende quando puder'"),
-             A("Isso não é o padrão de atendimento que queremos oferecer.")),
-        ),
-        _alts(
-            "Registrei a sua reclamação e a gerência da unidade vai tratar o caso. Agradecemos "
-            "o retorno. Protocolo {protocolo}.",
-        ),
-        _alts(
-            "Encaminhei sua reclamação para a ouvidoria, que responderá em até {prazo}. "
-            "Protocolo {protocolo}.",
-        ),
-    ),
-    _Scenario(
-        "cancelar_consulta",
-        _alts(
-            "Quero cancelar minha consulta do dia {data}",
-            "Preciso desmarcar o exame de amanhã",
-        ),
-        (
-            (A("Claro. Qual o nome completo do paciente?"), C("{nome_completo}")),
-            (A("Encontrei a consulta com {medico} em {data} às {hora}. Confirma o cancelamento?"),
-             C("Confirmo", "Isso, pode cancelar")),
-            (A("Gostaria de remarcar para outra data?"),
-             C("Agora não, {obg}", "Depois eu vejo")),
-        ),
-        _alts("Consulta cancelada com sucesso. Protocolo {protocolo}."),
-        _alts(
-            "Como o cancelamento é com menos de 24h, preciso passar para a coordenação avaliar a "
-            "taxa. Protocolo {protocolo}.",
-        ),
-    ),
-)
+_DATA = _read_data()
+_LINES: dict[str, tuple[str, ...]] = {k: _alts(v) for k, v in _DATA["lines"].items()}
+_CLIENT_GREETINGS = _LINES["client_greetings"]
+_AGENT_GREETINGS = _LINES["agent_greetings"]
+_CLIENT_THANKS = _LINES["client_thanks"]
+_AGENT_FAREWELL = _LINES["agent_farewell"]
+_CLIENT_ESCALATION_REACTION = _LINES["client_escalation_reaction"]
+_AGENT_AFTER_ESCALATION = _LINES["agent_after_escalation"]
+_AGENT_PENDING_QUESTION = _LINES["agent_pending_question"]
+_AGENT_STILL_THERE = _LINES["agent_still_there"]
+_AGENT_CLOSE_SILENT = _LINES["agent_close_silent"]
+_CLIENT_NO_REPLY = _LINES["client_no_reply"]
+_AGENT_FILLER = _LINES["agent_filler"]
+_CLIENT_FILLER = _LINES["client_filler"]
 
-_CLINIC = _Family(
-    "clinic",
-    (("Beatriz", "a"), ("Camila", "a"), ("Eduardo", "o"), ("Larissa", "a"), ("Marcos", "o"),
-     ("Renata", "a"), ("Sônia", "a"), ("Vinícius", "o")),
-    _CLINIC_SCENARIOS,
-    _cumulative((35, 20, 15, 12, 8, 10)),
-    _SHARED_FILLER_STEPS + (
-        (A("O paciente é menor de idade?"), C("Não", "Sim, tem 9 anos")),
-        (C("Tem estacionamento na clínica?"),
-         A("Temos convênio com o estacionamento ao lado.")),
-    ),
-    _alts("Foto da carteirinha", "Segue o pedido médico", "Olha aí"),
-    _alts("pedido_exame.pdf", "Segue o pedido do médico", "comprovante.pdf"),
-    _alts("Mapa da unidade", "Segue a localização"),
-    _alts("Orientações de preparo para o exame", "Comprovante de agendamento", "laudo.pdf"),
-)
+_SHARED_FILLER_STEPS = tuple(_step(st) for st in _DATA["shared_filler_steps"])
+_TELECOM = _family("telecom", _DATA["families"]["telecom"], _SHARED_FILLER_STEPS)
+_CLINIC = _family("clinic", _DATA["families"]["clinic"], _SHARED_FILLER_STEPS)
 
-_FEMALE = (
-    "Maria", "Ana", "Francisca", "Antônia", "Adriana", "Juliana", "Márcia", "Fernanda",
-    "Patrícia", "Aline", "Sandra", "Camila", "Amanda", "Bruna", "Jéssica", "Letícia", "Júlia",
-    "Luciana", "Vanessa", "Mariana", "Gabriela", "Débora", "Cláudia", "Tatiane", "Priscila",
-    "Simone", "Larissa", "Beatriz", "Luíza", "Raquel",
-)
-_MALE = (
-    "José", "João", "Antônio", "Francisco", "Carlos", "Paulo", "Pedro", "Lucas", "Luiz",
-    "Marcos", "Luís", "Gabriel", "Rafael", "Daniel", "Marcelo", "Bruno", "Eduardo", "Felipe",
-    "Rodrigo", "Manoel", "Mateus", "André", "Fernando", "Fábio", "Leonardo", "Gustavo",
-    "Guilherme", "Leandro", "Tiago", "Sérgio",
-)
-_SURNAMES = (
-    "Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima",
-    "Gomes", "Costa", "Ribeiro", "Martins", "Carvalho", "Almeida", "Lopes", "Soares",
-    "Fernandes", "Vieira", "Barbosa", "Rocha", "Dias", "Nascimento", "Andrade", "Moreira",
-    "Nunes", "Marques", "Machado", "Mendes", "Freitas", "Cardoso", "Ramos", "Gonçalves",
-    "Santana", "Teixeira", "Araújo", "Conceição", "Azevedo", "Correia", "D'Ávila",
-)
-_DDDS = ("11", "21", "31", "41", "51", "61", "71", "81", "85", "19", "27", "48", "62", "92")
-_PLANS = (
-    ("Fibra 100 Mega", "Fibra 300 Mega"), ("Fibra 300 Mega", "Fibra 500 Mega"),
-    ("Fibra 500 Mega", "Fibra 700 Mega"), ("Fibra 200 Mega", "Fibra 600 Mega"),
-)
-_SPEEDS = ("0,8 Mega", "3 Mega", "5 Mega", "12 Mega", "20 Mega", "35 Mega")
-_SERVICES = ("Pacote Esportes HD", "Seguro Residencial", "Antivírus Premium",
-             "Linha Fixa Ilimitada", "Streaming Kids")
-_CARRIERS = ("Vivo", "Claro", "TIM", "Oi")
-_DEADLINES = ("24 horas", "48 horas", "72 horas", "5 dias úteis", "7 dias úteis",
-              "10 dias úteis")
-_STREETS = ("Rua das Palmeiras", "Avenida Brasil", "Rua Sete de Setembro", "Rua São João",
-            "Avenida Getúlio Vargas", "Rua XV de Novembro", "Travessa da Paz",
-            "Rua Padre Anchieta", "Alameda Santos", "Rua Barão do Rio Branco")
-_DOCTORS = (
-    ("Dra. Helena Prado", "cardiologia"), ("Dr. Ricardo Tavares", "ortopedia"),
-    ("Dra. Luciana Mota", "dermatologia"), ("Dr. Paulo Henrique Sá", "clínica geral"),
-    ("Dra. Cristina Farias", "ginecologia"), ("Dr. Otávio Brandão", "endocrinologia"),
-    ("Dra. Renata Queiroz", "pediatria"), ("Dr. Júlio César Lins", "oftalmologia"),
-)
-_EXAMS = ("hemograma completo", "ultrassom abdominal", "raio-x do tórax", "eletrocardiograma",
-          "exame de urina", "ressonância do joelho", "colesterol total e frações",
-          "TSH e T4 livre")
-_INSURERS = ("Unimed", "Bradesco Saúde", "SulAmérica", "Amil", "Porto Seguro Saúde",
-             "NotreDame Intermédica", "Hapvida")
-_INSURANCE_PLANS = ("Enfermaria", "Apartamento", "Básico", "Executivo", "Nacional Flex")
-_UNITS = ("Centro", "Moema", "Savassi", "Boa Viagem", "Barra", "Asa Sul")
+_NAMES = _DATA["names"]
+_FEMALE: tuple[str, ...] = tuple(_NAMES["female"])
+_MALE: tuple[str, ...] = tuple(_NAMES["male"])
+_SURNAMES: tuple[str, ...] = tuple(_NAMES["surnames"])
+
+_VALUES = _DATA["slot_values"]
+_DDDS: tuple[str, ...] = tuple(_VALUES["ddds"])
+_PLANS: tuple[tuple[str, str], ...] = tuple((a, b) for a, b in _VALUES["plans"])  # (plan, its upgrade)
+_SPEEDS: tuple[str, ...] = tuple(_VALUES["speeds"])
+_SERVICES: tuple[str, ...] = tuple(_VALUES["services"])
+_CARRIERS: tuple[str, ...] = tuple(_VALUES["carriers"])
+_DEADLINES: tuple[str, ...] = tuple(_VALUES["deadlines"])
+_STREETS: tuple[str, ...] = tuple(_VALUES["streets"])
+_DOCTORS: tuple[tuple[str, str], ...] = tuple((a, b) for a, b in _VALUES["doctors"])  # (doctor, specialty)
+_EXAMS: tuple[str, ...] = tuple(_VALUES["exams"])
+_INSURERS: tuple[str, ...] = tuple(_VALUES["insurers"])
+_INSURANCE_PLANS: tuple[str, ...] = tuple(_VALUES["insurance_plans"])
+_UNITS: tuple[str, ...] = tuple(_VALUES["units"])
 
 
 def _family_for(slug: str, position: int) -> _Family:
@@ -1119,7 +631,7 @@ def _commit(conn: psycopg.Connection) -> None:
 def _ensure_schema(conn: psycopg.Connection) -> None:
     row = conn.execute("SELECT to_regclass('chat.messages') IS NOT NULL").fetchone()
     if row is None or not row[0]:
-        conn.execute(sql_path("reference", "schema.sql").read_text(encoding="utf-8"))
+        conn.execute(paths.sql_path("reference", "schema.sql").read_text(encoding="utf-8"))
     _commit(conn)
 
 
