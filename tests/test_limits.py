@@ -158,6 +158,7 @@ def test_claims_of_one_item_follow_the_same_order(conn: psycopg.Connection[Any])
     assert one_by_one == every == newest_first + oldest_first
 
 
+@pytest.mark.slow
 def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
     """Two runners against a limit at 80% of the provider's: the provider never has to say 429."""
     with db.connect(db_url) as c:

@@ -103,6 +103,7 @@ def _spawn_runner(db_url: str, s: Standin, *args: str, **env: str) -> subprocess
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_two_runner_processes_never_process_an_item_twice(db_url: str) -> None:
     with db.connect(db_url) as c:
         make_run(c, 60)
@@ -122,6 +123,7 @@ def test_two_runner_processes_never_process_an_item_twice(db_url: str) -> None:
         assert "Texto secreto" not in out + err and SECRET_KEY not in out + err
 
 
+@pytest.mark.slow
 def test_sigkilled_runner_items_are_recovered_by_another(db_url: str) -> None:
     with db.connect(db_url) as c:
         make_run(c, 3)
@@ -146,6 +148,7 @@ def test_sigkilled_runner_items_are_recovered_by_another(db_url: str) -> None:
     assert [h["outcome"] for h in hist if h["worker"] == "rescuer"] == ["done"] * 3
 
 
+@pytest.mark.slow
 def test_sigterm_releases_in_flight_items_and_exits_0(db_url: str) -> None:
     with db.connect(db_url) as c:
         make_run(c, 2)

@@ -75,6 +75,7 @@ def test_injection_through_text_arguments_is_literal(conn: psycopg.Connection[An
     assert conn.execute("SELECT count(*) AS n FROM parecer.scripts").fetchone() == {"n": 2}
 
 
+@pytest.mark.slow
 def test_demo_logs_contain_no_transcript_prompt_or_key(db_url: str) -> None:
     """A full demo run (key set, pointed at the stand-in): stderr holds logs only, and they leak nothing."""
     key = "sk" + "-test-DEMO-SECRET-4f1c2e9a7b"  # fake; split so no scanner mistakes it for a key
@@ -97,6 +98,7 @@ def test_demo_logs_contain_no_transcript_prompt_or_key(db_url: str) -> None:
     assert all(line not in p.stderr for text in instructions for line in text.splitlines() if len(line) > 30)
 
 
+@pytest.mark.slow
 def test_demo_is_idempotent_on_a_kept_database(db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["PARECER_DATABASE_URL"] = db_url
@@ -110,6 +112,7 @@ def test_demo_is_idempotent_on_a_kept_database(db_url: str) -> None:
         assert c.execute("SELECT count(*) AS n FROM parecer.reports").fetchone() == {"n": 20}
 
 
+@pytest.mark.slow
 def test_demo_on_the_embedded_default() -> None:
     """`parecer demo` with no database URL and no key: embedded PostgreSQL and the stand-in, two commands' worth."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "PARECER_DATABASE_URL", "OPENAI_BASE_URL")}
