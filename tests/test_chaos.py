@@ -19,11 +19,27 @@ from parecer.devkit import chaos
 @pytest.mark.slow
 def test_chaos_every_item_settles_once_with_reason(db_url: str, tmp_path: Path) -> None:
     cfg = chaos.ChaosConfig(
-        items=200, runners=3, concurrency=4, fault_rate=0.25, seed=20240611,
-        latency_ms=(50, 300), lease_seconds=5, request_timeout=1.5, timeout_delay_s=2.5,
-        minutes=9 / 60, chaos_start_s=3.0, kills=2, stops=1, cuts=2,
-        stop_extra_s=(1.5, 2.5), restart_delay_s=(0.3, 1.0), settle_seconds=35.0,
-        poll_seconds=2.0, shutdown_grace=1.0, log_dir=tmp_path / "logs", progress_every_s=3600.0,
+        items=200,
+        runners=3,
+        concurrency=4,
+        fault_rate=0.25,
+        seed=20240611,
+        latency_ms=(50, 300),
+        lease_seconds=5,
+        request_timeout=1.5,
+        timeout_delay_s=2.5,
+        minutes=9 / 60,
+        chaos_start_s=3.0,
+        kills=2,
+        stops=1,
+        cuts=2,
+        stop_extra_s=(1.5, 2.5),
+        restart_delay_s=(0.3, 1.0),
+        settle_seconds=35.0,
+        poll_seconds=2.0,
+        shutdown_grace=1.0,
+        log_dir=tmp_path / "logs",
+        progress_every_s=3600.0,
     )
     lines: list[str] = []
     res = chaos.run_chaos(db_url, cfg, log=lines.append)
@@ -43,9 +59,11 @@ def test_chaos_every_item_settles_once_with_reason(db_url: str, tmp_path: Path) 
     assert ch["kills"] >= 1 and ch["restarts"] == ch["kills"], report
     assert ch["stops"] == 1 and ch["conts"] == 1, report
     assert ch["connection_cuts"] >= 1, report
-    assert f["expired_attempts"]["of_killed_runners"] >= 1, report      # recovered through lease expiry
-    assert f["stopped_runner_claims_lost"] >= 1, report                 # the frozen runner lost its leases...
-    assert f["stopped_runner_late_results_accepted"] == 0, report       # ...and its late results were refused
+    assert f["expired_attempts"]["of_killed_runners"] >= 1, report  # recovered through lease expiry
+    assert f["stopped_runner_claims_lost"] >= 1, report  # the frozen runner lost its leases...
+    assert f["stopped_runner_late_results_accepted"] == 0, (
+        report
+    )  # ...and its late results were refused
     assert f["faults_injected"].get("rate_limit", 0) >= 1 and f["releases_429"] >= 1, report
     assert sum(f["faults_injected"].values()) >= 20, report
 

@@ -41,7 +41,7 @@ from .logs import LOGGER, event
 DEFAULT_MODEL = "gpt-5-mini"
 NOTIFY_CHANNEL = "parecer_work"
 BUDGET_CHANNEL = "parecer_budget"
-MAX_LOCAL_RATE_WAIT = 10.0   # longer shared-limit waits release the item instead of holding it
+MAX_LOCAL_RATE_WAIT = 10.0  # longer shared-limit waits release the item instead of holding it
 log = logging.getLogger(LOGGER + ".runner")
 
 
@@ -55,10 +55,10 @@ class RunnerConfig:
     concurrency: int = 4
     client_slug: str | None = None
     once: bool = False
-    run_id: int | None = None               # stop once this run has nothing left to do
+    run_id: int | None = None  # stop once this run has nothing left to do
     worker_id: str = field(default_factory=default_worker_id)
     poll_seconds: float = 30.0
-    lease_seconds: int | None = None        # None: the database's lease_seconds setting
+    lease_seconds: int | None = None  # None: the database's lease_seconds setting
     model: str = field(default_factory=lambda: os.environ.get("OPENAI_MODEL") or DEFAULT_MODEL)
     api_key: str | None = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY"))
     base_url: str | None = field(default_factory=lambda: os.environ.get("OPENAI_BASE_URL"))
@@ -66,10 +66,10 @@ class RunnerConfig:
     max_output_tokens: int = 4000
     shutdown_grace: float = 20.0
     auth_pause_seconds: float = 60.0
-    extra_headers: dict[str, str] | None = None   # tests: force stand-in faults
+    extra_headers: dict[str, str] | None = None  # tests: force stand-in faults
     key_label: str | None = field(default_factory=lambda: os.environ.get("PARECER_KEY_LABEL"))
-    expected_output_tokens: int = 600           # for the shared limiter's estimate
-    rate_limit: bool = True                     # consult parecer.acquire_rate before each call
+    expected_output_tokens: int = 600  # for the shared limiter's estimate
+    rate_limit: bool = True  # consult parecer.acquire_rate before each call
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -89,7 +89,9 @@ class ProviderPause(Exception):
 class ItemFailure(Exception):
     """The item's attempt failed: mark_failed with this short reason."""
 
-    def __init__(self, reason: str, retryable: bool = True, usage: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, reason: str, retryable: bool = True, usage: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
@@ -106,9 +108,14 @@ class RunnerStats:
 
     def as_dict(self) -> dict[str, Any]:
         secs = max(time.monotonic() - self.started, 1e-9)
-        return {"claimed": self.claimed, **dict(self.outcomes), "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "seconds": round(secs, 1),
-                "per_minute": round(self.outcomes["done"] * 60 / secs, 1)}
+        return {
+            "claimed": self.claimed,
+            **dict(self.outcomes),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "seconds": round(secs, 1),
+            "per_minute": round(self.outcomes["done"] * 60 / secs, 1),
+        }
 
 
 def _retry_after(exc: openai.APIStatusError, default: float) -> float:
@@ -127,10 +134,14 @@ def classify(exc: Exception) -> ProviderPause | ItemFailure:
     """Whose fault is a model-call exception, and what happens next."""
     if isinstance(exc, openai.RateLimitError):
         if exc.code == "insufficient_quota":
-            return ProviderPause("insufficient_quota: the provider account has no quota left", 300.0, loud=True)
+            return ProviderPause(
+                "insufficient_quota: the provider account has no quota left", 300.0, loud=True
+            )
         return ProviderPause("rate limited (429)", _retry_after(exc, 5.0))
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return ProviderPause(f"provider refused the credentials ({exc.status_code})", 60.0, loud=True)
+        return ProviderPause(
+            f"provider refused the credentials ({exc.status_code})", 60.0, loud=True
+        )
     if isinstance(exc, openai.NotFoundError):
         return ProviderPause(f"model or endpoint not found ({exc.status_code})", 60.0, loud=True)
     if isinstance(exc, openai.BadRequestError):
@@ -224,9 +235,15 @@ class Runner:
         self._owns_client = client is None
         if client is None:
             if not (config.api_key or config.base_url):
-                raise RuntimeError("OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)")
-            client = openai.AsyncOpenAI(api_key=config.api_key or "not-needed", base_url=config.base_url,
-                                        max_retries=0, timeout=config.request_timeout)
+                raise RuntimeError(
+                    "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
+                )
+            client = openai.AsyncOpenAI(
+                api_key=config.api_key or "not-needed",
+                base_url=config.base_url,
+                max_retries=0,
+                timeout=config.request_timeout,
+            )
         self.client = client
         self.stats = RunnerStats()
         self.pool: AsyncConnectionPool[Any] | None = None
@@ -234,7 +251,7 @@ class Runner:
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Any] = {}
         self._pause_until = 0.0
-        self._slots = config.concurrency        # ramps back up after a pause
+        self._slots = config.concurrency  # ramps back up after a pause
         self._db_failures = 0
 
     # ---- control -------------------------------------------------------
@@ -250,11 +267,19 @@ class Runner:
         if until > self._pause_until:
             self._pause_until = until
             self._slots = 1
-            event(log, "provider pause", logging.ERROR if p.loud else logging.WARNING,
-                  reason=p.reason, seconds=round(p.seconds, 2), worker=self.cfg.worker_id)
+            event(
+                log,
+                "provider pause",
+                logging.ERROR if p.loud else logging.WARNING,
+                reason=p.reason,
+                seconds=round(p.seconds, 2),
+                worker=self.cfg.worker_id,
+            )
 
     # ---- database ------------------------------------------------------
-    async def _db(self, sql: str, params: tuple[Any, ...] = (), *, attempts: int = 5) -> list[dict[str, Any]]:
+    async def _db(
+        self, sql: str, params: tuple[Any, ...] = (), *, attempts: int = 5
+    ) -> list[dict[str, Any]]:
         """One parecer.* call on a pooled autocommit connection; retries only when the database is unreachable."""
         assert self.pool is not None
         delay = 0.2
@@ -275,8 +300,9 @@ class Runner:
         delay = 0.5
         while not self._stopping.is_set():
             try:
-                async with await psycopg.AsyncConnection.connect(self.cfg.database_url, autocommit=True,
-                                                                 application_name="parecer-listen") as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.cfg.database_url, autocommit=True, application_name="parecer-listen"
+                ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     await conn.execute(f"LISTEN {BUDGET_CHANNEL}")
                     delay = 0.5
@@ -287,22 +313,49 @@ class Runner:
                                 alert = json.loads(n.payload)
                             except ValueError:
                                 alert = {}
-                            event(log, "budget alert", logging.ERROR if alert.get("threshold") == 100 else logging.WARNING,
-                                  **{k: alert.get(k) for k in ("client", "period", "threshold", "spent_usd", "budget_usd")})
+                            event(
+                                log,
+                                "budget alert",
+                                logging.ERROR if alert.get("threshold") == 100 else logging.WARNING,
+                                **{
+                                    k: alert.get(k)
+                                    for k in (
+                                        "client",
+                                        "period",
+                                        "threshold",
+                                        "spent_usd",
+                                        "budget_usd",
+                                    )
+                                },
+                            )
                         else:
                             self._wake.set()
             except psycopg.OperationalError as exc:
-                event(log, "listen connection lost", logging.WARNING, error=type(exc).__name__, retry_in=delay)
+                event(
+                    log,
+                    "listen connection lost",
+                    logging.WARNING,
+                    error=type(exc).__name__,
+                    retry_in=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     # ---- the loop ------------------------------------------------------
     async def run(self) -> RunnerStats:
         cfg = self.cfg
-        self.pool = AsyncConnectionPool(cfg.database_url, min_size=1, max_size=min(cfg.concurrency, 8) + 2,
-                                        kwargs={"autocommit": True, "row_factory": dict_row,
-                                                "application_name": "parecer-runner"},
-                                        open=False, reconnect_timeout=0)
+        self.pool = AsyncConnectionPool(
+            cfg.database_url,
+            min_size=1,
+            max_size=min(cfg.concurrency, 8) + 2,
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": "parecer-runner",
+            },
+            open=False,
+            reconnect_timeout=0,
+        )
         await self.pool.open()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -311,8 +364,16 @@ class Runner:
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests): stop() is called directly
         listener = asyncio.create_task(self._listen())
-        event(log, "runner started", worker=cfg.worker_id, concurrency=cfg.concurrency, client=cfg.client_slug,
-              model=cfg.model, once=cfg.once or None, run_id=cfg.run_id)
+        event(
+            log,
+            "runner started",
+            worker=cfg.worker_id,
+            concurrency=cfg.concurrency,
+            client=cfg.client_slug,
+            model=cfg.model,
+            once=cfg.once or None,
+            run_id=cfg.run_id,
+        )
         try:
             await self._loop()
         finally:
@@ -344,12 +405,20 @@ class Runner:
                     items = await self._db(
                         "SELECT c.*, clock_timestamp() AS db_now FROM parecer.claim(worker => %s, max_items => %s,"
                         " lease_seconds => %s, client_slug => %s, sync_commit => false) c",
-                        (cfg.worker_id, free, cfg.lease_seconds, cfg.client_slug), attempts=1)
+                        (cfg.worker_id, free, cfg.lease_seconds, cfg.client_slug),
+                        attempts=1,
+                    )
                     self._db_failures = 0
                 except psycopg.OperationalError as exc:
                     self._db_failures += 1
-                    backoff = min(0.5 * 2 ** self._db_failures, 30.0)
-                    event(log, "database unreachable", logging.WARNING, error=type(exc).__name__, retry_in=backoff)
+                    backoff = min(0.5 * 2**self._db_failures, 30.0)
+                    event(
+                        log,
+                        "database unreachable",
+                        logging.WARNING,
+                        error=type(exc).__name__,
+                        retry_in=backoff,
+                    )
                     await self._sleep(backoff)
                     continue
                 claimed = len(items)
@@ -374,8 +443,11 @@ class Runner:
         """Sleep until the poll interval, or earlier when a retry falls due."""
         timeout = self.cfg.poll_seconds
         try:
-            rows = await self._db("SELECT extract(epoch FROM parecer.next_due(%s) - clock_timestamp())::float8 AS due",
-                                  (self.cfg.client_slug,), attempts=1)
+            rows = await self._db(
+                "SELECT extract(epoch FROM parecer.next_due(%s) - clock_timestamp())::float8 AS due",
+                (self.cfg.client_slug,),
+                attempts=1,
+            )
         except psycopg.Error:
             return min(timeout, 5.0)
         due = rows[0]["due"] if rows else None
@@ -391,10 +463,14 @@ class Runner:
         if self._stopping.is_set():
             return
         # the stop event too: a stop() that landed while we were busy must not wait out the timeout
-        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._wake.wait()),
-                                             asyncio.ensure_future(self._stopping.wait())}
+        waiters: set[asyncio.Future[Any]] = {
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
         waiters |= set(self._inflight)
-        done, pending = await asyncio.wait(waiters, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(
+            waiters, timeout=max(seconds, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
         for w in pending:
             if w not in self._inflight:
                 w.cancel()
@@ -422,8 +498,10 @@ class Runner:
         while True:
             await asyncio.sleep(max(left / 3, 0.5))
             try:
-                rows = await self._db("SELECT parecer.extend_lease(%s, %s, %s) AS e, clock_timestamp() AS n",
-                                      (item["analysis_id"], item["lease_token"], self.cfg.lease_seconds))
+                rows = await self._db(
+                    "SELECT parecer.extend_lease(%s, %s, %s) AS e, clock_timestamp() AS n",
+                    (item["analysis_id"], item["lease_token"], self.cfg.lease_seconds),
+                )
                 left = (rows[0]["e"] - rows[0]["n"]).total_seconds()
             except psycopg.Error as exc:
                 if E.sqlstate(exc) == E.STALE_LEASE:
@@ -434,7 +512,11 @@ class Runner:
 
     async def _process(self, item: dict[str, Any]) -> None:
         aid = item["analysis_id"]
-        fields: dict[str, Any] = {"analysis": str(aid), "client": item["client_slug"], "attempt": item["attempt"]}
+        fields: dict[str, Any] = {
+            "analysis": str(aid),
+            "client": item["client_slug"],
+            "attempt": item["attempt"],
+        }
         heartbeat = asyncio.create_task(self._heartbeat(item))
         t0 = time.monotonic()
         try:
@@ -450,12 +532,20 @@ class Runner:
                 await self._finish_failed(item, fields, f, t0)
             except Exception as exc:  # never leave an item in processing
                 log.debug("unexpected error", exc_info=True)
-                await self._finish_failed(item, fields, ItemFailure(f"runner error: {type(exc).__name__}"), t0)
+                await self._finish_failed(
+                    item, fields, ItemFailure(f"runner error: {type(exc).__name__}"), t0
+                )
         except psycopg.Error as exc:
             # could not even report: the lease will expire and another runner recovers the item
             self.stats.outcomes["unreported"] += 1
-            event(log, "item unreported", logging.ERROR, **fields, error=type(exc).__name__,
-                  sqlstate=E.sqlstate(exc))
+            event(
+                log,
+                "item unreported",
+                logging.ERROR,
+                **fields,
+                error=type(exc).__name__,
+                sqlstate=E.sqlstate(exc),
+            )
         finally:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
@@ -466,7 +556,10 @@ class Runner:
         model = item["model"] or prompt["model"] or cfg.model
         fields["prompt"] = prompt["prompt_hash"][:16]
         limit_key = f"{limit_label(cfg)}:{model}"
-        estimate = math.ceil((len(prompt["instructions"]) + len(prompt["input"])) / 4) + cfg.expected_output_tokens
+        estimate = (
+            math.ceil((len(prompt["instructions"]) + len(prompt["input"])) / 4)
+            + cfg.expected_output_tokens
+        )
         if cfg.rate_limit:
             await self._acquire(limit_key, estimate)
         t0 = time.monotonic()
@@ -475,8 +568,14 @@ class Runner:
                 model=model,
                 instructions=prompt["instructions"],
                 input=prompt["input"],
-                text={"format": {"type": "json_schema", "name": "parecer_report",
-                                 "schema": prompt["report_schema"], "strict": True}},
+                text={
+                    "format": {
+                        "type": "json_schema",
+                        "name": "parecer_report",
+                        "schema": prompt["report_schema"],
+                        "strict": True,
+                    }
+                },
                 store=False,
                 metadata={"analysis_id": str(item["analysis_id"])},
                 max_output_tokens=cfg.max_output_tokens,
@@ -487,8 +586,10 @@ class Runner:
         except openai.OpenAIError as exc:
             verdict = classify(exc)
             if isinstance(verdict, ProviderPause) and cfg.rate_limit:
-                await self._db("SELECT parecer.report_rate(%s, retry_after_seconds => %s, reason => %s)",
-                               (limit_key, min(verdict.seconds, 86400.0), verdict.reason))
+                await self._db(
+                    "SELECT parecer.report_rate(%s, retry_after_seconds => %s, reason => %s)",
+                    (limit_key, min(verdict.seconds, 86400.0), verdict.reason),
+                )
             raise verdict from None
         latency_ms = int((time.monotonic() - t0) * 1000)
         usage = _usage(resp, latency_ms, model)
@@ -504,39 +605,76 @@ class Runner:
         used_model = getattr(resp, "model", None) or model
         item["_reporting"] = True
         try:
-            await self._db("SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
-                           (item["analysis_id"], item["lease_token"], json.dumps(report), used_model,
-                            prompt["prompt_hash"], json.dumps(usage)))
+            await self._db(
+                "SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+                (
+                    item["analysis_id"],
+                    item["lease_token"],
+                    json.dumps(report),
+                    used_model,
+                    prompt["prompt_hash"],
+                    json.dumps(usage),
+                ),
+            )
         except psycopg.Error as exc:
             code = E.sqlstate(exc)
             if code in (E.INVALID_REPORT, E.UNGROUNDED_REPORT):
                 raise ItemFailure(exc.diag.message_primary or code, usage=usage) from None
             if code == E.STALE_LEASE:
                 self.stats.outcomes["stale"] += 1
-                event(log, "item stale", logging.WARNING, **fields, reason="lease lost before reporting; result dropped")
+                event(
+                    log,
+                    "item stale",
+                    logging.WARNING,
+                    **fields,
+                    reason="lease lost before reporting; result dropped",
+                )
                 return
             raise
         self.stats.outcomes["done"] += 1
         self.stats.input_tokens += usage["input_tokens"] or 0
         self.stats.output_tokens += usage["output_tokens"] or 0
-        event(log, "item done", **fields, model=used_model, latency_ms=latency_ms, tokens_in=usage["input_tokens"],
-              tokens_cached=usage["cached_input_tokens"], tokens_out=usage["output_tokens"])
+        event(
+            log,
+            "item done",
+            **fields,
+            model=used_model,
+            latency_ms=latency_ms,
+            tokens_in=usage["input_tokens"],
+            tokens_cached=usage["cached_input_tokens"],
+            tokens_out=usage["output_tokens"],
+        )
 
-    async def _feedback(self, limit_key: str, headers: Any, estimate: int, usage: dict[str, Any]) -> None:
+    async def _feedback(
+        self, limit_key: str, headers: Any, estimate: int, usage: dict[str, Any]
+    ) -> None:
         """Tell the shared limiter what the provider said, when it matters: a window used up, or an
         estimate far off (one round trip saved per call otherwise)."""
         remaining_requests = _int_header(headers, "x-ratelimit-remaining-requests")
         remaining_tokens = _int_header(headers, "x-ratelimit-remaining-tokens")
-        actual = (usage["input_tokens"] or 0) + (usage["output_tokens"] or 0) if usage["input_tokens"] is not None else None
+        actual = (
+            (usage["input_tokens"] or 0) + (usage["output_tokens"] or 0)
+            if usage["input_tokens"] is not None
+            else None
+        )
         off = actual is not None and abs(estimate - actual) > estimate / 2
         if remaining_requests == 0 or remaining_tokens == 0 or off:
             await self._db(
                 "SELECT parecer.report_rate(%s, remaining_requests => %s, remaining_tokens => %s,"
                 " reset_seconds => %s, estimated_tokens => %s, actual_tokens => %s)",
-                (limit_key, remaining_requests, remaining_tokens,
-                 parse_duration(headers.get("x-ratelimit-reset-requests") if remaining_requests == 0
-                                else headers.get("x-ratelimit-reset-tokens")),
-                 estimate, actual))
+                (
+                    limit_key,
+                    remaining_requests,
+                    remaining_tokens,
+                    parse_duration(
+                        headers.get("x-ratelimit-reset-requests")
+                        if remaining_requests == 0
+                        else headers.get("x-ratelimit-reset-tokens")
+                    ),
+                    estimate,
+                    actual,
+                ),
+            )
 
     async def _acquire(self, limit_key: str, tokens: int) -> None:
         """Wait for the shared limiter; a long wait gives the item back instead of holding it."""
@@ -549,12 +687,21 @@ class Runner:
                 raise ProviderPause(f"shared rate limit {limit_key}: capacity in {wait:.0f}s", wait)
             await asyncio.sleep(wait)
 
-    async def _finish_failed(self, item: dict[str, Any], fields: dict[str, Any], f: ItemFailure, t0: float) -> None:
+    async def _finish_failed(
+        self, item: dict[str, Any], fields: dict[str, Any], f: ItemFailure, t0: float
+    ) -> None:
         item["_reporting"] = True
         try:
-            [out] = await self._db("SELECT * FROM parecer.mark_failed(%s, %s, %s, %s, %s)",
-                                   (item["analysis_id"], item["lease_token"], f.reason, f.retryable,
-                                    json.dumps(f.usage) if f.usage else None))
+            [out] = await self._db(
+                "SELECT * FROM parecer.mark_failed(%s, %s, %s, %s, %s)",
+                (
+                    item["analysis_id"],
+                    item["lease_token"],
+                    f.reason,
+                    f.retryable,
+                    json.dumps(f.usage) if f.usage else None,
+                ),
+            )
         except psycopg.Error as exc:
             if E.sqlstate(exc) == E.STALE_LEASE:
                 self.stats.outcomes["stale"] += 1
@@ -563,20 +710,36 @@ class Runner:
             raise
         terminal = out["next_retry_at"] is None
         self.stats.outcomes["failed" if terminal else "retrying"] += 1
-        event(log, "item failed" if terminal else "item retrying", logging.WARNING, **fields,
-              reason=f.reason, retry_count=out["retry_count"],
-              next_retry_at=out["next_retry_at"].isoformat() if out["next_retry_at"] else None,
-              latency_ms=int((time.monotonic() - t0) * 1000))
+        event(
+            log,
+            "item failed" if terminal else "item retrying",
+            logging.WARNING,
+            **fields,
+            reason=f.reason,
+            retry_count=out["retry_count"],
+            next_retry_at=out["next_retry_at"].isoformat() if out["next_retry_at"] else None,
+            latency_ms=int((time.monotonic() - t0) * 1000),
+        )
 
-    async def _finish_release(self, item: dict[str, Any], fields: dict[str, Any], reason: str, delay: int) -> None:
+    async def _finish_release(
+        self, item: dict[str, Any], fields: dict[str, Any], reason: str, delay: int
+    ) -> None:
         item["_reporting"] = True
         try:
-            await self._db("SELECT * FROM parecer.release(%s, %s, %s, %s)",
-                           (item["analysis_id"], item["lease_token"], min(delay, 86400), reason))
+            await self._db(
+                "SELECT * FROM parecer.release(%s, %s, %s, %s)",
+                (item["analysis_id"], item["lease_token"], min(delay, 86400), reason),
+            )
         except psycopg.Error as exc:
             if E.sqlstate(exc) == E.STALE_LEASE:
                 self.stats.outcomes["stale"] += 1
-                event(log, "item stale", logging.WARNING, **fields, reason=f"lease lost before release ({reason})")
+                event(
+                    log,
+                    "item stale",
+                    logging.WARNING,
+                    **fields,
+                    reason=f"lease lost before release ({reason})",
+                )
                 return
             raise
         self.stats.outcomes["released"] += 1

@@ -119,9 +119,15 @@ def _step(raw: list[dict[str, list[str]]]) -> Step:
 
 def _family(name: str, raw: dict[str, Any], shared_filler: tuple[Step, ...]) -> _Family:
     scenarios = tuple(
-        _Scenario(sc["name"], _alts(sc["opening"]), tuple(_step(st) for st in sc["steps"]),
-                  _alts(sc["resolved"]), _alts(sc["escalated"]))
-        for sc in raw["scenarios"])
+        _Scenario(
+            sc["name"],
+            _alts(sc["opening"]),
+            tuple(_step(st) for st in sc["steps"]),
+            _alts(sc["resolved"]),
+            _alts(sc["escalated"]),
+        )
+        for sc in raw["scenarios"]
+    )
     captions = raw["captions"]
     return _Family(
         name,
@@ -168,13 +174,17 @@ _SURNAMES: tuple[str, ...] = tuple(_NAMES["surnames"])
 
 _VALUES = _DATA["slot_values"]
 _DDDS: tuple[str, ...] = tuple(_VALUES["ddds"])
-_PLANS: tuple[tuple[str, str], ...] = tuple((a, b) for a, b in _VALUES["plans"])  # (plan, its upgrade)
+_PLANS: tuple[tuple[str, str], ...] = tuple(
+    (a, b) for a, b in _VALUES["plans"]
+)  # (plan, its upgrade)
 _SPEEDS: tuple[str, ...] = tuple(_VALUES["speeds"])
 _SERVICES: tuple[str, ...] = tuple(_VALUES["services"])
 _CARRIERS: tuple[str, ...] = tuple(_VALUES["carriers"])
 _DEADLINES: tuple[str, ...] = tuple(_VALUES["deadlines"])
 _STREETS: tuple[str, ...] = tuple(_VALUES["streets"])
-_DOCTORS: tuple[tuple[str, str], ...] = tuple((a, b) for a, b in _VALUES["doctors"])  # (doctor, specialty)
+_DOCTORS: tuple[tuple[str, str], ...] = tuple(
+    (a, b) for a, b in _VALUES["doctors"]
+)  # (doctor, specialty)
 _EXAMS: tuple[str, ...] = tuple(_VALUES["exams"])
 _INSURERS: tuple[str, ...] = tuple(_VALUES["insurers"])
 _INSURANCE_PLANS: tuple[str, ...] = tuple(_VALUES["insurance_plans"])
@@ -275,8 +285,9 @@ def _plan(seed: int, client: _Client, ordinal: int) -> _Plan:
 
 @functools.cache
 def _hms_table() -> tuple[str, ...]:
-    return tuple(f"{h:02d}:{m:02d}:{s:02d}+00" for h in range(24) for m in range(60)
-                 for s in range(60))
+    return tuple(
+        f"{h:02d}:{m:02d}:{s:02d}+00" for h in range(24) for m in range(60) for s in range(60)
+    )
 
 
 class _Clock:
@@ -289,8 +300,9 @@ class _Clock:
     def day(self, day: int) -> str:
         prefix = self.days.get(day)
         if prefix is None:
-            prefix = self.days[day] = datetime.fromtimestamp(
-                day * _DAY, timezone.utc).strftime("%Y-%m-%d ")
+            prefix = self.days[day] = datetime.fromtimestamp(day * _DAY, timezone.utc).strftime(
+                "%Y-%m-%d "
+            )
         return prefix
 
     def __call__(self, ts: int) -> str:
@@ -324,8 +336,7 @@ def _contact_row(seed: int, client: _Client, idx: int, now_ts: int, clock: _Cloc
     weyl = (idx * 0.6180339887498949 + random.Random(f"{seed}:{client.slug}:tags").random()) % 1
     tags = ",".join(rng.sample(TAG_VOCABULARY, 1 if rnd() < 0.6 else 2)) if weyl < 0.35 else ""
     stored_name = "\\N" if rnd() < 0.04 else name  # a few contacts were saved without a name
-    return (f"{client.slug}:c{idx:05d}\t{client.slug}\t{stored_name}\t{phone}\t{created}\t"
-            f"{tags}\n")
+    return f"{client.slug}:c{idx:05d}\t{client.slug}\t{stored_name}\t{phone}\t{created}\t{tags}\n"
 
 
 # Slot values are drawn lazily, when a template first needs them: a session only pays
@@ -342,7 +353,7 @@ def _date(r: Rnd, _: dict[str, str]) -> str:
 
 
 def _dates(r: Rnd, slots: dict[str, str]) -> str:
-    """"data" and "data2": two dates of the same month, 1-6 days apart."""
+    """ "data" and "data2": two dates of the same month, 1-6 days apart."""
     day, month = 1 + int(r() * 22), 1 + int(r() * 12)
     slots["data"] = f"{day:02d}/{month:02d}"
     slots["data2"] = f"{day + 1 + int(r() * 6):02d}/{month:02d}"
@@ -358,12 +369,14 @@ def _digits(r: Rnd, k: int) -> str:
     return f"{int(r() * 10**k):0{k}d}"
 
 
-def _pair(pairs: Sequence[tuple[str, str]], first: str, second: str, want_second: bool
-          ) -> SlotMaker:
+def _pair(
+    pairs: Sequence[tuple[str, str]], first: str, second: str, want_second: bool
+) -> SlotMaker:
     def make(r: Rnd, slots: dict[str, str]) -> str:
         a, b = pairs[int(r() * len(pairs))]
         slots[first], slots[second] = a, b
         return b if want_second else a
+
     return make
 
 
@@ -373,37 +386,56 @@ def _choice(pool: Sequence[str]) -> SlotMaker:
 
 def _barcode(r: Rnd, _: dict[str, str]) -> str:
     d = "".join(_digits(r, 12) for _ in range(4))
-    return (f"{d[0:5]}.{d[5:10]} {d[10:15]}.{d[15:21]} {d[21:26]}.{d[26:32]} {d[32]} "
-            f"{d[33:47]}")
+    return f"{d[0:5]}.{d[5:10]} {d[10:15]}.{d[15:21]} {d[21:26]}.{d[26:32]} {d[32]} {d[33:47]}"
 
 
 _SLOT_MAKERS: dict[str, SlotMaker] = {
     "protocolo": lambda r, _: str(10**11 + int(r() * 9 * 10**11)),
     "cpf": lambda r, _: f"{_digits(r, 3)}.{_digits(r, 3)}.{_digits(r, 3)}-{_digits(r, 2)}",
-    "valor": _money, "valor2": _money, "data": _dates, "data2": _dates,
-    "hora": _hour, "hora2": _hour,
+    "valor": _money,
+    "valor2": _money,
+    "data": _dates,
+    "data2": _dates,
+    "hora": _hour,
+    "hora2": _hour,
     "dia": lambda r, _: str(1 + int(r() * 28)),
     "nascimento": lambda r, s: f"{_date(r, s)}/{1950 + int(r() * 62)}",
-    "prazo": _choice(_DEADLINES), "ddd": _choice(_DDDS),
+    "prazo": _choice(_DEADLINES),
+    "ddd": _choice(_DDDS),
     "tel": lambda r, _: f"{_digits(r, 4)}-{_digits(r, 4)}",
     "plano": _pair(_PLANS, "plano", "plano_up", False),
     "plano_up": _pair(_PLANS, "plano", "plano_up", True),
-    "velocidade": _choice(_SPEEDS), "servico": _choice(_SERVICES),
+    "velocidade": _choice(_SPEEDS),
+    "servico": _choice(_SERVICES),
     "operadora": _choice(_CARRIERS),
     "endereco": lambda r, _: f"{_pick(r, _STREETS)}, {10 + int(r() * 2990)}",
     "cep": lambda r, _: f"{_digits(r, 5)}-{_digits(r, 3)}",
     "barcode": _barcode,
     "medico": _pair(_DOCTORS, "medico", "especialidade", False),
     "especialidade": _pair(_DOCTORS, "medico", "especialidade", True),
-    "exame": _choice(_EXAMS), "convenio": _choice(_INSURERS),
-    "plano_conv": _choice(_INSURANCE_PLANS), "unidade": _choice(_UNITS),
+    "exame": _choice(_EXAMS),
+    "convenio": _choice(_INSURERS),
+    "plano_conv": _choice(_INSURANCE_PLANS),
+    "unidade": _choice(_UNITS),
 }
 
 _GENDERED = {
-    True: {"obg": "obrigada", "Obg": "Obrigada", "chateado": "chateada",
-           "tranquilo": "tranquila", "atendido": "atendida", "mesmo": "mesma"},
-    False: {"obg": "obrigado", "Obg": "Obrigado", "chateado": "chateado",
-            "tranquilo": "tranquilo", "atendido": "atendido", "mesmo": "mesmo"},
+    True: {
+        "obg": "obrigada",
+        "Obg": "Obrigada",
+        "chateado": "chateada",
+        "tranquilo": "tranquila",
+        "atendido": "atendida",
+        "mesmo": "mesma",
+    },
+    False: {
+        "obg": "obrigado",
+        "Obg": "Obrigado",
+        "chateado": "chateado",
+        "tranquilo": "tranquilo",
+        "atendido": "atendido",
+        "mesmo": "mesmo",
+    },
 }
 
 
@@ -427,8 +459,9 @@ def _shuffled(rnd: Rnd, seq: Sequence[Step]) -> list[Step]:
     return out
 
 
-def _script(rnd: Rnd, fam: _Family, n: int, no_agent: bool, is_open: bool
-            ) -> tuple[list[tuple[bool, str]], str]:
+def _script(
+    rnd: Rnd, fam: _Family, n: int, no_agent: bool, is_open: bool
+) -> tuple[list[tuple[bool, str]], str]:
     """The session's dialogue as (from_me, escaped template) lines, and the ticket status."""
     u = rnd()
     scenario = fam.scenarios[-1]
@@ -444,8 +477,11 @@ def _script(rnd: Rnd, fam: _Family, n: int, no_agent: bool, is_open: bool
 
     long_form = n >= 8
     if long_form:
-        head = [(False, _pick(rnd, _CLIENT_GREETINGS)), (True, _pick(rnd, _AGENT_GREETINGS)),
-                (False, opening)]
+        head = [
+            (False, _pick(rnd, _CLIENT_GREETINGS)),
+            (True, _pick(rnd, _AGENT_GREETINGS)),
+            (False, opening),
+        ]
     else:  # short sessions: greeting and problem in one message
         head = [(False, f"{_pick(rnd, _CLIENT_GREETINGS)}! {opening}")]
 
@@ -460,8 +496,10 @@ def _script(rnd: Rnd, fam: _Family, n: int, no_agent: bool, is_open: bool
             closing.append((True, _pick(rnd, _AGENT_FAREWELL)))
     elif v < _ESCALATED:
         status = "escalated"
-        closing = [(True, _pick(rnd, scenario.escalated)),
-                   (False, _pick(rnd, _CLIENT_ESCALATION_REACTION))]
+        closing = [
+            (True, _pick(rnd, scenario.escalated)),
+            (False, _pick(rnd, _CLIENT_ESCALATION_REACTION)),
+        ]
         if long_form:
             closing.append((True, _pick(rnd, _AGENT_AFTER_ESCALATION)))
     else:
@@ -493,8 +531,9 @@ def _script(rnd: Rnd, fam: _Family, n: int, no_agent: bool, is_open: bool
     return head + middle + closing, status
 
 
-def _session_rows(p: _Plan, identity: Identity, now_ts: int, clock: _Clock,
-                  msgs: list[str]) -> tuple[str, str]:
+def _session_rows(
+    p: _Plan, identity: Identity, now_ts: int, clock: _Clock, msgs: list[str]
+) -> tuple[str, str]:
     """Append the session's message COPY lines to ``msgs``; return its tickets and
     sessions lines."""
     client, rnd = p.client, p.rng.random
@@ -504,8 +543,14 @@ def _session_rows(p: _Plan, identity: Identity, now_ts: int, clock: _Clock,
     is_open = u < _OPEN
     agent, article = fam.agents[int(rnd() * len(fam.agents))]
     slots = _Slots(rnd, _GENDERED[female])
-    slots.update(nome=first, nome_completo=full, agente=agent, art=article,
-                 empresa=client.name, Obg_at="Obrigada" if article == "a" else "Obrigado")
+    slots.update(
+        nome=first,
+        nome_completo=full,
+        agente=agent,
+        art=article,
+        empresa=client.name,
+        Obg_at="Obrigada" if article == "a" else "Obrigado",
+    )
     lines, status = _script(rnd, fam, p.n, p.no_agent, is_open)
     n = len(lines)
 
@@ -574,13 +619,14 @@ def _session_rows(p: _Plan, identity: Identity, now_ts: int, clock: _Clock,
         else:
             ext = nul
             created = day_text + hms[rel] if rel < day_end else clock(t)
-        out(f"{prefix}{j:03d}\t{sid}\t{flag}\t{media}\t{body}\t{transcription}\t{created}\t"
-            f"{ext}\t{upd}\n")
+        out(
+            f"{prefix}{j:03d}\t{sid}\t{flag}\t{media}\t{body}\t{transcription}\t{created}\t"
+            f"{ext}\t{upd}\n"
+        )
         t += gap
     tid = f"{client.slug}:t{p.ordinal:06d}"
     start_text = clock(started)
-    ticket = (f"{tid}\t{client.slug}\t{client.slug}:c{p.contact:05d}\t{status}\t"
-              f"{start_text}\n")
+    ticket = f"{tid}\t{client.slug}\t{client.slug}:c{p.contact:05d}\t{status}\t{start_text}\n"
     session = f"{sid}\t{tid}\t{start_text}\t{clock(ended) if ended else nul}\n"
     return ticket, session
 
@@ -590,8 +636,10 @@ def _session_rows(p: _Plan, identity: Identity, now_ts: int, clock: _Clock,
 _CONTACTS_COLS = "id, client_id, name, phone, created_at"
 _TICKETS_COLS = "id, client_id, contact_id, status, created_at"
 _SESSIONS_COLS = "id, ticket_id, started_at, ended_at"
-_MESSAGES_COLS = ("id, session_id, from_me, media_type, body, transcription, created_at, "
-                  "created_at_external, updated_at_external")
+_MESSAGES_COLS = (
+    "id, session_id, from_me, media_type, body, transcription, created_at, "
+    "created_at_external, updated_at_external"
+)
 
 _STAGE_CONTACTS = """
 CREATE TEMP TABLE _sample_contacts (
@@ -619,8 +667,10 @@ ON CONFLICT DO NOTHING
 
 
 def _move(table: str, cols: str) -> str:
-    return (f"INSERT INTO chat.{table} ({cols}) SELECT {cols} FROM _sample_{table} "
-            "ON CONFLICT DO NOTHING")
+    return (
+        f"INSERT INTO chat.{table} ({cols}) SELECT {cols} FROM _sample_{table} "
+        "ON CONFLICT DO NOTHING"
+    )
 
 
 def _commit(conn: psycopg.Connection) -> None:
@@ -638,7 +688,9 @@ def _ensure_schema(conn: psycopg.Connection) -> None:
 def _existing_sessions(conn: psycopg.Connection, slugs: list[str]) -> set[str]:
     rows = conn.execute(
         "SELECT s.id FROM chat.sessions s JOIN chat.tickets t ON t.id = s.ticket_id "
-        "WHERE t.client_id = ANY(%s)", (slugs,)).fetchall()
+        "WHERE t.client_id = ANY(%s)",
+        (slugs,),
+    ).fetchall()
     _commit(conn)
     return {r[0] for r in rows}
 
@@ -646,8 +698,9 @@ def _existing_sessions(conn: psycopg.Connection, slugs: list[str]) -> set[str]:
 class _Generator:
     """Builds the batches; also tallies the sample's size (for every session, new or not)."""
 
-    def __init__(self, seed: int, sessions: int, clients: list[_Client], now_ts: int,
-                 existing: set[str]) -> None:
+    def __init__(
+        self, seed: int, sessions: int, clients: list[_Client], now_ts: int, existing: set[str]
+    ) -> None:
         self.seed, self.sessions, self.clients, self.now_ts = seed, sessions, clients, now_ts
         self.existing = existing
         self.total_weight = sum(c.weight for c in clients)
@@ -683,8 +736,15 @@ class _Generator:
                 sessions.append(session)
             if len(identities) > 200_000:
                 identities.clear()
-            yield _Batch(b1, len(sessions), len(msgs), "".join(contacts), "".join(tickets),
-                         "".join(sessions), "".join(msgs))
+            yield _Batch(
+                b1,
+                len(sessions),
+                len(msgs),
+                "".join(contacts),
+                "".join(tickets),
+                "".join(sessions),
+                "".join(msgs),
+            )
 
 
 def _copy(cur: psycopg.Cursor[object], target: str, cols: str, data: str) -> None:
@@ -753,8 +813,10 @@ def load_sample(
     elif now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     now_ts = int(now.timestamp())
-    specs = [_Client(slug, name, _family_for(slug, i), 3 if i == 0 else 2)
-             for i, (slug, name) in enumerate(clients)]  # 60/40 for two clients
+    specs = [
+        _Client(slug, name, _family_for(slug, i), 3 if i == 0 else 2)
+        for i, (slug, name) in enumerate(clients)
+    ]  # 60/40 for two clients
 
     # this module reads rows by position: work on tuples whatever the caller's row factory
     saved_factory = conn.row_factory
@@ -765,13 +827,21 @@ def load_sample(
         conn.row_factory = saved_factory
 
 
-def _load(conn: psycopg.Connection[Any], sessions: int, seed: int, specs: list[_Client], now_ts: int,
-          progress: Callable[[int, int], None] | None, t0: float) -> SampleStats:
+def _load(
+    conn: psycopg.Connection[Any],
+    sessions: int,
+    seed: int,
+    specs: list[_Client],
+    now_ts: int,
+    progress: Callable[[int, int], None] | None,
+    t0: float,
+) -> SampleStats:
     _ensure_schema(conn)
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO chat.clients (id, slug, name) VALUES (%s, %s, %s) "
-            "ON CONFLICT DO NOTHING", [(c.slug, c.slug, c.name) for c in specs])
+            "INSERT INTO chat.clients (id, slug, name) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            [(c.slug, c.slug, c.name) for c in specs],
+        )
     _commit(conn)
     existing = _existing_sessions(conn, [c.slug for c in specs]) if sessions else set()
 
@@ -785,9 +855,14 @@ def _load(conn: psycopg.Connection[Any], sessions: int, seed: int, specs: list[_
             if progress is not None:
                 progress(batch.done, sessions)
     return SampleStats(
-        clients=len(specs), contacts=len(gen.contacts_seen), sessions=sessions,
-        messages=gen.messages, inserted_sessions=inserted_sessions,
-        inserted_messages=inserted_messages, seconds=time.perf_counter() - t0)
+        clients=len(specs),
+        contacts=len(gen.contacts_seen),
+        sessions=sessions,
+        messages=gen.messages,
+        inserted_sessions=inserted_sessions,
+        inserted_messages=inserted_messages,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _prefetch(batches: Iterator[_Batch], depth: int = 1) -> Generator[_Batch, None, None]:

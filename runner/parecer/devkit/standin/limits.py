@@ -13,6 +13,7 @@ _WINDOW_S = 60.0
 _NOMINAL_RPM = 10_000  # advertised in headers when no limit is configured
 _NOMINAL_TPM = 30_000_000
 
+
 def count_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
@@ -69,15 +70,23 @@ class Windows:
         used_r, used_t = len(self.requests), self.token_sum
         if rpm is not None and used_r + 1 > rpm:
             retry = self.requests[0] + _WINDOW_S - now
-            verdict = Verdict(False, "requests", retry, (
-                f"Rate limit reached for {self.model} in organization org-standin on "
-                f"requests per min (RPM): Limit {rpm}, Used {used_r}, Requested 1. "
-                f"Please try again in {fmt_duration(retry)}."))
+            verdict = Verdict(
+                False,
+                "requests",
+                retry,
+                (
+                    f"Rate limit reached for {self.model} in organization org-standin on "
+                    f"requests per min (RPM): Limit {rpm}, Used {used_r}, Requested 1. "
+                    f"Please try again in {fmt_duration(retry)}."
+                ),
+            )
         elif tpm is not None and used_t + charge > tpm:
             if charge > tpm:
                 retry = _WINDOW_S
-                text = (f"Request too large for {self.model} in organization org-standin on "
-                        f"tokens per min (TPM): Limit {tpm}, Requested {charge}.")
+                text = (
+                    f"Request too large for {self.model} in organization org-standin on "
+                    f"tokens per min (TPM): Limit {tpm}, Requested {charge}."
+                )
             else:
                 freed, retry = 0, _WINDOW_S
                 for stamp, tokens in self.tokens:
@@ -85,9 +94,11 @@ class Windows:
                     if used_t - freed + charge <= tpm:
                         retry = stamp + _WINDOW_S - now
                         break
-                text = (f"Rate limit reached for {self.model} in organization org-standin on "
-                        f"tokens per min (TPM): Limit {tpm}, Used {used_t}, Requested {charge}. "
-                        f"Please try again in {fmt_duration(retry)}.")
+                text = (
+                    f"Rate limit reached for {self.model} in organization org-standin on "
+                    f"tokens per min (TPM): Limit {tpm}, Used {used_t}, Requested {charge}. "
+                    f"Please try again in {fmt_duration(retry)}."
+                )
             verdict = Verdict(False, "tokens", retry, text)
         else:
             self.requests.append(now)
@@ -96,8 +107,9 @@ class Windows:
         verdict.headers = self.headers(now, rpm, tpm, verdict)
         return verdict
 
-    def headers(self, now: float, rpm: int | None, tpm: int | None,
-                verdict: Verdict | None = None) -> dict[str, str]:
+    def headers(
+        self, now: float, rpm: int | None, tpm: int | None, verdict: Verdict | None = None
+    ) -> dict[str, str]:
         """The x-ratelimit-* headers for the windows' current state."""
         self._prune(now)
         limit_r, limit_t = rpm or _NOMINAL_RPM, tpm or _NOMINAL_TPM

@@ -143,14 +143,52 @@ def _stems(label: str) -> list[str]:
     return [w[:6] for w in words]
 
 
-_NEGATIVE = ("caiu", "problema", "ruim", "pessim", "absurd", "reclam", "lento", "cancel",
-             "indevid", "erro", "demora", "irritad", "horrivel", "nao funciona", "bad",
-             "terrible", "broken", "angry", "refund")
-_POSITIVE = ("obrigad", "otimo", "perfeito", "resolv", "funcionou", "excelente", "valeu",
-             "agradec", "thank", "great", "perfect", "fixed")
+_NEGATIVE = (
+    "caiu",
+    "problema",
+    "ruim",
+    "pessim",
+    "absurd",
+    "reclam",
+    "lento",
+    "cancel",
+    "indevid",
+    "erro",
+    "demora",
+    "irritad",
+    "horrivel",
+    "nao funciona",
+    "bad",
+    "terrible",
+    "broken",
+    "angry",
+    "refund",
+)
+_POSITIVE = (
+    "obrigad",
+    "otimo",
+    "perfeito",
+    "resolv",
+    "funcionou",
+    "excelente",
+    "valeu",
+    "agradec",
+    "thank",
+    "great",
+    "perfect",
+    "fixed",
+)
 _ESCALATED = ("transfer", "encaminh", "supervisor", "escalon", "ouvidoria", "escalat")
-_RESOLVED = ("resolvid", "resolveu", "funcionou", "normalizad", "solucionad", "voltou",
-             "resolved", "fixed")
+_RESOLVED = (
+    "resolvid",
+    "resolveu",
+    "funcionou",
+    "normalizad",
+    "solucionad",
+    "voltou",
+    "resolved",
+    "fixed",
+)
 _FLAG_HINTS: dict[str, tuple[str, ...]] = {
     "churn": ("cancel",),
     "cancel": ("cancel",),
@@ -218,12 +256,14 @@ def build_report(transcript: str, schema: dict[str, Any] | None) -> dict[str, An
     for topic in topic_enum:
         hit = _find(quotable, _stems(str(topic)))
         confidence = rng.uniform(0.62, 0.95) if hit else rng.uniform(0.03, 0.25)
-        topics.append({
-            "topic": topic,
-            "evidence": [_evidence(hit[0], (hit[1], hit[2]))] if hit else [],
-            "present": hit is not None,
-            "confidence": round(confidence, 2),
-        })
+        topics.append(
+            {
+                "topic": topic,
+                "evidence": [_evidence(hit[0], (hit[1], hit[2]))] if hit else [],
+                "present": hit is not None,
+                "confidence": round(confidence, 2),
+            }
+        )
 
     # Flags: keyword match of the flag's words plus a few hints.
     flags: list[dict[str, Any]] = []
@@ -254,7 +294,9 @@ def build_report(transcript: str, schema: dict[str, Any] | None) -> dict[str, An
     first = customer[0] if customer else (quotable[0] if quotable else None)
     last = customer[-1] if customer else (quotable[-1] if quotable else None)
     cited = [m for m in (first, last) if m is not None]
-    sentiment_ev = [_evidence(m) for i, m in enumerate(cited) if m.id not in {c.id for c in cited[:i]}]
+    sentiment_ev = [
+        _evidence(m) for i, m in enumerate(cited) if m.id not in {c.id for c in cited[:i]}
+    ]
 
     present = [t["topic"] for t in topics if t["present"]]
     summary = (
@@ -325,8 +367,13 @@ def _default(schema: Any) -> Any:
     kind = types[0] if types else "null"
     if kind == "object":
         return _conform({}, schema)
-    return {"string": "", "number": schema.get("minimum", 0), "integer": schema.get("minimum", 0),
-            "boolean": False, "array": []}.get(kind)
+    return {
+        "string": "",
+        "number": schema.get("minimum", 0),
+        "integer": schema.get("minimum", 0),
+        "boolean": False,
+        "array": [],
+    }.get(kind)
 
 
 def _conform(value: Any, schema: Any) -> Any:

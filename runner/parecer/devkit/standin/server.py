@@ -129,9 +129,20 @@ class _State:
     def reset(self) -> None:
         with self.lock:
             self.counters = dict.fromkeys(
-                ("requests", "completed", "incomplete", "rate_limited", "unauthorized",
-                 "invalid_requests", "max_concurrent", "input_tokens", "cached_tokens",
-                 "output_tokens"), 0)
+                (
+                    "requests",
+                    "completed",
+                    "incomplete",
+                    "rate_limited",
+                    "unauthorized",
+                    "invalid_requests",
+                    "max_concurrent",
+                    "input_tokens",
+                    "cached_tokens",
+                    "output_tokens",
+                ),
+                0,
+            )
             self.counters["max_concurrent"] = self.in_flight
             self.faults = dict.fromkeys(FAULT_KINDS, 0)
             self.windows.clear()
@@ -177,8 +188,15 @@ class _State:
 class _ApiError(Exception):
     """An OpenAI-style error response."""
 
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -236,8 +254,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str],
-              content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        content_type: str = "application/json",
+    ) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -287,8 +310,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found("POST", path)
 
     def _not_found(self, method: str, path: str) -> None:
-        self._json(404, {"error": {"message": f"Invalid URL ({method} {path})",
-                                   "type": "invalid_request_error", "param": None, "code": None}})
+        self._json(
+            404,
+            {
+                "error": {
+                    "message": f"Invalid URL ({method} {path})",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )
 
     def _responses(self) -> None:
         state, cfg = self.state, self.state.config
@@ -297,8 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.in_flight += 1
             state.counters["requests"] += 1
-            state.counters["max_concurrent"] = max(state.counters["max_concurrent"],
-                                                   state.in_flight)
+            state.counters["max_concurrent"] = max(
+                state.counters["max_concurrent"], state.in_flight
+            )
         self._fault: str | None = None  # set once drawn, for the stats and the log line
         status = 0
         try:
@@ -313,16 +346,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(status, err.body, self._headers(started, request_id, err.headers))
             except Exception as exc:  # a stand-in bug: answer like the API would, no traceback
                 status, self._fault = 500, f"internal:{type(exc).__name__}"
-                self._json(500, _ApiError(500, "The server had an error while processing your "
-                                          "request. Sorry about that!", "server_error").body,
-                           self._headers(started, request_id, {}))
+                self._json(
+                    500,
+                    _ApiError(
+                        500,
+                        "The server had an error while processing your request. Sorry about that!",
+                        "server_error",
+                    ).body,
+                    self._headers(started, request_id, {}),
+                )
         finally:
             with state.lock:
                 state.in_flight -= 1
             if cfg.log is not None:
                 ms = round((time.monotonic() - started) * 1000)
-                cfg.log(f"standin {request_id} POST /v1/responses {status or 'dropped'} "
-                        f"fault={self._fault or '-'} {ms}ms")
+                cfg.log(
+                    f"standin {request_id} POST /v1/responses {status or 'dropped'} "
+                    f"fault={self._fault or '-'} {ms}ms"
+                )
 
     def _headers(self, started: float, request_id: str, extra: dict[str, str]) -> dict[str, str]:
         if "x-ratelimit-limit-requests" not in extra:  # early errors: current window state
@@ -345,58 +386,86 @@ class _Handler(BaseHTTPRequestHandler):
         if cfg.require_key is not None:
             auth = self.headers.get("Authorization", "")
             if not auth.startswith("Bearer "):
-                raise _auth_error("You didn't provide an API key. You need to provide your API "
-                                  "key in an Authorization header using Bearer auth.")
-            if auth[len("Bearer "):].strip() != cfg.require_key:
-                raise _auth_error(f"Incorrect API key provided. You can find your API key at "
-                                  f"{_KEYS_URL}.")
+                raise _auth_error(
+                    "You didn't provide an API key. You need to provide your API "
+                    "key in an Authorization header using Bearer auth."
+                )
+            if auth[len("Bearer ") :].strip() != cfg.require_key:
+                raise _auth_error(
+                    f"Incorrect API key provided. You can find your API key at {_KEYS_URL}."
+                )
 
         try:
             req = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise _invalid("We could not parse the JSON body of your request. (HINT: This likely "
-                           "means you aren't using your HTTP library correctly.)", None) from None
+            raise _invalid(
+                "We could not parse the JSON body of your request. (HINT: This likely "
+                "means you aren't using your HTTP library correctly.)",
+                None,
+            ) from None
         if not isinstance(req, dict):
             raise _invalid("We could not parse the JSON body of your request.", None)
         if not isinstance(req.get("model"), str) or not req["model"]:
-            raise _invalid("Missing required parameter: 'model'.", "model",
-                           "missing_required_parameter")
+            raise _invalid(
+                "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+            )
         transcript = _input_text(req.get("input"))
         if transcript is None:
-            raise _invalid("Missing required parameter: 'input'.", "input",
-                           "missing_required_parameter")
+            raise _invalid(
+                "Missing required parameter: 'input'.", "input", "missing_required_parameter"
+            )
         max_out = req.get("max_output_tokens")
         if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool)):
-            raise _invalid("Invalid type for 'max_output_tokens': expected an integer.",
-                           "max_output_tokens", "invalid_type")
+            raise _invalid(
+                "Invalid type for 'max_output_tokens': expected an integer.",
+                "max_output_tokens",
+                "invalid_type",
+            )
         if isinstance(max_out, int) and max_out < 16:
-            raise _invalid("Invalid 'max_output_tokens': integer below minimum value. Expected a "
-                           f"value >= 16, but got {max_out} instead.", "max_output_tokens",
-                           "integer_below_min_value")
+            raise _invalid(
+                "Invalid 'max_output_tokens': integer below minimum value. Expected a "
+                f"value >= 16, but got {max_out} instead.",
+                "max_output_tokens",
+                "integer_below_min_value",
+            )
         forced = self.headers.get(FAULT_HEADER)
         if forced is not None:
             forced = forced.strip().lower()
             if forced != "none" and forced not in FAULT_KINDS:
-                raise _invalid(f"Unknown {FAULT_HEADER} '{forced}'; expected one of "
-                               f"{', '.join(FAULT_KINDS)} or none.", None, "invalid_standin_fault")
+                raise _invalid(
+                    f"Unknown {FAULT_HEADER} '{forced}'; expected one of "
+                    f"{', '.join(FAULT_KINDS)} or none.",
+                    None,
+                    "invalid_standin_fault",
+                )
 
         instructions: str = req["instructions"] if isinstance(req.get("instructions"), str) else ""
         text_param = req.get("text") if isinstance(req.get("text"), dict) else None
         fmt = (text_param or {}).get("format")
         schema = fmt.get("schema") if isinstance(fmt, dict) else None
-        output = json.dumps(build_report(transcript, schema if isinstance(schema, dict) else None),
-                            ensure_ascii=False, separators=(",", ":"))
+        output = json.dumps(
+            build_report(transcript, schema if isinstance(schema, dict) else None),
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
         input_tokens = count_tokens(instructions + transcript)
 
         # Rate limits, charged with the whole request's tokens.
         with state.lock:
-            verdict = state.windows.admit(time.monotonic(), input_tokens + count_tokens(output),
-                                          cfg.rpm_limit, cfg.tpm_limit)
+            verdict = state.windows.admit(
+                time.monotonic(), input_tokens + count_tokens(output), cfg.rpm_limit, cfg.tpm_limit
+            )
             if not verdict.ok:
                 state.counters["rate_limited"] += 1
         if not verdict.ok:
-            raise _ApiError(429, verdict.message, verdict.kind, None, "rate_limit_exceeded",
-                            {**verdict.headers, **_retry_after(verdict.retry_s)})
+            raise _ApiError(
+                429,
+                verdict.message,
+                verdict.kind,
+                None,
+                "rate_limit_exceeded",
+                {**verdict.headers, **_retry_after(verdict.retry_s)},
+            )
         rl = verdict.headers
 
         fault = (None if forced == "none" else forced) if forced is not None else state.draw_fault()
@@ -415,13 +484,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # shutting down: drop the request unanswered
             return 0
         if fault == "server_error":
-            raise _ApiError(500, "The server had an error while processing your request. Sorry "
-                            "about that!", "server_error", None, None, rl)
+            raise _ApiError(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+                None,
+                rl,
+            )
 
         hit = bool(instructions) and state.seen_instructions(instructions)
         cached = count_tokens(instructions) if hit else 0
-        body = _response_body(req, output, fault, input_tokens, cached, max_out,
-                              self._variant_rng(), transcript)
+        body = _response_body(
+            req, output, fault, input_tokens, cached, max_out, self._variant_rng(), transcript
+        )
         usage = body["usage"]
         with state.lock:
             c = state.counters
@@ -448,46 +524,75 @@ def _input_text(value: Any) -> str | None:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):
-                parts += [c["text"] for c in content
-                          if isinstance(c, dict) and isinstance(c.get("text"), str)]
+                parts += [
+                    c["text"]
+                    for c in content
+                    if isinstance(c, dict) and isinstance(c.get("text"), str)
+                ]
         return "\n".join(parts)
     return None
 
 
 def _retry_after(seconds: float) -> dict[str, str]:
-    return {"retry-after": str(max(1, math.ceil(seconds))),
-            "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
+    return {
+        "retry-after": str(max(1, math.ceil(seconds))),
+        "retry-after-ms": str(max(1, math.ceil(seconds * 1000))),
+    }
 
 
 def _raise_early_fault(fault: str | None, rl: dict[str, str]) -> None:
     """Faults that answer at once, before any 'model' latency."""
     if fault == "rate_limit":
-        raise _ApiError(429, f"Rate limit reached for {STANDIN_MODEL} in organization "
-                        "org-standin on requests per min (RPM): Limit "
-                        f"{rl['x-ratelimit-limit-requests']}. Please try again in 1s.",
-                        "requests", None, "rate_limit_exceeded", _retry_after(1))
+        raise _ApiError(
+            429,
+            f"Rate limit reached for {STANDIN_MODEL} in organization "
+            "org-standin on requests per min (RPM): Limit "
+            f"{rl['x-ratelimit-limit-requests']}. Please try again in 1s.",
+            "requests",
+            None,
+            "rate_limit_exceeded",
+            _retry_after(1),
+        )
     if fault == "quota":
-        raise _ApiError(429, "You exceeded your current quota, please check your plan and billing "
-                        "details. For more information on this error, read the docs: "
-                        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
-                        "insufficient_quota", None, "insufficient_quota")
+        raise _ApiError(
+            429,
+            "You exceeded your current quota, please check your plan and billing "
+            "details. For more information on this error, read the docs: "
+            "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "insufficient_quota",
+            None,
+            "insufficient_quota",
+        )
     if fault == "context_length":
-        raise _ApiError(400, "Your input exceeds the context window of this model. Please adjust "
-                        "your input and try again.", "invalid_request_error", "input",
-                        "context_length_exceeded")
+        raise _ApiError(
+            400,
+            "Your input exceeds the context window of this model. Please adjust "
+            "your input and try again.",
+            "invalid_request_error",
+            "input",
+            "context_length_exceeded",
+        )
     if fault == "auth":
         raise _auth_error(f"Incorrect API key provided. You can find your API key at {_KEYS_URL}.")
 
 
-def _response_body(req: dict[str, Any], output: str, fault: str | None, input_tokens: int,
-                   cached: int, max_out: int | None, rng: random.Random,
-                   transcript: str) -> dict[str, Any]:
+def _response_body(
+    req: dict[str, Any],
+    output: str,
+    fault: str | None,
+    input_tokens: int,
+    cached: int,
+    max_out: int | None,
+    rng: random.Random,
+    transcript: str,
+) -> dict[str, Any]:
     """The Responses API object; `output` is the valid report, altered per fault."""
     status, reason = "completed", None
     content: dict[str, Any]
     if fault == "malformed":
-        output = (output[: len(output) // 2] if rng.random() < 0.5
-                  else "```json\n" + output + "\n```")
+        output = (
+            output[: len(output) // 2] if rng.random() < 0.5 else "```json\n" + output + "\n```"
+        )
     elif fault == "ungrounded":
         output = ungrounded(output, transcript, rng)
     if fault == "incomplete":
@@ -515,13 +620,15 @@ def _response_body(req: dict[str, Any], output: str, fault: str | None, input_to
         "instructions": req.get("instructions"),
         "max_output_tokens": max_out,
         "model": STANDIN_MODEL,
-        "output": [{
-            "type": "message",
-            "id": "msg_" + secrets.token_hex(24),
-            "status": status,
-            "role": "assistant",
-            "content": [content],
-        }],
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_" + secrets.token_hex(24),
+                "status": status,
+                "role": "assistant",
+                "content": [content],
+            }
+        ],
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
@@ -567,8 +674,12 @@ class Standin:
         server = _Server((self.config.host, self.config.port), _Handler)
         server.state = self._state
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="parecer-standin", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="parecer-standin",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -614,13 +725,18 @@ class Standin:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
-def serve_forever(config: StandinConfig | None = None, *,
-                  on_ready: Callable[[str], None] | None = None) -> None:
+def serve_forever(
+    config: StandinConfig | None = None, *, on_ready: Callable[[str], None] | None = None
+) -> None:
     """Serve until KeyboardInterrupt or SIGTERM/SIGINT, then stop cleanly.
 
     ``on_ready`` receives the base URL once the server is listening.
