@@ -35,8 +35,9 @@ import statistics
 import time
 from typing import Any
 
-import common as C
 from psycopg import sql
+
+import common as C
 
 FULL_SIZES = (50_000, 100_000, 200_000)
 QUICK_SIZES = (10_000, 20_000, 40_000)

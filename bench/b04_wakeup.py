@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common as C
 from psycopg import sql
 
+import common as C
 from parecer.devkit.standin import Standin, StandinConfig
 
 

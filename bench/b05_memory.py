@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import common as C
-
 from parecer.devkit.standin import Standin, StandinConfig
 
 

@@ -31,13 +31,14 @@ if str(ROOT / "runner") not in sys.path:  # run from a checkout without an insta
     sys.path.insert(1, str(ROOT / "runner"))
 
 from parecer import db, paths  # noqa: E402
+from parecer.config import DEFAULT_MODEL  # noqa: E402
 from parecer.devkit.sample import load_sample  # noqa: E402
 
 CLIENT = "acme-telecom"  # the sample's larger client (60% of the sessions)
 SCRIPT_KEY = "bench"
 TOPICS = ["cancelamento", "internet"]
-KEY_LABEL = "bench"  # PARECER_KEY_LABEL of the runners: limit key bench:gpt-5-mini
-MODEL = "gpt-5-mini"  # the runner's default model (the stand-in answers as parecer-standin)
+KEY_LABEL = "bench"  # PARECER_KEY_LABEL of the runners: limit key bench:<MODEL>
+MODEL = DEFAULT_MODEL  # the runner's default model (the stand-in answers as parecer-standin)
 LIMIT_KEY = f"{KEY_LABEL}:{MODEL}"
 
 

@@ -55,7 +55,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from parecer import errors as E
+from parecer import errors
 
 from .factories import Session, make_client, make_script, make_session, report_for
 from .helpers import table_checksum
@@ -1077,11 +1077,11 @@ def call(conn: Conn, f: Func, values: dict[str, Any]) -> Outcome:
     try:
         rows = conn.execute(sql, params).fetchall()
     except psycopg.Error as exc:
-        code = E.sqlstate(exc)
+        code = errors.sqlstate(exc)
         msg = f"{f.name} raised {code}: {exc} (args { ({n: _short(params[n]) for n in names}) })"
         assert code is not None, "client-side error: " + msg
         assert table_checksum(conn) == before, "a failing call changed parecer's tables: " + msg
-        if code in E.CODES:
+        if code in errors.CODES:
             assert code in f.documented, (
                 f"{code} is not in {f.name}'s documented errors {sorted(f.documented)}: {msg}"
             )
@@ -1106,7 +1106,7 @@ def type_level_error(
             "SELECT " + ", ".join(f"%({n})s::{types[n]}" for n in names), params
         ).fetchall()
     except psycopg.Error as exc:
-        return E.sqlstate(exc)
+        return errors.sqlstate(exc)
     return None
 
 
@@ -1410,7 +1410,7 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
             "SELECT parecer.mark_done(%s, %s, %s, 'gpt-4.1-mini', %s)",
             (pool.item["analysis_id"], pool.item["lease_token"], json.dumps(doc), "0" * 64),
         )
-    assert E.sqlstate(exc.value) == "PR008", exc.value
+    assert errors.sqlstate(exc.value) == "PR008", exc.value
 
 
 def agree_fast_and_slow_report_checks(
@@ -1437,7 +1437,7 @@ def agree_fast_and_slow_report_checks(
         )
         slow = True
     except psycopg.Error as exc:
-        assert E.sqlstate(exc) in ("PR007", "PR008"), exc
+        assert errors.sqlstate(exc) in ("PR007", "PR008"), exc
         slow = False
     note(f"fast={fast} slow={slow}")
     assert fast == slow, f"_report_ok says {fast}, _check_report says {slow} for {doc[:2000]}"
@@ -1454,7 +1454,7 @@ def test_absurdly_deep_json_is_refused_at_input(conn: Conn) -> None:
             "SELECT * FROM parecer.eligible_sessions('acme', tag_filter => %s::jsonb)",
             ("[" * 100_000 + "]" * 100_000,),
         )
-    assert E.sqlstate(ei.value) == "54001"
+    assert errors.sqlstate(ei.value) == "54001"
     with pytest.raises(psycopg.Error):
         conn.execute("SELECT %s::jsonb", ("[" * 100_000 + "]" * 100_000,))
     assert table_checksum(conn) == before
@@ -1471,7 +1471,7 @@ def test_nul_in_text_is_refused_client_side(conn: Conn) -> None:
     ]:
         with pytest.raises(psycopg.DataError) as ei:
             conn.execute(sql, args)
-        assert E.sqlstate(ei.value) is None
+        assert errors.sqlstate(ei.value) is None
     assert table_checksum(conn) == before
 
 
@@ -1484,7 +1484,7 @@ def _raises(conn: Conn, code: str, sql: str, args: Any = ()) -> None:
     before = table_checksum(conn)
     with pytest.raises(psycopg.Error) as ei:
         conn.execute(sql, args)
-    assert E.sqlstate(ei.value) == code, ei.value
+    assert errors.sqlstate(ei.value) == code, ei.value
     assert table_checksum(conn) == before
 
 

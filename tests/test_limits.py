@@ -13,8 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db
-from parecer import errors as E
+from parecer import db, errors
 from parecer.devkit.standin import Standin, StandinConfig
 
 from .factories import make_script, make_session, report_for
@@ -66,7 +65,7 @@ def test_429_pauses_every_runner_of_the_key(conn: psycopg.Connection[Any]) -> No
 def test_limit_keys_refuse_api_keys(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.Error) as exc:
         conn.execute("SELECT * FROM parecer.acquire_rate('sk-proj-abcdef:gpt-5-mini')")
-    assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT
+    assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT
 
 
 def _done_with_usage(
@@ -328,7 +327,7 @@ def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any
                 "SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
                 (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(bad)),
             )
-        assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT, bad
+        assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT, bad
         assert exc.value.diag.message_hint
         assert table_checksum(conn) == before, bad
     for i, good in enumerate(USAGE_OK):

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import errors as E
+from parecer import errors
 
 from .factories import make_script, make_session, report_for
 from .helpers import table_checksum
@@ -159,44 +159,48 @@ def _mutations(s: Any) -> list[tuple[str, Any, str]]:
         f(r)
         out.append((name, r, code))
 
-    mut("missing summary", lambda r: r.pop("summary"), E.INVALID_REPORT)
-    mut("extra key", lambda r: r.update(extra=1), E.INVALID_REPORT)
-    mut("bad status", lambda r: r["outcome"].update(status="great"), E.INVALID_REPORT)
-    mut("bad sentiment", lambda r: r["sentiment"].update(end=3), E.INVALID_REPORT)
-    mut("missing topic", lambda r: r["topics"].pop(), E.INVALID_REPORT)
+    mut("missing summary", lambda r: r.pop("summary"), errors.INVALID_REPORT)
+    mut("extra key", lambda r: r.update(extra=1), errors.INVALID_REPORT)
+    mut("bad status", lambda r: r["outcome"].update(status="great"), errors.INVALID_REPORT)
+    mut("bad sentiment", lambda r: r["sentiment"].update(end=3), errors.INVALID_REPORT)
+    mut("missing topic", lambda r: r["topics"].pop(), errors.INVALID_REPORT)
     mut(
         "duplicate topic",
         lambda r: r["topics"].append(copy.deepcopy(r["topics"][0])),
-        E.INVALID_REPORT,
+        errors.INVALID_REPORT,
     )
-    mut("unknown topic", lambda r: r["topics"][0].update(topic="other"), E.INVALID_REPORT)
-    mut("confidence > 1", lambda r: r["topics"][0].update(confidence=1.5), E.INVALID_REPORT)
-    mut("evidence not array", lambda r: r["outcome"].update(evidence={}), E.INVALID_REPORT)
+    mut("unknown topic", lambda r: r["topics"][0].update(topic="other"), errors.INVALID_REPORT)
+    mut("confidence > 1", lambda r: r["topics"][0].update(confidence=1.5), errors.INVALID_REPORT)
+    mut("evidence not array", lambda r: r["outcome"].update(evidence={}), errors.INVALID_REPORT)
     mut(
         "empty excerpt",
         lambda r: r["outcome"].update(evidence=[{"message_id": s.message_ids[0], "excerpt": " "}]),
-        E.INVALID_REPORT,
+        errors.INVALID_REPORT,
     )
-    mut("bad flag", lambda r: r["flags"].append({"evidence": [], "flag": "nice"}), E.INVALID_REPORT)
-    mut("wrong version", lambda r: r.update(schema_version="v0"), E.INVALID_REPORT)
+    mut(
+        "bad flag",
+        lambda r: r["flags"].append({"evidence": [], "flag": "nice"}),
+        errors.INVALID_REPORT,
+    )
+    mut("wrong version", lambda r: r.update(schema_version="v0"), errors.INVALID_REPORT)
     mut(
         "fabricated id",
         lambda r: r["outcome"].update(evidence=[{"message_id": "nope", "excerpt": "internet"}]),
-        E.UNGROUNDED_REPORT,
+        errors.UNGROUNDED_REPORT,
     )
     mut(
         "fabricated excerpt",
         lambda r: r["outcome"].update(
             evidence=[{"message_id": s.message_ids[0], "excerpt": "quero cancelar"}]
         ),
-        E.UNGROUNDED_REPORT,
+        errors.UNGROUNDED_REPORT,
     )
     mut(
         "other session's message",
         lambda r: r["topics"][1].update(
             evidence=[{"message_id": "ses-x-m000", "excerpt": "internet"}]
         ),
-        E.UNGROUNDED_REPORT,
+        errors.UNGROUNDED_REPORT,
     )
     return out
 
@@ -205,8 +209,8 @@ def test_bad_reports_are_rejected_and_change_nothing(conn: psycopg.Connection[An
     item, s = one_item(conn)
     make_session(conn)  # another session whose messages must not ground this report
     for name, report, code in _mutations(s) + [
-        ("not an object", [1], E.INVALID_REPORT),
-        ("null", None, E.INVALID_REPORT),
+        ("not an object", [1], errors.INVALID_REPORT),
+        ("null", None, errors.INVALID_REPORT),
     ]:
         before = table_checksum(conn)
         with pytest.raises(psycopg.Error) as exc:
@@ -219,6 +223,6 @@ def test_bad_reports_are_rejected_and_change_nothing(conn: psycopg.Connection[An
                     "a" * 64,
                 ),
             )
-        assert E.sqlstate(exc.value) == code, name
+        assert errors.sqlstate(exc.value) == code, name
         assert exc.value.diag.message_hint, name
         assert table_checksum(conn) == before, name

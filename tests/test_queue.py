@@ -11,8 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db
-from parecer import errors as E
+from parecer import db, errors
 from parecer.devkit.sample import load_sample
 
 from .factories import make_script, make_session, report_for
@@ -234,7 +233,7 @@ def test_stale_runner_cannot_overwrite_newer_result(db_url: str) -> None:
                 "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
                 (old["analysis_id"], old["lease_token"], report, "b" * 64),
             )
-        assert E.sqlstate(exc.value) == E.STALE_LEASE
+        assert errors.sqlstate(exc.value) == errors.STALE_LEASE
         c.execute(
             "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
             (new["analysis_id"], new["lease_token"], report, "c" * 64),
@@ -258,7 +257,7 @@ def test_expired_lease_is_rejected_even_before_reclaim(conn: psycopg.Connection[
         conn.execute(
             "SELECT parecer.extend_lease(%s, %s)", (item["analysis_id"], item["lease_token"])
         )
-    assert E.sqlstate(exc.value) == E.STALE_LEASE
+    assert errors.sqlstate(exc.value) == errors.STALE_LEASE
 
 
 def test_extend_lease_moves_expiry(conn: psycopg.Connection[Any]) -> None:
@@ -298,7 +297,7 @@ def test_force_reprocess_invalidates_in_flight_lease(conn: psycopg.Connection[An
                 "d" * 64,
             ),
         )
-    assert E.sqlstate(exc.value) == E.STALE_LEASE
+    assert errors.sqlstate(exc.value) == errors.STALE_LEASE
     assert conn.execute("SELECT outcome FROM parecer.attempts").fetchone() == {"outcome": "reset"}
 
 
@@ -424,13 +423,13 @@ def test_null_report_is_refused_after_the_lease_check(conn: psycopg.Connection[A
     queue(conn, 1)
     [item] = claim(conn)
     before = table_checksum(conn)
-    for token, code in ((uuid.uuid4(), E.STALE_LEASE), (item["lease_token"], "PR007")):
+    for token, code in ((uuid.uuid4(), errors.STALE_LEASE), (item["lease_token"], "PR007")):
         with pytest.raises(psycopg.Error) as exc:
             conn.execute(
                 "SELECT parecer.mark_done(%s, %s, NULL, 'm', %s)",
                 (item["analysis_id"], token, "f" * 64),
             )
-        assert E.sqlstate(exc.value) == code
+        assert errors.sqlstate(exc.value) == code
         assert table_checksum(conn) == before
 
 
@@ -500,7 +499,7 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
         assert row["s"] == before
         with pytest.raises(psycopg.Error) as exc:
             claim(c, sync_commit=None)
-        assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT and exc.value.diag.message_hint
+        assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT and exc.value.diag.message_hint
         assert (
             c.execute(
                 "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
@@ -537,7 +536,7 @@ def test_a_claim_lost_before_it_reached_disk_is_an_expired_lease(db_url: str) ->
         ):
             with pytest.raises(psycopg.Error) as exc:
                 c.execute(sql, (ghost["analysis_id"], ghost["lease_token"], *args))
-            assert E.sqlstate(exc.value) == E.STALE_LEASE, sql
+            assert errors.sqlstate(exc.value) == errors.STALE_LEASE, sql
         assert table_checksum(c) == before
         [again] = claim(c, "w2", sync_commit=False)
         assert (

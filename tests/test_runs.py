@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import errors as E
+from parecer import errors
 
 from .factories import make_script, make_session, report_for
 from .helpers import table_checksum
@@ -86,7 +86,7 @@ def test_bad_tag_filters_raise_pr004(conn: psycopg.Connection[Any], bad: Any) ->
             "SELECT * FROM parecer.eligible_sessions('acme', tag_filter => %s)",
             (None if bad is None else json.dumps(bad),),
         )
-    assert E.sqlstate(exc.value) == E.BAD_TAG_FILTER
+    assert errors.sqlstate(exc.value) == errors.BAD_TAG_FILTER
 
 
 def test_dry_run_counts_and_writes_nothing(conn: psycopg.Connection[Any]) -> None:
@@ -197,7 +197,7 @@ def test_max_sessions_cap(conn: psycopg.Connection[Any]) -> None:
     before = table_checksum(conn)
     with pytest.raises(psycopg.Error) as exc:
         conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 501)")
-    assert E.sqlstate(exc.value) == E.CAP_EXCEEDED
+    assert errors.sqlstate(exc.value) == errors.CAP_EXCEEDED
     assert exc.value.diag.message_hint and "max_sessions_cap" in exc.value.diag.message_hint
     assert table_checksum(conn) == before
 

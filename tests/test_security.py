@@ -12,8 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db
-from parecer import errors as E
+from parecer import db, errors
 from parecer.devkit.standin import Standin, StandinConfig
 
 from .factories import make_client, make_script, make_session, report_for
@@ -50,7 +49,7 @@ def test_injection_through_text_arguments_is_literal(
         try:
             conn.execute(sql, args)
         except psycopg.Error as exc:
-            assert E.sqlstate(exc) in E.CODES, (sql, exc)
+            assert errors.sqlstate(exc) in errors.CODES, (sql, exc)
     assert table_checksum(conn) == before
     # the hostile slug is an ordinary client: a script under it works, literally
     row = conn.execute(

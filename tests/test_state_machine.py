@@ -42,8 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from parecer import db
-from parecer import errors as E
+from parecer import db, errors
 
 from .factories import Session, make_script, make_session, report_for
 
@@ -86,7 +85,7 @@ def expect_error(code: str, fn: Any) -> None:
     try:
         fn()
     except psycopg.Error as exc:
-        assert E.sqlstate(exc) == code, exc
+        assert errors.sqlstate(exc) == code, exc
         return
     raise AssertionError(f"expected {code}")
 

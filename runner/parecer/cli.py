@@ -23,8 +23,8 @@ from uuid import UUID
 import click
 import psycopg
 
-from . import __version__, db, logs, paths
-from . import errors as E
+from . import __version__, db, errors, logs, paths
+from .config import DEFAULT_MODEL, ModelEndpoint, RunnerConfig, default_worker_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {
@@ -86,6 +86,12 @@ def emit_record(row: dict[str, Any]) -> None:
         click.echo(f"{k:>{width}}  {_cell(v)}")
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line (libpq messages run to several), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def need_url(ctx: click.Context) -> str:
     url: str | None = ctx.obj.get("database_url")
     if not url:
@@ -101,8 +107,7 @@ def connection(ctx: click.Context) -> Iterator[psycopg.Connection[dict[str, Any]
     try:
         conn = db.connect(url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.ClickException(f"cannot connect to the database: {first}") from None
+        raise click.ClickException(f"cannot connect to the database: {_first_line(exc)}") from None
     with conn:
         yield conn
 
@@ -115,10 +120,9 @@ def user_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise click.ClickException(f"database unavailable: {first}") from None
+            raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
         except psycopg.Error as exc:
-            raise click.ClickException(E.describe(exc)) from None
+            raise click.ClickException(errors.describe(exc)) from None
         except FileNotFoundError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -127,6 +131,70 @@ def user_errors(f: F) -> F:
 
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--model, --base-url, --api-key, --key-label (each also read from its environment
+    variable), handed to the command as one ``endpoint: ModelEndpoint`` argument."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        key_label: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return f(*args, endpoint=ModelEndpoint(model, base_url, api_key, key_label), **kwargs)
+
+    options = [
+        click.option(
+            "--model",
+            default=DEFAULT_MODEL,
+            envvar="OPENAI_MODEL",
+            show_envvar=True,
+            help="Model when the script version names none.",
+        ),
+        click.option(
+            "--base-url",
+            default=None,
+            envvar="OPENAI_BASE_URL",
+            show_envvar=True,
+            help="OpenAI-compatible endpoint (the stand-in, a proxy).",
+        ),
+        click.option(
+            "--api-key",
+            default=None,
+            envvar="OPENAI_API_KEY",
+            show_envvar=True,
+            show_default=False,
+            help="Provider API key; prefer the environment variable (a command line is visible).",
+        ),
+        click.option(
+            "--key-label",
+            default=None,
+            envvar="PARECER_KEY_LABEL",
+            show_envvar=True,
+            help="The key's name in shared rate-limit state (default: a hash of the key).",
+        ),
+    ]
+    decorated: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
+
+def runner_config(ctx: click.Context, endpoint: ModelEndpoint, **settings: Any) -> RunnerConfig:
+    """The one place a command turns its options into a RunnerConfig."""
+    return RunnerConfig(
+        database_url=need_url(ctx),
+        model=endpoint.model,
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key,
+        key_label=endpoint.key_label,
+        **settings,
+    )
 
 
 # ---- the group -----------------------------------------------------------
@@ -424,6 +492,7 @@ def _tag_filter(
     is_flag=True,
     help="A backlog run: claimed only when no fresh work waits, oldest first.",
 )
+@model_options
 @json_option
 @click.pass_context
 @user_errors
@@ -447,6 +516,7 @@ def run_cmd(
     process: bool,
     concurrency: int,
     backlog: bool,
+    endpoint: ModelEndpoint,
     as_json: bool,
 ) -> None:
     """Select CLIENT's eligible sessions for script KEY and queue them (parecer.start_run)."""
@@ -494,7 +564,17 @@ def run_cmd(
             f"{res['would_enqueue']} selected of {res['eligible']} eligible"
         )
     if process:
-        _process_run(ctx, res["run_id"], client, concurrency)
+        _process_run(
+            runner_config(
+                ctx,
+                endpoint,
+                concurrency=concurrency,
+                client_slug=client,
+                run_id=res["run_id"],
+                poll_seconds=5.0,
+            ),
+            ctx,
+        )
     summary = follow_run(ctx, res["run_id"], quiet=as_json)
     if as_json:
         emit_json({"run": res, "summary": summary})
@@ -502,32 +582,27 @@ def run_cmd(
         emit_record(summary)
 
 
-def _process_run(ctx: click.Context, run_id: int, client: str, concurrency: int) -> None:
+def _process_run(cfg: RunnerConfig, ctx: click.Context) -> None:
     """An in-process runner until the run settles, with the progress bar alongside."""
     import threading
 
-    from .runner import Runner, RunnerConfig
+    from .runner import Runner
 
-    cfg = RunnerConfig(
-        database_url=need_url(ctx),
-        concurrency=concurrency,
-        client_slug=client,
-        run_id=run_id,
-        poll_seconds=5.0,
-    )
+    assert cfg.run_id is not None
+    run_id = cfg.run_id
     try:
         runner = Runner(cfg)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     import asyncio
 
-    errors: list[BaseException] = []
+    failures: list[BaseException] = []
 
     def work() -> None:
         try:
             asyncio.run(runner.run())
         except BaseException as exc:  # surfaced below
-            errors.append(exc)
+            failures.append(exc)
 
     t = threading.Thread(target=work, name="parecer-runner", daemon=True)
     t.start()
@@ -535,8 +610,8 @@ def _process_run(ctx: click.Context, run_id: int, client: str, concurrency: int)
         follow_run(ctx, run_id, quiet=False, alive=t.is_alive)
     finally:
         t.join()
-    if errors:
-        raise errors[0]
+    if failures:
+        raise failures[0]
 
 
 def follow_run(
@@ -771,7 +846,7 @@ def limits_show(ctx: click.Context, as_json: bool) -> None:
 def limits_set(
     ctx: click.Context, limit_key: str, rpm: int | None, tpm: int | None, as_json: bool
 ) -> None:
-    """Set LIMIT_KEY's limits ('<key label>:<model>', e.g. default:gpt-5-mini)."""
+    """Set LIMIT_KEY's limits: '<key label>:<model>', as `parecer limits show` lists them."""
     with connection(ctx) as conn:
         row = conn.execute(
             "SELECT * FROM parecer.set_rate_limit(%s, %s, %s)", (limit_key, rpm, tpm)
@@ -944,20 +1019,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
     show_envvar=True,
     help="Lease per claim (default: the database's lease_seconds setting).",
 )
-@click.option(
-    "--model",
-    default=None,
-    envvar="OPENAI_MODEL",
-    show_envvar=True,
-    help="Default model when the script version names none.",
-)
-@click.option(
-    "--base-url",
-    default=None,
-    envvar="OPENAI_BASE_URL",
-    show_envvar=True,
-    help="OpenAI-compatible endpoint (the stand-in, a proxy).",
-)
+@model_options
 @click.option(
     "--timeout",
     "request_timeout",
@@ -992,19 +1054,19 @@ def runner_cmd(
     worker_id: str | None,
     poll_seconds: float,
     lease_seconds: int | None,
-    model: str | None,
-    base_url: str | None,
+    endpoint: ModelEndpoint,
     request_timeout: float,
     max_output_tokens: int,
     shutdown_grace: float,
 ) -> None:
     """Claim queued analyses, call the model, store the reports (OPENAI_API_KEY from the environment)."""
-    from .runner import Runner, RunnerConfig, default_worker_id
+    from .runner import Runner
 
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")
-    cfg = RunnerConfig(
-        database_url=need_url(ctx),
+    cfg = runner_config(
+        ctx,
+        endpoint,
         concurrency=concurrency,
         client_slug=client,
         once=once,
@@ -1015,10 +1077,6 @@ def runner_cmd(
         max_output_tokens=max_output_tokens,
         shutdown_grace=shutdown_grace,
     )
-    if model:
-        cfg.model = model
-    if base_url:
-        cfg.base_url = base_url
     try:
         runner = Runner(cfg)
     except RuntimeError as exc:
@@ -1028,9 +1086,7 @@ def runner_cmd(
     try:
         asyncio.run(runner.run())
     except psycopg.OperationalError as exc:
-        raise click.ClickException(
-            f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
-        ) from None
+        raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
 
 
 @main.command("standin")
@@ -1178,8 +1234,11 @@ def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]
 @click.option("--sessions", type=int, default=300, help="Sample sessions to load.")
 @click.option("--max-sessions", type=int, default=60, help="Sessions the demo run analyses.")
 @click.option("--concurrency", type=int, default=8, help="Items in flight.")
+@model_options
 @click.pass_context
-def demo_cmd(ctx: click.Context, sessions: int, max_sessions: int, concurrency: int) -> None:
+def demo_cmd(
+    ctx: click.Context, sessions: int, max_sessions: int, concurrency: int, endpoint: ModelEndpoint
+) -> None:
     """The whole job end to end: database, sample data, script, dry run, run, reports.
 
     Uses PARECER_DATABASE_URL when set, otherwise an embedded throwaway PostgreSQL;
@@ -1193,9 +1252,10 @@ def demo_cmd(ctx: click.Context, sessions: int, max_sessions: int, concurrency: 
             sessions=sessions,
             max_sessions=max_sessions,
             concurrency=concurrency,
+            endpoint=endpoint,
         )
     except psycopg.Error as exc:
-        raise click.ClickException(E.describe(exc)) from None
+        raise click.ClickException(errors.describe(exc)) from None
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

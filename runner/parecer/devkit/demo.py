@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from contextlib import ExitStack
 from typing import Any
 
 import click
 
 from .. import db, paths
-from ..runner import Runner, RunnerConfig
+from ..config import DEFAULT_MODEL, ModelEndpoint, RunnerConfig
+from ..runner import Runner
 
 DEMO_CLIENT = "acme-telecom"
 DEMO_KEY = "qualidade-atendimento"
@@ -34,8 +34,17 @@ def say(text: str = "") -> None:
 
 
 def run_demo(
-    database_url: str | None, *, sessions: int = 300, max_sessions: int = 60, concurrency: int = 8
+    database_url: str | None,
+    *,
+    sessions: int = 300,
+    max_sessions: int = 60,
+    concurrency: int = 8,
+    endpoint: ModelEndpoint | None = None,
 ) -> None:
+    """The demo on ``database_url`` (None: an embedded PostgreSQL), calling the model at
+    ``endpoint`` when it has an API key, else the local stand-in."""
+    if endpoint is None:
+        endpoint = ModelEndpoint(DEFAULT_MODEL, base_url=None, api_key=None, key_label=None)
     from .sample import load_sample
 
     with ExitStack() as stack:
@@ -107,8 +116,7 @@ def run_demo(
             assert res is not None
             say(f"\nrun {res['run_id']}: {res['enqueued']} enqueued, {res['reset']} reset")
 
-        api_key = os.environ.get("OPENAI_API_KEY")
-        base_url = os.environ.get("OPENAI_BASE_URL")
+        api_key, base_url, key_label = endpoint.api_key, endpoint.base_url, endpoint.key_label
         if api_key:
             say(
                 f"model: the real OpenAI API{' at ' + base_url if base_url else ''} (OPENAI_API_KEY is set)"
@@ -117,14 +125,11 @@ def run_demo(
             from .standin import Standin, StandinConfig
 
             standin = stack.enter_context(Standin(StandinConfig(latency_ms=(100, 400), seed=7)))
-            base_url, api_key = standin.url, "standin"
-            os.environ.setdefault("PARECER_KEY_LABEL", "standin")
+            base_url, api_key, key_label = standin.url, "standin", key_label or "standin"
             with db.connect(url) as conn:  # the stand-in is no provider to protect
                 conn.execute(
                     "SELECT * FROM parecer.set_rate_limit(%s, rpm => 6000, tpm => 100000000)",
-                    (
-                        f"{os.environ['PARECER_KEY_LABEL']}:{os.environ.get('OPENAI_MODEL') or 'gpt-5-mini'}",
-                    ),
+                    (f"{key_label}:{endpoint.model}",),
                 )
             say(
                 "model: no OPENAI_API_KEY -> the local stand-in (parecer-standin). Its reports are SYNTHETIC,"
@@ -136,8 +141,10 @@ def run_demo(
             concurrency=concurrency,
             client_slug=DEMO_CLIENT,
             run_id=res["run_id"],
+            model=endpoint.model,
             api_key=api_key,
             base_url=base_url,
+            key_label=key_label,
             poll_seconds=2.0,
             request_timeout=60.0,
         )
