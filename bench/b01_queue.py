@@ -156,10 +156,8 @@ def parecer_cycle(
         return False
     ph = FAKE_HASH
     if prompt:
-        p = c.execute(
-            "SELECT prompt_hash FROM parecer.prompt_for(%s)", (row["analysis_id"],)
-        ).fetchone()
-        ph = p["prompt_hash"]  # type: ignore[index]
+        p = C.one(c, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (row["analysis_id"],))
+        ph = p["prompt_hash"]
         t2 = time.perf_counter()
         ops["prompt_for"] += t2 - t1
         t1 = t2
@@ -427,9 +425,7 @@ def run(
                 for c in cs_:
                     c.close()
         with C.connect(url) as c:
-            done = c.execute(
-                "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'done'"
-            ).fetchone()["n"]  # type: ignore[index]
+            done = C.one(c, "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'done'")["n"]
             assert done == items, done
 
     def median(xs: list[float]) -> float:

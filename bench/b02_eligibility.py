@@ -178,7 +178,8 @@ def run(
     res = C.Result("b02", "eligibility + enqueue at scale")
     t_start = time.perf_counter()
     per: list[dict[str, Any]] = []
-    plan_text, plan, fplan = "", {}, None
+    plan_text, fplan = "", None
+    plan: dict[str, Any] = {}
     with C.bench_database(server_url, "eligibility", keep=keep) as url:
         with C.connect(url) as c:
             C.set_setting(c, "max_sessions_cap", "1000000")
@@ -234,7 +235,7 @@ def run(
                 if i == len(sizes) - 1:
                     plan_text, plan = explain(c, client_id)
                     fplan = function_plan(c)
-            p = {
+            p: dict[str, Any] = {
                 "sessions": int(counts["sessions"]),
                 "messages": int(counts["messages"]),
                 "eligible": eligible,

@@ -110,20 +110,18 @@ def run(
                     lat_ms.append((row["claimed_at"] - t_commit).total_seconds() * 1000)
                     upper_ms.append((row["claimed_at"] - t_pre).total_seconds() * 1000)
                     while (
-                        c.execute(
-                            "SELECT status FROM parecer.analyses WHERE session_id = %s", (sid,)
-                        ).fetchone()["status"]
+                        C.one(
+                            c, "SELECT status FROM parecer.analyses WHERE session_id = %s", (sid,)
+                        )["status"]
                         == "processing"
-                    ):  # type: ignore[index]
+                    ):
                         time.sleep(0.01)
                     time.sleep(
                         idle
                     )  # back to idle: the runner's loop sleeps on NOTIFY / poll again
             finally:
                 codes = C.stop_runners([proc])
-            done = c.execute(
-                "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'done'"
-            ).fetchone()["n"]  # type: ignore[index]
+            done = C.one(c, "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'done'")["n"]
     p50, p99, mx = C.percentile(lat_ms, 50), C.percentile(lat_ms, 99), max(lat_ms)
     C.say(
         f"   b04: {len(lat_ms)} samples, {done} done, runner exit {codes}; latency ms "

@@ -42,6 +42,13 @@ MODEL = DEFAULT_MODEL  # the runner's default model (the stand-in answers as par
 LIMIT_KEY = f"{KEY_LABEL}:{MODEL}"
 
 
+def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[str, Any]:
+    """The single row a query returns (dict_row connections)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return dict(row)
+
+
 # ----------------------------------------------------------------------------- figures
 @dataclass
 class Figure:
@@ -215,7 +222,7 @@ def make_script(
         (client, key, "Avalie a qualidade do atendimento e o desfecho da conversa.", list(topics)),
     ).fetchone()
     assert row is not None
-    return row
+    return dict(row)
 
 
 def client_sessions(

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     C.say("\n" + "=" * 100)
     C.say(f"SUMMARY ({total / 60:.1f} min; load average at the end {_loadavg()})")
-    rows = [("bench", "figure", "value", "baseline", "ratio", "target")]
+    rows: list[tuple[str, ...]] = [("bench", "figure", "value", "baseline", "ratio", "target")]
     for r in results:
         for f in r.figures:
             rows.append(
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        C.say("  ".join(str(c)[:60].ljust(w) for c, w in zip(r, widths)).rstrip())
+    for i, row in enumerate(rows):
+        C.say("  ".join(str(c)[:60].ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:
             C.say("  ".join("-" * w for w in widths))
     if failed:

@@ -106,7 +106,7 @@ def make_script(
         ),
     ).fetchone()
     assert row is not None
-    return row
+    return dict(row)
 
 
 def report_for(
@@ -132,3 +132,9 @@ def report_for(
         "insufficient_context": False,
         "next_action": None,
     }
+
+
+def ended(s: Session) -> datetime:
+    """A closed session's end (a sort key)."""
+    assert s.ended_at is not None, s
+    return s.ended_at

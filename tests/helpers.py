@@ -25,3 +25,10 @@ def table_checksum(conn: psycopg.Connection[Any]) -> dict[str, str]:
         assert row is not None
         out[t] = f"{row['n']}:{row['h']}"
     return out
+
+
+def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[str, Any]:
+    """The single row a query returns (dict_row connections)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return dict(row)

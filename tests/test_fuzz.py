@@ -729,7 +729,9 @@ def report_st(
 
     def topic_variants(k: int) -> Any:
         ts = pool.item_topics
-        entries = [{"topic": t, "evidence": [], "present": False, "confidence": 0.5} for t in ts]
+        entries: list[dict[str, Any]] = [
+            {"topic": t, "evidence": [], "present": False, "confidence": 0.5} for t in ts
+        ]
         return [
             entries * 2,
             list(reversed(entries)),
@@ -739,7 +741,7 @@ def report_st(
             [{**e, "topic": " " + e["topic"]} for e in entries],
         ][k % 6]
 
-    values = st.one_of(
+    values: Any = st.one_of(
         JSON_ANY,
         evidence,
         st.integers(0, 5).map(topic_variants),
@@ -1594,7 +1596,12 @@ def test_regression_usage_with_non_integer_token_counts(conn: Conn) -> None:
         assert att == {"usage": None}
     # Integer counts, and null ones, are fine.
     item = live_item(conn, pool)
-    usage = {"input_tokens": 12, "cached_input_tokens": None, "output_tokens": 0, "model": "m"}
+    counts = {
+        "input_tokens": 12,
+        "cached_input_tokens": None,
+        "output_tokens": 0,
+        "model": "m",
+    }
     conn.execute(
         "SELECT * FROM parecer.mark_done(%s, %s, %s::jsonb, 'm', %s, %s::jsonb)",
         (
@@ -1602,7 +1609,7 @@ def test_regression_usage_with_non_integer_token_counts(conn: Conn) -> None:
             item["lease_token"],
             json.dumps(report_for(pool.sessions[item["session_id"]])),
             "0" * 64,
-            json.dumps(usage),
+            json.dumps(counts),
         ),
     )
 

@@ -16,7 +16,8 @@ import pytest
 from parecer import db, errors
 from parecer.devkit.standin import Standin, StandinConfig
 
-from .factories import make_script, make_session, report_for
+from .factories import ended, make_script, make_session, report_for
+from .helpers import one
 
 
 def test_rate_limiter_never_hands_out_more_than_the_limit(db_url: str) -> None:
@@ -30,9 +31,7 @@ def test_rate_limiter_never_hands_out_more_than_the_limit(db_url: str) -> None:
         with db.connect(db_url) as c:
             barrier.wait()
             for _ in range(60):
-                if c.execute("SELECT granted FROM parecer.acquire_rate('k:m', 100)").fetchone()[
-                    "granted"
-                ]:  # type: ignore[index]
+                if one(c, "SELECT granted FROM parecer.acquire_rate('k:m', 100)")["granted"]:
                     n += 1
         granted.append(n)
 
@@ -94,10 +93,10 @@ def test_cost_is_recorded_per_attempt_and_aggregated(conn: psycopg.Connection[An
     _done_with_usage(conn, "acme", usage, model="gpt-5-mini-2025-08-07")  # priced by prefix
     # gpt-5-mini: 0.25 in, 0.025 cached, 2.00 out per million: 0.8*0.25 + 0.2*0.025 + 0.1*2 = 0.405
     # The done attempt is the item's row (0016): its cost is there, and in the attempt history.
-    assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
-    assert float(
-        conn.execute("SELECT cost_usd FROM parecer.reports").fetchone()["cost_usd"]
-    ) == pytest.approx(0.405)  # type: ignore[index]
+    assert one(conn, "SELECT count(*) AS n FROM parecer._attempts") == {"n": 0}
+    assert float(one(conn, "SELECT cost_usd FROM parecer.reports")["cost_usd"]) == pytest.approx(
+        0.405
+    )
     att = conn.execute("SELECT outcome, usage, cost_usd FROM parecer.attempts").fetchone()
     assert att is not None and att["outcome"] == "done" and att["usage"] == usage
     assert float(att["cost_usd"]) == pytest.approx(0.405)
@@ -124,15 +123,11 @@ def test_budget_is_fail_closed_and_alerts_once(db_url: str) -> None:
         b = c.execute("SELECT * FROM parecer.budgets WHERE client_slug = 'acme'").fetchone()
         assert b is not None and b["blocked_reason"] is None
         _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 10_000})  # 0.12: 100%
-        b = c.execute("SELECT * FROM parecer.budgets WHERE client_slug = 'acme'").fetchone()
+        b = one(c, "SELECT * FROM parecer.budgets WHERE client_slug = 'acme'")
         assert b is not None and b["blocked_reason"].startswith("daily budget reached")
         # acme has work but is over budget: claim hands out only beta's
-        script_a = c.execute(
-            "SELECT script_id FROM parecer.resolve_script('acme', 'qa')"
-        ).fetchone()["script_id"]  # type: ignore[index]
-        script_b = c.execute(
-            "SELECT script_id FROM parecer.resolve_script('beta', 'qa')"
-        ).fetchone()["script_id"]  # type: ignore[index]
+        script_a = one(c, "SELECT script_id FROM parecer.resolve_script('acme', 'qa')")["script_id"]
+        script_b = one(c, "SELECT script_id FROM parecer.resolve_script('beta', 'qa')")["script_id"]
         c.execute(
             "SELECT * FROM parecer.enqueue(%s, %s)",
             ([make_session(c, "acme").session_id], script_a),
@@ -189,7 +184,7 @@ def test_backlog_run_waits_for_fresh_work_and_goes_oldest_first(
         x["session_id"]
         for x in conn.execute("SELECT session_id FROM parecer.claim('w', 3)").fetchall()
     ]
-    oldest_first = [s.session_id for s in sorted(old, key=lambda s: s.ended_at)]
+    oldest_first = [s.session_id for s in sorted(old, key=ended)]
     assert got == [fresh.session_id] + oldest_first[:2]
 
 
@@ -214,8 +209,8 @@ def test_claims_of_one_item_follow_the_same_order(conn: psycopg.Connection[Any])
         row := conn.execute("SELECT session_id FROM parecer.claim('w', 1)").fetchone()
     ) is not None:
         one_by_one.append(row["session_id"])
-    newest_first = [s.session_id for s in sorted(fresh, key=lambda s: s.ended_at, reverse=True)]
-    oldest_first = [s.session_id for s in sorted(old, key=lambda s: s.ended_at)]
+    newest_first = [s.session_id for s in sorted(fresh, key=ended, reverse=True)]
+    oldest_first = [s.session_id for s in sorted(old, key=ended)]
     assert one_by_one == every == newest_first + oldest_first
 
 
@@ -273,8 +268,7 @@ def test_single_item_claims_alternate_between_clients(conn: psycopg.Connection[A
         ([make_session(conn, "two").session_id for _ in range(40)], sb["script_id"]),
     )
     got = [
-        conn.execute("SELECT client_slug FROM parecer.claim('w', 1)").fetchone()["client_slug"]  # type: ignore[index]
-        for _ in range(40)
+        one(conn, "SELECT client_slug FROM parecer.claim('w', 1)")["client_slug"] for _ in range(40)
     ]
     # each call is a fair coin between the two: 9 or fewer of 40 has probability ~1e-6
     assert got.count("one") >= 9 and got.count("two") >= 9

@@ -14,7 +14,7 @@ import pytest
 from parecer import errors
 
 from .factories import make_script, make_session, report_for
-from .helpers import table_checksum
+from .helpers import one, table_checksum
 
 
 def one_item(conn: psycopg.Connection[Any], **kw: Any) -> tuple[dict[str, Any], Any]:
@@ -59,7 +59,7 @@ def test_transcript_order_and_audio_rule(conn: psycopg.Connection[Any]) -> None:
 
     script = make_script(conn)
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
-    aid = conn.execute("SELECT analysis_id FROM parecer.analyses").fetchone()["analysis_id"]  # type: ignore[index]
+    aid = one(conn, "SELECT analysis_id FROM parecer.analyses")["analysis_id"]
     p = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (aid,)).fetchone()
     assert p is not None
     sid = s.session_id
@@ -94,18 +94,18 @@ def test_prompt_is_deterministic_across_timezones(db_url: str) -> None:
     for tz in ["UTC", "America/Sao_Paulo", "Asia/Tokyo"]:
         with db.connect(db_url, options=f"-c TimeZone={tz}") as c:
             hashes.add(
-                c.execute(
-                    "SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],)
-                ).fetchone()["prompt_hash"]
-            )  # type: ignore[index]
+                one(c, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],))[
+                    "prompt_hash"
+                ]
+            )
     assert len(hashes) == 1
 
 
 def test_report_schema_is_strict_and_ordered(conn: psycopg.Connection[Any]) -> None:
     item, _ = one_item(conn)
-    raw = conn.execute(
-        "SELECT report_schema::text AS s FROM parecer.prompt_for(%s)", (item["analysis_id"],)
-    ).fetchone()["s"]  # type: ignore[index]
+    raw = one(
+        conn, "SELECT report_schema::text AS s FROM parecer.prompt_for(%s)", (item["analysis_id"],)
+    )["s"]
     schema = json.loads(raw)
 
     def walk(node: Any) -> None:

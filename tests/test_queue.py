@@ -14,8 +14,8 @@ import pytest
 from parecer import db, errors
 from parecer.devkit.sample import load_sample
 
-from .factories import make_script, make_session, report_for
-from .helpers import table_checksum
+from .factories import ended, make_script, make_session, report_for
+from .helpers import one, table_checksum
 
 
 def queue(conn: psycopg.Connection[Any], n: int = 3, **kw: Any) -> tuple[dict[str, Any], list[Any]]:
@@ -41,7 +41,7 @@ def state(conn: psycopg.Connection[Any], analysis_id: Any) -> dict[str, Any]:
         "SELECT * FROM parecer.analyses WHERE analysis_id = %s", (analysis_id,)
     ).fetchone()
     assert row is not None
-    return row
+    return dict(row)
 
 
 def test_enqueue_counts_and_force_reprocess_resets_done(conn: psycopg.Connection[Any]) -> None:
@@ -97,7 +97,7 @@ def test_enqueue_notifies_once_per_call(db_url: str) -> None:
 def test_claim_order_newest_ended_first(conn: psycopg.Connection[Any]) -> None:
     script, sessions = queue(conn, 4)
     got = [r["session_id"] for r in claim(conn, n=10)]
-    expected = [s.session_id for s in sorted(sessions, key=lambda s: s.ended_at, reverse=True)]
+    expected = [s.session_id for s in sorted(sessions, key=ended, reverse=True)]
     assert got == expected
 
 
@@ -148,11 +148,12 @@ def test_backoff_exact_values_then_terminal(conn: psycopg.Connection[Any]) -> No
         conn.execute("UPDATE parecer.analyses SET next_retry_at = now() WHERE status = 'failed'")
         [item] = claim(conn)
         assert item["attempt"] == n
-        out = conn.execute(
+        out = one(
+            conn,
             "SELECT * FROM parecer.mark_failed(%s, %s, 'boom')",
             (item["analysis_id"], item["lease_token"]),
-        ).fetchone()
-        now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
+        )
+        now = one(conn, "SELECT now() AS now")["now"]
         assert out is not None
         if n < 4:
             assert out == {
@@ -263,9 +264,11 @@ def test_expired_lease_is_rejected_even_before_reclaim(conn: psycopg.Connection[
 def test_extend_lease_moves_expiry(conn: psycopg.Connection[Any]) -> None:
     queue(conn, 1)
     [item] = claim(conn, lease_seconds=10)
-    exp = conn.execute(
-        "SELECT parecer.extend_lease(%s, %s, 600) AS e", (item["analysis_id"], item["lease_token"])
-    ).fetchone()["e"]  # type: ignore[index]
+    exp = one(
+        conn,
+        "SELECT parecer.extend_lease(%s, %s, 600) AS e",
+        (item["analysis_id"], item["lease_token"]),
+    )["e"]
     assert exp > item["lease_expires_at"]
 
 
@@ -481,7 +484,7 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
     the default leaves it alone; NULL is refused (PR010) and claims nothing."""
     with db.connect(db_url) as c:
         queue(c, 3)
-        before = c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"]  # type: ignore[index]
+        before = one(c, "SELECT current_setting('synchronous_commit') AS s")["s"]
         assert before != "off"
         # Autocommit: the setting holds for the claim's own statement (its transaction) and is gone after.
         [row] = c.execute(
@@ -489,9 +492,7 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
             "FROM parecer.claim('w1', 1, sync_commit => false) c"
         ).fetchall()
         assert row["s"] == "off"
-        assert (
-            c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"] == before
-        )  # type: ignore[index]
+        assert one(c, "SELECT current_setting('synchronous_commit') AS s")["s"] == before
         [row] = c.execute(
             "SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
             "FROM parecer.claim('w1', 1) c"
@@ -501,17 +502,15 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
             claim(c, sync_commit=None)
         assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT and exc.value.diag.message_hint
         assert (
-            c.execute(
-                "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
-            ).fetchone()["n"]
+            one(c, "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'")["n"]
             == 2
-        )  # type: ignore[index]
+        )
     # Inside a caller's transaction it lasts until that transaction ends.
     with db.connect(db_url, autocommit=False) as t:
         assert len(claim(t, sync_commit=False)) == 1
-        assert t.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "off"  # type: ignore[index]
+        assert one(t, "SHOW synchronous_commit")["synchronous_commit"] == "off"
         t.commit()
-        assert t.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == before  # type: ignore[index]
+        assert one(t, "SHOW synchronous_commit")["synchronous_commit"] == before
         t.rollback()
 
 

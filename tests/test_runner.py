@@ -20,6 +20,7 @@ from parecer.devkit.standin import Standin, StandinConfig
 from parecer.runner import Runner, RunnerConfig, run
 
 from .factories import make_script, make_session
+from .helpers import one
 
 SECRET_KEY = (
     "sk" + "-test-NEVER-LOG-THIS-0123456789abcdef"
@@ -191,18 +192,18 @@ def test_sigkilled_runner_items_are_recovered_by_another(db_url: str) -> None:
         with db.connect(db_url) as c:
             deadline = time.monotonic() + 30
             while (
-                c.execute(
-                    "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
-                ).fetchone()["n"]
+                one(c, "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'")[
+                    "n"
+                ]
                 < 3
-            ):  # type: ignore[index]
+            ):
                 assert time.monotonic() < deadline and p.poll() is None
                 time.sleep(0.1)
         p.send_signal(signal.SIGKILL)
         p.communicate()
     with Standin(StandinConfig(latency_ms=(5, 10))) as fast:
         with db.connect(db_url) as c:
-            run_id = c.execute("SELECT max(run_id) AS r FROM parecer.runs").fetchone()["r"]  # type: ignore[index]
+            run_id = one(c, "SELECT max(run_id) AS r FROM parecer.runs")["r"]
         stats = run(
             cfg(db_url, fast, once=False, run_id=run_id, poll_seconds=1.0, worker_id="rescuer")
         )
@@ -224,11 +225,11 @@ def test_sigterm_releases_in_flight_items_and_exits_0(db_url: str) -> None:
         with db.connect(db_url) as c:
             deadline = time.monotonic() + 30
             while (
-                c.execute(
-                    "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
-                ).fetchone()["n"]
+                one(c, "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'")[
+                    "n"
+                ]
                 < 2
-            ):  # type: ignore[index]
+            ):
                 assert time.monotonic() < deadline and p.poll() is None
                 time.sleep(0.1)
             p.send_signal(signal.SIGTERM)
@@ -263,7 +264,7 @@ def test_idle_runner_wakes_on_notify_not_poll(db_url: str, standin: Standin) -> 
             c.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
             # the poll would come after an hour: a done item within the wait proves NOTIFY woke it
             deadline = time.monotonic() + 20
-            while c.execute("SELECT count(*) AS n FROM parecer.reports").fetchone()["n"] == 0:  # type: ignore[index]
+            while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] == 0:
                 assert time.monotonic() < deadline, "NOTIFY did not wake the runner"
                 time.sleep(0.05)
             assert c.execute("SELECT session_id FROM parecer.reports").fetchone() == {

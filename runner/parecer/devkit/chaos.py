@@ -122,6 +122,13 @@ class ChaosResult:
         return format_figures(self.figures, self.violations)
 
 
+def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[str, Any]:
+    """The single row a query returns (dict_row connections)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return dict(row)
+
+
 # ----------------------------------------------------------------------------- database
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -223,15 +230,16 @@ def setup_data(url: str, cfg: ChaosConfig, log: Log) -> dict[str, Any]:
                     ["cancelamento", "cobrança", "internet", "agendamento"],
                 ),
             )
-            r = c.execute(
+            r = _one(
+                c,
                 "SELECT * FROM parecer.start_run(%s, %s, min_messages => 1, tag_filter => %s, "
                 "max_sessions => %s)",
                 (slug, SCRIPT_KEY, '{"mode":"ignore"}', share),
-            ).fetchone()
+            )
             assert r is not None
             run_ids.append(int(r["run_id"]))
             left -= int(r["enqueued"])
-        total = c.execute("SELECT count(*) AS n FROM parecer.analyses").fetchone()["n"]
+        total = _one(c, "SELECT count(*) AS n FROM parecer.analyses")["n"]
     if total != cfg.items:
         raise RuntimeError(f"queued {total} items, wanted {cfg.items}")
     log(
@@ -419,7 +427,7 @@ def run_chaos(url: str, cfg: ChaosConfig, *, log: Log = print, setup: bool = Tru
     for old in log_dir.glob("chaos-r*.log"):  # a reused --log-dir: scan this run's logs only
         old.unlink()
     with db.connect(url, application_name="parecer-chaos") as c:
-        dbname = c.execute("SELECT current_database() AS d").fetchone()["d"]
+        dbname = _one(c, "SELECT current_database() AS d")["d"]
         # per-function call counts (diagnostic only; needs a superuser)
         with suppress(psycopg.Error):
             c.execute(f"ALTER DATABASE {_quote_ident(dbname)} SET track_functions = 'all'")
@@ -517,7 +525,7 @@ def run_chaos(url: str, cfg: ChaosConfig, *, log: Log = print, setup: bool = Tru
                             pending.append(
                                 (now + 0.5, ev[1], (ev[2] or 0) + 1)
                             )  # nobody to hit yet: retry soon
-                q = conn.execute(QUEUE_SQL).fetchone()
+                q = _one(conn, QUEUE_SQL)
                 settled = q["done"] + q["failed"] == q["total"]
                 if chaos_over_at is None and (now >= cfg.window_s or settled):
                     chaos_over_at = now
@@ -724,15 +732,17 @@ def _collect(
             "stuck": q["total"] - q["done"] - q["failed"],
             "stuck_detail": {k: q[k] for k in ("retrying", "processing", "pending")},
         }
-        f["completed_more_than_once"] = c.execute(
+        f["completed_more_than_once"] = _one(
+            c,
             "SELECT count(*) AS n FROM (SELECT analysis_id FROM parecer.attempts WHERE outcome = 'done' "
-            "GROUP BY 1 HAVING count(*) > 1) x"
-        ).fetchone()["n"]
-        f["done_without_done_attempt"] = c.execute(
+            "GROUP BY 1 HAVING count(*) > 1) x",
+        )["n"]
+        f["done_without_done_attempt"] = _one(
+            c,
             "SELECT count(*) AS n FROM parecer.analyses a WHERE a.status = 'done' AND NOT EXISTS "
-            "(SELECT FROM parecer.attempts t WHERE t.analysis_id = a.analysis_id AND t.outcome = 'done')"
-        ).fetchone()["n"]
-        f["reports"] = c.execute("SELECT count(*) AS n FROM parecer.reports").fetchone()["n"]
+            "(SELECT FROM parecer.attempts t WHERE t.analysis_id = a.analysis_id AND t.outcome = 'done')",
+        )["n"]
+        f["reports"] = _one(c, "SELECT count(*) AS n FROM parecer.reports")["n"]
         f["attempts_per_item"] = {
             int(r["n"]): int(r["items"])
             for r in c.execute(
@@ -765,19 +775,22 @@ def _collect(
             ).fetchall()
         }
         f["releases_429"] = sum(n for k, n in f["releases_by_reason"].items() if k and "429" in k)
-        f["failed_attempts_blaming_429"] = c.execute(
+        f["failed_attempts_blaming_429"] = _one(
+            c,
             "SELECT count(*) AS n FROM parecer.attempts WHERE outcome IN ('failed', 'expired') "
-            "AND error ~* 'rate limit|\\m429\\M'"
-        ).fetchone()["n"]
-        f["retry_count_mismatches"] = c.execute(
+            "AND error ~* 'rate limit|\\m429\\M'",
+        )["n"]
+        f["retry_count_mismatches"] = _one(
+            c,
             "SELECT count(*) AS n FROM parecer.analyses a WHERE a.retry_count <> "
             "(SELECT count(*) FROM parecer.attempts t WHERE t.analysis_id = a.analysis_id "
-            " AND t.outcome IN ('failed', 'expired'))"
-        ).fetchone()["n"]
-        f["terminal_without_reason"] = c.execute(
+            " AND t.outcome IN ('failed', 'expired'))",
+        )["n"]
+        f["terminal_without_reason"] = _one(
+            c,
             "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'failed' AND next_retry_at IS NULL "
-            "AND COALESCE(btrim(error), '') = ''"
-        ).fetchone()["n"]
+            "AND COALESCE(btrim(error), '') = ''",
+        )["n"]
         f["terminal_reasons"] = {
             r["reason"]: int(r["n"])
             for r in c.execute(
@@ -807,21 +820,23 @@ def _collect(
             k: exp[k] for k in ("of_killed_runners", "of_stopped_runners", "of_live_runners")
         }
         # a result is accepted only from the current lease holder: the done attempt is the item's last claim
-        f["done_not_last_claim"] = c.execute(
+        f["done_not_last_claim"] = _one(
+            c,
             "SELECT count(*) AS n FROM parecer.analyses a JOIN parecer.attempts t ON t.analysis_id = a.analysis_id "
             "AND t.outcome = 'done' WHERE EXISTS (SELECT FROM parecer.attempts l WHERE l.analysis_id = a.analysis_id "
-            "AND l.attempt > t.attempt)"
-        ).fetchone()["n"]
+            "AND l.attempt > t.attempt)",
+        )["n"]
         # a runner frozen longer than its lease must not get the results of its frozen claims accepted
         frozen_done = frozen_lost = 0
         for p in fleet.all:
             for t_stop, t_cont in p.stop_windows:
-                r = c.execute(
+                r = _one(
+                    c,
                     "SELECT count(*) FILTER (WHERE outcome = 'done' AND finished_at > %(c)s) AS done, "
                     "count(*) FILTER (WHERE outcome = 'expired' AND finished_at > %(s)s) AS lost "
                     "FROM parecer.attempts WHERE worker = %(w)s AND claimed_at < %(s)s",
                     {"w": p.worker, "s": t_stop, "c": t_cont or t_stop},
-                ).fetchone()
+                )
                 assert r is not None
                 frozen_done += r["done"]
                 frozen_lost += r["lost"]
@@ -957,8 +972,8 @@ def _machine(url: str) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     with db.connect(url, application_name="parecer-chaos") as c:
-        ver = c.execute("SHOW server_version").fetchone()["server_version"]
-        maxc = c.execute("SHOW max_connections").fetchone()["max_connections"]
+        ver = _one(c, "SHOW server_version")["server_version"]
+        maxc = _one(c, "SHOW max_connections")["max_connections"]
     host = conninfo_to_dict(url).get("host") or "local socket"
     return {
         "nproc": os.cpu_count(),
