@@ -17,7 +17,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/parecer demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 migrate: $(STAMP)
@@ -26,9 +26,10 @@ migrate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+# style and types: part of `make test` (and so of CI)
 lint: $(STAMP)
-	$(BIN)/pip install -q ruff mypy
-	$(BIN)/ruff check runner tests
+	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff format --check runner tests bench
 	$(BIN)/mypy
 
 clean:

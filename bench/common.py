@@ -31,14 +31,22 @@ if str(ROOT / "runner") not in sys.path:  # run from a checkout without an insta
     sys.path.insert(1, str(ROOT / "runner"))
 
 from parecer import db, paths  # noqa: E402
-from parecer.sample import load_sample  # noqa: E402
+from parecer.config import DEFAULT_MODEL  # noqa: E402
+from parecer.devkit.sample import load_sample  # noqa: E402
 
-CLIENT = "acme-telecom"          # the sample's larger client (60% of the sessions)
+CLIENT = "acme-telecom"  # the sample's larger client (60% of the sessions)
 SCRIPT_KEY = "bench"
 TOPICS = ["cancelamento", "internet"]
-KEY_LABEL = "bench"              # PARECER_KEY_LABEL of the runners: limit key bench:gpt-5-mini
-MODEL = "gpt-5-mini"             # the runner's default model (the stand-in answers as parecer-standin)
+KEY_LABEL = "bench"  # PARECER_KEY_LABEL of the runners: limit key bench:<MODEL>
+MODEL = DEFAULT_MODEL  # the runner's default model (the stand-in answers as parecer-standin)
 LIMIT_KEY = f"{KEY_LABEL}:{MODEL}"
+
+
+def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[str, Any]:
+    """The single row a query returns (dict_row connections)."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return dict(row)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -52,9 +60,9 @@ class Figure:
     unit: str
     baseline_name: str | None = None
     baseline: float | None = None
-    ratio: float | None = None          # how value compares with the baseline (see ratio_label)
-    ratio_label: str = ""               # e.g. "of ceiling", "of R", "x"
-    target: str = ""                    # what the design aims for, e.g. ">= 50%"
+    ratio: float | None = None  # how value compares with the baseline (see ratio_label)
+    ratio_label: str = ""  # e.g. "of ceiling", "of R", "x"
+    target: str = ""  # what the design aims for, e.g. ">= 50%"
     note: str = ""
 
     def line(self) -> str:
@@ -126,9 +134,12 @@ def print_result(res: Result) -> None:
 
 # ----------------------------------------------------------------------------- arguments
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--database-url", default=os.environ.get("PARECER_DATABASE_URL"),
-                   help="server to create the benchmark database on (default $PARECER_DATABASE_URL, "
-                        "else an embedded throwaway PostgreSQL)")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("PARECER_DATABASE_URL"),
+        help="server to create the benchmark database on (default $PARECER_DATABASE_URL, "
+        "else an embedded throwaway PostgreSQL)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
     p.add_argument("--seed", type=int, default=7, help="sample data seed")
 
@@ -139,7 +150,7 @@ def server(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from parecer.embedded import EmbeddedPostgres
+    from parecer.devkit.embedded import EmbeddedPostgres
 
     say("no --database-url / $PARECER_DATABASE_URL: starting an embedded PostgreSQL")
     with EmbeddedPostgres() as srv:
@@ -155,7 +166,7 @@ def bench_database(server_url: str, name: str, *, keep: bool = False) -> Iterato
     """A fresh database ``parecer_bench_<name>``: migrated, reference schema + adapter."""
     dbname = f"parecer_bench_{name}"
     with psycopg.connect(server_url, autocommit=True) as c:
-        c.add_notice_handler(lambda d: None)   # "does not exist, skipping"
+        c.add_notice_handler(lambda d: None)  # "does not exist, skipping"
         c.execute(f"DROP DATABASE IF EXISTS {_qi(dbname)} WITH (FORCE)")
         c.execute(f"CREATE DATABASE {_qi(dbname)}")
     url = make_conninfo(server_url, dbname=dbname)
@@ -179,7 +190,7 @@ def connect(url: str, **kw: Any) -> psycopg.Connection[dict[str, Any]]:
 def load(url: str, sessions: int, seed: int, *, analyze: bool = True) -> float:
     """Load (or grow to) ``sessions`` sample sessions; VACUUM ANALYZE; returns load seconds."""
     t0 = time.perf_counter()
-    with psycopg.connect(url, autocommit=True) as c:   # load_sample reads tuples
+    with psycopg.connect(url, autocommit=True) as c:  # load_sample reads tuples
         load_sample(c, sessions=sessions, seed=seed)
     secs = time.perf_counter() - t0
     if analyze:
@@ -200,25 +211,36 @@ def set_setting(conn: psycopg.Connection[Any], name: str, value: str) -> None:
     conn.execute("SELECT parecer.set_setting(%s, %s)", (name, value))
 
 
-def make_script(conn: psycopg.Connection[Any], client: str = CLIENT, key: str = SCRIPT_KEY,
-                topics: Sequence[str] = TOPICS) -> dict[str, Any]:
+def make_script(
+    conn: psycopg.Connection[Any],
+    client: str = CLIENT,
+    key: str = SCRIPT_KEY,
+    topics: Sequence[str] = TOPICS,
+) -> dict[str, Any]:
     row = conn.execute(
         "SELECT * FROM parecer.create_script_version(%s, %s, %s, topics => %s, activate => true)",
         (client, key, "Avalie a qualidade do atendimento e o desfecho da conversa.", list(topics)),
     ).fetchone()
     assert row is not None
-    return row
+    return dict(row)
 
 
-def client_sessions(conn: psycopg.Connection[Any], client: str = CLIENT, *, limit: int | None = None,
-                    ended_only: bool = True) -> list[str]:
+def client_sessions(
+    conn: psycopg.Connection[Any],
+    client: str = CLIENT,
+    *,
+    limit: int | None = None,
+    ended_only: bool = True,
+) -> list[str]:
     """Session ids of a client, newest ended first (any length: enqueue accepts every session)."""
     rows = conn.execute(
         "SELECT s.session_id FROM parecer.source_sessions s JOIN parecer.source_clients c "
         "ON c.client_id = s.client_id WHERE c.slug = %s"
         + (" AND s.ended_at IS NOT NULL" if ended_only else "")
-        + " ORDER BY s.ended_at DESC NULLS LAST, s.session_id" + (" LIMIT %s" if limit else ""),
-        (client, limit) if limit else (client,)).fetchall()
+        + " ORDER BY s.ended_at DESC NULLS LAST, s.session_id"
+        + (" LIMIT %s" if limit else ""),
+        (client, limit) if limit else (client,),
+    ).fetchall()
     return [r["session_id"] for r in rows]
 
 
@@ -229,7 +251,9 @@ def sessions_needed(items: int, share: float = 0.6, ended: float = 0.9) -> int:
 
 def no_rate_limit(conn: psycopg.Connection[Any], key: str = LIMIT_KEY) -> None:
     """Lift the shared limiter for a key so it is not what a benchmark measures."""
-    conn.execute("SELECT * FROM parecer.set_rate_limit(%s, rpm => 1000000, tpm => 1000000000)", (key,))
+    conn.execute(
+        "SELECT * FROM parecer.set_rate_limit(%s, rpm => 1000000, tpm => 1000000000)", (key,)
+    )
 
 
 def db_now(conn: psycopg.Connection[Any]) -> Any:
@@ -239,23 +263,38 @@ def db_now(conn: psycopg.Connection[Any]) -> Any:
 # ----------------------------------------------------------------------------- runner processes
 def runner_env(url: str, base_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PARECER_", "OPENAI_"))}
-    env.update({"PARECER_DATABASE_URL": url, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "bench-not-a-key",
-                "PARECER_KEY_LABEL": KEY_LABEL, "PYTHONPATH": str(ROOT / "runner")})
+    env.update(
+        {
+            "PARECER_DATABASE_URL": url,
+            "OPENAI_BASE_URL": base_url,
+            "OPENAI_API_KEY": "bench-not-a-key",
+            "PARECER_KEY_LABEL": KEY_LABEL,
+            "PYTHONPATH": str(ROOT / "runner"),
+        }
+    )
     env.update(extra)
     return env
 
 
-def spawn_runner(url: str, base_url: str, log_path: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+def spawn_runner(
+    url: str, base_url: str, log_path: Path, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
     """``python -m parecer.cli runner ARGS`` with its log (stderr) in log_path."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed by the child's exit / GC
-    return subprocess.Popen([sys.executable, "-m", "parecer.cli", "runner", *args],
-                            env=runner_env(url, base_url, **env), stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "parecer.cli", "runner", *args],
+        env=runner_env(url, base_url, **env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
-def stop_runners(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 60.0) -> list[int | None]:
+def stop_runners(
+    procs: Sequence[subprocess.Popen[bytes]], timeout: float = 60.0
+) -> list[int | None]:
     for p in procs:
         if p.poll() is None:
-            p.terminate()   # SIGTERM: stop claiming, finish or release in-flight items, exit 0
+            p.terminate()  # SIGTERM: stop claiming, finish or release in-flight items, exit 0
     codes: list[int | None] = []
     for p in procs:
         try:
@@ -270,8 +309,10 @@ def wait_listening(conn: psycopg.Connection[Any], n: int, timeout: float = 30.0)
     """Wait until n runner LISTEN connections are up (the runners are idle or working)."""
     deadline = time.monotonic() + timeout
     while True:
-        k = conn.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
-                         "AND application_name = 'parecer-listen'").fetchone()["n"]  # type: ignore[index]
+        k = conn.execute(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'parecer-listen'"
+        ).fetchone()["n"]  # type: ignore[index]
         if k >= n:
             return
         if time.monotonic() > deadline:
@@ -307,8 +348,13 @@ def machine_info(server_url: str | None) -> dict[str, Any]:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         nproc = os.cpu_count() or 0
-    info: dict[str, Any] = {"nproc": nproc, "cpu": cpu, "memory": mem,
-                            "python": platform.python_version(), "os": platform.platform()}
+    info: dict[str, Any] = {
+        "nproc": nproc,
+        "cpu": cpu,
+        "memory": mem,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
     if server_url:
         with psycopg.connect(server_url, autocommit=True) as c:
             info["postgresql"] = c.execute("SELECT version()").fetchone()[0]  # type: ignore[index]

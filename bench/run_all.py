@@ -42,11 +42,17 @@ def _loadavg() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url", default=os.environ.get("PARECER_DATABASE_URL"))
-    p.add_argument("--quick", action="store_true", help="benchmark 2 at 10k/20k/40k sessions instead of 50k/100k/200k")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="benchmark 2 at 10k/20k/40k sessions instead of 50k/100k/200k",
+    )
     p.add_argument("--b02-sizes", default=None, help="benchmark 2 session counts, comma-separated")
     p.add_argument("--only", default=None, help="comma-separated subset, e.g. b01,b04")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--json", dest="json_path", default=None, help="also write every figure and detail as JSON")
+    p.add_argument(
+        "--json", dest="json_path", default=None, help="also write every figure and detail as JSON"
+    )
     a = p.parse_args(argv)
     if a.b02_sizes:
         b02_sizes = tuple(int(x) for x in a.b02_sizes.split(","))
@@ -86,24 +92,42 @@ def main(argv: list[str] | None = None) -> int:
 
     C.say("\n" + "=" * 100)
     C.say(f"SUMMARY ({total / 60:.1f} min; load average at the end {_loadavg()})")
-    rows = [("bench", "figure", "value", "baseline", "ratio", "target")]
+    rows: list[tuple[str, ...]] = [("bench", "figure", "value", "baseline", "ratio", "target")]
     for r in results:
         for f in r.figures:
-            rows.append((f.bench, f.name, f"{C.fmt(f.value)} {f.unit}".strip(),
-                         f"{f.baseline_name}: {C.fmt(f.baseline)}" if f.baseline_name else "",
-                         C.fmt_ratio(f.ratio, f.ratio_label) if f.ratio is not None else "", f.target))
+            rows.append(
+                (
+                    f.bench,
+                    f.name,
+                    f"{C.fmt(f.value)} {f.unit}".strip(),
+                    f"{f.baseline_name}: {C.fmt(f.baseline)}" if f.baseline_name else "",
+                    C.fmt_ratio(f.ratio, f.ratio_label) if f.ratio is not None else "",
+                    f.target,
+                )
+            )
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        C.say("  ".join(str(c)[:60].ljust(w) for c, w in zip(r, widths)).rstrip())
+    for i, row in enumerate(rows):
+        C.say("  ".join(str(c)[:60].ljust(w) for c, w in zip(row, widths)).rstrip())
         if i == 0:
             C.say("  ".join("-" * w for w in widths))
     if failed:
         C.say(f"\nCRASHED: {', '.join(failed)} (tracebacks above)")
     if a.json_path:
-        Path(a.json_path).write_text(json.dumps(
-            {"machine": info, "seconds": total, "failed": failed,
-             "results": [{**asdict(r), "figures": [asdict(f) for f in r.figures]} for r in results]},
-            indent=2, default=str), encoding="utf-8")
+        Path(a.json_path).write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "seconds": total,
+                    "failed": failed,
+                    "results": [
+                        {**asdict(r), "figures": [asdict(f) for f in r.figures]} for r in results
+                    ],
+                },
+                indent=2,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
         C.say(f"wrote {a.json_path}")
     return 1 if failed else 0
 

@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from parecer import db, paths
-from parecer.embedded import EmbeddedPostgres
+from parecer.devkit.embedded import EmbeddedPostgres
 
 _counter = itertools.count()
 

@@ -28,15 +28,18 @@ from psycopg.rows import dict_row
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "sql-reference.md"
 ROLES = ("parecer_admin", "parecer_runner", "parecer_reader")
-BLOCK = re.compile(r"^<!-- catalogue: (parecer\.[a-z_]+) -->\n(.*?)^<!-- /catalogue -->$",
-                   re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(
+    r"^<!-- catalogue: (parecer\.[a-z_]+) -->\n(.*?)^<!-- /catalogue -->$", re.MULTILINE | re.DOTALL
+)
 WIDTH = 100
 
 
 def as_documented(sig: str) -> str:
     """pg_get_function_arguments/result as the reference writes them."""
     sig = sig.replace("timestamp with time zone", "timestamptz")
-    sig = re.sub(r"::(double precision|[a-z_]+)(\[\])?", "", sig)  # DEFAULT NULL::text -> DEFAULT NULL
+    sig = re.sub(
+        r"::(double precision|[a-z_]+)(\[\])?", "", sig
+    )  # DEFAULT NULL::text -> DEFAULT NULL
     return " ".join(sig.split())
 
 
@@ -59,8 +62,16 @@ def _wrap_args(head: str, args: str) -> str:
 
 
 def _wrap_text(text: str, prefix: str = "") -> str:
-    return "\n".join(textwrap.wrap(" ".join(text.split()), width=80, initial_indent=prefix,
-                                   subsequent_indent=prefix, break_on_hyphens=False, break_long_words=False))
+    return "\n".join(
+        textwrap.wrap(
+            " ".join(text.split()),
+            width=80,
+            initial_indent=prefix,
+            subsequent_indent=prefix,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+    )
 
 
 def _roles(granted: list[str]) -> str:
@@ -77,39 +88,63 @@ def render(conn: psycopg.Connection[Any]) -> dict[str, str]:
         "       pg_get_function_result(p.oid) AS res, obj_description(p.oid, 'pg_proc') AS comment, "
         "       p.prorettype "
         "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'parecer' AND p.proname !~ '^_' ORDER BY 1").fetchall()
+        "WHERE n.nspname = 'parecer' AND p.proname !~ '^_' ORDER BY 1"
+    ).fetchall()
     for f in funcs:
-        lines = ["```", _wrap_args(f"parecer.{f['proname']}", as_documented(f["args"])),
-                 f"RETURNS {as_documented(f['res'])}"]
+        lines = [
+            "```",
+            _wrap_args(f"parecer.{f['proname']}", as_documented(f["args"])),
+            f"RETURNS {as_documented(f['res'])}",
+        ]
         # a composite type of its own (not a table's or view's row type): spell out its columns
         typ = conn.execute(
             "SELECT t.typname, "
             "       string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum) AS cols "
             "FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c' "
             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-            "WHERE t.oid = %s GROUP BY t.typname", (f["prorettype"],)).fetchone()
+            "WHERE t.oid = %s GROUP BY t.typname",
+            (f["prorettype"],),
+        ).fetchone()
         if typ is not None:
             cols = as_documented(typ["cols"])
-            lines.append(textwrap.fill(f"-- parecer.{typ['typname']}: ({cols})", width=WIDTH,
-                                       subsequent_indent="--     ", break_on_hyphens=False,
-                                       break_long_words=False))
+            lines.append(
+                textwrap.fill(
+                    f"-- parecer.{typ['typname']}: ({cols})",
+                    width=WIDTH,
+                    subsequent_indent="--     ",
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
         lines.append("```")
         lines.append("")
         lines.append(_wrap_text(f["comment"] or "(no comment)", "> "))
         lines.append("")
-        granted = [r for r in ROLES if conn.execute(
-            "SELECT has_function_privilege(%s, %s::oid, 'EXECUTE') AS ok", (r, f["oid"])).fetchone()["ok"]]
+        granted = [
+            r
+            for r in ROLES
+            if conn.execute(
+                "SELECT has_function_privilege(%s, %s::oid, 'EXECUTE') AS ok", (r, f["oid"])
+            ).fetchone()["ok"]
+        ]
         lines.append(_roles(granted))
         out[f"parecer.{f['proname']}"] = "\n".join(lines) + "\n"
     views = conn.execute(
         "SELECT c.relname, c.oid, obj_description(c.oid, 'pg_class') AS comment "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'parecer' AND c.relkind = 'v' AND c.relname !~ '^_' ORDER BY 1").fetchall()
+        "WHERE n.nspname = 'parecer' AND c.relkind = 'v' AND c.relname !~ '^_' ORDER BY 1"
+    ).fetchall()
     for v in views:
-        granted = [r for r in ROLES if conn.execute(
-            "SELECT has_table_privilege(%s, %s::oid, 'SELECT') AS ok", (r, v["oid"])).fetchone()["ok"]]
-        out[f"parecer.{v['relname']}"] = (_wrap_text(v["comment"] or "(no comment)", "> ") + "\n\n"
-                                          + _roles(granted) + "\n")
+        granted = [
+            r
+            for r in ROLES
+            if conn.execute(
+                "SELECT has_table_privilege(%s, %s::oid, 'SELECT') AS ok", (r, v["oid"])
+            ).fetchone()["ok"]
+        ]
+        out[f"parecer.{v['relname']}"] = (
+            _wrap_text(v["comment"] or "(no comment)", "> ") + "\n\n" + _roles(granted) + "\n"
+        )
     return out
 
 
@@ -123,8 +158,13 @@ def blocks_in(text: str) -> dict[str, str]:
 
 def regenerate(text: str, generated: dict[str, str]) -> str:
     """The doc with every catalogue block replaced by its generated text."""
-    return BLOCK.sub(lambda m: f"<!-- catalogue: {m.group(1)} -->\n{generated.get(m.group(1), m.group(2))}"
-                               "<!-- /catalogue -->", text)
+    return BLOCK.sub(
+        lambda m: (
+            f"<!-- catalogue: {m.group(1)} -->\n{generated.get(m.group(1), m.group(2))}"
+            "<!-- /catalogue -->"
+        ),
+        text,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -139,7 +179,10 @@ def main(argv: list[str]) -> int:
     REFERENCE.write_text(new, encoding="utf-8")
     print(f"{REFERENCE}: {'unchanged' if new == text else 'rewritten'}")
     if missing:
-        print("no catalogue block (add a section with the markers): " + ", ".join(missing), file=sys.stderr)
+        print(
+            "no catalogue block (add a section with the markers): " + ", ".join(missing),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

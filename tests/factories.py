@@ -51,7 +51,9 @@ def make_session(
         (contact, f"cl-{client}", f"Contato {n}"),
     )
     for t in tags:
-        conn.execute("INSERT INTO chat.contact_tags VALUES (%s, %s) ON CONFLICT DO NOTHING", (contact, t))
+        conn.execute(
+            "INSERT INTO chat.contact_tags VALUES (%s, %s) ON CONFLICT DO NOTHING", (contact, t)
+        )
     ticket = f"tk-{client}-{n}"
     conn.execute(
         "INSERT INTO chat.tickets (id, client_id, contact_id) VALUES (%s, %s, %s)",
@@ -67,8 +69,14 @@ def make_session(
     for i in range(messages):
         mid = f"{sid}-m{i:03d}"
         from_me = agent_replies and i % 2 == 1
-        body = texts[i] if texts and i < len(texts) else (
-            f"Bom dia, aqui é o atendente, mensagem {i}" if from_me else f"Olá, minha internet caiu de novo, mensagem {i}"
+        body = (
+            texts[i]
+            if texts and i < len(texts)
+            else (
+                f"Bom dia, aqui é o atendente, mensagem {i}"
+                if from_me
+                else f"Olá, minha internet caiu de novo, mensagem {i}"
+            )
         )
         conn.execute(
             "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at, created_at_external)"
@@ -79,18 +87,31 @@ def make_session(
     return s
 
 
-def make_script(conn: psycopg.Connection[Any], client: str = "acme", key: str = "qa",
-                topics: list[str] | None = None, activate: bool = True) -> dict[str, Any]:
+def make_script(
+    conn: psycopg.Connection[Any],
+    client: str = "acme",
+    key: str = "qa",
+    topics: list[str] | None = None,
+    activate: bool = True,
+) -> dict[str, Any]:
     make_client(conn, client)
     row = conn.execute(
         "SELECT * FROM parecer.create_script_version(%s, %s, %s, topics => %s, activate => %s)",
-        (client, key, "Avalie a qualidade do atendimento.", topics if topics is not None else ["cancelamento", "internet"], activate),
+        (
+            client,
+            key,
+            "Avalie a qualidade do atendimento.",
+            topics if topics is not None else ["cancelamento", "internet"],
+            activate,
+        ),
     ).fetchone()
     assert row is not None
-    return row
+    return dict(row)
 
 
-def report_for(session: Session, topics: list[str] | None = None, *, excerpt: str = "internet caiu") -> dict[str, Any]:
+def report_for(
+    session: Session, topics: list[str] | None = None, *, excerpt: str = "internet caiu"
+) -> dict[str, Any]:
     """A valid, grounded report citing the session's first message."""
     ev = [{"message_id": session.message_ids[0], "excerpt": excerpt}]
     return {
@@ -99,10 +120,21 @@ def report_for(session: Session, topics: list[str] | None = None, *, excerpt: st
         "outcome": {"evidence": ev, "status": "resolved"},
         "sentiment": {"evidence": [], "start": "negative", "end": "neutral"},
         "topics": [
-            {"topic": t, "evidence": ev if t == "internet" else [], "present": t == "internet", "confidence": 0.9}
+            {
+                "topic": t,
+                "evidence": ev if t == "internet" else [],
+                "present": t == "internet",
+                "confidence": 0.9,
+            }
             for t in (topics if topics is not None else ["cancelamento", "internet"])
         ],
         "flags": [],
         "insufficient_context": False,
         "next_action": None,
     }
+
+
+def ended(s: Session) -> datetime:
+    """A closed session's end (a sort key)."""
+    assert s.ended_at is not None, s
+    return s.ended_at

@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db, paths
-from parecer import errors as E
+from parecer import db, errors, paths
 
 from .factories import make_script, make_session
 from .helpers import table_checksum
@@ -30,13 +29,17 @@ def test_migrations_are_numbered_and_have_rollbacks() -> None:
 
 def test_apply_twice_rollback_all_apply_again(empty_db_url: str) -> None:
     applied = db.migrate(empty_db_url)
-    assert len(applied) == len([p for p in paths.migrations_dir().glob("*.sql") if ".rollback" not in p.name])
+    assert len(applied) == len(
+        [p for p in paths.migrations_dir().glob("*.sql") if ".rollback" not in p.name]
+    )
     assert db.migrate(empty_db_url) == []
     assert all(s.applied for s in db.status(empty_db_url))
     rolled = db.rollback(empty_db_url)
     assert rolled == list(reversed(applied))
     with db.connect(empty_db_url) as c:
-        assert c.execute("SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'parecer'").fetchone() == {"n": 0}
+        assert c.execute(
+            "SELECT count(*) AS n FROM pg_namespace WHERE nspname = 'parecer'"
+        ).fetchone() == {"n": 0}
     assert db.migrate(empty_db_url) == applied
 
 
@@ -45,7 +48,8 @@ def _public_functions(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         "SELECT p.proname, p.oid::regprocedure::text AS sig, p.prosecdef, p.proconfig, "
         "       obj_description(p.oid, 'pg_proc') AS comment "
         "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'parecer' "
-        "ORDER BY 1").fetchall()
+        "ORDER BY 1"
+    ).fetchall()
 
 
 def test_every_public_function_is_commented_and_documented(conn: psycopg.Connection[Any]) -> None:
@@ -63,19 +67,23 @@ def test_every_function_pins_search_path(conn: psycopg.Connection[Any]) -> None:
     planner inline them), are never SECURITY DEFINER and no role but the owner may call them."""
     for f in _public_functions(conn):
         if not f["proname"].startswith("_"):
-            assert f["prosecdef"] and "search_path=pg_catalog, pg_temp" in (f["proconfig"] or []), f["sig"]
+            assert f["prosecdef"] and "search_path=pg_catalog, pg_temp" in (f["proconfig"] or []), (
+                f["sig"]
+            )
         else:
             assert not f["prosecdef"], f"{f['sig']}: helpers must not be SECURITY DEFINER"
     for role in ("parecer_admin", "parecer_runner", "parecer_reader"):
         rows = conn.execute(
             "SELECT p.oid::regprocedure::text AS sig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
             "WHERE n.nspname = 'parecer' AND left(p.proname, 1) = '_' AND has_function_privilege(%s, p.oid, 'EXECUTE')",
-            (role,)).fetchall()
+            (role,),
+        ).fetchall()
         assert rows == [], f"{role} may execute private helpers: {rows}"
     public_exec = conn.execute(
         "SELECT p.oid::regprocedure::text AS sig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace, "
         "LATERAL aclexplode(COALESCE(p.proacl, acldefault('f', p.proowner))) a "
-        "WHERE n.nspname = 'parecer' AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'").fetchall()
+        "WHERE n.nspname = 'parecer' AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'"
+    ).fetchall()
     assert public_exec == [], f"PUBLIC may execute: {public_exec}"
 
 
@@ -83,44 +91,76 @@ def test_every_error_code_is_documented() -> None:
     docs = (ROOT / "docs" / "sql-api.md").read_text(encoding="utf-8")
     sql = "\n".join(p.read_text() for p in [*paths.migrations_dir().glob("*.sql"), *db.api_files()])
     raised = set(re.findall(r"ERRCODE = '(PR\d{3})'", sql))
-    assert raised == set(E.CODES)
-    for code in E.CODES:
+    assert raised == set(errors.CODES)
+    for code in errors.CODES:
         assert f"`{code}`" in docs, code
 
 
 # (call, params, expected SQLSTATE): every error a caller can cause, no partial writes.
 X = str(uuid.uuid4())
 ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
-    ("SELECT * FROM parecer.eligible_sessions('nope')", (), E.UNKNOWN_CLIENT),
-    ("SELECT * FROM parecer.create_script_version('nope', 'k', 't')", (), E.UNKNOWN_CLIENT),
-    ("SELECT * FROM parecer.resolve_script('acme', 'missing')", (), E.UNKNOWN_SCRIPT),
-    ("SELECT * FROM parecer.resolve_script('acme', 'qa', 99)", (), E.UNKNOWN_SCRIPT),
-    ("SELECT * FROM parecer.enqueue('{}', 999999)", (), E.UNKNOWN_SCRIPT),
-    ("SELECT * FROM parecer.resolve_script('acme', 'inactive')", (), E.NO_ACTIVE_SCRIPT),
-    ("SELECT * FROM parecer.start_run('acme', 'qa', tag_filter => '{\"mode\":\"x\"}')", (), E.BAD_TAG_FILTER),
-    ("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 0)", (), E.CAP_EXCEEDED),
-    ("SELECT * FROM parecer.mark_failed(%s, %s, 'e')", ("ITEM", X), E.STALE_LEASE),
-    ("SELECT * FROM parecer.set_setting('nope', '1')", (), E.BAD_SETTING),
-    ("SELECT * FROM parecer.set_setting('max_attempts', '0')", (), E.BAD_SETTING),
-    ("SELECT * FROM parecer.set_setting('max_attempts', 'abc')", (), E.BAD_SETTING),
-    ("SELECT * FROM parecer.set_setting('backoff_schedule', '{-1 minute}')", (), E.BAD_SETTING),
-    ("SELECT * FROM parecer.set_setting('backoff_schedule', '{}')", (), E.BAD_SETTING),
-    ("SELECT * FROM parecer.claim('')", (), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.claim('w', 0)", (), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.claim('w', lease_seconds => 1)", (), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.claim('w', sync_commit => NULL)", (), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.eligible_sessions('acme', min_messages => 0)", (), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.enqueue(ARRAY[NULL]::text[], %s)", ("SCRIPT",), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.release(%s, %s, delay_seconds => -1)", ("ITEM", "TOKEN"), E.INVALID_ARGUMENT),
-    ("SELECT * FROM parecer.prompt_for(%s)", (X,), E.UNKNOWN_ANALYSIS),
-    ("SELECT * FROM parecer.extend_lease(%s, %s)", (X, X), E.UNKNOWN_ANALYSIS),
-    ("SELECT * FROM parecer.run_summary(424242)", (), E.UNKNOWN_RUN),
-    ("SELECT * FROM parecer.create_script_version('acme', 'Bad Key', 't')", (), E.INVALID_SCRIPT),
-    ("SELECT * FROM parecer.create_script_version('acme', 'k', '  ')", (), E.INVALID_SCRIPT),
-    ("SELECT * FROM parecer.create_script_version('acme', 'k', 't', topics => '{a,a}')", (), E.INVALID_SCRIPT),
-    ("SELECT * FROM parecer.create_script_version('acme', 'k', 't', language => 'fr')", (), E.INVALID_SCRIPT),
-    ("SELECT * FROM parecer.enqueue('{no-such-session}', %s)", ("SCRIPT",), E.UNKNOWN_SESSION),
-    ("SELECT * FROM parecer.session_transcript('no-such-session')", (), E.UNKNOWN_SESSION),
+    ("SELECT * FROM parecer.eligible_sessions('nope')", (), errors.UNKNOWN_CLIENT),
+    ("SELECT * FROM parecer.create_script_version('nope', 'k', 't')", (), errors.UNKNOWN_CLIENT),
+    ("SELECT * FROM parecer.resolve_script('acme', 'missing')", (), errors.UNKNOWN_SCRIPT),
+    ("SELECT * FROM parecer.resolve_script('acme', 'qa', 99)", (), errors.UNKNOWN_SCRIPT),
+    ("SELECT * FROM parecer.enqueue('{}', 999999)", (), errors.UNKNOWN_SCRIPT),
+    ("SELECT * FROM parecer.resolve_script('acme', 'inactive')", (), errors.NO_ACTIVE_SCRIPT),
+    (
+        "SELECT * FROM parecer.start_run('acme', 'qa', tag_filter => '{\"mode\":\"x\"}')",
+        (),
+        errors.BAD_TAG_FILTER,
+    ),
+    ("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 0)", (), errors.CAP_EXCEEDED),
+    ("SELECT * FROM parecer.mark_failed(%s, %s, 'e')", ("ITEM", X), errors.STALE_LEASE),
+    ("SELECT * FROM parecer.set_setting('nope', '1')", (), errors.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('max_attempts', '0')", (), errors.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('max_attempts', 'abc')", (), errors.BAD_SETTING),
+    (
+        "SELECT * FROM parecer.set_setting('backoff_schedule', '{-1 minute}')",
+        (),
+        errors.BAD_SETTING,
+    ),
+    ("SELECT * FROM parecer.set_setting('backoff_schedule', '{}')", (), errors.BAD_SETTING),
+    ("SELECT * FROM parecer.claim('')", (), errors.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.claim('w', 0)", (), errors.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.claim('w', lease_seconds => 1)", (), errors.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.claim('w', sync_commit => NULL)", (), errors.INVALID_ARGUMENT),
+    (
+        "SELECT * FROM parecer.eligible_sessions('acme', min_messages => 0)",
+        (),
+        errors.INVALID_ARGUMENT,
+    ),
+    (
+        "SELECT * FROM parecer.enqueue(ARRAY[NULL]::text[], %s)",
+        ("SCRIPT",),
+        errors.INVALID_ARGUMENT,
+    ),
+    (
+        "SELECT * FROM parecer.release(%s, %s, delay_seconds => -1)",
+        ("ITEM", "TOKEN"),
+        errors.INVALID_ARGUMENT,
+    ),
+    ("SELECT * FROM parecer.prompt_for(%s)", (X,), errors.UNKNOWN_ANALYSIS),
+    ("SELECT * FROM parecer.extend_lease(%s, %s)", (X, X), errors.UNKNOWN_ANALYSIS),
+    ("SELECT * FROM parecer.run_summary(424242)", (), errors.UNKNOWN_RUN),
+    (
+        "SELECT * FROM parecer.create_script_version('acme', 'Bad Key', 't')",
+        (),
+        errors.INVALID_SCRIPT,
+    ),
+    ("SELECT * FROM parecer.create_script_version('acme', 'k', '  ')", (), errors.INVALID_SCRIPT),
+    (
+        "SELECT * FROM parecer.create_script_version('acme', 'k', 't', topics => '{a,a}')",
+        (),
+        errors.INVALID_SCRIPT,
+    ),
+    (
+        "SELECT * FROM parecer.create_script_version('acme', 'k', 't', language => 'fr')",
+        (),
+        errors.INVALID_SCRIPT,
+    ),
+    ("SELECT * FROM parecer.enqueue('{no-such-session}', %s)", ("SCRIPT",), errors.UNKNOWN_SESSION),
+    ("SELECT * FROM parecer.session_transcript('no-such-session')", (), errors.UNKNOWN_SESSION),
 ]
 
 
@@ -132,16 +172,25 @@ def seeded(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
-    return {"ITEM": item["analysis_id"], "TOKEN": item["lease_token"], "SCRIPT": script["script_id"]}
+    return {
+        "ITEM": item["analysis_id"],
+        "TOKEN": item["lease_token"],
+        "SCRIPT": script["script_id"],
+    }
 
 
-def test_every_documented_error_is_raised_with_hint_and_no_writes(conn: psycopg.Connection[Any], seeded: dict[str, Any]) -> None:
-    assert {code for _, _, code in ERROR_CASES} == set(E.CODES) - {E.INVALID_REPORT, E.UNGROUNDED_REPORT}  # those: test_prompt_report
+def test_every_documented_error_is_raised_with_hint_and_no_writes(
+    conn: psycopg.Connection[Any], seeded: dict[str, Any]
+) -> None:
+    assert {code for _, _, code in ERROR_CASES} == set(errors.CODES) - {
+        errors.INVALID_REPORT,
+        errors.UNGROUNDED_REPORT,
+    }  # those: test_prompt_report
     for sql, params, code in ERROR_CASES:
         args = tuple(seeded.get(p, p) if isinstance(p, str) else p for p in params)
         before = table_checksum(conn)
         with pytest.raises(psycopg.Error) as exc:
             conn.execute(sql, args)
-        assert E.sqlstate(exc.value) == code, sql
+        assert errors.sqlstate(exc.value) == code, sql
         assert exc.value.diag.message_hint, sql
         assert table_checksum(conn) == before, sql

@@ -15,14 +15,16 @@ from click.testing import CliRunner
 
 from parecer import db
 from parecer.cli import main
-from parecer.standin import Standin, StandinConfig
+from parecer.devkit.standin import Standin, StandinConfig
 
 from .factories import make_client, make_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(url: str | None, *args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
+def cli(
+    url: str | None, *args: str, input: str | None = None, env: dict[str, str] | None = None
+) -> Any:
     runner = CliRunner()
     e = {"PARECER_DATABASE_URL": url} if url else {"PARECER_DATABASE_URL": ""}
     e.update(env or {})
@@ -39,11 +41,30 @@ def seeded(db_url: str) -> str:
 
 
 def test_scripts_commands(seeded: str) -> None:
-    r = cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--topic", "cancelamento", "--topic",
-            "internet", "--activate", "--json", input="Avalie o atendimento.")
+    r = cli(
+        seeded,
+        "scripts",
+        "create",
+        "acme",
+        "qa",
+        "--file",
+        "-",
+        "--topic",
+        "cancelamento",
+        "--topic",
+        "internet",
+        "--activate",
+        "--json",
+        input="Avalie o atendimento.",
+    )
     assert r.exit_code == 0, r.output
     row = json.loads(r.output)
-    assert (row["client_slug"], row["script_key"], row["version"], row["is_active"]) == ("acme", "qa", 1, True)
+    assert (row["client_slug"], row["script_key"], row["version"], row["is_active"]) == (
+        "acme",
+        "qa",
+        1,
+        True,
+    )
     assert row["topics"] == ["cancelamento", "internet"]
     r = cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", input="v2")
     assert r.exit_code == 0 and "v2" in r.output
@@ -56,14 +77,35 @@ def test_scripts_commands(seeded: str) -> None:
 
 
 def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
-    cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--topic", "internet", "--activate", input="x")
+    cli(
+        seeded,
+        "scripts",
+        "create",
+        "acme",
+        "qa",
+        "--file",
+        "-",
+        "--topic",
+        "internet",
+        "--activate",
+        input="x",
+    )
     dry = json.loads(cli(seeded, "run", "acme", "qa", "--dry-run", "--json").output)
     assert dry["dry_run"] is True and dry["eligible"] == 6 and dry["run_id"] is None
     with Standin(StandinConfig(seed=1)) as s:
-        r = cli(seeded, "run", "acme", "qa", "--max-sessions", "4", "--process", "--json",
-                env={"OPENAI_BASE_URL": s.url, "OPENAI_API_KEY": "sk-test"})
+        r = cli(
+            seeded,
+            "run",
+            "acme",
+            "qa",
+            "--max-sessions",
+            "4",
+            "--process",
+            "--json",
+            env={"OPENAI_BASE_URL": s.url, "OPENAI_API_KEY": "sk-test"},
+        )
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output[r.output.index("{"):])
+    out = json.loads(r.output[r.output.index("{") :])
     assert out["summary"]["processed"] == 4 and out["summary"]["remaining"] == 0
     st = json.loads(cli(seeded, "status", "--json").output)
     assert st[0]["done"] == 4 and st[0]["client_slug"] == "acme"
@@ -80,15 +122,21 @@ def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
     assert json.loads(cli(seeded, "retry", "--client", "acme", "--json").output) == {"requeued": 0}
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["run", "nope", "qa", "--dry-run"], "unknown client \"nope\" [PR001] — hint: SELECT slug"),
-    (["run", "acme", "qa", "--dry-run", "--tag-filter", '{"mode":"maybe"}'], "[PR004] — hint:"),
-    (["run", "acme", "qa", "--max-sessions", "100000"], "[PR005] — hint: Use at most 500 sessions"),
-    (["run", "acme", "missing", "--dry-run"], "[PR002]"),
-    (["retry"], "[PR010]"),
-    (["prompt", "not-a-uuid"], "not a uuid"),
-    (["run", "acme", "qa", "--no-tags", "--any-tag", "vip"], "only one of"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "nope", "qa", "--dry-run"], 'unknown client "nope" [PR001] — hint: SELECT slug'),
+        (["run", "acme", "qa", "--dry-run", "--tag-filter", '{"mode":"maybe"}'], "[PR004] — hint:"),
+        (
+            ["run", "acme", "qa", "--max-sessions", "100000"],
+            "[PR005] — hint: Use at most 500 sessions",
+        ),
+        (["run", "acme", "missing", "--dry-run"], "[PR002]"),
+        (["retry"], "[PR010]"),
+        (["prompt", "not-a-uuid"], "not a uuid"),
+        (["run", "acme", "qa", "--no-tags", "--any-tag", "vip"], "only one of"),
+    ],
+)
 def test_user_errors_are_one_line(seeded: str, args: list[str], needle: str) -> None:
     cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--activate", input="x")
     r = cli(seeded, *args)
@@ -101,7 +149,11 @@ def test_no_database_and_unreachable_database() -> None:
     r = cli(None, "status")
     assert r.exit_code != 0 and "PARECER_DATABASE_URL" in r.output
     r = cli("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "status")
-    assert r.exit_code != 0 and "cannot connect to the database" in r.output and "Traceback" not in r.output
+    assert (
+        r.exit_code != 0
+        and "cannot connect to the database" in r.output
+        and "Traceback" not in r.output
+    )
 
 
 def test_db_commands(empty_db_url: str) -> None:
@@ -155,21 +207,50 @@ def test_readme_commands_exist() -> None:
 
 def test_limits_budgets_prices_spend_backlog(seeded: str) -> None:
     cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", "--activate", input="x")
-    r = json.loads(cli(seeded, "limits", "set", "default:gpt-5-mini", "--rpm", "100", "--json").output)
+    r = json.loads(
+        cli(seeded, "limits", "set", "default:gpt-5-mini", "--rpm", "100", "--json").output
+    )
     assert (r["rpm"], r["is_default"]) == (100, False)
-    assert json.loads(cli(seeded, "limits", "show", "--json").output)[0]["limit_key"] == "default:gpt-5-mini"
-    b = json.loads(cli(seeded, "budgets", "set", "acme", "--daily", "5", "--monthly", "100", "--json").output)
+    assert (
+        json.loads(cli(seeded, "limits", "show", "--json").output)[0]["limit_key"]
+        == "default:gpt-5-mini"
+    )
+    b = json.loads(
+        cli(seeded, "budgets", "set", "acme", "--daily", "5", "--monthly", "100", "--json").output
+    )
     assert float(b["daily_budget_usd"]) == 5 and b["blocked_reason"] is None
-    assert json.loads(cli(seeded, "budgets", "priority", "acme", "3", "--json").output)["priority"] == 3
-    p = json.loads(cli(seeded, "prices", "set", "my-model", "--input", "1", "--cached", "0.1", "--output", "4", "--json").output)
+    assert (
+        json.loads(cli(seeded, "budgets", "priority", "acme", "3", "--json").output)["priority"]
+        == 3
+    )
+    p = json.loads(
+        cli(
+            seeded,
+            "prices",
+            "set",
+            "my-model",
+            "--input",
+            "1",
+            "--cached",
+            "0.1",
+            "--output",
+            "4",
+            "--json",
+        ).output
+    )
     assert p["model"] == "my-model"
-    assert any(x["model"] == "gpt-5-mini" for x in json.loads(cli(seeded, "prices", "show", "--json").output))
+    assert any(
+        x["model"] == "gpt-5-mini"
+        for x in json.loads(cli(seeded, "prices", "show", "--json").output)
+    )
     assert json.loads(cli(seeded, "spend", "--json").output) == []
     dry = json.loads(cli(seeded, "run", "acme", "qa", "--dry-run", "--json").output)
     assert "estimated_cost_usd" in dry and dry["estimated_cost_usd"] is None  # no history yet
     r = cli(seeded, "run", "acme", "qa", "--backlog", "--json")
     assert r.exit_code == 0, r.output
     with db.connect(seeded) as c:
-        assert c.execute("SELECT bool_and(backlog) AS b FROM parecer.analyses").fetchone() == {"b": True}
+        assert c.execute("SELECT bool_and(backlog) AS b FROM parecer.analyses").fetchone() == {
+            "b": True
+        }
     r = cli(seeded, "budgets", "priority", "acme", "0")
     assert r.exit_code != 0 and "[PR010]" in r.output

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer.sample import load_sample
+from parecer.devkit.sample import load_sample
 
 from . import docs_reference
 from .helpers import table_checksum
@@ -43,8 +43,9 @@ RAISES = re.compile(r"--\s*raises\s+([0-9A-Z]{5})\b")
 def blocks(name: str) -> list[tuple[str, str, int]]:
     """(fence language, code, line number) of every fenced block of a doc."""
     text = (DOCS / name).read_text(encoding="utf-8")
-    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1)
-            for m in FENCE.finditer(text)]
+    return [
+        (m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)
+    ]
 
 
 def one_block(name: str, lang: str) -> str:
@@ -74,20 +75,30 @@ def test_sql_api_docs_link_their_parts() -> None:
     entry = (DOCS / "sql-api.md").read_text(encoding="utf-8")
     for part in (TUTORIAL, REFERENCE, CONCEPTS):
         assert f"]({part})" in entry, f"docs/sql-api.md does not link {part}"
-        assert "](sql-api.md)" in (DOCS / part).read_text(encoding="utf-8"), f"{part} does not link back"
+        assert "](sql-api.md)" in (DOCS / part).read_text(encoding="utf-8"), (
+            f"{part} does not link back"
+        )
     # every relative link between the parts points at a heading that exists
-    anchors = {name: {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-                      for h in re.findall(r"^#+ (.*)$", (DOCS / name).read_text(encoding="utf-8"), re.M)}
-               for name in SQL_API_DOCS}
+    anchors = {
+        name: {
+            re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", (DOCS / name).read_text(encoding="utf-8"), re.M)
+        }
+        for name in SQL_API_DOCS
+    }
     for name in SQL_API_DOCS:
-        for target, anchor in re.findall(r"\]\(((?:sql-api|sql-tutorial|sql-reference|concepts)\.md)?#([^)]+)\)",
-                                         (DOCS / name).read_text(encoding="utf-8")):
+        for target, anchor in re.findall(
+            r"\]\(((?:sql-api|sql-tutorial|sql-reference|concepts)\.md)?#([^)]+)\)",
+            (DOCS / name).read_text(encoding="utf-8"),
+        ):
             assert anchor in anchors[target or name], f"docs/{name}: broken link {target}#{anchor}"
 
 
 def test_sql_api_blocks_run_in_order_on_the_sample(conn: psycopg.Connection[Any]) -> None:
     load_sample(conn, sessions=120, seed=42)
-    todo = [(name, *b) for name in SQL_API_DOCS for b in blocks(name) if b[0] in ("sql", "sql-error")]
+    todo = [
+        (name, *b) for name in SQL_API_DOCS for b in blocks(name) if b[0] in ("sql", "sql-error")
+    ]
     assert len([t for t in todo if t[0] == TUTORIAL]) >= 20, "the walkthrough lost its SQL blocks"
     for name, lang, sql, line in todo:
         where = f"docs/{name}:{line}"
@@ -105,10 +116,18 @@ def test_sql_api_blocks_run_in_order_on_the_sample(conn: psycopg.Connection[Any]
         assert err.value.diag.message_hint, f"{where}: no hint"
         assert table_checksum(conn) == before, f"{where}: a failing call wrote something"
     # the walkthrough ends with its three items reset to pending by force_reprocess
-    q = conn.execute("SELECT sum(pending) AS pending, sum(done) AS done FROM parecer.queue_status").fetchone()
+    q = conn.execute(
+        "SELECT sum(pending) AS pending, sum(done) AS done FROM parecer.queue_status"
+    ).fetchone()
     assert q == {"pending": 3, "done": 0}
-    att = conn.execute("SELECT outcome, count(*) AS n FROM parecer.attempts GROUP BY 1 ORDER BY 1").fetchall()
-    assert att == [{"outcome": "done", "n": 1}, {"outcome": "failed", "n": 2}, {"outcome": "released", "n": 1}]
+    att = conn.execute(
+        "SELECT outcome, count(*) AS n FROM parecer.attempts GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert att == [
+        {"outcome": "done", "n": 1},
+        {"outcome": "failed", "n": 2},
+        {"outcome": "released", "n": 1},
+    ]
 
 
 _as_documented = docs_reference.as_documented
@@ -120,10 +139,14 @@ def test_reference_blocks_are_generated_from_the_catalogue(conn: psycopg.Connect
     found = docs_reference.blocks_in(text)
     assert sorted(found) == sorted(generated), "catalogue blocks and public objects differ"
     stale = [name for name in generated if found[name] != generated[name]]
-    assert stale == [], (f"docs/{REFERENCE}: stale catalogue blocks {stale}; regenerate with "
-                         "`.venv/bin/python -m tests.docs_reference <url of a migrated database>`")
+    assert stale == [], (
+        f"docs/{REFERENCE}: stale catalogue blocks {stale}; regenerate with "
+        "`.venv/bin/python -m tests.docs_reference <url of a migrated database>`"
+    )
     for name in generated:  # each block opens its object's section
-        assert re.search(rf"^### {re.escape(name)}\n\n<!-- catalogue: {re.escape(name)} -->$", text, re.M), name
+        assert re.search(
+            rf"^### {re.escape(name)}\n\n<!-- catalogue: {re.escape(name)} -->$", text, re.M
+        ), name
 
 
 def test_reference_matches_the_catalogue(conn: psycopg.Connection[Any]) -> None:
@@ -132,7 +155,8 @@ def test_reference_matches_the_catalogue(conn: psycopg.Connection[Any]) -> None:
     funcs = conn.execute(
         "SELECT p.proname, pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS res "
         "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = 'parecer' AND p.proname !~ '^_' ORDER BY 1").fetchall()
+        "WHERE n.nspname = 'parecer' AND p.proname !~ '^_' ORDER BY 1"
+    ).fetchall()
     assert len(funcs) >= 18
     for f in funcs:
         sig = f"parecer.{f['proname']}({_as_documented(f['args'])})"
@@ -144,7 +168,8 @@ def test_reference_matches_the_catalogue(conn: psycopg.Connection[Any]) -> None:
         "SELECT c.relname, array_agg(a.attname::text ORDER BY a.attnum) AS cols "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
-        "WHERE n.nspname = 'parecer' AND c.relkind = 'v' AND c.relname !~ '^_' GROUP BY 1 ORDER BY 1").fetchall()
+        "WHERE n.nspname = 'parecer' AND c.relkind = 'v' AND c.relname !~ '^_' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     assert len(views) >= 9
     for v in views:
         head = f"\n### parecer.{v['relname']}\n"
@@ -206,20 +231,30 @@ def test_adapters_doc_builds_a_working_adapter(conn: psycopg.Connection[Any]) ->
 
         run(conn, HOST_DATA)
         rows = conn.execute(
-            "SELECT * FROM parecer.eligible_sessions('uuid-host', min_messages => 2)").fetchall()
+            "SELECT * FROM parecer.eligible_sessions('uuid-host', min_messages => 2)"
+        ).fetchall()
         assert [(r["session_id"], r["message_count"]) for r in rows] == [(CONVERSATION, 3)]
         t = conn.execute("SELECT * FROM parecer.session_transcript(%s)", (CONVERSATION,)).fetchall()
         assert [(r["position"], r["from_me"], r["body"]) for r in t] == [
-            (1, False, "message 0"), (2, True, "message 1"), (3, False, "message 2")]
+            (1, False, "message 0"),
+            (2, True, "message 1"),
+            (3, False, "message 2"),
+        ]
         # AT TIME ZONE 'UTC' (not ::timestamptz): sent_at does not depend on the session's TimeZone
         conn.execute("SET LOCAL TimeZone = 'America/Sao_Paulo'")
-        again = conn.execute("SELECT sent_at FROM parecer.session_transcript(%s)", (CONVERSATION,)).fetchall()
+        again = conn.execute(
+            "SELECT sent_at FROM parecer.session_transcript(%s)", (CONVERSATION,)
+        ).fetchall()
         assert [r["sent_at"] for r in again] == [r["sent_at"] for r in t]
         # the expression index serves the cast id
         conn.execute("SET LOCAL enable_seqscan = off")
-        plan = "\n".join(r["QUERY PLAN"] for r in conn.execute(
-            "EXPLAIN (COSTS OFF) SELECT * FROM parecer.source_messages "
-            f"WHERE session_id = '{CONVERSATION}'").fetchall())
+        plan = "\n".join(
+            r["QUERY PLAN"]
+            for r in conn.execute(
+                "EXPLAIN (COSTS OFF) SELECT * FROM parecer.source_messages "
+                f"WHERE session_id = '{CONVERSATION}'"
+            ).fetchall()
+        )
         assert "messages_conversation_text_idx" in plan, plan
     finally:
         conn.execute("ROLLBACK")
@@ -248,8 +283,13 @@ INSERT INTO chat.messages (id, session_id, from_me, media_type, body, transcript
 """
 
 
-def _claim_for(conn: psycopg.Connection[Any], script_id: int, force: bool = False) -> dict[str, Any]:
-    conn.execute("SELECT * FROM parecer.enqueue(ARRAY['demo-s1'], %s, force_reprocess => %s)", (script_id, force))
+def _claim_for(
+    conn: psycopg.Connection[Any], script_id: int, force: bool = False
+) -> dict[str, Any]:
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(ARRAY['demo-s1'], %s, force_reprocess => %s)",
+        (script_id, force),
+    )
     item: dict[str, Any] | None = conn.execute("SELECT * FROM parecer.claim('docs')").fetchone()
     assert item is not None
     return item
@@ -260,7 +300,8 @@ def test_report_schema_example_is_exact_valid_and_grounded(conn: psycopg.Connect
     script = conn.execute(
         "SELECT * FROM parecer.create_script_version('acme-telecom', 'exemplo',"
         " 'Avalie se o atendente resolveu o problema.', topics => ARRAY['internet', 'cancelamento', 'cobrança'],"
-        " language => 'pt-BR', activate => true)").fetchone()
+        " language => 'pt-BR', activate => true)"
+    ).fetchone()
     assert script is not None
     item = _claim_for(conn, script["script_id"])
     prompt = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()
@@ -268,9 +309,10 @@ def test_report_schema_example_is_exact_valid_and_grounded(conn: psycopg.Connect
     assert prompt["input"] == one_block("report-schema.md", "prompt-input")
 
     report = json.loads(one_block("report-schema.md", "json"))
-    out = conn.execute("SELECT * FROM parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s)",
-                       (item["analysis_id"], item["lease_token"], json.dumps(report),
-                        prompt["prompt_hash"])).fetchone()
+    out = conn.execute(
+        "SELECT * FROM parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s)",
+        (item["analysis_id"], item["lease_token"], json.dumps(report), prompt["prompt_hash"]),
+    ).fetchone()
     assert out is not None and out["status"] == "done"
     stored = conn.execute("SELECT report FROM parecer.reports").fetchone()
     assert stored is not None and stored["report"] == report
@@ -280,26 +322,35 @@ def test_report_schema_example_is_exact_valid_and_grounded(conn: psycopg.Connect
     bad = copy.deepcopy(report)
     bad["flags"][0]["evidence"] = [{"message_id": "demo-s1-m6", "excerpt": "cancelar"}]
     with pytest.raises(psycopg.Error) as err:
-        conn.execute("SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
-                     (again["analysis_id"], again["lease_token"], json.dumps(bad), prompt["prompt_hash"]))
+        conn.execute(
+            "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+            (again["analysis_id"], again["lease_token"], json.dumps(bad), prompt["prompt_hash"]),
+        )
     assert err.value.diag.sqlstate == "PR008"
-    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s)",
-                 (again["analysis_id"], again["lease_token"], json.dumps(report), prompt["prompt_hash"]))
+    conn.execute(
+        "SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s)",
+        (again["analysis_id"], again["lease_token"], json.dumps(report), prompt["prompt_hash"]),
+    )
 
     # the doc's SQL: json keeps the key order, jsonb does not; prompt_hash recomputes
     sql = [code for lg, code, _ in blocks("report-schema.md") if lg == "sql"]
     assert len(sql) == 2
-    assert conn.execute(sql[0]).fetchone() == {"as_json": '{"evidence": [], "status": "resolved"}',
-                                               "as_jsonb": '{"status": "resolved", "evidence": []}'}
+    assert conn.execute(sql[0]).fetchone() == {
+        "as_json": '{"evidence": [], "status": "resolved"}',
+        "as_jsonb": '{"status": "resolved", "evidence": []}',
+    }
     assert conn.execute(sql[1]).fetchall() == [{"same": True}]
 
     # the English instructions shown are what an 'en' script version gets
     en = conn.execute(
         "SELECT * FROM parecer.create_script_version('acme-telecom', 'quality',"
         " 'Check whether the agent understood and solved the customer''s problem.',"
-        " topics => ARRAY['internet', 'cancellation', 'billing'], language => 'en')").fetchone()
+        " topics => ARRAY['internet', 'cancellation', 'billing'], language => 'en')"
+    ).fetchone()
     assert en is not None and en["version"] == 1
     en_item = _claim_for(conn, en["script_id"])
-    p_en = conn.execute("SELECT instructions FROM parecer.prompt_for(%s)", (en_item["analysis_id"],)).fetchone()
+    p_en = conn.execute(
+        "SELECT instructions FROM parecer.prompt_for(%s)", (en_item["analysis_id"],)
+    ).fetchone()
     assert p_en is not None
     assert p_en["instructions"] == one_block("report-schema.md", "prompt-instructions")

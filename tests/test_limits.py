@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db
-from parecer import errors as E
-from parecer.standin import Standin, StandinConfig
+from parecer import db, errors
+from parecer.devkit.standin import Standin, StandinConfig
 
-from .factories import make_script, make_session, report_for
+from .factories import ended, make_script, make_session, report_for
+from .helpers import one
 
 
 def test_rate_limiter_never_hands_out_more_than_the_limit(db_url: str) -> None:
@@ -31,7 +31,7 @@ def test_rate_limiter_never_hands_out_more_than_the_limit(db_url: str) -> None:
         with db.connect(db_url) as c:
             barrier.wait()
             for _ in range(60):
-                if c.execute("SELECT granted FROM parecer.acquire_rate('k:m', 100)").fetchone()["granted"]:  # type: ignore[index]
+                if one(c, "SELECT granted FROM parecer.acquire_rate('k:m', 100)")["granted"]:
                     n += 1
         granted.append(n)
 
@@ -48,8 +48,12 @@ def test_rate_limiter_never_hands_out_more_than_the_limit(db_url: str) -> None:
 
 
 def test_429_pauses_every_runner_of_the_key(conn: psycopg.Connection[Any]) -> None:
-    assert conn.execute("SELECT granted FROM parecer.acquire_rate('k:m')").fetchone() == {"granted": True}
-    until = conn.execute("SELECT parecer.report_rate('k:m', retry_after_seconds => 30, reason => '429') AS u").fetchone()
+    assert conn.execute("SELECT granted FROM parecer.acquire_rate('k:m')").fetchone() == {
+        "granted": True
+    }
+    until = conn.execute(
+        "SELECT parecer.report_rate('k:m', retry_after_seconds => 30, reason => '429') AS u"
+    ).fetchone()
     assert until is not None and until["u"] is not None
     g = conn.execute("SELECT * FROM parecer.acquire_rate('k:m')").fetchone()
     assert g is not None and g["granted"] is False and 25 < g["wait_seconds"] <= 30
@@ -60,17 +64,28 @@ def test_429_pauses_every_runner_of_the_key(conn: psycopg.Connection[Any]) -> No
 def test_limit_keys_refuse_api_keys(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.Error) as exc:
         conn.execute("SELECT * FROM parecer.acquire_rate('sk-proj-abcdef:gpt-5-mini')")
-    assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT
+    assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT
 
 
-def _done_with_usage(conn: psycopg.Connection[Any], client: str, usage: dict[str, Any], model: str = "gpt-5-mini") -> None:
+def _done_with_usage(
+    conn: psycopg.Connection[Any], client: str, usage: dict[str, Any], model: str = "gpt-5-mini"
+) -> None:
     script = make_script(conn, client=client)
     s = make_session(conn, client)
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
     item = conn.execute("SELECT * FROM parecer.claim('w', client_slug => %s)", (client,)).fetchone()
     assert item is not None
-    conn.execute("SELECT parecer.mark_done(%s, %s, %s, %s, %s, %s)",
-                 (item["analysis_id"], item["lease_token"], json.dumps(report_for(s)), model, "a" * 64, json.dumps(usage)))
+    conn.execute(
+        "SELECT parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+        (
+            item["analysis_id"],
+            item["lease_token"],
+            json.dumps(report_for(s)),
+            model,
+            "a" * 64,
+            json.dumps(usage),
+        ),
+    )
 
 
 def test_cost_is_recorded_per_attempt_and_aggregated(conn: psycopg.Connection[Any]) -> None:
@@ -78,15 +93,23 @@ def test_cost_is_recorded_per_attempt_and_aggregated(conn: psycopg.Connection[An
     _done_with_usage(conn, "acme", usage, model="gpt-5-mini-2025-08-07")  # priced by prefix
     # gpt-5-mini: 0.25 in, 0.025 cached, 2.00 out per million: 0.8*0.25 + 0.2*0.025 + 0.1*2 = 0.405
     # The done attempt is the item's row (0016): its cost is there, and in the attempt history.
-    assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
-    assert float(conn.execute("SELECT cost_usd FROM parecer.reports").fetchone()["cost_usd"]) == pytest.approx(0.405)  # type: ignore[index]
+    assert one(conn, "SELECT count(*) AS n FROM parecer._attempts") == {"n": 0}
+    assert float(one(conn, "SELECT cost_usd FROM parecer.reports")["cost_usd"]) == pytest.approx(
+        0.405
+    )
     att = conn.execute("SELECT outcome, usage, cost_usd FROM parecer.attempts").fetchone()
     assert att is not None and att["outcome"] == "done" and att["usage"] == usage
     assert float(att["cost_usd"]) == pytest.approx(0.405)
     d = conn.execute("SELECT * FROM parecer.spend_daily").fetchone()
-    assert d is not None and d["client_slug"] == "acme" and float(d["cost_usd"]) == pytest.approx(0.405)
+    assert (
+        d is not None
+        and d["client_slug"] == "acme"
+        and float(d["cost_usd"]) == pytest.approx(0.405)
+    )
     assert d["input_tokens"] == 1_000_000 and d["output_tokens"] == 100_000
-    est = conn.execute("SELECT parecer.estimate_cost(script_id, 10) AS e FROM parecer.scripts").fetchone()
+    est = conn.execute(
+        "SELECT parecer.estimate_cost(script_id, 10) AS e FROM parecer.scripts"
+    ).fetchone()
     assert est is not None and float(est["e"]) == pytest.approx(4.05)
 
 
@@ -96,44 +119,72 @@ def test_budget_is_fail_closed_and_alerts_once(db_url: str) -> None:
         make_script(c, client="beta")
         _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 50_000})  # 0.10 USD
         c.execute("SELECT * FROM parecer.set_budget('acme', daily_usd => 0.12)")
-        _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 0})       # crosses nothing new
+        _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 0})  # crosses nothing new
         b = c.execute("SELECT * FROM parecer.budgets WHERE client_slug = 'acme'").fetchone()
         assert b is not None and b["blocked_reason"] is None
         _done_with_usage(c, "acme", {"input_tokens": 0, "output_tokens": 10_000})  # 0.12: 100%
-        b = c.execute("SELECT * FROM parecer.budgets WHERE client_slug = 'acme'").fetchone()
+        b = one(c, "SELECT * FROM parecer.budgets WHERE client_slug = 'acme'")
         assert b is not None and b["blocked_reason"].startswith("daily budget reached")
         # acme has work but is over budget: claim hands out only beta's
-        script_a = c.execute("SELECT script_id FROM parecer.resolve_script('acme', 'qa')").fetchone()["script_id"]  # type: ignore[index]
-        script_b = c.execute("SELECT script_id FROM parecer.resolve_script('beta', 'qa')").fetchone()["script_id"]  # type: ignore[index]
-        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(c, "acme").session_id], script_a))
-        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(c, "beta").session_id], script_b))
+        script_a = one(c, "SELECT script_id FROM parecer.resolve_script('acme', 'qa')")["script_id"]
+        script_b = one(c, "SELECT script_id FROM parecer.resolve_script('beta', 'qa')")["script_id"]
+        c.execute(
+            "SELECT * FROM parecer.enqueue(%s, %s)",
+            ([make_session(c, "acme").session_id], script_a),
+        )
+        c.execute(
+            "SELECT * FROM parecer.enqueue(%s, %s)",
+            ([make_session(c, "beta").session_id], script_b),
+        )
         got = c.execute("SELECT client_slug FROM parecer.claim('w', 10)").fetchall()
         assert got == [{"client_slug": "beta"}]
         alerts = [json.loads(n.payload) for n in listener.notifies(timeout=0.5, stop_after=10)]
-    assert [(a["client"], a["period"], a["threshold"]) for a in alerts] == [("acme", "day", 80), ("acme", "day", 100)]
+    assert [(a["client"], a["period"], a["threshold"]) for a in alerts] == [
+        ("acme", "day", 80),
+        ("acme", "day", 100),
+    ]
 
 
 def test_fair_claim_round_robin_weighted_by_priority(conn: psycopg.Connection[Any]) -> None:
     sa, sb = make_script(conn, client="big"), make_script(conn, client="small")
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "big").session_id for _ in range(30)], sa["script_id"]))
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "small").session_id for _ in range(3)], sb["script_id"]))
-    got = [r["client_slug"] for r in conn.execute("SELECT client_slug FROM parecer.claim('w', 4)").fetchall()]
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([make_session(conn, "big").session_id for _ in range(30)], sa["script_id"]),
+    )
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([make_session(conn, "small").session_id for _ in range(3)], sb["script_id"]),
+    )
+    got = [
+        r["client_slug"]
+        for r in conn.execute("SELECT client_slug FROM parecer.claim('w', 4)").fetchall()
+    ]
     assert sorted(got) == ["big", "big", "small", "small"]  # not starved by big's backlog
     conn.execute("SELECT * FROM parecer.set_client_priority('big', 2)")
-    got = [r["client_slug"] for r in conn.execute("SELECT client_slug FROM parecer.claim('w', 3)").fetchall()]
+    got = [
+        r["client_slug"]
+        for r in conn.execute("SELECT client_slug FROM parecer.claim('w', 3)").fetchall()
+    ]
     assert sorted(got) == ["big", "big", "small"]
 
 
-def test_backlog_run_waits_for_fresh_work_and_goes_oldest_first(conn: psycopg.Connection[Any]) -> None:
+def test_backlog_run_waits_for_fresh_work_and_goes_oldest_first(
+    conn: psycopg.Connection[Any],
+) -> None:
     make_script(conn)
     old = [make_session(conn) for _ in range(3)]
     r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')").fetchone()
     assert r is not None
-    assert conn.execute("SELECT parecer.set_run_backlog(%s) AS n", (r["run_id"],)).fetchone() == {"n": 3}
+    assert conn.execute("SELECT parecer.set_run_backlog(%s) AS n", (r["run_id"],)).fetchone() == {
+        "n": 3
+    }
     fresh = make_session(conn)
     conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
-    got = [x["session_id"] for x in conn.execute("SELECT session_id FROM parecer.claim('w', 3)").fetchall()]
-    oldest_first = [s.session_id for s in sorted(old, key=lambda s: s.ended_at)]
+    got = [
+        x["session_id"]
+        for x in conn.execute("SELECT session_id FROM parecer.claim('w', 3)").fetchall()
+    ]
+    oldest_first = [s.session_id for s in sorted(old, key=ended)]
     assert got == [fresh.session_id] + oldest_first[:2]
 
 
@@ -148,16 +199,22 @@ def test_claims_of_one_item_follow_the_same_order(conn: psycopg.Connection[Any])
     fresh = [make_session(conn) for _ in range(2)]
     conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
     with conn.transaction() as tx:
-        every = [x["session_id"] for x in conn.execute("SELECT session_id FROM parecer.claim('w', 10)").fetchall()]
+        every = [
+            x["session_id"]
+            for x in conn.execute("SELECT session_id FROM parecer.claim('w', 10)").fetchall()
+        ]
         tx.force_rollback = True
     one_by_one = []
-    while (row := conn.execute("SELECT session_id FROM parecer.claim('w', 1)").fetchone()) is not None:
+    while (
+        row := conn.execute("SELECT session_id FROM parecer.claim('w', 1)").fetchone()
+    ) is not None:
         one_by_one.append(row["session_id"])
-    newest_first = [s.session_id for s in sorted(fresh, key=lambda s: s.ended_at, reverse=True)]
-    oldest_first = [s.session_id for s in sorted(old, key=lambda s: s.ended_at)]
+    newest_first = [s.session_id for s in sorted(fresh, key=ended, reverse=True)]
+    oldest_first = [s.session_id for s in sorted(old, key=ended)]
     assert one_by_one == every == newest_first + oldest_first
 
 
+@pytest.mark.slow
 def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
     """Two runners against a limit at 80% of the provider's: the provider never has to say 429."""
     with db.connect(db_url) as c:
@@ -167,10 +224,23 @@ def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
         c.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
         c.execute("SELECT * FROM parecer.set_rate_limit('shared:gpt-5-mini', rpm => 48)")
     with Standin(StandinConfig(rpm_limit=60, latency_ms=(5, 20))) as s:
-        env = {**os.environ, "PARECER_DATABASE_URL": db_url, "OPENAI_BASE_URL": s.url, "OPENAI_API_KEY": "sk-test",
-               "PARECER_KEY_LABEL": "shared"}
-        procs = [subprocess.Popen([sys.executable, "-m", "parecer.cli", "runner", "--concurrency", "4"], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        env = {
+            **os.environ,
+            "PARECER_DATABASE_URL": db_url,
+            "OPENAI_BASE_URL": s.url,
+            "OPENAI_API_KEY": "sk-test",
+            "PARECER_KEY_LABEL": "shared",
+        }
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "parecer.cli", "runner", "--concurrency", "4"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         time.sleep(8)
         for p in procs:
             p.terminate()
@@ -180,26 +250,50 @@ def test_two_runner_processes_share_one_limit_without_429s(db_url: str) -> None:
     assert stats["rate_limited"] == 0
     assert stats["completed"] >= 4  # the burst plus the refill: work did happen
     with db.connect(db_url) as c:
-        row = c.execute("SELECT granted, throttled FROM parecer.rate_limits WHERE limit_key = 'shared:gpt-5-mini'").fetchone()
+        row = c.execute(
+            "SELECT granted, throttled FROM parecer.rate_limits WHERE limit_key = 'shared:gpt-5-mini'"
+        ).fetchone()
     assert row is not None and row["throttled"] == 0 and row["granted"] == stats["requests"]
 
 
 def test_single_item_claims_alternate_between_clients(conn: psycopg.Connection[Any]) -> None:
     """A runner with one free slot claims one item at a time: no client may win every call."""
     sa, sb = make_script(conn, client="one"), make_script(conn, client="two")
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "one").session_id for _ in range(40)], sa["script_id"]))
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([make_session(conn, "two").session_id for _ in range(40)], sb["script_id"]))
-    got = [conn.execute("SELECT client_slug FROM parecer.claim('w', 1)").fetchone()["client_slug"]  # type: ignore[index]
-           for _ in range(40)]
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([make_session(conn, "one").session_id for _ in range(40)], sa["script_id"]),
+    )
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([make_session(conn, "two").session_id for _ in range(40)], sb["script_id"]),
+    )
+    got = [
+        one(conn, "SELECT client_slug FROM parecer.claim('w', 1)")["client_slug"] for _ in range(40)
+    ]
     # each call is a fair coin between the two: 9 or fewer of 40 has probability ~1e-6
     assert got.count("one") >= 9 and got.count("two") >= 9
 
 
-USAGE_OK: list[Any] = [{}, {"input_tokens": 0}, {"input_tokens": 12, "cached_input_tokens": None, "output_tokens": 3},
-                       {"input_tokens": 999_999_999_999, "model": "x", "latency_ms": 1.5}]
-USAGE_BAD: list[Any] = [[], 5, "s", None, {"input_tokens": -1}, {"input_tokens": 1.5}, {"output_tokens": "12"},
-                        {"cached_input_tokens": True}, {"input_tokens": 1_000_000_000_000}, {"output_tokens": [1]},
-                        {"input_tokens": {"n": 1}}, {"output_tokens": 1e3}]   # 1e3: json.dumps writes 1000.0
+USAGE_OK: list[Any] = [
+    {},
+    {"input_tokens": 0},
+    {"input_tokens": 12, "cached_input_tokens": None, "output_tokens": 3},
+    {"input_tokens": 999_999_999_999, "model": "x", "latency_ms": 1.5},
+]
+USAGE_BAD: list[Any] = [
+    [],
+    5,
+    "s",
+    None,
+    {"input_tokens": -1},
+    {"input_tokens": 1.5},
+    {"output_tokens": "12"},
+    {"cached_input_tokens": True},
+    {"input_tokens": 1_000_000_000_000},
+    {"output_tokens": [1]},
+    {"input_tokens": {"n": 1}},
+    {"output_tokens": 1e3},
+]  # 1e3: json.dumps writes 1000.0
 
 
 def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any]) -> None:
@@ -210,7 +304,10 @@ def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any
 
     script = make_script(conn)
     sessions = [make_session(conn) for _ in range(len(USAGE_OK) + 1)]
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id for s in sessions], script["script_id"]))
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([s.session_id for s in sessions], script["script_id"]),
+    )
     by_id = {s.session_id: s for s in sessions}
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
@@ -220,9 +317,11 @@ def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any
         if bad is None:
             continue
         with pytest.raises(psycopg.Error) as exc:
-            conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
-                         (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(bad)))
-        assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT, bad
+            conn.execute(
+                "SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
+                (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(bad)),
+            )
+        assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT, bad
         assert exc.value.diag.message_hint
         assert table_checksum(conn) == before, bad
     for i, good in enumerate(USAGE_OK):
@@ -230,13 +329,19 @@ def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any
             item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
             assert item is not None
             report = json.dumps(report_for(by_id[item["session_id"]]))
-        conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
-                     (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(good)))
-        assert conn.execute("SELECT usage FROM parecer.reports WHERE analysis_id = %s",
-                            (item["analysis_id"],)).fetchone() == {"usage": good}
+        conn.execute(
+            "SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
+            (item["analysis_id"], item["lease_token"], report, "a" * 64, json.dumps(good)),
+        )
+        assert conn.execute(
+            "SELECT usage FROM parecer.reports WHERE analysis_id = %s", (item["analysis_id"],)
+        ).fetchone() == {"usage": good}
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
-    conn.execute("SELECT parecer.mark_failed(%s, %s, 'boom', true, %s)",
-                 (item["analysis_id"], item["lease_token"], json.dumps({"input_tokens": -5})))
-    assert conn.execute("SELECT outcome, usage FROM parecer.attempts WHERE analysis_id = %s",
-                        (item["analysis_id"],)).fetchall() == [{"outcome": "failed", "usage": None}]
+    conn.execute(
+        "SELECT parecer.mark_failed(%s, %s, 'boom', true, %s)",
+        (item["analysis_id"], item["lease_token"], json.dumps({"input_tokens": -5})),
+    )
+    assert conn.execute(
+        "SELECT outcome, usage FROM parecer.attempts WHERE analysis_id = %s", (item["analysis_id"],)
+    ).fetchall() == [{"outcome": "failed", "usage": None}]

@@ -42,19 +42,32 @@ def test_prisma_adapter_eligibility_and_transcript(empty_db_url: str) -> None:
         c.execute(PRISMA_FIXTURE.encode())
     db.install_adapter(empty_db_url, "prisma")
     with db.connect(empty_db_url) as c:
-        idx = {r["indexname"] for r in c.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'messages'").fetchall()}
+        idx = {
+            r["indexname"]
+            for r in c.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'messages'"
+            ).fetchall()
+        }
         assert {"ix_messages_sessionId", "ix_messages_sessionId_updatedAtExternal"} <= idx
         rows = c.execute("SELECT * FROM parecer.eligible_sessions('loja')").fetchall()
-        assert [(r["session_id"], r["message_count"]) for r in rows] == [("s1", 25)]  # s2's contact is tagged
-        vip = c.execute("SELECT session_id FROM parecer.eligible_sessions('loja', tag_filter => %s)",
-                        (json.dumps({"mode": "any_of", "tags": ["vip"]}),)).fetchall()
+        assert [(r["session_id"], r["message_count"]) for r in rows] == [
+            ("s1", 25)
+        ]  # s2's contact is tagged
+        vip = c.execute(
+            "SELECT session_id FROM parecer.eligible_sessions('loja', tag_filter => %s)",
+            (json.dumps({"mode": "any_of", "tags": ["vip"]}),),
+        ).fetchall()
         assert vip == [{"session_id": "s2"}]
         t = c.execute("SELECT message_id FROM parecer.session_transcript('s1')").fetchall()
         ids = [r["message_id"] for r in t]
         # m1 was edited 30 minutes in: COALESCE(updatedAtExternal, ...) moves it to the end
         assert ids[-1] == "s1-m1" and ids[:3] == ["s1-m0", "s1-m2", "s1-m3"]
-        c.execute("SELECT * FROM parecer.create_script_version('loja', 'qa', 'Avalie.', activate => true)")
-        r = c.execute("SELECT * FROM parecer.start_run('loja', 'qa', min_messages => 10)").fetchone()
+        c.execute(
+            "SELECT * FROM parecer.create_script_version('loja', 'qa', 'Avalie.', activate => true)"
+        )
+        r = c.execute(
+            "SELECT * FROM parecer.start_run('loja', 'qa', min_messages => 10)"
+        ).fetchone()
         assert r is not None and r["enqueued"] == 1
         item = c.execute("SELECT * FROM parecer.claim('w')").fetchone()
         assert item is not None and item["session_id"] == "s1"
@@ -64,7 +77,10 @@ def test_prisma_adapter_eligibility_and_transcript(empty_db_url: str) -> None:
 
 def test_adapter_with_wrong_column_types_is_refused(db_url: str) -> None:
     import pytest
+
     with psycopg.connect(db_url, autocommit=True) as c:
         with pytest.raises(psycopg.Error):
-            c.execute("CREATE OR REPLACE VIEW parecer.source_sessions AS "
-                      "SELECT 1 AS session_id, 'x'::text AS client_id, 'y'::text AS contact_id, now() AS ended_at")
+            c.execute(
+                "CREATE OR REPLACE VIEW parecer.source_sessions AS "
+                "SELECT 1 AS session_id, 'x'::text AS client_id, 'y'::text AS contact_id, now() AS ended_at"
+            )

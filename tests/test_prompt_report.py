@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import errors as E
+from parecer import errors
 
 from .factories import make_script, make_session, report_for
-from .helpers import table_checksum
+from .helpers import one, table_checksum
 
 
 def one_item(conn: psycopg.Connection[Any], **kw: Any) -> tuple[dict[str, Any], Any]:
@@ -36,19 +36,30 @@ def test_transcript_order_and_audio_rule(conn: psycopg.Connection[Any]) -> None:
         ("c", False, "audio", None, None, t0, t0 + timedelta(minutes=3), None),
         ("d", False, "audio", None, "quero cancelar", t0, t0 + timedelta(minutes=4), None),
         ("e", True, "image", "comprovante", None, t0, None, None),  # falls back to created_at
-        ("f", True, "text", "editada", None, t0, t0 + timedelta(minutes=0), t0 + timedelta(minutes=5)),
+        (
+            "f",
+            True,
+            "text",
+            "editada",
+            None,
+            t0,
+            t0 + timedelta(minutes=0),
+            t0 + timedelta(minutes=5),
+        ),
     ]
     for r in rows:
-        conn.execute("INSERT INTO chat.messages (id, session_id, from_me, media_type, body, transcription, created_at,"
-                     " created_at_external, updated_at_external) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                     (f"{s.session_id}-{r[0]}", s.session_id, *r[1:]))
+        conn.execute(
+            "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, transcription, created_at,"
+            " created_at_external, updated_at_external) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (f"{s.session_id}-{r[0]}", s.session_id, *r[1:]),
+        )
     got = conn.execute("SELECT * FROM parecer.session_transcript(%s)", (s.session_id,)).fetchall()
     assert [g["message_id"][-1] for g in got] == ["e", "a", "b", "c", "d", "f"]
     assert [g["position"] for g in got] == [1, 2, 3, 4, 5, 6]
 
     script = make_script(conn)
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
-    aid = conn.execute("SELECT analysis_id FROM parecer.analyses").fetchone()["analysis_id"]  # type: ignore[index]
+    aid = one(conn, "SELECT analysis_id FROM parecer.analyses")["analysis_id"]
     p = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (aid,)).fetchone()
     assert p is not None
     sid = s.session_id
@@ -63,25 +74,38 @@ def test_transcript_order_and_audio_rule(conn: psycopg.Connection[Any]) -> None:
     ]
     final = p["instructions"] + "\n\n" + p["input"]
     assert p["prompt_hash"] == hashlib.sha256(final.encode()).hexdigest()
-    for needle in ["Avalie a qualidade do atendimento.", "- cancelamento", "ATENDENTE = enviada pela empresa (fromMe=true)",
-                   "audio_present", "message_id", "somente com um objeto JSON"]:
+    for needle in [
+        "Avalie a qualidade do atendimento.",
+        "- cancelamento",
+        "ATENDENTE = enviada pela empresa (fromMe=true)",
+        "audio_present",
+        "message_id",
+        "somente com um objeto JSON",
+    ]:
         assert needle in p["instructions"]
 
 
 def test_prompt_is_deterministic_across_timezones(db_url: str) -> None:
     from parecer import db
+
     hashes = set()
     with db.connect(db_url) as c:
         item, _ = one_item(c)
     for tz in ["UTC", "America/Sao_Paulo", "Asia/Tokyo"]:
         with db.connect(db_url, options=f"-c TimeZone={tz}") as c:
-            hashes.add(c.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()["prompt_hash"])  # type: ignore[index]
+            hashes.add(
+                one(c, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],))[
+                    "prompt_hash"
+                ]
+            )
     assert len(hashes) == 1
 
 
 def test_report_schema_is_strict_and_ordered(conn: psycopg.Connection[Any]) -> None:
     item, _ = one_item(conn)
-    raw = conn.execute("SELECT report_schema::text AS s FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()["s"]  # type: ignore[index]
+    raw = one(
+        conn, "SELECT report_schema::text AS s FROM parecer.prompt_for(%s)", (item["analysis_id"],)
+    )["s"]
     schema = json.loads(raw)
 
     def walk(node: Any) -> None:
@@ -94,20 +118,36 @@ def test_report_schema_is_strict_and_ordered(conn: psycopg.Connection[Any]) -> N
         elif isinstance(node, list):
             for v in node:
                 walk(v)
+
     walk(schema)
     assert list(schema["properties"]["outcome"]["properties"]) == ["evidence", "status"]
-    assert schema["properties"]["topics"]["items"]["properties"]["topic"]["enum"] == ["cancelamento", "internet"]
+    assert schema["properties"]["topics"]["items"]["properties"]["topic"]["enum"] == [
+        "cancelamento",
+        "internet",
+    ]
 
 
 def test_mark_done_accepts_grounded_report(conn: psycopg.Connection[Any]) -> None:
     item, s = one_item(conn)
     r = report_for(s, excerpt="  MINHA   internet caiu ")  # case and whitespace normalised
-    out = conn.execute("SELECT * FROM parecer.mark_done(%s, %s, %s, 'gpt-x', %s, %s)",
-                       (item["analysis_id"], item["lease_token"], json.dumps(r), "a" * 64,
-                        json.dumps({"input_tokens": 10}))).fetchone()
+    out = conn.execute(
+        "SELECT * FROM parecer.mark_done(%s, %s, %s, 'gpt-x', %s, %s)",
+        (
+            item["analysis_id"],
+            item["lease_token"],
+            json.dumps(r),
+            "a" * 64,
+            json.dumps({"input_tokens": 10}),
+        ),
+    ).fetchone()
     assert out == {"status": "done", "retry_count": 0, "next_retry_at": None}
     rep = conn.execute("SELECT * FROM parecer.reports").fetchone()
-    assert rep is not None and rep["report"] == r and rep["model"] == "gpt-x" and rep["script_version"] == 1
+    assert (
+        rep is not None
+        and rep["report"] == r
+        and rep["model"] == "gpt-x"
+        and rep["script_version"] == 1
+    )
 
 
 def _mutations(s: Any) -> list[tuple[str, Any, str]]:
@@ -119,32 +159,70 @@ def _mutations(s: Any) -> list[tuple[str, Any, str]]:
         f(r)
         out.append((name, r, code))
 
-    mut("missing summary", lambda r: r.pop("summary"), E.INVALID_REPORT)
-    mut("extra key", lambda r: r.update(extra=1), E.INVALID_REPORT)
-    mut("bad status", lambda r: r["outcome"].update(status="great"), E.INVALID_REPORT)
-    mut("bad sentiment", lambda r: r["sentiment"].update(end=3), E.INVALID_REPORT)
-    mut("missing topic", lambda r: r["topics"].pop(), E.INVALID_REPORT)
-    mut("duplicate topic", lambda r: r["topics"].append(copy.deepcopy(r["topics"][0])), E.INVALID_REPORT)
-    mut("unknown topic", lambda r: r["topics"][0].update(topic="other"), E.INVALID_REPORT)
-    mut("confidence > 1", lambda r: r["topics"][0].update(confidence=1.5), E.INVALID_REPORT)
-    mut("evidence not array", lambda r: r["outcome"].update(evidence={}), E.INVALID_REPORT)
-    mut("empty excerpt", lambda r: r["outcome"].update(evidence=[{"message_id": s.message_ids[0], "excerpt": " "}]), E.INVALID_REPORT)
-    mut("bad flag", lambda r: r["flags"].append({"evidence": [], "flag": "nice"}), E.INVALID_REPORT)
-    mut("wrong version", lambda r: r.update(schema_version="v0"), E.INVALID_REPORT)
-    mut("fabricated id", lambda r: r["outcome"].update(evidence=[{"message_id": "nope", "excerpt": "internet"}]), E.UNGROUNDED_REPORT)
-    mut("fabricated excerpt", lambda r: r["outcome"].update(evidence=[{"message_id": s.message_ids[0], "excerpt": "quero cancelar"}]), E.UNGROUNDED_REPORT)
-    mut("other session's message", lambda r: r["topics"][1].update(evidence=[{"message_id": "ses-x-m000", "excerpt": "internet"}]), E.UNGROUNDED_REPORT)
+    mut("missing summary", lambda r: r.pop("summary"), errors.INVALID_REPORT)
+    mut("extra key", lambda r: r.update(extra=1), errors.INVALID_REPORT)
+    mut("bad status", lambda r: r["outcome"].update(status="great"), errors.INVALID_REPORT)
+    mut("bad sentiment", lambda r: r["sentiment"].update(end=3), errors.INVALID_REPORT)
+    mut("missing topic", lambda r: r["topics"].pop(), errors.INVALID_REPORT)
+    mut(
+        "duplicate topic",
+        lambda r: r["topics"].append(copy.deepcopy(r["topics"][0])),
+        errors.INVALID_REPORT,
+    )
+    mut("unknown topic", lambda r: r["topics"][0].update(topic="other"), errors.INVALID_REPORT)
+    mut("confidence > 1", lambda r: r["topics"][0].update(confidence=1.5), errors.INVALID_REPORT)
+    mut("evidence not array", lambda r: r["outcome"].update(evidence={}), errors.INVALID_REPORT)
+    mut(
+        "empty excerpt",
+        lambda r: r["outcome"].update(evidence=[{"message_id": s.message_ids[0], "excerpt": " "}]),
+        errors.INVALID_REPORT,
+    )
+    mut(
+        "bad flag",
+        lambda r: r["flags"].append({"evidence": [], "flag": "nice"}),
+        errors.INVALID_REPORT,
+    )
+    mut("wrong version", lambda r: r.update(schema_version="v0"), errors.INVALID_REPORT)
+    mut(
+        "fabricated id",
+        lambda r: r["outcome"].update(evidence=[{"message_id": "nope", "excerpt": "internet"}]),
+        errors.UNGROUNDED_REPORT,
+    )
+    mut(
+        "fabricated excerpt",
+        lambda r: r["outcome"].update(
+            evidence=[{"message_id": s.message_ids[0], "excerpt": "quero cancelar"}]
+        ),
+        errors.UNGROUNDED_REPORT,
+    )
+    mut(
+        "other session's message",
+        lambda r: r["topics"][1].update(
+            evidence=[{"message_id": "ses-x-m000", "excerpt": "internet"}]
+        ),
+        errors.UNGROUNDED_REPORT,
+    )
     return out
 
 
 def test_bad_reports_are_rejected_and_change_nothing(conn: psycopg.Connection[Any]) -> None:
     item, s = one_item(conn)
     make_session(conn)  # another session whose messages must not ground this report
-    for name, report, code in _mutations(s) + [("not an object", [1], E.INVALID_REPORT), ("null", None, E.INVALID_REPORT)]:
+    for name, report, code in _mutations(s) + [
+        ("not an object", [1], errors.INVALID_REPORT),
+        ("null", None, errors.INVALID_REPORT),
+    ]:
         before = table_checksum(conn)
         with pytest.raises(psycopg.Error) as exc:
-            conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
-                         (item["analysis_id"], item["lease_token"], None if report is None else json.dumps(report), "a" * 64))
-        assert E.sqlstate(exc.value) == code, name
+            conn.execute(
+                "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+                (
+                    item["analysis_id"],
+                    item["lease_token"],
+                    None if report is None else json.dumps(report),
+                    "a" * 64,
+                ),
+            )
+        assert errors.sqlstate(exc.value) == code, name
         assert exc.value.diag.message_hint, name
         assert table_checksum(conn) == before, name

@@ -11,9 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db
-from parecer import errors as E
-from parecer.sample import load_sample
+from parecer import db, errors
+from parecer.devkit.sample import load_sample
 
 from .factories import make_script, make_session, report_for
 from .helpers import table_checksum
@@ -22,18 +21,25 @@ from .helpers import table_checksum
 def queue(conn: psycopg.Connection[Any], n: int = 3, **kw: Any) -> tuple[dict[str, Any], list[Any]]:
     script = make_script(conn)
     sessions = [make_session(conn, **kw) for _ in range(n)]
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id for s in sessions], script["script_id"]))
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([s.session_id for s in sessions], script["script_id"]),
+    )
     return script, sessions
 
 
-def claim(conn: psycopg.Connection[Any], worker: str = "w1", n: int = 1, **kw: Any) -> list[dict[str, Any]]:
+def claim(
+    conn: psycopg.Connection[Any], worker: str = "w1", n: int = 1, **kw: Any
+) -> list[dict[str, Any]]:
     args = ", ".join(f"{k} => %({k})s" for k in kw)
     sql = f"SELECT * FROM parecer.claim(worker => %(worker)s, max_items => %(n)s{', ' + args if args else ''})"
     return conn.execute(sql, {"worker": worker, "n": n, **kw}).fetchall()
 
 
 def state(conn: psycopg.Connection[Any], analysis_id: Any) -> dict[str, Any]:
-    row = conn.execute("SELECT * FROM parecer.analyses WHERE analysis_id = %s", (analysis_id,)).fetchone()
+    row = conn.execute(
+        "SELECT * FROM parecer.analyses WHERE analysis_id = %s", (analysis_id,)
+    ).fetchone()
     assert row is not None
     return row
 
@@ -41,22 +47,37 @@ def state(conn: psycopg.Connection[Any], analysis_id: Any) -> dict[str, Any]:
 def test_enqueue_counts_and_force_reprocess_resets_done(conn: psycopg.Connection[Any]) -> None:
     script, sessions = queue(conn, 3)
     ids = [s.session_id for s in sessions]
-    again = conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"])).fetchone()
+    again = conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"])
+    ).fetchone()
     assert again == {"enqueued": 0, "reset": 0, "skipped": 3}
 
     [item] = claim(conn)
-    conn.execute("SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
-                 (item["analysis_id"], item["lease_token"],
-                  json.dumps(report_for(next(s for s in sessions if s.session_id == item["session_id"]))), "a" * 64))
+    conn.execute(
+        "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+        (
+            item["analysis_id"],
+            item["lease_token"],
+            json.dumps(report_for(next(s for s in sessions if s.session_id == item["session_id"]))),
+            "a" * 64,
+        ),
+    )
     assert state(conn, item["analysis_id"])["status"] == "done"
 
-    forced = conn.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
-                          (ids, script["script_id"])).fetchone()
+    forced = conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)", (ids, script["script_id"])
+    ).fetchone()
     assert forced == {"enqueued": 0, "reset": 3, "skipped": 0}
     row = state(conn, item["analysis_id"])
     assert row["status"] == "pending"
-    assert (row["report"], row["error"], row["retry_count"], row["next_retry_at"], row["processed_at"],
-            row["started_at"]) == (None, None, 0, None, None, None)
+    assert (
+        row["report"],
+        row["error"],
+        row["retry_count"],
+        row["next_retry_at"],
+        row["processed_at"],
+        row["started_at"],
+    ) == (None, None, 0, None, None, None)
 
 
 def test_enqueue_notifies_once_per_call(db_url: str) -> None:
@@ -65,7 +86,9 @@ def test_enqueue_notifies_once_per_call(db_url: str) -> None:
         script = make_script(c)
         ids = [make_session(c).session_id for _ in range(5)]
         c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"]))
-        c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"]))  # nothing new: no notify
+        c.execute(
+            "SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"])
+        )  # nothing new: no notify
         got = list(listener.notifies(timeout=1.0, stop_after=5))
     assert len(got) == 1
     assert json.loads(got[0].payload) == {"client": "acme", "n": 5}
@@ -108,8 +131,8 @@ def test_skip_locked_while_another_transaction_holds_a_claim(db_url: str) -> Non
     with db.connect(db_url) as c:
         queue(c, 2)
     with db.connect(db_url, autocommit=False) as a, db.connect(db_url) as b:
-        first = claim(a)           # transaction still open: row locked
-        second = claim(b)          # must not block, must not get the same item
+        first = claim(a)  # transaction still open: row locked
+        second = claim(b)  # must not block, must not get the same item
         assert first and second and first[0]["analysis_id"] != second[0]["analysis_id"]
         assert claim(b) == []
         a.rollback()
@@ -125,12 +148,18 @@ def test_backoff_exact_values_then_terminal(conn: psycopg.Connection[Any]) -> No
         conn.execute("UPDATE parecer.analyses SET next_retry_at = now() WHERE status = 'pending'")
         [item] = claim(conn)
         assert item["attempt"] == n
-        out = conn.execute("SELECT * FROM parecer.mark_failed(%s, %s, 'boom')",
-                           (item["analysis_id"], item["lease_token"])).fetchone()
+        out = conn.execute(
+            "SELECT * FROM parecer.mark_failed(%s, %s, 'boom')",
+            (item["analysis_id"], item["lease_token"]),
+        ).fetchone()
         now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
         assert out is not None
         if n < 4:
-            assert out == {"status": "pending", "retry_count": n, "next_retry_at": now + expected[n - 1]}
+            assert out == {
+                "status": "pending",
+                "retry_count": n,
+                "next_retry_at": now + expected[n - 1],
+            }
         else:
             assert out == {"status": "failed", "retry_count": 4, "next_retry_at": None}
     conn.execute("UPDATE parecer.analyses SET updated_at = now()")
@@ -141,8 +170,10 @@ def test_backoff_exact_values_then_terminal(conn: psycopg.Connection[Any]) -> No
 def test_not_retryable_goes_terminal_at_once(conn: psycopg.Connection[Any]) -> None:
     queue(conn, 1)
     [item] = claim(conn)
-    out = conn.execute("SELECT * FROM parecer.mark_failed(%s, %s, 'context length exceeded', retryable => false)",
-                       (item["analysis_id"], item["lease_token"])).fetchone()
+    out = conn.execute(
+        "SELECT * FROM parecer.mark_failed(%s, %s, 'context length exceeded', retryable => false)",
+        (item["analysis_id"], item["lease_token"]),
+    ).fetchone()
     assert out == {"status": "failed", "retry_count": 1, "next_retry_at": None}
     conn.execute("UPDATE parecer.analyses SET updated_at = now() - interval '1 day'")
     assert claim(conn) == []
@@ -151,7 +182,9 @@ def test_not_retryable_goes_terminal_at_once(conn: psycopg.Connection[Any]) -> N
 def test_failed_item_waits_for_backoff(conn: psycopg.Connection[Any]) -> None:
     queue(conn, 1)
     [item] = claim(conn)
-    conn.execute("SELECT parecer.mark_failed(%s, %s, 'x')", (item["analysis_id"], item["lease_token"]))
+    conn.execute(
+        "SELECT parecer.mark_failed(%s, %s, 'x')", (item["analysis_id"], item["lease_token"])
+    )
     assert claim(conn) == []
     conn.execute("UPDATE parecer.analyses SET next_retry_at = now() - interval '1 second'")
     [again] = claim(conn)
@@ -161,17 +194,26 @@ def test_failed_item_waits_for_backoff(conn: psycopg.Connection[Any]) -> None:
 def test_release_spends_no_attempt(conn: psycopg.Connection[Any]) -> None:
     queue(conn, 1)
     [item] = claim(conn)
-    out = conn.execute("SELECT * FROM parecer.release(%s, %s, reason => 'shutdown')",
-                       (item["analysis_id"], item["lease_token"])).fetchone()
+    out = conn.execute(
+        "SELECT * FROM parecer.release(%s, %s, reason => 'shutdown')",
+        (item["analysis_id"], item["lease_token"]),
+    ).fetchone()
     assert out == {"status": "pending", "retry_count": 0, "next_retry_at": None}
     [again] = claim(conn)
     assert again["attempt"] == 2 and again["retry_count"] == 0
-    out = conn.execute("SELECT * FROM parecer.release(%s, %s, delay_seconds => 30)",
-                       (again["analysis_id"], again["lease_token"])).fetchone()
+    out = conn.execute(
+        "SELECT * FROM parecer.release(%s, %s, delay_seconds => 30)",
+        (again["analysis_id"], again["lease_token"]),
+    ).fetchone()
     assert out is not None and out["status"] == "pending" and out["next_retry_at"] is not None
     assert claim(conn) == []  # delayed
-    outcomes = conn.execute("SELECT outcome, error FROM parecer.attempts ORDER BY attempt").fetchall()
-    assert outcomes == [{"outcome": "released", "error": "shutdown"}, {"outcome": "released", "error": "released"}]
+    outcomes = conn.execute(
+        "SELECT outcome, error FROM parecer.attempts ORDER BY attempt"
+    ).fetchall()
+    assert outcomes == [
+        {"outcome": "released", "error": "shutdown"},
+        {"outcome": "released", "error": "released"},
+    ]
 
 
 def test_stale_runner_cannot_overwrite_newer_result(db_url: str) -> None:
@@ -187,16 +229,24 @@ def test_stale_runner_cannot_overwrite_newer_result(db_url: str) -> None:
         assert new["analysis_id"] == old["analysis_id"] and new["lease_token"] != old["lease_token"]
         report = json.dumps(report_for(sessions[0]))
         with pytest.raises(psycopg.Error) as exc:
-            c.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
-                      (old["analysis_id"], old["lease_token"], report, "b" * 64))
-        assert E.sqlstate(exc.value) == E.STALE_LEASE
-        c.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
-                  (new["analysis_id"], new["lease_token"], report, "c" * 64))
+            c.execute(
+                "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+                (old["analysis_id"], old["lease_token"], report, "b" * 64),
+            )
+        assert errors.sqlstate(exc.value) == errors.STALE_LEASE
+        c.execute(
+            "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+            (new["analysis_id"], new["lease_token"], report, "c" * 64),
+        )
         row = state(c, new["analysis_id"])
         assert row["prompt_hash"] == "c" * 64 and row["retry_count"] == 1
-        att = c.execute("SELECT attempt, worker, outcome FROM parecer.attempts ORDER BY attempt").fetchall()
-        assert att == [{"attempt": 1, "worker": "slow", "outcome": "expired"},
-                       {"attempt": 2, "worker": "fast", "outcome": "done"}]
+        att = c.execute(
+            "SELECT attempt, worker, outcome FROM parecer.attempts ORDER BY attempt"
+        ).fetchall()
+        assert att == [
+            {"attempt": 1, "worker": "slow", "outcome": "expired"},
+            {"attempt": 2, "worker": "fast", "outcome": "done"},
+        ]
 
 
 def test_expired_lease_is_rejected_even_before_reclaim(conn: psycopg.Connection[Any]) -> None:
@@ -204,15 +254,18 @@ def test_expired_lease_is_rejected_even_before_reclaim(conn: psycopg.Connection[
     [item] = claim(conn)
     conn.execute("UPDATE parecer.analyses SET lease_expires_at = now() - interval '1 second'")
     with pytest.raises(psycopg.Error) as exc:
-        conn.execute("SELECT parecer.extend_lease(%s, %s)", (item["analysis_id"], item["lease_token"]))
-    assert E.sqlstate(exc.value) == E.STALE_LEASE
+        conn.execute(
+            "SELECT parecer.extend_lease(%s, %s)", (item["analysis_id"], item["lease_token"])
+        )
+    assert errors.sqlstate(exc.value) == errors.STALE_LEASE
 
 
 def test_extend_lease_moves_expiry(conn: psycopg.Connection[Any]) -> None:
     queue(conn, 1)
     [item] = claim(conn, lease_seconds=10)
-    exp = conn.execute("SELECT parecer.extend_lease(%s, %s, 600) AS e",
-                       (item["analysis_id"], item["lease_token"])).fetchone()["e"]  # type: ignore[index]
+    exp = conn.execute(
+        "SELECT parecer.extend_lease(%s, %s, 600) AS e", (item["analysis_id"], item["lease_token"])
+    ).fetchone()["e"]  # type: ignore[index]
     assert exp > item["lease_expires_at"]
 
 
@@ -230,12 +283,21 @@ def test_expired_lease_on_last_attempt_goes_terminal(conn: psycopg.Connection[An
 def test_force_reprocess_invalidates_in_flight_lease(conn: psycopg.Connection[Any]) -> None:
     script, sessions = queue(conn, 1)
     [item] = claim(conn)
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
-                 ([sessions[0].session_id], script["script_id"]))
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+        ([sessions[0].session_id], script["script_id"]),
+    )
     with pytest.raises(psycopg.Error) as exc:
-        conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
-                     (item["analysis_id"], item["lease_token"], json.dumps(report_for(sessions[0])), "d" * 64))
-    assert E.sqlstate(exc.value) == E.STALE_LEASE
+        conn.execute(
+            "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+            (
+                item["analysis_id"],
+                item["lease_token"],
+                json.dumps(report_for(sessions[0])),
+                "d" * 64,
+            ),
+        )
+    assert errors.sqlstate(exc.value) == errors.STALE_LEASE
     assert conn.execute("SELECT outcome FROM parecer.attempts").fetchone() == {"outcome": "reset"}
 
 
@@ -248,56 +310,110 @@ def test_claim_filters_by_client(conn: psycopg.Connection[Any]) -> None:
     assert [r["session_id"] for r in got] == [s.session_id]
 
 
-def test_attempt_in_flight_and_attempt_that_finished_are_the_items_row(conn: psycopg.Connection[Any]) -> None:
+def test_attempt_in_flight_and_attempt_that_finished_are_the_items_row(
+    conn: psycopg.Connection[Any],
+) -> None:
     """An attempt in flight is the item's own row (parecer.attempts shows it as processing), and so
     is the attempt that finishes it: mark_done writes no attempt row (0016). parecer.attempts
     shows it as done with the usage that reports show."""
     _, sessions = queue(conn, 1)
     [item] = claim(conn, "w9")
     assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
-    shown = conn.execute("SELECT attempt, worker, outcome, finished_at FROM parecer.attempts").fetchall()
+    shown = conn.execute(
+        "SELECT attempt, worker, outcome, finished_at FROM parecer.attempts"
+    ).fetchall()
     assert shown == [{"attempt": 1, "worker": "w9", "outcome": "processing", "finished_at": None}]
     usage = {"input_tokens": 1000, "cached_input_tokens": 0, "output_tokens": 100}
-    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
-                 (item["analysis_id"], item["lease_token"], json.dumps(report_for(sessions[0])), "e" * 64,
-                  json.dumps(usage)))
-    rows = conn.execute("SELECT attempt, worker, outcome, finished_at IS NOT NULL AS ended, usage"
-                        " FROM parecer.attempts").fetchall()
-    assert rows == [{"attempt": 1, "worker": "w9", "outcome": "done", "ended": True, "usage": usage}]
+    conn.execute(
+        "SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
+        (
+            item["analysis_id"],
+            item["lease_token"],
+            json.dumps(report_for(sessions[0])),
+            "e" * 64,
+            json.dumps(usage),
+        ),
+    )
+    rows = conn.execute(
+        "SELECT attempt, worker, outcome, finished_at IS NOT NULL AS ended, usage"
+        " FROM parecer.attempts"
+    ).fetchall()
+    assert rows == [
+        {"attempt": 1, "worker": "w9", "outcome": "done", "ended": True, "usage": usage}
+    ]
     assert conn.execute("SELECT usage FROM parecer.reports").fetchone() == {"usage": usage}
     assert conn.execute("SELECT count(*) AS n FROM parecer._attempts").fetchone() == {"n": 0}
 
 
-def test_force_reprocess_keeps_the_done_attempt_in_the_history(conn: psycopg.Connection[Any]) -> None:
+def test_force_reprocess_keeps_the_done_attempt_in_the_history(
+    conn: psycopg.Connection[Any],
+) -> None:
     """The attempt that finished a done item is the item's row (0016); enqueue(force_reprocess)
     moves it into parecer._attempts before resetting the row, so the history, the run's cost and
     estimate_cost keep it, and the next attempt is numbered after it."""
     script, sessions = queue(conn, 1)
     [item] = claim(conn, "w1")
     usage = {"input_tokens": 1_000_000, "cached_input_tokens": 0, "output_tokens": 100_000}
-    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
-                 (item["analysis_id"], item["lease_token"], json.dumps(report_for(sessions[0])), "e" * 64,
-                  json.dumps(usage)))
-    before = conn.execute("SELECT attempt, worker, outcome, model, usage, cost_usd FROM parecer.attempts").fetchall()
+    conn.execute(
+        "SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
+        (
+            item["analysis_id"],
+            item["lease_token"],
+            json.dumps(report_for(sessions[0])),
+            "e" * 64,
+            json.dumps(usage),
+        ),
+    )
+    before = conn.execute(
+        "SELECT attempt, worker, outcome, model, usage, cost_usd FROM parecer.attempts"
+    ).fetchall()
     assert [(r["attempt"], r["outcome"], r["usage"]) for r in before] == [(1, "done", usage)]
     assert before[0]["cost_usd"] is not None and before[0]["cost_usd"] > 0
-    est = conn.execute("SELECT parecer.estimate_cost(%s, 1) AS e", (script["script_id"],)).fetchone()
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
-                 ([sessions[0].session_id], script["script_id"]))
+    est = conn.execute(
+        "SELECT parecer.estimate_cost(%s, 1) AS e", (script["script_id"],)
+    ).fetchone()
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+        ([sessions[0].session_id], script["script_id"]),
+    )
     assert conn.execute("SELECT status, usage, cost_usd FROM parecer.analyses").fetchone() == {
-        "status": "pending", "usage": None, "cost_usd": None}
-    assert conn.execute("SELECT attempt, worker, outcome, model, usage, cost_usd FROM parecer.attempts").fetchall() == before
-    assert conn.execute("SELECT lease_token FROM parecer._attempts").fetchone() == {"lease_token": None}
+        "status": "pending",
+        "usage": None,
+        "cost_usd": None,
+    }
+    assert (
+        conn.execute(
+            "SELECT attempt, worker, outcome, model, usage, cost_usd FROM parecer.attempts"
+        ).fetchall()
+        == before
+    )
+    assert conn.execute("SELECT lease_token FROM parecer._attempts").fetchone() == {
+        "lease_token": None
+    }
     [again] = claim(conn, "w2")
     assert again["attempt"] == 2
-    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
-                 (again["analysis_id"], again["lease_token"], json.dumps(report_for(sessions[0])), "f" * 64,
-                  json.dumps(usage)))
-    rows = conn.execute("SELECT attempt, worker, outcome FROM parecer.attempts ORDER BY attempt").fetchall()
-    assert rows == [{"attempt": 1, "worker": "w1", "outcome": "done"}, {"attempt": 2, "worker": "w2", "outcome": "done"}]
+    conn.execute(
+        "SELECT parecer.mark_done(%s, %s, %s, 'gpt-5-mini', %s, %s)",
+        (
+            again["analysis_id"],
+            again["lease_token"],
+            json.dumps(report_for(sessions[0])),
+            "f" * 64,
+            json.dumps(usage),
+        ),
+    )
+    rows = conn.execute(
+        "SELECT attempt, worker, outcome FROM parecer.attempts ORDER BY attempt"
+    ).fetchall()
+    assert rows == [
+        {"attempt": 1, "worker": "w1", "outcome": "done"},
+        {"attempt": 2, "worker": "w2", "outcome": "done"},
+    ]
     # estimate_cost: every attempt's cost per done item, the moved one included.
     assert est is not None and est["e"] > 0
-    assert conn.execute("SELECT parecer.estimate_cost(%s, 1) AS e", (script["script_id"],)).fetchone() == {"e": 2 * est["e"]}
+    assert conn.execute(
+        "SELECT parecer.estimate_cost(%s, 1) AS e", (script["script_id"],)
+    ).fetchone() == {"e": 2 * est["e"]}
 
 
 def test_null_report_is_refused_after_the_lease_check(conn: psycopg.Connection[Any]) -> None:
@@ -307,10 +423,13 @@ def test_null_report_is_refused_after_the_lease_check(conn: psycopg.Connection[A
     queue(conn, 1)
     [item] = claim(conn)
     before = table_checksum(conn)
-    for token, code in ((uuid.uuid4(), E.STALE_LEASE), (item["lease_token"], "PR007")):
+    for token, code in ((uuid.uuid4(), errors.STALE_LEASE), (item["lease_token"], "PR007")):
         with pytest.raises(psycopg.Error) as exc:
-            conn.execute("SELECT parecer.mark_done(%s, %s, NULL, 'm', %s)", (item["analysis_id"], token, "f" * 64))
-        assert E.sqlstate(exc.value) == code
+            conn.execute(
+                "SELECT parecer.mark_done(%s, %s, NULL, 'm', %s)",
+                (item["analysis_id"], token, "f" * 64),
+            )
+        assert errors.sqlstate(exc.value) == code
         assert table_checksum(conn) == before
 
 
@@ -321,25 +440,40 @@ def test_claim_never_scans_the_queue_table(conn: psycopg.Connection[Any]) -> Non
     indexes only, on the one-client path and on the fair path. (Below ~2000 items the planner may
     rightly prefer a sequential scan of the few pages.)"""
     load_sample(conn, sessions=6000, seed=7)
-    script = conn.execute("SELECT * FROM parecer.create_script_version('acme-telecom', 'qa', 'Avalie o atendimento.',"
-                          " topics => ARRAY['cancelamento'], activate => true)").fetchone()
+    script = conn.execute(
+        "SELECT * FROM parecer.create_script_version('acme-telecom', 'qa', 'Avalie o atendimento.',"
+        " topics => ARRAY['cancelamento'], activate => true)"
+    ).fetchone()
     assert script is not None
-    ids = [r["session_id"] for r in conn.execute(
-        "SELECT s.session_id FROM parecer.source_sessions s JOIN parecer.source_clients c ON c.client_id = s.client_id"
-        " WHERE c.slug = 'acme-telecom'").fetchall()]
+    ids = [
+        r["session_id"]
+        for r in conn.execute(
+            "SELECT s.session_id FROM parecer.source_sessions s JOIN parecer.source_clients c ON c.client_id = s.client_id"
+            " WHERE c.slug = 'acme-telecom'"
+        ).fetchall()
+    ]
     assert len(ids) > 3000
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (ids, script["script_id"]))
     conn.execute("ANALYZE parecer.analyses")
     for path in ("one client", "fair"):
-        if path == "fair":   # other clients registered (no work queued): every claim takes the fair path
-            for r in conn.execute("SELECT slug FROM parecer.source_clients WHERE slug <> 'acme-telecom'").fetchall():
+        if (
+            path == "fair"
+        ):  # other clients registered (no work queued): every claim takes the fair path
+            for r in conn.execute(
+                "SELECT slug FROM parecer.source_clients WHERE slug <> 'acme-telecom'"
+            ).fetchall():
                 conn.execute("SELECT parecer.set_client_priority(%s, 1)", (r["slug"],))
         with conn.transaction():
-            for n in (1, 1, 1, 1, 1, 1, 1, 5, 1, 20):   # past the plan cache's first custom plans
+            for n in (1, 1, 1, 1, 1, 1, 1, 5, 1, 20):  # past the plan cache's first custom plans
                 assert len(claim(conn, n=n)) == n
-            stats = conn.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
-                                 " WHERE relid = 'parecer.analyses'::regclass").fetchone()
-            assert stats is not None and stats["seq_scan"] == 0 and stats["idx_scan"] > 0, (path, stats)
+            stats = conn.execute(
+                "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables"
+                " WHERE relid = 'parecer.analyses'::regclass"
+            ).fetchone()
+            assert stats is not None and stats["seq_scan"] == 0 and stats["idx_scan"] > 0, (
+                path,
+                stats,
+            )
 
 
 def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -> None:
@@ -350,17 +484,28 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
         before = c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"]  # type: ignore[index]
         assert before != "off"
         # Autocommit: the setting holds for the claim's own statement (its transaction) and is gone after.
-        [row] = c.execute("SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
-                          "FROM parecer.claim('w1', 1, sync_commit => false) c").fetchall()
+        [row] = c.execute(
+            "SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
+            "FROM parecer.claim('w1', 1, sync_commit => false) c"
+        ).fetchall()
         assert row["s"] == "off"
-        assert c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"] == before  # type: ignore[index]
-        [row] = c.execute("SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
-                          "FROM parecer.claim('w1', 1) c").fetchall()
+        assert (
+            c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"] == before
+        )  # type: ignore[index]
+        [row] = c.execute(
+            "SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
+            "FROM parecer.claim('w1', 1) c"
+        ).fetchall()
         assert row["s"] == before
         with pytest.raises(psycopg.Error) as exc:
             claim(c, sync_commit=None)
-        assert E.sqlstate(exc.value) == E.INVALID_ARGUMENT and exc.value.diag.message_hint
-        assert c.execute("SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'").fetchone()["n"] == 2  # type: ignore[index]
+        assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT and exc.value.diag.message_hint
+        assert (
+            c.execute(
+                "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
+            ).fetchone()["n"]
+            == 2
+        )  # type: ignore[index]
     # Inside a caller's transaction it lasts until that transaction ends.
     with db.connect(db_url, autocommit=False) as t:
         assert len(claim(t, sync_commit=False)) == 1
@@ -383,13 +528,18 @@ def test_a_claim_lost_before_it_reached_disk_is_an_expired_lease(db_url: str) ->
         assert state(c, ghost["analysis_id"])["status"] == "pending"
         before = table_checksum(c)
         report = json.dumps(report_for(sessions[0]))
-        for sql, args in (("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)", (report, "a" * 64)),
-                          ("SELECT parecer.extend_lease(%s, %s, 60)", ()),
-                          ("SELECT parecer.mark_failed(%s, %s, 'boom')", ()),
-                          ("SELECT parecer.release(%s, %s)", ())):
+        for sql, args in (
+            ("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)", (report, "a" * 64)),
+            ("SELECT parecer.extend_lease(%s, %s, 60)", ()),
+            ("SELECT parecer.mark_failed(%s, %s, 'boom')", ()),
+            ("SELECT parecer.release(%s, %s)", ()),
+        ):
             with pytest.raises(psycopg.Error) as exc:
                 c.execute(sql, (ghost["analysis_id"], ghost["lease_token"], *args))
-            assert E.sqlstate(exc.value) == E.STALE_LEASE, sql
+            assert errors.sqlstate(exc.value) == errors.STALE_LEASE, sql
         assert table_checksum(c) == before
         [again] = claim(c, "w2", sync_commit=False)
-        assert again["analysis_id"] == ghost["analysis_id"] and again["lease_token"] != ghost["lease_token"]
+        assert (
+            again["analysis_id"] == ghost["analysis_id"]
+            and again["lease_token"] != ghost["lease_token"]
+        )

@@ -42,22 +42,85 @@ CALLS: dict[str, str] = {
     "set_run_backlog": "SELECT * FROM parecer.set_run_backlog(1)",
     "estimate_cost": "SELECT * FROM parecer.estimate_cost(1, 10)",
 }
-RELATIONS = ["reports", "attempts", "queue_status", "runs_overview", "settings", "analyses", "scripts", "runs",
-             "run_items", "_attempts", "_settings", "source_clients", "source_sessions", "source_messages",
-             "source_contact_tags", "rate_limits", "model_prices", "budgets", "spend_daily", "spend_monthly",
-             "run_costs", "client_status", "_rate_limits", "_model_prices", "_spend", "_client_policy",
-             "_budget_alerts"]
+RELATIONS = [
+    "reports",
+    "attempts",
+    "queue_status",
+    "runs_overview",
+    "settings",
+    "analyses",
+    "scripts",
+    "runs",
+    "run_items",
+    "_attempts",
+    "_settings",
+    "source_clients",
+    "source_sessions",
+    "source_messages",
+    "source_contact_tags",
+    "rate_limits",
+    "model_prices",
+    "budgets",
+    "spend_daily",
+    "spend_monthly",
+    "run_costs",
+    "client_status",
+    "_rate_limits",
+    "_model_prices",
+    "_spend",
+    "_client_policy",
+    "_budget_alerts",
+]
 
-READER_VIEWS = {"reports", "attempts", "queue_status", "runs_overview", "settings", "rate_limits", "model_prices",
-                "budgets", "spend_daily", "spend_monthly", "run_costs", "client_status"}
+READER_VIEWS = {
+    "reports",
+    "attempts",
+    "queue_status",
+    "runs_overview",
+    "settings",
+    "rate_limits",
+    "model_prices",
+    "budgets",
+    "spend_daily",
+    "spend_monthly",
+    "run_costs",
+    "client_status",
+}
 MATRIX: dict[str, set[str]] = {
-    "parecer_admin": {"source_clients", "set_setting", "create_script_version", "list_scripts", "resolve_script", "activate_script",
-                      "eligible_sessions", "enqueue", "start_run", "run_summary", "prompt_for", "retry_failed",
-                      "set_rate_limit", "set_model_price", "set_budget", "set_client_priority", "set_run_backlog",
-                      "estimate_cost",
-                      "session_transcript"} | READER_VIEWS,
-    "parecer_runner": {"claim", "extend_lease", "mark_done", "mark_failed", "release", "prompt_for",
-                       "session_transcript", "next_due", "acquire_rate", "report_rate"},
+    "parecer_admin": {
+        "source_clients",
+        "set_setting",
+        "create_script_version",
+        "list_scripts",
+        "resolve_script",
+        "activate_script",
+        "eligible_sessions",
+        "enqueue",
+        "start_run",
+        "run_summary",
+        "prompt_for",
+        "retry_failed",
+        "set_rate_limit",
+        "set_model_price",
+        "set_budget",
+        "set_client_priority",
+        "set_run_backlog",
+        "estimate_cost",
+        "session_transcript",
+    }
+    | READER_VIEWS,
+    "parecer_runner": {
+        "claim",
+        "extend_lease",
+        "mark_done",
+        "mark_failed",
+        "release",
+        "prompt_for",
+        "session_transcript",
+        "next_due",
+        "acquire_rate",
+        "report_rate",
+    },
     "parecer_reader": {"run_summary"} | READER_VIEWS,
     "parecer_test_nobody": set(),
 }
@@ -78,14 +141,18 @@ def allowed(conn: psycopg.Connection[Any], role: str, sql: str) -> bool:
 
 
 def test_role_matrix(conn: psycopg.Connection[Any]) -> None:
-    conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'parecer_test_nobody') "
-                 "THEN CREATE ROLE parecer_test_nobody NOLOGIN; END IF; END $$")
+    conn.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'parecer_test_nobody') "
+        "THEN CREATE ROLE parecer_test_nobody NOLOGIN; END IF; END $$"
+    )
     make_script(conn)
     make_session(conn)
     matrix: dict[str, set[str]] = {}
     for role in MATRIX:
         got = {name for name, sql in CALLS.items() if allowed(conn, role, sql)}
-        got |= {rel for rel in RELATIONS if allowed(conn, role, f"SELECT * FROM parecer.{rel} LIMIT 1")}
+        got |= {
+            rel for rel in RELATIONS if allowed(conn, role, f"SELECT * FROM parecer.{rel} LIMIT 1")
+        }
         matrix[role] = got
     names = list(CALLS) + RELATIONS
     print("\n" + " " * 22 + " ".join(f"{r[8:]:>8}" for r in MATRIX))
@@ -104,7 +171,9 @@ def test_runner_role_works_end_to_end(conn: psycopg.Connection[Any]) -> None:
     assert item is not None
     p = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()
     assert p is not None and s.message_ids[0] in p["input"]
-    conn.execute("SELECT parecer.mark_failed(%s, %s, 'x')", (item["analysis_id"], item["lease_token"]))
+    conn.execute(
+        "SELECT parecer.mark_failed(%s, %s, 'x')", (item["analysis_id"], item["lease_token"])
+    )
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT * FROM chat.messages")
     conn.execute("RESET ROLE")
@@ -117,8 +186,12 @@ def test_security_definer_cannot_be_hijacked_through_search_path(db_url: str) ->
         s = make_session(c)
         c.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
         c.execute("CREATE SCHEMA evil")
-        c.execute(f"CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql AS $$ SELECT '{fixed}'::uuid $$")
-        c.execute("CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$")
+        c.execute(
+            f"CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid LANGUAGE sql AS $$ SELECT '{fixed}'::uuid $$"
+        )
+        c.execute(
+            "CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT 'epoch'::timestamptz $$"
+        )
         c.execute("CREATE TABLE evil.analyses (analysis_id uuid)")
         c.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
         c.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC")

@@ -7,12 +7,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
+
 import pytest
 
 from parecer import db, paths, schema
 
 ROOT = Path(__file__).resolve().parents[1]
-_DEFINES = re.compile(r"(?im)^\s*create\s+(?:or\s+replace\s+)?(function|procedure|view|trigger)\s+(?:parecer\.)?(\w+)")
+_DEFINES = re.compile(
+    r"(?im)^\s*create\s+(?:or\s+replace\s+)?(function|procedure|view|trigger)\s+(?:parecer\.)?(\w+)"
+)
 
 
 def _sql(path: Path) -> str:
@@ -21,15 +24,25 @@ def _sql(path: Path) -> str:
 
 
 def test_migrations_after_the_baseline_define_no_function_view_or_trigger() -> None:
-    later = [p for p in sorted(paths.migrations_dir().glob("*.sql"))
-             if not p.name.startswith("0001_") and not p.name.endswith(".rollback.sql")]
+    later = [
+        p
+        for p in sorted(paths.migrations_dir().glob("*.sql"))
+        if not p.name.startswith("0001_") and not p.name.endswith(".rollback.sql")
+    ]
     for p in later:
-        assert _DEFINES.findall(_sql(p)) == [], f"{p.name}: functions, views and triggers belong in db/api/"
+        assert _DEFINES.findall(_sql(p)) == [], (
+            f"{p.name}: functions, views and triggers belong in db/api/"
+        )
 
 
 def test_the_baseline_defines_only_the_source_contract_views() -> None:
     found = _DEFINES.findall(_sql(paths.migrations_dir() / "0001_baseline.sql"))
-    assert {name for _, name in found} == {"source_clients", "source_sessions", "source_messages", "source_contact_tags"}
+    assert {name for _, name in found} == {
+        "source_clients",
+        "source_sessions",
+        "source_messages",
+        "source_contact_tags",
+    }
 
 
 def test_each_function_view_and_trigger_is_defined_once_in_db_api() -> None:
@@ -64,10 +77,14 @@ def test_applying_the_api_again_changes_nothing(db_url: str) -> None:
 def test_migrate_keeps_the_adapter_views(db_url: str) -> None:
     """The template database has the reference adapter installed; a migrate leaves it."""
     with db.connect(db_url) as conn:
-        before = conn.execute("SELECT pg_get_viewdef('parecer.source_sessions'::regclass) AS d").fetchone()
+        before = conn.execute(
+            "SELECT pg_get_viewdef('parecer.source_sessions'::regclass) AS d"
+        ).fetchone()
     db.migrate(db_url)
     with db.connect(db_url) as conn:
-        after = conn.execute("SELECT pg_get_viewdef('parecer.source_sessions'::regclass) AS d").fetchone()
+        after = conn.execute(
+            "SELECT pg_get_viewdef('parecer.source_sessions'::regclass) AS d"
+        ).fetchone()
     assert after == before and "WHERE false" not in str(after)
 
 
@@ -79,7 +96,9 @@ def test_db_schema_sql_is_current(empty_db_url: str) -> None:
         major = conn.info.server_version // 10000
     made_on = re.search(r"PostgreSQL (\d+)", checked_in)
     if made_on is None or int(made_on.group(1)) != major:
-        pytest.skip(f"db/schema.sql was generated on PostgreSQL {made_on and made_on.group(1)}, this is {major}")
+        pytest.skip(
+            f"db/schema.sql was generated on PostgreSQL {made_on and made_on.group(1)}, this is {major}"
+        )
     assert fresh == checked_in, "db/schema.sql is stale: run `make schema`"
 
 

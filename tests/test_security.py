@@ -12,9 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from parecer import db
-from parecer import errors as E
-from parecer.standin import Standin, StandinConfig
+from parecer import db, errors
+from parecer.devkit.standin import Standin, StandinConfig
 
 from .factories import make_client, make_script, make_session, report_for
 from .helpers import table_checksum
@@ -30,9 +29,11 @@ EVIL = [
 
 
 @pytest.mark.parametrize("evil", EVIL)
-def test_injection_through_text_arguments_is_literal(conn: psycopg.Connection[Any], evil: str) -> None:
+def test_injection_through_text_arguments_is_literal(
+    conn: psycopg.Connection[Any], evil: str
+) -> None:
     make_client(conn, "acme")
-    make_client(conn, evil)                   # a client whose slug is the hostile text
+    make_client(conn, evil)  # a client whose slug is the hostile text
     script = make_script(conn)
     s = make_session(conn, tags=[evil])
     before = table_checksum(conn)
@@ -48,60 +49,126 @@ def test_injection_through_text_arguments_is_literal(conn: psycopg.Connection[An
         try:
             conn.execute(sql, args)
         except psycopg.Error as exc:
-            assert E.sqlstate(exc) in E.CODES, (sql, exc)
+            assert errors.sqlstate(exc) in errors.CODES, (sql, exc)
     assert table_checksum(conn) == before
     # the hostile slug is an ordinary client: a script under it works, literally
-    row = conn.execute("SELECT * FROM parecer.create_script_version(%s, 'qa', %s, topics => %s)",
-                       (evil, evil, [evil])).fetchone()
+    row = conn.execute(
+        "SELECT * FROM parecer.create_script_version(%s, 'qa', %s, topics => %s)",
+        (evil, evil, [evil]),
+    ).fetchone()
     assert row is not None and row["client_slug"] == evil and row["topics"] == [evil]
     # a tag named with the hostile text selects exactly the contact that has it
-    got = conn.execute("SELECT session_id FROM parecer.eligible_sessions('acme', tag_filter => %s)",
-                       (json.dumps({"mode": "any_of", "tags": [evil]}),)).fetchall()
+    got = conn.execute(
+        "SELECT session_id FROM parecer.eligible_sessions('acme', tag_filter => %s)",
+        (json.dumps({"mode": "any_of", "tags": [evil]}),),
+    ).fetchall()
     assert got == [{"session_id": s.session_id}]
     # error text and report content are stored as given
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
-    conn.execute("SELECT parecer.mark_failed(%s, %s, %s)", (item["analysis_id"], item["lease_token"], evil))
+    conn.execute(
+        "SELECT parecer.mark_failed(%s, %s, %s)", (item["analysis_id"], item["lease_token"], evil)
+    )
     assert conn.execute("SELECT error FROM parecer.attempts").fetchone() == {"error": evil.strip()}
     conn.execute("UPDATE parecer.analyses SET next_retry_at = now()")
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
     r = report_for(s)
     r["summary"] = evil
-    conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
-                 (item["analysis_id"], item["lease_token"], json.dumps(r), "a" * 64))
-    assert conn.execute("SELECT report ->> 'summary' AS s FROM parecer.reports").fetchone() == {"s": evil}
+    conn.execute(
+        "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
+        (item["analysis_id"], item["lease_token"], json.dumps(r), "a" * 64),
+    )
+    assert conn.execute("SELECT report ->> 'summary' AS s FROM parecer.reports").fetchone() == {
+        "s": evil
+    }
     assert conn.execute("SELECT count(*) AS n FROM parecer.scripts").fetchone() == {"n": 2}
 
 
+@pytest.mark.slow
 def test_demo_logs_contain_no_transcript_prompt_or_key(db_url: str) -> None:
     """A full demo run (key set, pointed at the stand-in): stderr holds logs only, and they leak nothing."""
     key = "sk" + "-test-DEMO-SECRET-4f1c2e9a7b"  # fake; split so no scanner mistakes it for a key
     with db.connect(db_url) as c:  # retries after faults fall due within the test
         c.execute("SELECT parecer.set_setting('backoff_schedule', '{1 second}')")
-    with Standin(StandinConfig(latency_ms=(5, 30), fault_rate=0.2, faults=("malformed", "ungrounded", "rate_limit"),
-                               seed=9)) as s:
-        env = {**os.environ, "PARECER_DATABASE_URL": db_url, "OPENAI_API_KEY": key, "OPENAI_BASE_URL": s.url}
-        p = subprocess.run([sys.executable, "-m", "parecer.cli", "demo", "--sessions", "80", "--max-sessions", "30"],
-                           env=env, capture_output=True, text=True, timeout=300)
+    with Standin(
+        StandinConfig(
+            latency_ms=(5, 30),
+            fault_rate=0.2,
+            faults=("malformed", "ungrounded", "rate_limit"),
+            seed=9,
+        )
+    ) as s:
+        env = {
+            **os.environ,
+            "PARECER_DATABASE_URL": db_url,
+            "OPENAI_API_KEY": key,
+            "OPENAI_BASE_URL": s.url,
+        }
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "parecer.cli",
+                "demo",
+                "--sessions",
+                "80",
+                "--max-sessions",
+                "30",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "item done" in p.stderr and "run_summary" in p.stdout
     with db.connect(db_url) as c:
-        bodies = [r["body"] for r in c.execute(
-            "SELECT body FROM chat.messages WHERE length(body) > 25 ORDER BY id LIMIT 2000").fetchall()]
-        instructions = [r["instructions"] for r in c.execute("SELECT instructions FROM parecer.scripts").fetchall()]
+        bodies = [
+            r["body"]
+            for r in c.execute(
+                "SELECT body FROM chat.messages WHERE length(body) > 25 ORDER BY id LIMIT 2000"
+            ).fetchall()
+        ]
+        instructions = [
+            r["instructions"]
+            for r in c.execute("SELECT instructions FROM parecer.scripts").fetchall()
+        ]
     assert key not in p.stdout + p.stderr
     leaked = [b for b in bodies if b in p.stderr]
     assert leaked == []
-    assert all(line not in p.stderr for text in instructions for line in text.splitlines() if len(line) > 30)
+    assert all(
+        line not in p.stderr
+        for text in instructions
+        for line in text.splitlines()
+        if len(line) > 30
+    )
 
 
+@pytest.mark.slow
 def test_demo_is_idempotent_on_a_kept_database(db_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["PARECER_DATABASE_URL"] = db_url
-    runs = [subprocess.run([sys.executable, "-m", "parecer.cli", "demo", "--sessions", "60", "--max-sessions", "10"],
-                           env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "parecer.cli",
+                "demo",
+                "--sessions",
+                "60",
+                "--max-sessions",
+                "10",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        for _ in range(2)
+    ]
     assert [r.returncode for r in runs] == [0, 0], runs[1].stderr[-2000:]
     assert "stand-in" in runs[0].stdout and "SYNTHETIC" in runs[0].stdout
     with db.connect(db_url) as c:
@@ -110,14 +177,29 @@ def test_demo_is_idempotent_on_a_kept_database(db_url: str) -> None:
         assert c.execute("SELECT count(*) AS n FROM parecer.reports").fetchone() == {"n": 20}
 
 
+@pytest.mark.slow
 def test_demo_on_the_embedded_default() -> None:
     """`parecer demo` with no database URL and no key: embedded PostgreSQL and the stand-in, two commands' worth."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "PARECER_DATABASE_URL", "OPENAI_BASE_URL")}
-    p = subprocess.run([sys.executable, "-m", "parecer.cli", "demo"], env=env, capture_output=True, text=True,
-                       timeout=300, cwd=Path(__file__).parent)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "PARECER_DATABASE_URL", "OPENAI_BASE_URL")
+    }
+    p = subprocess.run(
+        [sys.executable, "-m", "parecer.cli", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "embedded throwaway PostgreSQL" in p.stdout and "stand-in" in p.stdout
-    summary = p.stdout[p.stdout.index("parecer.run_summary"):]
+    summary = p.stdout[p.stdout.index("parecer.run_summary") :]
     assert "processed  60" in summary and "remaining  0" in summary
-    report = json.loads(p.stdout[p.stdout.index("{", p.stdout.index("one report")):p.stdout.rindex("}") + 1])
-    assert report["schema_version"] == "parecer.report.v1" and report["summary"].startswith("[parecer-standin]")
+    report = json.loads(
+        p.stdout[p.stdout.index("{", p.stdout.index("one report")) : p.stdout.rindex("}") + 1]
+    )
+    assert report["schema_version"] == "parecer.report.v1" and report["summary"].startswith(
+        "[parecer-standin]"
+    )

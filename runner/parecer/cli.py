@@ -23,11 +23,15 @@ from uuid import UUID
 import click
 import psycopg
 
-from . import __version__, db, logs, paths
-from . import errors as E
+from . import __version__, db, errors, logs, paths
+from .config import DEFAULT_MODEL, ModelEndpoint, RunnerConfig, default_worker_id
 
 F = TypeVar("F", bound=Callable[..., Any])
-CONTEXT = {"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PARECER", "show_default": True}
+CONTEXT = {
+    "help_option_names": ["-h", "--help"],
+    "auto_envvar_prefix": "PARECER",
+    "show_default": True,
+}
 
 
 # ---- plumbing ------------------------------------------------------------
@@ -53,7 +57,9 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def emit_table(rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None) -> None:
+def emit_table(
+    rows: list[dict[str, Any]], columns: list[str] | None = None, title: str | None = None
+) -> None:
     """A table on a terminal (rich), tab-separated lines otherwise."""
     columns = columns or (list(rows[0]) if rows else [])
     if sys.stdout.isatty():
@@ -80,11 +86,18 @@ def emit_record(row: dict[str, Any]) -> None:
         click.echo(f"{k:>{width}}  {_cell(v)}")
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line (libpq messages run to several), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def need_url(ctx: click.Context) -> str:
     url: str | None = ctx.obj.get("database_url")
     if not url:
         raise click.ClickException(
-            "no database: set PARECER_DATABASE_URL or pass --database-url (`parecer demo` runs on an embedded one)")
+            "no database: set PARECER_DATABASE_URL or pass --database-url (`parecer demo` runs on an embedded one)"
+        )
     return url
 
 
@@ -94,8 +107,7 @@ def connection(ctx: click.Context) -> Iterator[psycopg.Connection[dict[str, Any]
     try:
         conn = db.connect(url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.ClickException(f"cannot connect to the database: {first}") from None
+        raise click.ClickException(f"cannot connect to the database: {_first_line(exc)}") from None
     with conn:
         yield conn
 
@@ -108,10 +120,9 @@ def user_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise click.ClickException(f"database unavailable: {first}") from None
+            raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
         except psycopg.Error as exc:
-            raise click.ClickException(E.describe(exc)) from None
+            raise click.ClickException(errors.describe(exc)) from None
         except FileNotFoundError as exc:
             raise click.ClickException(str(exc)) from None
 
@@ -122,12 +133,86 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--model, --base-url, --api-key, --key-label (each also read from its environment
+    variable), handed to the command as one ``endpoint: ModelEndpoint`` argument."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        key_label: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        return f(*args, endpoint=ModelEndpoint(model, base_url, api_key, key_label), **kwargs)
+
+    options = [
+        click.option(
+            "--model",
+            default=DEFAULT_MODEL,
+            envvar="OPENAI_MODEL",
+            show_envvar=True,
+            help="Model when the script version names none.",
+        ),
+        click.option(
+            "--base-url",
+            default=None,
+            envvar="OPENAI_BASE_URL",
+            show_envvar=True,
+            help="OpenAI-compatible endpoint (the stand-in, a proxy).",
+        ),
+        click.option(
+            "--api-key",
+            default=None,
+            envvar="OPENAI_API_KEY",
+            show_envvar=True,
+            show_default=False,
+            help="Provider API key; prefer the environment variable (a command line is visible).",
+        ),
+        click.option(
+            "--key-label",
+            default=None,
+            envvar="PARECER_KEY_LABEL",
+            show_envvar=True,
+            help="The key's name in shared rate-limit state (default: a hash of the key).",
+        ),
+    ]
+    decorated: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
+
+def runner_config(ctx: click.Context, endpoint: ModelEndpoint, **settings: Any) -> RunnerConfig:
+    """The one place a command turns its options into a RunnerConfig."""
+    return RunnerConfig(
+        database_url=need_url(ctx),
+        model=endpoint.model,
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key,
+        key_label=endpoint.key_label,
+        **settings,
+    )
+
+
 # ---- the group -----------------------------------------------------------
 @click.group(context_settings=CONTEXT)
-@click.option("--database-url", envvar="PARECER_DATABASE_URL", show_envvar=True,
-              help="PostgreSQL URL of the database parecer is installed in.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="PARECER_LOG_FORMAT",
-              show_envvar=True, help="Log line format (stderr).")
+@click.option(
+    "--database-url",
+    envvar="PARECER_DATABASE_URL",
+    show_envvar=True,
+    help="PostgreSQL URL of the database parecer is installed in.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="PARECER_LOG_FORMAT",
+    show_envvar=True,
+    help="Log line format (stderr).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(__version__, "-V", "--version")
 @click.pass_context
@@ -154,7 +239,10 @@ def db_group() -> None:
 def db_migrate(ctx: click.Context) -> None:
     """Apply pending migrations (applying twice is a no-op)."""
     applied = db.migrate(need_url(ctx))
-    click.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "; up to date"))
+    click.echo(
+        f"applied {len(applied)} migration(s)"
+        + (": " + ", ".join(applied) if applied else "; up to date")
+    )
 
 
 @db_group.command("status")
@@ -163,12 +251,17 @@ def db_migrate(ctx: click.Context) -> None:
 @user_errors
 def db_status(ctx: click.Context, as_json: bool) -> None:
     """List applied and pending migrations."""
-    rows = [{"migration": s.id, "state": "applied" if s.applied else "pending"} for s in db.status(need_url(ctx))]
+    rows = [
+        {"migration": s.id, "state": "applied" if s.applied else "pending"}
+        for s in db.status(need_url(ctx))
+    ]
     emit_json(rows) if as_json else emit_table(rows)
 
 
 @db_group.command("rollback")
-@click.option("--count", type=int, default=None, help="Roll back only the last N migrations (default: all).")
+@click.option(
+    "--count", type=int, default=None, help="Roll back only the last N migrations (default: all)."
+)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 @user_errors
@@ -177,7 +270,9 @@ def db_rollback(ctx: click.Context, count: int | None, yes: bool) -> None:
     if not yes:
         click.confirm(f"Roll back {'all' if count is None else count} migration(s)?", abort=True)
     rolled = db.rollback(need_url(ctx), count=count)
-    click.echo(f"rolled back {len(rolled)} migration(s)" + (": " + ", ".join(rolled) if rolled else ""))
+    click.echo(
+        f"rolled back {len(rolled)} migration(s)" + (": " + ", ".join(rolled) if rolled else "")
+    )
 
 
 @db_group.command("adapter")
@@ -207,36 +302,64 @@ def scripts_group() -> None:
     """Versioned analysis scripts (prompt + topics) per client."""
 
 
-SCRIPT_COLUMNS = ["script_id", "client_slug", "script_key", "version", "is_active", "language", "model", "topics",
-                  "created_at"]
+SCRIPT_COLUMNS = [
+    "script_id",
+    "client_slug",
+    "script_key",
+    "version",
+    "is_active",
+    "language",
+    "model",
+    "topics",
+    "created_at",
+]
 
 
 @scripts_group.command("create")
 @click.argument("client")
 @click.argument("key")
-@click.option("--file", "file_", type=click.File("r", encoding="utf-8"), required=True,
-              help="The script text (prompt), '-' for stdin.")
+@click.option(
+    "--file",
+    "file_",
+    type=click.File("r", encoding="utf-8"),
+    required=True,
+    help="The script text (prompt), '-' for stdin.",
+)
 @click.option("--topic", "topics", multiple=True, help="A topic to assess (repeat).")
-@click.option("--language", default="pt-BR", type=click.Choice(["pt-BR", "en", "es"]), help="Prompt language.")
+@click.option(
+    "--language", default="pt-BR", type=click.Choice(["pt-BR", "en", "es"]), help="Prompt language."
+)
 @click.option("--model", default=None, help="Model for this version (default: the runner's).")
 @click.option("--activate", is_flag=True, help="Make it the active version.")
 @json_option
 @click.pass_context
 @user_errors
-def scripts_create(ctx: click.Context, client: str, key: str, file_: Any, topics: tuple[str, ...], language: str,
-                   model: str | None, activate: bool, as_json: bool) -> None:
+def scripts_create(
+    ctx: click.Context,
+    client: str,
+    key: str,
+    file_: Any,
+    topics: tuple[str, ...],
+    language: str,
+    model: str | None,
+    activate: bool,
+    as_json: bool,
+) -> None:
     """Create the next version of CLIENT's script KEY."""
     with connection(ctx) as conn:
         row = conn.execute(
             "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
             " topics => %s, language => %s, model => %s, activate => %s)",
-            (client, key, file_.read(), list(topics), language, model, activate)).fetchone()
+            (client, key, file_.read(), list(topics), language, model, activate),
+        ).fetchone()
     assert row is not None
     if as_json:
         emit_json(row)
     else:
-        click.echo(f"created {row['client_slug']}/{row['script_key']} v{row['version']} (script_id {row['script_id']})"
-                   + (", active" if row["is_active"] else ""))
+        click.echo(
+            f"created {row['client_slug']}/{row['script_key']} v{row['version']} (script_id {row['script_id']})"
+            + (", active" if row["is_active"] else "")
+        )
 
 
 @scripts_group.command("list")
@@ -246,24 +369,34 @@ def scripts_create(ctx: click.Context, client: str, key: str, file_: Any, topics
 @json_option
 @click.pass_context
 @user_errors
-def scripts_list(ctx: click.Context, client: str, key: str | None, active_only: bool, as_json: bool) -> None:
+def scripts_list(
+    ctx: click.Context, client: str, key: str | None, active_only: bool, as_json: bool
+) -> None:
     """List CLIENT's script versions."""
     with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.list_scripts(%s, %s, %s)", (client, key, active_only)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM parecer.list_scripts(%s, %s, %s)", (client, key, active_only)
+        ).fetchall()
     emit_json(rows) if as_json else emit_table(rows, SCRIPT_COLUMNS)
 
 
 @scripts_group.command("show")
 @click.argument("client")
 @click.argument("key")
-@click.option("--version", "version", type=int, default=None, help="Version (default: the active one).")
+@click.option(
+    "--version", "version", type=int, default=None, help="Version (default: the active one)."
+)
 @json_option
 @click.pass_context
 @user_errors
-def scripts_show(ctx: click.Context, client: str, key: str, version: int | None, as_json: bool) -> None:
+def scripts_show(
+    ctx: click.Context, client: str, key: str, version: int | None, as_json: bool
+) -> None:
     """Show a script version (default: the one a run would use)."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.resolve_script(%s, %s, %s)", (client, key, version)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM parecer.resolve_script(%s, %s, %s)", (client, key, version)
+        ).fetchone()
     assert row is not None
     if as_json:
         emit_json(row)
@@ -281,17 +414,23 @@ def scripts_show(ctx: click.Context, client: str, key: str, version: int | None,
 @json_option
 @click.pass_context
 @user_errors
-def scripts_activate(ctx: click.Context, client: str, key: str, version: int, keep_others: bool, as_json: bool) -> None:
+def scripts_activate(
+    ctx: click.Context, client: str, key: str, version: int, keep_others: bool, as_json: bool
+) -> None:
     """Activate VERSION of CLIENT's script KEY."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.activate_script(%s, %s, %s, %s)",
-                           (client, key, version, not keep_others)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM parecer.activate_script(%s, %s, %s, %s)",
+            (client, key, version, not keep_others),
+        ).fetchone()
     assert row is not None
     emit_json(row) if as_json else click.echo(f"activated {client}/{key} v{version}")
 
 
 # ---- run -----------------------------------------------------------------
-def _tag_filter(tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool) -> str:
+def _tag_filter(
+    tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool
+) -> str:
     chosen = sum([tag_filter is not None, no_tags, bool(any_tags), ignore_tags])
     if chosen > 1:
         raise click.UsageError("give only one of --tag-filter, --no-tags, --any-tag, --ignore-tags")
@@ -307,31 +446,79 @@ def _tag_filter(tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...]
 @main.command("run")
 @click.argument("client")
 @click.argument("key")
-@click.option("--version", "version", type=int, default=None, help="Script version (default: highest active).")
+@click.option(
+    "--version", "version", type=int, default=None, help="Script version (default: highest active)."
+)
 @click.option("--min-messages", type=int, default=20, help="Minimum messages per session.")
-@click.option("--tag-filter", default=None, help='Tag filter JSON, e.g. \'{"mode":"all_of","tags":["vip"]}\'.')
+@click.option(
+    "--tag-filter", default=None, help='Tag filter JSON, e.g. \'{"mode":"all_of","tags":["vip"]}\'.'
+)
 @click.option("--no-tags", is_flag=True, help="Only contacts without tags (the default).")
-@click.option("--any-tag", "any_tags", multiple=True, help="Only contacts with any of these tags (repeat).")
+@click.option(
+    "--any-tag", "any_tags", multiple=True, help="Only contacts with any of these tags (repeat)."
+)
 @click.option("--ignore-tags", is_flag=True, help="Tags do not matter.")
-@click.option("--ended-before-hours", type=float, default=None,
-              help="Only sessions ended at least this many hours ago (seed 003: 24).")
+@click.option(
+    "--ended-before-hours",
+    type=float,
+    default=None,
+    help="Only sessions ended at least this many hours ago (seed 003: 24).",
+)
 @click.option("--require-agent-reply", is_flag=True, help="Only sessions where the agent replied.")
 @click.option("--tag", "version_tag", default="v1", help="Analysis version tag.")
-@click.option("--force", is_flag=True, help="Reprocess sessions already analysed (resets them to pending).")
-@click.option("--dry-run", is_flag=True, help="Only count: eligible / done / queued / would enqueue / would process now.")
-@click.option("--max-sessions", type=int, default=100, help="At most this many sessions (setting max_sessions_cap).")
+@click.option(
+    "--force", is_flag=True, help="Reprocess sessions already analysed (resets them to pending)."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only count: eligible / done / queued / would enqueue / would process now.",
+)
+@click.option(
+    "--max-sessions",
+    type=int,
+    default=100,
+    help="At most this many sessions (setting max_sessions_cap).",
+)
 @click.option("--wait", is_flag=True, help="Follow the run with a progress bar until it settles.")
-@click.option("--process", is_flag=True, help="Also process the run here with an in-process runner (implies --wait).")
+@click.option(
+    "--process",
+    is_flag=True,
+    help="Also process the run here with an in-process runner (implies --wait).",
+)
 @click.option("--concurrency", type=int, default=4, help="With --process: items in flight.")
-@click.option("--backlog", is_flag=True, help="A backlog run: claimed only when no fresh work waits, oldest first.")
+@click.option(
+    "--backlog",
+    is_flag=True,
+    help="A backlog run: claimed only when no fresh work waits, oldest first.",
+)
+@model_options
 @json_option
 @click.pass_context
 @user_errors
-def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_messages: int,
-            tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool,
-            ended_before_hours: float | None, require_agent_reply: bool, version_tag: str, force: bool,
-            dry_run: bool, max_sessions: int, wait: bool, process: bool, concurrency: int, backlog: bool,
-            as_json: bool) -> None:
+def run_cmd(
+    ctx: click.Context,
+    client: str,
+    key: str,
+    version: int | None,
+    min_messages: int,
+    tag_filter: str | None,
+    no_tags: bool,
+    any_tags: tuple[str, ...],
+    ignore_tags: bool,
+    ended_before_hours: float | None,
+    require_agent_reply: bool,
+    version_tag: str,
+    force: bool,
+    dry_run: bool,
+    max_sessions: int,
+    wait: bool,
+    process: bool,
+    concurrency: int,
+    backlog: bool,
+    endpoint: ModelEndpoint,
+    as_json: bool,
+) -> None:
     """Select CLIENT's eligible sessions for script KEY and queue them (parecer.start_run)."""
     tf = _tag_filter(tag_filter, no_tags, any_tags, ignore_tags)
     with connection(ctx) as conn, conn.transaction():
@@ -341,8 +528,22 @@ def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_
             " dry_run => %s, max_sessions => %s,"
             " ended_before => CASE WHEN %s::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => %s::float8 * 3600) END,"
             " require_agent_reply => %s, backlog => %s)",
-            (client, key, version, min_messages, tf, version_tag, force, dry_run, max_sessions,
-             ended_before_hours, ended_before_hours, require_agent_reply, backlog)).fetchone()
+            (
+                client,
+                key,
+                version,
+                min_messages,
+                tf,
+                version_tag,
+                force,
+                dry_run,
+                max_sessions,
+                ended_before_hours,
+                ended_before_hours,
+                require_agent_reply,
+                backlog,
+            ),
+        ).fetchone()
         assert res is not None
     if dry_run or not (wait or process):
         if as_json:
@@ -351,10 +552,22 @@ def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_
             emit_record(res)
         return
     if not as_json:
-        click.echo(f"run {res['run_id']}: {res['enqueued']} enqueued, {res['reset']} reset, "
-                   f"{res['would_enqueue']} selected of {res['eligible']} eligible")
+        click.echo(
+            f"run {res['run_id']}: {res['enqueued']} enqueued, {res['reset']} reset, "
+            f"{res['would_enqueue']} selected of {res['eligible']} eligible"
+        )
     if process:
-        _process_run(ctx, res["run_id"], client, concurrency)
+        _process_run(
+            runner_config(
+                ctx,
+                endpoint,
+                concurrency=concurrency,
+                client_slug=client,
+                run_id=res["run_id"],
+                poll_seconds=5.0,
+            ),
+            ctx,
+        )
     summary = follow_run(ctx, res["run_id"], quiet=as_json)
     if as_json:
         emit_json({"run": res, "summary": summary})
@@ -362,27 +575,27 @@ def run_cmd(ctx: click.Context, client: str, key: str, version: int | None, min_
         emit_record(summary)
 
 
-def _process_run(ctx: click.Context, run_id: int, client: str, concurrency: int) -> None:
+def _process_run(cfg: RunnerConfig, ctx: click.Context) -> None:
     """An in-process runner until the run settles, with the progress bar alongside."""
     import threading
 
-    from .runner import Runner, RunnerConfig
+    from .runner import Runner
 
-    cfg = RunnerConfig(database_url=need_url(ctx), concurrency=concurrency, client_slug=client, run_id=run_id,
-                       poll_seconds=5.0)
+    assert cfg.run_id is not None
+    run_id = cfg.run_id
     try:
         runner = Runner(cfg)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     import asyncio
 
-    errors: list[BaseException] = []
+    failures: list[BaseException] = []
 
     def work() -> None:
         try:
             asyncio.run(runner.run())
         except BaseException as exc:  # surfaced below
-            errors.append(exc)
+            failures.append(exc)
 
     t = threading.Thread(target=work, name="parecer-runner", daemon=True)
     t.start()
@@ -390,12 +603,18 @@ def _process_run(ctx: click.Context, run_id: int, client: str, concurrency: int)
         follow_run(ctx, run_id, quiet=False, alive=t.is_alive)
     finally:
         t.join()
-    if errors:
-        raise errors[0]
+    if failures:
+        raise failures[0]
 
 
-def follow_run(ctx: click.Context, run_id: int, *, quiet: bool, alive: Callable[[], bool] | None = None,
-               interval: float = 0.5) -> dict[str, Any]:
+def follow_run(
+    ctx: click.Context,
+    run_id: int,
+    *,
+    quiet: bool,
+    alive: Callable[[], bool] | None = None,
+    interval: float = 0.5,
+) -> dict[str, Any]:
     """Poll run_summary with a live progress bar (plain lines off a terminal) until nothing remains."""
     from rich.progress import (
         BarColumn,
@@ -407,6 +626,7 @@ def follow_run(ctx: click.Context, run_id: int, *, quiet: bool, alive: Callable[
     )
 
     with connection(ctx) as conn:
+
         def summary() -> dict[str, Any]:
             row = conn.execute("SELECT * FROM parecer.run_summary(%s)", (run_id,)).fetchone()
             assert row is not None
@@ -415,20 +635,40 @@ def follow_run(ctx: click.Context, run_id: int, *, quiet: bool, alive: Callable[
         s = summary()
         tty = sys.stderr.isatty() and not quiet
         start, last_line = time.monotonic(), 0.0
-        progress = Progress(TextColumn("run {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("done {task.fields[done]} · failed {task.fields[failed]} · "
-                                       "retrying {task.fields[retrying]} · {task.fields[rate]}/min"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), disable=not tty, transient=False)
+        progress = Progress(
+            TextColumn("run {task.fields[run]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "done {task.fields[done]} · failed {task.fields[failed]} · "
+                "retrying {task.fields[retrying]} · {task.fields[rate]}/min"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not tty,
+            transient=False,
+        )
         with progress:
-            task = progress.add_task("run", total=s["total"], run=run_id, done=0, failed=0, retrying=0, rate=0)
+            task = progress.add_task(
+                "run", total=s["total"], run=run_id, done=0, failed=0, retrying=0, rate=0
+            )
             while True:
                 finished = s["processed"] + s["failed"]
                 rate = round(s["processed"] * 60 / max(time.monotonic() - start, 1e-6), 1)
-                progress.update(task, completed=finished, done=s["processed"], failed=s["failed"],
-                                retrying=s["retrying"], rate=rate)
+                progress.update(
+                    task,
+                    completed=finished,
+                    done=s["processed"],
+                    failed=s["failed"],
+                    retrying=s["retrying"],
+                    rate=rate,
+                )
                 if not tty and not quiet and time.monotonic() - last_line >= 5:
-                    click.echo(f"run {run_id}: done {s['processed']}, failed {s['failed']}, retrying {s['retrying']}, "
-                               f"remaining {s['remaining']} of {s['total']}", err=True)
+                    click.echo(
+                        f"run {run_id}: done {s['processed']}, failed {s['failed']}, retrying {s['retrying']}, "
+                        f"remaining {s['remaining']} of {s['total']}",
+                        err=True,
+                    )
                     last_line = time.monotonic()
                 if s["remaining"] == 0 or (alive is not None and not alive()):
                     break
@@ -446,10 +686,15 @@ def follow_run(ctx: click.Context, run_id: int, *, quiet: bool, alive: Callable[
 def status_cmd(ctx: click.Context, client: str | None, as_json: bool) -> None:
     """The queue by client x script x state, oldest pending, throughput in the last hour."""
     with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.queue_status WHERE %s::text IS NULL OR client_slug = %s"
-                            " ORDER BY client_slug, script_key, script_version", (client, client)).fetchall()
-        clients = conn.execute("SELECT * FROM parecer.client_status WHERE %s::text IS NULL OR client_slug = %s",
-                               (client, client)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM parecer.queue_status WHERE %s::text IS NULL OR client_slug = %s"
+            " ORDER BY client_slug, script_key, script_version",
+            (client, client),
+        ).fetchall()
+        clients = conn.execute(
+            "SELECT * FROM parecer.client_status WHERE %s::text IS NULL OR client_slug = %s",
+            (client, client),
+        ).fetchall()
     if as_json:
         emit_json(rows)
         return
@@ -481,14 +726,26 @@ def prompt_cmd(ctx: click.Context, analysis_id: str, as_json: bool) -> None:
 @main.command("retry")
 @click.option("--run", "run_id", type=int, default=None, help="Terminal failures of this run.")
 @click.option("--client", default=None, help="Terminal failures of this client.")
-@click.option("--error-like", default=None, help="Only errors matching this ILIKE pattern, e.g. '%timed out%'.")
+@click.option(
+    "--error-like",
+    default=None,
+    help="Only errors matching this ILIKE pattern, e.g. '%timed out%'.",
+)
 @json_option
 @click.pass_context
 @user_errors
-def retry_cmd(ctx: click.Context, run_id: int | None, client: str | None, error_like: str | None, as_json: bool) -> None:
+def retry_cmd(
+    ctx: click.Context,
+    run_id: int | None,
+    client: str | None,
+    error_like: str | None,
+    as_json: bool,
+) -> None:
     """Re-queue terminal failures (parecer.retry_failed)."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT parecer.retry_failed(%s, %s, %s) AS requeued", (run_id, client, error_like)).fetchone()
+        row = conn.execute(
+            "SELECT parecer.retry_failed(%s, %s, %s) AS requeued", (run_id, client, error_like)
+        ).fetchone()
     assert row is not None
     emit_json(row) if as_json else click.echo(f"re-queued {row['requeued']} item(s)")
 
@@ -501,21 +758,31 @@ def reports_group() -> None:
 @reports_group.command("export")
 @click.argument("client")
 @click.option("--key", default=None, help="Only this script key.")
-@click.option("--since", type=click.DateTime(), default=None, help="Only reports processed since this time.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", help="Output format.")
-@click.option("-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Output file.")
+@click.option(
+    "--since", type=click.DateTime(), default=None, help="Only reports processed since this time."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", help="Output format."
+)
+@click.option(
+    "-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Output file."
+)
 @click.pass_context
 @user_errors
-def reports_export(ctx: click.Context, client: str, key: str | None, since: datetime | None, fmt: str, output: Any) -> None:
+def reports_export(
+    ctx: click.Context, client: str, key: str | None, since: datetime | None, fmt: str, output: Any
+) -> None:
     """Stream CLIENT's reports (constant memory: a server-side cursor)."""
     n = 0
     with connection(ctx) as conn, conn.transaction(), conn.cursor(name="parecer_export") as cur:
         cur.itersize = 500
-        cur.execute("SELECT analysis_id, client_slug, session_id, script_key, script_version, analysis_version_tag,"
-                    " model, prompt_hash, processed_at, report FROM parecer.reports"
-                    " WHERE client_slug = %s AND (%s::text IS NULL OR script_key = %s)"
-                    " AND (%s::timestamptz IS NULL OR processed_at >= %s) ORDER BY processed_at, analysis_id",
-                    (client, key, key, since, since))
+        cur.execute(
+            "SELECT analysis_id, client_slug, session_id, script_key, script_version, analysis_version_tag,"
+            " model, prompt_hash, processed_at, report FROM parecer.reports"
+            " WHERE client_slug = %s AND (%s::text IS NULL OR script_key = %s)"
+            " AND (%s::timestamptz IS NULL OR processed_at >= %s) ORDER BY processed_at, analysis_id",
+            (client, key, key, since, since),
+        )
         writer = None
         for row in cur:
             if fmt == "jsonl":
@@ -523,11 +790,16 @@ def reports_export(ctx: click.Context, client: str, key: str | None, since: date
             else:
                 flat = {k: v for k, v in row.items() if k != "report"}
                 r = row["report"]
-                flat.update(outcome=r["outcome"]["status"], sentiment_start=r["sentiment"]["start"],
-                            sentiment_end=r["sentiment"]["end"], insufficient_context=r["insufficient_context"],
-                            topics_present=";".join(t["topic"] for t in r["topics"] if t["present"]),
-                            flags=";".join(f["flag"] for f in r["flags"]), summary=r["summary"],
-                            report=json.dumps(r, ensure_ascii=False))
+                flat.update(
+                    outcome=r["outcome"]["status"],
+                    sentiment_start=r["sentiment"]["start"],
+                    sentiment_end=r["sentiment"]["end"],
+                    insufficient_context=r["insufficient_context"],
+                    topics_present=";".join(t["topic"] for t in r["topics"] if t["present"]),
+                    flags=";".join(f["flag"] for f in r["flags"]),
+                    summary=r["summary"],
+                    report=json.dumps(r, ensure_ascii=False),
+                )
                 if writer is None:
                     writer = csv.DictWriter(output, fieldnames=list(flat))
                     writer.writeheader()
@@ -555,17 +827,27 @@ def limits_show(ctx: click.Context, as_json: bool) -> None:
 
 @limits_group.command("set")
 @click.argument("limit_key")
-@click.option("--rpm", type=int, default=None, help="Requests per minute (default: setting default_rpm).")
-@click.option("--tpm", type=int, default=None, help="Tokens per minute (default: setting default_tpm).")
+@click.option(
+    "--rpm", type=int, default=None, help="Requests per minute (default: setting default_rpm)."
+)
+@click.option(
+    "--tpm", type=int, default=None, help="Tokens per minute (default: setting default_tpm)."
+)
 @json_option
 @click.pass_context
 @user_errors
-def limits_set(ctx: click.Context, limit_key: str, rpm: int | None, tpm: int | None, as_json: bool) -> None:
-    """Set LIMIT_KEY's limits ('<key label>:<model>', e.g. default:gpt-5-mini)."""
+def limits_set(
+    ctx: click.Context, limit_key: str, rpm: int | None, tpm: int | None, as_json: bool
+) -> None:
+    """Set LIMIT_KEY's limits: '<key label>:<model>', as `parecer limits show` lists them."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.set_rate_limit(%s, %s, %s)", (limit_key, rpm, tpm)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM parecer.set_rate_limit(%s, %s, %s)", (limit_key, rpm, tpm)
+        ).fetchone()
     assert row is not None
-    emit_json(row) if as_json else click.echo(f"{row['limit_key']}: {row['rpm']} rpm, {row['tpm']} tpm")
+    emit_json(row) if as_json else click.echo(
+        f"{row['limit_key']}: {row['rpm']} rpm, {row['tpm']} tpm"
+    )
 
 
 @main.group("budgets", context_settings=CONTEXT)
@@ -591,10 +873,15 @@ def budgets_show(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 @user_errors
-def budgets_set(ctx: click.Context, client: str, daily: float | None, monthly: float | None, as_json: bool) -> None:
+def budgets_set(
+    ctx: click.Context, client: str, daily: float | None, monthly: float | None, as_json: bool
+) -> None:
     """Set CLIENT's budgets; claim hands out no work past them (fail-closed)."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.set_budget(%s, %s::numeric, %s::numeric)", (client, daily, monthly)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM parecer.set_budget(%s, %s::numeric, %s::numeric)",
+            (client, daily, monthly),
+        ).fetchone()
     assert row is not None
     emit_json(row) if as_json else emit_record(row)
 
@@ -608,7 +895,9 @@ def budgets_set(ctx: click.Context, client: str, daily: float | None, monthly: f
 def budgets_priority(ctx: click.Context, client: str, priority: int, as_json: bool) -> None:
     """Set CLIENT's weight in claim's round-robin (1..100; VIP first)."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.set_client_priority(%s, %s)", (client, priority)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM parecer.set_client_priority(%s, %s)", (client, priority)
+        ).fetchone()
     assert row is not None
     emit_json(row) if as_json else click.echo(f"{client}: priority {row['priority']}")
 
@@ -638,12 +927,21 @@ def prices_show(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 @user_errors
-def prices_set(ctx: click.Context, model: str, input_: float, cached: float, output: float, source: str,
-               as_json: bool) -> None:
+def prices_set(
+    ctx: click.Context,
+    model: str,
+    input_: float,
+    cached: float,
+    output: float,
+    source: str,
+    as_json: bool,
+) -> None:
     """Add or change MODEL's price (matched by prefix)."""
     with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.set_model_price(%s, %s::numeric, %s::numeric, %s::numeric, %s)",
-                           (model, input_, cached, output, source)).fetchone()
+        row = conn.execute(
+            "SELECT * FROM parecer.set_model_price(%s, %s::numeric, %s::numeric, %s::numeric, %s)",
+            (model, input_, cached, output, source),
+        ).fetchone()
     assert row is not None
     emit_json(row) if as_json else emit_record(row)
 
@@ -658,51 +956,120 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
     """Tokens and cost per client and day (or month)."""
     view = "spend_monthly" if monthly else "spend_daily"
     with connection(ctx) as conn:
-        rows = conn.execute(f"SELECT * FROM parecer.{view} WHERE %s::text IS NULL OR client_slug = %s",
-                            (client, client)).fetchall()
-    emit_json(rows) if as_json else emit_table(rows, title=f"spend ({'month' if monthly else 'day'}, USD)")
+        rows = conn.execute(
+            f"SELECT * FROM parecer.{view} WHERE %s::text IS NULL OR client_slug = %s",
+            (client, client),
+        ).fetchall()
+    emit_json(rows) if as_json else emit_table(
+        rows, title=f"spend ({'month' if monthly else 'day'}, USD)"
+    )
 
 
 # ---- runner, stand-in, sample, demo ----------------------------------------------
 @main.command("runner")
-@click.option("--concurrency", type=int, default=4, envvar="PARECER_CONCURRENCY", show_envvar=True,
-              help="Items in flight at once.")
-@click.option("--client", default=None, envvar="PARECER_CLIENT", show_envvar=True, help="Only this client's items.")
-@click.option("--once", is_flag=True, envvar="PARECER_ONCE", show_envvar=True,
-              help="Drain what is claimable now and exit 0 (cron, tests).")
-@click.option("--worker-id", default=None, envvar="PARECER_WORKER_ID", show_envvar=True,
-              help="Name in leases and attempts (default host:pid).")
-@click.option("--poll-seconds", type=float, default=30.0, envvar="PARECER_POLL_SECONDS", show_envvar=True,
-              help="Backstop poll interval (NOTIFY wakes it sooner).")
-@click.option("--lease-seconds", type=int, default=None, envvar="PARECER_LEASE_SECONDS", show_envvar=True,
-              help="Lease per claim (default: the database's lease_seconds setting).")
-@click.option("--model", default=None, envvar="OPENAI_MODEL", show_envvar=True,
-              help="Default model when the script version names none.")
-@click.option("--base-url", default=None, envvar="OPENAI_BASE_URL", show_envvar=True,
-              help="OpenAI-compatible endpoint (the stand-in, a proxy).")
-@click.option("--timeout", "request_timeout", type=float, default=120.0, envvar="PARECER_REQUEST_TIMEOUT",
-              show_envvar=True, help="Model call timeout, seconds.")
-@click.option("--max-output-tokens", type=int, default=4000, envvar="PARECER_MAX_OUTPUT_TOKENS", show_envvar=True,
-              help="Cap on the report's output tokens.")
-@click.option("--shutdown-grace", type=float, default=20.0, envvar="PARECER_SHUTDOWN_GRACE", show_envvar=True,
-              help="Seconds in-flight calls get after SIGTERM before their items are released.")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=4,
+    envvar="PARECER_CONCURRENCY",
+    show_envvar=True,
+    help="Items in flight at once.",
+)
+@click.option(
+    "--client",
+    default=None,
+    envvar="PARECER_CLIENT",
+    show_envvar=True,
+    help="Only this client's items.",
+)
+@click.option(
+    "--once",
+    is_flag=True,
+    envvar="PARECER_ONCE",
+    show_envvar=True,
+    help="Drain what is claimable now and exit 0 (cron, tests).",
+)
+@click.option(
+    "--worker-id",
+    default=None,
+    envvar="PARECER_WORKER_ID",
+    show_envvar=True,
+    help="Name in leases and attempts (default host:pid).",
+)
+@click.option(
+    "--poll-seconds",
+    type=float,
+    default=30.0,
+    envvar="PARECER_POLL_SECONDS",
+    show_envvar=True,
+    help="Backstop poll interval (NOTIFY wakes it sooner).",
+)
+@click.option(
+    "--lease-seconds",
+    type=int,
+    default=None,
+    envvar="PARECER_LEASE_SECONDS",
+    show_envvar=True,
+    help="Lease per claim (default: the database's lease_seconds setting).",
+)
+@model_options
+@click.option(
+    "--timeout",
+    "request_timeout",
+    type=float,
+    default=120.0,
+    envvar="PARECER_REQUEST_TIMEOUT",
+    show_envvar=True,
+    help="Model call timeout, seconds.",
+)
+@click.option(
+    "--max-output-tokens",
+    type=int,
+    default=4000,
+    envvar="PARECER_MAX_OUTPUT_TOKENS",
+    show_envvar=True,
+    help="Cap on the report's output tokens.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=float,
+    default=20.0,
+    envvar="PARECER_SHUTDOWN_GRACE",
+    show_envvar=True,
+    help="Seconds in-flight calls get after SIGTERM before their items are released.",
+)
 @click.pass_context
-def runner_cmd(ctx: click.Context, concurrency: int, client: str | None, once: bool, worker_id: str | None,
-               poll_seconds: float, lease_seconds: int | None, model: str | None, base_url: str | None,
-               request_timeout: float, max_output_tokens: int, shutdown_grace: float) -> None:
+def runner_cmd(
+    ctx: click.Context,
+    concurrency: int,
+    client: str | None,
+    once: bool,
+    worker_id: str | None,
+    poll_seconds: float,
+    lease_seconds: int | None,
+    endpoint: ModelEndpoint,
+    request_timeout: float,
+    max_output_tokens: int,
+    shutdown_grace: float,
+) -> None:
     """Claim queued analyses, call the model, store the reports (OPENAI_API_KEY from the environment)."""
-    from .runner import Runner, RunnerConfig, default_worker_id
+    from .runner import Runner
 
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")
-    cfg = RunnerConfig(database_url=need_url(ctx), concurrency=concurrency, client_slug=client, once=once,
-                       worker_id=worker_id or default_worker_id(), poll_seconds=poll_seconds,
-                       lease_seconds=lease_seconds, request_timeout=request_timeout,
-                       max_output_tokens=max_output_tokens, shutdown_grace=shutdown_grace)
-    if model:
-        cfg.model = model
-    if base_url:
-        cfg.base_url = base_url
+    cfg = runner_config(
+        ctx,
+        endpoint,
+        concurrency=concurrency,
+        client_slug=client,
+        once=once,
+        worker_id=worker_id or default_worker_id(),
+        poll_seconds=poll_seconds,
+        lease_seconds=lease_seconds,
+        request_timeout=request_timeout,
+        max_output_tokens=max_output_tokens,
+        shutdown_grace=shutdown_grace,
+    )
     try:
         runner = Runner(cfg)
     except RuntimeError as exc:
@@ -712,40 +1079,96 @@ def runner_cmd(ctx: click.Context, concurrency: int, client: str | None, once: b
     try:
         asyncio.run(runner.run())
     except psycopg.OperationalError as exc:
-        raise click.ClickException(f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
+        raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
 
 
 @main.command("standin")
-@click.option("--port", type=int, default=8787, envvar="PARECER_STANDIN_PORT", show_envvar=True, help="Port on 127.0.0.1.")
-@click.option("--latency-ms", default="0,0", envvar="PARECER_STANDIN_LATENCY_MS", show_envvar=True,
-              help="Latency range per request, 'MIN,MAX' milliseconds.")
-@click.option("--fault-rate", type=float, default=0.0, envvar="PARECER_STANDIN_FAULT_RATE", show_envvar=True,
-              help="Share of requests that get a fault, 0..1.")
-@click.option("--faults", default=None, envvar="PARECER_STANDIN_FAULTS", show_envvar=True,
-              help="Comma-separated fault kinds (default all): rate_limit, quota, server_error, timeout, malformed, "
-                   "ungrounded, refusal, incomplete, context_length, auth.")
-@click.option("--rpm-limit", type=int, default=None, envvar="PARECER_STANDIN_RPM", show_envvar=True,
-              help="Requests per minute before 429s.")
-@click.option("--tpm-limit", type=int, default=None, envvar="PARECER_STANDIN_TPM", show_envvar=True,
-              help="Tokens per minute before 429s.")
+@click.option(
+    "--port",
+    type=int,
+    default=8787,
+    envvar="PARECER_STANDIN_PORT",
+    show_envvar=True,
+    help="Port on 127.0.0.1.",
+)
+@click.option(
+    "--latency-ms",
+    default="0,0",
+    envvar="PARECER_STANDIN_LATENCY_MS",
+    show_envvar=True,
+    help="Latency range per request, 'MIN,MAX' milliseconds.",
+)
+@click.option(
+    "--fault-rate",
+    type=float,
+    default=0.0,
+    envvar="PARECER_STANDIN_FAULT_RATE",
+    show_envvar=True,
+    help="Share of requests that get a fault, 0..1.",
+)
+@click.option(
+    "--faults",
+    default=None,
+    envvar="PARECER_STANDIN_FAULTS",
+    show_envvar=True,
+    help="Comma-separated fault kinds (default all): rate_limit, quota, server_error, timeout, malformed, "
+    "ungrounded, refusal, incomplete, context_length, auth.",
+)
+@click.option(
+    "--rpm-limit",
+    type=int,
+    default=None,
+    envvar="PARECER_STANDIN_RPM",
+    show_envvar=True,
+    help="Requests per minute before 429s.",
+)
+@click.option(
+    "--tpm-limit",
+    type=int,
+    default=None,
+    envvar="PARECER_STANDIN_TPM",
+    show_envvar=True,
+    help="Tokens per minute before 429s.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for the fault dice.")
-@click.option("--log", "log_requests", is_flag=True, help="One line per request (never its content).")
-def standin_cmd(port: int, latency_ms: str, fault_rate: float, faults: str | None, rpm_limit: int | None,
-                tpm_limit: int | None, seed: int | None, log_requests: bool) -> None:
+@click.option(
+    "--log", "log_requests", is_flag=True, help="One line per request (never its content)."
+)
+def standin_cmd(
+    port: int,
+    latency_ms: str,
+    fault_rate: float,
+    faults: str | None,
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    seed: int | None,
+    log_requests: bool,
+) -> None:
     """A local OpenAI-compatible stand-in (POST /v1/responses) with fault injection — not a real model."""
-    from .standin import FAULT_KINDS, StandinConfig, serve_forever
+    from .devkit.standin import FAULT_KINDS, StandinConfig, serve_forever
 
     try:
         lo, _, hi = latency_ms.partition(",")
         lat = (int(lo), int(hi or lo))
-        cfg = StandinConfig(port=port, latency_ms=lat, fault_rate=fault_rate,
-                            faults=tuple(f.strip() for f in faults.split(",")) if faults else FAULT_KINDS,
-                            rpm_limit=rpm_limit, tpm_limit=tpm_limit, seed=seed,
-                            log=(lambda line: click.echo(line, err=True)) if log_requests else None)
+        cfg = StandinConfig(
+            port=port,
+            latency_ms=lat,
+            fault_rate=fault_rate,
+            faults=tuple(f.strip() for f in faults.split(",")) if faults else FAULT_KINDS,
+            rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            seed=seed,
+            log=(lambda line: click.echo(line, err=True)) if log_requests else None,
+        )
     except ValueError as exc:
         raise click.ClickException(f"bad stand-in option: {exc}") from None
-    serve_forever(cfg, on_ready=lambda url: click.echo(
-        f"parecer stand-in (not a real model) listening on {url} — OPENAI_BASE_URL={url}", err=True))
+    serve_forever(
+        cfg,
+        on_ready=lambda url: click.echo(
+            f"parecer stand-in (not a real model) listening on {url} — OPENAI_BASE_URL={url}",
+            err=True,
+        ),
+    )
 
 
 @main.group("sample", context_settings=CONTEXT)
@@ -761,17 +1184,31 @@ def sample_group() -> None:
 @user_errors
 def sample_load(ctx: click.Context, sessions: int, seed: int, as_json: bool) -> None:
     """Load deterministic Brazilian-Portuguese support sessions into the reference schema (idempotent)."""
-    from .sample import load_sample
+    from .devkit.sample import load_sample
 
     url = need_url(ctx)
     db.install_sql(url, paths.sql_path("reference", "schema.sql"))
     with connection(ctx) as conn:
-        stats = _with_progress("loading sample", lambda cb: load_sample(conn, sessions=sessions, seed=seed, progress=cb))
-    data = {k: getattr(stats, k) for k in ("clients", "contacts", "sessions", "messages", "inserted_sessions",
-                                           "inserted_messages", "seconds")}
+        stats = _with_progress(
+            "loading sample",
+            lambda cb: load_sample(conn, sessions=sessions, seed=seed, progress=cb),
+        )
+    data = {
+        k: getattr(stats, k)
+        for k in (
+            "clients",
+            "contacts",
+            "sessions",
+            "messages",
+            "inserted_sessions",
+            "inserted_messages",
+            "seconds",
+        )
+    }
     emit_json(data) if as_json else click.echo(
         f"sample: {stats.sessions} sessions, {stats.messages} messages "
-        f"({stats.inserted_sessions} sessions new) in {stats.seconds:.1f}s")
+        f"({stats.inserted_sessions} sessions new) in {stats.seconds:.1f}s"
+    )
 
 
 def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
@@ -790,19 +1227,28 @@ def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]
 @click.option("--sessions", type=int, default=300, help="Sample sessions to load.")
 @click.option("--max-sessions", type=int, default=60, help="Sessions the demo run analyses.")
 @click.option("--concurrency", type=int, default=8, help="Items in flight.")
+@model_options
 @click.pass_context
-def demo_cmd(ctx: click.Context, sessions: int, max_sessions: int, concurrency: int) -> None:
+def demo_cmd(
+    ctx: click.Context, sessions: int, max_sessions: int, concurrency: int, endpoint: ModelEndpoint
+) -> None:
     """The whole job end to end: database, sample data, script, dry run, run, reports.
 
     Uses PARECER_DATABASE_URL when set, otherwise an embedded throwaway PostgreSQL;
     the real OpenAI API when OPENAI_API_KEY is set, otherwise the local stand-in.
     """
-    from .demo import run_demo
+    from .devkit.demo import run_demo
 
     try:
-        run_demo(ctx.obj.get("database_url"), sessions=sessions, max_sessions=max_sessions, concurrency=concurrency)
+        run_demo(
+            ctx.obj.get("database_url"),
+            sessions=sessions,
+            max_sessions=max_sessions,
+            concurrency=concurrency,
+            endpoint=endpoint,
+        )
     except psycopg.Error as exc:
-        raise click.ClickException(E.describe(exc)) from None
+        raise click.ClickException(errors.describe(exc)) from None
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

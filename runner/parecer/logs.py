@@ -20,17 +20,22 @@ class _TextFormatter(logging.Formatter):
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         fields = getattr(record, "fields", {}) or {}
         kv = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None)
-        return f"{ts}Z {record.levelname.lower():<7} {record.getMessage()}" + (f" {kv}" if kv else "")
+        return f"{ts}Z {record.levelname.lower():<7} {record.getMessage()}" + (
+            f" {kv}" if kv else ""
+        )
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
-        out.update({k: v for k, v in (getattr(record, "fields", {}) or {}).items() if v is not None})
+        out.update(
+            {k: v for k, v in (getattr(record, "fields", {}) or {}).items() if v is not None}
+        )
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
@@ -39,7 +44,9 @@ def _fmt(v: Any) -> str:
     return json.dumps(s, ensure_ascii=False) if (" " in s or "=" in s or not s) else s
 
 
-def setup(log_format: str = "text", level: int = logging.INFO, stream: Any = None) -> logging.Logger:
+def setup(
+    log_format: str = "text", level: int = logging.INFO, stream: Any = None
+) -> logging.Logger:
     """Configure the ``parecer`` logger (idempotent)."""
     logger = logging.getLogger(LOGGER)
     logger.handlers.clear()
