@@ -474,11 +474,11 @@ def test_queue_state_machine(db_url: str) -> None:
                 ).fetchall()
             }
             atts: dict[uuid.UUID, list[dict[str, Any]]] = {}
-            for att in admin.execute(
+            for finished in admin.execute(
                 "SELECT analysis_id, attempt, outcome, lease_token FROM parecer._finished_attempts"
                 " ORDER BY analysis_id, attempt"
             ).fetchall():
-                atts.setdefault(att["analysis_id"], []).append(att)
+                atts.setdefault(finished["analysis_id"], []).append(finished)
             model = {it.analysis_id: it for it in self.items.values()}
             assert set(rows) == set(model), "items in the database differ from the model"
             keys = [
