@@ -24,17 +24,10 @@ def database_url(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get(ENV_URL) or None
 
 
-def connect(
-    url: str, *, autocommit: bool = True, **kwargs: Any
-) -> psycopg.Connection[dict[str, Any]]:
+def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
     """A connection returning rows as dicts (map by column name, never by position)."""
-    return psycopg.connect(
-        url,
-        autocommit=autocommit,
-        row_factory=dict_row,
-        application_name=kwargs.pop("application_name", "parecer"),
-        **kwargs,
-    )
+    return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row,
+                           application_name=kwargs.pop("application_name", "parecer"), **kwargs)
 
 
 def yoyo_uri(url: str) -> str:
