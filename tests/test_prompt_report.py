@@ -66,8 +66,7 @@ def test_transcript_order_and_audio_rule(conn: psycopg.Connection[Any]) -> None:
     assert p["input"].splitlines() == [
         f"[msg {sid}-e] 2026-01-02T10:00:00Z ATENDENTE: [image] comprovante",
         f"[msg {sid}-a] 2026-01-02T10:01:00Z ATENDENTE: primeira",
-        f"[msg {sid}-b] 2026-01-02T10:02:00Z CLIENTE: segunda",
-        "    linha",
+        f"[msg {sid}-b] 2026-01-02T10:02:00Z CLIENTE: segunda \u21b5 linha",
         f"[msg {sid}-c] 2026-01-02T10:03:00Z CLIENTE: [áudio: audio_present, conteúdo não disponível]",
         f"[msg {sid}-d] 2026-01-02T10:04:00Z CLIENTE: [áudio transcrito] quero cancelar",
         f"[msg {sid}-f] 2026-01-02T10:05:00Z ATENDENTE: editada",
