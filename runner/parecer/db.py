@@ -77,6 +77,12 @@ def migrate(url: str) -> list[str]:
     with _yoyo(url) as (backend, migrations), backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
+    # --- insights branch: interim until `db migrate` applies every db/api/*.sql itself.
+    # db/api/65_insights.sql is CREATE OR REPLACE only, so it runs on every migrate.
+    api = paths.sql_path("api", "65_insights.sql")
+    if api.is_file():
+        install_sql(url, api)
+    # --- end insights branch
     return [m.id for m in pending]
 
 
