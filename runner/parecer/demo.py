@@ -109,6 +109,10 @@ def run_demo(database_url: str | None, *, sessions: int = 300, max_sessions: int
             if rep:
                 say(f"\none report (session {rep['session_id']}, model {rep['model']}, prompt sha256 {rep['prompt_hash'][:16]}…):")
                 say(json.dumps(rep["report"], ensure_ascii=False, indent=2))
+        # insights: the HTML report of the demo's client
+        from .insights_html import write_demo_report
+
+        say(f"\ninsights report (parecer insights {DEMO_CLIENT} --html FILE): {write_demo_report(url, DEMO_CLIENT)}")
         if not database_url:
             say("\n(the embedded database is deleted now; set PARECER_DATABASE_URL to keep the results)")
 
