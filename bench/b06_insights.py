@@ -142,6 +142,7 @@ def run(server_url: str, *, reports: int = 100_000, repeat: int = 7, seed: int =
                 q = body.replace("p_client_id", "%s").replace("p_script_key", "NULL::text") \
                     .replace("p_since", "NULL::timestamptz").replace("p_until", "NULL::timestamptz") \
                     .replace("p_version", "NULL::int").replace("p_tag", "NULL::text").replace("%%", "%%%%")
+                c.execute("SET jit = off")   # as parecer._insights runs (SET jit = off)
                 plan = "\n".join(r["QUERY PLAN"] for r in c.execute("EXPLAIN (ANALYZE, BUFFERS) " + q, (cid,)))
     res.add(f"parecer.insights, all {reports // 1000}k reports ({len(doc['weeks'])} weeks)", t_all, "s",
             target="< 1 s", note="runs " + ", ".join(f"{t:.3f}" for t in ts_all))
