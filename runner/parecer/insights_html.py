@@ -188,9 +188,9 @@ def line_chart(cid: str, title: str, xs: list[str], series: list[tuple[str, list
              f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{e(fmt(vmax))}</text>',
              f'<text x="{left - 6}" y="{height - bottom}" text-anchor="end">0</text>']
     step = max(1, n // 8)
-    for i, x in enumerate(xs):
+    for i, week in enumerate(xs):
         if i % step == 0 or i == n - 1:
-            parts.append(f'<text x="{px(i):.1f}" y="{height - bottom + 16}" text-anchor="middle">{e(x)}</text>')
+            parts.append(f'<text x="{px(i):.1f}" y="{height - bottom + 16}" text-anchor="middle">{e(week)}</text>')
     dashes = ["", ' stroke-dasharray="6 4"', ' stroke-dasharray="2 3"']
     for k, (name, s) in enumerate(series):
         pts = [(px(i), py(v)) for i, v in enumerate(s) if v is not None]
