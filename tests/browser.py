@@ -10,6 +10,7 @@ docs/insights.png.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -31,8 +32,12 @@ class Page:
         self._r, from_child_w = os.pipe()
 
         def fds() -> None:  # the child's fd 3 reads our commands, fd 4 writes its answers
-            os.dup2(to_child_r, 3)
-            os.dup2(from_child_w, 4)
+            # Move both out of the way first: the pipes may themselves be fds 3 and 4, and
+            # dup2 onto the same number would keep them close-on-exec.
+            r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
+            w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
+            os.dup2(r, 3)
+            os.dup2(w, 4)
 
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
