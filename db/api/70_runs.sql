@@ -143,7 +143,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT * FROM parecer._run_summary($1) $$;
 COMMENT ON FUNCTION parecer.run_summary(bigint) IS
-'Progress of a run: processed (done), failed (terminal), retrying (failed with a retry scheduled), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
+'Progress of a run: processed (done), failed (terminal), retrying (pending again after a failure), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
 
 -- Runs with their progress.
 CREATE OR REPLACE VIEW parecer.runs_overview AS

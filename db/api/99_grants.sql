@@ -24,7 +24,9 @@ GRANT SELECT ON
     parecer.run_costs, parecer.client_status
 TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
-    parecer.run_summary(bigint)
+    parecer.run_summary(bigint),
+    parecer.insights(text, text, timestamptz, timestamptz, integer, text),
+    parecer.insight_sessions(text, text, text, text, text, text, timestamptz, timestamptz, integer, text, integer, timestamptz, uuid)
 TO parecer_reader;
 
 -- parecer_runner: claim, read the prompt, heartbeat, report, release; the shared rate limiter.

@@ -808,6 +808,168 @@ def reports_export(
     click.echo(f"exported {n} report(s)", err=True)
 
 
+# ---- insights --------------------------------------------------------------------
+@main.command("insights")
+@click.argument("client")
+@click.option("--script", "script_key", default=None, help="Only this script key.")
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    default=None,
+    help="Only reports processed at or after this time (UTC).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(),
+    default=None,
+    help="Only reports processed before this time (UTC).",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write a self-contained HTML report (charts, example conversations and their quotes) to this file.",
+)
+@click.option(
+    "--lang",
+    type=click.Choice(["pt", "en"]),
+    default=None,
+    help="Labels of the HTML report (default: Portuguese for a Portuguese script, else English).",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(1, 50),
+    default=3,
+    help="Example conversations per topic and flag (HTML).",
+)
+@json_option
+@click.pass_context
+@user_errors
+def insights_cmd(
+    ctx: click.Context,
+    client: str,
+    script_key: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    html_file: str | None,
+    lang: str | None,
+    examples: int,
+    as_json: bool,
+) -> None:
+    """What CLIENT's reports say: outcomes, mood, topics, flags, weekly trend, cost (parecer.insights)."""
+    from datetime import timezone
+
+    since_utc = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    until_utc = until.replace(tzinfo=timezone.utc) if until and until.tzinfo is None else until
+    with connection(ctx) as conn:
+        if html_file:
+            from .insights_html import write_report
+
+            path = write_report(
+                conn,
+                client,
+                html_file,
+                script_key=script_key,
+                since=since_utc,
+                until=until_utc,
+                lang=lang,
+                examples=examples,
+            )
+            click.echo(f"wrote {path.resolve()}", err=as_json)
+        doc = conn.execute(
+            "SELECT parecer.insights(%s, script_key => %s, since => %s, until => %s) AS doc",
+            (client, script_key, since_utc, until_utc),
+        ).fetchone()["doc"]  # type: ignore[index]
+    if as_json:
+        emit_json(doc)
+    elif not html_file:
+        _print_insights(doc)
+
+
+def _print_insights(doc: dict[str, Any]) -> None:
+    """A terminal summary in 80 columns: rich tables with small text bars."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=80, highlight=False)
+    n = doc["sessions"]
+
+    def bar(v: float | None, width: int = 20) -> str:
+        return "" if not v else "█" * max(1, round(float(v) * width))
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{float(v) * 100:.1f}%"
+
+    cost = doc["cost_usd"]
+    con.print(
+        f"[bold]{doc['client_slug']}[/bold]: {n} sessions analysed"
+        + (
+            f", {str(doc['first_processed_at'])[:10]} to {str(doc['last_processed_at'])[:10]}"
+            if n
+            else ""
+        )
+    )
+    con.print(
+        f"cost US$ {float(cost['total']):.4f} in total, "
+        + (
+            f"US$ {float(cost['per_session']):.5f} per session"
+            if cost["per_session"] is not None
+            else "no priced session"
+        )
+        + f"; insufficient context {pct(doc['insufficient_context']['share'])}"
+    )
+    t = Table(title="outcomes", width=80)
+    for c in ("outcome", "sessions", "share", ""):
+        t.add_column(c, justify="right" if c in ("sessions", "share") else "left")
+    for o in ("resolved", "unresolved", "escalated", "abandoned", "unknown"):
+        k = doc["outcomes"][o]
+        t.add_row(o, str(k), pct(k / n if n else None), bar(k / n if n else None, 30))
+    con.print(t)
+    s = doc["sentiment"]
+    t = Table(title="customer mood, start to end (shares exclude unknown)", width=80)
+    for c in ("change", "sessions", "share", ""):
+        t.add_column(c, justify="right" if c in ("sessions", "share") else "left")
+    for k in ("improved", "same", "worsened"):
+        t.add_row(k, str(s[k]), pct(s[f"{k}_share"]), bar(s[f"{k}_share"], 30))
+    t.add_row("unknown", str(s["unknown"]), pct(s["unknown_share"]), "")
+    con.print(t)
+    t = Table(title="topics", width=80)
+    for c in ("topic", "present", "share", "conf.", "resolved when present"):
+        t.add_column(c, justify="left" if c == "topic" else "right", overflow="fold")
+    for tp in doc["topics"]:
+        res = tp["outcomes_when_present"]["resolved"]
+        t.add_row(
+            tp["topic"],
+            f"{tp['present']}/{tp['assessed']}",
+            pct(tp["present_share"]),
+            f"{float(tp['mean_confidence']):.2f}",
+            pct(res / tp["present"] if tp["present"] else None),
+        )
+    con.print(t)
+    t = Table(title="flags", width=80)
+    for c in ("flag", "sessions", "share", ""):
+        t.add_column(c, justify="right" if c in ("sessions", "share") else "left")
+    for f in doc["flags"]:
+        t.add_row(f["flag"], str(f["sessions"]), pct(f["share"]), bar(f["share"], 30))
+    con.print(t)
+    if doc["weeks"]:
+        t = Table(title="per ISO week", width=80)
+        for c in ("week", "sessions", "resolved", "improved", "cost US$", ""):
+            t.add_column(c, justify="left" if c in ("week", "") else "right")
+        top = max(w["sessions"] for w in doc["weeks"])
+        for w in doc["weeks"]:
+            t.add_row(
+                w["week"],
+                str(w["sessions"]),
+                pct(w["outcomes"]["resolved"] / w["sessions"]),
+                pct(w["sentiment"]["improved_share"]),
+                f"{float(w['cost_usd']['total']):.4f}",
+                bar(w["sessions"] / top, 16),
+            )
+        con.print(t)
+
+
 # ---- limits, budgets, prices, spend -------------------------------------------
 @main.group("limits", context_settings=CONTEXT)
 def limits_group() -> None:

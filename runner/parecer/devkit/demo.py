@@ -169,6 +169,13 @@ def run_demo(
                     f"\none report (session {rep['session_id']}, model {rep['model']}, prompt sha256 {rep['prompt_hash'][:16]}…):"
                 )
                 say(json.dumps(rep["report"], ensure_ascii=False, indent=2))
+        # insights: the HTML report of the demo's client
+        from ..insights_html import write_demo_report
+
+        say(
+            f"\ninsights report (parecer insights {DEMO_CLIENT} --html FILE): "
+            f"{write_demo_report(url, DEMO_CLIENT)}"
+        )
         if not database_url:
             say(
                 "\n(the embedded database is deleted now; set PARECER_DATABASE_URL to keep the results)"
