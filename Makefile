@@ -35,6 +35,6 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info
 
-# db/schema.sql: the catalogue of a fresh install (tests/test_schema.py checks it is current).
+# tests/snapshots/schema.sql: the catalogue of a fresh install (tests/test_schema.py checks it is current).
 schema: $(STAMP)
-	$(BIN)/python -m parecer.schema > db/schema.sql.tmp && mv db/schema.sql.tmp db/schema.sql
+	$(BIN)/python -m parecer.schema > tests/snapshots/schema.sql.tmp && mv tests/snapshots/schema.sql.tmp tests/snapshots/schema.sql

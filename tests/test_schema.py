@@ -1,5 +1,5 @@
 """db/ reads top to bottom: migrations hold tables, db/api/ holds every function,
-view, trigger, comment and grant exactly once, and db/schema.sql is what a fresh
+view, trigger, comment and grant exactly once, and tests/snapshots/schema.sql is what a fresh
 install looks like."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def test_migrate_keeps_the_adapter_views(db_url: str) -> None:
 
 
 def test_db_schema_sql_is_current(empty_db_url: str) -> None:
-    checked_in = (ROOT / "db" / "schema.sql").read_text(encoding="utf-8")
+    checked_in = (ROOT / "tests" / "snapshots" / "schema.sql").read_text(encoding="utf-8")
     db.migrate(empty_db_url)
     with db.connect(empty_db_url) as conn:
         fresh = schema.snapshot(conn)
@@ -97,9 +97,9 @@ def test_db_schema_sql_is_current(empty_db_url: str) -> None:
     made_on = re.search(r"PostgreSQL (\d+)", checked_in)
     if made_on is None or int(made_on.group(1)) != major:
         pytest.skip(
-            f"db/schema.sql was generated on PostgreSQL {made_on and made_on.group(1)}, this is {major}"
+            f"tests/snapshots/schema.sql was generated on PostgreSQL {made_on and made_on.group(1)}, this is {major}"
         )
-    assert fresh == checked_in, "db/schema.sql is stale: run `make schema`"
+    assert fresh == checked_in, "tests/snapshots/schema.sql is stale: run `make schema`"
 
 
 def test_fresh_install_equals_rollback_and_reinstall(empty_db_url: str) -> None:

@@ -1,9 +1,11 @@
 """The installed schema as text: every function, view, table, index, trigger,
 grant and comment of the ``parecer`` schema, in a stable order.
 
-``db/schema.sql`` is this text for a fresh install (``make schema`` writes it);
-``tests/test_schema.py`` fails when it is stale, and checks that applying the
-API files again changes nothing.
+``tests/snapshots/schema.sql`` is this text for a fresh install (``make schema``
+writes it); ``tests/test_schema.py`` fails when it is stale, and checks that
+applying the API files again changes nothing. The snapshot lives outside ``db/``
+so that ``db/`` holds exactly one definition of each function: the snapshot is a
+generated copy to diff against, not a source.
 
     python -m parecer.schema [DATABASE_URL]   # print it (no URL: a fresh embedded install)
 """
@@ -52,10 +54,22 @@ _QUERIES: list[tuple[str, str]] = [
         FROM pg_catalog.pg_class c WHERE c.relnamespace = 'parecer'::regnamespace AND c.relkind = 'v'""",
     ),
     (
+        # A function as its signature, result and attributes, and its body's md5: the
+        # body itself is in db/api/ (one definition); the digest still shows any drift.
         "function",
         """
-        SELECT p.oid::regprocedure::text AS name, pg_catalog.pg_get_functiondef(p.oid) AS def
-        FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'parecer'::regnamespace""",
+        SELECT p.oid::regprocedure::text AS name,
+               concat_ws(E'\\n',
+                   'ARGUMENTS ' || pg_catalog.pg_get_function_arguments(p.oid),
+                   'RETURNS ' || pg_catalog.pg_get_function_result(p.oid),
+                   'LANGUAGE ' || l.lanname || ' '
+                       || CASE p.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END
+                       || CASE WHEN p.proisstrict THEN ' STRICT' ELSE '' END
+                       || CASE WHEN p.prosecdef THEN ' SECURITY DEFINER' ELSE '' END,
+                   (SELECT string_agg('SET ' || c, E'\\n' ORDER BY c) FROM unnest(p.proconfig) c),
+                   'body md5 ' || md5(p.prosrc)) AS def
+        FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+        WHERE p.pronamespace = 'parecer'::regnamespace""",
     ),
     (
         "trigger",
