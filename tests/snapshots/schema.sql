@@ -716,7 +716,7 @@ body md5 cb4d4b60a9a5b9dd986102a1b05db586
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer, p_script_text text, p_topics text[], p_language text
 RETURNS text
 LANGUAGE sql IMMUTABLE
-body md5 eaf531660b7a7407757be81a1d6794d4
+body md5 84733bf59ab61e781371ee79b6c3412f
 
 -- function: parecer._invalid(text,text)
 ARGUMENTS p_message text, p_hint text
@@ -777,6 +777,12 @@ ARGUMENTS
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
 body md5 a759f506aec1a6e9185e0fdf1587b3bc
+
+-- function: parecer._phrases(text)
+ARGUMENTS p_language text
+RETURNS TABLE(role_intro text, script_title text, client_word text, script_word text, topics_title text, no_topics text, topics_ask text, read_title text, line_rule text, data_rule text, sent_by_company text, sent_by_customer text, audio_missing_rule text, audio_transcribed_rule text, answer_title text, json_rule text, evidence_rule text, order_rule text, language_rule text)
+LANGUAGE sql IMMUTABLE
+body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 
 -- function: parecer._register_clients()
 ARGUMENTS 
@@ -1172,6 +1178,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._outcomes()
+postgres=X/postgres
+
+-- acl: parecer._phrases(text)
 postgres=X/postgres
 
 -- acl: parecer._register_clients()
