@@ -265,7 +265,7 @@ $$;
 -- (after _fold), 'fragments' (parts joined by "..." or "…", each of at least 3
 -- characters once folded, all in the text in order), or NULL (it does not). A
 -- folded excerpt shorter than 3 characters counts only when it is the whole
--- message.
+-- message. A verbatim excerpt of 3 characters or more is found without folding.
 CREATE OR REPLACE FUNCTION parecer._match(p_text text, p_excerpt text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -279,13 +279,13 @@ DECLARE
 BEGIN
     IF p_text IS NULL OR p_excerpt IS NULL THEN
         RETURN NULL;
+    ELSIF length(btrim(p_excerpt)) >= 3 AND strpos(p_text, btrim(p_excerpt)) > 0 THEN
+        RETURN 'exact';   -- the usual case: nothing to fold
     END IF;
     v_text := parecer._fold(p_text);
     v_excerpt := parecer._fold(p_excerpt);
     IF v_excerpt = '' OR (length(v_excerpt) < 3 AND v_excerpt <> v_text) THEN
         RETURN NULL;
-    ELSIF strpos(p_text, btrim(p_excerpt)) > 0 THEN
-        RETURN 'exact';
     ELSIF strpos(v_text, v_excerpt) > 0 THEN
         RETURN 'normalised';
     END IF;

@@ -764,7 +764,7 @@ body md5 c9292e8916ce55c7287e78306891b414
 ARGUMENTS p_text text, p_excerpt text
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 33ec2e68d6a1e4a44ada2233f71935ad
+body md5 6a9b3f669ea756fea07f68775b039f5d
 
 -- function: parecer._one_line(text)
 ARGUMENTS p text
