@@ -210,32 +210,40 @@ $$;
 
 -- What is wrong with an object that must have exactly these keys, or NULL.
 CREATE OR REPLACE FUNCTION parecer._keys_problem(p_obj jsonb, p_keys text[], p_where text) RETURNS text
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 AS $$
-SELECT CASE
-    WHEN jsonb_typeof(p_obj) IS DISTINCT FROM 'object' THEN p_where || ' must be an object'
-    WHEN NOT (p_obj ?& p_keys) THEN
-        p_where || ' lacks ' || array_to_string(ARRAY(SELECT k FROM unnest(p_keys) k WHERE NOT p_obj ? k), ', ')
-    WHEN (p_obj - p_keys) <> '{}' THEN p_where || ' has unexpected keys'
+BEGIN
+    IF jsonb_typeof(p_obj) = 'object' AND p_obj ?& p_keys AND (p_obj - p_keys) = '{}' THEN
+        RETURN NULL;   -- the usual case, as one simple expression
+    ELSIF jsonb_typeof(p_obj) IS DISTINCT FROM 'object' THEN
+        RETURN p_where || ' must be an object';
+    ELSIF NOT (p_obj ?& p_keys) THEN
+        RETURN p_where || ' lacks ' || array_to_string(ARRAY(SELECT k FROM unnest(p_keys) k WHERE NOT p_obj ? k), ', ');
+    END IF;
+    RETURN p_where || ' has unexpected keys';
 END
 $$;
 
 -- Every evidence list of a report with its path: outcome.evidence,
--- sentiment.evidence, topics[i].evidence, flags[i].evidence.
+-- sentiment.evidence, topics[i].evidence, flags[i].evidence. (PL/pgSQL, as the
+-- other helpers of mark_done: its plan is cached for the session.)
 CREATE OR REPLACE FUNCTION parecer._evidence_lists(p_report jsonb) RETURNS TABLE (k text, ev jsonb)
-LANGUAGE sql IMMUTABLE
+LANGUAGE plpgsql IMMUTABLE
 AS $$
-SELECT 'outcome.evidence', p_report #> '{outcome,evidence}'
-UNION ALL
-SELECT 'sentiment.evidence', p_report #> '{sentiment,evidence}'
-UNION ALL
-SELECT pg_catalog.format('topics[%s].evidence', i - 1), t -> 'evidence'
-FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'topics') = 'array' THEN p_report -> 'topics' END)
-     WITH ORDINALITY u(t, i)
-UNION ALL
-SELECT pg_catalog.format('flags[%s].evidence', i - 1), f -> 'evidence'
-FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' THEN p_report -> 'flags' END)
-     WITH ORDINALITY u(f, i)
+BEGIN
+    RETURN QUERY
+    SELECT 'outcome.evidence', p_report #> '{outcome,evidence}'
+    UNION ALL
+    SELECT 'sentiment.evidence', p_report #> '{sentiment,evidence}'
+    UNION ALL
+    SELECT pg_catalog.format('topics[%s].evidence', i - 1), t -> 'evidence'
+    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'topics') = 'array' THEN p_report -> 'topics' END)
+         WITH ORDINALITY u(t, i)
+    UNION ALL
+    SELECT pg_catalog.format('flags[%s].evidence', i - 1), f -> 'evidence'
+    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' THEN p_report -> 'flags' END)
+         WITH ORDINALITY u(f, i);
+END
 $$;
 
 -- Text folded for grounding, one documented normalisation for the excerpt and

@@ -670,8 +670,8 @@ body md5 9c91a3a32ed2cf6593e0cbfc10e9fc4b
 -- function: parecer._evidence_lists(jsonb)
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
-LANGUAGE sql IMMUTABLE
-body md5 32364be44054ccd0c72d83331746191e
+LANGUAGE plpgsql IMMUTABLE
+body md5 e71380c742b74ee5dc2b93d17e0b3fb0
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
@@ -733,8 +733,8 @@ body md5 4d223be7ab14fa304c4f9ff4d42f7f6b
 -- function: parecer._keys_problem(jsonb,text[],text)
 ARGUMENTS p_obj jsonb, p_keys text[], p_where text
 RETURNS text
-LANGUAGE sql IMMUTABLE
-body md5 215594822b8fe07ee3851d0456b1c8cd
+LANGUAGE plpgsql IMMUTABLE
+body md5 ea9169a565cd59b5241fdb4820ecd3a6
 
 -- function: parecer._labels(text)
 ARGUMENTS p_language text
