@@ -10,11 +10,12 @@
 CREATE OR REPLACE FUNCTION parecer._one_line(p text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 AS $$
-SELECT regexp_replace(
-         regexp_replace(
-           regexp_replace(p, '\r\n|[\r\n\v\f\x1c-\x1e\u0085\u2028\u2029]', ' ↵ ', 'g'),
-           '[\x01-\x08\x0e-\x1b\x1f\x7f\t]', ' ', 'g'),
-         '\[(msg)', '［\1', 'gi')
+SELECT CASE WHEN p !~ '[\x01-\x1f\x7f\u0085\u2028\u2029]|\[[mM][sS][gG]' THEN p   -- most messages: one test
+       ELSE regexp_replace(
+              regexp_replace(
+                regexp_replace(p, '\r\n|[\r\n\v\f\x1c-\x1e\u0085\u2028\u2029]', ' ↵ ', 'g'),
+                '[\x01-\x08\x0e-\x1b\x1f\x7f\t]', ' ', 'g'),
+              '\[(msg)', '［\1', 'gi') END
 $$;
 
 -- A session's transcript as the model reads it: one line per message,

@@ -770,7 +770,7 @@ body md5 6a9b3f669ea756fea07f68775b039f5d
 ARGUMENTS p text
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
-body md5 d4ac0b6af57c55b53f6f550c34494bc1
+body md5 542783f96bcd537ab6005f5da089df69
 
 -- function: parecer._outcomes()
 ARGUMENTS 
