@@ -7,8 +7,9 @@
 -- \r, \n, \v, \f, \x1c-\x1e, \x85, U+2028, U+2029) becomes " ↵ ", other control
 -- characters are dropped, and "[msg" becomes "［msg" (a full-width bracket:
 -- no marker, and _fold still reads it as "[msg").
+-- (Not STRICT: a STRICT SQL function whose body is not strict is never inlined.)
 CREATE OR REPLACE FUNCTION parecer._one_line(p text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE sql IMMUTABLE
 AS $$
 SELECT CASE WHEN p !~ '[\x01-\x1f\x7f\u0085\u2028\u2029]|\[[mM][sS][gG]' THEN p   -- most messages: one test
        ELSE regexp_replace(

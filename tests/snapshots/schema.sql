@@ -769,7 +769,7 @@ body md5 6a9b3f669ea756fea07f68775b039f5d
 -- function: parecer._one_line(text)
 ARGUMENTS p text
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT
+LANGUAGE sql IMMUTABLE
 body md5 542783f96bcd537ab6005f5da089df69
 
 -- function: parecer._outcomes()
