@@ -41,6 +41,9 @@ CALLS: dict[str, str] = {
     "set_client_priority": "SELECT * FROM parecer.set_client_priority('acme', 2)",
     "set_run_backlog": "SELECT * FROM parecer.set_run_backlog(1)",
     "estimate_cost": "SELECT * FROM parecer.estimate_cost(1, 10)",
+    "mark_done_many": "SELECT * FROM parecer.mark_done_many('[]')",
+    "insights": "SELECT parecer.insights('acme')",
+    "insight_sessions": "SELECT * FROM parecer.insight_sessions('acme')",
 }
 RELATIONS = [
     "reports",
@@ -107,12 +110,15 @@ MATRIX: dict[str, set[str]] = {
         "set_run_backlog",
         "estimate_cost",
         "session_transcript",
+        "insights",
+        "insight_sessions",
     }
     | READER_VIEWS,
     "parecer_runner": {
         "claim",
         "extend_lease",
         "mark_done",
+        "mark_done_many",
         "mark_failed",
         "release",
         "prompt_for",
@@ -121,7 +127,7 @@ MATRIX: dict[str, set[str]] = {
         "acquire_rate",
         "report_rate",
     },
-    "parecer_reader": {"run_summary"} | READER_VIEWS,
+    "parecer_reader": {"run_summary", "insights", "insight_sessions"} | READER_VIEWS,
     "parecer_test_nobody": set(),
 }
 
@@ -138,6 +144,13 @@ def allowed(conn: psycopg.Connection[Any], role: str, sql: str) -> bool:
         return True  # got past the privilege check into the function's own errors
     finally:
         conn.execute("ROLLBACK")
+
+
+def test_role_matrix_covers_every_public_function(conn: psycopg.Connection[Any]) -> None:
+    rows = conn.execute(
+        "SELECT DISTINCT proname FROM pg_proc WHERE pronamespace = 'parecer'::regnamespace AND left(proname, 1) <> '_'"
+    ).fetchall()
+    assert {r["proname"] for r in rows} == set(CALLS)
 
 
 def test_role_matrix(conn: psycopg.Connection[Any]) -> None:

@@ -469,3 +469,46 @@ FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 WHERE a.status = 'done';
 COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments).';
+
+-- Store several reports in one call (one transaction, one commit to wait for):
+-- each item goes through parecer.mark_done itself, in a subtransaction of its
+-- own, so a bad item changes nothing and does not fail the others.
+CREATE OR REPLACE FUNCTION parecer.mark_done_many(items jsonb)
+RETURNS TABLE (analysis_id uuid, outcome text, sqlstate text, message text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_item jsonb;
+    v_id   uuid;
+    v_code text;
+    v_msg  text;
+BEGIN
+    IF jsonb_typeof(items) IS DISTINCT FROM 'array' OR jsonb_array_length(items) > 1000 THEN
+        PERFORM parecer._invalid('items must be a JSON array of at most 1000 objects',
+                                 'e.g. [{"analysis_id": "...", "lease_token": "...", "report": {...}, "model": "...", "prompt_hash": "...", "usage": {...}}]');
+    END IF;
+    FOR v_item IN SELECT x FROM jsonb_array_elements(items) x LOOP
+        v_id := NULL;
+        v_code := NULL;
+        v_msg := NULL;
+        BEGIN
+            v_id := (v_item ->> 'analysis_id')::uuid;
+            PERFORM parecer.mark_done(v_id, (v_item ->> 'lease_token')::uuid, v_item -> 'report', v_item ->> 'model',
+                                      v_item ->> 'prompt_hash',
+                                      CASE WHEN jsonb_typeof(v_item -> 'usage') = 'null' THEN NULL ELSE v_item -> 'usage' END);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_code = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+        END;
+        analysis_id := v_id;
+        outcome := CASE WHEN v_code IS NULL THEN 'done' WHEN v_code IN ('PR006', 'PR011') THEN 'stale' ELSE 'invalid' END;
+        sqlstate := v_code;
+        message := v_msg;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION parecer.mark_done_many(jsonb) IS
+'Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each goes through parecer.mark_done on its own (same checks, same errors), a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.';

@@ -36,6 +36,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.session_transcript(text),
     parecer.extend_lease(uuid, uuid, integer),
     parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb),
+    parecer.mark_done_many(jsonb),
     parecer.mark_failed(uuid, uuid, text, boolean, jsonb),
     parecer.release(uuid, uuid, integer, text),
     parecer.next_due(text),

@@ -942,6 +942,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 92af8050fdd5bc484c9fe9531dec5dd0
 
+-- function: parecer.mark_done_many(jsonb)
+ARGUMENTS items jsonb
+RETURNS TABLE(analysis_id uuid, outcome text, sqlstate text, message text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 120ee2aa452e2431b1ae0c4167e49a60
+
 -- function: parecer.mark_failed(uuid,uuid,text,boolean,jsonb)
 ARGUMENTS analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true, usage jsonb DEFAULT NULL::jsonb
 RETURNS parecer.item_outcome
@@ -1255,6 +1262,9 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.mark_done(uuid,uuid,jsonb,text,text,jsonb)
 parecer_runner=X/postgres postgres=X/postgres
 
+-- acl: parecer.mark_done_many(jsonb)
+parecer_runner=X/postgres postgres=X/postgres
+
 -- acl: parecer.mark_failed(uuid,uuid,text,boolean,jsonb)
 parecer_runner=X/postgres postgres=X/postgres
 
@@ -1380,6 +1390,9 @@ List a client's script versions (newest first per key), optionally one key and o
 
 -- comment: function parecer.mark_done(uuid,uuid,jsonb,text,text,jsonb)
 Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session's messages; its usage and cost stay in the item's row (parecer.reports, parecer.attempts). A failing report changes nothing. Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011.
+
+-- comment: function parecer.mark_done_many(jsonb)
+Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each goes through parecer.mark_done on its own (same checks, same errors), a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.
 
 -- comment: function parecer.mark_failed(uuid,uuid,text,boolean,jsonb)
 Record a failed attempt of an item you hold (usage: tokens the failed call cost, if any): retry_count + 1, pending again at next_retry_at = now() + backoff_schedule[retry_count]; status failed (terminal) after max_attempts or at once with retryable => false. Errors: PR006, PR011.
