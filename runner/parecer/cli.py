@@ -202,7 +202,31 @@ def preflight(ctx: click.Context) -> None:
 
 
 class ParecerGroup(click.Group):
-    """The root group: every database error below it becomes one line and a documented exit code."""
+    """The root group: every user error below it is one line on stderr and a documented exit code
+    (click's usage errors too: no usage block, the line names ``-h`` instead)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("Aborted.", err=True)
+            sys.exit(EXIT_ERROR)
+        except click.ClickException as exc:
+            msg = exc.format_message()
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                msg += f" (see `{exc.ctx.command_path} -h`)"
+            click.echo(f"Error: {msg}", err=True)
+            sys.exit(exc.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -552,7 +576,14 @@ def _tag_filter(
     default=None,
     help="Script version (default: highest active).",
 )
-@click.option("--version", "version_alias", type=int_range(1), default=None, hidden=True)
+@click.option(
+    "--version",
+    "version_alias",
+    type=int_range(1),
+    default=None,
+    hidden=True,
+    help="Old name of --script-version (kept for one release).",
+)
 @click.option("--min-messages", type=int_range(0), default=20, help="Minimum messages per session.")
 @click.option(
     "--tag-filter", default=None, help='Tag filter JSON, e.g. \'{"mode":"all_of","tags":["vip"]}\'.'
@@ -575,7 +606,13 @@ def _tag_filter(
     default="v1",
     help="Analysis generation tag: a new tag analyses every session again (not a contact tag).",
 )
-@click.option("--tag", "version_tag_alias", default=None, hidden=True)
+@click.option(
+    "--tag",
+    "version_tag_alias",
+    default=None,
+    hidden=True,
+    help="Old name of --analysis-tag (kept for one release).",
+)
 @click.option(
     "--force",
     is_flag=True,
@@ -796,27 +833,143 @@ def follow_run(
 
 
 # ---- status, prompt, retry, reports -----------------------------------------
+def _money(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.4f}"
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    sec = int(float(seconds))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if sec >= n:
+            return f"{sec // n}{unit}"
+    return f"{sec}s"
+
+
+def fit_rows(
+    rows: list[dict[str, Any]], columns: list[tuple[str, str]], width: int = 80
+) -> list[str]:
+    """Rows as aligned lines of at most ``width`` characters, values never cut: the first
+    column on a line of its own when the row would not fit, the rest right-aligned."""
+    cells = [[_cell(r.get(key)) for key, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    rest = "  ".join(f"{{:>{w}}}" for w in widths[1:])
+    if sum(widths) + 2 * (len(widths) - 1) <= width:
+        fmt = f"{{:<{widths[0]}}}  " + rest
+        return [fmt.format(*heads).rstrip()] + [fmt.format(*c).rstrip() for c in cells]
+    fmt = "  " + rest
+    out = [heads[0], fmt.format(*heads[1:])]
+    for c in cells:
+        out += [c[0], fmt.format(*c[1:])]
+    return out
+
+
+QUEUE_COLUMNS = [
+    ("script", "script"),
+    ("pending", "pend"),
+    ("retrying", "retry"),
+    ("processing", "proc"),
+    ("done", "done"),
+    ("failed", "fail"),
+    ("done_last_hour", "/h"),
+    ("oldest", "oldest"),
+]
+
+
+def _status_data(conn: psycopg.Connection[dict[str, Any]], client: str | None) -> dict[str, Any]:
+    one = (client, client)
+    where = "WHERE %s::text IS NULL OR client_slug = %s"
+    return {
+        "totals": conn.execute("SELECT * FROM parecer.metrics").fetchone(),
+        "queue": conn.execute(
+            f"SELECT *, extract(epoch FROM now() - oldest_pending_at)::float8 AS oldest_pending_age_seconds"
+            f" FROM parecer.queue_status {where} ORDER BY client_slug, script_key, script_version",
+            one,
+        ).fetchall(),
+        "clients": conn.execute(f"SELECT * FROM parecer.client_status {where}", one).fetchall(),
+        "spend_today": conn.execute(
+            "SELECT * FROM parecer.spend_daily WHERE day = (now() AT TIME ZONE"
+            " (SELECT value FROM parecer.settings WHERE name = 'budget_timezone'))::date"
+            " AND (%s::text IS NULL OR client_slug = %s)",
+            one,
+        ).fetchall(),
+    }
+
+
+def _status_lines(data: dict[str, Any], width: int) -> list[str]:
+    t = data["totals"]
+    out = [
+        f"queue: {t['pending']} pending, {t['retrying']} retrying, {t['processing']} processing,"
+        f" {t['failed_terminal']} failed",
+        f"done last hour {t['done_last_hour']}; oldest pending {_age(t['oldest_pending_age_seconds'])};"
+        f" spend today US$ {_money(t['spend_today_usd'])}",
+    ]
+    clients = {c["client_slug"]: c for c in data["clients"]}
+    for slug in sorted({q["client_slug"] for q in data["queue"]} | set(clients)):
+        c = clients.get(slug, {})
+        out.append("")
+        out.append(
+            f"{slug}: today US$ {_money(c.get('spent_today_usd'))}"
+            + (f" of {_money(c['daily_budget_usd'])}" if c.get("daily_budget_usd") is not None else "")
+            + f", month US$ {_money(c.get('spent_month_usd'))}"
+            + (
+                f" of {_money(c['monthly_budget_usd'])}"
+                if c.get("monthly_budget_usd") is not None
+                else ""
+            )
+            + (f", priority {c['priority']}" if c.get("priority") not in (None, 1) else "")
+        )
+        if c.get("blocked_reason"):
+            out.append(f"  held back: {c['blocked_reason']}")
+        rows = [
+            {
+                **q,
+                "script": f"{q['script_key']} v{q['script_version']} {q['analysis_version_tag']}",
+                "oldest": _age(q["oldest_pending_age_seconds"]),
+            }
+            for q in data["queue"]
+            if q["client_slug"] == slug
+        ]
+        if rows:
+            out += ["  " + line for line in fit_rows(rows, QUEUE_COLUMNS, width - 2)]
+    return out
+
+
 @main.command("status")
 @click.argument("client", required=False)
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.5, 3600),
+    default=2.0,
+    help="With --watch: seconds between refreshes.",
+)
 @json_option
 @click.pass_context
-def status_cmd(ctx: click.Context, client: str | None, as_json: bool) -> None:
-    """The queue by client x script x state, oldest pending, throughput in the last hour."""
+def status_cmd(
+    ctx: click.Context, client: str | None, watch: bool, interval: float, as_json: bool
+) -> None:
+    """Queue totals, then one block per client: spend and budgets, and its scripts by state."""
+    import shutil
+
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
     with connection(ctx) as conn:
-        rows = conn.execute(
-            "SELECT * FROM parecer.queue_status WHERE %s::text IS NULL OR client_slug = %s"
-            " ORDER BY client_slug, script_key, script_version",
-            (client, client),
-        ).fetchall()
-        clients = conn.execute(
-            "SELECT * FROM parecer.client_status WHERE %s::text IS NULL OR client_slug = %s",
-            (client, client),
-        ).fetchall()
-    if as_json:
-        emit_json(rows)
-        return
-    emit_table(rows, title="parecer queue")
-    emit_table(clients, title="clients: spend and budgets (USD)")
+        while True:
+            data = _status_data(conn, client)
+            if as_json:
+                emit_json(data)
+            else:
+                if watch:
+                    click.clear()
+                click.echo("\n".join(_status_lines(data, width)))
+            if not watch:
+                return
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
 
 
 @main.command("prompt")
@@ -1250,22 +1403,40 @@ def prices_set(
     emit_json(row) if as_json else emit_record(row)
 
 
+SPEND_COLUMNS = [
+    ("client_slug", "client"),
+    ("period", "period"),
+    ("attempts", "calls"),
+    ("input_tokens", "in tok"),
+    ("cached_input_tokens", "cached"),
+    ("output_tokens", "out tok"),
+    ("cost", "US$"),
+]
+
+
 @main.command("spend")
 @click.option("--client", default=None, help="Only this client.")
 @click.option("--monthly", is_flag=True, help="Per month instead of per day.")
 @json_option
 @click.pass_context
 def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bool) -> None:
-    """Tokens and cost per client and day (or month)."""
+    """Tokens and cost per client and day (or month), in 80 columns."""
+    import shutil
+
     view = "spend_monthly" if monthly else "spend_daily"
     with connection(ctx) as conn:
         rows = conn.execute(
             f"SELECT * FROM parecer.{view} WHERE %s::text IS NULL OR client_slug = %s",
             (client, client),
         ).fetchall()
-    emit_json(rows) if as_json else emit_table(
-        rows, title=f"spend ({'month' if monthly else 'day'}, USD)"
-    )
+    if as_json:
+        emit_json(rows)
+        return
+    period = "month" if monthly else "day"
+    shown = [{**r, "period": _cell(r.get(period)), "cost": _money(r["cost_usd"])} for r in rows]
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
+    click.echo(f"spend per {period} (US$)")
+    click.echo("\n".join(fit_rows(shown, SPEND_COLUMNS, width)))
 
 
 # ---- operations: doctor, metrics, purge --------------------------------------------
@@ -1401,8 +1572,8 @@ def _duration(value: str) -> str:
     m = re.fullmatch(r"\s*(\d{1,6})\s*([dhm])\s*", value)
     if m:
         return f"{m.group(1)} {dict(d='days', h='hours', m='minutes')[m.group(2)]}"
-    if re.fullmatch(r"[0-9a-z ]{1,40}", value):
-        return value
+    if re.fullmatch(r"\s*\d{1,6}\s*(minute|hour|day|week|month|year)s?\s*", value):
+        return value.strip()
     raise click.BadParameter("e.g. 180d, 12h or '6 months'", param_hint="--older-than")
 
 
