@@ -898,6 +898,17 @@ def _status_data(conn: psycopg.Connection[dict[str, Any]], client: str | None) -
     }
 
 
+def _wrap_parts(parts: list[str], width: int, indent: str = "  ") -> list[str]:
+    """Parts joined by spaces, a new indented line whenever the next would pass ``width``."""
+    lines = [parts[0]]
+    for p in parts[1:]:
+        if len(lines[-1]) + 1 + len(p) <= width:
+            lines[-1] += " " + p
+        else:
+            lines.append(indent + p)
+    return lines
+
+
 def _status_lines(data: dict[str, Any], width: int) -> list[str]:
     t = data["totals"]
     out = [
@@ -909,18 +920,15 @@ def _status_lines(data: dict[str, Any], width: int) -> list[str]:
     clients = {c["client_slug"]: c for c in data["clients"]}
     for slug in sorted({q["client_slug"] for q in data["queue"]} | set(clients)):
         c = clients.get(slug, {})
-        out.append("")
-        out.append(
-            f"{slug}: today US$ {_money(c.get('spent_today_usd'))}"
-            + (f" of {_money(c['daily_budget_usd'])}" if c.get("daily_budget_usd") is not None else "")
-            + f", month US$ {_money(c.get('spent_month_usd'))}"
-            + (
-                f" of {_money(c['monthly_budget_usd'])}"
-                if c.get("monthly_budget_usd") is not None
-                else ""
-            )
-            + (f", priority {c['priority']}" if c.get("priority") not in (None, 1) else "")
-        )
+        parts = [f"today US$ {_money(c.get('spent_today_usd'))}"]
+        if c.get("daily_budget_usd") is not None:
+            parts[-1] += f" of {_money(c['daily_budget_usd'])}"
+        parts.append(f"month US$ {_money(c.get('spent_month_usd'))}")
+        if c.get("monthly_budget_usd") is not None:
+            parts[-1] += f" of {_money(c['monthly_budget_usd'])}"
+        if c.get("priority") not in (None, 1):
+            parts.append(f"priority {c['priority']}")
+        out += ["", *_wrap_parts([f"{slug}:", *parts], width)]
         if c.get("blocked_reason"):
             out.append(f"  held back: {c['blocked_reason']}")
         rows = [
