@@ -1594,7 +1594,6 @@ def _duration(value: str) -> str:
 @click.option(
     "--dry-run",
     is_flag=True,
-    allow_from_autoenv=False,
     help="Only count what would be deleted.",
 )
 @click.option(
