@@ -108,7 +108,9 @@ def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
     out = json.loads(r.output[r.output.index("{") :])
     assert out["summary"]["processed"] == 4 and out["summary"]["remaining"] == 0
     st = json.loads(cli(seeded, "status", "--json").output)
-    assert st[0]["done"] == 4 and st[0]["client_slug"] == "acme"
+    assert st["queue"][0]["done"] == 4 and st["queue"][0]["client_slug"] == "acme"
+    assert {"totals", "queue", "clients", "spend_today"} <= set(st)
+    assert st["totals"]["done_last_hour"] == 4
     with db.connect(seeded) as c:
         aid = c.execute("SELECT analysis_id FROM parecer.reports LIMIT 1").fetchone()["analysis_id"]  # type: ignore[index]
     p = json.loads(cli(seeded, "prompt", str(aid), "--json").output)
@@ -125,11 +127,14 @@ def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["run", "nope", "qa", "--dry-run"], 'unknown client "nope" [PR001] — hint: SELECT slug'),
+        (
+            ["run", "nope", "qa", "--dry-run"],
+            'unknown client "nope" [PR001] — hint: the clients are the slugs',
+        ),
         (["run", "acme", "qa", "--dry-run", "--tag-filter", '{"mode":"maybe"}'], "[PR004] — hint:"),
         (
             ["run", "acme", "qa", "--max-sessions", "100000"],
-            "[PR005] — hint: Use at most 500 sessions",
+            "outside 1..500 [PR005] — hint: pass a smaller --max-sessions",
         ),
         (["run", "acme", "missing", "--dry-run"], "[PR002]"),
         (["retry"], "[PR010]"),
@@ -253,4 +258,4 @@ def test_limits_budgets_prices_spend_backlog(seeded: str) -> None:
             "b": True
         }
     r = cli(seeded, "budgets", "priority", "acme", "0")
-    assert r.exit_code != 0 and "[PR010]" in r.output
+    assert r.exit_code == 2 and "not in the range 1<=x<=100" in r.output

@@ -21,7 +21,7 @@ GRANT USAGE ON SCHEMA parecer TO parecer_admin, parecer_runner, parecer_reader;
 GRANT SELECT ON
     parecer.reports, parecer.attempts, parecer.queue_status, parecer.runs_overview, parecer.settings,
     parecer.rate_limits, parecer.model_prices, parecer.budgets, parecer.spend_daily, parecer.spend_monthly,
-    parecer.run_costs, parecer.client_status
+    parecer.run_costs, parecer.client_status, parecer.metrics
 TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.run_summary(bigint),
@@ -65,5 +65,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.set_rate_limit(text, integer, integer),
     parecer.set_model_price(text, numeric, numeric, numeric, text, date),
     parecer.set_budget(text, numeric, numeric),
-    parecer.set_client_priority(text, integer)
+    parecer.set_client_priority(text, integer),
+    parecer.doctor(text, integer),
+    parecer.purge(interval, boolean, integer)
 TO parecer_admin;

@@ -22,6 +22,7 @@ from uuid import UUID
 
 import click
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from . import __version__, db, errors, logs, paths
 from .config import DEFAULT_MODEL, ModelEndpoint, RunnerConfig, default_worker_id
@@ -92,13 +93,93 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# ---- exit codes (README "Exit codes" lists them; tests/test_cli_errors.py checks them)
+EXIT_ERROR = 1  # the database refused the request (a SQLSTATE, shown with its hint)
+EXIT_USAGE = 2  # a bad option or argument (click's own code)
+EXIT_UNAVAILABLE = 3  # no database configured, or it cannot be reached
+EXIT_NOT_INSTALLED = 4  # parecer is not installed in the database, or it is out of date
+EXIT_DOCTOR_FAILED = 5  # `parecer doctor` found a failing check
+
+INT4_MAX = 2_147_483_647  # integer arguments of the SQL API
+
+
+def int_range(lo: int, hi: int = INT4_MAX) -> click.IntRange:
+    """An integer option checked before the database sees it (no 42883 for a huge number)."""
+    return click.IntRange(lo, hi)
+
+
+class Unavailable(click.ClickException):
+    exit_code = EXIT_UNAVAILABLE
+
+
+class NotInstalled(click.ClickException):
+    exit_code = EXIT_NOT_INSTALLED
+
+
+MIGRATE_FIX = "run `parecer db migrate`"
+
+#: Hints that name CLI commands, for the SQLSTATEs whose SQL hint names SQL.
+CLI_HINTS: dict[str, str] = {
+    errors.UNKNOWN_CLIENT: "the clients are the slugs your adapter's parecer.source_clients view "
+    "exposes (`parecer doctor` counts them)",
+    errors.UNKNOWN_SCRIPT: "`parecer scripts list CLIENT` lists the client's scripts",
+    errors.NO_ACTIVE_SCRIPT: "activate one with `parecer scripts activate CLIENT KEY VERSION`, "
+    "or pass --script-version",
+    errors.CAP_EXCEEDED: "pass a smaller --max-sessions or start several runs "
+    "(the cap is the setting max_sessions_cap)",
+    errors.UNKNOWN_ANALYSIS: "`parecer reports export CLIENT` lists analysis ids",
+    errors.UNKNOWN_RUN: "`parecer status --json` lists the runs with work",
+}
+
+#: SQLSTATEs of a missing relation, function or schema: parecer absent or out of date.
+MISSING_OBJECT = {"42P01", "42883", "3F000"}
+
+
+def _db_error(url: str | None, exc: psycopg.Error) -> click.ClickException:
+    """One line for a database error: unreachable, not installed, or message [SQLSTATE] — hint."""
+    if isinstance(exc, psycopg.OperationalError) and errors.sqlstate(exc) is None:
+        return Unavailable(f"cannot connect to the database: {_first_line(exc)}")
+    code = errors.sqlstate(exc)
+    if code in MISSING_OBJECT:
+        if url is not None and not _schema_present(url):
+            return NotInstalled(f"parecer is not installed in this database: {MIGRATE_FIX}")
+        return NotInstalled(
+            f"parecer's API in this database is out of date ({_first_line(exc)} [{code}]): {MIGRATE_FIX}"
+        )
+    line = errors.describe(exc)
+    if code in CLI_HINTS:
+        line = line.split(" — hint: ")[0] + " — hint: " + CLI_HINTS[code]
+    return click.ClickException(line)
+
+
+def _schema_present(url: str) -> bool:
+    try:
+        with db.connect(url, connect_timeout=10) as c:
+            row = c.execute("SELECT to_regnamespace('parecer') IS NOT NULL AS ok").fetchone()
+    except psycopg.Error:
+        return True  # cannot tell: report the original error
+    return bool(row and row["ok"])
+
+
+def check_url(url: str) -> str:
+    """A libpq URL or conninfo string, or a usage error naming the expected form."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise click.BadParameter(
+            f"not a PostgreSQL URL ({_first_line(exc)}); expected e.g. postgresql://user@host:5432/dbname",
+            param_hint="--database-url / PARECER_DATABASE_URL",
+        ) from None
+    return url
+
+
 def need_url(ctx: click.Context) -> str:
-    url: str | None = ctx.obj.get("database_url")
+    url: str | None = ctx.find_root().obj.get("database_url")
     if not url:
-        raise click.ClickException(
+        raise Unavailable(
             "no database: set PARECER_DATABASE_URL or pass --database-url (`parecer demo` runs on an embedded one)"
         )
-    return url
+    return check_url(url)
 
 
 @contextmanager
@@ -107,26 +188,54 @@ def connection(ctx: click.Context) -> Iterator[psycopg.Connection[dict[str, Any]
     try:
         conn = db.connect(url, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise click.ClickException(f"cannot connect to the database: {_first_line(exc)}") from None
+        raise Unavailable(f"cannot connect to the database: {_first_line(exc)}") from None
     with conn:
         yield conn
 
 
-def user_errors(f: F) -> F:
-    """Turn database errors into one clear line (message [SQLSTATE] — hint)."""
+def preflight(ctx: click.Context) -> None:
+    """Before a long-running command: the database is reachable and parecer is installed."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT to_regnamespace('parecer') IS NOT NULL AS ok").fetchone()
+    if not (row and row["ok"]):
+        raise NotInstalled(f"parecer is not installed in this database: {MIGRATE_FIX}")
 
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+class ParecerGroup(click.Group):
+    """The root group: every user error below it is one line on stderr and a documented exit code
+    (click's usage errors too: no usage block, the line names ``-h`` instead)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            return f(*args, **kwargs)
-        except psycopg.OperationalError as exc:
-            raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
-        except psycopg.Error as exc:
-            raise click.ClickException(errors.describe(exc)) from None
-        except FileNotFoundError as exc:
-            raise click.ClickException(str(exc)) from None
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("Aborted.", err=True)
+            sys.exit(EXIT_ERROR)
+        except click.ClickException as exc:
+            msg = exc.format_message()
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                msg += f" (see `{exc.ctx.command_path} -h`)"
+            click.echo(f"Error: {msg}", err=True)
+            sys.exit(exc.exit_code)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
-    return wrapper  # type: ignore[return-value]
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except psycopg.Error as exc:
+            url = (ctx.obj or {}).get("database_url")
+            raise _db_error(url, exc) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def json_option(f: F) -> F:
@@ -198,7 +307,7 @@ def runner_config(ctx: click.Context, endpoint: ModelEndpoint, **settings: Any) 
 
 
 # ---- the group -----------------------------------------------------------
-@click.group(context_settings=CONTEXT)
+@click.group(cls=ParecerGroup, context_settings=CONTEXT)
 @click.option(
     "--database-url",
     envvar="PARECER_DATABASE_URL",
@@ -235,7 +344,6 @@ def db_group() -> None:
 
 @db_group.command("migrate")
 @click.pass_context
-@user_errors
 def db_migrate(ctx: click.Context) -> None:
     """Apply pending migrations (applying twice is a no-op)."""
     applied = db.migrate(need_url(ctx))
@@ -248,7 +356,6 @@ def db_migrate(ctx: click.Context) -> None:
 @db_group.command("status")
 @json_option
 @click.pass_context
-@user_errors
 def db_status(ctx: click.Context, as_json: bool) -> None:
     """List applied and pending migrations."""
     rows = [
@@ -260,11 +367,13 @@ def db_status(ctx: click.Context, as_json: bool) -> None:
 
 @db_group.command("rollback")
 @click.option(
-    "--count", type=int, default=None, help="Roll back only the last N migrations (default: all)."
+    "--count",
+    type=int_range(1),
+    default=None,
+    help="Roll back only the last N migrations (default: all).",
 )
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, allow_from_autoenv=False, help="Do not ask for confirmation.")
 @click.pass_context
-@user_errors
 def db_rollback(ctx: click.Context, count: int | None, yes: bool) -> None:
     """Roll back migrations (all of them drops the parecer schema and its data)."""
     if not yes:
@@ -278,7 +387,6 @@ def db_rollback(ctx: click.Context, count: int | None, yes: bool) -> None:
 @db_group.command("adapter")
 @click.argument("name_or_file")
 @click.pass_context
-@user_errors
 def db_adapter(ctx: click.Context, name_or_file: str) -> None:
     """Install an adapter: bundled (reference, prisma) or a SQL file of yours."""
     path = db.install_adapter(need_url(ctx), name_or_file)
@@ -287,7 +395,6 @@ def db_adapter(ctx: click.Context, name_or_file: str) -> None:
 
 @db_group.command("reference-schema")
 @click.pass_context
-@user_errors
 def db_reference(ctx: click.Context) -> None:
     """Create the reference chat schema ("chat") and install its adapter."""
     url = need_url(ctx)
@@ -322,6 +429,7 @@ SCRIPT_COLUMNS = [
     "--file",
     "file_",
     type=click.File("r", encoding="utf-8"),
+    envvar="PARECER_SCRIPTS_CREATE_FILE",
     required=True,
     help="The script text (prompt), '-' for stdin.",
 )
@@ -333,7 +441,6 @@ SCRIPT_COLUMNS = [
 @click.option("--activate", is_flag=True, help="Make it the active version.")
 @json_option
 @click.pass_context
-@user_errors
 def scripts_create(
     ctx: click.Context,
     client: str,
@@ -368,7 +475,6 @@ def scripts_create(
 @click.option("--active-only", is_flag=True, help="Only active versions.")
 @json_option
 @click.pass_context
-@user_errors
 def scripts_list(
     ctx: click.Context, client: str, key: str | None, active_only: bool, as_json: bool
 ) -> None:
@@ -384,11 +490,14 @@ def scripts_list(
 @click.argument("client")
 @click.argument("key")
 @click.option(
-    "--version", "version", type=int, default=None, help="Version (default: the active one)."
+    "--version",
+    "version",
+    type=int_range(1),
+    default=None,
+    help="Version (default: the active one).",
 )
 @json_option
 @click.pass_context
-@user_errors
 def scripts_show(
     ctx: click.Context, client: str, key: str, version: int | None, as_json: bool
 ) -> None:
@@ -409,11 +518,10 @@ def scripts_show(
 @scripts_group.command("activate")
 @click.argument("client")
 @click.argument("key")
-@click.argument("version", type=int)
+@click.argument("version", type=int_range(1))
 @click.option("--keep-others", is_flag=True, help="Leave other active versions active.")
 @json_option
 @click.pass_context
-@user_errors
 def scripts_activate(
     ctx: click.Context, client: str, key: str, version: int, keep_others: bool, as_json: bool
 ) -> None:
@@ -428,6 +536,11 @@ def scripts_activate(
 
 
 # ---- run -----------------------------------------------------------------
+TAG_FILTER_HELP = (
+    'e.g. {"mode":"all_of","tags":["vip"]}; modes none, ignore, any_of, all_of, none_of'
+)
+
+
 def _tag_filter(
     tag_filter: str | None, no_tags: bool, any_tags: tuple[str, ...], ignore_tags: bool
 ) -> str:
@@ -435,7 +548,17 @@ def _tag_filter(
     if chosen > 1:
         raise click.UsageError("give only one of --tag-filter, --no-tags, --any-tag, --ignore-tags")
     if tag_filter is not None:
-        return tag_filter  # the database validates it (PR004)
+        try:
+            parsed = json.loads(tag_filter)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(
+                f"not JSON ({exc.msg}); {TAG_FILTER_HELP}", param_hint="--tag-filter"
+            ) from None
+        if not isinstance(parsed, dict):
+            raise click.BadParameter(
+                f"not a JSON object; {TAG_FILTER_HELP}", param_hint="--tag-filter"
+            )
+        return tag_filter  # the database validates its shape (PR004)
     if any_tags:
         return json.dumps({"mode": "any_of", "tags": list(any_tags)})
     if ignore_tags:
@@ -447,9 +570,21 @@ def _tag_filter(
 @click.argument("client")
 @click.argument("key")
 @click.option(
-    "--version", "version", type=int, default=None, help="Script version (default: highest active)."
+    "--script-version",
+    "version",
+    type=int_range(1),
+    default=None,
+    help="Script version (default: highest active).",
 )
-@click.option("--min-messages", type=int, default=20, help="Minimum messages per session.")
+@click.option(
+    "--version",
+    "version_alias",
+    type=int_range(1),
+    default=None,
+    hidden=True,
+    help="Old name of --script-version (kept for one release).",
+)
+@click.option("--min-messages", type=int_range(0), default=20, help="Minimum messages per session.")
 @click.option(
     "--tag-filter", default=None, help='Tag filter JSON, e.g. \'{"mode":"all_of","tags":["vip"]}\'.'
 )
@@ -460,14 +595,29 @@ def _tag_filter(
 @click.option("--ignore-tags", is_flag=True, help="Tags do not matter.")
 @click.option(
     "--ended-before-hours",
-    type=float,
+    type=click.FloatRange(0, 1e6),
     default=None,
     help="Only sessions ended at least this many hours ago (seed 003: 24).",
 )
 @click.option("--require-agent-reply", is_flag=True, help="Only sessions where the agent replied.")
-@click.option("--tag", "version_tag", default="v1", help="Analysis version tag.")
 @click.option(
-    "--force", is_flag=True, help="Reprocess sessions already analysed (resets them to pending)."
+    "--analysis-tag",
+    "version_tag",
+    default="v1",
+    help="Analysis generation tag: a new tag analyses every session again (not a contact tag).",
+)
+@click.option(
+    "--tag",
+    "version_tag_alias",
+    default=None,
+    hidden=True,
+    help="Old name of --analysis-tag (kept for one release).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    allow_from_autoenv=False,
+    help="Reprocess sessions already analysed (resets them to pending).",
 )
 @click.option(
     "--dry-run",
@@ -476,7 +626,7 @@ def _tag_filter(
 )
 @click.option(
     "--max-sessions",
-    type=int,
+    type=int_range(1),
     default=100,
     help="At most this many sessions (setting max_sessions_cap).",
 )
@@ -486,7 +636,9 @@ def _tag_filter(
     is_flag=True,
     help="Also process the run here with an in-process runner (implies --wait).",
 )
-@click.option("--concurrency", type=int, default=4, help="With --process: items in flight.")
+@click.option(
+    "--concurrency", type=int_range(1, 1024), default=4, help="With --process: items in flight."
+)
 @click.option(
     "--backlog",
     is_flag=True,
@@ -495,12 +647,12 @@ def _tag_filter(
 @model_options
 @json_option
 @click.pass_context
-@user_errors
 def run_cmd(
     ctx: click.Context,
     client: str,
     key: str,
     version: int | None,
+    version_alias: int | None,
     min_messages: int,
     tag_filter: str | None,
     no_tags: bool,
@@ -509,6 +661,7 @@ def run_cmd(
     ended_before_hours: float | None,
     require_agent_reply: bool,
     version_tag: str,
+    version_tag_alias: str | None,
     force: bool,
     dry_run: bool,
     max_sessions: int,
@@ -520,6 +673,8 @@ def run_cmd(
     as_json: bool,
 ) -> None:
     """Select CLIENT's eligible sessions for script KEY and queue them (parecer.start_run)."""
+    version = version if version is not None else version_alias  # --version: old name, one release
+    version_tag = version_tag_alias or version_tag  # --tag: old name, one release
     tf = _tag_filter(tag_filter, no_tags, any_tags, ignore_tags)
     with connection(ctx) as conn, conn.transaction():
         res = conn.execute(
@@ -678,35 +833,157 @@ def follow_run(
 
 
 # ---- status, prompt, retry, reports -----------------------------------------
+def _money(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.4f}"
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    sec = int(float(seconds))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if sec >= n:
+            return f"{sec // n}{unit}"
+    return f"{sec}s"
+
+
+def fit_rows(
+    rows: list[dict[str, Any]], columns: list[tuple[str, str]], width: int = 80
+) -> list[str]:
+    """Rows as aligned lines of at most ``width`` characters, values never cut: the first
+    column on a line of its own when the row would not fit, the rest right-aligned."""
+    cells = [[_cell(r.get(key)) for key, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    rest = "  ".join(f"{{:>{w}}}" for w in widths[1:])
+    if sum(widths) + 2 * (len(widths) - 1) <= width:
+        fmt = f"{{:<{widths[0]}}}  " + rest
+        return [fmt.format(*heads).rstrip()] + [fmt.format(*c).rstrip() for c in cells]
+    fmt = "  " + rest
+    out = [heads[0], fmt.format(*heads[1:])]
+    for c in cells:
+        out += [c[0], fmt.format(*c[1:])]
+    return out
+
+
+QUEUE_COLUMNS = [
+    ("script", "script"),
+    ("pending", "pend"),
+    ("retrying", "retry"),
+    ("processing", "proc"),
+    ("done", "done"),
+    ("failed", "fail"),
+    ("done_last_hour", "/h"),
+    ("oldest", "oldest"),
+]
+
+
+def _status_data(conn: psycopg.Connection[dict[str, Any]], client: str | None) -> dict[str, Any]:
+    one = (client, client)
+    where = "WHERE %s::text IS NULL OR client_slug = %s"
+    return {
+        "totals": conn.execute("SELECT * FROM parecer.metrics").fetchone(),
+        "queue": conn.execute(
+            f"SELECT *, extract(epoch FROM now() - oldest_pending_at)::float8 AS oldest_pending_age_seconds"
+            f" FROM parecer.queue_status {where} ORDER BY client_slug, script_key, script_version",
+            one,
+        ).fetchall(),
+        "clients": conn.execute(f"SELECT * FROM parecer.client_status {where}", one).fetchall(),
+        "spend_today": conn.execute(
+            "SELECT * FROM parecer.spend_daily WHERE day = (now() AT TIME ZONE"
+            " (SELECT value FROM parecer.settings WHERE name = 'budget_timezone'))::date"
+            " AND (%s::text IS NULL OR client_slug = %s)",
+            one,
+        ).fetchall(),
+    }
+
+
+def _wrap_parts(parts: list[str], width: int, indent: str = "  ") -> list[str]:
+    """Parts joined by spaces, a new indented line whenever the next would pass ``width``."""
+    lines = [parts[0]]
+    for p in parts[1:]:
+        if len(lines[-1]) + 1 + len(p) <= width:
+            lines[-1] += " " + p
+        else:
+            lines.append(indent + p)
+    return lines
+
+
+def _status_lines(data: dict[str, Any], width: int) -> list[str]:
+    t = data["totals"]
+    out = [
+        f"queue: {t['pending']} pending, {t['retrying']} retrying, {t['processing']} processing,"
+        f" {t['failed_terminal']} failed",
+        f"done last hour {t['done_last_hour']}; oldest pending {_age(t['oldest_pending_age_seconds'])};"
+        f" spend today US$ {_money(t['spend_today_usd'])}",
+    ]
+    clients = {c["client_slug"]: c for c in data["clients"]}
+    for slug in sorted({q["client_slug"] for q in data["queue"]} | set(clients)):
+        c = clients.get(slug, {})
+        parts = [f"today US$ {_money(c.get('spent_today_usd'))}"]
+        if c.get("daily_budget_usd") is not None:
+            parts[-1] += f" of {_money(c['daily_budget_usd'])}"
+        parts.append(f"month US$ {_money(c.get('spent_month_usd'))}")
+        if c.get("monthly_budget_usd") is not None:
+            parts[-1] += f" of {_money(c['monthly_budget_usd'])}"
+        if c.get("priority") not in (None, 1):
+            parts.append(f"priority {c['priority']}")
+        out += ["", *_wrap_parts([f"{slug}:", *parts], width)]
+        if c.get("blocked_reason"):
+            out.append(f"  held back: {c['blocked_reason']}")
+        rows = [
+            {
+                **q,
+                "script": f"{q['script_key']} v{q['script_version']} {q['analysis_version_tag']}",
+                "oldest": _age(q["oldest_pending_age_seconds"]),
+            }
+            for q in data["queue"]
+            if q["client_slug"] == slug
+        ]
+        if rows:
+            out += ["  " + line for line in fit_rows(rows, QUEUE_COLUMNS, width - 2)]
+    return out
+
+
 @main.command("status")
 @click.argument("client", required=False)
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.5, 3600),
+    default=2.0,
+    help="With --watch: seconds between refreshes.",
+)
 @json_option
 @click.pass_context
-@user_errors
-def status_cmd(ctx: click.Context, client: str | None, as_json: bool) -> None:
-    """The queue by client x script x state, oldest pending, throughput in the last hour."""
+def status_cmd(
+    ctx: click.Context, client: str | None, watch: bool, interval: float, as_json: bool
+) -> None:
+    """Queue totals, then one block per client: spend and budgets, and its scripts by state."""
+    import shutil
+
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
     with connection(ctx) as conn:
-        rows = conn.execute(
-            "SELECT * FROM parecer.queue_status WHERE %s::text IS NULL OR client_slug = %s"
-            " ORDER BY client_slug, script_key, script_version",
-            (client, client),
-        ).fetchall()
-        clients = conn.execute(
-            "SELECT * FROM parecer.client_status WHERE %s::text IS NULL OR client_slug = %s",
-            (client, client),
-        ).fetchall()
-    if as_json:
-        emit_json(rows)
-        return
-    emit_table(rows, title="parecer queue")
-    emit_table(clients, title="clients: spend and budgets (USD)")
+        while True:
+            data = _status_data(conn, client)
+            if as_json:
+                emit_json(data)
+            else:
+                if watch:
+                    click.clear()
+                click.echo("\n".join(_status_lines(data, width)))
+            if not watch:
+                return
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
 
 
 @main.command("prompt")
 @click.argument("analysis_id")
 @json_option
 @click.pass_context
-@user_errors
 def prompt_cmd(ctx: click.Context, analysis_id: str, as_json: bool) -> None:
     """Show exactly what the model gets for ANALYSIS_ID (parecer.prompt_for)."""
     try:
@@ -724,7 +1001,13 @@ def prompt_cmd(ctx: click.Context, analysis_id: str, as_json: bool) -> None:
 
 
 @main.command("retry")
-@click.option("--run", "run_id", type=int, default=None, help="Terminal failures of this run.")
+@click.option(
+    "--run",
+    "run_id",
+    type=int_range(1, 2**63 - 1),
+    default=None,
+    help="Terminal failures of this run.",
+)
 @click.option("--client", default=None, help="Terminal failures of this client.")
 @click.option(
     "--error-like",
@@ -733,7 +1016,6 @@ def prompt_cmd(ctx: click.Context, analysis_id: str, as_json: bool) -> None:
 )
 @json_option
 @click.pass_context
-@user_errors
 def retry_cmd(
     ctx: click.Context,
     run_id: int | None,
@@ -768,7 +1050,6 @@ def reports_group() -> None:
     "-o", "--output", type=click.File("w", encoding="utf-8"), default="-", help="Output file."
 )
 @click.pass_context
-@user_errors
 def reports_export(
     ctx: click.Context, client: str, key: str | None, since: datetime | None, fmt: str, output: Any
 ) -> None:
@@ -845,7 +1126,6 @@ def reports_export(
 )
 @json_option
 @click.pass_context
-@user_errors
 def insights_cmd(
     ctx: click.Context,
     client: str,
@@ -979,7 +1259,6 @@ def limits_group() -> None:
 @limits_group.command("show")
 @json_option
 @click.pass_context
-@user_errors
 def limits_show(ctx: click.Context, as_json: bool) -> None:
     """Configured limits, current pauses, requests granted and 429s reported."""
     with connection(ctx) as conn:
@@ -990,14 +1269,19 @@ def limits_show(ctx: click.Context, as_json: bool) -> None:
 @limits_group.command("set")
 @click.argument("limit_key")
 @click.option(
-    "--rpm", type=int, default=None, help="Requests per minute (default: setting default_rpm)."
+    "--rpm",
+    type=int_range(1),
+    default=None,
+    help="Requests per minute (default: setting default_rpm).",
 )
 @click.option(
-    "--tpm", type=int, default=None, help="Tokens per minute (default: setting default_tpm)."
+    "--tpm",
+    type=int_range(1),
+    default=None,
+    help="Tokens per minute (default: setting default_tpm).",
 )
 @json_option
 @click.pass_context
-@user_errors
 def limits_set(
     ctx: click.Context, limit_key: str, rpm: int | None, tpm: int | None, as_json: bool
 ) -> None:
@@ -1020,7 +1304,6 @@ def budgets_group() -> None:
 @budgets_group.command("show")
 @json_option
 @click.pass_context
-@user_errors
 def budgets_show(ctx: click.Context, as_json: bool) -> None:
     """Budgets, spend so far and why a client is held back."""
     with connection(ctx) as conn:
@@ -1030,11 +1313,20 @@ def budgets_show(ctx: click.Context, as_json: bool) -> None:
 
 @budgets_group.command("set")
 @click.argument("client")
-@click.option("--daily", type=float, default=None, help="Daily budget in USD (omit: none).")
-@click.option("--monthly", type=float, default=None, help="Monthly budget in USD (omit: none).")
+@click.option(
+    "--daily",
+    type=click.FloatRange(0, 1e12),
+    default=None,
+    help="Daily budget in USD (omit: none).",
+)
+@click.option(
+    "--monthly",
+    type=click.FloatRange(0, 1e12),
+    default=None,
+    help="Monthly budget in USD (omit: none).",
+)
 @json_option
 @click.pass_context
-@user_errors
 def budgets_set(
     ctx: click.Context, client: str, daily: float | None, monthly: float | None, as_json: bool
 ) -> None:
@@ -1050,10 +1342,9 @@ def budgets_set(
 
 @budgets_group.command("priority")
 @click.argument("client")
-@click.argument("priority", type=int)
+@click.argument("priority", type=int_range(1, 100))
 @json_option
 @click.pass_context
-@user_errors
 def budgets_priority(ctx: click.Context, client: str, priority: int, as_json: bool) -> None:
     """Set CLIENT's weight in claim's round-robin (1..100; VIP first)."""
     with connection(ctx) as conn:
@@ -1072,7 +1363,6 @@ def prices_group() -> None:
 @prices_group.command("show")
 @json_option
 @click.pass_context
-@user_errors
 def prices_show(ctx: click.Context, as_json: bool) -> None:
     """Prices in USD per million tokens, with their source and date."""
     with connection(ctx) as conn:
@@ -1082,13 +1372,26 @@ def prices_show(ctx: click.Context, as_json: bool) -> None:
 
 @prices_group.command("set")
 @click.argument("model")
-@click.option("--input", "input_", type=float, required=True, help="USD per million input tokens.")
-@click.option("--cached", type=float, required=True, help="USD per million cached input tokens.")
-@click.option("--output", type=float, required=True, help="USD per million output tokens.")
+@click.option(
+    "--input",
+    "input_",
+    type=click.FloatRange(0, 1e6),
+    required=True,
+    envvar="PARECER_PRICES_SET_INPUT",
+    help="USD per million input tokens.",
+)
+@click.option(
+    "--cached",
+    type=click.FloatRange(0, 1e6),
+    required=True,
+    help="USD per million cached input tokens.",
+)
+@click.option(
+    "--output", type=click.FloatRange(0, 1e6), required=True, help="USD per million output tokens."
+)
 @click.option("--source", default="set by operator", help="Where the price comes from.")
 @json_option
 @click.pass_context
-@user_errors
 def prices_set(
     ctx: click.Context,
     model: str,
@@ -1108,22 +1411,222 @@ def prices_set(
     emit_json(row) if as_json else emit_record(row)
 
 
+SPEND_COLUMNS = [
+    ("client_slug", "client"),
+    ("period", "period"),
+    ("attempts", "calls"),
+    ("input_tokens", "in tok"),
+    ("cached_input_tokens", "cached"),
+    ("output_tokens", "out tok"),
+    ("cost", "US$"),
+]
+
+
 @main.command("spend")
 @click.option("--client", default=None, help="Only this client.")
 @click.option("--monthly", is_flag=True, help="Per month instead of per day.")
 @json_option
 @click.pass_context
-@user_errors
 def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bool) -> None:
-    """Tokens and cost per client and day (or month)."""
+    """Tokens and cost per client and day (or month), in 80 columns."""
+    import shutil
+
     view = "spend_monthly" if monthly else "spend_daily"
     with connection(ctx) as conn:
         rows = conn.execute(
             f"SELECT * FROM parecer.{view} WHERE %s::text IS NULL OR client_slug = %s",
             (client, client),
         ).fetchall()
-    emit_json(rows) if as_json else emit_table(
-        rows, title=f"spend ({'month' if monthly else 'day'}, USD)"
+    if as_json:
+        emit_json(rows)
+        return
+    period = "month" if monthly else "day"
+    shown = [{**r, "period": _cell(r.get(period)), "cost": _money(r["cost_usd"])} for r in rows]
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
+    click.echo(f"spend per {period} (US$)")
+    click.echo("\n".join(fit_rows(shown, SPEND_COLUMNS, width)))
+
+
+# ---- operations: doctor, metrics, purge --------------------------------------------
+_MARK = {"ok": ("ok", "green"), "warn": ("warn", "yellow"), "fail": ("FAIL", "red")}
+
+
+@main.command("doctor")
+@click.option(
+    "--model",
+    default=DEFAULT_MODEL,
+    envvar="OPENAI_MODEL",
+    help="The runners' default model (checked for a price, with the active scripts' models).",
+)
+@click.option(
+    "--active-minutes",
+    type=int_range(1, 10080),
+    default=10,
+    help="A runner counts as alive when it leased, finished or asked for capacity this recently.",
+)
+@json_option
+@click.pass_context
+def doctor_cmd(ctx: click.Context, model: str, active_minutes: int, as_json: bool) -> None:
+    """Check the installation: connection, migrations, API files, adapter, roles, settings,
+    prices and limits, runners; each ok/warn/fail with its fix. Exit 5 when a check fails."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, status: str, detail: str, fix: str | None = None) -> None:
+        checks.append({"check": name, "status": status, "detail": detail, "fix": fix})
+
+    url = need_url(ctx)
+    try:
+        conn = db.connect(url, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        add(
+            "connection",
+            "fail",
+            _first_line(exc),
+            "check PARECER_DATABASE_URL / --database-url and that the server accepts connections",
+        )
+        return _doctor_report(checks, as_json)
+    with conn:
+        who = conn.execute("SELECT current_user AS u, current_database() AS d").fetchone()
+        assert who is not None
+        add(
+            "connection",
+            "ok",
+            f"PostgreSQL {conn.info.server_version // 10000}, database {who['d']} as {who['u']}",
+        )
+        row = conn.execute("SELECT to_regnamespace('parecer') IS NOT NULL AS ok").fetchone()
+        if not (row and row["ok"]):
+            add("migrations", "fail", "parecer is not installed in this database", MIGRATE_FIX)
+            return _doctor_report(checks, as_json)
+        pending = [m.id for m in db.status(url) if not m.applied]
+        if pending:
+            add("migrations", "fail", "pending: " + ", ".join(pending), MIGRATE_FIX)
+        else:
+            add("migrations", "ok", "every bundled migration is applied")
+        try:
+            drift = db.api_drift(url)
+        except psycopg.errors.LockNotAvailable:
+            add(
+                "api files",
+                "warn",
+                "could not compare: objects busy (lock timeout)",
+                "run it again",
+            )
+        except psycopg.errors.InsufficientPrivilege:
+            add(
+                "api files",
+                "warn",
+                "could not compare: only the schema owner can",
+                "run `parecer doctor` as the role that ran `parecer db migrate`",
+            )
+        else:
+            if drift:
+                more = f" and {len(drift) - 3} more" if len(drift) > 3 else ""
+                add(
+                    "api files",
+                    "fail",
+                    f"{len(drift)} object(s) differ from db/api: " + "; ".join(drift[:3]) + more,
+                    MIGRATE_FIX,
+                )
+            else:
+                add("api files", "ok", "functions, views and grants match this copy's db/api")
+        try:
+            rows = conn.execute(
+                "SELECT * FROM parecer.doctor(model => %s, active_minutes => %s)",
+                (model, active_minutes),
+            ).fetchall()
+        except psycopg.errors.UndefinedFunction:
+            add("database checks", "fail", "parecer.doctor() is missing", MIGRATE_FIX)
+            rows = []
+        for r in rows:
+            add(r["check_name"], r["status"], r["detail"], r["fix"])
+    _doctor_report(checks, as_json)
+
+
+def _doctor_report(checks: list[dict[str, Any]], as_json: bool) -> None:
+    failed = any(c["status"] == "fail" for c in checks)
+    if as_json:
+        emit_json({"ok": not failed, "checks": checks})
+    else:
+        for c in checks:
+            label, color = _MARK[c["status"]]
+            click.echo(f"{click.style(f'{label:<4}', fg=color)}  {c['check']}: {c['detail']}")
+            if c["fix"]:
+                click.echo(f"      fix: {c['fix']}")
+    if failed:
+        ctx = click.get_current_context()
+        ctx.exit(EXIT_DOCTOR_FAILED)
+
+
+@main.command("metrics")
+@json_option
+@click.pass_context
+def metrics_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Queue-wide gauges (parecer.metrics) in the Prometheus text format, as a runner's /metrics has them."""
+    with connection(ctx) as conn:
+        row = conn.execute("SELECT * FROM parecer.metrics").fetchone()
+    assert row is not None
+    if as_json:
+        emit_json(row)
+        return
+    from . import metrics
+
+    click.echo(metrics.queue_text(row), nl=False)
+
+
+def _duration(value: str) -> str:
+    """'180d', '12h', '90m' or a PostgreSQL interval ('6 months') as interval text."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d{1,6})\s*([dhm])\s*", value)
+    if m:
+        return f"{m.group(1)} {dict(d='days', h='hours', m='minutes')[m.group(2)]}"
+    if re.fullmatch(r"\s*\d{1,6}\s*(minute|hour|day|week|month|year)s?\s*", value):
+        return value.strip()
+    raise click.BadParameter("e.g. 180d, 12h or '6 months'", param_hint="--older-than")
+
+
+@main.command("purge")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Age past which rows go, e.g. 180d, 12h or '6 months' (at least 1 day).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only count what would be deleted.",
+)
+@click.option(
+    "--batch-size",
+    type=int_range(1, 1_000_000),
+    default=5000,
+    help="Rows per kind per transaction.",
+)
+@json_option
+@click.pass_context
+def purge_cmd(
+    ctx: click.Context, older_than: str, dry_run: bool, batch_size: int, as_json: bool
+) -> None:
+    """Delete old attempts, spend days, budget alerts and done analyses of past generations
+    (parecer.purge), in short batches; what budgets and the newest generation need is kept."""
+    interval = _duration(older_than)
+    totals: dict[str, int] = {}
+    with connection(ctx) as conn:
+        while True:
+            rows = conn.execute(
+                "SELECT * FROM parecer.purge(%s::interval, dry_run => %s, batch_size => %s)",
+                (interval, dry_run, batch_size),
+            ).fetchall()
+            for r in rows:
+                totals[r["kind"]] = totals.get(r["kind"], 0) + r["deleted"]
+            if dry_run or not any(r["deleted"] for r in rows):
+                break
+    if as_json:
+        emit_json({"dry_run": dry_run, "older_than": interval, "deleted": totals})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} (older than {interval}): " + ", ".join(f"{v} {k}" for k, v in totals.items())
     )
 
 
@@ -1131,7 +1634,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
 @main.command("runner")
 @click.option(
     "--concurrency",
-    type=int,
+    type=int_range(1, 1024),
     default=4,
     envvar="PARECER_CONCURRENCY",
     show_envvar=True,
@@ -1160,7 +1663,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
 )
 @click.option(
     "--poll-seconds",
-    type=float,
+    type=click.FloatRange(0.1, 86400),
     default=30.0,
     envvar="PARECER_POLL_SECONDS",
     show_envvar=True,
@@ -1168,7 +1671,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
 )
 @click.option(
     "--lease-seconds",
-    type=int,
+    type=int_range(5, 86400),
     default=None,
     envvar="PARECER_LEASE_SECONDS",
     show_envvar=True,
@@ -1178,7 +1681,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
 @click.option(
     "--timeout",
     "request_timeout",
-    type=float,
+    type=click.FloatRange(1, 3600),
     default=120.0,
     envvar="PARECER_REQUEST_TIMEOUT",
     show_envvar=True,
@@ -1186,7 +1689,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
 )
 @click.option(
     "--max-output-tokens",
-    type=int,
+    type=int_range(16, 1_000_000),
     default=4000,
     envvar="PARECER_MAX_OUTPUT_TOKENS",
     show_envvar=True,
@@ -1194,11 +1697,31 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
 )
 @click.option(
     "--shutdown-grace",
-    type=float,
+    type=click.FloatRange(0, 3600),
     default=20.0,
     envvar="PARECER_SHUTDOWN_GRACE",
     show_envvar=True,
     help="Seconds in-flight calls get after SIGTERM before their items are released.",
+)
+@click.option(
+    "--pool-max",
+    type=int_range(1, 100),
+    default=4,
+    envvar="PARECER_POOL_MAX",
+    help="Database connections for calls, whatever --concurrency (plus one to LISTEN).",
+)
+@click.option(
+    "--no-listen",
+    is_flag=True,
+    envvar="PARECER_NO_LISTEN",
+    help="Poll only, no LISTEN connection (PgBouncer in transaction mode); lower --poll-seconds.",
+)
+@click.option(
+    "--metrics-port",
+    type=int_range(1, 65535),
+    default=None,
+    envvar="PARECER_METRICS_PORT",
+    help="Serve Prometheus metrics on this port (/metrics).",
 )
 @click.pass_context
 def runner_cmd(
@@ -1213,12 +1736,13 @@ def runner_cmd(
     request_timeout: float,
     max_output_tokens: int,
     shutdown_grace: float,
+    pool_max: int,
+    no_listen: bool,
+    metrics_port: int | None,
 ) -> None:
     """Claim queued analyses, call the model, store the reports (OPENAI_API_KEY from the environment)."""
     from .runner import Runner
 
-    if concurrency < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--concurrency")
     cfg = runner_config(
         ctx,
         endpoint,
@@ -1231,23 +1755,33 @@ def runner_cmd(
         request_timeout=request_timeout,
         max_output_tokens=max_output_tokens,
         shutdown_grace=shutdown_grace,
+        pool_max=pool_max,
+        listen=not no_listen,
+        metrics=metrics_port is not None,
     )
     try:
         runner = Runner(cfg)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
+    preflight(ctx)
+    if metrics_port is not None:
+        from . import metrics
+
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot listen on port {metrics_port}: {exc.strerror}", param_hint="--metrics-port"
+            ) from None
     import asyncio
 
-    try:
-        asyncio.run(runner.run())
-    except psycopg.OperationalError as exc:
-        raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
+    asyncio.run(runner.run())  # logs its summary as one line (JSON with --log-format json)
 
 
 @main.command("standin")
 @click.option(
     "--port",
-    type=int,
+    type=int_range(1, 65535),
     default=8787,
     envvar="PARECER_STANDIN_PORT",
     show_envvar=True,
@@ -1262,7 +1796,7 @@ def runner_cmd(
 )
 @click.option(
     "--fault-rate",
-    type=float,
+    type=click.FloatRange(0, 1),
     default=0.0,
     envvar="PARECER_STANDIN_FAULT_RATE",
     show_envvar=True,
@@ -1278,7 +1812,7 @@ def runner_cmd(
 )
 @click.option(
     "--rpm-limit",
-    type=int,
+    type=int_range(1),
     default=None,
     envvar="PARECER_STANDIN_RPM",
     show_envvar=True,
@@ -1286,7 +1820,7 @@ def runner_cmd(
 )
 @click.option(
     "--tpm-limit",
-    type=int,
+    type=int_range(1),
     default=None,
     envvar="PARECER_STANDIN_TPM",
     show_envvar=True,
@@ -1339,11 +1873,12 @@ def sample_group() -> None:
 
 
 @sample_group.command("load")
-@click.option("--sessions", type=int, default=300, help="How many sessions to generate.")
+@click.option(
+    "--sessions", type=int_range(1, 1_000_000), default=300, help="How many sessions to generate."
+)
 @click.option("--seed", type=int, default=42, help="Generator seed (same seed, same data).")
 @json_option
 @click.pass_context
-@user_errors
 def sample_load(ctx: click.Context, sessions: int, seed: int, as_json: bool) -> None:
     """Load deterministic Brazilian-Portuguese support sessions into the reference schema (idempotent)."""
     from .devkit.sample import load_sample
@@ -1386,9 +1921,13 @@ def _with_progress(label: str, work: Callable[[Callable[[int, int], None]], Any]
 
 
 @main.command("demo")
-@click.option("--sessions", type=int, default=300, help="Sample sessions to load.")
-@click.option("--max-sessions", type=int, default=60, help="Sessions the demo run analyses.")
-@click.option("--concurrency", type=int, default=8, help="Items in flight.")
+@click.option(
+    "--sessions", type=int_range(1, 1_000_000), default=300, help="Sample sessions to load."
+)
+@click.option(
+    "--max-sessions", type=int_range(1), default=60, help="Sessions the demo run analyses."
+)
+@click.option("--concurrency", type=int_range(1, 1024), default=8, help="Items in flight.")
 @model_options
 @click.pass_context
 def demo_cmd(

@@ -103,11 +103,45 @@ def api_files() -> list[Path]:
 def apply_api(url: str) -> None:
     """Apply every API file in one transaction (idempotent: CREATE OR REPLACE, grants)."""
     with psycopg.connect(url, autocommit=False) as conn:
-        # As pg_dump does: SQL function bodies may name objects of a later file.
-        conn.execute("SET LOCAL check_function_bodies = off")
-        conn.execute("SET LOCAL client_min_messages = warning")
-        for path in api_files():
-            conn.execute(path.read_bytes())  # bytes: no client-side placeholders
+        apply_api_in(conn)
+
+
+def apply_api_in(conn: psycopg.Connection[Any]) -> None:
+    """Apply every API file inside ``conn``'s open transaction (the caller commits or rolls back)."""
+    # As pg_dump does: SQL function bodies may name objects of a later file.
+    conn.execute("SET LOCAL check_function_bodies = off")
+    conn.execute("SET LOCAL client_min_messages = warning")
+    for path in api_files():
+        conn.execute(path.read_bytes())  # bytes: no client-side placeholders
+
+
+def api_drift(url: str, lock_timeout: str = "2s") -> list[str]:
+    """The objects whose installed definition differs from what this copy's db/api files make.
+
+    Applies the API files inside a transaction, compares the ``parecer.schema`` snapshot
+    before and after, and rolls back: nothing changes. Replacing a view locks it for the
+    transaction (well under a second), hence the lock timeout.
+    """
+    from .schema import snapshot
+
+    with psycopg.connect(url, autocommit=False, row_factory=dict_row) as conn:
+        try:
+            conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+            before = _blocks(snapshot(conn))
+            apply_api_in(conn)
+            after = _blocks(snapshot(conn))
+        finally:
+            conn.rollback()
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _blocks(text: str) -> dict[str, str]:
+    """A snapshot as {'kind: name': definition}."""
+    out: dict[str, str] = {}
+    for block in text.split("\n-- ")[1:]:
+        head, _, body = block.partition("\n")
+        out[head] = body
+    return out
 
 
 def rollback(url: str, *, count: int | None = None) -> list[str]:

@@ -34,10 +34,10 @@ from uuid import UUID
 import openai
 import psycopg
 from openai.types.responses import Response, ResponseOutputMessage, ResponseOutputRefusal
-from psycopg.rows import BaseRowFactory, class_row, tuple_row
+from psycopg.rows import BaseRowFactory, class_row, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from . import errors
+from . import errors, metrics
 from .config import DEFAULT_MODEL, RunnerConfig, default_worker_id
 from .logs import LOGGER, event
 
@@ -178,11 +178,17 @@ class ItemFailure(Exception):
 
 @dataclass
 class RunnerStats:
-    outcomes: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=metrics.OutcomeCounter)
     claimed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        """The summary as one readable line."""
+        d = self.as_dict()
+        items = ", ".join(f"{k} {v}" for k, v in d.items() if k not in ("seconds", "per_minute"))
+        return f"{items} in {d['seconds']}s ({d['per_minute']} done/min)"
 
     def as_dict(self) -> dict[str, Any]:
         secs = max(time.monotonic() - self.started, 1e-9)
@@ -328,6 +334,7 @@ class Runner:
         self._pause_until = 0.0
         self._slots = config.concurrency  # ramps back up after a pause
         self._db_failures = 0
+        self._rate_logged = 0.0
 
     # ---- control -------------------------------------------------------
     def stop(self) -> None:
@@ -340,6 +347,7 @@ class Runner:
     def _pause(self, p: ProviderPause) -> None:
         until = time.monotonic() + p.seconds
         if until > self._pause_until:
+            metrics.pause(p.reason)
             self._pause_until = until
             self._slots = 1
             event(
@@ -366,6 +374,7 @@ class Runner:
                     await cur.execute(sql, params)
                     return await cur.fetchall()
             except psycopg.OperationalError:
+                metrics.DB_ERRORS.inc()
                 if i == attempts - 1:
                     raise
                 await asyncio.sleep(delay)
@@ -432,13 +441,23 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
+    async def _refresh_queue_metrics(self) -> None:
+        """Queue gauges for /metrics from parecer.metrics, through the pool (a scrape opens no connection)."""
+        while not self._stopping.is_set():
+            try:
+                rows = await self._fetch(dict_row, "SELECT * FROM parecer.metrics", (), 1)
+                metrics.QUEUE.row = rows[0] if rows else None
+            except psycopg.Error:
+                metrics.DB_ERRORS.inc()
+            await asyncio.sleep(15)
+
     # ---- the loop ------------------------------------------------------
     async def run(self) -> RunnerStats:
         cfg = self.cfg
         self.pool = AsyncConnectionPool(
             cfg.database_url,
             min_size=1,
-            max_size=min(cfg.concurrency, 8) + 2,
+            max_size=cfg.pool_max,  # the connection budget: independent of concurrency
             kwargs={
                 "autocommit": True,
                 "application_name": "parecer-runner",
@@ -453,7 +472,12 @@ class Runner:
                 loop.add_signal_handler(sig, self.stop)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (tests): stop() is called directly
-        listener = asyncio.create_task(self._listen())
+        listener: asyncio.Future[Any] = asyncio.ensure_future(
+            self._listen() if cfg.listen else self._stopping.wait()
+        )
+        metrics.IN_FLIGHT.set_function(lambda: len(self._inflight))
+        if cfg.metrics:
+            listener = asyncio.gather(listener, self._refresh_queue_metrics())
         event(
             log,
             "runner started",
@@ -601,6 +625,7 @@ class Runner:
                     (item.analysis_id, item.lease_token, self.cfg.lease_seconds),
                 )
                 left = (lease.expires_at - lease.db_now).total_seconds()
+                metrics.LEASE_EXTENSIONS.inc()
             except psycopg.Error as exc:
                 if errors.sqlstate(exc) == errors.STALE_LEASE:
                     if not flight.reporting:
@@ -693,6 +718,9 @@ class Runner:
             raise verdict from None
         latency_ms = int((time.monotonic() - t0) * 1000)
         usage = _usage(resp, latency_ms, model)
+        metrics.observe_call(
+            latency_ms, usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+        )
         if cfg.rate_limit:
             await self._feedback(limit_key, raw.headers, estimate, usage)
         if self._slots < cfg.concurrency:
@@ -794,6 +822,11 @@ class Runner:
             if g.granted:
                 return
             wait = float(g.wait_seconds)
+            metrics.rate_wait(wait)
+            now = time.monotonic()
+            if now - self._rate_logged >= 30:  # rate-limited: one line per 30 s
+                self._rate_logged = now
+                event(log, "rate limited", limit_key=limit_key, wait_s=round(wait, 2))
             if wait > MAX_LOCAL_RATE_WAIT:
                 raise ProviderPause(f"shared rate limit {limit_key}: capacity in {wait:.0f}s", wait)
             await asyncio.sleep(wait)

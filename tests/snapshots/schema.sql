@@ -473,6 +473,37 @@ UNION ALL
           GROUP BY qs.client_slug) q ON q.client_slug = b.client_slug
   ORDER BY b.client_slug;
 
+-- view: metrics
+ WITH q AS (
+         SELECT count(*) FILTER (WHERE a.status = 'pending'::text AND a.retry_count = 0) AS pending,
+            count(*) FILTER (WHERE a.status = 'pending'::text AND a.retry_count > 0) AS retrying,
+            count(*) FILTER (WHERE a.status = 'processing'::text) AS processing,
+            count(*) FILTER (WHERE a.status = 'failed'::text) AS failed_terminal,
+            count(*) FILTER (WHERE a.status = 'done'::text AND a.processed_at > (now() - '01:00:00'::interval)) AS done_last_hour,
+            min(a.created_at) FILTER (WHERE a.status = 'pending'::text) AS oldest_pending_at,
+            count(DISTINCT a.worker) FILTER (WHERE a.status = 'processing'::text AND a.lease_expires_at > now()) AS workers_with_leases
+           FROM parecer.analyses a
+        ), cal AS (
+         SELECT (now() AT TIME ZONE (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
+                   FROM parecer._settings st
+                  WHERE st.name = 'budget_timezone'::text)))::date AS today
+        )
+ SELECT pending,
+    retrying,
+    processing,
+    failed_terminal,
+    COALESCE(EXTRACT(epoch FROM now() - oldest_pending_at), 0::numeric)::double precision AS oldest_pending_age_seconds,
+    done_last_hour,
+    ( SELECT COALESCE(sum(sp.cost_usd), 0::numeric) AS "coalesce"
+           FROM parecer._spend sp,
+            cal
+          WHERE sp.day = cal.today) AS spend_today_usd,
+    workers_with_leases,
+    EXTRACT(epoch FROM now() - (( SELECT max(d.processed_at) AS max
+           FROM parecer.analyses d
+          WHERE d.status = 'done'::text)))::double precision AS last_done_age_seconds
+   FROM q;
+
 -- view: model_prices
  SELECT model,
     input_usd_per_mtok,
@@ -784,6 +815,12 @@ RETURNS TABLE(role_intro text, script_title text, client_word text, script_word 
 LANGUAGE sql IMMUTABLE
 body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 
+-- function: parecer._purgeable_analyses(timestamp with time zone)
+ARGUMENTS p_cutoff timestamp with time zone
+RETURNS TABLE(analysis_id uuid)
+LANGUAGE sql STABLE
+body md5 6051b7958ed7c4e73def095c814034bd
+
 -- function: parecer._register_clients()
 ARGUMENTS 
 RETURNS trigger
@@ -885,6 +922,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 1bd69009da6a0838e0301a61b78446bf
 
+-- function: parecer.doctor(text,integer)
+ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
+RETURNS TABLE(check_name text, status text, detail text, fix text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 7c37d8c80d0a1b1ece759154a148c066
+
 -- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean)
 ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false
 RETURNS TABLE(session_id text, ended_at timestamp with time zone, message_count bigint)
@@ -969,6 +1013,13 @@ RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash tex
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 4cb818447b3d2d3887a7c8c3d7fd29f0
+
+-- function: parecer.purge(interval,boolean,integer)
+ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer DEFAULT 5000
+RETURNS TABLE(kind text, deleted bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 560c2496fca76b1174c01d000fe09d4d
 
 -- function: parecer.release(uuid,uuid,integer,text)
 ARGUMENTS analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, reason text DEFAULT NULL::text
@@ -1103,6 +1154,9 @@ parecer_reader=r/postgres postgres=arwdDxt/postgres
 -- acl: client_status
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
+-- acl: metrics
+parecer_reader=r/postgres postgres=arwdDxt/postgres
+
 -- acl: model_prices
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
@@ -1190,6 +1244,9 @@ postgres=X/postgres
 -- acl: parecer._phrases(text)
 postgres=X/postgres
 
+-- acl: parecer._purgeable_analyses(timestamp with time zone)
+postgres=X/postgres
+
 -- acl: parecer._register_clients()
 postgres=X/postgres
 
@@ -1238,6 +1295,9 @@ parecer_runner=X/postgres postgres=X/postgres
 -- acl: parecer.create_script_version(text,text,text,text[],text,text,b
 parecer_admin=X/postgres postgres=X/postgres
 
+-- acl: parecer.doctor(text,integer)
+parecer_admin=X/postgres postgres=X/postgres
+
 -- acl: parecer.eligible_sessions(text,integer,jsonb,timestamp with tim
 parecer_admin=X/postgres postgres=X/postgres
 
@@ -1273,6 +1333,9 @@ parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.prompt_for(uuid)
 parecer_admin=X/postgres parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.purge(interval,boolean,integer)
+parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.release(uuid,uuid,integer,text)
 parecer_runner=X/postgres postgres=X/postgres
@@ -1367,6 +1430,9 @@ Claim up to max_items claimable items (status pending, next_retry_at NULL or pas
 -- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean)
 Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
+-- comment: function parecer.doctor(text,integer)
+The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
+
 -- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean)
 Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply. Newest first. Errors: PR001, PR004, PR010.
 
@@ -1402,6 +1468,9 @@ The earliest time an item becomes claimable (a retry or a delayed release fallin
 
 -- comment: function parecer.prompt_for(uuid)
 Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, and the script's model (NULL: runner default). Errors: PR011.
+
+-- comment: function parecer.purge(interval,boolean,integer)
+Retention: deletes attempts that ended before now() - older_than, done analyses processed before it whose tag is not the newest of their client's script key, and spend days and budget alerts before it and before the current budget month; at most batch_size rows per kind per call (call again until every count is 0). dry_run (the default) counts all it would delete. `parecer purge --older-than 180d` loops.
 
 -- comment: function parecer.release(uuid,uuid,integer,text)
 Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling); an item with no retry left (max_attempts lowered meanwhile) becomes a terminal failure. Errors: PR006, PR010, PR011.
@@ -1459,6 +1528,9 @@ Per client: priority, daily and monthly budget, spend so far (budget_timezone ca
 
 -- comment: view parecer.client_status
 Per client: queue counts, spend today and this month against budgets, and why claim is holding its work back.
+
+-- comment: view parecer.metrics
+Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.
 
 -- comment: view parecer.model_prices
 Model prices in USD per million tokens (input, cached input, output), with where and when they were taken.

@@ -149,7 +149,7 @@ def run_demo(
             request_timeout=60.0,
         )
         stats_r = asyncio.run(Runner(cfg).run())
-        say(f"runner: {stats_r.as_dict()}")
+        say(f"runner: {stats_r.line()}")
 
         with db.connect(url) as conn:
             summary = conn.execute(

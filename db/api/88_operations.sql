@@ -1,0 +1,274 @@
+-- Operating parecer: queue-wide metrics, the doctor's database checks, retention.
+
+-- Queue-wide gauges in one row: what `parecer metrics` prints and every runner's
+-- /metrics endpoint exports, so one scrape shows the whole queue. Counts scan
+-- parecer.analyses once (as parecer.queue_status does); the ages use indexes.
+CREATE OR REPLACE VIEW parecer.metrics AS
+WITH q AS (
+    SELECT count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count = 0)         AS pending,
+           count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count > 0)         AS retrying,
+           count(*) FILTER (WHERE a.status = 'processing')                           AS processing,
+           count(*) FILTER (WHERE a.status = 'failed')                               AS failed_terminal,
+           count(*) FILTER (WHERE a.status = 'done'
+                            AND a.processed_at > now() - interval '1 hour')          AS done_last_hour,
+           min(a.created_at) FILTER (WHERE a.status = 'pending')                     AS oldest_pending_at,
+           count(DISTINCT a.worker) FILTER (WHERE a.status = 'processing'
+                                            AND a.lease_expires_at > now())          AS workers_with_leases
+    FROM parecer.analyses a
+), cal AS (
+    SELECT (now() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
+                                WHERE st.name = 'budget_timezone'))::date AS today
+)
+SELECT q.pending, q.retrying, q.processing, q.failed_terminal,
+       COALESCE(extract(epoch FROM now() - q.oldest_pending_at), 0)::float8 AS oldest_pending_age_seconds,
+       q.done_last_hour,
+       (SELECT COALESCE(sum(sp.cost_usd), 0) FROM parecer._spend sp, cal WHERE sp.day = cal.today) AS spend_today_usd,
+       q.workers_with_leases,
+       extract(epoch FROM now() - (SELECT max(d.processed_at) FROM parecer.analyses d
+                                   WHERE d.status = 'done'))::float8 AS last_done_age_seconds
+FROM q;
+COMMENT ON VIEW parecer.metrics IS 'Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.';
+
+-- The doctor's checks that the database can answer: adapter views, roles,
+-- settings, prices and limits of the models in use, runners alive, terminal
+-- failures. One row per check: ok, warn or fail, and the fix as a CLI command.
+CREATE OR REPLACE FUNCTION parecer.doctor(model text DEFAULT NULL, active_minutes integer DEFAULT 10)
+RETURNS TABLE (check_name text, status text, detail text, fix text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_clients  bigint;
+    v_sessions bigint;
+    v_messages bigint;
+    v_role     text;
+    v_members  text;
+    v_set      record;
+    v_bad      text[] := '{}';
+    v_model    text;
+    v_due      bigint;
+    v_alive    boolean;
+    v_failed   bigint;
+    v_paused   text;
+BEGIN
+    IF active_minutes IS NULL OR active_minutes NOT BETWEEN 1 AND 10080 THEN
+        PERFORM parecer._invalid('active_minutes must be between 1 and 10080', 'Pass e.g. active_minutes => 10.');
+    END IF;
+
+    -- adapter: the source views read the host's tables (not the empty defaults) and answer
+    BEGIN
+        SELECT count(*) INTO v_clients FROM (SELECT 1 FROM parecer.source_clients LIMIT 10000) c;
+        SELECT count(*) INTO v_sessions FROM (SELECT 1 FROM parecer.source_sessions LIMIT 10000) s;
+        SELECT count(*) INTO v_messages FROM (SELECT 1 FROM parecer.source_messages LIMIT 10000) m;
+        IF v_clients = 0 OR v_sessions = 0 THEN
+            RETURN QUERY SELECT 'adapter'::text, 'fail'::text,
+                pg_catalog.format('the source views show %s clients and %s sessions: no adapter is installed, or it reads empty tables',
+                                  v_clients, v_sessions),
+                'install an adapter: `parecer db adapter reference|prisma|FILE.sql` (docs/adapters.md)'::text;
+        ELSIF v_messages = 0 THEN
+            RETURN QUERY SELECT 'adapter'::text, 'fail'::text,
+                pg_catalog.format('%s clients and %s sessions but no messages', v_clients, v_sessions),
+                'check the adapter''s parecer.source_messages view (docs/adapters.md)'::text;
+        ELSE
+            RETURN QUERY SELECT 'adapter'::text, 'ok'::text,
+                pg_catalog.format('source views answer: %s%s clients, %s%s sessions, %s%s messages',
+                                  CASE WHEN v_clients = 10000 THEN '≥' ELSE '' END, v_clients,
+                                  CASE WHEN v_sessions = 10000 THEN '≥' ELSE '' END, v_sessions,
+                                  CASE WHEN v_messages = 10000 THEN '≥' ELSE '' END, v_messages),
+                NULL::text;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RETURN QUERY SELECT 'adapter'::text, 'fail'::text,
+            pg_catalog.format('reading the source views fails: %s [%s]', SQLERRM, SQLSTATE),
+            'fix or reinstall the adapter: `parecer db adapter NAME|FILE.sql` (docs/adapters.md)'::text;
+    END;
+
+    -- roles: the three exist, and some login role holds each
+    FOREACH v_role IN ARRAY ARRAY['parecer_admin', 'parecer_runner', 'parecer_reader'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = v_role) THEN
+            RETURN QUERY SELECT 'role ' || v_role, 'fail'::text, 'the role does not exist'::text,
+                                'run `parecer db migrate` (it creates the roles)'::text;
+            CONTINUE;
+        END IF;
+        SELECT string_agg(DISTINCT u.rolname, ', ' ORDER BY u.rolname) INTO v_members
+        FROM pg_catalog.pg_roles u
+        WHERE u.rolcanlogin AND NOT u.rolsuper AND pg_catalog.pg_has_role(u.oid, v_role, 'MEMBER');
+        IF v_members IS NULL THEN
+            RETURN QUERY SELECT 'role ' || v_role, 'warn'::text,
+                'no login role other than superusers holds it'::text,
+                pg_catalog.format('GRANT %I TO your_login_role; (README: Roles)', v_role);
+        ELSE
+            RETURN QUERY SELECT 'role ' || v_role, 'ok'::text, 'held by ' || v_members, NULL::text;
+        END IF;
+    END LOOP;
+
+    -- settings: every stored value parses as its kind and lies within its bounds
+    FOR v_set IN SELECT s.name, COALESCE(s.value, s.default_value) AS v, s.kind, s.min_value, s.max_value
+                 FROM parecer._settings s ORDER BY s.name LOOP
+        BEGIN
+            IF v_set.kind = 'integer' AND NOT (v_set.v::bigint BETWEEN COALESCE(v_set.min_value, v_set.v::bigint)
+                                                               AND COALESCE(v_set.max_value, v_set.v::bigint)) THEN
+                v_bad := v_bad || v_set.name;
+            ELSIF v_set.kind = 'interval[]' AND cardinality(v_set.v::interval[]) = 0 THEN
+                v_bad := v_bad || v_set.name;
+            ELSIF v_set.name = 'budget_timezone' AND NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z WHERE z.name = v_set.v)
+                  AND upper(v_set.v) <> 'UTC' THEN
+                v_bad := v_bad || v_set.name;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            v_bad := v_bad || v_set.name;
+        END;
+    END LOOP;
+    RETURN QUERY SELECT 'settings'::text,
+        CASE WHEN cardinality(v_bad) = 0 THEN 'ok' ELSE 'fail' END,
+        CASE WHEN cardinality(v_bad) = 0 THEN 'every setting is valid'
+             ELSE 'invalid: ' || array_to_string(v_bad, ', ') END,
+        CASE WHEN cardinality(v_bad) = 0 THEN NULL
+             ELSE 'reset it: SELECT parecer.set_setting(''NAME'', NULL); (the default applies)' END;
+
+    -- prices and limits of every model in use: the active scripts' models and the runners' default
+    FOR v_model IN SELECT DISTINCT m FROM (
+                       SELECT s.model AS m FROM parecer.scripts s WHERE s.is_active AND s.model IS NOT NULL
+                       UNION SELECT doctor.model) x
+                   WHERE m IS NOT NULL ORDER BY m LOOP
+        IF NOT EXISTS (SELECT FROM parecer._model_prices p WHERE v_model LIKE p.model || '%') THEN
+            RETURN QUERY SELECT 'price ' || v_model, 'warn'::text,
+                'no price: its cost is not counted and budgets cannot hold it back'::text,
+                pg_catalog.format('`parecer prices set %s --input USD --cached USD --output USD`', v_model);
+        ELSE
+            RETURN QUERY SELECT 'price ' || v_model, 'ok'::text,
+                (SELECT pg_catalog.format('priced as %s: %s / %s / %s USD per 1M tokens', p.model, p.input_usd_per_mtok,
+                                          p.cached_input_usd_per_mtok, p.output_usd_per_mtok)
+                 FROM parecer._model_prices p WHERE v_model LIKE p.model || '%' ORDER BY length(p.model) DESC LIMIT 1),
+                NULL::text;
+        END IF;
+    END LOOP;
+    SELECT string_agg(pg_catalog.format('%s until %s (%s)', r.limit_key, r.paused_until, r.pause_reason), '; ')
+    INTO v_paused FROM parecer._rate_limits r WHERE r.paused_until > clock_timestamp();
+    RETURN QUERY SELECT 'rate limits'::text,
+        CASE WHEN v_paused IS NULL THEN 'ok' ELSE 'warn' END,
+        COALESCE('paused: ' || v_paused,
+                 (SELECT pg_catalog.format('%s key(s) + model(s); defaults %s rpm, %s tpm', count(*),
+                                           parecer._setting('default_rpm'), parecer._setting('default_tpm'))
+                  FROM parecer._rate_limits)),
+        CASE WHEN v_paused IS NULL THEN NULL
+             ELSE 'the provider asked to wait (429, quota or auth); `parecer limits show` shows why' END;
+
+    -- runners alive: work is due, and nothing holds a lease, reported or asked for capacity lately
+    SELECT count(*) INTO v_due FROM parecer.analyses a
+    WHERE a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now());
+    v_alive := EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at > now())
+            OR EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'done'
+                       AND a.processed_at > now() - make_interval(mins => active_minutes))
+            OR EXISTS (SELECT FROM parecer._rate_limits r WHERE r.updated_at > now() - make_interval(mins => active_minutes));
+    RETURN QUERY SELECT 'runners'::text,
+        CASE WHEN v_alive THEN 'ok' WHEN v_due = 0 THEN 'ok' ELSE 'fail' END,
+        CASE WHEN v_alive THEN pg_catalog.format('active in the last %s minutes; %s item(s) due', active_minutes, v_due)
+             WHEN v_due = 0 THEN 'no runner active, and no work is due'
+             ELSE pg_catalog.format('%s item(s) due and no runner active in the last %s minutes', v_due, active_minutes) END,
+        CASE WHEN v_alive OR v_due = 0 THEN NULL
+             ELSE 'start one: `parecer runner` (OPENAI_API_KEY in its environment)' END;
+
+    -- terminal failures wait for a person
+    SELECT count(*) INTO v_failed FROM parecer.analyses a WHERE a.status = 'failed';
+    RETURN QUERY SELECT 'terminal failures'::text,
+        CASE WHEN v_failed = 0 THEN 'ok' ELSE 'warn' END,
+        pg_catalog.format('%s item(s) failed terminally', v_failed),
+        CASE WHEN v_failed = 0 THEN NULL
+             ELSE 'read the errors in parecer.attempts, fix the cause, then `parecer retry --client CLIENT`' END;
+END
+$$;
+COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.';
+
+-- Retention: delete what is older than older_than and no longer needed, one
+-- batch per kind per call (short transactions, row locks only on old rows; the
+-- CLI calls it until nothing is left). dry_run only counts everything it would
+-- delete. Kept always: items not done, the newest analysis generation (tag) of
+-- every client's script, and spend and budget alerts of the current budget month.
+CREATE OR REPLACE FUNCTION parecer.purge(older_than interval, dry_run boolean DEFAULT true,
+                                         batch_size integer DEFAULT 5000)
+RETURNS TABLE (kind text, deleted bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cutoff timestamptz;
+    v_month  date;
+    v_n      bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '1 day' THEN
+        PERFORM parecer._invalid(pg_catalog.format('older_than must be at least 1 day, not %s', COALESCE(older_than::text, 'NULL')),
+                                 'Pass e.g. older_than => interval ''180 days'' (CLI: --older-than 180d).');
+    END IF;
+    IF batch_size IS NULL OR batch_size NOT BETWEEN 1 AND 1000000 THEN
+        PERFORM parecer._invalid('batch_size must be between 1 and 1000000', 'Pass e.g. batch_size => 5000.');
+    END IF;
+    v_cutoff := now() - older_than;
+    v_month := date_trunc('month', parecer._budget_day())::date;
+
+    -- attempts that ended before the cutoff (the done attempt of a done item is the item's row)
+    IF dry_run THEN
+        SELECT count(*) INTO v_n FROM parecer._attempts t WHERE t.finished_at < v_cutoff;
+    ELSE
+        DELETE FROM parecer._attempts t
+        WHERE (t.analysis_id, t.attempt) IN (SELECT x.analysis_id, x.attempt FROM parecer._attempts x
+                                             WHERE x.finished_at < v_cutoff LIMIT batch_size);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    END IF;
+    RETURN QUERY SELECT 'attempts'::text, v_n;
+
+    -- done analyses of past generations: every tag but the newest of its client's script key
+    IF dry_run THEN
+        SELECT count(*) INTO v_n FROM parecer._purgeable_analyses(v_cutoff) p;
+    ELSE
+        DELETE FROM parecer.analyses a
+        WHERE a.analysis_id IN (SELECT p.analysis_id FROM parecer._purgeable_analyses(v_cutoff) p LIMIT batch_size);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    END IF;
+    RETURN QUERY SELECT 'analyses of past generations'::text, v_n;
+
+    -- spend rows before the cutoff and before the current budget month (budgets read that month)
+    IF dry_run THEN
+        SELECT count(*) INTO v_n FROM parecer._spend s WHERE s.day < v_cutoff::date AND s.day < v_month;
+    ELSE
+        DELETE FROM parecer._spend s
+        WHERE (s.client_id, s.day, s.shard) IN (SELECT x.client_id, x.day, x.shard FROM parecer._spend x
+                                                WHERE x.day < v_cutoff::date AND x.day < v_month LIMIT batch_size);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    END IF;
+    RETURN QUERY SELECT 'spend days'::text, v_n;
+
+    IF dry_run THEN
+        SELECT count(*) INTO v_n FROM parecer._budget_alerts b WHERE b.period_start < v_cutoff::date AND b.period_start < v_month;
+    ELSE
+        DELETE FROM parecer._budget_alerts b
+        WHERE b.period_start < v_cutoff::date AND b.period_start < v_month
+          AND (b.client_id, b.period, b.period_start, b.threshold) IN (
+              SELECT x.client_id, x.period, x.period_start, x.threshold FROM parecer._budget_alerts x
+              WHERE x.period_start < v_cutoff::date AND x.period_start < v_month LIMIT batch_size);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    END IF;
+    RETURN QUERY SELECT 'budget alerts'::text, v_n;
+END
+$$;
+COMMENT ON FUNCTION parecer.purge(interval, boolean, integer) IS 'Retention: deletes attempts that ended before now() - older_than, done analyses processed before it whose tag is not the newest of their client''s script key, and spend days and budget alerts before it and before the current budget month; at most batch_size rows per kind per call (call again until every count is 0). dry_run (the default) counts all it would delete. `parecer purge --older-than 180d` loops.';
+
+-- Done analyses processed before p_cutoff of a generation (tag) that is not the
+-- newest of its client's script key (newest: the tag of the latest created item).
+CREATE OR REPLACE FUNCTION parecer._purgeable_analyses(p_cutoff timestamptz)
+RETURNS TABLE (analysis_id uuid)
+LANGUAGE sql STABLE
+AS $$
+    WITH newest AS (
+        SELECT DISTINCT ON (a.client_id, s.script_key) a.client_id, s.script_key, a.analysis_version_tag
+        FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
+        ORDER BY a.client_id, s.script_key, a.created_at DESC
+    )
+    SELECT a.analysis_id
+    FROM parecer.analyses a
+    JOIN parecer.scripts s ON s.script_id = a.script_id
+    JOIN newest n ON n.client_id = a.client_id AND n.script_key = s.script_key
+    WHERE a.status = 'done' AND a.processed_at < p_cutoff AND a.analysis_version_tag <> n.analysis_version_tag
+$$;
