@@ -44,6 +44,8 @@ CALLS: dict[str, str] = {
     "mark_done_many": "SELECT * FROM parecer.mark_done_many('[]')",
     "insights": "SELECT parecer.insights('acme')",
     "insight_sessions": "SELECT * FROM parecer.insight_sessions('acme')",
+    "doctor": "SELECT * FROM parecer.doctor()",
+    "purge": "SELECT * FROM parecer.purge('1000 years')",
 }
 RELATIONS = [
     "reports",
@@ -112,6 +114,8 @@ MATRIX: dict[str, set[str]] = {
         "session_transcript",
         "insights",
         "insight_sessions",
+        "doctor",
+        "purge",
     }
     | READER_VIEWS,
     "parecer_runner": {
