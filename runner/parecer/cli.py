@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
@@ -40,6 +40,8 @@ def _json_default(o: Any) -> Any:
         return o.isoformat()
     if isinstance(o, (UUID, Decimal)):
         return str(o) if isinstance(o, UUID) else float(o)
+    if isinstance(o, timedelta):
+        return str(o)
     raise TypeError(type(o).__name__)
 
 
