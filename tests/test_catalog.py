@@ -126,6 +126,13 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
         errors.BAD_SETTING,
     ),
     ("SELECT * FROM parecer.set_setting('backoff_schedule', '{}')", (), errors.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('min_idle', 'later')", (), errors.BAD_SETTING),
+    ("SELECT * FROM parecer.set_setting('display_currency', 'reais')", (), errors.BAD_SETTING),
+    (
+        "SELECT * FROM parecer.start_run('acme', 'qa', min_idle => '-1 hour')",
+        (),
+        errors.INVALID_ARGUMENT,
+    ),
     ("SELECT * FROM parecer.claim('')", (), errors.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.claim('w', 0)", (), errors.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.claim('w', lease_seconds => 1)", (), errors.INVALID_ARGUMENT),
@@ -190,7 +197,8 @@ def test_every_documented_error_is_raised_with_hint_and_no_writes(
     assert {code for _, _, code in ERROR_CASES} == set(errors.CODES) - {
         errors.INVALID_REPORT,
         errors.UNGROUNDED_REPORT,
-    }  # those: test_prompt_report
+        errors.DUPLICATE_SESSION,
+    }  # those: test_prompt_report; PR015 needs a duplicating adapter: test_seed_rules
     for sql, params, code in ERROR_CASES:
         args = tuple(seeded.get(p, p) if isinstance(p, str) else p for p in params)
         before = table_checksum(conn)

@@ -64,6 +64,7 @@ BEGIN
                             CASE WHEN f.col IS NULL THEN NULL
                                  WHEN f.tz IS FALSE AND f.camel IN ('resolvedAt', 'autoClosedAt', 'lastMessageTime', 'timestamp')
                                      THEN pg_catalog.format('(%s.%I AT TIME ZONE ''UTC'')', left(f.tbl, 1), f.col)
+                                 WHEN f.tz THEN pg_catalog.format('%s.%I::timestamptz', left(f.tbl, 1), f.col)
                                  ELSE pg_catalog.format('%s.%I', left(f.tbl, 1), f.col) END),
            string_agg(f.tbl || '.' || f.camel, ', ') FILTER (WHERE f.col IS NULL)
       INTO v_cols, v_missing

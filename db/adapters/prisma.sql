@@ -37,11 +37,11 @@ BEGIN
         CREATE INDEX "ix_messages_sessionId_updatedAtExternal" ON public.messages ("sessionId", "updatedAtExternal");
     END IF;
 
-    SELECT pg_catalog.format(CASE a.atttypid WHEN 'timestamptz'::regtype THEN 's.%I' ELSE '(s.%I AT TIME ZONE ''UTC'')' END, a.attname)
+    SELECT pg_catalog.format(CASE a.atttypid WHEN 'timestamptz'::regtype THEN 's.%I::timestamptz' ELSE '(s.%I AT TIME ZONE ''UTC'')' END, a.attname)
       INTO v_ended
       FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'public.sessions'::regclass AND a.attname = 'endedAt';
     SELECT 'COALESCE(' || string_agg(pg_catalog.format(
-               CASE a.atttypid WHEN 'timestamptz'::regtype THEN 'm.%I' ELSE '(m.%I AT TIME ZONE ''UTC'')' END, a.attname),
+               CASE a.atttypid WHEN 'timestamptz'::regtype THEN 'm.%I::timestamptz' ELSE '(m.%I AT TIME ZONE ''UTC'')' END, a.attname),
                ', ' ORDER BY array_position(ARRAY['updatedAtExternal', 'createdAtExternal', 'createdAt'], a.attname::text)) || ')'
       INTO v_sent
       FROM pg_catalog.pg_attribute a
