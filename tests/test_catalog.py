@@ -127,7 +127,6 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
     ),
     ("SELECT * FROM parecer.set_setting('backoff_schedule', '{}')", (), errors.BAD_SETTING),
     ("SELECT * FROM parecer.set_setting('min_idle', 'later')", (), errors.BAD_SETTING),
-    ("SELECT * FROM parecer.set_setting('display_currency', 'reais')", (), errors.BAD_SETTING),
     (
         "SELECT * FROM parecer.start_run('acme', 'qa', min_idle => '-1 hour')",
         (),

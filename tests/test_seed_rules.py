@@ -97,7 +97,7 @@ def test_duplicated_source_session_is_pr015_naming_it(conn: psycopg.Connection[A
     sessions = [make_session(conn) for _ in range(2)]
     dup = sessions[1]
     _duplicate_sessions(conn, dup.session_id)
-    for sql, args in (
+    for query, args in (
         ("SELECT * FROM parecer.start_run('acme', 'qa', dry_run => true)", None),
         ("SELECT * FROM parecer.start_run('acme', 'qa')", None),
         ("SELECT * FROM parecer.enqueue(%s, %s)", ([dup.session_id], script["script_id"])),
@@ -107,8 +107,8 @@ def test_duplicated_source_session_is_pr015_naming_it(conn: psycopg.Connection[A
         ),
     ):
         with pytest.raises(psycopg.Error) as exc:
-            conn.execute(sql, args)
-        assert errors.sqlstate(exc.value) == errors.DUPLICATE_SESSION, sql
+            conn.execute(query, args)
+        assert errors.sqlstate(exc.value) == errors.DUPLICATE_SESSION, query
         assert dup.session_id in exc.value.diag.message_primary
     rows = {r["check_name"]: r for r in conn.execute("SELECT * FROM parecer.check_adapter()")}
     assert rows["duplicate_session_ids"]["status"] == "error"

@@ -24,12 +24,6 @@ INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_va
      'Time zone whose calendar days and months budgets and spend are counted in (e.g. America/Sao_Paulo).'),
     ('min_idle', '24 hours', 'interval', 0, 31536000,
      'Seed 003''s 24-hour rule: a session is eligible only once its end and its last message are at least this long ago (a run may ask for less with min_idle => ...; its dry run says so).'),
-    ('default_rpd', '0', 'integer', 0, 1000000000,
-     'Requests per UTC day for a provider key + model without its own daily limit; 0 = no daily limit (seed 003 ran 160, 80% of 200, then 1000).'),
-    ('display_currency', 'USD', 'text', NULL, NULL,
-     'Currency parecer spend and spend_projection show beside USD (ISO 4217 code, e.g. BRL). Prices and budgets stay in USD, as the provider bills.'),
-    ('usd_exchange_rate', '1', 'numeric', 0.000001, 1000000,
-     'Units of display_currency per US dollar (e.g. 5.40 for BRL); parecer never fetches it: set it when it matters.'),
     ('single_tenant_slug', 'default', 'text', NULL, NULL,
      'Client slug that single-tenant adapters (e.g. lia-cortex) give the one client of their host.'),
     ('single_tenant_name', 'Default', 'text', NULL, NULL,
@@ -173,9 +167,6 @@ BEGIN
                                     COALESCE(make_interval(secs => v_def.max_value)::text, 'inf'));
             END IF;
             set_setting.value := v_int::text;
-        ELSIF v_def.name = 'display_currency' AND set_setting.value !~ '^[A-Z]{3}$' THEN
-            RAISE EXCEPTION 'invalid value for display_currency: %', left(set_setting.value, 100)
-                USING ERRCODE = 'PR009', HINT = 'Use an ISO 4217 code in capitals, e.g. USD or BRL.';
         ELSIF v_def.name IN ('single_tenant_slug', 'single_tenant_name')
               AND (btrim(set_setting.value) = '' OR length(set_setting.value) > 200) THEN
             RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)

@@ -5,7 +5,6 @@ DROP FUNCTION IF EXISTS parecer.eligible_sessions(text, integer, jsonb, timestam
 DROP FUNCTION IF EXISTS parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer,
                                           timestamptz, timestamptz, boolean, boolean, interval, boolean);
 ALTER TYPE parecer.run_result DROP ATTRIBUTE min_idle, DROP ATTRIBUTE note, DROP ATTRIBUTE changed;
-DROP TABLE parecer._installation_budget CASCADE;
 ALTER TABLE parecer.analyses DROP COLUMN analysed_message_count CASCADE,
                              DROP COLUMN analysed_last_message_at CASCADE;
 DELETE FROM parecer._settings WHERE kind = 'interval';

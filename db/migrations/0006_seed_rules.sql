@@ -3,7 +3,6 @@
 -- * settings of kind 'interval' (min_idle: seed 003's 24-hour rule);
 -- * the fingerprint of the transcript a done item analysed (message count and
 --   last message time), so parecer.stale_reports can tell a session that changed;
--- * installation-wide budgets beside the per-client ones (seed 003: R$10/day, R$200/month);
 -- * run_result says which idle rule a run applied, and how many changed sessions it re-queued;
 -- * eligible_sessions and start_run gain arguments: their old signatures go here,
 --   db/api/ defines the new ones (one definition each).
@@ -18,16 +17,6 @@ COMMENT ON COLUMN parecer.analyses.analysed_message_count IS
 'Messages the session had when the item was marked done (fingerprint; see parecer.stale_reports).';
 COMMENT ON COLUMN parecer.analyses.analysed_last_message_at IS
 'Latest sent_at of the session''s messages when the item was marked done (fingerprint; see parecer.stale_reports).';
-
--- One row (the installation): budgets over every client's spend, in USD.
-CREATE TABLE parecer._installation_budget (
-    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    daily_budget_usd   numeric CHECK (daily_budget_usd >= 0),
-    monthly_budget_usd numeric CHECK (monthly_budget_usd >= 0),
-    updated_at         timestamptz NOT NULL DEFAULT now(),
-    updated_by         text NOT NULL DEFAULT session_user
-);
-INSERT INTO parecer._installation_budget DEFAULT VALUES;
 
 ALTER TYPE parecer.run_result
     ADD ATTRIBUTE min_idle interval,
