@@ -257,5 +257,11 @@ def test_limits_budgets_prices_spend_backlog(seeded: str) -> None:
         assert c.execute("SELECT bool_and(backlog) AS b FROM parecer.analyses").fetchone() == {
             "b": True
         }
+    less = json.loads(
+        cli(seeded, "run", "acme", "qa", "--dry-run", "--min-idle", "1 hour", "--json").output
+    )
+    assert less["min_idle"] == "1:00:00" and "below the min_idle setting" in less["note"]
+    checks = json.loads(cli(seeded, "db", "check-adapter", "--json").output)
+    assert {c["check_name"]: c["status"] for c in checks}["duplicate_session_ids"] == "ok"
     r = cli(seeded, "budgets", "priority", "acme", "0")
     assert r.exit_code == 2 and "not in the range 1<=x<=100" in r.output

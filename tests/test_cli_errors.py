@@ -26,6 +26,7 @@ ARGS: dict[str, list[str]] = {
     "db rollback": ["--count", "1", "--yes"],
     "db adapter": ["reference"],
     "db reference-schema": [],
+    "db check-adapter": [],
     "scripts create": ["acme", "qa", "--file", "-"],
     "scripts list": ["acme"],
     "scripts show": ["acme", "qa"],

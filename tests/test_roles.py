@@ -46,6 +46,7 @@ CALLS: dict[str, str] = {
     "insight_sessions": "SELECT * FROM parecer.insight_sessions('acme')",
     "doctor": "SELECT * FROM parecer.doctor()",
     "purge": "SELECT * FROM parecer.purge('1000 years')",
+    "check_adapter": "SELECT * FROM parecer.check_adapter()",
 }
 RELATIONS = [
     "reports",
@@ -75,6 +76,8 @@ RELATIONS = [
     "_spend",
     "_client_policy",
     "_budget_alerts",
+    "metrics",
+    "stale_reports",
 ]
 
 READER_VIEWS = {
@@ -90,6 +93,8 @@ READER_VIEWS = {
     "spend_monthly",
     "run_costs",
     "client_status",
+    "metrics",
+    "stale_reports",
 }
 MATRIX: dict[str, set[str]] = {
     "parecer_admin": {
@@ -116,6 +121,7 @@ MATRIX: dict[str, set[str]] = {
         "insight_sessions",
         "doctor",
         "purge",
+        "check_adapter",
     }
     | READER_VIEWS,
     "parecer_runner": {

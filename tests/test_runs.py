@@ -60,7 +60,11 @@ def test_eligibility_inactivity_window_and_counts(conn: psycopg.Connection[Any])
     ).fetchall()
     assert [r["session_id"] for r in rows] == [old.session_id]
     assert rows[0]["message_count"] == 25
-    assert eligible(conn, ended_after=now - timedelta(hours=3)) == [recent.session_id]
+    # the 24-hour rule (setting min_idle) keeps the recent session out unless a run asks for less
+    assert eligible(conn, ended_after=now - timedelta(hours=3)) == []
+    assert eligible(conn, ended_after=now - timedelta(hours=3), min_idle=timedelta(hours=1)) == [
+        recent.session_id
+    ]
 
 
 @pytest.mark.parametrize(
@@ -125,6 +129,9 @@ def test_dry_run_counts_and_writes_nothing(conn: psycopg.Connection[Any]) -> Non
         "enqueued": 0,
         "reset": 0,
         "estimated_cost_usd": None,
+        "min_idle": timedelta(hours=24),
+        "note": None,
+        "changed": 0,
     }
     forced = conn.execute(
         "SELECT * FROM parecer.start_run('acme', 'qa', dry_run => true, force_reprocess => true)"

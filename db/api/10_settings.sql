@@ -21,7 +21,13 @@ INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_va
     ('rate_burst_seconds', '6', 'integer', 1, 60,
      'Bucket size in seconds of the rate: a burst never exceeds this many seconds of the limit.'),
     ('budget_timezone', 'UTC', 'text', NULL, NULL,
-     'Time zone whose calendar days and months budgets and spend are counted in (e.g. America/Sao_Paulo).')
+     'Time zone whose calendar days and months budgets and spend are counted in (e.g. America/Sao_Paulo).'),
+    ('min_idle', '24 hours', 'interval', 0, 31536000,
+     'Seed 003''s 24-hour rule: a session is eligible only once its end and its last message are at least this long ago (a run may ask for less with min_idle => ...; its dry run says so).'),
+    ('single_tenant_slug', 'default', 'text', NULL, NULL,
+     'Client slug that single-tenant adapters (e.g. lia-cortex) give the one client of their host.'),
+    ('single_tenant_name', 'Default', 'text', NULL, NULL,
+     'Client name that single-tenant adapters give the one client of their host.')
 ON CONFLICT (name) DO UPDATE
     SET default_value = EXCLUDED.default_value, kind = EXCLUDED.kind, min_value = EXCLUDED.min_value,
         max_value = EXCLUDED.max_value, description = EXCLUDED.description;
@@ -43,6 +49,15 @@ LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
     RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name);
+END
+$$;
+
+-- An interval setting.
+CREATE OR REPLACE FUNCTION parecer._setting_interval(p_name text) RETURNS interval
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name)::interval;
 END
 $$;
 
@@ -91,6 +106,7 @@ DECLARE
     v_def parecer._settings;
     v_iv  interval[];
     v_num numeric;
+    v_int interval;
 BEGIN
     SELECT * INTO v_def FROM parecer._settings s WHERE s.name = set_setting.name;
     IF NOT FOUND THEN
@@ -134,6 +150,27 @@ BEGIN
             END IF;
             -- An integer is stored without a fractional part ('4.0' -> '4'): _setting_int casts it to integer.
             set_setting.value := CASE WHEN v_def.kind = 'integer' THEN trunc(v_num)::text ELSE v_num::text END;
+        ELSIF v_def.kind = 'interval' THEN
+            BEGIN
+                v_int := set_setting.value::interval;
+            EXCEPTION WHEN OTHERS THEN
+                v_int := NULL;
+            END;
+            -- bounds in seconds (min_value, max_value); months count as 30 days
+            IF v_int IS NULL
+               OR (v_def.min_value IS NOT NULL AND extract(epoch FROM v_int) < v_def.min_value)
+               OR (v_def.max_value IS NOT NULL AND extract(epoch FROM v_int) > v_def.max_value) THEN
+                RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
+                    USING ERRCODE = 'PR009',
+                          HINT = pg_catalog.format('%s must be an interval between %s and %s, e.g. ''24 hours''.', v_def.name,
+                                    COALESCE(make_interval(secs => v_def.min_value)::text, '-inf'),
+                                    COALESCE(make_interval(secs => v_def.max_value)::text, 'inf'));
+            END IF;
+            set_setting.value := v_int::text;
+        ELSIF v_def.name IN ('single_tenant_slug', 'single_tenant_name')
+              AND (btrim(set_setting.value) = '' OR length(set_setting.value) > 200) THEN
+            RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
+                USING ERRCODE = 'PR009', HINT = 'Give 1-200 characters, e.g. ''lia''.';
         ELSIF v_def.name = 'budget_timezone'
               AND NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z WHERE z.name = set_setting.value) THEN
             RAISE EXCEPTION 'invalid value for budget_timezone: %', left(set_setting.value, 100)

@@ -30,15 +30,31 @@ BEGIN
 END
 $$;
 
--- Sessions of a client worth analysing: ended, enough messages, tag filter.
+-- The idle rule a run applies: the min_idle setting unless the run names its own.
+CREATE OR REPLACE FUNCTION parecer._min_idle(p_min_idle interval) RETURNS interval
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v interval := COALESCE(p_min_idle, parecer._setting_interval('min_idle'));
+BEGIN
+    IF v < interval '0' OR v > interval '365 days' THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid min_idle: %s', v),
+                                 'min_idle is how long a session must have been quiet, between 0 and 365 days (NULL: the min_idle setting, 24 hours by default).');
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- Sessions of a client worth analysing: ended and idle for min_idle, enough messages, tag filter.
 CREATE OR REPLACE FUNCTION parecer.eligible_sessions(
     client_slug         text,
     min_messages        integer DEFAULT 20,
     tag_filter          jsonb DEFAULT '{"mode":"none"}',
     ended_after         timestamptz DEFAULT NULL,
     ended_before        timestamptz DEFAULT NULL,
-    require_agent_reply boolean DEFAULT false
-) RETURNS TABLE (session_id text, ended_at timestamptz, message_count bigint)
+    require_agent_reply boolean DEFAULT false,
+    min_idle            interval DEFAULT NULL
+) RETURNS TABLE (session_id text, ended_at timestamptz, message_count bigint, last_message_at timestamptz)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -47,9 +63,11 @@ DECLARE
     v_client record;
     v_filter record;
     v_tag_sql text;
+    v_idle    interval;
 BEGIN
     v_client := parecer._client(eligible_sessions.client_slug);
     v_filter := parecer._tag_filter(tag_filter);
+    v_idle := parecer._min_idle(eligible_sessions.min_idle);
     IF min_messages IS NULL OR min_messages < 1 OR min_messages > 1000000 THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid min_messages: %s', COALESCE(min_messages::text, 'NULL')),
                                  'min_messages must be between 1 and 1000000.');
@@ -61,21 +79,46 @@ BEGIN
         WHEN 'none_of' THEN 'AND NOT EXISTS (SELECT FROM parecer.source_contact_tags t WHERE t.contact_id = s.contact_id AND t.tag = ANY ($5))'
         WHEN 'all_of'  THEN 'AND (SELECT count(DISTINCT t.tag) FROM parecer.source_contact_tags t WHERE t.contact_id = s.contact_id AND t.tag = ANY ($5)) = cardinality($5)'
         ELSE '' END;
+    -- Seed 003's 24-hour rule: idle since the later of ended_at and the last message
+    -- (a late message reopens the wait); an ended_at in the future is never eligible.
     RETURN QUERY EXECUTE
-        'SELECT s.session_id, s.ended_at, count(*)::bigint
+        'SELECT s.session_id, s.ended_at, count(*)::bigint, max(m.sent_at)
          FROM parecer.source_sessions s
          JOIN parecer.source_messages m ON m.session_id = s.session_id
          WHERE s.client_id = $1
-           AND s.ended_at IS NOT NULL
+           AND s.ended_at <= now() - $7
            AND ($2::timestamptz IS NULL OR s.ended_at >= $2)
            AND ($3::timestamptz IS NULL OR s.ended_at < $3) '
         || v_tag_sql ||
         ' GROUP BY s.session_id, s.ended_at
           HAVING count(*) >= $4 AND (NOT $6 OR bool_or(m.from_me))
+             AND COALESCE(max(m.sent_at), ''-infinity'') <= now() - $7
           ORDER BY s.ended_at DESC, s.session_id'
     USING v_client.client_id, ended_after, ended_before, min_messages, v_filter.tags,
-          COALESCE(require_agent_reply, false);
+          COALESCE(require_agent_reply, false), v_idle;
 END
 $$;
-COMMENT ON FUNCTION parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean) IS
-'Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply. Newest first. Errors: PR001, PR004, PR010.';
+COMMENT ON FUNCTION parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval) IS
+'Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003''s rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010.';
+
+-- Refuse session ids that parecer.source_sessions holds more than once (an adapter
+-- joining to a table with several rows per session): PR015 names them, where the
+-- queue would otherwise fail with 21000 or count the session's messages twice.
+CREATE OR REPLACE FUNCTION parecer._check_unique_sessions(p_session_ids text[]) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_dups text[];
+BEGIN
+    SELECT array_agg(d.session_id) INTO v_dups
+    FROM (SELECT s.session_id FROM parecer.source_sessions s
+          WHERE s.session_id = ANY (p_session_ids)
+          GROUP BY s.session_id HAVING count(*) > 1
+          ORDER BY s.session_id LIMIT 5) d;
+    IF v_dups IS NOT NULL THEN
+        RAISE EXCEPTION 'duplicate session id(s) in parecer.source_sessions: %', left(array_to_string(v_dups, ', '), 300)
+            USING ERRCODE = 'PR015',
+                  HINT = 'The adapter''s source_sessions must give one row per session_id: check its joins (parecer.check_adapter() lists every duplicate).';
+    END IF;
+END
+$$;

@@ -158,6 +158,7 @@ BEGIN
     SELECT array_agg(DISTINCT x) INTO v_ids FROM unnest(session_ids) x;
     v_ids := COALESCE(v_ids, '{}');
     v_total := cardinality(v_ids);
+    PERFORM parecer._check_unique_sessions(v_ids);
 
     SELECT array_agg(x) INTO v_missing
     FROM (SELECT x FROM unnest(v_ids) x
@@ -234,7 +235,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.enqueue(text[], bigint, text, boolean, bigint) IS
-'Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session.';
+'Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session, PR015 session duplicated in source_sessions.';
 
 -- Up to p_limit claimable items of one client, locked (FOR UPDATE SKIP LOCKED),
 -- in claim order: fresh work newest-ended first, then backlog oldest first

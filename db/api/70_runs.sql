@@ -12,7 +12,9 @@ CREATE OR REPLACE FUNCTION parecer.start_run(
     ended_after          timestamptz DEFAULT NULL,
     ended_before         timestamptz DEFAULT NULL,
     require_agent_reply  boolean DEFAULT false,
-    backlog              boolean DEFAULT false
+    backlog              boolean DEFAULT false,
+    min_idle             interval DEFAULT NULL,
+    reanalyse_changed    boolean DEFAULT false
 ) RETURNS parecer.run_result
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -24,7 +26,11 @@ DECLARE
     v_force    boolean := COALESCE(force_reprocess, false);
     v_res      parecer.run_result;
     v_selected text[];
+    v_changed  text[];
     v_enq      record;
+    v_idle     interval := parecer._min_idle(start_run.min_idle);
+    v_setting  interval := parecer._setting_interval('min_idle');
+    v_reanalyse boolean := COALESCE(reanalyse_changed, false);
 BEGIN
     v_script := parecer._resolve_script(start_run.client_slug, start_run.script_key, start_run.script_version);
     IF max_sessions IS NULL OR max_sessions < 1 OR max_sessions > v_cap THEN
@@ -39,9 +45,14 @@ BEGIN
 
     WITH e AS (
         SELECT * FROM parecer.eligible_sessions(start_run.client_slug, start_run.min_messages, start_run.tag_filter,
-                                                start_run.ended_after, start_run.ended_before, start_run.require_agent_reply)
+                                                start_run.ended_after, start_run.ended_before, start_run.require_agent_reply,
+                                                v_idle)
     ), x AS (
-        SELECT e.session_id, e.ended_at, a.status, a.next_retry_at, a.retry_count
+        SELECT e.session_id, e.ended_at, a.status, a.next_retry_at, a.retry_count,
+               -- done, and the session's messages changed since (parecer.stale_reports' rule)
+               (a.status = 'done' AND a.analysed_message_count IS NOT NULL
+                AND (a.analysed_message_count IS DISTINCT FROM e.message_count
+                     OR a.analysed_last_message_at IS DISTINCT FROM e.last_message_at)) AS changed
         FROM e
         LEFT JOIN parecer.analyses a
                ON a.session_id = e.session_id AND a.script_id = v_script.script_id
@@ -50,7 +61,7 @@ BEGIN
         SELECT * FROM x
         -- done and terminally failed sessions are not selected again without force (terminal
         -- failures come back through parecer.retry_failed): newer runs move on to older sessions
-        WHERE v_force OR x.status IS NULL OR x.status NOT IN ('done', 'failed')
+        WHERE v_force OR x.status IS NULL OR x.status NOT IN ('done', 'failed') OR (v_reanalyse AND x.changed)
         ORDER BY x.ended_at DESC, x.session_id
         LIMIT start_run.max_sessions
     )
@@ -59,11 +70,20 @@ BEGIN
            (SELECT count(*) FROM x WHERE x.status IN ('pending', 'processing')),
            (SELECT count(*) FROM sel),
            (SELECT count(*) FROM sel
-             WHERE v_force OR sel.status IS NULL
+             WHERE v_force OR sel.status IS NULL OR (v_reanalyse AND sel.changed)
                 OR (sel.status = 'pending' AND (sel.next_retry_at IS NULL OR sel.next_retry_at <= now()))),
-           (SELECT array_agg(sel.session_id) FROM sel)
+           (SELECT array_agg(sel.session_id) FROM sel WHERE v_force OR NOT (v_reanalyse AND sel.changed)),
+           (SELECT array_agg(sel.session_id) FROM sel WHERE NOT v_force AND v_reanalyse AND sel.changed)
     INTO v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue,
-         v_res.would_process_now, v_selected;
+         v_res.would_process_now, v_selected, v_changed;
+    -- A session duplicated by the adapter would be selected twice: PR015 names it (dry run too).
+    PERFORM parecer._check_unique_sessions(COALESCE(v_selected, '{}') || COALESCE(v_changed, '{}'));
+    v_res.min_idle := v_idle;
+    v_res.changed := COALESCE(cardinality(v_changed), 0);
+    IF v_idle < v_setting THEN
+        v_res.note := pg_catalog.format('min_idle %s is below the min_idle setting (%s): sessions quiet for less may still be going on',
+                                        v_idle, v_setting);
+    END IF;
 
     v_res.dry_run := COALESCE(dry_run, false);
     v_res.enqueued := 0;
@@ -81,7 +101,8 @@ BEGIN
                                'force_reprocess', v_force, 'max_sessions', start_run.max_sessions,
                                'ended_after', start_run.ended_after, 'ended_before', start_run.ended_before,
                                'require_agent_reply', COALESCE(start_run.require_agent_reply, false),
-                               'backlog', COALESCE(start_run.backlog, false)),
+                               'backlog', COALESCE(start_run.backlog, false),
+                               'min_idle', v_idle, 'reanalyse_changed', v_reanalyse),
             v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue)
     RETURNING runs.run_id INTO v_res.run_id;
 
@@ -90,6 +111,12 @@ BEGIN
                          v_force, v_res.run_id);
     v_res.enqueued := v_enq.enqueued;
     v_res.reset := v_enq.reset;
+    IF v_changed IS NOT NULL THEN
+        -- changed sessions' done items go back to pending (their old report is kept as an attempt)
+        SELECT * INTO v_enq
+        FROM parecer.enqueue(v_changed, v_script.script_id, start_run.analysis_version_tag, true, v_res.run_id);
+        v_res.reset := v_res.reset + v_enq.reset;
+    END IF;
     IF start_run.backlog THEN
         PERFORM parecer.set_run_backlog(v_res.run_id);
     END IF;
@@ -97,8 +124,8 @@ BEGIN
     RETURN v_res;
 END
 $$;
-COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean) IS
-'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.';
+COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean) IS
+'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions.';
 
 -- The summary itself (see parecer.run_summary).
 CREATE OR REPLACE FUNCTION parecer._run_summary(p_run_id bigint)

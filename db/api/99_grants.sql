@@ -21,7 +21,7 @@ GRANT USAGE ON SCHEMA parecer TO parecer_admin, parecer_runner, parecer_reader;
 GRANT SELECT ON
     parecer.reports, parecer.attempts, parecer.queue_status, parecer.runs_overview, parecer.settings,
     parecer.rate_limits, parecer.model_prices, parecer.budgets, parecer.spend_daily, parecer.spend_monthly,
-    parecer.run_costs, parecer.client_status, parecer.metrics
+    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports
 TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.run_summary(bigint),
@@ -54,9 +54,9 @@ GRANT EXECUTE ON FUNCTION
     parecer.list_scripts(text, text, boolean),
     parecer.resolve_script(text, text, integer),
     parecer.activate_script(text, text, integer, boolean),
-    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean),
+    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval),
     parecer.enqueue(text[], bigint, text, boolean, bigint),
-    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean),
+    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean),
     parecer.retry_failed(bigint, text, text),
     parecer.set_run_backlog(bigint, boolean),
     parecer.estimate_cost(bigint, integer),
@@ -67,5 +67,6 @@ GRANT EXECUTE ON FUNCTION
     parecer.set_budget(text, numeric, numeric),
     parecer.set_client_priority(text, integer),
     parecer.doctor(text, integer),
-    parecer.purge(interval, boolean, integer)
+    parecer.purge(interval, boolean, integer),
+    parecer.check_adapter()
 TO parecer_admin;

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 from uuid import UUID
@@ -41,6 +41,8 @@ def _json_default(o: Any) -> Any:
         return o.isoformat()
     if isinstance(o, (UUID, Decimal)):
         return str(o) if isinstance(o, UUID) else float(o)
+    if isinstance(o, timedelta):
+        return str(o)
     raise TypeError(type(o).__name__)
 
 
@@ -98,7 +100,7 @@ EXIT_ERROR = 1  # the database refused the request (a SQLSTATE, shown with its h
 EXIT_USAGE = 2  # a bad option or argument (click's own code)
 EXIT_UNAVAILABLE = 3  # no database configured, or it cannot be reached
 EXIT_NOT_INSTALLED = 4  # parecer is not installed in the database, or it is out of date
-EXIT_DOCTOR_FAILED = 5  # `parecer doctor` found a failing check
+EXIT_DOCTOR_FAILED = 5  # `parecer doctor` or `parecer db check-adapter` found a failing check
 
 INT4_MAX = 2_147_483_647  # integer arguments of the SQL API
 
@@ -388,9 +390,28 @@ def db_rollback(ctx: click.Context, count: int | None, yes: bool) -> None:
 @click.argument("name_or_file")
 @click.pass_context
 def db_adapter(ctx: click.Context, name_or_file: str) -> None:
-    """Install an adapter: bundled (reference, prisma) or a SQL file of yours."""
+    """Install an adapter: bundled (reference, prisma, lia-cortex) or a SQL file of yours."""
     path = db.install_adapter(need_url(ctx), name_or_file)
     click.echo(f"adapter installed: {path.name}")
+
+
+@db_group.command("check-adapter")
+@json_option
+@click.pass_context
+def db_check_adapter(ctx: click.Context, as_json: bool) -> None:
+    """Check the installed adapter over this host's data (parecer.check_adapter()).
+
+    Duplicate session ids, sessions ending in the future, messages without a
+    session, lookups without an index, row counts. Exits 5 when a check is an error.
+    """
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.check_adapter()").fetchall()
+    if as_json:
+        emit_json(rows)
+    else:
+        emit_table(rows, title="adapter checks")
+    if any(r["status"] == "error" for r in rows):
+        ctx.exit(EXIT_DOCTOR_FAILED)
 
 
 @db_group.command("reference-schema")
@@ -599,6 +620,17 @@ def _tag_filter(
     default=None,
     help="Only sessions ended at least this many hours ago (seed 003: 24).",
 )
+@click.option(
+    "--min-idle",
+    default=None,
+    help="Idle time a session needs, e.g. '2 hours' (default: setting min_idle, 24 hours;"
+    " less is reported in note).",
+)
+@click.option(
+    "--reanalyse-changed",
+    is_flag=True,
+    help="Also queue done sessions whose messages changed since (parecer.stale_reports).",
+)
 @click.option("--require-agent-reply", is_flag=True, help="Only sessions where the agent replied.")
 @click.option(
     "--analysis-tag",
@@ -659,6 +691,8 @@ def run_cmd(
     any_tags: tuple[str, ...],
     ignore_tags: bool,
     ended_before_hours: float | None,
+    min_idle: str | None,
+    reanalyse_changed: bool,
     require_agent_reply: bool,
     version_tag: str,
     version_tag_alias: str | None,
@@ -682,7 +716,8 @@ def run_cmd(
             " min_messages => %s, tag_filter => %s::jsonb, analysis_version_tag => %s, force_reprocess => %s,"
             " dry_run => %s, max_sessions => %s,"
             " ended_before => CASE WHEN %s::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => %s::float8 * 3600) END,"
-            " require_agent_reply => %s, backlog => %s)",
+            " require_agent_reply => %s, backlog => %s, min_idle => %s::interval,"
+            " reanalyse_changed => %s)",
             (
                 client,
                 key,
@@ -697,6 +732,8 @@ def run_cmd(
                 ended_before_hours,
                 require_agent_reply,
                 backlog,
+                min_idle,
+                reanalyse_changed,
             ),
         ).fetchone()
         assert res is not None

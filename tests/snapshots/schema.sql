@@ -104,7 +104,9 @@
     updated_at timestamp with time zone NOT NULL DEFAULT now(),
     started_at timestamp with time zone,
     processed_at timestamp with time zone,
-    grounding jsonb
+    grounding jsonb,
+    analysed_message_count integer,
+    analysed_last_message_at timestamp with time zone
 
 -- table: claimed_item
     analysis_id uuid,
@@ -160,7 +162,10 @@
     would_process_now integer,
     enqueued integer,
     reset integer,
-    estimated_cost_usd numeric
+    estimated_cost_usd numeric,
+    min_idle interval,
+    note text,
+    changed integer
 
 -- table: runs
     run_id bigint NOT NULL,
@@ -251,7 +256,7 @@ PRIMARY KEY (model)
 PRIMARY KEY (limit_key)
 
 -- constraint: parecer._settings._settings_kind_check
-CHECK ((kind = ANY (ARRAY['interval[]'::text, 'integer'::text, 'numeric'::text, 'text'::text])))
+CHECK ((kind = ANY (ARRAY['interval'::text, 'interval[]'::text, 'integer'::text, 'numeric'::text, 'text'::text])))
 
 -- constraint: parecer._settings._settings_pkey
 PRIMARY KEY (name)
@@ -643,6 +648,26 @@ UNION ALL
   GROUP BY client_slug, (date_trunc('month'::text, day::timestamp with time zone)::date)
   ORDER BY (date_trunc('month'::text, day::timestamp with time zone)::date) DESC, client_slug;
 
+-- view: stale_reports
+ SELECT a.analysis_id,
+    a.client_slug,
+    a.session_id,
+    s.script_key,
+    s.version AS script_version,
+    a.analysis_version_tag,
+    a.processed_at,
+    a.analysed_message_count,
+    f.message_count,
+    a.analysed_last_message_at,
+    f.last_message_at
+   FROM parecer.analyses a
+     JOIN parecer.scripts s ON s.script_id = a.script_id
+     CROSS JOIN LATERAL ( SELECT count(*) AS message_count,
+            max(m.sent_at) AS last_message_at
+           FROM parecer.source_messages m
+          WHERE m.session_id = a.session_id) f
+  WHERE a.status = 'done'::text AND a.analysed_message_count IS NOT NULL AND (a.analysed_message_count IS DISTINCT FROM f.message_count OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);
+
 -- function: parecer._add_spend(text,text,date,jsonb,numeric)
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric
 RETURNS void
@@ -680,6 +705,12 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
 body md5 0da97fb5bcc3697fc0d0cadbe7f38b22
 
+-- function: parecer._check_unique_sessions(text[])
+ARGUMENTS p_session_ids text[]
+RETURNS void
+LANGUAGE plpgsql STABLE
+body md5 470537dde76d4ae164a438697bcf864b
+
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
@@ -709,6 +740,12 @@ ARGUMENTS
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
 body md5 a32bfece0f3164a546120ad0f9ac7202
+
+-- function: parecer._fingerprint()
+ARGUMENTS 
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+body md5 d6268c3e9953019e05bc003511affc4f
 
 -- function: parecer._flags()
 ARGUMENTS 
@@ -797,6 +834,12 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 body md5 6a9b3f669ea756fea07f68775b039f5d
 
+-- function: parecer._min_idle(interval)
+ARGUMENTS p_min_idle interval
+RETURNS interval
+LANGUAGE plpgsql STABLE
+body md5 4cda08a5dcd4ade39331cb1a9a356129
+
 -- function: parecer._one_line(text)
 ARGUMENTS p text
 RETURNS text
@@ -875,6 +918,12 @@ RETURNS integer
 LANGUAGE plpgsql STABLE
 body md5 7035de3ce61f3cd2b032fe73eb610c79
 
+-- function: parecer._setting_interval(text)
+ARGUMENTS p_name text
+RETURNS interval
+LANGUAGE plpgsql STABLE
+body md5 8ad81007e882f8c329b8c41e2e94b279
+
 -- function: parecer._tag_filter(jsonb)
 ARGUMENTS p_filter jsonb, OUT mode text, OUT tags text[]
 RETURNS record
@@ -907,6 +956,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 576bc10cfcbec8c2845e524b262907ee
 
+-- function: parecer.check_adapter()
+ARGUMENTS 
+RETURNS TABLE(check_name text, status text, count bigint, detail text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 8ff77f20bf866a8b04f99374092cd698
+
 -- function: parecer.claim(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_item
@@ -929,19 +985,19 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 7c37d8c80d0a1b1ece759154a148c066
 
--- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean)
-ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false
-RETURNS TABLE(session_id text, ended_at timestamp with time zone, message_count bigint)
+-- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval)
+ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval
+RETURNS TABLE(session_id text, ended_at timestamp with time zone, message_count bigint, last_message_at timestamp with time zone)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 eccc09fdff890f219455d4f2f5adb80c
+body md5 8aba56751b47354d0deca0ec37fb122b
 
 -- function: parecer.enqueue(text[],bigint,text,boolean,bigint)
 ARGUMENTS session_ids text[], script_id bigint, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, run_id bigint DEFAULT NULL::bigint
 RETURNS TABLE(enqueued integer, reset integer, skipped integer)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8e04f5a83d79ac37d7419c88ad2fea39
+body md5 8206bd0558ebb68f6209ca89194c0ccb
 
 -- function: parecer.estimate_cost(bigint,integer)
 ARGUMENTS script_id bigint, sessions integer
@@ -1103,14 +1159,17 @@ ARGUMENTS name text, value text
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 72c027d81fd7a61d1003de78bdf1c3e1
+body md5 cd8196aaee667704ce22a924687eb6fb
 
--- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean)
-ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false
+-- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
+ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false
 RETURNS parecer.run_result
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 9616d525c843e915d7eebf903d63262d
+body md5 3788153b59fecee962156af58e0ae405
+
+-- trigger: analyses_fingerprint
+CREATE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (old.status IS DISTINCT FROM 'done'::text))) EXECUTE FUNCTION parecer._fingerprint()
 
 -- trigger: analyses_register_clients
 CREATE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION parecer._register_clients()
@@ -1178,6 +1237,9 @@ postgres=X/postgres
 -- acl: parecer._candidates(text,integer)
 postgres=X/postgres
 
+-- acl: parecer._check_unique_sessions(text[])
+postgres=X/postgres
+
 -- acl: parecer._client(text)
 postgres=X/postgres
 
@@ -1191,6 +1253,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._expire_leases()
+postgres=X/postgres
+
+-- acl: parecer._fingerprint()
 postgres=X/postgres
 
 -- acl: parecer._flags()
@@ -1235,6 +1300,9 @@ postgres=X/postgres
 -- acl: parecer._match(text,text)
 postgres=X/postgres
 
+-- acl: parecer._min_idle(interval)
+postgres=X/postgres
+
 -- acl: parecer._one_line(text)
 postgres=X/postgres
 
@@ -1274,6 +1342,9 @@ postgres=X/postgres
 -- acl: parecer._setting_int(text)
 postgres=X/postgres
 
+-- acl: parecer._setting_interval(text)
+postgres=X/postgres
+
 -- acl: parecer._tag_filter(jsonb)
 postgres=X/postgres
 
@@ -1287,6 +1358,9 @@ postgres=X/postgres
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.activate_script(text,text,integer,boolean)
+parecer_admin=X/postgres postgres=X/postgres
+
+-- acl: parecer.check_adapter()
 parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.claim(text,integer,integer,text,boolean)
@@ -1409,6 +1483,15 @@ parecer_reader=r/postgres postgres=arwdDxt/postgres
 -- acl: spend_monthly
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
+-- acl: stale_reports
+parecer_reader=r/postgres postgres=arwdDxt/postgres
+
+-- comment: column analysed_last_message_at of table parecer.analyses
+Latest sent_at of the session's messages when the item was marked done (fingerprint; see parecer.stale_reports).
+
+-- comment: column analysed_message_count of table parecer.analyses
+Messages the session had when the item was marked done (fingerprint; see parecer.stale_reports).
+
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
@@ -1424,6 +1507,9 @@ Shared rate limiter: take one request and `tokens` tokens from the buckets of li
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
 
+-- comment: function parecer.check_adapter()
+Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
+
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
 Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
 
@@ -1433,11 +1519,11 @@ Create the next version (max + 1) of a client's analysis script; activate => tru
 -- comment: function parecer.doctor(text,integer)
 The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
 
--- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean)
-Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply. Newest first. Errors: PR001, PR004, PR010.
+-- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval)
+Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010.
 
 -- comment: function parecer.enqueue(text[],bigint,text,boolean,bigint)
-Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session.
+Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session, PR015 session duplicated in source_sessions.
 
 -- comment: function parecer.estimate_cost(bigint,integer)
 Estimated cost in USD of analysing `sessions` sessions with a script: the average cost per done analysis (all attempts included) of the script, else of its client; NULL without history.
@@ -1508,8 +1594,8 @@ Mark a run's waiting items as backlog (claimed only when no fresh work is claima
 -- comment: function parecer.set_setting(text,text)
 Change a setting; NULL restores the default. Errors: PR009 unknown setting or invalid value.
 
--- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean)
-Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010.
+-- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
+Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions.
 
 -- comment: schema parecer
 parecer: LLM analysis of support chat sessions. Tables are not the API; functions and views are (see docs/sql-api.md).
@@ -1558,3 +1644,6 @@ Tokens and cost per client and day (budget_timezone calendar), all attempts incl
 
 -- comment: view parecer.spend_monthly
 Tokens and cost per client and month.
+
+-- comment: view parecer.stale_reports
+Done items whose session changed since they were analysed: message count or last message time differ from the fingerprint mark_done recorded (items done before parecer recorded fingerprints are not listed). start_run(..., reanalyse_changed => true) queues them again.
