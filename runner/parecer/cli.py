@@ -1149,7 +1149,7 @@ def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bo
     is_flag=True,
     envvar="PARECER_ONCE",
     show_envvar=True,
-    help="Drain what is claimable now and exit 0 (cron, tests).",
+    help="Drain what is claimable now and exit 0 (cron, tests); exit 3 at once on a fatal provider error (credentials, quota, unknown model).",
 )
 @click.option(
     "--worker-id",
@@ -1239,9 +1239,13 @@ def runner_cmd(
     import asyncio
 
     try:
-        asyncio.run(runner.run())
+        stats = asyncio.run(runner.run())
     except psycopg.OperationalError as exc:
         raise click.ClickException(f"database unavailable: {_first_line(exc)}") from None
+    if stats.fatal is not None:  # --once stopped by 401/403, insufficient_quota, unknown model
+        from .runner import EXIT_PROVIDER_FATAL
+
+        ctx.exit(EXIT_PROVIDER_FATAL)
 
 
 @main.command("standin")

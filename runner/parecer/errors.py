@@ -21,6 +21,7 @@ UNKNOWN_ANALYSIS = "PR011"
 UNKNOWN_RUN = "PR012"
 INVALID_SCRIPT = "PR013"
 UNKNOWN_SESSION = "PR014"
+PROMPT_TOO_LARGE = "PR015"
 
 #: Every code the SQL API raises on purpose, with its meaning (docs/sql-api.md mirrors this).
 CODES: dict[str, str] = {
@@ -38,6 +39,7 @@ CODES: dict[str, str] = {
     UNKNOWN_RUN: "unknown run",
     INVALID_SCRIPT: "invalid script (key, text, topics, language or model)",
     UNKNOWN_SESSION: "unknown session",
+    PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute",
 }
 
 
