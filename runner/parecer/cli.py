@@ -1278,7 +1278,17 @@ def runner_cmd(
     envvar="PARECER_STANDIN_FAULTS",
     show_envvar=True,
     help="Comma-separated fault kinds (default all): rate_limit, quota, server_error, timeout, malformed, "
-    "ungrounded, refusal, incomplete, context_length, auth.",
+    "ungrounded, refusal, incomplete, context_length, auth, ungrounded_once (a bad citation in a first "
+    "answer only: a repair request gets a grounded one).",
+)
+@click.option(
+    "--quote-slips",
+    type=float,
+    default=0.0,
+    envvar="PARECER_STANDIN_QUOTE_SLIPS",
+    show_envvar=True,
+    help="Share of evidence excerpts, 0..1, quoted with a realistic slip (curly quotes, ellipses, "
+    "NFD, no-break space, dropped accent or emoji, ...), each still grounded.",
 )
 @click.option(
     "--rpm-limit",
@@ -1298,6 +1308,13 @@ def runner_cmd(
 )
 @click.option("--seed", type=int, default=None, help="Seed for the fault dice.")
 @click.option(
+    "--require-key",
+    default=None,
+    envvar="PARECER_STANDIN_REQUIRE_KEY",
+    show_envvar=True,
+    help="Answer 401 unless the request's bearer token is this key.",
+)
+@click.option(
     "--log", "log_requests", is_flag=True, help="One line per request (never its content)."
 )
 def standin_cmd(
@@ -1305,9 +1322,11 @@ def standin_cmd(
     latency_ms: str,
     fault_rate: float,
     faults: str | None,
+    quote_slips: float,
     rpm_limit: int | None,
     tpm_limit: int | None,
     seed: int | None,
+    require_key: str | None,
     log_requests: bool,
 ) -> None:
     """A local OpenAI-compatible stand-in (POST /v1/responses) with fault injection — not a real model."""
@@ -1324,6 +1343,8 @@ def standin_cmd(
             rpm_limit=rpm_limit,
             tpm_limit=tpm_limit,
             seed=seed,
+            quote_slips=quote_slips,
+            require_key=require_key,
             log=(lambda line: click.echo(line, err=True)) if log_requests else None,
         )
     except ValueError as exc:
