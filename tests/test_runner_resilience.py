@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import psycopg
-import pytest
 
 from parecer import db
 from parecer.devkit.standin import Standin, StandinConfig
