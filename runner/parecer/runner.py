@@ -851,11 +851,15 @@ class Runner:
                 resp, more = await self._call_model(
                     item.analysis_id, prompt, model, limit_key, repair_estimate, messages
                 )
-            except (ProviderPause, ItemFailure) as verdict:
-                if isinstance(verdict, ProviderPause):
-                    self._pause(verdict)
+            except ProviderPause as p:
+                # The provider's state (429, quota, credentials) stops the repair: the
+                # attempt ends as it would with repair off, on its ungrounded answer
+                # (paid for, so its usage is recorded); the runner pauses as for any 429.
+                self._pause(p)
+                raise ItemFailure(f"{reason}; repair call not made", usage=usage) from None
+            except ItemFailure as f:
                 raise ItemFailure(
-                    f"{reason}; repair call failed: {verdict.reason}", usage=usage
+                    f"{reason}; repair call failed: {f.reason}", usage=usage
                 ) from None
             usage = usage.plus(more)
         if done is None:
