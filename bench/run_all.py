@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the five benchmarks in order (``make bench``) and print a summary table.
+"""Run the benchmarks in order (``make bench``) and print a summary table.
 
     python bench/run_all.py [--database-url URL] [--quick] [--only b01,b04] [--json out.json]
 
@@ -29,6 +29,7 @@ import b02_eligibility  # noqa: E402
 import b03_end_to_end  # noqa: E402
 import b04_wakeup  # noqa: E402
 import b05_memory  # noqa: E402
+import b07_quote_slips  # noqa: E402
 import common as C  # noqa: E402
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             ("b03", lambda: b03_end_to_end.run(srv, seed=a.seed)),
             ("b04", lambda: b04_wakeup.run(srv, seed=a.seed)),
             ("b05", lambda: b05_memory.run(srv, seed=a.seed)),
+            ("b07", lambda: b07_quote_slips.run_bench(srv, seed=a.seed)),
         ]
         results: list[C.Result] = []
         failed: list[str] = []

@@ -22,14 +22,9 @@ def test_migrations_are_numbered_and_have_rollbacks() -> None:
     files = sorted(p.name for p in paths.migrations_dir().glob("*.sql"))
     forward = [f for f in files if not f.endswith(".rollback.sql")]
     assert forward, "no migrations"
-    # Numbers are unique and increasing from 0001; a gap is allowed, because
-    # parallel branches reserve their numbers before they merge.
-    numbers = []
-    for f in forward:
-        assert re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", f), f
-        numbers.append(int(f[:4]))
+    for i, f in enumerate(forward, start=1):
+        assert re.fullmatch(rf"{i:04d}_[a-z0-9_]+\.sql", f), f
         assert f.replace(".sql", ".rollback.sql") in files, f"{f} has no rollback"
-    assert numbers[0] == 1 and numbers == sorted(set(numbers)), numbers
 
 
 def test_apply_twice_rollback_all_apply_again(empty_db_url: str) -> None:
@@ -172,6 +167,7 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
     ),
     ("SELECT * FROM parecer.enqueue('{no-such-session}', %s)", ("SCRIPT",), errors.UNKNOWN_SESSION),
     ("SELECT * FROM parecer.session_transcript('no-such-session')", (), errors.UNKNOWN_SESSION),
+    ("SELECT * FROM parecer.acquire_rate('small:m', 5000)", (), errors.PROMPT_TOO_LARGE),
 ]
 
 
@@ -183,6 +179,7 @@ def seeded(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
+    conn.execute("SELECT * FROM parecer.set_rate_limit('small:m', tpm => 1000)")
     return {
         "ITEM": item["analysis_id"],
         "TOKEN": item["lease_token"],

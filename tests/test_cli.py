@@ -114,7 +114,16 @@ def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
     with db.connect(seeded) as c:
         aid = c.execute("SELECT analysis_id FROM parecer.reports LIMIT 1").fetchone()["analysis_id"]  # type: ignore[index]
     p = json.loads(cli(seeded, "prompt", str(aid), "--json").output)
-    assert set(p) == {"instructions", "input", "report_schema", "prompt_hash", "model"}
+    assert set(p) == {
+        "instructions",
+        "input",
+        "report_schema",
+        "prompt_hash",
+        "model",
+        "omitted_messages",
+        "input_tokens",
+        "repair_calls",
+    }
     jl = cli(seeded, "reports", "export", "acme", "--format", "jsonl")
     lines = [json.loads(x) for x in jl.stdout.splitlines() if x.strip()]
     assert len(lines) == 4 and lines[0]["report"]["schema_version"] == "parecer.report.v1"

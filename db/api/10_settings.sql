@@ -27,7 +27,13 @@ INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_va
     ('single_tenant_slug', 'default', 'text', NULL, NULL,
      'Client slug that single-tenant adapters (e.g. lia-cortex) give the one client of their host.'),
     ('single_tenant_name', 'Default', 'text', NULL, NULL,
-     'Client name that single-tenant adapters give the one client of their host.')
+     'Client name that single-tenant adapters give the one client of their host.'),
+    ('max_input_tokens', '100000', 'integer', 1000, 10000000,
+     'Input tokens a prompt may have, estimated as ceil(characters / 3) of instructions, report schema and transcript; a longer session keeps its start and end with a "[… N mensagens omitidas …]" line, and one that cannot fit even so fails terminally (prompt too large).'),
+    ('max_releases', '20', 'integer', 1, 10000,
+     'Releases (give-backs that spend no attempt) an item may have; the next one makes it a terminal failure, so nothing loops forever. Reset by enqueue(force_reprocess) and retry_failed.'),
+    ('repair_calls', '1', 'integer', 0, 3,
+     'Corrective model calls a runner makes within one attempt when mark_done finds ungrounded evidence (PR008): the original input, the answer and the failing citations; 0 turns repair off. Each one is a paid call, counted in the attempt''s usage.')
 ON CONFLICT (name) DO UPDATE
     SET default_value = EXCLUDED.default_value, kind = EXCLUDED.kind, min_value = EXCLUDED.min_value,
         max_value = EXCLUDED.max_value, description = EXCLUDED.description;

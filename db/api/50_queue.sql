@@ -28,7 +28,8 @@
 --   failed      terminal: max_attempts failures, or a failure that is not retryable.
 --
 -- retry_count counts failed attempts (mark_failed and expired leases); a release
--- is not a failure and costs no attempt. claims counts every claim (the attempt
+-- is not a failure and costs no attempt, but releases counts it: the release beyond
+-- the max_releases setting is terminal, so no item can come back forever. claims counts every claim (the attempt
 -- number). Attempts that end are written to parecer._attempts (_end_attempt);
 -- the attempt in flight and the one that finished a done item are the item's row.
 --
@@ -206,7 +207,8 @@ BEGIN
                enqueue.analysis_version_tag, src.ended_at
         FROM src
         ON CONFLICT ON CONSTRAINT analyses_item_key DO UPDATE
-            SET status = 'pending', report = NULL, grounding = NULL, error = NULL, retry_count = 0, next_retry_at = NULL,
+            SET status = 'pending', report = NULL, grounding = NULL, error = NULL, retry_count = 0, releases = 0,
+                omitted_messages = NULL, next_retry_at = NULL,
                 processed_at = NULL, started_at = NULL, worker = NULL, lease_token = NULL,
                 lease_expires_at = NULL, model = NULL, prompt_hash = NULL, usage = NULL, cost_usd = NULL,
                 session_ended_at = EXCLUDED.session_ended_at, updated_at = now()
@@ -491,6 +493,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_max    integer := parecer._setting_int('max_attempts');
+    v_max_rel integer := parecer._setting_int('max_releases');
     v_delay  integer := COALESCE(release.delay_seconds, 0);
     v_reason text := left(COALESCE(NULLIF(btrim(release.reason), ''), 'released'), 1000);
     v_status  text;
@@ -506,10 +509,16 @@ BEGIN
         PERFORM parecer._invalid(pg_catalog.format('invalid delay_seconds: %s', v_delay), 'delay_seconds must be between 0 and 86400.');
     END IF;
     UPDATE parecer.analyses a
-       -- No attempt left (max_attempts lowered while it was in flight): terminal.
-       SET status = CASE WHEN a.retry_count >= v_max THEN 'failed' ELSE 'pending' END,
-           next_retry_at = CASE WHEN a.retry_count >= v_max OR v_delay = 0 THEN NULL
+       -- No attempt left (max_attempts lowered while it was in flight), or released
+       -- more than max_releases times: terminal.
+       SET status = CASE WHEN a.retry_count >= v_max OR a.releases + 1 > v_max_rel THEN 'failed' ELSE 'pending' END,
+           next_retry_at = CASE WHEN a.retry_count >= v_max OR a.releases + 1 > v_max_rel OR v_delay = 0 THEN NULL
                                 ELSE now() + make_interval(secs => v_delay) END,
+           error = CASE WHEN a.releases + 1 > v_max_rel AND a.retry_count < v_max
+                        THEN left(pg_catalog.format('released %s times without finishing (max_releases %s); last: %s',
+                                                    a.releases + 1, v_max_rel, v_reason), 1000)
+                        ELSE a.error END,
+           releases = a.releases + 1,
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = release.analysis_id   -- a lease token only while processing (analyses_state_check)
        AND a.lease_token = release.lease_token AND a.lease_expires_at >= now()
@@ -524,7 +533,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS
-'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling); an item with no retry left (max_attempts lowered meanwhile) becomes a terminal failure. Errors: PR006, PR010, PR011.';
+'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Each release is counted (releases); the release beyond the max_releases setting makes the item a terminal failure ("released N times without finishing"), as does a release of an item with no retry left (max_attempts lowered meanwhile). Errors: PR006, PR010, PR011.';
 
 -- When the next item becomes claimable (or a lease runs out), for a runner's poll timer.
 CREATE OR REPLACE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz

@@ -19,16 +19,35 @@ SELECT CASE WHEN p !~ '[\x01-\x1f\x7f\u0085\u2028\u2029]|\[[mM][sS][gG]' THEN p 
               '\[(msg)', '［\1', 'gi') END
 $$;
 
--- A session's transcript as the model reads it: one line per message,
+-- How many messages the size policy leaves out of a session's prompt: 0 without
+-- building the transcript when an upper bound of its length fits the budget (a
+-- line is at most its id six times over, JSON-escaped, 60 characters of time and
+-- role, and its content three times over: each line break becomes " ↵ "), else
+-- what _transcript_fit says. mark_done records it.
+CREATE OR REPLACE FUNCTION parecer._omitted_messages(p_session_id text, p_language text, p_budget_chars bigint)
+RETURNS integer
+LANGUAGE plpgsql STABLE
+AS $fn$
+BEGIN
+    IF (SELECT COALESCE(sum(6 * length(m.message_id) + 60 + length(COALESCE(m.media_type, ''))
+                            + 3 * (COALESCE(length(m.body), 0) + COALESCE(length(m.transcription), 0)) + 60), 0)
+        FROM parecer.source_messages m WHERE m.session_id = p_session_id) <= p_budget_chars THEN
+        RETURN 0;
+    END IF;
+    RETURN (SELECT f.omitted FROM parecer._transcript_fit(p_session_id, p_language, p_budget_chars) f);
+END
+$fn$;
+
+-- A session's transcript as the model reads it, one element per message:
 -- "[msg <id>] <UTC time> <ROLE>: <content>". An id with a space, a bracket, a
 -- quote or a control character is shown as a JSON string. (PL/pgSQL rather than
 -- SQL: its plan is cached for the session.)
-CREATE OR REPLACE FUNCTION parecer._transcript_text(p_session_id text, p_language text) RETURNS text
+CREATE OR REPLACE FUNCTION parecer._transcript_lines(p_session_id text, p_language text) RETURNS text[]
 LANGUAGE plpgsql STABLE
 AS $fn$
 BEGIN
     RETURN (
-        SELECT COALESCE(string_agg(
+        SELECT COALESCE(array_agg(
                    '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
                                    ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
@@ -43,14 +62,83 @@ BEGIN
                          COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
                        ELSE
                          '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
-                     END),
-                 E'\n' ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '')
+                     END)
+                 ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
         FROM parecer.source_messages m
         CROSS JOIN parecer._labels(p_language) l
         WHERE m.session_id = p_session_id
     );
 END
 $fn$;
+
+-- The line that stands for the messages the size policy leaves out, in the
+-- script's language: "[… 12 mensagens omitidas …]".
+CREATE OR REPLACE FUNCTION parecer._omission_line(p_language text, p_omitted integer) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT '[… ' || p_omitted || ' ' || CASE p_language
+           WHEN 'en' THEN CASE WHEN p_omitted = 1 THEN 'message omitted' ELSE 'messages omitted' END
+           WHEN 'es' THEN CASE WHEN p_omitted = 1 THEN 'mensaje omitido' ELSE 'mensajes omitidos' END
+           ELSE CASE WHEN p_omitted = 1 THEN 'mensagem omitida' ELSE 'mensagens omitidas' END
+       END || ' …]'
+$$;
+
+-- The size policy: the transcript (lines joined by line feeds) when it has at
+-- most p_budget_chars characters; otherwise the first messages that fit in half
+-- the budget, the omission line, and the last messages that fit in what is
+-- left, whole messages only. omitted: how many messages were left out; input
+-- NULL when not one message fits (the caller raises PR016).
+CREATE OR REPLACE FUNCTION parecer._transcript_fit(p_session_id text, p_language text, p_budget_chars bigint)
+RETURNS TABLE (input text, omitted integer)
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    v_lines text[] := parecer._transcript_lines(p_session_id, p_language);
+    v_n     integer := cardinality(v_lines);
+    v_room  bigint;
+    v_head  integer;
+    v_used  bigint;
+    v_tail  integer;
+BEGIN
+    input := array_to_string(v_lines, E'\n');
+    IF length(input) <= p_budget_chars THEN
+        omitted := 0;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- room for messages: the budget less the omission line (counted at its longest)
+    v_room := p_budget_chars - length(parecer._omission_line(p_language, v_n)) - 1;
+    WITH l AS (
+        SELECT u.n, sum(length(u.line) + 1) OVER (ORDER BY u.n) AS from_start
+        FROM unnest(v_lines) WITH ORDINALITY u(line, n)
+    )
+    SELECT COALESCE(max(l.n), 0), COALESCE(max(l.from_start), 0) INTO v_head, v_used
+    FROM l WHERE l.from_start <= v_room / 2;
+    WITH l AS (
+        SELECT u.n, sum(length(u.line) + 1) OVER (ORDER BY u.n DESC) AS from_end
+        FROM unnest(v_lines) WITH ORDINALITY u(line, n)
+    )
+    SELECT count(*) INTO v_tail FROM l WHERE l.n > v_head AND l.from_end <= v_room - v_used;
+    omitted := v_n - v_head - v_tail;
+    IF v_head + v_tail = 0 THEN
+        input := NULL;
+    ELSE
+        input := array_to_string(v_lines[1:v_head] || parecer._omission_line(p_language, omitted)
+                                 || v_lines[v_n - v_tail + 1:v_n], E'\n');
+    END IF;
+    RETURN NEXT;
+END
+$fn$;
+
+-- The character budget of a session's transcript under max_input_tokens: the
+-- estimate is ceil(characters / 3) of instructions, report schema and input
+-- (Portuguese runs near 3.5 characters a token; 3 errs on the safe side).
+CREATE OR REPLACE FUNCTION parecer._input_budget_chars(p_instructions text, p_report_schema json) RETURNS bigint
+LANGUAGE sql STABLE
+AS $$
+SELECT parecer._setting_int('max_input_tokens')::bigint * 3
+       - length(p_instructions) - length(p_report_schema::text) - 2
+$$;
 
 -- Transcript of a session in the deterministic order (sent_at, message_id), no media filter.
 CREATE OR REPLACE FUNCTION parecer.session_transcript(session_id text)
@@ -79,19 +167,21 @@ $$;
 COMMENT ON FUNCTION parecer.session_transcript(text) IS
 'A session''s messages in transcript order (sent_at, message_id) with their position; no media-type filter. Errors: PR014 unknown session.';
 
--- Exactly what the model is sent for an analysis.
+-- Exactly what the model is sent for an analysis, under the size policy.
 CREATE OR REPLACE FUNCTION parecer.prompt_for(analysis_id uuid)
-RETURNS TABLE (instructions text, input text, report_schema json, prompt_hash text, model text)
+RETURNS TABLE (instructions text, input text, report_schema json, prompt_hash text, model text,
+               omitted_messages integer, input_tokens integer, repair_calls integer)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_id     uuid := prompt_for.analysis_id;
-    v_a      parecer.analyses;
-    v_s      parecer.scripts;
-    v_input  text;
+    v_id      uuid := prompt_for.analysis_id;
+    v_a       parecer.analyses;
+    v_s       parecer.scripts;
+    v_input   text;
+    v_omitted integer;
 BEGIN
     SELECT * INTO v_a FROM parecer.analyses a WHERE a.analysis_id = v_id;
     IF NOT FOUND THEN
@@ -99,14 +189,24 @@ BEGIN
             USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim or parecer.reports.';
     END IF;
     SELECT * INTO v_s FROM parecer.scripts s WHERE s.script_id = v_a.script_id;
-    v_input := parecer._transcript_text(v_a.session_id, v_s.language);
+    SELECT f.input, f.omitted INTO v_input, v_omitted
+    FROM parecer._transcript_fit(v_a.session_id, v_s.language,
+                                 parecer._input_budget_chars(v_s.instructions, v_s.report_schema)) f;
+    IF v_input IS NULL THEN
+        RAISE EXCEPTION 'prompt too large: not one message of session % fits in max_input_tokens (%)',
+                        left(v_a.session_id, 100), parecer._setting_int('max_input_tokens')
+            USING ERRCODE = 'PR016',
+                  HINT = 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.';
+    END IF;
     RETURN QUERY SELECT v_s.instructions, v_input, v_s.report_schema,
         encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex'),
-        v_s.model;
+        v_s.model, v_omitted,
+        ceil((length(v_s.instructions) + length(v_s.report_schema::text) + length(v_input)) / 3.0)::integer,
+        parecer._setting_int('repair_calls');
 END
 $$;
 COMMENT ON FUNCTION parecer.prompt_for(uuid) IS
-'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, and the script''s model (NULL: runner default). Errors: PR011.';
+'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, the script''s model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Errors: PR011, PR016 prompt too large (not one message fits).';
 
 -- What is wrong with a report's shape (parecer.report.v1 for these topics), or
 -- NULL when nothing is: the one check of a report, for mark_done's decision and
@@ -402,11 +502,14 @@ DECLARE
     v_problem text;
     v_grounding jsonb;
     v_bad     jsonb;
+    v_language text;
+    v_budget  bigint;
 BEGIN
     -- The lease is checked by the WHERE of both statements below (a lease token exists
     -- only while the item is processing: analyses_state_check); a refused report
     -- changes nothing, and the item is written once.
-    SELECT a.session_id, s.topics INTO v_session, v_topics
+    SELECT a.session_id, s.topics, s.language, parecer._input_budget_chars(s.instructions, s.report_schema)
+      INTO v_session, v_topics, v_language, v_budget
     FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
     WHERE a.analysis_id = mark_done.analysis_id
       AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now();
@@ -439,6 +542,8 @@ BEGIN
 
     UPDATE parecer.analyses a
        SET status = 'done', report = mark_done.report, grounding = v_grounding, model = mark_done.model,
+           -- what the size policy left out of the prompt (prompt_for's own function, recomputed)
+           omitted_messages = parecer._omitted_messages(v_session, v_language, v_budget),
            prompt_hash = mark_done.prompt_hash, usage = mark_done.usage, error = NULL,
            cost_usd = CASE WHEN mark_done.usage IS NOT NULL
                            THEN parecer._cost(COALESCE(mark_done.model, mark_done.usage ->> 'model', ''), mark_done.usage) END,
@@ -464,11 +569,11 @@ COMMENT ON FUNCTION parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb) IS
 CREATE OR REPLACE VIEW parecer.reports AS
 SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version,
        a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, a.usage, a.cost_usd,
-       a.grounding
+       a.grounding, a.omitted_messages
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 WHERE a.status = 'done';
-COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments).';
+COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).';
 
 -- Store several reports in one call (one transaction, one commit to wait for):
 -- each item goes through parecer.mark_done itself, in a subtransaction of its

@@ -230,7 +230,7 @@ BEGIN
         PERFORM parecer._client(retry_failed.client_slug);
     END IF;
     UPDATE parecer.analyses a
-       SET status = 'pending', retry_count = 0, next_retry_at = NULL, error = NULL, updated_at = now()
+       SET status = 'pending', retry_count = 0, releases = 0, next_retry_at = NULL, error = NULL, updated_at = now()
      WHERE a.status = 'failed'
        AND (retry_failed.run_id IS NULL OR EXISTS (
                 SELECT FROM parecer.run_items ri WHERE ri.run_id = retry_failed.run_id AND ri.analysis_id = a.analysis_id))

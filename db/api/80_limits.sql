@@ -44,7 +44,14 @@ BEGIN
 
     v_rpm := COALESCE(v_row.rpm, parecer._setting_int('default_rpm'));
     v_tpm := COALESCE(v_row.tpm, parecer._setting_int('default_tpm'));
-    v_need := LEAST(tokens, v_tpm);
+    -- A request bigger than a whole minute of tokens can never be granted: the
+    -- item's fault, not a reason to pause the key (the runner fails the item).
+    IF tokens > v_tpm THEN
+        RAISE EXCEPTION 'prompt too large: a request of % tokens exceeds the % tokens per minute of %', tokens, v_tpm::bigint, v_key
+            USING ERRCODE = 'PR016',
+                  HINT = 'The item cannot be sent under this limit: mark it failed (retryable => false). Raise the key''s tpm (parecer.set_rate_limit) or lower max_input_tokens.';
+    END IF;
+    v_need := tokens;
     -- refill since the last call; buckets hold at most rate_burst_seconds of the rate
     v_req := LEAST(GREATEST(1.0, v_rpm * v_burst / 60.0),
                    v_row.req_tokens + extract(epoch FROM v_now - v_row.refilled_at) * v_rpm / 60.0);
@@ -73,7 +80,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.acquire_rate(text, integer) IS
-'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010.';
+'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key''s tokens per minute (the request can never be granted).';
 
 -- Feed back what the provider said: 429 Retry-After pauses every runner of the key; remaining headers; actual tokens.
 CREATE OR REPLACE FUNCTION parecer.report_rate(

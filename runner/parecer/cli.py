@@ -25,6 +25,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from . import __version__, db, errors, logs, paths
+from . import runner as runner_mod
 from .config import DEFAULT_MODEL, ModelEndpoint, RunnerConfig, default_worker_id
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,6 +102,9 @@ EXIT_USAGE = 2  # a bad option or argument (click's own code)
 EXIT_UNAVAILABLE = 3  # no database configured, or it cannot be reached
 EXIT_NOT_INSTALLED = 4  # parecer is not installed in the database, or it is out of date
 EXIT_DOCTOR_FAILED = 5  # `parecer doctor` or `parecer db check-adapter` found a failing check
+EXIT_PROVIDER_FATAL = (
+    runner_mod.EXIT_PROVIDER_FATAL
+)  # 6: `runner --once` stopped by the provider (key, quota, model)
 
 INT4_MAX = 2_147_483_647  # integer arguments of the SQL API
 
@@ -1689,7 +1693,7 @@ def purge_cmd(
     is_flag=True,
     envvar="PARECER_ONCE",
     show_envvar=True,
-    help="Drain what is claimable now and exit 0 (cron, tests).",
+    help="Drain what is claimable now and exit 0 (cron, tests); exit 6 at once on a fatal provider error (credentials, quota, unknown model).",
 )
 @click.option(
     "--worker-id",
@@ -1812,7 +1816,9 @@ def runner_cmd(
             ) from None
     import asyncio
 
-    asyncio.run(runner.run())  # logs its summary as one line (JSON with --log-format json)
+    stats = asyncio.run(runner.run())  # logs its summary as one line (JSON with --log-format json)
+    if stats.fatal is not None:  # --once stopped by 401/403, insufficient_quota, unknown model
+        ctx.exit(EXIT_PROVIDER_FATAL)
 
 
 @main.command("standin")
@@ -1845,7 +1851,17 @@ def runner_cmd(
     envvar="PARECER_STANDIN_FAULTS",
     show_envvar=True,
     help="Comma-separated fault kinds (default all): rate_limit, quota, server_error, timeout, malformed, "
-    "ungrounded, refusal, incomplete, context_length, auth.",
+    "ungrounded, refusal, incomplete, context_length, auth, ungrounded_once (a bad citation in a first "
+    "answer only: a repair request gets a grounded one).",
+)
+@click.option(
+    "--quote-slips",
+    type=float,
+    default=0.0,
+    envvar="PARECER_STANDIN_QUOTE_SLIPS",
+    show_envvar=True,
+    help="Share of evidence excerpts, 0..1, quoted with a realistic slip (curly quotes, ellipses, "
+    "NFD, no-break space, dropped accent or emoji, ...), each still grounded.",
 )
 @click.option(
     "--rpm-limit",
@@ -1865,6 +1881,13 @@ def runner_cmd(
 )
 @click.option("--seed", type=int, default=None, help="Seed for the fault dice.")
 @click.option(
+    "--require-key",
+    default=None,
+    envvar="PARECER_STANDIN_REQUIRE_KEY",
+    show_envvar=True,
+    help="Answer 401 unless the request's bearer token is this key.",
+)
+@click.option(
     "--log", "log_requests", is_flag=True, help="One line per request (never its content)."
 )
 def standin_cmd(
@@ -1872,9 +1895,11 @@ def standin_cmd(
     latency_ms: str,
     fault_rate: float,
     faults: str | None,
+    quote_slips: float,
     rpm_limit: int | None,
     tpm_limit: int | None,
     seed: int | None,
+    require_key: str | None,
     log_requests: bool,
 ) -> None:
     """A local OpenAI-compatible stand-in (POST /v1/responses) with fault injection — not a real model."""
@@ -1891,6 +1916,8 @@ def standin_cmd(
             rpm_limit=rpm_limit,
             tpm_limit=tpm_limit,
             seed=seed,
+            quote_slips=quote_slips,
+            require_key=require_key,
             log=(lambda line: click.echo(line, err=True)) if log_requests else None,
         )
     except ValueError as exc:

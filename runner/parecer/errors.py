@@ -22,6 +22,7 @@ UNKNOWN_RUN = "PR012"
 INVALID_SCRIPT = "PR013"
 UNKNOWN_SESSION = "PR014"
 DUPLICATE_SESSION = "PR015"
+PROMPT_TOO_LARGE = "PR016"
 
 #: Every code the SQL API raises on purpose, with its meaning (docs/sql-api.md mirrors this).
 CODES: dict[str, str] = {
@@ -40,6 +41,7 @@ CODES: dict[str, str] = {
     INVALID_SCRIPT: "invalid script (key, text, topics, language or model)",
     UNKNOWN_SESSION: "unknown session",
     DUPLICATE_SESSION: "session id duplicated in parecer.source_sessions",
+    PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute",
 }
 
 

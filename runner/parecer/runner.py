@@ -10,6 +10,13 @@ the model busy, safely:
   slots; heartbeats extend leases; no transaction is open across a model call;
 * provider trouble (429, quota, auth) pauses every slot and releases the item
   without spending an attempt; the item's own faults go to ``mark_failed``;
+* a prompt too large for the model or for the key's tokens per minute (PR016, or a
+  provider 429 "Request too large") is the item's terminal failure, never a pause;
+* fatal provider errors (401/403, insufficient_quota, unknown model) are logged once
+  per runner with the fix; ``--once`` releases its items and exits with
+  ``EXIT_PROVIDER_FATAL`` (6), otherwise the runner pauses with a growing backoff;
+* a report refused for ungrounded evidence (PR008) gets up to ``repair_calls``
+  corrective calls within the same attempt (the setting comes from prompt_for);
 * SIGINT/SIGTERM: stop claiming, give in-flight calls a grace period, release the
   rest, exit 0. SIGKILL loses nothing: the lease expires and another runner recovers it.
 """
@@ -20,7 +27,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import re
 import signal
 import time
@@ -33,7 +39,12 @@ from uuid import UUID
 
 import openai
 import psycopg
-from openai.types.responses import Response, ResponseOutputMessage, ResponseOutputRefusal
+from openai.types.responses import (
+    Response,
+    ResponseInputParam,
+    ResponseOutputMessage,
+    ResponseOutputRefusal,
+)
 from psycopg.rows import BaseRowFactory, class_row, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -42,6 +53,8 @@ from .config import DEFAULT_MODEL, RunnerConfig, default_worker_id
 from .logs import LOGGER, event
 
 NOTIFY_CHANNEL = "parecer_work"
+EXIT_PROVIDER_FATAL = 6  # `parecer runner --once` stopped by a fatal provider error
+FATAL_PAUSE_SECONDS = (60.0, 120.0, 300.0, 600.0, 900.0)  # consecutive fatal pauses (last repeats)
 BUDGET_CHANNEL = "parecer_budget"
 MAX_LOCAL_RATE_WAIT = 10.0  # longer shared-limit waits release the item instead of holding it
 log = logging.getLogger(LOGGER + ".runner")
@@ -75,6 +88,9 @@ class Prompt:
     report_schema: dict[str, Any]
     prompt_hash: str
     model: str | None
+    omitted_messages: int  # messages the size policy left out (max_input_tokens)
+    input_tokens: int  # the database's estimate of the input: ceil(characters / 3)
+    repair_calls: int  # corrective calls allowed after PR008 (setting repair_calls)
 
 
 @dataclass(frozen=True)
@@ -123,9 +139,28 @@ class Usage:
     response_id: str | None
     requested_model: str
     model: str
+    calls: int = 1  # paid model calls in this attempt (1 + repair calls)
 
     def json(self) -> str:
         return json.dumps(asdict(self))
+
+    def plus(self, other: Usage) -> Usage:
+        """This attempt's usage with another call's added (a repair call): tokens,
+        latency and calls summed; the later call's response id and model."""
+
+        def add(a: int | None, b: int | None) -> int | None:
+            return None if a is None and b is None else (a or 0) + (b or 0)
+
+        return Usage(
+            input_tokens=add(self.input_tokens, other.input_tokens),
+            cached_input_tokens=add(self.cached_input_tokens, other.cached_input_tokens),
+            output_tokens=add(self.output_tokens, other.output_tokens),
+            latency_ms=self.latency_ms + other.latency_ms,
+            response_id=other.response_id,
+            requested_model=other.requested_model,
+            model=other.model,
+            calls=self.calls + other.calls,
+        )
 
 
 @dataclass
@@ -159,11 +194,18 @@ __all__ = [
 class ProviderPause(Exception):
     """The provider, not the item, is the problem: pause and release."""
 
-    def __init__(self, reason: str, seconds: float, loud: bool = False) -> None:
+    def __init__(
+        self, reason: str, seconds: float, loud: bool = False, fix: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.seconds = seconds
         self.loud = loud
+        self.fix = fix  # set: fatal (credentials, quota, model): no retry helps until fixed
+
+    @property
+    def fatal(self) -> bool:
+        return self.fix is not None
 
 
 class ItemFailure(Exception):
@@ -183,6 +225,7 @@ class RunnerStats:
     input_tokens: int = 0
     output_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    fatal: str | None = None  # the fatal provider error that stopped a --once runner
 
     def line(self) -> str:
         """The summary as one readable line."""
@@ -214,20 +257,42 @@ def _retry_after(exc: openai.APIStatusError, default: float) -> float:
     return default
 
 
+PROMPT_TOO_LARGE = "prompt too large"  # the reason of an item that can never be sent
+
+
 def classify(exc: Exception) -> ProviderPause | ItemFailure:
     """Whose fault is a model-call exception, and what happens next."""
     if isinstance(exc, openai.RateLimitError):
         if exc.code == "insufficient_quota":
             return ProviderPause(
-                "insufficient_quota: the provider account has no quota left", 300.0, loud=True
+                "insufficient_quota: the provider account has no quota left",
+                300.0,
+                loud=True,
+                fix="add credit or raise the usage limit of the provider account (billing)",
+            )
+        # OpenAI answers a request bigger than the whole tokens-per-minute limit with
+        # code rate_limit_exceeded too; only the message tells it apart. Waiting cannot
+        # help that request, and it must not pause the key for everyone else.
+        if "request too large" in str(exc.message).lower():
+            return ItemFailure(
+                f"{PROMPT_TOO_LARGE}: the provider says the request exceeds its tokens per minute",
+                retryable=False,
             )
         return ProviderPause("rate limited (429)", _retry_after(exc, 5.0))
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return ProviderPause(
-            f"provider refused the credentials ({exc.status_code})", 60.0, loud=True
+            f"provider refused the credentials ({exc.status_code})",
+            60.0,
+            loud=True,
+            fix="set a valid OPENAI_API_KEY with access to the model (and OPENAI_BASE_URL, if any)",
         )
     if isinstance(exc, openai.NotFoundError):
-        return ProviderPause(f"model or endpoint not found ({exc.status_code})", 60.0, loud=True)
+        return ProviderPause(
+            f"model or endpoint not found ({exc.status_code})",
+            60.0,
+            loud=True,
+            fix="check the model name (--model / the script's model) and OPENAI_BASE_URL",
+        )
     if isinstance(exc, openai.BadRequestError):
         if exc.code == "context_length_exceeded":
             return ItemFailure("context length exceeded", retryable=False)
@@ -241,6 +306,42 @@ def classify(exc: Exception) -> ProviderPause | ItemFailure:
     if isinstance(exc, openai.APIStatusError):
         return ItemFailure(f"provider error {exc.status_code}", retryable=exc.status_code >= 500)
     return ItemFailure(f"runner error: {type(exc).__name__}")
+
+
+REPAIR_MESSAGE_TOKENS = 300  # the limiter's allowance for the repair request's own text
+_REPAIR_LISTED = 20  # failing citations named in a repair request, at most
+
+
+def repair_request(detail: str | None) -> str:
+    """The corrective message after PR008: the failing citations (path, message_id,
+    problem) from mark_done's DIAG detail, and what a corrected answer must do. No line
+    of it can pass for a transcript line."""
+    try:
+        problems = json.loads(detail or "[]")
+    except ValueError:
+        problems = []
+    if not isinstance(problems, list):
+        problems = []
+    lines = [
+        "Your report was refused: some of its evidence is not grounded in the transcript.",
+    ]
+    for p in problems[:_REPAIR_LISTED]:
+        if not isinstance(p, dict):
+            continue
+        cited = (
+            f" (message_id {json.dumps(p['message_id'], ensure_ascii=False)})"
+            if "message_id" in p
+            else ""
+        )
+        lines.append(f"- {p.get('path', '?')}{cited}: {p.get('problem', 'not grounded')}")
+    if len(problems) > _REPAIR_LISTED:
+        lines.append(f"- and {len(problems) - _REPAIR_LISTED} more")
+    lines.append(
+        "Each excerpt must be copied from the message whose id it cites (ids as the transcript"
+        " shows them after msg), and every verdict needs evidence. Answer with the corrected,"
+        " complete JSON report."
+    )
+    return "\n".join(lines)
 
 
 def limit_label(cfg: RunnerConfig) -> str:
@@ -335,6 +436,8 @@ class Runner:
         self._slots = config.concurrency  # ramps back up after a pause
         self._db_failures = 0
         self._rate_logged = 0.0
+        self._fatal_pauses = 0  # consecutive fatal provider pauses (the backoff's index)
+        self._abort = False  # a fatal error under --once: in-flight calls get no grace
 
     # ---- control -------------------------------------------------------
     def stop(self) -> None:
@@ -344,20 +447,48 @@ class Runner:
         self._stopping.set()
         self._wake.set()
 
-    def _pause(self, p: ProviderPause) -> None:
-        until = time.monotonic() + p.seconds
-        if until > self._pause_until:
-            metrics.pause(p.reason)
-            self._pause_until = until
-            self._slots = 1
-            event(
-                log,
-                "provider pause",
-                logging.ERROR if p.loud else logging.WARNING,
-                reason=p.reason,
-                seconds=round(p.seconds, 2),
-                worker=self.cfg.worker_id,
-            )
+    def _pause(self, p: ProviderPause) -> int:
+        """Pause every slot of this runner (said once per pause, not once per slot); returns
+        the delay in seconds the item is released with. A fatal error under ``--once``
+        stops the runner instead: in-flight items are released at once and the exit code
+        is EXIT_PROVIDER_FATAL."""
+        now = time.monotonic()
+        if p.fatal and self.cfg.once:
+            if self.stats.fatal is None:
+                self.stats.fatal = p.reason
+                event(
+                    log,
+                    "fatal provider error: stopping",
+                    logging.ERROR,
+                    reason=p.reason,
+                    fix=p.fix,
+                    exit_code=EXIT_PROVIDER_FATAL,
+                    worker=self.cfg.worker_id,
+                )
+            self._abort = True
+            self.stop()
+            return 0
+        if now < self._pause_until:  # already paused: extend quietly
+            if not p.fatal:
+                self._pause_until = max(self._pause_until, now + p.seconds)
+            return max(int(self._pause_until - now + 0.999), 0)
+        seconds = p.seconds
+        if p.fatal:
+            seconds = FATAL_PAUSE_SECONDS[min(self._fatal_pauses, len(FATAL_PAUSE_SECONDS) - 1)]
+            self._fatal_pauses += 1
+        self._pause_until = now + seconds
+        self._slots = 1
+        metrics.pause(p.reason)
+        event(
+            log,
+            "provider pause",
+            logging.ERROR if p.loud else logging.WARNING,
+            reason=p.reason,
+            fix=p.fix,
+            seconds=round(seconds, 2),
+            worker=self.cfg.worker_id,
+        )
+        return int(seconds + 0.999)
 
     # ---- database ------------------------------------------------------
     async def _fetch(
@@ -603,8 +734,11 @@ class Runner:
     async def _shutdown(self) -> None:
         if not self._inflight:
             return
-        done, pending = await asyncio.wait(set(self._inflight), timeout=self.cfg.shutdown_grace)
+        grace = 0.0 if self._abort else self.cfg.shutdown_grace
+        done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
         for t in pending:
+            if self._abort and self._inflight[t].reporting:
+                continue  # already reporting its outcome (a release): let it finish
             t.cancel()  # _process releases the item
         await asyncio.gather(*pending, return_exceptions=True)
         self._inflight.clear()
@@ -649,8 +783,8 @@ class Runner:
                 await self._finish_release(flight, fields, "shutdown: runner stopped", 0)
                 raise
             except ProviderPause as p:
-                self._pause(p)
-                await self._finish_release(flight, fields, p.reason, int(p.seconds + 0.999))
+                delay = self._pause(p)
+                await self._finish_release(flight, fields, p.reason, delay)
             except ItemFailure as f:
                 await self._finish_failed(flight, fields, f, t0)
             except Exception as exc:  # never leave an item in processing
@@ -675,16 +809,113 @@ class Runner:
 
     async def _attempt(self, flight: InFlight, fields: dict[str, Any]) -> None:
         cfg, item = self.cfg, flight.item
-        prompt = await self._one(
-            Prompt, "SELECT * FROM parecer.prompt_for(%s)", (item.analysis_id,)
-        )
+        try:
+            prompt = await self._one(
+                Prompt, "SELECT * FROM parecer.prompt_for(%s)", (item.analysis_id,)
+            )
+        except psycopg.Error as exc:
+            if errors.sqlstate(exc) == errors.PROMPT_TOO_LARGE:
+                raise ItemFailure(
+                    f"{PROMPT_TOO_LARGE}: not one message fits in max_input_tokens",
+                    retryable=False,
+                ) from None
+            raise
         model = item.model or prompt.model or cfg.model
         fields["prompt"] = prompt.prompt_hash[:16]
+        if prompt.omitted_messages:
+            fields["omitted_messages"] = prompt.omitted_messages
         limit_key = f"{limit_label(cfg)}:{model}"
-        estimate = (
-            math.ceil((len(prompt.instructions) + len(prompt.input)) / 4)
-            + cfg.expected_output_tokens
+        estimate = prompt.input_tokens + cfg.expected_output_tokens
+        resp, usage = await self._call_model(
+            item.analysis_id, prompt, model, limit_key, estimate, prompt.input
         )
+        repairs_left = prompt.repair_calls
+        reason, detail = "", None
+        while True:
+            try:
+                report = parse_report(resp)
+            except ItemFailure as f:
+                f.usage = usage
+                raise
+            used_model = resp.model or model
+            try:
+                done = await self._settle(
+                    flight,
+                    fields,
+                    "lease lost before reporting; result dropped",
+                    "SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+                    (json.dumps(report), used_model, prompt.prompt_hash, usage.json()),
+                )
+                break
+            except psycopg.Error as exc:
+                code = errors.sqlstate(exc)
+                if code not in (errors.INVALID_REPORT, errors.UNGROUNDED_REPORT):
+                    raise
+                reason = exc.diag.message_primary or code
+                detail = exc.diag.message_detail
+                if code != errors.UNGROUNDED_REPORT or repairs_left <= 0:
+                    raise ItemFailure(reason, usage=usage) from None
+                flight.reporting = False  # the attempt goes on
+            # One corrective call within this attempt: the original input, the answer and
+            # the failing citations; its usage joins the attempt's (docs/report-schema.md).
+            repairs_left -= 1
+            fields["repair"] = prompt.repair_calls - repairs_left
+            event(log, "repair call", **fields, reason=reason)
+            messages: ResponseInputParam = [
+                {"role": "user", "content": prompt.input},
+                {"role": "assistant", "content": resp.output_text},
+                {"role": "user", "content": repair_request(detail)},
+            ]
+            repair_estimate = (
+                prompt.input_tokens
+                + (usage.output_tokens or cfg.expected_output_tokens)
+                + REPAIR_MESSAGE_TOKENS
+                + cfg.expected_output_tokens
+            )
+            try:
+                resp, more = await self._call_model(
+                    item.analysis_id, prompt, model, limit_key, repair_estimate, messages
+                )
+            except ProviderPause as p:
+                # The provider's state (429, quota, credentials) stops the repair: the
+                # attempt ends as it would with repair off, on its ungrounded answer
+                # (paid for, so its usage is recorded); the runner pauses as for any 429.
+                self._pause(p)
+                raise ItemFailure(f"{reason}; repair call not made", usage=usage) from None
+            except ItemFailure as f:
+                raise ItemFailure(
+                    f"{reason}; repair call failed: {f.reason}", usage=usage
+                ) from None
+            usage = usage.plus(more)
+        if done is None:
+            return
+        self.stats.outcomes["done"] += 1
+        self.stats.input_tokens += usage.input_tokens or 0
+        self.stats.output_tokens += usage.output_tokens or 0
+        event(
+            log,
+            "item done",
+            **fields,
+            model=used_model,
+            latency_ms=usage.latency_ms,
+            calls=usage.calls,
+            tokens_in=usage.input_tokens,
+            tokens_cached=usage.cached_input_tokens,
+            tokens_out=usage.output_tokens,
+        )
+
+    async def _call_model(
+        self,
+        analysis_id: UUID,
+        prompt: Prompt,
+        model: str,
+        limit_key: str,
+        estimate: int,
+        model_input: str | ResponseInputParam,
+    ) -> tuple[Response, Usage]:
+        """One paid model call under the shared limiter; provider errors become
+        ProviderPause / ItemFailure (classify)."""
+        cfg = self.cfg
         if cfg.rate_limit:
             await self._acquire(limit_key, estimate)
         t0 = time.monotonic()
@@ -692,7 +923,7 @@ class Runner:
             raw = await self.client.responses.with_raw_response.create(
                 model=model,
                 instructions=prompt.instructions,
-                input=prompt.input,
+                input=model_input,
                 text={
                     "format": {
                         "type": "json_schema",
@@ -702,7 +933,7 @@ class Runner:
                     }
                 },
                 store=False,
-                metadata={"analysis_id": str(item.analysis_id)},
+                metadata={"analysis_id": str(analysis_id)},
                 max_output_tokens=cfg.max_output_tokens,
                 timeout=cfg.request_timeout,
                 extra_headers=cfg.extra_headers,
@@ -723,42 +954,10 @@ class Runner:
         )
         if cfg.rate_limit:
             await self._feedback(limit_key, raw.headers, estimate, usage)
+        self._fatal_pauses = 0  # the provider answered: a later fatal pause starts short
         if self._slots < cfg.concurrency:
             self._slots += 1  # ramp back after a pause
-        try:
-            report = parse_report(resp)
-        except ItemFailure as f:
-            f.usage = usage
-            raise
-        used_model = resp.model or model
-        try:
-            done = await self._settle(
-                flight,
-                fields,
-                "lease lost before reporting; result dropped",
-                "SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
-                (json.dumps(report), used_model, prompt.prompt_hash, usage.json()),
-            )
-        except psycopg.Error as exc:
-            code = errors.sqlstate(exc)
-            if code in (errors.INVALID_REPORT, errors.UNGROUNDED_REPORT):
-                raise ItemFailure(exc.diag.message_primary or code, usage=usage) from None
-            raise
-        if done is None:
-            return
-        self.stats.outcomes["done"] += 1
-        self.stats.input_tokens += usage.input_tokens or 0
-        self.stats.output_tokens += usage.output_tokens or 0
-        event(
-            log,
-            "item done",
-            **fields,
-            model=used_model,
-            latency_ms=latency_ms,
-            tokens_in=usage.input_tokens,
-            tokens_cached=usage.cached_input_tokens,
-            tokens_out=usage.output_tokens,
-        )
+        return resp, usage
 
     async def _settle(
         self,
@@ -814,11 +1013,20 @@ class Runner:
             )
 
     async def _acquire(self, limit_key: str, tokens: int) -> None:
-        """Wait for the shared limiter; a long wait gives the item back instead of holding it."""
+        """Wait for the shared limiter; a long wait gives the item back instead of holding it.
+        A request above the key's tokens per minute (PR016) is the item's terminal failure."""
         while True:
-            g = await self._one(
-                RateGrant, "SELECT * FROM parecer.acquire_rate(%s, %s)", (limit_key, tokens)
-            )
+            try:
+                g = await self._one(
+                    RateGrant, "SELECT * FROM parecer.acquire_rate(%s, %s)", (limit_key, tokens)
+                )
+            except psycopg.Error as exc:
+                if errors.sqlstate(exc) == errors.PROMPT_TOO_LARGE:
+                    raise ItemFailure(
+                        f"{PROMPT_TOO_LARGE}: {tokens} tokens exceed the tokens per minute of {limit_key}",
+                        retryable=False,
+                    ) from None
+                raise
             if g.granted:
                 return
             wait = float(g.wait_seconds)

@@ -105,6 +105,8 @@
     started_at timestamp with time zone,
     processed_at timestamp with time zone,
     grounding jsonb,
+    releases integer NOT NULL DEFAULT 0,
+    omitted_messages integer,
     analysed_message_count integer,
     analysed_last_message_at timestamp with time zone
 
@@ -574,7 +576,8 @@ UNION ALL
     a.processed_at,
     a.usage,
     a.cost_usd,
-    a.grounding
+    a.grounding,
+    a.omitted_messages
    FROM parecer.analyses a
      JOIN parecer.scripts s ON s.script_id = a.script_id
   WHERE a.status = 'done'::text;
@@ -765,6 +768,12 @@ RETURNS jsonb
 LANGUAGE plpgsql STABLE
 body md5 433cb9ee7ca5dd5203009c6217b03e62
 
+-- function: parecer._input_budget_chars(text,json)
+ARGUMENTS p_instructions text, p_report_schema json
+RETURNS bigint
+LANGUAGE sql STABLE
+body md5 eddbf399a71ed616e16387f0b67f4f28
+
 -- function: parecer._insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone, p_until timestamp with time zone, p_version integer, p_tag text
 RETURNS jsonb
@@ -839,6 +848,18 @@ ARGUMENTS p_min_idle interval
 RETURNS interval
 LANGUAGE plpgsql STABLE
 body md5 4cda08a5dcd4ade39331cb1a9a356129
+
+-- function: parecer._omission_line(text,integer)
+ARGUMENTS p_language text, p_omitted integer
+RETURNS text
+LANGUAGE sql IMMUTABLE
+body md5 2c091d63a72fdec57675c6eb8f639690
+
+-- function: parecer._omitted_messages(text,text,bigint)
+ARGUMENTS p_session_id text, p_language text, p_budget_chars bigint
+RETURNS integer
+LANGUAGE plpgsql STABLE
+body md5 fa25d298cc2bb9a58cad49d0d63504e7
 
 -- function: parecer._one_line(text)
 ARGUMENTS p text
@@ -930,11 +951,17 @@ RETURNS record
 LANGUAGE plpgsql IMMUTABLE
 body md5 97d2d28c2f370ff7c2995d13eb9a8b96
 
--- function: parecer._transcript_text(text,text)
-ARGUMENTS p_session_id text, p_language text
-RETURNS text
+-- function: parecer._transcript_fit(text,text,bigint)
+ARGUMENTS p_session_id text, p_language text, p_budget_chars bigint
+RETURNS TABLE(input text, omitted integer)
 LANGUAGE plpgsql STABLE
-body md5 c1a5ae463eaff20c37e33e06cfa50fa8
+body md5 0bb6098a629a5c868e8342b1dd521ca8
+
+-- function: parecer._transcript_lines(text,text)
+ARGUMENTS p_session_id text, p_language text
+RETURNS text[]
+LANGUAGE plpgsql STABLE
+body md5 d4edc4d92dbc63f06b7e8f573b801a76
 
 -- function: parecer._usage_ok(jsonb)
 ARGUMENTS p_usage jsonb
@@ -947,7 +974,7 @@ ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 63e18a6dfb752af9537859d13ab98cc1
+body md5 0cb7fae130c51b9b049856f4bfbf06ff
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -997,7 +1024,7 @@ ARGUMENTS session_ids text[], script_id bigint, analysis_version_tag text DEFAUL
 RETURNS TABLE(enqueued integer, reset integer, skipped integer)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8206bd0558ebb68f6209ca89194c0ccb
+body md5 bbcbeeacc8bb52b97e3b6738182f2802
 
 -- function: parecer.estimate_cost(bigint,integer)
 ARGUMENTS script_id bigint, sessions integer
@@ -1040,7 +1067,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, report jsonb, model text, prompt_h
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 92af8050fdd5bc484c9fe9531dec5dd0
+body md5 0321e2d6d844fe13dfec04f1f07db676
 
 -- function: parecer.mark_done_many(jsonb)
 ARGUMENTS items jsonb
@@ -1065,10 +1092,10 @@ body md5 cacfa92f59efcbe7fdceb92bd3d9c80f
 
 -- function: parecer.prompt_for(uuid)
 ARGUMENTS analysis_id uuid
-RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash text, model text)
+RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 4cb818447b3d2d3887a7c8c3d7fd29f0
+body md5 30ea10b789c2f85ee1dfd5a5c59f7a9d
 
 -- function: parecer.purge(interval,boolean,integer)
 ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer DEFAULT 5000
@@ -1082,7 +1109,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, r
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 cd9eae38083c07d48d4b939b32571be0
+body md5 1684047d8be5cb2b2ba5780627a25072
 
 -- function: parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
 ARGUMENTS limit_key text, retry_after_seconds double precision DEFAULT NULL::double precision, remaining_requests integer DEFAULT NULL::integer, remaining_tokens integer DEFAULT NULL::integer, reset_seconds double precision DEFAULT NULL::double precision, estimated_tokens integer DEFAULT NULL::integer, actual_tokens integer DEFAULT NULL::integer, reason text DEFAULT NULL::text
@@ -1103,7 +1130,7 @@ ARGUMENTS run_id bigint DEFAULT NULL::bigint, client_slug text DEFAULT NULL::tex
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3c6d759206ec6f4a314c6643d3894407
+body md5 541373409bb46954bff959e4cf9758d2
 
 -- function: parecer.run_summary(bigint)
 ARGUMENTS run_id bigint
@@ -1267,6 +1294,9 @@ postgres=X/postgres
 -- acl: parecer._grounding(jsonb,text)
 postgres=X/postgres
 
+-- acl: parecer._input_budget_chars(text,json)
+postgres=X/postgres
+
 -- acl: parecer._insights(text,text,timestamp with time zone,timestamp 
 postgres=X/postgres
 
@@ -1301,6 +1331,12 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._min_idle(interval)
+postgres=X/postgres
+
+-- acl: parecer._omission_line(text,integer)
+postgres=X/postgres
+
+-- acl: parecer._omitted_messages(text,text,bigint)
 postgres=X/postgres
 
 -- acl: parecer._one_line(text)
@@ -1348,7 +1384,10 @@ postgres=X/postgres
 -- acl: parecer._tag_filter(jsonb)
 postgres=X/postgres
 
--- acl: parecer._transcript_text(text,text)
+-- acl: parecer._transcript_fit(text,text,bigint)
+postgres=X/postgres
+
+-- acl: parecer._transcript_lines(text,text)
 postgres=X/postgres
 
 -- acl: parecer._usage_ok(jsonb)
@@ -1498,11 +1537,17 @@ Cost in USD of the attempt that finished the item (done), from its usage and the
 -- comment: column grounding of table parecer.analyses
 Per evidence item of the report: path, message_id, role (customer/agent) and match (exact, normalised, fragments), as mark_done grounded it.
 
+-- comment: column omitted_messages of table parecer.analyses
+Messages the size policy left out of the prompt of the stored report (0: the whole session was sent), as mark_done recomputed it.
+
+-- comment: column releases of table parecer.analyses
+Times the item was given back without spending an attempt (parecer.release); reset by enqueue(force_reprocess) and retry_failed.
+
 -- comment: column usage of table parecer.analyses
 Token usage of the attempt that finished the item (done), as mark_done received it.
 
 -- comment: function parecer.acquire_rate(text,integer)
-Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010.
+Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key's tokens per minute (the request can never be granted).
 
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
@@ -1553,13 +1598,13 @@ Record a failed attempt of an item you hold (usage: tokens the failed call cost,
 The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting. Runners sleep until then at most.
 
 -- comment: function parecer.prompt_for(uuid)
-Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, and the script's model (NULL: runner default). Errors: PR011.
+Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, the script's model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Errors: PR011, PR016 prompt too large (not one message fits).
 
 -- comment: function parecer.purge(interval,boolean,integer)
 Retention: deletes attempts that ended before now() - older_than, done analyses processed before it whose tag is not the newest of their client's script key, and spend days and budget alerts before it and before the current budget month; at most batch_size rows per kind per call (call again until every count is 0). dry_run (the default) counts all it would delete. `parecer purge --older-than 180d` loops.
 
 -- comment: function parecer.release(uuid,uuid,integer,text)
-Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling); an item with no retry left (max_attempts lowered meanwhile) becomes a terminal failure. Errors: PR006, PR010, PR011.
+Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Each release is counted (releases); the release beyond the max_releases setting makes the item a terminal failure ("released N times without finishing"), as does a release of an item with no retry left (max_attempts lowered meanwhile). Errors: PR006, PR010, PR011.
 
 -- comment: function parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
 Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. Returns the pause end (NULL: not paused). Errors: PR010.
@@ -1628,7 +1673,7 @@ The queue by client x script version x tag: pending (never failed), retrying (pe
 Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported.
 
 -- comment: view parecer.reports
-Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments).
+Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
 
 -- comment: view parecer.run_costs
 Tokens and cost per run (every attempt of the run's items).

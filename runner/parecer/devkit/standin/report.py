@@ -3,7 +3,9 @@
 Deterministic per transcript, valid against the report schema the request sends,
 and grounded (every excerpt is an exact substring of a cited message). Its
 ``summary`` says it is synthetic. ``ungrounded`` breaks one citation, for the
-``ungrounded`` fault.
+``ungrounded`` fault; ``apply_slips`` makes the honest quoting slips real models
+make (curly quotes, ellipses, NFD, ...), each still grounded by the database's
+rules (``parecer._match``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-__all__ = ["Message", "build_report", "fold", "parse_transcript", "ungrounded"]
+__all__ = [
+    "SLIPS",
+    "Message",
+    "apply_slips",
+    "build_report",
+    "fold",
+    "parse_transcript",
+    "slip",
+    "ungrounded",
+]
 
 _VERSION = "parecer.report.v1"
 _EXCERPT_MAX = 80
@@ -461,3 +472,132 @@ def ungrounded(output: str, transcript: str, rng: random.Random) -> str:
             excerpt += " muito"
         cited["excerpt"] = excerpt
     return json.dumps(report, ensure_ascii=False, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------ quoting slips
+
+_EMOJI = re.compile("[\u2600-\u27bf\U0001f000-\U0001faff\ufe0f\u200d]")
+_EDGE = " .,;:!?'\"-\u2026"
+
+
+def _wrap(e: str, m: str) -> str | None:
+    return f'"{e}"'
+
+
+def _wrap_curly(e: str, m: str) -> str | None:
+    return f"\u201c{e}\u201d"
+
+
+def _curly_quotes(e: str, m: str) -> str | None:
+    if "'" not in e and '"' not in e:
+        return None
+    out, double_open = [], True
+    for ch in e:
+        if ch == "'":
+            out.append("\u2019")
+        elif ch == '"':
+            out.append("\u201c" if double_open else "\u201d")
+            double_open = not double_open
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _ellipsis_join(e: str, m: str) -> str | None:
+    """Two parts of the excerpt, its middle left out: "a b ... y z" (or with "…")."""
+    words = e.split(" ")
+    if len(words) < 5:
+        return None
+    head, tail = " ".join(words[:2]), " ".join(words[-2:])
+    if min(len(fold(head).strip(_EDGE)), len(fold(tail).strip(_EDGE))) < 3:
+        return None
+    return head + (" ... " if len(e) % 2 else "\u2026") + tail
+
+
+def _leading_ellipsis(e: str, m: str) -> str | None:
+    return "..." + e
+
+
+def _trailing_ellipsis(e: str, m: str) -> str | None:
+    return e + "\u2026"
+
+
+def _final_period(e: str, m: str) -> str | None:
+    return None if e.endswith(".") else e + "."
+
+
+def _nfd(e: str, m: str) -> str | None:
+    out = unicodedata.normalize("NFD", e)
+    return out if out != e else None
+
+
+def _nbsp(e: str, m: str) -> str | None:
+    return e.replace(" ", "\u00a0") if " " in e else None
+
+
+def _hyphen_for_dash(e: str, m: str) -> str | None:
+    out = e.replace("\u2014", "-").replace("\u2013", "-")
+    return out if out != e else None
+
+
+def _emoji_removed(e: str, m: str) -> str | None:
+    out = " ".join(_EMOJI.sub("", e).split())
+    return out if out != e and out else None
+
+
+def _accent_dropped(e: str, m: str) -> str | None:
+    for i, ch in enumerate(e):
+        base = unicodedata.normalize("NFD", ch)
+        if len(base) > 1 and base[0].isalpha():
+            return e[:i] + base[0] + e[i + 1 :]
+    return None
+
+
+#: The slips, by name: each takes (excerpt, message text) and returns the slipped
+#: excerpt, or None when it does not apply (no quote to curl, no accent to drop).
+SLIPS: dict[str, Callable[[str, str], str | None]] = {
+    "curly_quotes": _curly_quotes,
+    "wrapped_in_quotes": _wrap,
+    "wrapped_in_curly_quotes": _wrap_curly,
+    "ellipsis_join": _ellipsis_join,
+    "leading_ellipsis": _leading_ellipsis,
+    "trailing_ellipsis": _trailing_ellipsis,
+    "final_period": _final_period,
+    "nfd": _nfd,
+    "no_break_space": _nbsp,
+    "hyphen_for_dash": _hyphen_for_dash,
+    "emoji_removed": _emoji_removed,
+    "accent_dropped": _accent_dropped,
+}
+
+
+def slip(excerpt: str, message_text: str, rng: random.Random) -> str:
+    """One realistic slip of ``excerpt``, picked at random among those that apply."""
+    names = list(SLIPS)
+    rng.shuffle(names)
+    for name in names:
+        out = SLIPS[name](excerpt, message_text)
+        if out is not None and out != excerpt:
+            return out
+    return excerpt
+
+
+def apply_slips(output: str, transcript: str, rate: float, rng: random.Random) -> tuple[str, int]:
+    """The report with each evidence excerpt slipped with probability ``rate``; also
+    returns how many were."""
+    if rate <= 0:
+        return output, 0
+    report = json.loads(output)
+    msgs = {m.id: m for m in parse_transcript(transcript)}
+    n = 0
+    for evidence in _evidence_lists(report):
+        for item in evidence:
+            if (
+                isinstance(item, dict)
+                and isinstance(item.get("excerpt"), str)
+                and rng.random() < rate
+            ):
+                cited = msgs.get(item.get("message_id", ""))
+                item["excerpt"] = slip(item["excerpt"], cited.text if cited else "", rng)
+                n += 1
+    return json.dumps(report, ensure_ascii=False, separators=(",", ":")), n

@@ -11,7 +11,10 @@ the transcript, and says so in its ``summary``.
         client = OpenAI(base_url=s.url, api_key="x", max_retries=0)
 
 A request can force a fault with the header ``x-standin-fault: <kind>`` (or
-``none``), e.g. ``extra_headers={"x-standin-fault": "timeout"}``.
+``none``), e.g. ``extra_headers={"x-standin-fault": "timeout"}``. The fault
+``ungrounded_once`` breaks a citation only in a first answer: a repair request (an
+input that holds the model's earlier answer) gets a grounded one. ``quote_slips``
+makes that fraction of evidence excerpts slip as real models do (report.SLIPS).
 
 Stdlib only. Request bodies are never logged (they contain transcripts).
 """
@@ -35,7 +38,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from .limits import Windows, count_tokens
-from .report import build_report, ungrounded
+from .report import apply_slips, build_report, ungrounded
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs 3.11
@@ -62,6 +65,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "incomplete",
     "context_length",
     "auth",
+    "ungrounded_once",
 )
 _MAX_BODY = 32 * 1024 * 1024
 _CACHE_SLOTS = 256
@@ -82,6 +86,7 @@ class StandinConfig:
     require_key: str | None = None  # bearer token required, when set
     seed: int | None = None  # for the fault/latency dice; None: random
     timeout_delay_s: float = 30.0  # how long the `timeout` fault stalls
+    quote_slips: float = 0.0  # fraction of evidence excerpts given a realistic slip
     log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +106,8 @@ class StandinConfig:
                 raise ValueError(f"{name} must be >= 1 or None")
         if self.timeout_delay_s < 0:
             raise ValueError("timeout_delay_s must be >= 0")
+        if not 0.0 <= self.quote_slips <= 1.0:
+            raise ValueError(f"quote_slips must be within [0, 1], got {self.quote_slips}")
 
 
 # ----------------------------------------------------------------------- server state
@@ -140,6 +147,8 @@ class _State:
                     "input_tokens",
                     "cached_tokens",
                     "output_tokens",
+                    "repair_requests",
+                    "slipped_excerpts",
                 ),
                 0,
             )
@@ -409,7 +418,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise _invalid(
                 "Missing required parameter: 'model'.", "model", "missing_required_parameter"
             )
-        transcript = _input_text(req.get("input"))
+        transcript = full_input = _input_text(req.get("input"))
+        repair = _is_repair(req.get("input"))
+        if repair:  # the transcript is the first input message; the rest is answer + request
+            transcript = _input_text(req["input"][:1])
         if transcript is None:
             raise _invalid(
                 "Missing required parameter: 'input'.", "input", "missing_required_parameter"
@@ -448,7 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
             ensure_ascii=False,
             separators=(",", ":"),
         )
-        input_tokens = count_tokens(instructions + transcript)
+        input_tokens = count_tokens(instructions + (full_input or ""))
 
         # Rate limits, charged with the whole request's tokens.
         with state.lock:
@@ -495,6 +507,13 @@ class _Handler(BaseHTTPRequestHandler):
 
         hit = bool(instructions) and state.seen_instructions(instructions)
         cached = count_tokens(instructions) if hit else 0
+        if repair:
+            state.count("repair_requests")
+        if fault == "ungrounded_once":
+            fault = None if repair else "ungrounded"
+        if cfg.quote_slips > 0:
+            output, slipped = apply_slips(output, transcript, cfg.quote_slips, self._variant_rng())
+            state.count("slipped_excerpts", slipped)
         body = _response_body(
             req, output, fault, input_tokens, cached, max_out, self._variant_rng(), transcript
         )
@@ -531,6 +550,15 @@ def _input_text(value: Any) -> str | None:
                 ]
         return "\n".join(parts)
     return None
+
+
+def _is_repair(value: Any) -> bool:
+    """A repair request: a list input that holds an earlier answer of the model."""
+    return (
+        isinstance(value, list)
+        and len(value) > 1
+        and any(isinstance(i, dict) and i.get("role") == "assistant" for i in value)
+    )
 
 
 def _retry_after(seconds: float) -> dict[str, str]:

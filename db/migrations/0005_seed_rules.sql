@@ -1,4 +1,4 @@
--- 0006: what the seeds' rules need stored (issue 15).
+-- 0005: what the seeds' rules need stored (issue 15).
 --
 -- * settings of kind 'interval' (min_idle: seed 003's 24-hour rule);
 -- * the fingerprint of the transcript a done item analysed (message count and

@@ -1,4 +1,4 @@
--- Rollback of 0006. The functions of this release that use these columns and
+-- Rollback of 0005. The functions of this release that use these columns and
 -- attributes stay until the API of the release you roll back to is applied
 -- (parecer db migrate of that release does it).
 DROP FUNCTION IF EXISTS parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval);

@@ -1,0 +1,268 @@
+"""Real models, real chats, through the runner (issue 12): oversized sessions end
+without stalling anyone, ungrounded citations get one repair call, a wrong key
+stops ``runner --once`` at once, and honest quoting slips are accepted."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+
+from parecer import db
+from parecer.devkit.standin import Standin, StandinConfig
+from parecer.devkit.standin.report import SLIPS
+from parecer.runner import EXIT_PROVIDER_FATAL, RunnerConfig, run
+
+from .factories import make_script, make_session
+from .helpers import one
+
+Conn = psycopg.Connection[Any]
+KEY = "sk" + "-test-resilience-0123456789"  # fake
+
+
+def cfg(db_url: str, s: Standin, **kw: Any) -> RunnerConfig:
+    base: dict[str, Any] = dict(
+        database_url=db_url,
+        api_key=KEY,
+        base_url=s.url,
+        concurrency=4,
+        once=True,
+        request_timeout=20.0,
+        key_label="t",
+    )
+    base.update(kw)
+    return RunnerConfig(**base)
+
+
+def add_messages(conn: Conn, session_id: str, n: int, body: str, start: int = 0) -> None:
+    conn.execute(
+        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at, created_at_external)"
+        " SELECT %(s)s || '-x' || lpad(g::text, 5, '0'), %(s)s, g %% 2 = 1, 'text', %(b)s || ' ' || g,"
+        "        now() - interval '3 days' + make_interval(secs => g),"
+        "        now() - interval '3 days' + make_interval(secs => g)"
+        " FROM generate_series(%(a)s, %(a)s + %(n)s - 1) g",
+        {"s": session_id, "n": n, "b": body, "a": start},
+    )
+
+
+def start_run(conn: Conn) -> None:
+    """Queue every session of acme (min_messages => 1: the one-message sessions too)."""
+    r = one(
+        conn,
+        "SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 500, min_messages => 1)",
+    )
+    assert r["enqueued"] > 0
+
+
+def items(conn: Conn) -> dict[str, dict[str, Any]]:
+    return {
+        r["session_id"]: dict(r)
+        for r in conn.execute(
+            "SELECT session_id, status, retry_count, releases, error, omitted_messages, claims, usage"
+            " FROM parecer.analyses"
+        ).fetchall()
+    }
+
+
+def no_pause(conn: Conn) -> None:
+    paused = conn.execute(
+        "SELECT limit_key, paused_until, pause_reason, throttled FROM parecer.rate_limits"
+    ).fetchall()
+    assert all(
+        p["paused_until"] is None and p["pause_reason"] is None and p["throttled"] == 0
+        for p in paused
+    ), paused
+    released = conn.execute("SELECT * FROM parecer.attempts WHERE outcome = 'released'").fetchall()
+    assert released == []
+
+
+def test_oversized_sessions_end_and_stall_no_one(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        make_script(c)
+        ordinary = [make_session(c).session_id for _ in range(50)]
+        alone = make_session(c, messages=0).session_id  # one 600k-character message
+        add_messages(c, alone, 1, "a" * 600_000)
+        framed = make_session(c, messages=2).session_id  # 600k characters between two
+        add_messages(c, framed, 1, "b" * 600_000)
+        add_messages(c, framed, 1, "obrigado, resolveu", start=10)
+        long = make_session(c, messages=0).session_id  # 5,000 messages
+        add_messages(c, long, 5000, "Minha internet caiu de novo e ninguém resolve, " * 2)
+        start_run(c)
+    with Standin(StandinConfig(latency_ms=(1, 5))) as s:
+        stats = run(cfg(db_url, s))
+    with db.connect(db_url) as c:
+        got = items(c)
+        assert all(got[o]["status"] == "done" for o in ordinary)
+        assert all(got[o]["omitted_messages"] == 0 for o in ordinary)
+        assert got[alone]["status"] == "failed"
+        assert got[alone]["error"].startswith("prompt too large")
+        assert got[alone]["retry_count"] == 1, "failed at once: retryable => false"
+        assert got[framed]["status"] == "done" and got[framed]["omitted_messages"] == 1
+        assert got[long]["status"] == "done" and got[long]["omitted_messages"] > 1000
+        assert all(i["releases"] == 0 for i in got.values())
+        no_pause(c)
+    assert stats.outcomes["done"] == 52 and stats.outcomes["failed"] == 1
+
+
+def test_too_large_for_the_tokens_per_minute_fails_the_item_not_the_key(db_url: str) -> None:
+    """Above parecer's tpm for the key: PR016 from acquire_rate. Above the provider's
+    (a 429 "Request too large"): the item's failure too, and no pause reported."""
+    with db.connect(db_url) as c:
+        make_script(c)
+        ordinary = [make_session(c).session_id for _ in range(10)]
+        big = make_session(c, messages=0).session_id
+        add_messages(c, big, 400, "Mensagem comprida do cliente sobre a cobrança " * 4)
+        start_run(c)
+        c.execute(
+            "SELECT * FROM parecer.set_rate_limit('t:gpt-5-mini', rpm => 10000, tpm => 30000)"
+        )
+    with Standin(StandinConfig(latency_ms=(1, 5))) as s:
+        stats = run(cfg(db_url, s))
+    with db.connect(db_url) as c:
+        got = items(c)
+        assert all(got[o]["status"] == "done" for o in ordinary)
+        assert got[big]["status"] == "failed"
+        assert (
+            got[big]["error"].startswith("prompt too large: ")
+            and "t:gpt-5-mini" in got[big]["error"]
+        )
+        no_pause(c)
+        # the provider's own limit: parecer lets it through, the provider answers 429
+        c.execute(
+            "SELECT * FROM parecer.set_rate_limit('t:gpt-5-mini', rpm => 10000, tpm => 10000000)"
+        )
+        c.execute("SELECT parecer.retry_failed(client_slug => 'acme')")
+    with Standin(StandinConfig(latency_ms=(1, 5), tpm_limit=20000)) as s:
+        stats = run(cfg(db_url, s))
+        assert s.stats()["rate_limited"] == 1
+    with db.connect(db_url) as c:
+        got = items(c)
+        assert got[big]["status"] == "failed"
+        assert got[big]["error"].startswith("prompt too large: the provider says")
+        no_pause(c)
+    assert stats.outcomes == {"failed": 1}
+
+
+def test_an_ungrounded_citation_gets_one_repair_call_in_the_same_attempt(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        make_script(c)
+        sid = make_session(c).session_id
+        start_run(c)
+    fault = {"x-standin-fault": "ungrounded_once"}
+    with Standin(StandinConfig(latency_ms=(1, 5))) as s:
+        stats = run(cfg(db_url, s, extra_headers=fault))
+        st = s.stats()
+    assert stats.outcomes["done"] == 1
+    assert (st["completed"], st["repair_requests"], st["faults"]["ungrounded_once"]) == (2, 1, 2)
+    with db.connect(db_url) as c:
+        got = items(c)[sid]
+        assert (got["status"], got["claims"], got["retry_count"]) == ("done", 1, 0)
+        assert got["usage"]["calls"] == 2
+        assert got["usage"]["input_tokens"] == st["input_tokens"], "both calls' usage, summed"
+        assert got["usage"]["output_tokens"] == st["output_tokens"]
+        assert c.execute("SELECT * FROM parecer.attempts WHERE outcome <> 'done'").fetchall() == []
+        cost = one(c, "SELECT cost_usd FROM parecer.reports")["cost_usd"]
+        assert cost is not None and cost > 0
+
+        # repair_calls = 0: the ungrounded answer fails the attempt (paid for, counted)
+        c.execute("SELECT parecer.set_setting('repair_calls', '0')")
+        c.execute(
+            "SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 1, force_reprocess => true)"
+        )
+    with Standin(StandinConfig(latency_ms=(1, 5))) as s:
+        stats = run(cfg(db_url, s, extra_headers=fault))
+        assert s.stats()["completed"] == 1 and s.stats()["repair_requests"] == 0
+    with db.connect(db_url) as c:
+        got = items(c)[sid]
+        assert (got["status"], got["retry_count"]) == ("pending", 1)
+        failed = one(c, "SELECT error, usage FROM parecer.attempts WHERE outcome = 'failed'")
+        assert failed["error"].startswith("ungrounded evidence") and failed["usage"]["calls"] == 1
+
+
+def test_runner_once_with_a_wrong_key_exits_3_at_once_spending_nothing(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        make_script(c)
+        for _ in range(12):
+            make_session(c)
+        start_run(c)
+    with Standin(StandinConfig(require_key="sk-the-right-one")) as s:
+        env = {
+            **os.environ,
+            "PARECER_DATABASE_URL": db_url,
+            "OPENAI_BASE_URL": s.url,
+            "OPENAI_API_KEY": KEY,
+        }
+        t0 = time.monotonic()
+        p = subprocess.run(
+            [sys.executable, "-m", "parecer.cli", "runner", "--once", "--concurrency", "4"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - t0
+        assert s.stats()["unauthorized"] >= 1
+    assert p.returncode == EXIT_PROVIDER_FATAL, p.stderr
+    assert took < 30
+    logs = p.stdout + p.stderr
+    assert logs.count("fatal provider error") == 1, logs
+    assert "OPENAI_API_KEY" in logs  # names the fix
+    assert KEY not in logs
+    with db.connect(db_url) as c:
+        assert c.execute("SELECT * FROM parecer.attempts WHERE outcome = 'failed'").fetchall() == []
+        got = items(c)
+        assert {i["status"] for i in got.values()} == {"pending"}
+        assert all(i["retry_count"] == 0 for i in got.values())
+
+
+MESSAGES = [
+    "Olá! Meu pedido nº 123 chegou “quebrado” — quero o reembolso, por favor. 😡 Obrigada.",
+    "Bom dia, a internet caiu de novo e o técnico não apareceu; já liguei três vezes hoje.",
+    "Não consigo acessar o app desde ontem – aparece 'erro 500' e a fatura vence amanhã 🙏",
+    "Entendo a situação, vou transferir o seu atendimento para o setor de cobrança agora.",
+]
+
+
+def test_every_quote_slip_of_the_standin_is_grounded_by_mark_done_rules(conn: Conn) -> None:
+    rng = random.Random(12)
+    checked: dict[str, int] = dict.fromkeys(SLIPS, 0)
+    for text in MESSAGES:
+        words = text.split(" ")
+        for _ in range(40):
+            i = rng.randrange(len(words))
+            j = rng.randrange(i + 1, min(len(words), i + 10) + 1)
+            excerpt = " ".join(words[i:j])
+            for name, slip in SLIPS.items():
+                slipped = slip(excerpt, text)
+                if slipped is None or len(excerpt.strip(" .,;:!?-")) < 3:
+                    continue
+                match = one(conn, "SELECT parecer._match(%s, %s) AS m", (text, slipped))["m"]
+                assert match is not None, (name, excerpt, slipped)
+                checked[name] += 1
+    assert all(n > 0 for n in checked.values()), checked
+
+
+def test_sloppy_quotes_from_the_standin_are_done_on_the_first_call(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        make_script(c)
+        for i in range(20):
+            make_session(c, texts=[MESSAGES[(i + k) % 4] for k in range(25)])
+        start_run(c)
+    with Standin(StandinConfig(latency_ms=(1, 5), quote_slips=1.0, seed=5)) as s:
+        stats = run(cfg(db_url, s))
+        st = s.stats()
+    assert stats.outcomes["done"] == 20 and st["completed"] == 20
+    assert st["slipped_excerpts"] > 40
+    with db.connect(db_url) as c:
+        matches = {
+            r["m"]
+            for r in c.execute(
+                "SELECT g ->> 'match' AS m FROM parecer.reports, jsonb_array_elements(grounding) g"
+            ).fetchall()
+        }
+        assert {"normalised", "fragments"} <= matches
