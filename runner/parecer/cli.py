@@ -7,6 +7,7 @@ a non-zero exit; the database error's hint is shown.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -27,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from . import __version__, db, errors, logs, paths
 from . import runner as runner_mod
 from .config import DEFAULT_MODEL, ModelEndpoint, RunnerConfig, default_worker_id
+from .logs import LOGGER
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {
@@ -844,12 +846,30 @@ def follow_run(
             disable=not tty,
             transient=False,
         )
-        with progress:
+        with progress, _logs_above(progress if tty else None):
             task = progress.add_task(
                 "run", total=s["total"], run=run_id, done=0, failed=0, retrying=0, rate=0
             )
+            moved_at, last_finished, hinted = time.monotonic(), -1, False
             while True:
                 finished = s["processed"] + s["failed"]
+                if finished != last_finished:
+                    moved_at, last_finished = time.monotonic(), finished
+                elif (
+                    alive is None
+                    and not hinted
+                    and time.monotonic() - moved_at >= STALL_HINT_SECONDS
+                    and not _runner_alive(conn)
+                ):
+                    hinted = True
+                    msg = (
+                        f"run {run_id}: no progress for {STALL_HINT_SECONDS} s and no runner holds a lease:"
+                        " start one with `parecer runner` (or run with --process); waiting on"
+                    )
+                    if tty:
+                        progress.console.print(msg)
+                    else:
+                        click.echo(msg, err=True)
                 rate = round(s["processed"] * 60 / max(time.monotonic() - start, 1e-6), 1)
                 progress.update(
                     task,
@@ -871,6 +891,55 @@ def follow_run(
                 time.sleep(interval)
                 s = summary()
     return s
+
+
+STALL_HINT_SECONDS = 60  # run --wait: say so when nothing moved this long and no runner is alive
+
+
+def _runner_alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether any runner holds a live lease (parecer.metrics.workers_with_leases)."""
+    row = conn.execute("SELECT workers_with_leases FROM parecer.metrics").fetchone()
+    return bool(row and row["workers_with_leases"])
+
+
+class _ConsoleHandler(logging.Handler):
+    """Prints log records through a rich console, above its live progress bar."""
+
+    def __init__(self, console: Any, formatter: logging.Formatter | None) -> None:
+        super().__init__()
+        self.console = console
+        if formatter is not None:
+            self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logs_above(progress: Any) -> Iterator[None]:
+    """While a progress bar is live on a terminal, log lines are printed above it
+    (through its console) instead of into the middle of it."""
+    if progress is None:
+        yield
+        return
+    swapped: list[tuple[logging.Logger, logging.Handler, logging.Handler]] = []
+    for logger in (logging.getLogger(), logging.getLogger(LOGGER)):
+        for old in list(logger.handlers):
+            if isinstance(old, logging.StreamHandler):
+                new: logging.Handler = _ConsoleHandler(progress.console, old.formatter)
+                new.setLevel(old.level)
+                logger.removeHandler(old)
+                logger.addHandler(new)
+                swapped.append((logger, old, new))
+    try:
+        yield
+    finally:
+        for logger, old, new in swapped:
+            logger.removeHandler(new)
+            logger.addHandler(old)
 
 
 # ---- status, prompt, retry, reports -----------------------------------------
