@@ -62,8 +62,6 @@ def test_ten_runners_concurrency_16_fit_in_50_connections() -> None:
                             "--once",
                             "--concurrency",
                             "16",
-                            "--pool-max",
-                            "3",
                             "--worker-id",
                             f"r{i}",
                         ],

@@ -1816,7 +1816,7 @@ def purge_cmd(
 @click.option(
     "--pool-max",
     type=int_range(1, 100),
-    default=4,
+    default=3,
     envvar="PARECER_POOL_MAX",
     help="Database connections for calls, whatever --concurrency (plus one to LISTEN).",
 )

@@ -41,7 +41,7 @@ class RunnerConfig:
     key_label: str | None = None  # names the key in shared rate-limit state (default: a hash)
     expected_output_tokens: int = 600  # for the shared limiter's estimate
     rate_limit: bool = True  # consult parecer.acquire_rate before each call
-    pool_max: int = 4  # database connections for calls, whatever the concurrency (+1 to LISTEN)
+    pool_max: int = 3  # database connections for calls, whatever the concurrency (+1 to LISTEN)
     listen: bool = True  # False: poll only (PgBouncer in transaction mode cannot LISTEN)
     metrics: bool = False  # refresh the parecer.metrics queue gauges for a /metrics endpoint
 
