@@ -345,3 +345,17 @@ def test_usage_is_checked_before_anything_is_stored(conn: psycopg.Connection[Any
     assert conn.execute(
         "SELECT outcome, usage FROM parecer.attempts WHERE analysis_id = %s", (item["analysis_id"],)
     ).fetchall() == [{"outcome": "failed", "usage": None}]
+
+
+def test_waits_are_counted_beside_429s(conn: psycopg.Connection[Any]) -> None:
+    """A request the buckets cannot cover yet is a wait, counted in parecer.rate_limits.waited
+    (throttled counts only the provider's 429s)."""
+    conn.execute("SELECT * FROM parecer.set_rate_limit('w:m', rpm => 60, tpm => 100000)")
+    grants = [
+        conn.execute("SELECT granted FROM parecer.acquire_rate('w:m', 10)").fetchone()
+        for _ in range(10)
+    ]
+    refused = sum(1 for g in grants if g is not None and not g["granted"])
+    assert refused > 0  # a burst of 6 s at 60/min holds 6 requests
+    row = conn.execute("SELECT granted, waited, throttled FROM parecer.rate_limits").fetchone()
+    assert row == {"granted": 10 - refused, "waited": refused, "throttled": 0}

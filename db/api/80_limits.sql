@@ -74,7 +74,8 @@ BEGIN
     END IF;
 
     v_wait := GREATEST((1.0 - v_req) * 60.0 / v_rpm, (v_need - v_tok) * 60.0 / v_tpm, 0.01);
-    UPDATE parecer._rate_limits r SET req_tokens = v_req, tok_tokens = v_tok, refilled_at = v_now
+    UPDATE parecer._rate_limits r SET req_tokens = v_req, tok_tokens = v_tok, refilled_at = v_now,
+                                      waited = r.waited + 1
      WHERE r.limit_key = v_key;
     RETURN ROW(false, v_wait)::parecer.rate_grant;
 END
@@ -143,10 +144,10 @@ SELECT r.limit_key,
        CASE WHEN r.paused_until > clock_timestamp() THEN r.paused_until END AS paused_until,
        CASE WHEN r.paused_until > clock_timestamp() THEN r.pause_reason END AS pause_reason,
        r.granted, r.throttled, r.observed_remaining_requests, r.observed_remaining_tokens, r.observed_at,
-       r.updated_at
+       r.updated_at, r.waited
 FROM parecer._rate_limits r
 ORDER BY r.limit_key;
-COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported.';
+COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited).';
 
 -- Set (or with NULLs reset to the defaults) the limits of a key + model.
 CREATE OR REPLACE FUNCTION parecer.set_rate_limit(limit_key text, rpm integer DEFAULT NULL, tpm integer DEFAULT NULL)

@@ -1370,7 +1370,8 @@ def limits_group() -> None:
 @json_option
 @click.pass_context
 def limits_show(ctx: click.Context, as_json: bool) -> None:
-    """Configured limits, current pauses, requests granted and 429s reported."""
+    """Configured limits, current pauses, requests granted, 429s reported (throttled) and
+    requests the shared limiter made wait (waited)."""
     with connection(ctx) as conn:
         rows = conn.execute("SELECT * FROM parecer.rate_limits").fetchall()
     emit_json(rows) if as_json else emit_table(rows, title="rate limits")

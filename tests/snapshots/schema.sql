@@ -54,7 +54,8 @@
     observed_remaining_requests integer,
     observed_remaining_tokens integer,
     observed_at timestamp with time zone,
-    updated_at timestamp with time zone NOT NULL DEFAULT now()
+    updated_at timestamp with time zone NOT NULL DEFAULT now(),
+    waited bigint NOT NULL DEFAULT 0
 
 -- table: _settings
     name text NOT NULL,
@@ -559,7 +560,8 @@ UNION ALL
     observed_remaining_requests,
     observed_remaining_tokens,
     observed_at,
-    updated_at
+    updated_at,
+    waited
    FROM parecer._rate_limits r
   ORDER BY limit_key;
 
@@ -974,7 +976,7 @@ ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 0cb7fae130c51b9b049856f4bfbf06ff
+body md5 8d0798223f33335b3ddfa5fad17f6bf5
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -1670,7 +1672,7 @@ Model prices in USD per million tokens (input, cached input, output), with where
 The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.
 
 -- comment: view parecer.rate_limits
-Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported.
+Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited).
 
 -- comment: view parecer.reports
 Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
