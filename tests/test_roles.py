@@ -236,4 +236,9 @@ def test_security_definer_cannot_be_hijacked_through_search_path(db_url: str) ->
         assert item["lease_expires_at"].year > 2000
         p = c.execute("SELECT input FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()
         assert p is not None and s.message_ids[0] in p["input"]
+        t = c.execute(
+            "SELECT * FROM parecer.leased_transcript(%s, %s)",
+            (item["analysis_id"], item["lease_token"]),
+        ).fetchall()
+        assert [r["message_id"] for r in t] == s.message_ids
         json.dumps(str(item))

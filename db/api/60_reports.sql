@@ -237,7 +237,11 @@ BEGIN
     END IF;
     v_hash := encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex');
     -- What the lease holder was given, for mark_done to check its prompt_hash against.
+    -- Not worth a WAL flush (it doubled prompt_for's time in bench/b01): lost in a
+    -- server crash, the holder's mark_done gets PR017 and the item is retried, as a
+    -- claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
     IF v_holder THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         UPDATE parecer.analyses a SET given_prompt_hash = v_hash, prompt_given_at = now()
          WHERE a.analysis_id = v_id AND a.lease_token = v_a.lease_token;
     END IF;
