@@ -185,7 +185,9 @@ def seeded(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
-    conn.execute("SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],))  # the holder is given a prompt
+    conn.execute(
+        "SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],)
+    )  # the holder is given a prompt
     conn.execute("SELECT * FROM parecer.set_rate_limit('small:m', tpm => 1000)")
     return {
         "ITEM": item["analysis_id"],

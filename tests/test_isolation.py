@@ -33,7 +33,9 @@ class World:
     url: str
     roles: dict[str, str]  # label -> role name
     sessions: dict[str, list[Session]] = field(default_factory=dict)
-    leased: dict[str, dict[str, Any]] = field(default_factory=dict)  # an item of each client leased by postgres
+    leased: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # an item of each client leased by postgres
     runs: dict[str, int] = field(default_factory=dict)
 
     def login(self, label: str) -> Conn:
@@ -47,7 +49,13 @@ def _done(conn: Conn, client: str, s: Session) -> None:
     p = one(conn, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],))
     conn.execute(
         "SELECT parecer.mark_done(%s, %s, %s, 'm', %s, %s)",
-        (item["analysis_id"], item["lease_token"], json.dumps(report_for(s)), p["prompt_hash"], USAGE),
+        (
+            item["analysis_id"],
+            item["lease_token"],
+            json.dumps(report_for(s)),
+            p["prompt_hash"],
+            USAGE,
+        ),
     )
 
 
@@ -68,7 +76,9 @@ def world(db_url: str) -> Iterator[World]:
     with db.connect(db_url) as c:
         try:
             for k, opts in labels.items():
-                c.execute(f"CREATE ROLE {roles[k]} {opts if opts == 'NOLOGIN' else 'LOGIN ' + opts}")
+                c.execute(
+                    f"CREATE ROLE {roles[k]} {opts if opts == 'NOLOGIN' else 'LOGIN ' + opts}"
+                )
             c.execute(f"GRANT {roles['group_a']} TO {roles['runner_g']}")
             for client in CLIENTS:
                 script = make_script(c, client)
@@ -114,7 +124,9 @@ def world(db_url: str) -> Iterator[World]:
                 c.execute(f"DROP ROLE IF EXISTS {r}")
 
 
-def _ok(conn: Conn, sql: str, args: Any = None, test: Callable[[list[dict[str, Any]]], bool] = bool) -> bool:
+def _ok(
+    conn: Conn, sql: str, args: Any = None, test: Callable[[list[dict[str, Any]]], bool] = bool
+) -> bool:
     """Whether the call succeeds and its rows pass `test`; rolled back either way."""
     conn.execute("BEGIN")
     try:
@@ -209,6 +221,7 @@ RUNNER = {
     "claim (any client)",
     "prompt_for (own lease)",
     "leased_transcript (own lease)",
+    "leased_transcript (its token)",  # the token is the capability, within its clients
     "next_due",
 }
 READER = {
@@ -255,7 +268,9 @@ def test_set_role_is_the_caller_too(world: World) -> None:
         c.execute(f"SET ROLE {world.roles['runner_none']}")
         assert c.execute("SELECT * FROM parecer.claim('w', 10)").fetchall() == []
         c.execute("RESET ROLE")  # the superuser sees every client
-        assert {r["client_slug"] for r in c.execute("SELECT * FROM parecer.reports")} == set(CLIENTS)
+        assert {r["client_slug"] for r in c.execute("SELECT * FROM parecer.reports")} == set(
+            CLIENTS
+        )
 
 
 def test_runner_of_alpha_cannot_touch_beta(world: World) -> None:
@@ -270,10 +285,18 @@ def test_runner_of_alpha_cannot_touch_beta(world: World) -> None:
         for sql, args, code in [
             ("SELECT * FROM parecer.prompt_for(%s)", (beta["analysis_id"],), "PR011"),
             ("SELECT * FROM parecer.prompt_for(%s)", (fake,), "PR011"),
-            ("SELECT * FROM parecer.leased_transcript(%s, %s)", (beta["analysis_id"], fake), "PR006"),
+            (
+                "SELECT * FROM parecer.leased_transcript(%s, %s)",
+                (beta["analysis_id"], fake),
+                "PR006",
+            ),
             ("SELECT * FROM parecer.leased_transcript(%s, %s)", (fake, fake), "PR006"),
             ("SELECT * FROM parecer.extend_lease(%s, %s)", (beta["analysis_id"], fake), "PR006"),
-            ("SELECT * FROM parecer.mark_failed(%s, %s, 'x')", (beta["analysis_id"], fake), "PR006"),
+            (
+                "SELECT * FROM parecer.mark_failed(%s, %s, 'x')",
+                (beta["analysis_id"], fake),
+                "PR006",
+            ),
             ("SELECT * FROM parecer.release(%s, %s)", (beta["analysis_id"], fake), "PR006"),
             (
                 "SELECT * FROM parecer.mark_done(%s, %s, '{}', 'm', %s)",
@@ -286,7 +309,10 @@ def test_runner_of_alpha_cannot_touch_beta(world: World) -> None:
                 c.execute(sql, args)
             assert exc.value.sqlstate == code, sql
         # beta's work is not claimable by alpha's runner, whatever client_slug it passes
-        assert c.execute("SELECT * FROM parecer.claim('w', 100, client_slug => 'beta')").fetchall() == []
+        assert (
+            c.execute("SELECT * FROM parecer.claim('w', 100, client_slug => 'beta')").fetchall()
+            == []
+        )
         rows = c.execute("SELECT * FROM parecer.claim('w', 100)").fetchall()
         assert rows and {r["client_slug"] for r in rows} == {"alpha"}
         assert c.execute("SELECT parecer.next_due('beta') AS t").fetchone() == {"t": None}
@@ -306,22 +332,40 @@ def test_runner_of_alpha_cannot_touch_beta(world: World) -> None:
             "SELECT status, lease_token, leased_to FROM parecer.analyses WHERE analysis_id = %s",
             (beta["analysis_id"],),
         )
-        assert got == {"status": "processing", "lease_token": beta["lease_token"], "leased_to": "postgres"}
-        n = one(su, "SELECT count(*) AS n FROM parecer.analyses WHERE client_slug = 'beta' AND status = 'pending'")
+        assert got == {
+            "status": "processing",
+            "lease_token": beta["lease_token"],
+            "leased_to": "postgres",
+        }
+        n = one(
+            su,
+            "SELECT count(*) AS n FROM parecer.analyses WHERE client_slug = 'beta' AND status = 'pending'",
+        )
         assert n["n"] == 1  # of three: one done, one leased by postgres, one waiting
 
 
 def test_two_readers_see_their_own_client(world: World) -> None:
     for label, client in [("reader_a", "alpha"), ("reader_b", "beta")]:
         with world.login(label) as c:
-            for view in ("reports", "attempts", "queue_status", "runs_overview", "budgets", "spend_daily",
-                         "spend_monthly", "client_status", "stale_reports"):
+            for view in (
+                "reports",
+                "attempts",
+                "queue_status",
+                "runs_overview",
+                "budgets",
+                "spend_daily",
+                "spend_monthly",
+                "client_status",
+                "stale_reports",
+            ):
                 slugs = {r["client_slug"] for r in c.execute(f"SELECT * FROM parecer.{view}")}
                 assert slugs == {client}, (label, view)
             m = one(c, "SELECT * FROM parecer.metrics")
             assert (m["pending"], m["processing"]) == (1, 1)  # its client's only
             with pytest.raises(psycopg.Error) as exc:
-                c.execute("SELECT parecer.insights(%s)", ("beta" if client == "alpha" else "alpha",))
+                c.execute(
+                    "SELECT parecer.insights(%s)", ("beta" if client == "alpha" else "alpha",)
+                )
             assert exc.value.sqlstate == "PR001"  # the other client is unknown, as a missing one
             with pytest.raises(psycopg.Error) as exc:
                 c.execute("SELECT parecer.insights('no-such-client')")
@@ -338,7 +382,9 @@ def test_isolation_off_keeps_single_tenant_behaviour(world: World) -> None:
         rows = c.execute("SELECT * FROM parecer.claim('w', 100)").fetchall()
         assert {r["client_slug"] for r in rows} == set(CLIENTS)
     with world.login("reader_a") as c:
-        assert {r["client_slug"] for r in c.execute("SELECT * FROM parecer.reports")} == set(CLIENTS)
+        assert {r["client_slug"] for r in c.execute("SELECT * FROM parecer.reports")} == set(
+            CLIENTS
+        )
 
 
 def test_grants_are_listed_and_revoked(world: World) -> None:
@@ -405,7 +451,9 @@ def test_prompt_for_by_someone_else_records_nothing(conn: Conn) -> None:
     conn.execute("SET ROLE parecer_admin")
     conn.execute("SELECT * FROM parecer.prompt_for(%s)", (it["analysis_id"],))
     conn.execute("RESET ROLE")
-    assert one(conn, "SELECT given_prompt_hash FROM parecer.analyses") == {"given_prompt_hash": None}
+    assert one(conn, "SELECT given_prompt_hash FROM parecer.analyses") == {
+        "given_prompt_hash": None
+    }
     # isolation off and no prompt given: the reported hash is taken at its word
     conn.execute(
         "SELECT parecer.mark_done(%s, %s, %s, 'm', %s)",
@@ -416,7 +464,9 @@ def test_prompt_for_by_someone_else_records_nothing(conn: Conn) -> None:
 def test_caps_a_runner_cannot_exceed(conn: Conn) -> None:
     script = make_script(conn)
     ss = [make_session(conn) for _ in range(3)]
-    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id for s in ss], script["script_id"]))
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id for s in ss], script["script_id"])
+    )
     conn.execute("SELECT parecer.set_setting('max_claim_items', '2')")
     conn.execute("SET ROLE parecer_runner")
     assert len(conn.execute("SELECT * FROM parecer.claim('w', 1000)").fetchall()) == 2
@@ -425,7 +475,9 @@ def test_caps_a_runner_cannot_exceed(conn: Conn) -> None:
     assert exc.value.sqlstate == "PR010"
     it = one(conn, "SELECT * FROM parecer.claim('w', 1, lease_seconds => 3600)")
     with pytest.raises(psycopg.Error) as exc:
-        conn.execute("SELECT parecer.extend_lease(%s, %s, 86400)", (it["analysis_id"], it["lease_token"]))
+        conn.execute(
+            "SELECT parecer.extend_lease(%s, %s, 86400)", (it["analysis_id"], it["lease_token"])
+        )
     assert exc.value.sqlstate == "PR010"
     until = one(
         conn,
@@ -442,8 +494,12 @@ def test_caps_a_runner_cannot_exceed(conn: Conn) -> None:
 @contextmanager
 def _evil_path(conn: Conn) -> Iterator[None]:
     conn.execute("CREATE SCHEMA evil")
-    conn.execute("CREATE FUNCTION evil.pg_has_role(name, oid, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'")
-    conn.execute("CREATE FUNCTION evil.current_setting(text) RETURNS text LANGUAGE sql AS $$ SELECT 'none' $$")
+    conn.execute(
+        "CREATE FUNCTION evil.pg_has_role(name, oid, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'"
+    )
+    conn.execute(
+        "CREATE FUNCTION evil.current_setting(text) RETURNS text LANGUAGE sql AS $$ SELECT 'none' $$"
+    )
     conn.execute("CREATE TABLE evil._client_grants (role_oid oid, client_id text)")
     conn.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
     conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC")
@@ -461,7 +517,8 @@ def test_isolation_cannot_be_hijacked_through_search_path(world: World) -> None:
         su.execute(f"SET ROLE {world.roles['runner_a']}")
         it = one(su, "SELECT * FROM parecer.claim('w')")
         rows = su.execute(
-            "SELECT * FROM parecer.leased_transcript(%s, %s)", (it["analysis_id"], it["lease_token"])
+            "SELECT * FROM parecer.leased_transcript(%s, %s)",
+            (it["analysis_id"], it["lease_token"]),
         ).fetchall()
         assert rows and all(r["message_id"].startswith(it["session_id"]) for r in rows)
         su.execute("RESET ROLE")

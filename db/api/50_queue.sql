@@ -315,7 +315,7 @@ BEGIN
                OR parecer._blocked_reason(p.client_id) IS NULL)
         LIMIT 2
     )
-    SELECT COALESCE($3, parecer._setting_int('lease_seconds')),
+    SELECT COALESCE($3, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
            EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
            (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
       INTO v_lease, v_expired, v_n, v_one;
@@ -404,7 +404,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_lease integer := COALESCE(extend_lease.lease_seconds, parecer._setting_int('lease_seconds'));
+    v_lease integer := COALESCE(extend_lease.lease_seconds,
+                                LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds')));
     v_exp   timestamptz;
 BEGIN
     IF v_lease < 5 OR v_lease > parecer._setting_int('max_lease_seconds') THEN

@@ -1085,7 +1085,7 @@ RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 086b38b3393474ac0045d01a00137773
+body md5 458217298d2e0410961933b96447ec88
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false
@@ -1127,7 +1127,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL
 RETURNS timestamp with time zone
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 27bea8b016ae847ec458113300031f48
+body md5 7e97e7570bb4197a6e1b4c8a1211b8e5
 
 -- function: parecer.grant_client(name,text)
 ARGUMENTS role name, client_slug text
