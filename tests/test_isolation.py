@@ -522,3 +522,36 @@ def test_isolation_cannot_be_hijacked_through_search_path(world: World) -> None:
         ).fetchall()
         assert rows and all(r["message_id"].startswith(it["session_id"]) for r in rows)
         su.execute("RESET ROLE")
+
+
+GROUP_OF = {
+    "runner_a": "parecer_runner",
+    "runner_g": "parecer_runner",
+    "runner_none": "parecer_runner",
+    "reader_a": "parecer_reader",
+    "reader_b": "parecer_reader",
+    "admin": "parecer_admin",
+}
+
+
+def test_login_roles_have_their_group_privileges(world: World) -> None:
+    """Every public function and view, tried by each login role: what it may call is its group's row of the role matrix."""
+    from .test_roles import CALLS, MATRIX, RELATIONS
+
+    def may(c: Conn, sql: str) -> bool:
+        c.execute("BEGIN")
+        try:
+            c.execute(sql)
+            return True
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+        except psycopg.Error:
+            return True  # past the privilege check, into the function's own errors
+        finally:
+            c.execute("ROLLBACK")
+
+    for label, group in GROUP_OF.items():
+        with world.login(label) as c:
+            got = {name for name, sql in CALLS.items() if may(c, sql)}
+            got |= {r for r in RELATIONS if may(c, f"SELECT * FROM parecer.{r} LIMIT 1")}
+        assert got == MATRIX[group], label
