@@ -555,3 +555,45 @@ def test_login_roles_have_their_group_privileges(world: World) -> None:
             got = {name for name, sql in CALLS.items() if may(c, sql)}
             got |= {r for r in RELATIONS if may(c, f"SELECT * FROM parecer.{r} LIMIT 1")}
         assert got == MATRIX[group], label
+
+
+def test_runner_bound_to_alpha_drains_alpha_only(world: World) -> None:
+    """The real runner, logged in as a role bound to alpha, with isolation on: alpha's work only, every report's hash the one given."""
+    from parecer.devkit.standin import Standin, StandinConfig
+    from parecer.runner import RunnerConfig, run
+
+    url = make_conninfo(world.url, user=world.roles["runner_a"])
+    with Standin(StandinConfig(latency_ms=(1, 5), seed=5)) as s:
+        stats = run(
+            RunnerConfig(
+                database_url=url,
+                api_key="test",
+                base_url=s.url,
+                concurrency=2,
+                once=True,
+                request_timeout=5.0,
+                poll_seconds=30.0,
+            )
+        )
+    assert stats.outcomes.get("done") == 1
+    with db.connect(world.url) as su:
+        rows = su.execute(
+            "SELECT client_slug, status, leased_to, prompt_hash = given_prompt_hash AS same "
+            "FROM parecer.analyses WHERE worker NOT IN ('setup', 'other') ORDER BY 1"
+        ).fetchall()
+        assert rows == [
+            {
+                "client_slug": "alpha",
+                "status": "done",
+                "leased_to": world.roles["runner_a"],
+                "same": True,
+            }
+        ]
+        beta = su.execute(
+            "SELECT status, count(*) AS n FROM parecer.analyses WHERE client_slug = 'beta' GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        assert beta == [
+            {"status": "done", "n": 1},
+            {"status": "pending", "n": 1},
+            {"status": "processing", "n": 1},
+        ]
