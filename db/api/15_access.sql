@@ -12,7 +12,8 @@
 -- through a group role), and nothing when there is none: fail closed. Members of
 -- parecer_admin, superusers and the owner of the parecer schema see every client.
 --
--- Readers' views filter rows through parecer._caller_scope (security_barrier
+-- Readers' views filter rows through parecer._caller_scope, read in scalar
+-- subqueries (InitPlans: computed once per query, not per row) (security_barrier
 -- views, see docs/concepts.md "Security"): a view's functions run with the
 -- reader's rights, so the scope is a view of pg_catalog functions only, not a
 -- function of ours a reader would need EXECUTE on.

@@ -558,10 +558,9 @@ AS $$
     SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
     FROM parecer.analyses a
     JOIN parecer._budget_state b ON b.client_id = a.client_id AND b.blocked_reason IS NULL
-    CROSS JOIN parecer._caller_scope sc
     WHERE a.status IN ('pending', 'processing')
       AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
-      AND (sc.all_clients OR a.client_id = ANY (sc.client_ids))
+      AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 $$;
 COMMENT ON FUNCTION parecer.next_due(text) IS
 'The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting; with the isolation setting on, only items of the caller''s clients count. Runners sleep until then at most.';

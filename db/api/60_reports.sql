@@ -182,10 +182,10 @@ DECLARE
 BEGIN
     -- Unknown item, wrong or expired lease, client not the caller's: one error.
     SELECT a.session_id INTO v_session
-    FROM parecer.analyses a CROSS JOIN parecer._caller_scope sc
+    FROM parecer.analyses a
     WHERE a.analysis_id = leased_transcript.analysis_id
       AND a.lease_token = leased_transcript.lease_token AND a.lease_expires_at >= now()
-      AND (sc.all_clients OR a.client_id = ANY (sc.client_ids));
+      AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
     IF NOT FOUND THEN
         RAISE EXCEPTION 'analysis % is not leased to you', COALESCE(leased_transcript.analysis_id::text, 'NULL')
             USING ERRCODE = 'PR006',
@@ -631,8 +631,7 @@ SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS sc
        a.grounding, a.omitted_messages
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
-CROSS JOIN parecer._caller_scope sc
-WHERE a.status = 'done' AND (sc.all_clients OR a.client_id = ANY (sc.client_ids));
+WHERE a.status = 'done' AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
 COMMENT ON VIEW parecer.reports IS 'With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).';
 
 -- Store several reports in one call (one transaction, one commit to wait for):

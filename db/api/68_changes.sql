@@ -32,8 +32,7 @@ FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 CROSS JOIN LATERAL (SELECT count(*) AS message_count, max(m.sent_at) AS last_message_at
                     FROM parecer.source_messages m WHERE m.session_id = a.session_id) f
-CROSS JOIN parecer._caller_scope sc
-WHERE a.status = 'done' AND (sc.all_clients OR a.client_id = ANY (sc.client_ids))
+WHERE a.status = 'done' AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
   AND a.analysed_message_count IS NOT NULL
   AND (a.analysed_message_count IS DISTINCT FROM f.message_count
        OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);

@@ -137,8 +137,8 @@ AS $$
 DECLARE
     v_run bigint := p_run_id;
 BEGIN
-    IF NOT EXISTS (SELECT FROM parecer.runs r CROSS JOIN parecer._caller_scope sc   -- a run of another client is unknown
-                   WHERE r.run_id = v_run AND (sc.all_clients OR r.client_id = ANY (sc.client_ids))) THEN
+    IF NOT EXISTS (SELECT FROM parecer.runs r   -- a run of another client is unknown
+                   WHERE r.run_id = v_run AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))) THEN
         RAISE EXCEPTION 'unknown run %', COALESCE(v_run::text, 'NULL')
             USING ERRCODE = 'PR012', HINT = 'SELECT run_id, client_slug, created_at FROM parecer.runs_overview lists the runs.';
     END IF;
@@ -185,8 +185,7 @@ FROM parecer.runs r
 JOIN parecer.scripts s ON s.script_id = r.script_id
 LEFT JOIN parecer.run_items ri ON ri.run_id = r.run_id
 LEFT JOIN parecer.analyses a ON a.analysis_id = ri.analysis_id
-CROSS JOIN parecer._caller_scope sc
-WHERE (sc.all_clients OR r.client_id = ANY (sc.client_ids))
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 GROUP BY r.run_id, s.script_key, s.version;
 COMMENT ON VIEW parecer.runs_overview IS 'Every run with what it selected and how far it got.';
 
@@ -202,8 +201,7 @@ SELECT a.client_slug, s.script_key, s.version AS script_version, a.analysis_vers
        count(*) FILTER (WHERE a.status = 'done' AND a.processed_at > now() - interval '1 hour') AS done_last_hour
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
-CROSS JOIN parecer._caller_scope sc
-WHERE (sc.all_clients OR a.client_id = ANY (sc.client_ids))
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
 COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.';
 

@@ -191,8 +191,7 @@ CREATE OR REPLACE VIEW parecer.budgets WITH (security_barrier = true) AS
 SELECT b.client_slug, b.priority, b.daily_budget_usd, b.spent_today AS spent_today_usd,
        b.monthly_budget_usd, b.spent_month AS spent_month_usd, b.blocked_reason
 FROM parecer._budget_state b
-CROSS JOIN parecer._caller_scope sc
-WHERE (sc.all_clients OR b.client_id = ANY (sc.client_ids))
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR b.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 ORDER BY b.client_slug;
 COMMENT ON VIEW parecer.budgets IS 'Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).';
 
@@ -200,8 +199,8 @@ CREATE OR REPLACE VIEW parecer.spend_daily WITH (security_barrier = true) AS
 SELECT s.client_slug, s.day, sum(s.attempts)::bigint AS attempts, sum(s.input_tokens)::bigint AS input_tokens,
        sum(s.cached_input_tokens)::bigint AS cached_input_tokens, sum(s.output_tokens)::bigint AS output_tokens,
        sum(s.cost_usd) AS cost_usd
-FROM parecer._spend s CROSS JOIN parecer._caller_scope sc
-WHERE (sc.all_clients OR s.client_id = ANY (sc.client_ids))
+FROM parecer._spend s
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR s.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 GROUP BY s.client_slug, s.day ORDER BY s.day DESC, s.client_slug;
 COMMENT ON VIEW parecer.spend_daily IS 'Tokens and cost per client and day (budget_timezone calendar), all attempts included (failed ones cost too).';
 
@@ -209,8 +208,8 @@ CREATE OR REPLACE VIEW parecer.spend_monthly WITH (security_barrier = true) AS
 SELECT s.client_slug, date_trunc('month', s.day)::date AS month, sum(s.attempts)::bigint AS attempts,
        sum(s.input_tokens)::bigint AS input_tokens, sum(s.cached_input_tokens)::bigint AS cached_input_tokens,
        sum(s.output_tokens)::bigint AS output_tokens, sum(s.cost_usd) AS cost_usd
-FROM parecer._spend s CROSS JOIN parecer._caller_scope sc
-WHERE (sc.all_clients OR s.client_id = ANY (sc.client_ids))
+FROM parecer._spend s
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR s.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 GROUP BY 1, 2 ORDER BY 2 DESC, 1;
 COMMENT ON VIEW parecer.spend_monthly IS 'Tokens and cost per client and month.';
 
@@ -290,15 +289,13 @@ SELECT t.analysis_id, t.attempt, t.worker, t.claimed_at, t.finished_at,
        a.client_slug, a.session_id, t.cost_usd
 FROM parecer._finished_attempts t
 JOIN parecer.analyses a ON a.analysis_id = t.analysis_id
-CROSS JOIN parecer._caller_scope sc
-WHERE (sc.all_clients OR a.client_id = ANY (sc.client_ids))
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 UNION ALL
 SELECT a.analysis_id, a.claims, a.worker, a.started_at, NULL::timestamptz,
        'processing', NULL::text, NULL::text, NULL::jsonb,
        a.client_slug, a.session_id, NULL::numeric
 FROM parecer.analyses a
-CROSS JOIN parecer._caller_scope sc
-WHERE a.status = 'processing' AND (sc.all_clients OR a.client_id = ANY (sc.client_ids));
+WHERE a.status = 'processing' AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
 COMMENT ON VIEW parecer.attempts IS 'Attempt history: one row per claim (outcome done, failed, released, expired, reset, or processing while in flight), with its usage and cost.';
 
 CREATE OR REPLACE VIEW parecer.run_costs WITH (security_barrier = true) AS
@@ -309,8 +306,8 @@ SELECT ri.run_id, count(t.*) FILTER (WHERE t.usage IS NOT NULL) AS attempts,
        COALESCE(sum(t.cost_usd), 0) AS cost_usd
 FROM parecer.run_items ri
 LEFT JOIN parecer._finished_attempts t ON t.analysis_id = ri.analysis_id
-WHERE EXISTS (SELECT FROM parecer.runs r CROSS JOIN parecer._caller_scope sc
-              WHERE r.run_id = ri.run_id AND (sc.all_clients OR r.client_id = ANY (sc.client_ids)))
+WHERE EXISTS (SELECT FROM parecer.runs r
+              WHERE r.run_id = ri.run_id AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[])))
 GROUP BY ri.run_id;
 COMMENT ON VIEW parecer.run_costs IS 'Tokens and cost per run (every attempt of the run''s items).';
 

@@ -467,8 +467,9 @@ UNION ALL
     t.cost_usd
    FROM parecer._finished_attempts t
      JOIN parecer.analyses a ON a.analysis_id = t.analysis_id
-     CROSS JOIN parecer._caller_scope sc
-  WHERE sc.all_clients OR (a.client_id = ANY (sc.client_ids))
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
 UNION ALL
  SELECT a.analysis_id,
     a.claims AS attempt,
@@ -483,21 +484,23 @@ UNION ALL
     a.session_id,
     NULL::numeric AS cost_usd
    FROM parecer.analyses a
-     CROSS JOIN parecer._caller_scope sc
-  WHERE a.status = 'processing'::text AND (sc.all_clients OR (a.client_id = ANY (sc.client_ids)));
+  WHERE a.status = 'processing'::text AND (( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[])));
 
 -- view: budgets
- SELECT b.client_slug,
-    b.priority,
-    b.daily_budget_usd,
-    b.spent_today AS spent_today_usd,
-    b.monthly_budget_usd,
-    b.spent_month AS spent_month_usd,
-    b.blocked_reason
+ SELECT client_slug,
+    priority,
+    daily_budget_usd,
+    spent_today AS spent_today_usd,
+    monthly_budget_usd,
+    spent_month AS spent_month_usd,
+    blocked_reason
    FROM parecer._budget_state b
-     CROSS JOIN parecer._caller_scope sc
-  WHERE sc.all_clients OR (b.client_id = ANY (sc.client_ids))
-  ORDER BY b.client_slug;
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
+  ORDER BY client_slug;
 
 -- view: client_grants
  SELECT COALESCE(r.rolname, ('#'::text || g.role_oid::text)::name)::text AS role_name,
@@ -598,8 +601,9 @@ UNION ALL
     count(*) FILTER (WHERE a.status = 'done'::text AND a.processed_at > (now() - '01:00:00'::interval)) AS done_last_hour
    FROM parecer.analyses a
      JOIN parecer.scripts s ON s.script_id = a.script_id
-     CROSS JOIN parecer._caller_scope sc
-  WHERE sc.all_clients OR (a.client_id = ANY (sc.client_ids))
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
 
 -- view: rate_limits
@@ -645,8 +649,9 @@ UNION ALL
     a.omitted_messages
    FROM parecer.analyses a
      JOIN parecer.scripts s ON s.script_id = a.script_id
-     CROSS JOIN parecer._caller_scope sc
-  WHERE a.status = 'done'::text AND (sc.all_clients OR (a.client_id = ANY (sc.client_ids)));
+  WHERE a.status = 'done'::text AND (( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[])));
 
 -- view: run_costs
  SELECT ri.run_id,
@@ -659,8 +664,9 @@ UNION ALL
      LEFT JOIN parecer._finished_attempts t ON t.analysis_id = ri.analysis_id
   WHERE (EXISTS ( SELECT
            FROM parecer.runs r
-             CROSS JOIN parecer._caller_scope sc
-          WHERE r.run_id = ri.run_id AND (sc.all_clients OR (r.client_id = ANY (sc.client_ids)))))
+          WHERE r.run_id = ri.run_id AND (( SELECT sc.all_clients
+                   FROM parecer._caller_scope sc) OR (r.client_id = ANY ((( SELECT sc.client_ids
+                   FROM parecer._caller_scope sc))::text[])))))
   GROUP BY ri.run_id;
 
 -- view: runs_overview
@@ -683,8 +689,9 @@ UNION ALL
      JOIN parecer.scripts s ON s.script_id = r.script_id
      LEFT JOIN parecer.run_items ri ON ri.run_id = r.run_id
      LEFT JOIN parecer.analyses a ON a.analysis_id = ri.analysis_id
-     CROSS JOIN parecer._caller_scope sc
-  WHERE sc.all_clients OR (r.client_id = ANY (sc.client_ids))
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (r.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   GROUP BY r.run_id, s.script_key, s.version;
 
 -- view: settings
@@ -700,32 +707,34 @@ UNION ALL
   ORDER BY name;
 
 -- view: spend_daily
- SELECT s.client_slug,
-    s.day,
-    sum(s.attempts) AS attempts,
-    sum(s.input_tokens)::bigint AS input_tokens,
-    sum(s.cached_input_tokens)::bigint AS cached_input_tokens,
-    sum(s.output_tokens)::bigint AS output_tokens,
-    sum(s.cost_usd) AS cost_usd
+ SELECT client_slug,
+    day,
+    sum(attempts) AS attempts,
+    sum(input_tokens)::bigint AS input_tokens,
+    sum(cached_input_tokens)::bigint AS cached_input_tokens,
+    sum(output_tokens)::bigint AS output_tokens,
+    sum(cost_usd) AS cost_usd
    FROM parecer._spend s
-     CROSS JOIN parecer._caller_scope sc
-  WHERE sc.all_clients OR (s.client_id = ANY (sc.client_ids))
-  GROUP BY s.client_slug, s.day
-  ORDER BY s.day DESC, s.client_slug;
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
+  GROUP BY client_slug, day
+  ORDER BY day DESC, client_slug;
 
 -- view: spend_monthly
- SELECT s.client_slug,
-    date_trunc('month'::text, s.day::timestamp with time zone)::date AS month,
-    sum(s.attempts) AS attempts,
-    sum(s.input_tokens)::bigint AS input_tokens,
-    sum(s.cached_input_tokens)::bigint AS cached_input_tokens,
-    sum(s.output_tokens)::bigint AS output_tokens,
-    sum(s.cost_usd) AS cost_usd
+ SELECT client_slug,
+    date_trunc('month'::text, day::timestamp with time zone)::date AS month,
+    sum(attempts) AS attempts,
+    sum(input_tokens)::bigint AS input_tokens,
+    sum(cached_input_tokens)::bigint AS cached_input_tokens,
+    sum(output_tokens)::bigint AS output_tokens,
+    sum(cost_usd) AS cost_usd
    FROM parecer._spend s
-     CROSS JOIN parecer._caller_scope sc
-  WHERE sc.all_clients OR (s.client_id = ANY (sc.client_ids))
-  GROUP BY s.client_slug, (date_trunc('month'::text, s.day::timestamp with time zone)::date)
-  ORDER BY (date_trunc('month'::text, s.day::timestamp with time zone)::date) DESC, s.client_slug;
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
+  GROUP BY client_slug, (date_trunc('month'::text, day::timestamp with time zone)::date)
+  ORDER BY (date_trunc('month'::text, day::timestamp with time zone)::date) DESC, client_slug;
 
 -- view: stale_reports
  SELECT a.analysis_id,
@@ -745,8 +754,9 @@ UNION ALL
             max(m.sent_at) AS last_message_at
            FROM parecer.source_messages m
           WHERE m.session_id = a.session_id) f
-     CROSS JOIN parecer._caller_scope sc
-  WHERE a.status = 'done'::text AND (sc.all_clients OR (a.client_id = ANY (sc.client_ids))) AND a.analysed_message_count IS NOT NULL AND (a.analysed_message_count IS DISTINCT FROM f.message_count OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);
+  WHERE a.status = 'done'::text AND (( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))) AND a.analysed_message_count IS NOT NULL AND (a.analysed_message_count IS DISTINCT FROM f.message_count OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);
 
 -- function: parecer._add_spend(text,text,date,jsonb,numeric)
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric
@@ -996,7 +1006,7 @@ body md5 6783eec674b4b326ec0f591cac781a62
 ARGUMENTS p_run_id bigint
 RETURNS TABLE(run_id bigint, processed integer, failed integer, retrying integer, remaining integer, done_sample text[], failed_sample text[], total integer)
 LANGUAGE plpgsql STABLE
-body md5 e4dc60bb4e02d0833b76eaceb4583926
+body md5 4dc976c97a1f3867440872a18a8c37e7
 
 -- function: parecer._script_info(parecer.scripts)
 ARGUMENTS s parecer.scripts
@@ -1156,7 +1166,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid
 RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at timestamp with time zone, media_type text, body text, transcription text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3ed1618a3e4867b203780e9aab12ab61
+body md5 6264ede79f063abc544c5ac5e31e5a21
 
 -- function: parecer.list_scripts(text,text,boolean)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, active_only boolean DEFAULT false
@@ -1191,7 +1201,7 @@ ARGUMENTS client_slug text DEFAULT NULL::text
 RETURNS timestamp with time zone
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 b72ee0df0d33aae09f409fbcba924ed9
+body md5 0c02eef2c95e3afe57ad879b2446c521
 
 -- function: parecer.prompt_for(uuid)
 ARGUMENTS analysis_id uuid
