@@ -168,6 +168,12 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
     ("SELECT * FROM parecer.enqueue('{no-such-session}', %s)", ("SCRIPT",), errors.UNKNOWN_SESSION),
     ("SELECT * FROM parecer.session_transcript('no-such-session')", (), errors.UNKNOWN_SESSION),
     ("SELECT * FROM parecer.acquire_rate('small:m', 5000)", (), errors.PROMPT_TOO_LARGE),
+    (
+        "SELECT * FROM parecer.mark_done(%s, %s, '{}', 'm', repeat('a', 64))",
+        ("ITEM", "TOKEN"),
+        errors.PROMPT_HASH_MISMATCH,
+    ),
+    ("SELECT * FROM parecer.grant_client('t17_no_such_role', 'acme')", (), errors.UNKNOWN_ROLE),
 ]
 
 
@@ -179,6 +185,9 @@ def seeded(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()
     assert item is not None
+    conn.execute(
+        "SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],)
+    )  # the holder is given a prompt
     conn.execute("SELECT * FROM parecer.set_rate_limit('small:m', tpm => 1000)")
     return {
         "ITEM": item["analysis_id"],

@@ -274,3 +274,16 @@ def test_limits_budgets_prices_spend_backlog(seeded: str) -> None:
     assert {c["check_name"]: c["status"] for c in checks}["duplicate_session_ids"] == "ok"
     r = cli(seeded, "budgets", "priority", "acme", "0")
     assert r.exit_code == 2 and "not in the range 1<=x<=100" in r.output
+
+
+def test_access_grant_list_revoke(seeded: str) -> None:
+    cli(seeded, "scripts", "create", "acme", "qa", "--file", "-", input="x")
+    g = json.loads(cli(seeded, "access", "grant", "parecer_runner", "acme", "--json").output)
+    assert [(x["role_name"], x["client_slug"]) for x in g] == [("parecer_runner", "acme")]
+    listed = json.loads(cli(seeded, "access", "list", "--json").output)
+    assert listed["isolation"] == "off" and len(listed["grants"]) == 1
+    r = cli(seeded, "access", "grant", "parecer_no_such_role", "acme")
+    assert r.exit_code != 0 and "PR018" in r.output and len(r.output.strip().splitlines()) == 1
+    out = json.loads(cli(seeded, "access", "revoke", "parecer_runner", "--json").output)
+    assert out == {"revoked": 1}
+    assert json.loads(cli(seeded, "access", "list", "--json").output)["grants"] == []

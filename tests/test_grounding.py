@@ -209,6 +209,6 @@ def test_the_transcript_has_one_line_per_message_whatever_the_messages_hold(conn
     doc["topics"][0]["evidence"] = ev
     out = conn.execute(
         "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
-        (item["analysis_id"], item["lease_token"], json.dumps(doc), "0" * 64),
+        (item["analysis_id"], item["lease_token"], json.dumps(doc), p["prompt_hash"]),
     ).fetchone()
     assert out is not None and out["status"] == "done"

@@ -47,6 +47,9 @@ CALLS: dict[str, str] = {
     "doctor": "SELECT * FROM parecer.doctor()",
     "purge": "SELECT * FROM parecer.purge('1000 years')",
     "check_adapter": "SELECT * FROM parecer.check_adapter()",
+    "leased_transcript": f"SELECT * FROM parecer.leased_transcript('{U}', '{U}')",
+    "grant_client": "SELECT * FROM parecer.grant_client('parecer_runner', 'acme')",
+    "revoke_client": "SELECT * FROM parecer.revoke_client('parecer_runner', 'acme')",
 }
 RELATIONS = [
     "reports",
@@ -78,6 +81,9 @@ RELATIONS = [
     "_budget_alerts",
     "metrics",
     "stale_reports",
+    "client_grants",
+    "_client_grants",
+    "_caller_scope",
 ]
 
 READER_VIEWS = {
@@ -122,6 +128,9 @@ MATRIX: dict[str, set[str]] = {
         "doctor",
         "purge",
         "check_adapter",
+        "grant_client",
+        "revoke_client",
+        "client_grants",
     }
     | READER_VIEWS,
     "parecer_runner": {
@@ -132,7 +141,7 @@ MATRIX: dict[str, set[str]] = {
         "mark_failed",
         "release",
         "prompt_for",
-        "session_transcript",
+        "leased_transcript",
         "next_due",
         "acquire_rate",
         "report_rate",
@@ -227,4 +236,9 @@ def test_security_definer_cannot_be_hijacked_through_search_path(db_url: str) ->
         assert item["lease_expires_at"].year > 2000
         p = c.execute("SELECT input FROM parecer.prompt_for(%s)", (item["analysis_id"],)).fetchone()
         assert p is not None and s.message_ids[0] in p["input"]
+        t = c.execute(
+            "SELECT * FROM parecer.leased_transcript(%s, %s)",
+            (item["analysis_id"], item["lease_token"]),
+        ).fetchall()
+        assert [r["message_id"] for r in t] == s.message_ids
         json.dumps(str(item))

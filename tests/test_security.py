@@ -45,6 +45,10 @@ def test_injection_through_text_arguments_is_literal(
         ("SELECT * FROM parecer.set_setting(%s, '1')", (evil,)),
         ("SELECT * FROM parecer.session_transcript(%s)", (evil,)),
         ("SELECT * FROM parecer.claim(%s, client_slug => %s)", ("w", evil)),
+        ("SELECT * FROM parecer.grant_client(%s, 'acme')", (evil,)),
+        ("SELECT * FROM parecer.grant_client('parecer_runner', %s)", (evil + "-nope",)),
+        ("SELECT * FROM parecer.revoke_client(%s, %s)", (evil, evil)),
+        ("SELECT * FROM parecer.insights(%s)", (evil + "-nope",)),
     ]:
         try:
             conn.execute(sql, args)

@@ -216,7 +216,7 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
         done = 0
         while (item := c.execute("SELECT * FROM parecer.claim('w')").fetchone()) is not None:
             p = c.execute(
-                "SELECT input FROM parecer.prompt_for(%s)", (item["analysis_id"],)
+                "SELECT input, prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],)
             ).fetchone()
             assert (
                 p is not None
@@ -229,7 +229,7 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
                     item["analysis_id"],
                     item["lease_token"],
                     json.dumps(report_for(sessions[item["session_id"]], [])),
-                    "a" * 64,
+                    p["prompt_hash"],
                 ),
             )
             done += 1

@@ -33,7 +33,17 @@ INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_va
     ('max_releases', '20', 'integer', 1, 10000,
      'Releases (give-backs that spend no attempt) an item may have; the next one makes it a terminal failure, so nothing loops forever. Reset by enqueue(force_reprocess) and retry_failed.'),
     ('repair_calls', '1', 'integer', 0, 3,
-     'Corrective model calls a runner makes within one attempt when mark_done finds ungrounded evidence (PR008): the original input, the answer and the failing citations; 0 turns repair off. Each one is a paid call, counted in the attempt''s usage.')
+     'Corrective model calls a runner makes within one attempt when mark_done finds ungrounded evidence (PR008): the original input, the answer and the failing citations; 0 turns repair off. Each one is a paid call, counted in the attempt''s usage.'),
+    ('isolation', 'off', 'text', NULL, NULL,
+     'Tenant isolation: off (single tenant: every runner and reader serves every client) or on (multi-tenant: a role serves and sees only the clients granted to it with parecer.grant_client, or to a role it is a member of; a role granted none gets nothing; admins see all).'),
+    ('max_claim_items', '100', 'integer', 1, 1000,
+     'Most items one claim hands out, whatever max_items asks (a runner cannot hoard the queue).'),
+    ('max_lease_seconds', '3600', 'integer', 5, 86400,
+     'Longest lease claim and extend_lease grant; a longer lease_seconds is refused (PR010).'),
+    ('max_pause_seconds', '3600', 'integer', 1, 86400,
+     'Longest pause one report_rate call may impose on a shared key; a longer Retry-After or reset pauses this long.'),
+    ('max_request_tokens', '400000', 'integer', 1000, 10000000,
+     'Largest request (tokens) acquire_rate grants; a larger one is the item''s failure (PR016), like one above the key''s tokens per minute.')
 ON CONFLICT (name) DO UPDATE
     SET default_value = EXCLUDED.default_value, kind = EXCLUDED.kind, min_value = EXCLUDED.min_value,
         max_value = EXCLUDED.max_value, description = EXCLUDED.description;
@@ -173,6 +183,9 @@ BEGIN
                                     COALESCE(make_interval(secs => v_def.max_value)::text, 'inf'));
             END IF;
             set_setting.value := v_int::text;
+        ELSIF v_def.name = 'isolation' AND set_setting.value NOT IN ('on', 'off') THEN
+            RAISE EXCEPTION 'invalid value for isolation: %', left(set_setting.value, 100)
+                USING ERRCODE = 'PR009', HINT = 'isolation is on (multi-tenant) or off (single tenant).';
         ELSIF v_def.name IN ('single_tenant_slug', 'single_tenant_name')
               AND (btrim(set_setting.value) = '' OR length(set_setting.value) > 200) THEN
             RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)

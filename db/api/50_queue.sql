@@ -300,17 +300,22 @@ DECLARE
     v_one     text;
     v_ids     uuid[];
     v_expired boolean;
+    v_scope   text[];   -- clients the caller serves (NULL: all; tenant isolation, 15_access.sql)
+    v_who     name;
 BEGIN
+    SELECT CASE WHEN sc.all_clients THEN NULL ELSE sc.client_ids END, sc.who INTO v_scope, v_who
+    FROM parecer._caller_scope sc;
     -- Settings, whether any lease ran out, and which clients may get work (client
     -- filter, budgets: none, one, or more), in one query.
     WITH pol AS (
         SELECT p.client_id FROM parecer._client_policy p
         WHERE (v_client IS NULL OR p.client_slug = v_client)
+          AND (v_scope IS NULL OR p.client_id = ANY (v_scope))
           AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
                OR parecer._blocked_reason(p.client_id) IS NULL)
         LIMIT 2
     )
-    SELECT COALESCE($3, parecer._setting_int('lease_seconds')),
+    SELECT COALESCE($3, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
            EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
            (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
       INTO v_lease, v_expired, v_n, v_one;
@@ -320,9 +325,13 @@ BEGIN
     IF v_limit IS NULL OR v_limit < 1 OR v_limit > 1000 THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid max_items: %s', COALESCE(v_limit::text, 'NULL')), 'max_items must be between 1 and 1000.');
     END IF;
-    IF v_lease < 5 OR v_lease > 86400 THEN
-        PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease), 'lease_seconds must be between 5 and 86400.');
+    IF v_lease < 5 OR v_lease > parecer._setting_int('max_lease_seconds') THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease),
+                                 pg_catalog.format('lease_seconds must be between 5 and %s (setting max_lease_seconds).',
+                                                   parecer._setting_int('max_lease_seconds')));
     END IF;
+    -- A claim hands out at most max_claim_items, whatever it asks (it may always get fewer).
+    v_limit := LEAST(v_limit, parecer._setting_int('max_claim_items'));
     IF sync_commit IS NULL THEN
         PERFORM parecer._invalid('sync_commit must be true or false', 'Leave it out (true) unless the claim is a transaction of its own.');
     END IF;
@@ -350,6 +359,7 @@ BEGIN
             FROM parecer._client_policy p
             CROSS JOIN LATERAL parecer._candidates(p.client_id, v_limit) WITH ORDINALITY c(analysis_id, backlog, rn)
             WHERE (v_client IS NULL OR p.client_slug = v_client)
+              AND (v_scope IS NULL OR p.client_id = ANY (v_scope))
               AND ((p.daily_budget_usd IS NULL AND p.monthly_budget_usd IS NULL)
                    OR parecer._blocked_reason(p.client_id) IS NULL)
             ORDER BY c.backlog, (c.rn - 1) / p.priority, -ln(1.0 - random()) / p.priority, c.rn
@@ -371,7 +381,8 @@ BEGIN
                lease_expires_at = now() + make_interval(secs => v_lease),
                next_retry_at = NULL,
                started_at = now(),
-               updated_at = now()
+               updated_at = now(),
+               leased_to = v_who, given_prompt_hash = NULL, prompt_given_at = NULL
          WHERE a.analysis_id = ANY (v_ids)
         RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
                   a.lease_expires_at, a.retry_count
@@ -383,7 +394,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
-'Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.';
+'Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.';
 
 -- Extend the lease of an item in flight (heartbeat).
 CREATE OR REPLACE FUNCTION parecer.extend_lease(analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL)
@@ -393,11 +404,14 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_lease integer := COALESCE(extend_lease.lease_seconds, parecer._setting_int('lease_seconds'));
+    v_lease integer := COALESCE(extend_lease.lease_seconds,
+                                LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds')));
     v_exp   timestamptz;
 BEGIN
-    IF v_lease < 5 OR v_lease > 86400 THEN
-        PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease), 'lease_seconds must be between 5 and 86400.');
+    IF v_lease < 5 OR v_lease > parecer._setting_int('max_lease_seconds') THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease),
+                                 pg_catalog.format('lease_seconds must be between 5 and %s (setting max_lease_seconds).',
+                                                   parecer._setting_int('max_lease_seconds')));
     END IF;
     PERFORM parecer._lease(extend_lease.analysis_id, extend_lease.lease_token);
     UPDATE parecer.analyses a
@@ -408,7 +422,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.extend_lease(uuid, uuid, integer) IS
-'Heartbeat: extend the lease of an item you hold to now() + lease_seconds; returns the new expiry. Errors: PR006 stale lease, PR010, PR011.';
+'Heartbeat: extend the lease of an item you hold to now() + lease_seconds (at most the max_lease_seconds setting); returns the new expiry. Errors: PR006 stale lease, PR010, PR011.';
 
 -- Write the row of an attempt that ended without finishing its item and, when it
 -- reports usage, its cost (model price table) into the row and the client's spend.
@@ -546,6 +560,7 @@ AS $$
     JOIN parecer._budget_state b ON b.client_id = a.client_id AND b.blocked_reason IS NULL
     WHERE a.status IN ('pending', 'processing')
       AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
+      AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 $$;
 COMMENT ON FUNCTION parecer.next_due(text) IS
-'The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting. Runners sleep until then at most.';
+'The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting; with the isolation setting on, only items of the caller''s clients count. Runners sleep until then at most.';

@@ -165,13 +165,43 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.session_transcript(text) IS
-'A session''s messages in transcript order (sent_at, message_id) with their position; no media-type filter. Errors: PR014 unknown session.';
+'A session''s messages in transcript order (sent_at, message_id) with their position; no media-type filter. For admins (any session of any client); a runner reads the session of an item it holds with parecer.leased_transcript. Errors: PR014 unknown session.';
+
+-- The transcript of the session of an item you hold: a runner reads chat text
+-- only through its leases.
+CREATE OR REPLACE FUNCTION parecer.leased_transcript(analysis_id uuid, lease_token uuid)
+RETURNS TABLE (message_id text, "position" bigint, from_me boolean, sent_at timestamptz,
+               media_type text, body text, transcription text)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_session text;
+BEGIN
+    -- Unknown item, wrong or expired lease, client not the caller's: one error.
+    SELECT a.session_id INTO v_session
+    FROM parecer.analyses a
+    WHERE a.analysis_id = leased_transcript.analysis_id
+      AND a.lease_token = leased_transcript.lease_token AND a.lease_expires_at >= now()
+      AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'analysis % is not leased to you', COALESCE(leased_transcript.analysis_id::text, 'NULL')
+            USING ERRCODE = 'PR006',
+                  HINT = 'Pass analysis_id and lease_token of an item you claimed (parecer.claim) whose lease is live.';
+    END IF;
+    RETURN QUERY SELECT * FROM parecer.session_transcript(v_session);
+END
+$$;
+COMMENT ON FUNCTION parecer.leased_transcript(uuid, uuid) IS
+'The messages of the session of an item you hold (analysis_id + lease_token from parecer.claim, lease live), as parecer.session_transcript gives them. Unknown item, wrong or expired lease and (isolation on) a client not granted to you give the same error. Errors: PR006 not leased to you.';
 
 -- Exactly what the model is sent for an analysis, under the size policy.
 CREATE OR REPLACE FUNCTION parecer.prompt_for(analysis_id uuid)
 RETURNS TABLE (instructions text, input text, report_schema json, prompt_hash text, model text,
                omitted_messages integer, input_tokens integer, repair_calls integer)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE   -- records the hash it gives the lease holder
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -182,9 +212,16 @@ DECLARE
     v_s       parecer.scripts;
     v_input   text;
     v_omitted integer;
+    v_hash    text;
+    v_sc      parecer._caller_scope;
+    v_holder  boolean;
 BEGIN
+    SELECT * INTO v_sc FROM parecer._caller_scope;
     SELECT * INTO v_a FROM parecer.analyses a WHERE a.analysis_id = v_id;
-    IF NOT FOUND THEN
+    v_holder := COALESCE(FOUND AND v_a.status = 'processing' AND v_a.lease_expires_at >= now() AND v_a.leased_to = v_sc.who, false);
+    -- Isolation on: a caller that does not see every client reads only an item of
+    -- its clients that it holds a live lease on; any other id is unknown to it.
+    IF NOT FOUND OR NOT (v_sc.all_clients OR (v_holder AND v_a.client_id = ANY (v_sc.client_ids))) THEN
         RAISE EXCEPTION 'unknown analysis %', COALESCE(v_id::text, 'NULL')
             USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim or parecer.reports.';
     END IF;
@@ -198,15 +235,24 @@ BEGIN
             USING ERRCODE = 'PR016',
                   HINT = 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.';
     END IF;
-    RETURN QUERY SELECT v_s.instructions, v_input, v_s.report_schema,
-        encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex'),
+    v_hash := encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex');
+    -- What the lease holder was given, for mark_done to check its prompt_hash against.
+    -- Not worth a WAL flush (it doubled prompt_for's time in bench/b01): lost in a
+    -- server crash, the holder's mark_done gets PR017 and the item is retried, as a
+    -- claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
+    IF v_holder THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        UPDATE parecer.analyses a SET given_prompt_hash = v_hash, prompt_given_at = now()
+         WHERE a.analysis_id = v_id AND a.lease_token = v_a.lease_token;
+    END IF;
+    RETURN QUERY SELECT v_s.instructions, v_input, v_s.report_schema, v_hash,
         v_s.model, v_omitted,
         ceil((length(v_s.instructions) + length(v_s.report_schema::text) + length(v_input)) / 3.0)::integer,
         parecer._setting_int('repair_calls');
 END
 $$;
 COMMENT ON FUNCTION parecer.prompt_for(uuid) IS
-'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, the script''s model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Errors: PR011, PR016 prompt too large (not one message fits).';
+'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, the script''s model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Called by the role holding the item''s live lease, it records prompt_hash on the item: mark_done then requires the same hash (PR017). With the isolation setting on, a role that does not see every client gets only items of its clients it holds a live lease on (admins: any). Errors: PR011 unknown analysis (or not yours), PR016 prompt too large (not one message fits).';
 
 -- What is wrong with a report's shape (parecer.report.v1 for these topics), or
 -- NULL when nothing is: the one check of a report, for mark_done's decision and
@@ -504,12 +550,14 @@ DECLARE
     v_bad     jsonb;
     v_language text;
     v_budget  bigint;
+    v_given   text;
 BEGIN
     -- The lease is checked by the WHERE of both statements below (a lease token exists
     -- only while the item is processing: analyses_state_check); a refused report
     -- changes nothing, and the item is written once.
-    SELECT a.session_id, s.topics, s.language, parecer._input_budget_chars(s.instructions, s.report_schema)
-      INTO v_session, v_topics, v_language, v_budget
+    SELECT a.session_id, s.topics, s.language, parecer._input_budget_chars(s.instructions, s.report_schema),
+           a.given_prompt_hash
+      INTO v_session, v_topics, v_language, v_budget, v_given
     FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
     WHERE a.analysis_id = mark_done.analysis_id
       AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now();
@@ -524,6 +572,15 @@ BEGIN
         PERFORM parecer._invalid('prompt_hash must be a sha256 hex digest', 'Use prompt_hash from parecer.prompt_for.');
     ELSIF mark_done.model IS NULL OR btrim(mark_done.model) = '' OR length(mark_done.model) > 200 THEN
         PERFORM parecer._invalid('model must name the model that answered', 'Pass the model from the provider''s response.');
+    ELSIF v_given IS DISTINCT FROM mark_done.prompt_hash
+          AND (v_given IS NOT NULL OR parecer._setting('isolation') = 'on') THEN
+        -- The report must come from the prompt prompt_for gave the lease holder in
+        -- this attempt (with isolation off, an attempt that never asked keeps the
+        -- hash it reports).
+        RAISE EXCEPTION 'prompt_hash % is not the hash of the prompt given for this attempt (%)',
+                        left(mark_done.prompt_hash, 64), COALESCE(v_given, 'none given')
+            USING ERRCODE = 'PR017',
+                  HINT = 'Report prompt_hash exactly as parecer.prompt_for returned it to you under this lease; call prompt_for after claim and send what it returns.';
     END IF;
     v_problem := CASE WHEN mark_done.report IS NULL THEN 'report must be an object'
                       ELSE parecer._report_problem(mark_done.report, v_topics) END;
@@ -564,16 +621,18 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb) IS
-'Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session''s messages; its usage and cost stay in the item''s row (parecer.reports, parecer.attempts). A failing report changes nothing. Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011.';
+'Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session''s messages; its usage and cost stay in the item''s row (parecer.reports, parecer.attempts). A failing report changes nothing. prompt_hash must be the hash prompt_for gave the lease holder in this attempt (with isolation off, an attempt that never called prompt_for is taken at its word). Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011, PR017 prompt hash not the one given.';
 
-CREATE OR REPLACE VIEW parecer.reports AS
+-- security_barrier: a reader's own (leaky) functions in a query on the view never
+-- see the rows of clients the tenant filter drops (docs/concepts.md, Security).
+CREATE OR REPLACE VIEW parecer.reports WITH (security_barrier = true) AS
 SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version,
        a.analysis_version_tag, a.report, a.model, a.prompt_hash, a.processed_at, a.usage, a.cost_usd,
        a.grounding, a.omitted_messages
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
-WHERE a.status = 'done';
-COMMENT ON VIEW parecer.reports IS 'Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).';
+WHERE a.status = 'done' AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
+COMMENT ON VIEW parecer.reports IS 'With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).';
 
 -- Store several reports in one call (one transaction, one commit to wait for):
 -- each item goes through parecer.mark_done itself, in a subtransaction of its

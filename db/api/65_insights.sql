@@ -209,7 +209,7 @@ DECLARE
     v_doc    jsonb;
     v_lang   text;
 BEGIN
-    v_client := parecer._client(insights.client_slug);
+    v_client := parecer._visible_client(insights.client_slug);
     PERFORM parecer._insights_check(v_client.client_id, v_client.client_slug, insights.script_key,
                                     insights.script_version, insights.since, insights.until);
     v_doc := parecer._insights(v_client.client_id, insights.script_key, insights.since, insights.until,
@@ -290,7 +290,7 @@ DECLARE
     v_topic  jsonb;
     v_flag   jsonb;
 BEGIN
-    v_client := parecer._client(insight_sessions.client_slug);
+    v_client := parecer._visible_client(insight_sessions.client_slug);
     PERFORM parecer._insights_check(v_client.client_id, v_client.client_slug, insight_sessions.script_key,
                                     insight_sessions.script_version, insight_sessions.since, insight_sessions.until);
     IF insight_sessions.outcome IS NOT NULL

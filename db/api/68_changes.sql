@@ -23,7 +23,7 @@ CREATE OR REPLACE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parece
     EXECUTE FUNCTION parecer._fingerprint();
 
 -- Done items whose session changed since it was analysed.
-CREATE OR REPLACE VIEW parecer.stale_reports AS
+CREATE OR REPLACE VIEW parecer.stale_reports WITH (security_barrier = true) AS
 SELECT a.analysis_id, a.client_slug, a.session_id, s.script_key, s.version AS script_version, a.analysis_version_tag,
        a.processed_at,
        a.analysed_message_count, f.message_count,
@@ -32,7 +32,7 @@ FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
 CROSS JOIN LATERAL (SELECT count(*) AS message_count, max(m.sent_at) AS last_message_at
                     FROM parecer.source_messages m WHERE m.session_id = a.session_id) f
-WHERE a.status = 'done'
+WHERE a.status = 'done' AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
   AND a.analysed_message_count IS NOT NULL
   AND (a.analysed_message_count IS DISTINCT FROM f.message_count
        OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);

@@ -137,7 +137,8 @@ AS $$
 DECLARE
     v_run bigint := p_run_id;
 BEGIN
-    IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = v_run) THEN
+    IF NOT EXISTS (SELECT FROM parecer.runs r   -- a run of another client is unknown
+                   WHERE r.run_id = v_run AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))) THEN
         RAISE EXCEPTION 'unknown run %', COALESCE(v_run::text, 'NULL')
             USING ERRCODE = 'PR012', HINT = 'SELECT run_id, client_slug, created_at FROM parecer.runs_overview lists the runs.';
     END IF;
@@ -173,7 +174,7 @@ COMMENT ON FUNCTION parecer.run_summary(bigint) IS
 'Progress of a run: processed (done), failed (terminal), retrying (pending again after a failure), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
 
 -- Runs with their progress.
-CREATE OR REPLACE VIEW parecer.runs_overview AS
+CREATE OR REPLACE VIEW parecer.runs_overview WITH (security_barrier = true) AS
 SELECT r.run_id, r.client_slug, s.script_key, s.version AS script_version, r.analysis_version_tag,
        r.created_at, r.created_by, r.eligible, r.selected, r.enqueued, r.reset,
        count(a.analysis_id) FILTER (WHERE a.status = 'done') AS done,
@@ -184,11 +185,12 @@ FROM parecer.runs r
 JOIN parecer.scripts s ON s.script_id = r.script_id
 LEFT JOIN parecer.run_items ri ON ri.run_id = r.run_id
 LEFT JOIN parecer.analyses a ON a.analysis_id = ri.analysis_id
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 GROUP BY r.run_id, s.script_key, s.version;
 COMMENT ON VIEW parecer.runs_overview IS 'Every run with what it selected and how far it got.';
 
 -- The queue by client x script x state.
-CREATE OR REPLACE VIEW parecer.queue_status AS
+CREATE OR REPLACE VIEW parecer.queue_status WITH (security_barrier = true) AS
 SELECT a.client_slug, s.script_key, s.version AS script_version, a.analysis_version_tag,
        count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count = 0) AS pending,
        count(*) FILTER (WHERE a.status = 'processing') AS processing,
@@ -199,6 +201,7 @@ SELECT a.client_slug, s.script_key, s.version AS script_version, a.analysis_vers
        count(*) FILTER (WHERE a.status = 'done' AND a.processed_at > now() - interval '1 hour') AS done_last_hour
 FROM parecer.analyses a
 JOIN parecer.scripts s ON s.script_id = a.script_id
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
 COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.';
 

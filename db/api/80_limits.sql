@@ -51,6 +51,13 @@ BEGIN
             USING ERRCODE = 'PR016',
                   HINT = 'The item cannot be sent under this limit: mark it failed (retryable => false). Raise the key''s tpm (parecer.set_rate_limit) or lower max_input_tokens.';
     END IF;
+    -- Nor is one above the installation's cap on a single request (max_request_tokens).
+    IF tokens > parecer._setting_int('max_request_tokens') THEN
+        RAISE EXCEPTION 'prompt too large: a request of % tokens exceeds max_request_tokens (%)', tokens,
+                        parecer._setting_int('max_request_tokens')
+            USING ERRCODE = 'PR016',
+                  HINT = 'The item cannot be sent: mark it failed (retryable => false). An admin may raise max_request_tokens (parecer.set_setting).';
+    END IF;
     v_need := tokens;
     -- refill since the last call; buckets hold at most rate_burst_seconds of the rate
     v_req := LEAST(GREATEST(1.0, v_rpm * v_burst / 60.0),
@@ -81,7 +88,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.acquire_rate(text, integer) IS
-'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key''s tokens per minute (the request can never be granted).';
+'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key''s tokens per minute or the max_request_tokens setting (the request can never be granted).';
 
 -- Feed back what the provider said: 429 Retry-After pauses every runner of the key; remaining headers; actual tokens.
 CREATE OR REPLACE FUNCTION parecer.report_rate(
@@ -102,15 +109,17 @@ DECLARE
     v_key   text := parecer._limit_key(report_rate.limit_key);
     v_now   timestamptz := clock_timestamp();
     v_pause timestamptz;
+    v_cap   integer := parecer._setting_int('max_pause_seconds');
 BEGIN
     IF retry_after_seconds < 0 OR retry_after_seconds > 86400 OR reset_seconds < 0 OR reset_seconds > 86400 THEN
         PERFORM parecer._invalid('retry_after_seconds and reset_seconds must be between 0 and 86400', 'Pass the provider''s Retry-After in seconds.');
     END IF;
     INSERT INTO parecer._rate_limits AS r (limit_key) VALUES (v_key) ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
+    -- One call pauses the key for at most max_pause_seconds (a runner cannot stop the others for a day).
     IF retry_after_seconds IS NOT NULL THEN
-        v_pause := v_now + make_interval(secs => retry_after_seconds);
+        v_pause := v_now + make_interval(secs => LEAST(retry_after_seconds, v_cap));
     ELSIF remaining_requests = 0 AND reset_seconds IS NOT NULL THEN
-        v_pause := v_now + make_interval(secs => reset_seconds);
+        v_pause := v_now + make_interval(secs => LEAST(reset_seconds, v_cap));
     END IF;
     UPDATE parecer._rate_limits r
        SET paused_until = CASE WHEN v_pause > COALESCE(r.paused_until, '-infinity') THEN v_pause ELSE r.paused_until END,
@@ -131,7 +140,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.report_rate(text, double precision, integer, integer, double precision, integer, integer, text) IS
-'Feed back the provider''s answer for limit_key: a 429''s Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. Returns the pause end (NULL: not paused). Errors: PR010.';
+'Feed back the provider''s answer for limit_key: a 429''s Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. Returns the pause end (NULL: not paused). Errors: PR010.';
 
 -- The shared limits, as runners see them.
 CREATE OR REPLACE VIEW parecer.rate_limits AS

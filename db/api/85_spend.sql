@@ -187,25 +187,30 @@ END
 $$;
 
 -- Budgets and spend per client.
-CREATE OR REPLACE VIEW parecer.budgets AS
+CREATE OR REPLACE VIEW parecer.budgets WITH (security_barrier = true) AS
 SELECT b.client_slug, b.priority, b.daily_budget_usd, b.spent_today AS spent_today_usd,
        b.monthly_budget_usd, b.spent_month AS spent_month_usd, b.blocked_reason
 FROM parecer._budget_state b
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR b.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 ORDER BY b.client_slug;
 COMMENT ON VIEW parecer.budgets IS 'Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).';
 
-CREATE OR REPLACE VIEW parecer.spend_daily AS
+CREATE OR REPLACE VIEW parecer.spend_daily WITH (security_barrier = true) AS
 SELECT s.client_slug, s.day, sum(s.attempts)::bigint AS attempts, sum(s.input_tokens)::bigint AS input_tokens,
        sum(s.cached_input_tokens)::bigint AS cached_input_tokens, sum(s.output_tokens)::bigint AS output_tokens,
        sum(s.cost_usd) AS cost_usd
-FROM parecer._spend s GROUP BY s.client_slug, s.day ORDER BY s.day DESC, s.client_slug;
+FROM parecer._spend s
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR s.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
+GROUP BY s.client_slug, s.day ORDER BY s.day DESC, s.client_slug;
 COMMENT ON VIEW parecer.spend_daily IS 'Tokens and cost per client and day (budget_timezone calendar), all attempts included (failed ones cost too).';
 
-CREATE OR REPLACE VIEW parecer.spend_monthly AS
+CREATE OR REPLACE VIEW parecer.spend_monthly WITH (security_barrier = true) AS
 SELECT s.client_slug, date_trunc('month', s.day)::date AS month, sum(s.attempts)::bigint AS attempts,
        sum(s.input_tokens)::bigint AS input_tokens, sum(s.cached_input_tokens)::bigint AS cached_input_tokens,
        sum(s.output_tokens)::bigint AS output_tokens, sum(s.cost_usd) AS cost_usd
-FROM parecer._spend s GROUP BY 1, 2 ORDER BY 2 DESC, 1;
+FROM parecer._spend s
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR s.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
+GROUP BY 1, 2 ORDER BY 2 DESC, 1;
 COMMENT ON VIEW parecer.spend_monthly IS 'Tokens and cost per client and month.';
 
 -- Set a client's daily / monthly budget in USD (NULL: none).
@@ -278,21 +283,22 @@ WHERE a.status = 'done' AND a.claims > 0;
 COMMENT ON VIEW parecer._finished_attempts IS
 'Every attempt that ended: the rows of parecer._attempts and, for each done item, the attempt that finished it (the item''s row).';
 
-CREATE OR REPLACE VIEW parecer.attempts AS
+CREATE OR REPLACE VIEW parecer.attempts WITH (security_barrier = true) AS
 SELECT t.analysis_id, t.attempt, t.worker, t.claimed_at, t.finished_at,
        t.outcome, t.error, t.model, t.usage,
        a.client_slug, a.session_id, t.cost_usd
 FROM parecer._finished_attempts t
 JOIN parecer.analyses a ON a.analysis_id = t.analysis_id
+WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
 UNION ALL
 SELECT a.analysis_id, a.claims, a.worker, a.started_at, NULL::timestamptz,
        'processing', NULL::text, NULL::text, NULL::jsonb,
        a.client_slug, a.session_id, NULL::numeric
 FROM parecer.analyses a
-WHERE a.status = 'processing';
+WHERE a.status = 'processing' AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
 COMMENT ON VIEW parecer.attempts IS 'Attempt history: one row per claim (outcome done, failed, released, expired, reset, or processing while in flight), with its usage and cost.';
 
-CREATE OR REPLACE VIEW parecer.run_costs AS
+CREATE OR REPLACE VIEW parecer.run_costs WITH (security_barrier = true) AS
 SELECT ri.run_id, count(t.*) FILTER (WHERE t.usage IS NOT NULL) AS attempts,
        COALESCE(sum((t.usage ->> 'input_tokens')::bigint), 0) AS input_tokens,
        COALESCE(sum((t.usage ->> 'cached_input_tokens')::bigint), 0) AS cached_input_tokens,
@@ -300,6 +306,8 @@ SELECT ri.run_id, count(t.*) FILTER (WHERE t.usage IS NOT NULL) AS attempts,
        COALESCE(sum(t.cost_usd), 0) AS cost_usd
 FROM parecer.run_items ri
 LEFT JOIN parecer._finished_attempts t ON t.analysis_id = ri.analysis_id
+WHERE EXISTS (SELECT FROM parecer.runs r
+              WHERE r.run_id = ri.run_id AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[])))
 GROUP BY ri.run_id;
 COMMENT ON VIEW parecer.run_costs IS 'Tokens and cost per run (every attempt of the run''s items).';
 

@@ -3,8 +3,8 @@
 -- Queue-wide gauges in one row: what `parecer metrics` prints and every runner's
 -- /metrics endpoint exports, so one scrape shows the whole queue. Counts scan
 -- parecer.analyses once (as parecer.queue_status does); the ages use indexes.
-CREATE OR REPLACE VIEW parecer.metrics AS
-WITH q AS (
+CREATE OR REPLACE VIEW parecer.metrics WITH (security_barrier = true) AS
+WITH sc AS (SELECT * FROM parecer._caller_scope), q AS (
     SELECT count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count = 0)         AS pending,
            count(*) FILTER (WHERE a.status = 'pending' AND a.retry_count > 0)         AS retrying,
            count(*) FILTER (WHERE a.status = 'processing')                           AS processing,
@@ -14,7 +14,8 @@ WITH q AS (
            min(a.created_at) FILTER (WHERE a.status = 'pending')                     AS oldest_pending_at,
            count(DISTINCT a.worker) FILTER (WHERE a.status = 'processing'
                                             AND a.lease_expires_at > now())          AS workers_with_leases
-    FROM parecer.analyses a
+    FROM parecer.analyses a, sc
+    WHERE (sc.all_clients OR a.client_id = ANY (sc.client_ids))
 ), cal AS (
     SELECT (now() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
                                 WHERE st.name = 'budget_timezone'))::date AS today
@@ -22,10 +23,11 @@ WITH q AS (
 SELECT q.pending, q.retrying, q.processing, q.failed_terminal,
        COALESCE(extract(epoch FROM now() - q.oldest_pending_at), 0)::float8 AS oldest_pending_age_seconds,
        q.done_last_hour,
-       (SELECT COALESCE(sum(sp.cost_usd), 0) FROM parecer._spend sp, cal WHERE sp.day = cal.today) AS spend_today_usd,
+       (SELECT COALESCE(sum(sp.cost_usd), 0) FROM parecer._spend sp, cal, sc
+        WHERE sp.day = cal.today AND (sc.all_clients OR sp.client_id = ANY (sc.client_ids))) AS spend_today_usd,
        q.workers_with_leases,
-       extract(epoch FROM now() - (SELECT max(d.processed_at) FROM parecer.analyses d
-                                   WHERE d.status = 'done'))::float8 AS last_done_age_seconds
+       extract(epoch FROM now() - (SELECT max(d.processed_at) FROM parecer.analyses d, sc
+                                   WHERE d.status = 'done' AND (sc.all_clients OR d.client_id = ANY (sc.client_ids))))::float8 AS last_done_age_seconds
 FROM q;
 COMMENT ON VIEW parecer.metrics IS 'Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.';
 

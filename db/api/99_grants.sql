@@ -7,7 +7,11 @@
 --
 --   parecer_reader   read results and summaries
 --   parecer_runner   claim, read the prompt, heartbeat, report, release, rate limits
---   parecer_admin    scripts, runs, settings, budgets, prices (and all a reader may)
+--   parecer_admin    scripts, runs, settings, budgets, prices, client grants (and all a reader may)
+--
+-- Tenant isolation (setting isolation = on) narrows this per caller at run time
+-- (db/api/15_access.sql): runners and readers serve and see only the clients
+-- granted to them with parecer.grant_client; admins see every client.
 
 -- Start from nothing (functions are executable by PUBLIC when created; a
 -- per-schema default privilege cannot take that back).
@@ -33,7 +37,7 @@ TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.claim(text, integer, integer, text, boolean),
     parecer.prompt_for(uuid),
-    parecer.session_transcript(text),
+    parecer.leased_transcript(uuid, uuid),
     parecer.extend_lease(uuid, uuid, integer),
     parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb),
     parecer.mark_done_many(jsonb),
@@ -47,7 +51,7 @@ TO parecer_runner;
 -- parecer_admin: everything a reader may, scripts, runs, settings, budgets and
 -- prices, and the client list (so the PR001 hint can be followed). No other host data.
 GRANT parecer_reader TO parecer_admin;
-GRANT SELECT ON parecer.source_clients TO parecer_admin;
+GRANT SELECT ON parecer.source_clients, parecer.client_grants TO parecer_admin;
 GRANT EXECUTE ON FUNCTION
     parecer.set_setting(text, text),
     parecer.create_script_version(text, text, text, text[], text, text, boolean),
@@ -68,5 +72,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.set_client_priority(text, integer),
     parecer.doctor(text, integer),
     parecer.purge(interval, boolean, integer),
-    parecer.check_adapter()
+    parecer.check_adapter(),
+    parecer.grant_client(name, text),
+    parecer.revoke_client(name, text)
 TO parecer_admin;

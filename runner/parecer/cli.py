@@ -1466,6 +1466,53 @@ def budgets_priority(ctx: click.Context, client: str, priority: int, as_json: bo
     emit_json(row) if as_json else click.echo(f"{client}: priority {row['priority']}")
 
 
+@main.group("access", context_settings=CONTEXT)
+def access_group() -> None:
+    """Which roles serve which clients (tenant isolation: setting isolation = on)."""
+
+
+@access_group.command("grant")
+@click.argument("role")
+@click.argument("client")
+@json_option
+@click.pass_context
+def access_grant(ctx: click.Context, role: str, client: str, as_json: bool) -> None:
+    """Let ROLE (and its members) serve and see CLIENT (parecer.grant_client)."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.grant_client(%s, %s)", (role, client)).fetchall()
+    emit_json(rows) if as_json else emit_table(rows, title=f"clients of {role}")
+
+
+@access_group.command("revoke")
+@click.argument("role")
+@click.argument("client", required=False)
+@json_option
+@click.pass_context
+def access_revoke(ctx: click.Context, role: str, client: str | None, as_json: bool) -> None:
+    """Take CLIENT (omitted: every client) from ROLE (parecer.revoke_client)."""
+    with connection(ctx) as conn:
+        row = conn.execute(
+            "SELECT parecer.revoke_client(%s, %s) AS revoked", (role, client)
+        ).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else click.echo(f"{role}: {row['revoked']} grant(s) revoked")
+
+
+@access_group.command("list")
+@json_option
+@click.pass_context
+def access_list(ctx: click.Context, as_json: bool) -> None:
+    """Every client grant, and whether isolation is on."""
+    with connection(ctx) as conn:
+        rows = conn.execute("SELECT * FROM parecer.client_grants").fetchall()
+        iso = conn.execute("SELECT value FROM parecer.settings WHERE name = 'isolation'").fetchone()
+    mode = iso["value"] if iso else "?"
+    if as_json:
+        emit_json({"isolation": mode, "grants": rows})
+    else:
+        emit_table(rows, title=f"client grants (isolation {mode})")
+
+
 @main.group("prices", context_settings=CONTEXT)
 def prices_group() -> None:
     """Model prices used for cost accounting."""

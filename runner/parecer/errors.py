@@ -23,6 +23,8 @@ INVALID_SCRIPT = "PR013"
 UNKNOWN_SESSION = "PR014"
 DUPLICATE_SESSION = "PR015"
 PROMPT_TOO_LARGE = "PR016"
+PROMPT_HASH_MISMATCH = "PR017"
+UNKNOWN_ROLE = "PR018"
 
 #: Every code the SQL API raises on purpose, with its meaning (docs/sql-api.md mirrors this).
 CODES: dict[str, str] = {
@@ -41,7 +43,9 @@ CODES: dict[str, str] = {
     INVALID_SCRIPT: "invalid script (key, text, topics, language or model)",
     UNKNOWN_SESSION: "unknown session",
     DUPLICATE_SESSION: "session id duplicated in parecer.source_sessions",
-    PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute",
+    PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute or max_request_tokens",
+    PROMPT_HASH_MISMATCH: "prompt_hash is not the hash of the prompt given for this attempt",
+    UNKNOWN_ROLE: "unknown role",
 }
 
 

@@ -849,7 +849,12 @@ class Runner:
                 break
             except psycopg.Error as exc:
                 code = errors.sqlstate(exc)
-                if code not in (errors.INVALID_REPORT, errors.UNGROUNDED_REPORT):
+                # PR017 (prompt hash not the one given): the item's failure; the retry asks prompt_for again
+                if code not in (
+                    errors.INVALID_REPORT,
+                    errors.UNGROUNDED_REPORT,
+                    errors.PROMPT_HASH_MISMATCH,
+                ):
                     raise
                 reason = exc.diag.message_primary or code
                 detail = exc.diag.message_detail
@@ -1023,7 +1028,8 @@ class Runner:
             except psycopg.Error as exc:
                 if errors.sqlstate(exc) == errors.PROMPT_TOO_LARGE:
                     raise ItemFailure(
-                        f"{PROMPT_TOO_LARGE}: {tokens} tokens exceed the tokens per minute of {limit_key}",
+                        f"{PROMPT_TOO_LARGE}: {tokens} tokens exceed the tokens per minute of {limit_key}"
+                        " or the max_request_tokens setting",
                         retryable=False,
                     ) from None
                 raise

@@ -24,6 +24,13 @@
     budget_usd numeric NOT NULL,
     at timestamp with time zone NOT NULL DEFAULT now()
 
+-- table: _client_grants
+    role_oid oid NOT NULL,
+    client_id text NOT NULL,
+    client_slug text NOT NULL,
+    granted_at timestamp with time zone NOT NULL DEFAULT now(),
+    granted_by text NOT NULL DEFAULT SESSION_USER
+
 -- table: _client_policy
     client_id text NOT NULL,
     client_slug text NOT NULL,
@@ -109,7 +116,10 @@
     releases integer NOT NULL DEFAULT 0,
     omitted_messages integer,
     analysed_message_count integer,
-    analysed_last_message_at timestamp with time zone
+    analysed_last_message_at timestamp with time zone,
+    leased_to name,
+    given_prompt_hash text,
+    prompt_given_at timestamp with time zone
 
 -- table: claimed_item
     analysis_id uuid,
@@ -231,6 +241,9 @@ CHECK ((period = ANY (ARRAY['day'::text, 'month'::text])))
 -- constraint: parecer._budget_alerts._budget_alerts_pkey
 PRIMARY KEY (client_id, period, period_start, threshold)
 
+-- constraint: parecer._client_grants._client_grants_pkey
+PRIMARY KEY (role_oid, client_id)
+
 -- constraint: parecer._client_policy._client_policy_daily_budget_usd_check
 CHECK ((daily_budget_usd >= (0)::numeric))
 
@@ -309,6 +322,9 @@ CREATE UNIQUE INDEX _attempts_pkey ON parecer._attempts USING btree (analysis_id
 -- index: parecer._budget_alerts_pkey
 CREATE UNIQUE INDEX _budget_alerts_pkey ON parecer._budget_alerts USING btree (client_id, period, period_start, threshold)
 
+-- index: parecer._client_grants_pkey
+CREATE UNIQUE INDEX _client_grants_pkey ON parecer._client_grants USING btree (role_oid, client_id)
+
 -- index: parecer._client_policy_pkey
 CREATE UNIQUE INDEX _client_policy_pkey ON parecer._client_policy USING btree (client_id)
 
@@ -385,6 +401,28 @@ CREATE UNIQUE INDEX scripts_pkey ON parecer.scripts USING btree (script_id)
            FROM parecer._spend s
           WHERE s.client_id = p.client_id AND s.day >= date_trunc('month'::text, cal.today::timestamp with time zone)::date AND s.day <= cal.today) sp;
 
+-- view: _caller_scope
+ WITH me AS (
+         SELECT
+                CASE
+                    WHEN current_setting('role'::text) = 'none'::text THEN SESSION_USER
+                    ELSE current_setting('role'::text)::name
+                END AS who
+        )
+ SELECT who,
+    (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
+           FROM parecer._settings st
+          WHERE st.name = 'isolation'::text)) = 'off'::text OR pg_has_role(who, 'parecer_admin'::name, 'MEMBER'::text) OR pg_has_role(who, ( SELECT n.nspowner
+           FROM pg_namespace n
+          WHERE n.nspname = 'parecer'::name), 'MEMBER'::text) AS all_clients,
+    ARRAY( SELECT g.client_id
+           FROM parecer._client_grants g
+          WHERE (EXISTS ( SELECT
+                   FROM pg_roles r
+                  WHERE r.oid = g.role_oid)) AND pg_has_role(me.who, g.role_oid, 'MEMBER'::text)
+          ORDER BY g.client_id) AS client_ids
+   FROM me;
+
 -- view: _finished_attempts
  SELECT t.analysis_id,
     t.attempt,
@@ -430,6 +468,9 @@ UNION ALL
     t.cost_usd
    FROM parecer._finished_attempts t
      JOIN parecer.analyses a ON a.analysis_id = t.analysis_id
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
 UNION ALL
  SELECT a.analysis_id,
     a.claims AS attempt,
@@ -444,7 +485,9 @@ UNION ALL
     a.session_id,
     NULL::numeric AS cost_usd
    FROM parecer.analyses a
-  WHERE a.status = 'processing'::text;
+  WHERE a.status = 'processing'::text AND (( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[])));
 
 -- view: budgets
  SELECT client_slug,
@@ -455,7 +498,21 @@ UNION ALL
     spent_month AS spent_month_usd,
     blocked_reason
    FROM parecer._budget_state b
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   ORDER BY client_slug;
+
+-- view: client_grants
+ SELECT COALESCE(r.rolname, ('#'::text || g.role_oid::text)::name)::text AS role_name,
+    g.client_slug,
+    g.client_id,
+    g.granted_at,
+    g.granted_by,
+    r.rolname IS NOT NULL AS role_exists
+   FROM parecer._client_grants g
+     LEFT JOIN pg_roles r ON r.oid = g.role_oid
+  ORDER BY (COALESCE(r.rolname, ('#'::text || g.role_oid::text)::name)::text), g.client_slug;
 
 -- view: client_status
  SELECT b.client_slug,
@@ -482,7 +539,12 @@ UNION ALL
   ORDER BY b.client_slug;
 
 -- view: metrics
- WITH q AS (
+ WITH sc AS (
+         SELECT _caller_scope.who,
+            _caller_scope.all_clients,
+            _caller_scope.client_ids
+           FROM parecer._caller_scope
+        ), q AS (
          SELECT count(*) FILTER (WHERE a.status = 'pending'::text AND a.retry_count = 0) AS pending,
             count(*) FILTER (WHERE a.status = 'pending'::text AND a.retry_count > 0) AS retrying,
             count(*) FILTER (WHERE a.status = 'processing'::text) AS processing,
@@ -490,7 +552,9 @@ UNION ALL
             count(*) FILTER (WHERE a.status = 'done'::text AND a.processed_at > (now() - '01:00:00'::interval)) AS done_last_hour,
             min(a.created_at) FILTER (WHERE a.status = 'pending'::text) AS oldest_pending_at,
             count(DISTINCT a.worker) FILTER (WHERE a.status = 'processing'::text AND a.lease_expires_at > now()) AS workers_with_leases
-           FROM parecer.analyses a
+           FROM parecer.analyses a,
+            sc
+          WHERE sc.all_clients OR (a.client_id = ANY (sc.client_ids))
         ), cal AS (
          SELECT (now() AT TIME ZONE (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
                    FROM parecer._settings st
@@ -504,12 +568,14 @@ UNION ALL
     done_last_hour,
     ( SELECT COALESCE(sum(sp.cost_usd), 0::numeric) AS "coalesce"
            FROM parecer._spend sp,
-            cal
-          WHERE sp.day = cal.today) AS spend_today_usd,
+            cal,
+            sc
+          WHERE sp.day = cal.today AND (sc.all_clients OR (sp.client_id = ANY (sc.client_ids)))) AS spend_today_usd,
     workers_with_leases,
     EXTRACT(epoch FROM now() - (( SELECT max(d.processed_at) AS max
-           FROM parecer.analyses d
-          WHERE d.status = 'done'::text)))::double precision AS last_done_age_seconds
+           FROM parecer.analyses d,
+            sc
+          WHERE d.status = 'done'::text AND (sc.all_clients OR (d.client_id = ANY (sc.client_ids))))))::double precision AS last_done_age_seconds
    FROM q;
 
 -- view: model_prices
@@ -536,6 +602,9 @@ UNION ALL
     count(*) FILTER (WHERE a.status = 'done'::text AND a.processed_at > (now() - '01:00:00'::interval)) AS done_last_hour
    FROM parecer.analyses a
      JOIN parecer.scripts s ON s.script_id = a.script_id
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
 
 -- view: rate_limits
@@ -582,7 +651,9 @@ UNION ALL
     a.omitted_messages
    FROM parecer.analyses a
      JOIN parecer.scripts s ON s.script_id = a.script_id
-  WHERE a.status = 'done'::text;
+  WHERE a.status = 'done'::text AND (( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[])));
 
 -- view: run_costs
  SELECT ri.run_id,
@@ -593,6 +664,11 @@ UNION ALL
     COALESCE(sum(t.cost_usd), 0::numeric) AS cost_usd
    FROM parecer.run_items ri
      LEFT JOIN parecer._finished_attempts t ON t.analysis_id = ri.analysis_id
+  WHERE (EXISTS ( SELECT
+           FROM parecer.runs r
+          WHERE r.run_id = ri.run_id AND (( SELECT sc.all_clients
+                   FROM parecer._caller_scope sc) OR (r.client_id = ANY ((( SELECT sc.client_ids
+                   FROM parecer._caller_scope sc))::text[])))))
   GROUP BY ri.run_id;
 
 -- view: runs_overview
@@ -615,6 +691,9 @@ UNION ALL
      JOIN parecer.scripts s ON s.script_id = r.script_id
      LEFT JOIN parecer.run_items ri ON ri.run_id = r.run_id
      LEFT JOIN parecer.analyses a ON a.analysis_id = ri.analysis_id
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (r.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   GROUP BY r.run_id, s.script_key, s.version;
 
 -- view: settings
@@ -638,6 +717,9 @@ UNION ALL
     sum(output_tokens)::bigint AS output_tokens,
     sum(cost_usd) AS cost_usd
    FROM parecer._spend s
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   GROUP BY client_slug, day
   ORDER BY day DESC, client_slug;
 
@@ -650,6 +732,9 @@ UNION ALL
     sum(output_tokens)::bigint AS output_tokens,
     sum(cost_usd) AS cost_usd
    FROM parecer._spend s
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
   GROUP BY client_slug, (date_trunc('month'::text, day::timestamp with time zone)::date)
   ORDER BY (date_trunc('month'::text, day::timestamp with time zone)::date) DESC, client_slug;
 
@@ -671,7 +756,9 @@ UNION ALL
             max(m.sent_at) AS last_message_at
            FROM parecer.source_messages m
           WHERE m.session_id = a.session_id) f
-  WHERE a.status = 'done'::text AND a.analysed_message_count IS NOT NULL AND (a.analysed_message_count IS DISTINCT FROM f.message_count OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);
+  WHERE a.status = 'done'::text AND (( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))) AND a.analysed_message_count IS NOT NULL AND (a.analysed_message_count IS DISTINCT FROM f.message_count OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);
 
 -- function: parecer._add_spend(text,text,date,jsonb,numeric)
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric
@@ -702,6 +789,12 @@ ARGUMENTS p_ts timestamp with time zone DEFAULT now()
 RETURNS date
 LANGUAGE plpgsql STABLE
 body md5 d7fcd1969801f01d62c6252481ee78f6
+
+-- function: parecer._caller_clients()
+ARGUMENTS 
+RETURNS text[]
+LANGUAGE sql STABLE
+body md5 ccae7516967fef82c182bce16754cb59
 
 -- function: parecer._candidates(text,integer)
 ARGUMENTS p_client_id text, p_limit integer
@@ -915,7 +1008,7 @@ body md5 6783eec674b4b326ec0f591cac781a62
 ARGUMENTS p_run_id bigint
 RETURNS TABLE(run_id bigint, processed integer, failed integer, retrying integer, remaining integer, done_sample text[], failed_sample text[], total integer)
 LANGUAGE plpgsql STABLE
-body md5 d43519b83b983f97852acd4a2dc4d482
+body md5 4dc976c97a1f3867440872a18a8c37e7
 
 -- function: parecer._script_info(parecer.scripts)
 ARGUMENTS s parecer.scripts
@@ -971,12 +1064,18 @@ RETURNS boolean
 LANGUAGE sql IMMUTABLE
 body md5 35e7744091515979a3df12b1ab3d1b0f
 
+-- function: parecer._visible_client(text)
+ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
+RETURNS record
+LANGUAGE plpgsql STABLE
+body md5 7505d7afe5c11f6aedf225a85c9e6a4f
+
 -- function: parecer.acquire_rate(text,integer)
 ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8d0798223f33335b3ddfa5fad17f6bf5
+body md5 2ef4fc2e9c2032e187bd496bab1664aa
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -998,7 +1097,7 @@ RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 e992beab9f8e235a02100c14e831cbae
+body md5 458217298d2e0410961933b96447ec88
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false
@@ -1040,7 +1139,14 @@ ARGUMENTS analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL
 RETURNS timestamp with time zone
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 b583f6cd151695e6a78ba95cc1db0e4d
+body md5 7e97e7570bb4197a6e1b4c8a1211b8e5
+
+-- function: parecer.grant_client(name,text)
+ARGUMENTS role name, client_slug text
+RETURNS SETOF parecer.client_grants
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 c27d5370916fc05bda6974bac4d75987
 
 -- function: parecer.insight_sessions(text,text,text,text,text,text,timestamp with time zone,timestamp with time zone,integer,text,integer,timestamp with time zone,uuid)
 ARGUMENTS client_slug text, topic text DEFAULT NULL::text, flag text DEFAULT NULL::text, outcome text DEFAULT NULL::text, sentiment_end text DEFAULT NULL::text, script_key text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, script_version integer DEFAULT NULL::integer, analysis_version_tag text DEFAULT NULL::text, max_rows integer DEFAULT 20, before_processed_at timestamp with time zone DEFAULT NULL::timestamp with time zone, before_analysis_id uuid DEFAULT NULL::uuid
@@ -1048,14 +1154,21 @@ RETURNS SETOF parecer.insight_session
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET jit=off
 SET search_path=pg_catalog, pg_temp
-body md5 ba24ba6d04c7c55efbd0ec878b053082
+body md5 48577fc8785cf7f27319d3e2e81025b0
 
 -- function: parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, script_version integer DEFAULT NULL::integer, analysis_version_tag text DEFAULT NULL::text
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 a8b45997a22bcfe5bdd6a690df0d3626
+body md5 e638c895db25b6289dbb3e934acf93f1
+
+-- function: parecer.leased_transcript(uuid,uuid)
+ARGUMENTS analysis_id uuid, lease_token uuid
+RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at timestamp with time zone, media_type text, body text, transcription text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 6264ede79f063abc544c5ac5e31e5a21
 
 -- function: parecer.list_scripts(text,text,boolean)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, active_only boolean DEFAULT false
@@ -1069,7 +1182,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, report jsonb, model text, prompt_h
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 0321e2d6d844fe13dfec04f1f07db676
+body md5 1b05196acbbd2a28c3e4c87a4ffd87fe
 
 -- function: parecer.mark_done_many(jsonb)
 ARGUMENTS items jsonb
@@ -1090,14 +1203,14 @@ ARGUMENTS client_slug text DEFAULT NULL::text
 RETURNS timestamp with time zone
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 cacfa92f59efcbe7fdceb92bd3d9c80f
+body md5 0c02eef2c95e3afe57ad879b2446c521
 
 -- function: parecer.prompt_for(uuid)
 ARGUMENTS analysis_id uuid
 RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 30ea10b789c2f85ee1dfd5a5c59f7a9d
+body md5 11b01590ee4c957d61e074d813da063d
 
 -- function: parecer.purge(interval,boolean,integer)
 ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer DEFAULT 5000
@@ -1118,7 +1231,7 @@ ARGUMENTS limit_key text, retry_after_seconds double precision DEFAULT NULL::dou
 RETURNS timestamp with time zone
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3ccfa5068d0e46e0cd7ce228c6f06778
+body md5 1507f0c120c86ce0fd390858eecb5aa0
 
 -- function: parecer.resolve_script(text,text,integer)
 ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer
@@ -1133,6 +1246,13 @@ RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 541373409bb46954bff959e4cf9758d2
+
+-- function: parecer.revoke_client(name,text)
+ARGUMENTS role name, client_slug text DEFAULT NULL::text
+RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 bb3d34a4d7a6e1a5b7f694b4ba277c12
 
 -- function: parecer.run_summary(bigint)
 ARGUMENTS run_id bigint
@@ -1188,7 +1308,7 @@ ARGUMENTS name text, value text
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 cd8196aaee667704ce22a924687eb6fb
+body md5 f4b5d2e05b30e7e04a18ac210332f048
 
 -- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false
@@ -1210,6 +1330,12 @@ postgres=arwdDxt/postgres
 postgres=arwdDxt/postgres
 
 -- acl: _budget_state
+postgres=arwdDxt/postgres
+
+-- acl: _caller_scope
+postgres=arwdDxt/postgres
+
+-- acl: _client_grants
 postgres=arwdDxt/postgres
 
 -- acl: _client_policy
@@ -1239,6 +1365,9 @@ parecer_reader=r/postgres postgres=arwdDxt/postgres
 -- acl: budgets
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
+-- acl: client_grants
+parecer_admin=r/postgres postgres=arwdDxt/postgres
+
 -- acl: client_status
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
@@ -1261,6 +1390,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._budget_day(timestamp with time zone)
+postgres=X/postgres
+
+-- acl: parecer._caller_clients()
 postgres=X/postgres
 
 -- acl: parecer._candidates(text,integer)
@@ -1395,6 +1527,9 @@ postgres=X/postgres
 -- acl: parecer._usage_ok(jsonb)
 postgres=X/postgres
 
+-- acl: parecer._visible_client(text)
+postgres=X/postgres
+
 -- acl: parecer.acquire_rate(text,integer)
 parecer_runner=X/postgres postgres=X/postgres
 
@@ -1425,11 +1560,17 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.extend_lease(uuid,uuid,integer)
 parecer_runner=X/postgres postgres=X/postgres
 
+-- acl: parecer.grant_client(name,text)
+parecer_admin=X/postgres postgres=X/postgres
+
 -- acl: parecer.insight_sessions(text,text,text,text,text,text,timestam
 parecer_reader=X/postgres postgres=X/postgres
 
 -- acl: parecer.insights(text,text,timestamp with time zone,timestamp w
 parecer_reader=X/postgres postgres=X/postgres
+
+-- acl: parecer.leased_transcript(uuid,uuid)
+parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.list_scripts(text,text,boolean)
 parecer_admin=X/postgres postgres=X/postgres
@@ -1464,11 +1605,14 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.retry_failed(bigint,text,text)
 parecer_admin=X/postgres postgres=X/postgres
 
+-- acl: parecer.revoke_client(name,text)
+parecer_admin=X/postgres postgres=X/postgres
+
 -- acl: parecer.run_summary(bigint)
 parecer_reader=X/postgres postgres=X/postgres
 
 -- acl: parecer.session_transcript(text)
-parecer_admin=X/postgres parecer_runner=X/postgres postgres=X/postgres
+parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.set_budget(text,numeric,numeric)
 parecer_admin=X/postgres postgres=X/postgres
@@ -1536,11 +1680,20 @@ Messages the session had when the item was marked done (fingerprint; see parecer
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
+-- comment: column given_prompt_hash of table parecer.analyses
+sha256 of the prompt parecer.prompt_for gave the lease holder in this attempt; mark_done requires the same prompt_hash (PR017).
+
 -- comment: column grounding of table parecer.analyses
 Per evidence item of the report: path, message_id, role (customer/agent) and match (exact, normalised, fragments), as mark_done grounded it.
 
+-- comment: column leased_to of table parecer.analyses
+The role that claimed the item (SET ROLE role, else the login role); prompt_for serves a restricted role only its own leases.
+
 -- comment: column omitted_messages of table parecer.analyses
 Messages the size policy left out of the prompt of the stored report (0: the whole session was sent), as mark_done recomputed it.
+
+-- comment: column prompt_given_at of table parecer.analyses
+When prompt_for last gave the lease holder the prompt of this attempt.
 
 -- comment: column releases of table parecer.analyses
 Times the item was given back without spending an attempt (parecer.release); reset by enqueue(force_reprocess) and retry_failed.
@@ -1549,7 +1702,7 @@ Times the item was given back without spending an attempt (parecer.release); res
 Token usage of the attempt that finished the item (done), as mark_done received it.
 
 -- comment: function parecer.acquire_rate(text,integer)
-Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key's tokens per minute (the request can never be granted).
+Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted).
 
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
@@ -1558,7 +1711,7 @@ Activate a script version; deactivate_others => true (default) leaves it the onl
 Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
 
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
-Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
+Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
 
 -- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean)
 Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
@@ -1576,7 +1729,10 @@ Queue sessions for a script version and analysis tag: new items are inserted pen
 Estimated cost in USD of analysing `sessions` sessions with a script: the average cost per done analysis (all attempts included) of the script, else of its client; NULL without history.
 
 -- comment: function parecer.extend_lease(uuid,uuid,integer)
-Heartbeat: extend the lease of an item you hold to now() + lease_seconds; returns the new expiry. Errors: PR006 stale lease, PR010, PR011.
+Heartbeat: extend the lease of an item you hold to now() + lease_seconds (at most the max_lease_seconds setting); returns the new expiry. Errors: PR006 stale lease, PR010, PR011.
+
+-- comment: function parecer.grant_client(name,text)
+Bind a role to a client: with the isolation setting on, the role and its members claim, read prompts and transcripts of, report and see only the clients granted to them. Granting twice is harmless. Returns the role's grants. Errors: PR001 unknown client, PR018 unknown role.
 
 -- comment: function parecer.insight_sessions(text,text,text,text,text,text,timestamp with time zone,timestamp with time zone,integer,text,integer,timestamp with time zone,uuid)
 A client's done reports matching a filter (topic present, flag, outcome, sentiment end, script, window), newest first, max_rows per page (next page: before_processed_at/before_analysis_id of the last row), with verdicts and every evidence quote (message id, speaker role, excerpt). Errors: PR001, PR002, PR010.
@@ -1584,11 +1740,14 @@ A client's done reports matching a filter (topic present, flag, outcome, sentime
 -- comment: function parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 Figures over a client's done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week. One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.
 
+-- comment: function parecer.leased_transcript(uuid,uuid)
+The messages of the session of an item you hold (analysis_id + lease_token from parecer.claim, lease live), as parecer.session_transcript gives them. Unknown item, wrong or expired lease and (isolation on) a client not granted to you give the same error. Errors: PR006 not leased to you.
+
 -- comment: function parecer.list_scripts(text,text,boolean)
 List a client's script versions (newest first per key), optionally one key and only active ones. Errors: PR001 unknown client.
 
 -- comment: function parecer.mark_done(uuid,uuid,jsonb,text,text,jsonb)
-Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session's messages; its usage and cost stay in the item's row (parecer.reports, parecer.attempts). A failing report changes nothing. Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011.
+Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session's messages; its usage and cost stay in the item's row (parecer.reports, parecer.attempts). A failing report changes nothing. prompt_hash must be the hash prompt_for gave the lease holder in this attempt (with isolation off, an attempt that never called prompt_for is taken at its word). Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011, PR017 prompt hash not the one given.
 
 -- comment: function parecer.mark_done_many(jsonb)
 Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each goes through parecer.mark_done on its own (same checks, same errors), a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.
@@ -1597,10 +1756,10 @@ Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lea
 Record a failed attempt of an item you hold (usage: tokens the failed call cost, if any): retry_count + 1, pending again at next_retry_at = now() + backoff_schedule[retry_count]; status failed (terminal) after max_attempts or at once with retryable => false. Errors: PR006, PR011.
 
 -- comment: function parecer.next_due(text)
-The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting. Runners sleep until then at most.
+The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting; with the isolation setting on, only items of the caller's clients count. Runners sleep until then at most.
 
 -- comment: function parecer.prompt_for(uuid)
-Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, the script's model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Errors: PR011, PR016 prompt too large (not one message fits).
+Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, the script's model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Called by the role holding the item's live lease, it records prompt_hash on the item: mark_done then requires the same hash (PR017). With the isolation setting on, a role that does not see every client gets only items of its clients it holds a live lease on (admins: any). Errors: PR011 unknown analysis (or not yours), PR016 prompt too large (not one message fits).
 
 -- comment: function parecer.purge(interval,boolean,integer)
 Retention: deletes attempts that ended before now() - older_than, done analyses processed before it whose tag is not the newest of their client's script key, and spend days and budget alerts before it and before the current budget month; at most batch_size rows per kind per call (call again until every count is 0). dry_run (the default) counts all it would delete. `parecer purge --older-than 180d` loops.
@@ -1609,7 +1768,7 @@ Retention: deletes attempts that ended before now() - older_than, done analyses 
 Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Each release is counted (releases); the release beyond the max_releases setting makes the item a terminal failure ("released N times without finishing"), as does a release of an item with no retry left (max_attempts lowered meanwhile). Errors: PR006, PR010, PR011.
 
 -- comment: function parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
-Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. Returns the pause end (NULL: not paused). Errors: PR010.
+Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. Returns the pause end (NULL: not paused). Errors: PR010.
 
 -- comment: function parecer.resolve_script(text,text,integer)
 The script version a run would use: script_version if given, else the highest active version. Errors: PR001 unknown client, PR002 unknown script/version, PR003 no active version.
@@ -1617,11 +1776,14 @@ The script version a run would use: script_version if given, else the highest ac
 -- comment: function parecer.retry_failed(bigint,text,text)
 Re-queue terminal failures (status failed) of a run, a client and/or whose error matches error_like (ILIKE), with a fresh attempt budget; returns how many. Errors: PR001, PR010 nothing chosen, PR012.
 
+-- comment: function parecer.revoke_client(name,text)
+Unbind a role from a client (client_slug NULL: from all its clients; a dropped role is named "#<oid>" as parecer.client_grants shows it); returns how many grants went. Leases the role holds run to their end or expiry; its next claim, prompt and read see the change. Errors: PR010.
+
 -- comment: function parecer.run_summary(bigint)
 Progress of a run: processed (done), failed (terminal), retrying (pending again after a failure), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.
 
 -- comment: function parecer.session_transcript(text)
-A session's messages in transcript order (sent_at, message_id) with their position; no media-type filter. Errors: PR014 unknown session.
+A session's messages in transcript order (sent_at, message_id) with their position; no media-type filter. For admins (any session of any client); a runner reads the session of an item it holds with parecer.leased_transcript. Errors: PR014 unknown session.
 
 -- comment: function parecer.set_budget(text,numeric,numeric)
 Set a client's daily and monthly budget in USD (NULL: no limit). A client at or over budget gets no work from claim (fail-closed) until the period turns; alerts at 80% and 100% (NOTIFY parecer_budget). Errors: PR001, PR010.
@@ -1650,6 +1812,12 @@ parecer: LLM analysis of support chat sessions. Tables are not the API; function
 -- comment: table parecer._attempts
 Attempts that did not finish their item (failed, released, expired, reset), and done attempts of items queued again. The attempt in flight and the attempt that finished a done item are the item's row: see parecer._finished_attempts and parecer.attempts.
 
+-- comment: table parecer._client_grants
+Which roles serve which clients (parecer.grant_client); read through parecer.client_grants.
+
+-- comment: view parecer._caller_scope
+The caller (SET ROLE role, else session_user), whether it sees every client (isolation off, parecer_admin member, superuser, schema owner), and the client ids granted to roles it is a member of.
+
 -- comment: view parecer._finished_attempts
 Every attempt that ended: the rows of parecer._attempts and, for each done item, the attempt that finished it (the item's row).
 
@@ -1658,6 +1826,9 @@ Attempt history: one row per claim (outcome done, failed, released, expired, res
 
 -- comment: view parecer.budgets
 Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).
+
+-- comment: view parecer.client_grants
+Which role serves which client (parecer.grant_client). With the isolation setting on, a role (or any member of it) claims, reads prompts and transcripts of, reports and sees only the clients granted to it. role_exists false: the role was dropped (the grant binds nobody; revoke it).
 
 -- comment: view parecer.client_status
 Per client: queue counts, spend today and this month against budgets, and why claim is holding its work back.
@@ -1675,7 +1846,7 @@ The queue by client x script version x tag: pending (never failed), retrying (pe
 Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited).
 
 -- comment: view parecer.reports
-Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
+With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
 
 -- comment: view parecer.run_costs
 Tokens and cost per run (every attempt of the run's items).
