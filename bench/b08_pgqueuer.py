@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Benchmark 8 - parecer's batched queue path against pgqueuer 1.6, same cluster, same run.
+
+Both sides drain a queue with ``--workers`` asyncio workers (each its own connection)
+in one event loop of this process, so the client side costs both the same:
+
+* **parecer**, through its public functions only, as the runner does with
+  ``--ack-batch 10``: ``parecer.claim(worker, 10, sync_commit => false)``, then
+  ``parecer.prompt_for`` per item (the prompt's hash goes into the report), then one
+  ``parecer.mark_done_many`` with the ten valid grounded reports (each through
+  ``mark_done``'s checks, one commit). Every item is a real analysis of a sample
+  session, with a usage object, so spend accounting runs as in production.
+* **pgqueuer 1.6.0** (the ``bench`` extra), through its own API: ``Queries.install``,
+  ``Queries.enqueue`` of no-op jobs, one ``QueueManager`` per worker with a no-op
+  entrypoint, ``run(batch_size=10, mode=drain)`` (it dequeues in batches and
+  acknowledges through its buffered status log).
+
+Rounds are interleaved (parecer first in odd rounds, pgqueuer first in even ones);
+figures are medians over ``--rounds``. Per item, for both: the server's CPU time
+(utime + stime of every postgres process in /proc, before and after the drain, with
+the workers' connections open through both reads: the server must run on this host)
+and the WAL written (``pg_current_wal_lsn()`` before and after).
+
+Connection modes: ``new`` opens the workers' connections in every round (their
+first calls plan and compile), ``kept`` opens them once and warms them up
+(``--warm-items`` per worker, not counted), as a long-running runner does.
+
+    python bench/b08_pgqueuer.py --items 5000 --rounds 5 --modes new,kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+import common as C
+from b01_queue import USAGE, grounded_reports
+
+ENTRYPOINT = "parecer_bench_noop"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Drain:
+    items: int
+    seconds: float
+    cpu_seconds: float
+    wal_bytes: int
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+
+def server_cpu_seconds() -> float | None:
+    """utime + stime of every process named postgres on this host (None: none visible)."""
+    total, seen = 0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if not comm.startswith("postgres"):
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        seen = True
+    return total / CLK_TCK if seen else None
+
+
+async def wal_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
+    cur = await conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS b")
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def close_and_wait(conns: list[psycopg.AsyncConnection[Any]]) -> None:
+    """Close connections and wait until their server processes are gone: a backend that
+    exits between the two CPU reads would take its CPU time out of the next figure."""
+    pids = [cn.info.backend_pid for cn in conns]
+    for cn in conns:
+        await cn.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(
+        url, autocommit=True, application_name="parecer-bench"
+    )
+
+
+async def parecer_worker(
+    conn: psycopg.AsyncConnection[Any], wid: str, reports: dict[str, Any], limit: int | None
+) -> int:
+    """claim 10, prompt_for each, one mark_done_many; until the queue is empty (or limit)."""
+    done = 0
+    cur = conn.cursor(row_factory=dict_row)
+    while limit is None or done < limit:
+        n = 10 if limit is None else min(10, limit - done)
+        await cur.execute(
+            "SELECT analysis_id, lease_token, session_id"
+            " FROM parecer.claim(%s, %s, sync_commit => false)",
+            (wid, n),
+        )
+        claimed = await cur.fetchall()
+        if not claimed:
+            break
+        items = []
+        for r in claimed:
+            await cur.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (r["analysis_id"],))
+            p = await cur.fetchone()
+            assert p is not None
+            items.append(
+                {
+                    "analysis_id": str(r["analysis_id"]),
+                    "lease_token": str(r["lease_token"]),
+                    "report": reports[r["session_id"]],
+                    "model": "bench-noop",
+                    "prompt_hash": p["prompt_hash"],
+                    "usage": json.loads(USAGE),
+                }
+            )
+        await cur.execute("SELECT outcome FROM parecer.mark_done_many(%s)", (json.dumps(items),))
+        outcomes = [o["outcome"] for o in await cur.fetchall()]
+        if outcomes != ["done"] * len(items):
+            raise RuntimeError(f"mark_done_many refused items: {outcomes}")
+        done += len(items)
+    return done
+
+
+async def pgqueuer_worker(conn: psycopg.AsyncConnection[Any], batch: int) -> int:
+    from pgqueuer import QueueManager
+    from pgqueuer.db import PsycopgDriver
+    from pgqueuer.queries import Queries
+    from pgqueuer.types import QueueExecutionMode
+
+    qm = QueueManager(Queries(PsycopgDriver(conn)))
+    count = 0
+
+    @qm.entrypoint(ENTRYPOINT)
+    async def noop(job: Any) -> None:
+        nonlocal count
+        count += 1
+
+    await qm.run(
+        batch_size=batch,
+        mode=QueueExecutionMode.drain,
+        dequeue_timeout=timedelta(seconds=1),
+        log_aggregation_interval=timedelta(0),
+    )
+    return count
+
+
+async def measure(
+    meter: psycopg.AsyncConnection[Any],
+    workers: list[Any],
+    expected: int,
+    finished: str | None = None,
+) -> Drain:
+    """Drain with ``workers``; the drain ends when they return, or, with ``finished`` (a
+    query that is true once every item is acknowledged), as soon as it turns true: a
+    pgqueuer QueueManager in drain mode waits for its dequeue timeout and flushes before
+    it returns, time that is not queue work."""
+    cpu0 = server_cpu_seconds()
+    wal0 = await wal_lsn(meter)
+    t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(w) for w in workers]
+    if finished is None:
+        counts = await asyncio.gather(*tasks)
+    else:
+        while True:
+            cur = await meter.execute(finished)
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                break
+            if all(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.005)
+    secs = time.perf_counter() - t0
+    wal1 = await wal_lsn(meter)
+    cpu1 = server_cpu_seconds()
+    counts = await asyncio.gather(*tasks)
+    items = sum(counts)
+    if items != expected:
+        raise RuntimeError(f"drained {items} items, expected {expected}")
+    cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
+    return Drain(items, secs, cpu, wal1 - wal0)
+
+
+async def run_async(
+    url: str,
+    *,
+    items: int,
+    workers: int,
+    rounds: int,
+    modes: tuple[str, ...],
+    warm_items: int,
+    res: C.Result,
+) -> None:
+    from pgqueuer.db import PsycopgDriver
+    from pgqueuer.queries import Queries
+
+    meter = await connect(url)
+    await Queries(PsycopgDriver(meter)).install()
+    with C.connect(url) as c:
+        script = C.make_script(c)
+        sessions = C.client_sessions(c, limit=items)
+        if len(sessions) < items:
+            raise RuntimeError(f"only {len(sessions)} sessions of {C.CLIENT} for {items} items")
+        reports = {k: json.loads(v) for k, v in grounded_reports(c, sessions).items()}
+
+    async def queue_parecer(n: int) -> None:
+        await meter.execute(
+            "SELECT * FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+            (sessions[:n], script["script_id"]),
+        )
+
+    async def queue_pgqueuer(n: int) -> None:
+        await Queries(PsycopgDriver(meter)).enqueue([ENTRYPOINT] * n, [None] * n, [0] * n)
+
+    async def settle() -> None:
+        await meter.execute("VACUUM ANALYZE parecer.analyses")
+        await meter.execute("VACUUM ANALYZE pgqueuer")
+
+    if "new" not in modes and "kept" not in modes:
+        raise ValueError("modes: new and/or kept")
+    for mode in modes:
+        kept: dict[str, list[psycopg.AsyncConnection[Any]]] = {}
+        if mode == "kept":
+            kept = {
+                side: [await connect(url) for _ in range(workers)]
+                for side in ("parecer", "pgqueuer")
+            }
+            await queue_parecer(warm_items * workers)
+            await asyncio.gather(
+                *(
+                    parecer_worker(cn, f"bench-w{i}", reports, warm_items)
+                    for i, cn in enumerate(kept["parecer"])
+                )
+            )
+        per: dict[str, list[Drain]] = {"parecer": [], "pgqueuer": []}
+        for r in range(rounds):
+            order = ("parecer", "pgqueuer") if r % 2 == 0 else ("pgqueuer", "parecer")
+            for side in order:
+                if side == "parecer":
+                    await queue_parecer(items)
+                else:
+                    await queue_pgqueuer(items)
+                await settle()
+                conns = kept.get(side) or [await connect(url) for _ in range(workers)]
+                if side == "parecer":
+                    jobs = [
+                        parecer_worker(cn, f"bench-w{i}", reports, None)
+                        for i, cn in enumerate(conns)
+                    ]
+                else:
+                    jobs = [pgqueuer_worker(cn, 10) for cn in conns]
+                d = await measure(
+                    meter,
+                    jobs,
+                    items,
+                    None if side == "parecer" else "SELECT NOT EXISTS (SELECT FROM pgqueuer)",
+                )
+                if not kept:
+                    await close_and_wait(conns)
+                per[side].append(d)
+                C.say(
+                    f"   b08 {mode} round {r + 1} {side}: {d.rate:.0f} items/s, "
+                    f"{d.cpu_seconds / d.items * 1e6:.0f} server CPU µs/item, "
+                    f"{d.wal_bytes / d.items:.0f} WAL B/item"
+                )
+        for conns in kept.values():
+            await close_and_wait(conns)
+
+        def med(side: str, f: Any, per: dict[str, list[Drain]] = per) -> float:
+            return float(statistics.median(f(d) for d in per[side]))
+
+        rate_p, rate_q = med("parecer", lambda d: d.rate), med("pgqueuer", lambda d: d.rate)
+        res.add(
+            f"parecer claim10+prompt_for+mark_done_many10, {workers} workers, {mode} connections",
+            rate_p,
+            "items/s",
+            baseline_name="pgqueuer 1.6.0 no-op jobs",
+            baseline=rate_q,
+            ratio=rate_p / rate_q if rate_q else None,
+            ratio_label="x",
+            target=">= 1x",
+        )
+        for label, f, unit in (
+            ("server CPU per item", lambda d: d.cpu_seconds / d.items * 1e6, "µs"),
+            ("WAL per item", lambda d: d.wal_bytes / d.items, "bytes"),
+        ):
+            p_, q_ = med("parecer", f), med("pgqueuer", f)
+            res.add(
+                f"{label}, {mode} connections",
+                p_,
+                unit,
+                baseline_name="pgqueuer",
+                baseline=q_,
+                ratio=p_ / q_ if q_ else None,
+                ratio_label="x",
+            )
+        res.details[mode] = {
+            side: [
+                {
+                    "items_per_s": round(d.rate, 1),
+                    "cpu_us_per_item": round(d.cpu_seconds / d.items * 1e6, 1),
+                    "wal_bytes_per_item": round(d.wal_bytes / d.items, 1),
+                }
+                for d in ds
+            ]
+            for side, ds in per.items()
+        }
+    await meter.close()
+
+
+def run(
+    server_url: str,
+    *,
+    items: int = 5000,
+    workers: int = 8,
+    rounds: int = 3,
+    modes: tuple[str, ...] = ("new", "kept"),
+    warm_items: int = 20,
+    seed: int = 7,
+    keep: bool = False,
+) -> C.Result:
+    res = C.Result("b08", f"parecer (batched) vs pgqueuer 1.6.0, {items} items, {workers} workers")
+    t0 = time.perf_counter()
+    with C.bench_database(server_url, "pgqueuer", keep=keep) as url:
+        load_s = C.load(url, C.sessions_needed(items), seed)
+        C.say(f"   b08 setup: sample loaded in {load_s:.1f}s")
+        asyncio.run(
+            run_async(
+                url,
+                items=items,
+                workers=workers,
+                rounds=rounds,
+                modes=modes,
+                warm_items=warm_items,
+                res=res,
+            )
+        )
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    C.add_common_args(p)
+    p.add_argument("--items", type=int, default=5000, help="queue size per drain")
+    p.add_argument("--workers", type=int, default=8, help="worker connections per side")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over them")
+    p.add_argument("--modes", default="new,kept", help="connection modes: new, kept or both")
+    p.add_argument("--warm-items", type=int, default=20, help="kept mode: warm-up items per worker")
+    a = p.parse_args(argv)
+    with C.server(a.database_url) as srv:
+        res = run(
+            srv,
+            items=a.items,
+            workers=a.workers,
+            rounds=a.rounds,
+            modes=tuple(a.modes.split(",")),
+            warm_items=a.warm_items,
+            seed=a.seed,
+            keep=a.keep,
+        )
+    C.print_result(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
