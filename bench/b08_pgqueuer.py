@@ -25,7 +25,7 @@ Connection modes: ``new`` opens the workers' connections in every round (their
 first calls plan and compile), ``kept`` opens them once and warms them up
 (``--warm-items`` per worker, not counted), as a long-running runner does.
 
-    python bench/b08_pgqueuer.py --items 5000 --rounds 5 --modes new,kept
+    python bench/b08_pgqueuer.py --items 20000 --rounds 5 --modes new,kept [--sample]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Drain:
     seconds: float
     cpu_seconds: float
     wal_bytes: int
+    client_cpu_seconds: float
 
     @property
     def rate(self) -> float:
@@ -89,6 +90,46 @@ async def wal_lsn(conn: psycopg.AsyncConnection[Any]) -> int:
     return int(row[0])
 
 
+TWO_MESSAGE_CLIENT = "b08"
+
+
+def two_message_sessions(url: str, n: int) -> None:
+    """``n`` ended sessions of two messages (customer, agent) for client b08, set-based
+    into the reference chat schema (the host's tables, not parecer's)."""
+    with C.connect(url) as c:
+        c.execute(
+            "INSERT INTO chat.clients (id, slug, name) VALUES ('cl-b08', %s, 'B08')",
+            (TWO_MESSAGE_CLIENT,),
+        )
+        c.execute(
+            "INSERT INTO chat.contacts (id, client_id, name)"
+            " SELECT 'ct-b08-' || i, 'cl-b08', 'Contato ' || i FROM generate_series(1, %s) i",
+            (n,),
+        )
+        c.execute(
+            "INSERT INTO chat.tickets (id, client_id, contact_id)"
+            " SELECT 'tk-b08-' || i, 'cl-b08', 'ct-b08-' || i FROM generate_series(1, %s) i",
+            (n,),
+        )
+        c.execute(
+            "INSERT INTO chat.sessions (id, ticket_id, started_at, ended_at)"
+            " SELECT 'ses-b08-' || i, 'tk-b08-' || i, now() - interval '3 days' - i * interval '1 minute',"
+            " now() - interval '2 days' - i * interval '1 minute' FROM generate_series(1, %s) i",
+            (n,),
+        )
+        c.execute(
+            "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
+            " created_at_external)"
+            " SELECT 'ses-b08-' || i || '-m' || k, 'ses-b08-' || i, k = 1, 'text',"
+            " CASE k WHEN 0 THEN 'Olá, minha internet caiu de novo desde ontem à noite'"
+            " ELSE 'Bom dia, aqui é o atendente, vou verificar a sua conexão agora' END,"
+            " t, t FROM generate_series(1, %s) i, generate_series(0, 1) k,"
+            " LATERAL (SELECT now() - interval '3 days' - i * interval '1 minute'"
+            " + k * interval '10 seconds' AS t) x",
+            (n,),
+        )
+
+
 async def close_and_wait(conns: list[psycopg.AsyncConnection[Any]]) -> None:
     """Close connections and wait until their server processes are gone: a backend that
     exits between the two CPU reads would take its CPU time out of the next figure."""
@@ -107,9 +148,14 @@ async def connect(url: str) -> psycopg.AsyncConnection[Any]:
 
 
 async def parecer_worker(
-    conn: psycopg.AsyncConnection[Any], wid: str, reports: dict[str, Any], limit: int | None
+    conn: psycopg.AsyncConnection[Any],
+    wid: str,
+    reports: dict[str, Any],
+    limit: int | None,
+    batched: bool = True,
 ) -> int:
-    """claim 10, prompt_for each, one mark_done_many; until the queue is empty (or limit)."""
+    """claim 10, prompt_for each, one mark_done_many (``batched``) or one mark_done per item;
+    until the queue is empty (or ``limit`` items)."""
     done = 0
     cur = conn.cursor(row_factory=dict_row)
     while limit is None or done < limit:
@@ -137,8 +183,27 @@ async def parecer_worker(
                     "usage": json.loads(USAGE),
                 }
             )
-        await cur.execute("SELECT outcome FROM parecer.mark_done_many(%s)", (json.dumps(items),))
-        outcomes = [o["outcome"] for o in await cur.fetchall()]
+        if batched:
+            await cur.execute(
+                "SELECT outcome FROM parecer.mark_done_many(%s)", (json.dumps(items),)
+            )
+            outcomes = [o["outcome"] for o in await cur.fetchall()]
+        else:
+            outcomes = []
+            for it in items:
+                await cur.execute(
+                    "SELECT status FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+                    (
+                        it["analysis_id"],
+                        it["lease_token"],
+                        json.dumps(it["report"]),
+                        it["model"],
+                        it["prompt_hash"],
+                        USAGE,
+                    ),
+                )
+                row = await cur.fetchone()
+                outcomes.append("done" if row is not None and row["status"] == "done" else "?")
         if outcomes != ["done"] * len(items):
             raise RuntimeError(f"mark_done_many refused items: {outcomes}")
         done += len(items)
@@ -180,6 +245,7 @@ async def measure(
     it returns, time that is not queue work."""
     cpu0 = server_cpu_seconds()
     wal0 = await wal_lsn(meter)
+    me0 = os.times()
     t0 = time.perf_counter()
     tasks = [asyncio.ensure_future(w) for w in workers]
     if finished is None:
@@ -194,6 +260,7 @@ async def measure(
                 break
             await asyncio.sleep(0.005)
     secs = time.perf_counter() - t0
+    me1 = os.times()
     wal1 = await wal_lsn(meter)
     cpu1 = server_cpu_seconds()
     counts = await asyncio.gather(*tasks)
@@ -201,7 +268,8 @@ async def measure(
     if items != expected:
         raise RuntimeError(f"drained {items} items, expected {expected}")
     cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
-    return Drain(items, secs, cpu, wal1 - wal0)
+    client = (me1.user - me0.user) + (me1.system - me0.system)
+    return Drain(items, secs, cpu, wal1 - wal0, client)
 
 
 async def run_async(
@@ -212,18 +280,21 @@ async def run_async(
     rounds: int,
     modes: tuple[str, ...],
     warm_items: int,
+    client: str,
+    single: bool,
     res: C.Result,
 ) -> None:
+    sides: tuple[str, ...] = ("parecer", "pgqueuer", *(("parecer-single",) if single else ()))
     from pgqueuer.db import PsycopgDriver
     from pgqueuer.queries import Queries
 
     meter = await connect(url)
     await Queries(PsycopgDriver(meter)).install()
     with C.connect(url) as c:
-        script = C.make_script(c)
-        sessions = C.client_sessions(c, limit=items)
+        script = C.make_script(c, client=client)
+        sessions = C.client_sessions(c, client, limit=items)
         if len(sessions) < items:
-            raise RuntimeError(f"only {len(sessions)} sessions of {C.CLIENT} for {items} items")
+            raise RuntimeError(f"only {len(sessions)} sessions of {client} for {items} items")
         reports = {k: json.loads(v) for k, v in grounded_reports(c, sessions).items()}
 
     async def queue_parecer(n: int) -> None:
@@ -244,10 +315,7 @@ async def run_async(
     for mode in modes:
         kept: dict[str, list[psycopg.AsyncConnection[Any]]] = {}
         if mode == "kept":
-            kept = {
-                side: [await connect(url) for _ in range(workers)]
-                for side in ("parecer", "pgqueuer")
-            }
+            kept = {side: [await connect(url) for _ in range(workers)] for side in sides}
             await queue_parecer(warm_items * workers)
             await asyncio.gather(
                 *(
@@ -255,19 +323,19 @@ async def run_async(
                     for i, cn in enumerate(kept["parecer"])
                 )
             )
-        per: dict[str, list[Drain]] = {"parecer": [], "pgqueuer": []}
+        per: dict[str, list[Drain]] = {side: [] for side in sides}
         for r in range(rounds):
-            order = ("parecer", "pgqueuer") if r % 2 == 0 else ("pgqueuer", "parecer")
+            order = sides[r % len(sides) :] + sides[: r % len(sides)]  # each side first in turn
             for side in order:
-                if side == "parecer":
+                if side != "pgqueuer":
                     await queue_parecer(items)
                 else:
                     await queue_pgqueuer(items)
                 await settle()
                 conns = kept.get(side) or [await connect(url) for _ in range(workers)]
-                if side == "parecer":
+                if side != "pgqueuer":
                     jobs = [
-                        parecer_worker(cn, f"bench-w{i}", reports, None)
+                        parecer_worker(cn, f"bench-w{i}", reports, None, side == "parecer")
                         for i, cn in enumerate(conns)
                     ]
                 else:
@@ -276,7 +344,7 @@ async def run_async(
                     meter,
                     jobs,
                     items,
-                    None if side == "parecer" else "SELECT NOT EXISTS (SELECT FROM pgqueuer)",
+                    None if side != "pgqueuer" else "SELECT NOT EXISTS (SELECT FROM pgqueuer)",
                 )
                 if not kept:
                     await close_and_wait(conns)
@@ -284,7 +352,8 @@ async def run_async(
                 C.say(
                     f"   b08 {mode} round {r + 1} {side}: {d.rate:.0f} items/s, "
                     f"{d.cpu_seconds / d.items * 1e6:.0f} server CPU µs/item, "
-                    f"{d.wal_bytes / d.items:.0f} WAL B/item"
+                    f"{d.wal_bytes / d.items:.0f} WAL B/item, "
+                    f"{d.client_cpu_seconds / d.items * 1e6:.0f} client CPU µs/item"
                 )
         for conns in kept.values():
             await close_and_wait(conns)
@@ -303,9 +372,22 @@ async def run_async(
             ratio_label="x",
             target=">= 1x",
         )
+        if "parecer-single" in per:
+            rate_s = med("parecer-single", lambda d: d.rate)
+            res.add(
+                f"parecer claim10+prompt_for+mark_done per item (ack window 0), {workers} workers, "
+                f"{mode} connections",
+                rate_s,
+                "items/s",
+                baseline_name="pgqueuer 1.6.0 no-op jobs",
+                baseline=rate_q,
+                ratio=rate_s / rate_q if rate_q else None,
+                ratio_label="x",
+            )
         for label, f, unit in (
             ("server CPU per item", lambda d: d.cpu_seconds / d.items * 1e6, "µs"),
             ("WAL per item", lambda d: d.wal_bytes / d.items, "bytes"),
+            ("bench client CPU per item", lambda d: d.client_cpu_seconds / d.items * 1e6, "µs"),
         ):
             p_, q_ = med("parecer", f), med("pgqueuer", f)
             res.add(
@@ -323,6 +405,7 @@ async def run_async(
                     "items_per_s": round(d.rate, 1),
                     "cpu_us_per_item": round(d.cpu_seconds / d.items * 1e6, 1),
                     "wal_bytes_per_item": round(d.wal_bytes / d.items, 1),
+                    "client_cpu_us_per_item": round(d.client_cpu_seconds / d.items * 1e6, 1),
                 }
                 for d in ds
             ]
@@ -334,19 +417,27 @@ async def run_async(
 def run(
     server_url: str,
     *,
-    items: int = 5000,
+    items: int = 20000,
     workers: int = 8,
     rounds: int = 3,
     modes: tuple[str, ...] = ("new", "kept"),
     warm_items: int = 20,
+    sample: bool = False,
+    single: bool = True,
     seed: int = 7,
     keep: bool = False,
 ) -> C.Result:
-    res = C.Result("b08", f"parecer (batched) vs pgqueuer 1.6.0, {items} items, {workers} workers")
+    kind = "sample sessions" if sample else "two-message sessions"
+    res = C.Result("b08", f"parecer (batched) vs pgqueuer 1.6.0, {items} {kind}, {workers} workers")
     t0 = time.perf_counter()
     with C.bench_database(server_url, "pgqueuer", keep=keep) as url:
-        load_s = C.load(url, C.sessions_needed(items), seed)
-        C.say(f"   b08 setup: sample loaded in {load_s:.1f}s")
+        t1 = time.perf_counter()
+        if sample:
+            C.load(url, C.sessions_needed(items), seed)
+        else:
+            two_message_sessions(url, items)
+            C.vacuum_analyze(url)
+        C.say(f"   b08 setup: {items} {kind} in {time.perf_counter() - t1:.1f}s")
         asyncio.run(
             run_async(
                 url,
@@ -355,6 +446,8 @@ def run(
                 rounds=rounds,
                 modes=modes,
                 warm_items=warm_items,
+                client=C.CLIENT if sample else TWO_MESSAGE_CLIENT,
+                single=single,
                 res=res,
             )
         )
@@ -365,7 +458,18 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_common_args(p)
-    p.add_argument("--items", type=int, default=5000, help="queue size per drain")
+    p.add_argument("--items", type=int, default=20000, help="queue size per drain")
+    p.add_argument(
+        "--no-single",
+        action="store_true",
+        help="leave out the third side: parecer with one mark_done per item (the runner's "
+        "--ack-window-ms 0)",
+    )
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="queue the bundled sample's sessions (about 25 messages) instead of two-message ones",
+    )
     p.add_argument("--workers", type=int, default=8, help="worker connections per side")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over them")
     p.add_argument("--modes", default="new,kept", help="connection modes: new, kept or both")
@@ -379,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds=a.rounds,
             modes=tuple(a.modes.split(",")),
             warm_items=a.warm_items,
+            sample=a.sample,
+            single=not a.no_single,
             seed=a.seed,
             keep=a.keep,
         )
