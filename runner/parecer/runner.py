@@ -1007,15 +1007,15 @@ class Runner:
             if row.outcome == "stale":
                 self._stale(fields, stale_reason)
                 return None
-            code = row.sqlstate or "?"
+            code = row.sqlstate or ""
             if code == errors.INVALID_REPORT or (
                 code == errors.UNGROUNDED_REPORT and not may_repair
             ):
-                raise Refused(code, row.message or code, None)
-            if code != errors.UNGROUNDED_REPORT:
-                raise ItemFailure(f"runner error: mark_done [{code}]")
-            # A repair call needs the failing citations (the error's DETAIL), which the batch
-            # row does not carry: ask mark_done itself (rare: an ungrounded report).
+                raise Refused(code, row.message or code, None)  # what mark_done's error says
+            # Anything else goes through mark_done itself, so that it ends exactly as it
+            # would without the buffer: a repair call needs the failing citations (the PR008
+            # error's DETAIL), which the batch row does not carry; any other error (a
+            # deadlock between two batches, say) is mark_done's own to raise or not.
         try:
             out = await self._settle(
                 flight,
