@@ -767,6 +767,7 @@ class Runner:
             t.cancel()  # _process releases the item
         await asyncio.gather(*pending, return_exceptions=True)
         self._inflight.clear()
+        await asyncio.gather(*self._ack_sends, return_exceptions=True)  # before the pool closes
 
     # ---- one item ------------------------------------------------------
     async def _heartbeat(self, flight: InFlight) -> None:
@@ -1071,12 +1072,18 @@ class Runner:
                 (json.dumps([item for item, _ in batch]),),
             )
             metrics.ACK_BATCHES.observe(len(batch))
-        except Exception as exc:  # each item goes the way of an unreported one (its lease expires)
+            if len(rows) != len(batch):
+                raise RuntimeError(f"mark_done_many returned {len(rows)} rows for {len(batch)}")
+        except (
+            BaseException
+        ) as exc:  # each item goes the way of an unreported one (its lease expires)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        for (_, fut), row in zip(batch, rows, strict=True):
+        for (_, fut), row in zip(batch, rows):
             if not fut.done():
                 fut.set_result(row)
 
