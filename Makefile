@@ -24,6 +24,7 @@ migrate: $(STAMP)
 	$(BIN)/parecer db migrate
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
 
 # style and types: part of `make test` (and so of CI)

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from parecer import db
 from parecer.devkit.standin import Standin, StandinConfig
@@ -148,14 +149,17 @@ def test_too_large_for_the_tokens_per_minute_fails_the_item_not_the_key(db_url: 
     assert stats.outcomes == {"failed": 1}
 
 
-def test_an_ungrounded_citation_gets_one_repair_call_in_the_same_attempt(db_url: str) -> None:
+@pytest.mark.parametrize("ack_window_ms", [0, 20])  # one mark_done per report, or batched
+def test_an_ungrounded_citation_gets_one_repair_call_in_the_same_attempt(
+    db_url: str, ack_window_ms: int
+) -> None:
     with db.connect(db_url) as c:
         make_script(c)
         sid = make_session(c).session_id
         start_run(c)
     fault = {"x-standin-fault": "ungrounded_once"}
     with Standin(StandinConfig(latency_ms=(1, 5))) as s:
-        stats = run(cfg(db_url, s, extra_headers=fault))
+        stats = run(cfg(db_url, s, extra_headers=fault, ack_window_ms=ack_window_ms))
         st = s.stats()
     assert stats.outcomes["done"] == 1
     assert (st["completed"], st["repair_requests"], st["faults"]["ungrounded_once"]) == (2, 1, 2)
@@ -175,7 +179,7 @@ def test_an_ungrounded_citation_gets_one_repair_call_in_the_same_attempt(db_url:
             "SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 1, force_reprocess => true)"
         )
     with Standin(StandinConfig(latency_ms=(1, 5))) as s:
-        stats = run(cfg(db_url, s, extra_headers=fault))
+        stats = run(cfg(db_url, s, extra_headers=fault, ack_window_ms=ack_window_ms))
         assert s.stats()["completed"] == 1 and s.stats()["repair_requests"] == 0
     with db.connect(db_url) as c:
         got = items(c)[sid]

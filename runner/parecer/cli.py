@@ -1881,6 +1881,22 @@ def purge_cmd(
     envvar="PARECER_METRICS_PORT",
     help="Serve Prometheus metrics on this port (/metrics).",
 )
+@click.option(
+    "--ack-window-ms",
+    type=int_range(0, 10_000),
+    default=20,
+    envvar="PARECER_ACK_WINDOW_MS",
+    show_envvar=True,
+    help="Reports wait at most this long to be stored together (one mark_done_many, one commit); 0: one mark_done per report. A crash loses at most this buffer (the items are redone).",
+)
+@click.option(
+    "--ack-batch",
+    type=int_range(1, 1000),
+    default=10,
+    envvar="PARECER_ACK_BATCH",
+    show_envvar=True,
+    help="Store the waiting reports as soon as this many are waiting.",
+)
 @click.pass_context
 def runner_cmd(
     ctx: click.Context,
@@ -1897,6 +1913,8 @@ def runner_cmd(
     pool_max: int,
     no_listen: bool,
     metrics_port: int | None,
+    ack_window_ms: int,
+    ack_batch: int,
 ) -> None:
     """Claim queued analyses, call the model, store the reports (OPENAI_API_KEY from the environment)."""
     from .runner import Runner
@@ -1916,6 +1934,8 @@ def runner_cmd(
         pool_max=pool_max,
         listen=not no_listen,
         metrics=metrics_port is not None,
+        ack_window_ms=ack_window_ms,
+        ack_batch=ack_batch,
     )
     try:
         runner = Runner(cfg)

@@ -44,12 +44,21 @@ class RunnerConfig:
     pool_max: int = 3  # database connections for calls, whatever the concurrency (+1 to LISTEN)
     listen: bool = True  # False: poll only (PgBouncer in transaction mode cannot LISTEN)
     metrics: bool = False  # refresh the parecer.metrics queue gauges for a /metrics endpoint
+    # Acknowledgements: reports wait at most ack_window_ms (or until ack_batch are waiting)
+    # and go to the database together in one parecer.mark_done_many call, one commit.
+    # 0: each report is its own parecer.mark_done call (docs/reliability.md, the trade-off).
+    ack_window_ms: int = 20
+    ack_batch: int = 10
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.pool_max < 1:
             raise ValueError("pool_max must be at least 1")
+        if not 0 <= self.ack_window_ms <= 10_000:
+            raise ValueError("ack_window_ms must be between 0 and 10000")
+        if not 1 <= self.ack_batch <= 1000:
+            raise ValueError("ack_batch must be between 1 and 1000")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,11 @@ RATE_WAIT_SECONDS = Counter(
     "parecer_rate_limit_wait_seconds", "Seconds the shared rate limiter asked this runner to wait."
 )
 IN_FLIGHT = Gauge("parecer_in_flight", "Items this runner has in flight.")
+ACK_BATCHES = Histogram(
+    "parecer_ack_batch_items",
+    "Reports stored per parecer.mark_done_many call (the runner's acknowledgement batches).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 1000),
+)
 LEASE_EXTENSIONS = Counter("parecer_lease_extensions", "Leases extended by heartbeats.")
 DB_ERRORS = Counter(
     "parecer_db_errors", "Database calls that failed (unreachable, or an unexpected error)."

@@ -103,6 +103,25 @@ class ItemOutcome:
 
 
 @dataclass(frozen=True)
+class AckRow:
+    """A row of ``parecer.mark_done_many``: one item's outcome (done / stale / invalid)."""
+
+    analysis_id: UUID | None
+    outcome: str
+    sqlstate: str | None
+    message: str | None
+
+
+class Refused(Exception):
+    """mark_done refused the report (PR007 invalid, PR008 ungrounded, PR017 not the prompt given):
+    the attempt may repair a PR008; the others fail the attempt."""
+
+    def __init__(self, code: str, reason: str, detail: str | None) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.detail = code, reason, detail
+
+
+@dataclass(frozen=True)
 class RateGrant:
     """The row of ``parecer.acquire_rate`` (``parecer.rate_grant``)."""
 
@@ -438,6 +457,11 @@ class Runner:
         self._rate_logged = 0.0
         self._fatal_pauses = 0  # consecutive fatal provider pauses (the backoff's index)
         self._abort = False  # a fatal error under --once: in-flight calls get no grace
+        # Reports waiting to be stored together (ack_window_ms > 0): (mark_done_many item, its
+        # outcome's future); the timer sends them when the window closes, the sends are tracked.
+        self._acks: list[tuple[dict[str, Any], asyncio.Future[AckRow]]] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_sends: set[asyncio.Task[None]] = set()
 
     # ---- control -------------------------------------------------------
     def stop(self) -> None:
@@ -733,6 +757,8 @@ class Runner:
 
     async def _shutdown(self) -> None:
         if not self._inflight:
+            self._send_acks()
+            await asyncio.gather(*self._ack_sends, return_exceptions=True)
             return
         grace = 0.0 if self._abort else self.cfg.shutdown_grace
         done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
@@ -742,6 +768,7 @@ class Runner:
             t.cancel()  # _process releases the item
         await asyncio.gather(*pending, return_exceptions=True)
         self._inflight.clear()
+        await asyncio.gather(*self._ack_sends, return_exceptions=True)  # before the pool closes
 
     # ---- one item ------------------------------------------------------
     async def _heartbeat(self, flight: InFlight) -> None:
@@ -830,7 +857,7 @@ class Runner:
             item.analysis_id, prompt, model, limit_key, estimate, prompt.input
         )
         repairs_left = prompt.repair_calls
-        reason, detail = "", None
+        reason, detail = "", None  # type: tuple[str, str | None]
         while True:
             try:
                 report = parse_report(resp)
@@ -839,26 +866,13 @@ class Runner:
                 raise
             used_model = resp.model or model
             try:
-                done = await self._settle(
-                    flight,
-                    fields,
-                    "lease lost before reporting; result dropped",
-                    "SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
-                    (json.dumps(report), used_model, prompt.prompt_hash, usage.json()),
+                done = await self._report_done(
+                    flight, fields, report, used_model, prompt.prompt_hash, usage, repairs_left > 0
                 )
                 break
-            except psycopg.Error as exc:
-                code = errors.sqlstate(exc)
-                # PR017 (prompt hash not the one given): the item's failure; the retry asks prompt_for again
-                if code not in (
-                    errors.INVALID_REPORT,
-                    errors.UNGROUNDED_REPORT,
-                    errors.PROMPT_HASH_MISMATCH,
-                ):
-                    raise
-                reason = exc.diag.message_primary or code
-                detail = exc.diag.message_detail
-                if code != errors.UNGROUNDED_REPORT or repairs_left <= 0:
+            except Refused as r:
+                reason, detail = r.reason, r.detail
+                if r.code != errors.UNGROUNDED_REPORT or repairs_left <= 0:
                     raise ItemFailure(reason, usage=usage) from None
                 flight.reporting = False  # the attempt goes on
             # One corrective call within this attempt: the original input, the answer and
@@ -964,6 +978,126 @@ class Runner:
             self._slots += 1  # ramp back after a pause
         return resp, usage
 
+    async def _report_done(
+        self,
+        flight: InFlight,
+        fields: dict[str, Any],
+        report: dict[str, Any],
+        model: str,
+        prompt_hash: str,
+        usage: Usage,
+        may_repair: bool,
+    ) -> bool | None:
+        """Store the report: through the acknowledgement buffer (one mark_done_many for
+        several items) or, with ack_window_ms 0, its own mark_done. True when stored, None
+        when the lease was lost (the result is dropped); Refused on PR007 / PR008 / PR017."""
+        stale_reason = "lease lost before reporting; result dropped"
+        if self.cfg.ack_window_ms > 0:
+            flight.reporting = True
+            row = await self._ack(
+                {
+                    "analysis_id": str(flight.item.analysis_id),
+                    "lease_token": str(flight.item.lease_token),
+                    "report": report,
+                    "model": model,
+                    "prompt_hash": prompt_hash,
+                    "usage": json.loads(usage.json()),
+                }
+            )
+            if row.outcome == "done":
+                return True
+            if row.outcome == "stale":
+                self._stale(fields, stale_reason)
+                return None
+            code = row.sqlstate or ""
+            # PR017 (prompt hash not the one given) is the item's failure, as PR007: the
+            # retry asks prompt_for again.
+            if code in (errors.INVALID_REPORT, errors.PROMPT_HASH_MISMATCH) or (
+                code == errors.UNGROUNDED_REPORT and not may_repair
+            ):
+                raise Refused(code, row.message or code, None)  # what mark_done's error says
+            # Anything else goes through mark_done itself, so that it ends exactly as it
+            # would without the buffer: a repair call needs the failing citations (the PR008
+            # error's DETAIL), which the batch row does not carry; any other error (a
+            # deadlock between two batches, say) is mark_done's own to raise or not.
+        try:
+            out = await self._settle(
+                flight,
+                fields,
+                stale_reason,
+                "SELECT * FROM parecer.mark_done(%s, %s, %s, %s, %s, %s)",
+                (json.dumps(report), model, prompt_hash, usage.json()),
+            )
+        except psycopg.Error as exc:
+            code = errors.sqlstate(exc) or ""
+            if code not in (
+                errors.INVALID_REPORT,
+                errors.UNGROUNDED_REPORT,
+                errors.PROMPT_HASH_MISMATCH,
+            ):
+                raise
+            raise Refused(code, exc.diag.message_primary or code, exc.diag.message_detail) from None
+        return None if out is None else True
+
+    async def _ack(self, item: dict[str, Any]) -> AckRow:
+        """Buffer one mark_done_many item; its row once the batch is stored. The buffer goes
+        when ack_batch items wait or ack_window_ms has passed since the first of them."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[AckRow] = loop.create_future()
+        entry = (item, fut)
+        self._acks.append(entry)
+        if len(self._acks) >= self.cfg.ack_batch:
+            self._send_acks()
+        elif self._ack_timer is None:
+            self._ack_timer = loop.call_later(self.cfg.ack_window_ms / 1000, self._send_acks)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if entry in self._acks:  # not sent yet: it never will be (the item is released)
+                self._acks.remove(entry)
+                fut.cancel()
+            else:  # sent: its outcome arrives without us
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+
+    def _send_acks(self) -> None:
+        """Send the buffered acknowledgements now, as one parecer.mark_done_many call."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        batch, self._acks = self._acks, []
+        if batch:
+            task = asyncio.create_task(self._store_acks(batch))
+            self._ack_sends.add(task)
+            task.add_done_callback(self._ack_sends.discard)
+
+    async def _store_acks(self, batch: list[tuple[dict[str, Any], asyncio.Future[AckRow]]]) -> None:
+        try:
+            rows = await self._rows(
+                AckRow,
+                "SELECT * FROM parecer.mark_done_many(%s)",
+                (json.dumps([item for item, _ in batch]),),
+            )
+            metrics.ACK_BATCHES.observe(len(batch))
+            if len(rows) != len(batch):
+                raise RuntimeError(f"mark_done_many returned {len(rows)} rows for {len(batch)}")
+        except (
+            BaseException
+        ) as exc:  # each item goes the way of an unreported one (its lease expires)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), row in zip(batch, rows):
+            if not fut.done():
+                fut.set_result(row)
+
+    def _stale(self, fields: dict[str, Any], reason: str) -> None:
+        self.stats.outcomes["stale"] += 1
+        event(log, "item stale", logging.WARNING, **fields, reason=reason)
+
     async def _settle(
         self,
         flight: InFlight,
@@ -982,8 +1116,7 @@ class Runner:
         except psycopg.Error as exc:
             if errors.sqlstate(exc) != errors.STALE_LEASE:
                 raise
-        self.stats.outcomes["stale"] += 1
-        event(log, "item stale", logging.WARNING, **fields, reason=stale_reason)
+        self._stale(fields, stale_reason)
         return None
 
     async def _feedback(
