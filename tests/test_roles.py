@@ -47,6 +47,9 @@ CALLS: dict[str, str] = {
     "doctor": "SELECT * FROM parecer.doctor()",
     "purge": "SELECT * FROM parecer.purge('1000 years')",
     "check_adapter": "SELECT * FROM parecer.check_adapter()",
+    "set_global_budget": "SELECT * FROM parecer.set_global_budget(10, 200)",
+    "exchange_rate": "SELECT parecer.exchange_rate('USD')",
+    "spend_projection": "SELECT * FROM parecer.spend_projection()",
 }
 RELATIONS = [
     "reports",
@@ -78,6 +81,8 @@ RELATIONS = [
     "_budget_alerts",
     "metrics",
     "stale_reports",
+    "global_budget",
+    "_global_budget",
 ]
 
 READER_VIEWS = {
@@ -95,6 +100,7 @@ READER_VIEWS = {
     "client_status",
     "metrics",
     "stale_reports",
+    "global_budget",
 }
 MATRIX: dict[str, set[str]] = {
     "parecer_admin": {
@@ -122,6 +128,9 @@ MATRIX: dict[str, set[str]] = {
         "doctor",
         "purge",
         "check_adapter",
+        "set_global_budget",
+        "exchange_rate",
+        "spend_projection",
     }
     | READER_VIEWS,
     "parecer_runner": {
@@ -137,7 +146,8 @@ MATRIX: dict[str, set[str]] = {
         "acquire_rate",
         "report_rate",
     },
-    "parecer_reader": {"run_summary", "insights", "insight_sessions"} | READER_VIEWS,
+    "parecer_reader": {"run_summary", "insights", "insight_sessions", "exchange_rate", "spend_projection"}
+    | READER_VIEWS,
     "parecer_test_nobody": set(),
 }
 

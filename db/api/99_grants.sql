@@ -21,10 +21,12 @@ GRANT USAGE ON SCHEMA parecer TO parecer_admin, parecer_runner, parecer_reader;
 GRANT SELECT ON
     parecer.reports, parecer.attempts, parecer.queue_status, parecer.runs_overview, parecer.settings,
     parecer.rate_limits, parecer.model_prices, parecer.budgets, parecer.spend_daily, parecer.spend_monthly,
-    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports
+    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports, parecer.global_budget
 TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.run_summary(bigint),
+    parecer.exchange_rate(text),
+    parecer.spend_projection(text),
     parecer.insights(text, text, timestamptz, timestamptz, integer, text),
     parecer.insight_sessions(text, text, text, text, text, text, timestamptz, timestamptz, integer, text, integer, timestamptz, uuid)
 TO parecer_reader;
@@ -62,9 +64,10 @@ GRANT EXECUTE ON FUNCTION
     parecer.estimate_cost(bigint, integer),
     parecer.session_transcript(text),
     parecer.prompt_for(uuid),
-    parecer.set_rate_limit(text, integer, integer),
+    parecer.set_rate_limit(text, integer, integer, integer),
     parecer.set_model_price(text, numeric, numeric, numeric, text, date),
     parecer.set_budget(text, numeric, numeric),
+    parecer.set_global_budget(numeric, numeric),
     parecer.set_client_priority(text, integer),
     parecer.doctor(text, integer),
     parecer.purge(interval, boolean, integer),
