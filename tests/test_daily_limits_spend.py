@@ -191,7 +191,9 @@ def test_cli_spend_in_reais_projection_and_global_budget(db_url: str) -> None:
     assert r.exit_code != 0 and "PR030" in r.output
     r = run.invoke(main, ["spend", "--projection"], env=env)
     assert r.exit_code == 0, r.output
-    assert "(all clients)" in r.output and "acme" in r.output and "spend projection (BRL)" in r.output
+    assert (
+        "(all clients)" in r.output and "acme" in r.output and "spend projection (BRL)" in r.output
+    )
     r = run.invoke(main, ["spend", "--projection", "--json"], env=env)
     assert [x["client_slug"] for x in json.loads(r.output)] == [None, "acme"]
     r = run.invoke(main, ["budgets", "global", "--daily", "1.85", "--monthly", "37.04"], env=env)

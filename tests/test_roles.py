@@ -146,7 +146,13 @@ MATRIX: dict[str, set[str]] = {
         "acquire_rate",
         "report_rate",
     },
-    "parecer_reader": {"run_summary", "insights", "insight_sessions", "exchange_rate", "spend_projection"}
+    "parecer_reader": {
+        "run_summary",
+        "insights",
+        "insight_sessions",
+        "exchange_rate",
+        "spend_projection",
+    }
     | READER_VIEWS,
     "parecer_test_nobody": set(),
 }

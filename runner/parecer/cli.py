@@ -1585,7 +1585,9 @@ def spend_cmd(
     assert rate is not None and cur is not None
     factor = float(rate["r"])
     if as_json:
-        emit_json([{**r, "currency": cur["c"], "cost": float(r["cost_usd"]) * factor} for r in rows])
+        emit_json(
+            [{**r, "currency": cur["c"], "cost": float(r["cost_usd"]) * factor} for r in rows]
+        )
         return
     period = "month" if monthly else "day"
     shown = [

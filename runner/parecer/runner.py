@@ -552,6 +552,7 @@ class Runner:
                                     k: alert.get(k)
                                     for k in (
                                         "client",
+                                        "scope",
                                         "period",
                                         "threshold",
                                         "spent_usd",

@@ -32,6 +32,12 @@
     priority integer NOT NULL DEFAULT 1,
     updated_at timestamp with time zone NOT NULL DEFAULT now()
 
+-- table: _global_budget
+    singleton boolean NOT NULL DEFAULT true,
+    daily_budget_usd numeric,
+    monthly_budget_usd numeric,
+    updated_at timestamp with time zone NOT NULL DEFAULT now()
+
 -- table: _model_prices
     model text NOT NULL,
     input_usd_per_mtok numeric NOT NULL,
@@ -54,7 +60,10 @@
     observed_remaining_requests integer,
     observed_remaining_tokens integer,
     observed_at timestamp with time zone,
-    updated_at timestamp with time zone NOT NULL DEFAULT now()
+    updated_at timestamp with time zone NOT NULL DEFAULT now(),
+    rpd integer,
+    day date,
+    day_requests integer NOT NULL DEFAULT 0
 
 -- table: _settings
     name text NOT NULL,
@@ -242,6 +251,18 @@ PRIMARY KEY (client_id)
 -- constraint: parecer._client_policy._client_policy_priority_check
 CHECK (((priority >= 1) AND (priority <= 100)))
 
+-- constraint: parecer._global_budget._global_budget_daily_budget_usd_check
+CHECK ((daily_budget_usd >= (0)::numeric))
+
+-- constraint: parecer._global_budget._global_budget_monthly_budget_usd_check
+CHECK ((monthly_budget_usd >= (0)::numeric))
+
+-- constraint: parecer._global_budget._global_budget_pkey
+PRIMARY KEY (singleton)
+
+-- constraint: parecer._global_budget._global_budget_singleton_check
+CHECK (singleton)
+
 -- constraint: parecer._model_prices._model_prices_cached_input_usd_per_mtok_check
 CHECK ((cached_input_usd_per_mtok >= (0)::numeric))
 
@@ -256,6 +277,9 @@ PRIMARY KEY (model)
 
 -- constraint: parecer._rate_limits._rate_limits_pkey
 PRIMARY KEY (limit_key)
+
+-- constraint: parecer._rate_limits._rate_limits_rpd_check
+CHECK ((rpd >= 1))
 
 -- constraint: parecer._settings._settings_kind_check
 CHECK ((kind = ANY (ARRAY['interval'::text, 'interval[]'::text, 'integer'::text, 'numeric'::text, 'text'::text])))
@@ -310,6 +334,9 @@ CREATE UNIQUE INDEX _budget_alerts_pkey ON parecer._budget_alerts USING btree (c
 
 -- index: parecer._client_policy_pkey
 CREATE UNIQUE INDEX _client_policy_pkey ON parecer._client_policy USING btree (client_id)
+
+-- index: parecer._global_budget_pkey
+CREATE UNIQUE INDEX _global_budget_pkey ON parecer._global_budget USING btree (singleton)
 
 -- index: parecer._model_prices_pkey
 CREATE UNIQUE INDEX _model_prices_pkey ON parecer._model_prices USING btree (model)
@@ -375,10 +402,11 @@ CREATE UNIQUE INDEX scripts_pkey ON parecer.scripts USING btree (script_id)
         CASE
             WHEN p.daily_budget_usd IS NOT NULL AND sp.spent_today >= p.daily_budget_usd THEN format('daily budget reached: %s of %s USD'::text, round(sp.spent_today, 4), p.daily_budget_usd)
             WHEN p.monthly_budget_usd IS NOT NULL AND sp.spent_month >= p.monthly_budget_usd THEN format('monthly budget reached: %s of %s USD'::text, round(sp.spent_month, 4), p.monthly_budget_usd)
-            ELSE NULL::text
+            ELSE g.blocked_reason
         END AS blocked_reason
    FROM parecer._client_policy p
      CROSS JOIN cal
+     CROSS JOIN parecer._global_budget_state g
      CROSS JOIN LATERAL ( SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0::numeric) AS spent_today,
             COALESCE(sum(s.cost_usd), 0::numeric) AS spent_month
            FROM parecer._spend s
@@ -413,6 +441,33 @@ UNION ALL
     a.cost_usd
    FROM parecer.analyses a
   WHERE a.status = 'done'::text AND a.claims > 0;
+
+-- view: _global_budget_state
+ WITH cal AS (
+         SELECT (now() AT TIME ZONE (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
+                   FROM parecer._settings st
+                  WHERE st.name = 'budget_timezone'::text)))::date AS today
+        ), gb AS (
+         SELECT b.daily_budget_usd,
+            b.monthly_budget_usd
+           FROM ( SELECT) one
+             LEFT JOIN parecer._global_budget b ON true
+        )
+ SELECT gb.daily_budget_usd,
+    gb.monthly_budget_usd,
+    COALESCE(sp.spent_today, 0::numeric) AS spent_today,
+    COALESCE(sp.spent_month, 0::numeric) AS spent_month,
+        CASE
+            WHEN gb.daily_budget_usd IS NOT NULL AND sp.spent_today >= gb.daily_budget_usd THEN format('installation daily budget reached: %s of %s USD'::text, round(sp.spent_today, 4), gb.daily_budget_usd)
+            WHEN gb.monthly_budget_usd IS NOT NULL AND sp.spent_month >= gb.monthly_budget_usd THEN format('installation monthly budget reached: %s of %s USD'::text, round(sp.spent_month, 4), gb.monthly_budget_usd)
+            ELSE NULL::text
+        END AS blocked_reason
+   FROM gb
+     CROSS JOIN cal
+     LEFT JOIN LATERAL ( SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0::numeric) AS spent_today,
+            COALESCE(sum(s.cost_usd), 0::numeric) AS spent_month
+           FROM parecer._spend s
+          WHERE (gb.daily_budget_usd IS NOT NULL OR gb.monthly_budget_usd IS NOT NULL) AND s.day >= date_trunc('month'::text, cal.today::timestamp with time zone)::date AND s.day <= cal.today) sp ON true;
 
 -- view: attempts
  SELECT t.analysis_id,
@@ -480,6 +535,14 @@ UNION ALL
           GROUP BY qs.client_slug) q ON q.client_slug = b.client_slug
   ORDER BY b.client_slug;
 
+-- view: global_budget
+ SELECT daily_budget_usd,
+    spent_today AS spent_today_usd,
+    monthly_budget_usd,
+    spent_month AS spent_month_usd,
+    blocked_reason
+   FROM parecer._global_budget_state g;
+
 -- view: metrics
  WITH q AS (
          SELECT count(*) FILTER (WHERE a.status = 'pending'::text AND a.retry_count = 0) AS pending,
@@ -545,7 +608,7 @@ UNION ALL
     COALESCE(tpm, ( SELECT COALESCE(st.value, st.default_value)::integer AS "coalesce"
            FROM parecer._settings st
           WHERE st.name = 'default_tpm'::text)) AS tpm,
-    rpm IS NULL AND tpm IS NULL AS is_default,
+    rpm IS NULL AND tpm IS NULL AND rpd IS NULL AS is_default,
         CASE
             WHEN paused_until > clock_timestamp() THEN paused_until
             ELSE NULL::timestamp with time zone
@@ -559,7 +622,16 @@ UNION ALL
     observed_remaining_requests,
     observed_remaining_tokens,
     observed_at,
-    updated_at
+    updated_at,
+    COALESCE(rpd, ( SELECT COALESCE(st.value, st.default_value)::integer AS "coalesce"
+           FROM parecer._settings st
+          WHERE st.name = 'default_rpd'::text)) AS rpd,
+        CASE
+            WHEN day = (clock_timestamp() AT TIME ZONE (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
+               FROM parecer._settings st
+              WHERE st.name = 'budget_timezone'::text)))::date THEN day_requests
+            ELSE 0
+        END AS requests_today
    FROM parecer._rate_limits r
   ORDER BY limit_key;
 
@@ -675,7 +747,7 @@ UNION ALL
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 8011365018bc7ef9eae1de58033a1c26
+body md5 1e184ac0f582c32fe81b55afeb999be2
 
 -- function: parecer._backoff(integer)
 ARGUMENTS p_failures integer
@@ -761,6 +833,18 @@ ARGUMENTS p text
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 body md5 2595aad0806c41435ebdf9ca2241e0d0
+
+-- function: parecer._global_blocked_reason()
+ARGUMENTS 
+RETURNS text
+LANGUAGE plpgsql STABLE
+body md5 00e9984b6aea5450f24f51c495500a90
+
+-- function: parecer._global_budget_alerts_check(date)
+ARGUMENTS p_day date
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+body md5 7a41b872ffea262bd9fe3428b6a52ac2
 
 -- function: parecer._grounding(jsonb,text)
 ARGUMENTS p_report jsonb, p_session_id text
@@ -885,6 +969,12 @@ RETURNS TABLE(analysis_id uuid)
 LANGUAGE sql STABLE
 body md5 6051b7958ed7c4e73def095c814034bd
 
+-- function: parecer._rate_day_take(parecer._rate_limits,timestamp with time zone,boolean)
+ARGUMENTS p_row parecer._rate_limits, p_now timestamp with time zone, p_grant boolean
+RETURNS double precision
+LANGUAGE plpgsql VOLATILE
+body md5 59fe3496e623432eb31328efbf4909be
+
 -- function: parecer._register_clients()
 ARGUMENTS 
 RETURNS trigger
@@ -974,7 +1064,7 @@ ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 0cb7fae130c51b9b049856f4bfbf06ff
+body md5 aaa3da9d466fc3cefc5bb9e8d345ccd3
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -996,7 +1086,7 @@ RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 e992beab9f8e235a02100c14e831cbae
+body md5 cbc25ebde4872145966ac0b9c9de9d2b
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false
@@ -1032,6 +1122,13 @@ RETURNS numeric
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 3b5113d98e046f8e766d94e60d56010b
+
+-- function: parecer.exchange_rate(text)
+ARGUMENTS currency text DEFAULT NULL::text
+RETURNS numeric
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 adb2bfc44db7458213630413fea6a7ad
 
 -- function: parecer.extend_lease(uuid,uuid,integer)
 ARGUMENTS analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL::integer
@@ -1160,6 +1257,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 cebc7ac2fc421d0861ef5af3a835876f
 
+-- function: parecer.set_global_budget(numeric,numeric)
+ARGUMENTS daily_usd numeric DEFAULT NULL::numeric, monthly_usd numeric DEFAULT NULL::numeric
+RETURNS SETOF parecer.global_budget
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 7167a5996cec6996ef54c3c46e51a90a
+
 -- function: parecer.set_model_price(text,numeric,numeric,numeric,text,date)
 ARGUMENTS model text, input_usd_per_mtok numeric, cached_input_usd_per_mtok numeric, output_usd_per_mtok numeric, source text DEFAULT 'set by operator'::text, taken_on date DEFAULT CURRENT_DATE
 RETURNS SETOF parecer.model_prices
@@ -1167,12 +1271,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 1bda9c31baea274dbda1c9b01ec824d4
 
--- function: parecer.set_rate_limit(text,integer,integer)
-ARGUMENTS limit_key text, rpm integer DEFAULT NULL::integer, tpm integer DEFAULT NULL::integer
+-- function: parecer.set_rate_limit(text,integer,integer,integer)
+ARGUMENTS limit_key text, rpm integer DEFAULT NULL::integer, tpm integer DEFAULT NULL::integer, rpd integer DEFAULT NULL::integer
 RETURNS SETOF parecer.rate_limits
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 c8828697a980fe1c168500b656efb7f1
+body md5 32cdacf56e994085aa6b730c2a8f0285
 
 -- function: parecer.set_run_backlog(bigint,boolean)
 ARGUMENTS run_id bigint, backlog boolean DEFAULT true
@@ -1186,7 +1290,14 @@ ARGUMENTS name text, value text
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 cd8196aaee667704ce22a924687eb6fb
+body md5 062d6de4e84e695359c25bccf840ddf3
+
+-- function: parecer.spend_projection(text)
+ARGUMENTS currency text DEFAULT NULL::text
+RETURNS TABLE(client_slug text, month date, days_elapsed numeric, days_in_month integer, spent_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric, currency_code text, spent_today numeric, spent_month numeric, projected_month numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 3d389948494b2157ce12724ef4d3eae4
 
 -- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false
@@ -1216,6 +1327,12 @@ postgres=arwdDxt/postgres
 -- acl: _finished_attempts
 postgres=arwdDxt/postgres
 
+-- acl: _global_budget
+postgres=arwdDxt/postgres
+
+-- acl: _global_budget_state
+postgres=arwdDxt/postgres
+
 -- acl: _model_prices
 postgres=arwdDxt/postgres
 
@@ -1238,6 +1355,9 @@ parecer_reader=r/postgres postgres=arwdDxt/postgres
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
 -- acl: client_status
+parecer_reader=r/postgres postgres=arwdDxt/postgres
+
+-- acl: global_budget
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
 -- acl: metrics
@@ -1289,6 +1409,12 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._fold(text)
+postgres=X/postgres
+
+-- acl: parecer._global_blocked_reason()
+postgres=X/postgres
+
+-- acl: parecer._global_budget_alerts_check(date)
 postgres=X/postgres
 
 -- acl: parecer._grounding(jsonb,text)
@@ -1349,6 +1475,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
+postgres=X/postgres
+
+-- acl: parecer._rate_day_take(parecer._rate_limits,timestamp with time
 postgres=X/postgres
 
 -- acl: parecer._register_clients()
@@ -1420,6 +1549,9 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.estimate_cost(bigint,integer)
 parecer_admin=X/postgres postgres=X/postgres
 
+-- acl: parecer.exchange_rate(text)
+parecer_reader=X/postgres postgres=X/postgres
+
 -- acl: parecer.extend_lease(uuid,uuid,integer)
 parecer_runner=X/postgres postgres=X/postgres
 
@@ -1474,10 +1606,13 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.set_client_priority(text,integer)
 parecer_admin=X/postgres postgres=X/postgres
 
+-- acl: parecer.set_global_budget(numeric,numeric)
+parecer_admin=X/postgres postgres=X/postgres
+
 -- acl: parecer.set_model_price(text,numeric,numeric,numeric,text,date)
 parecer_admin=X/postgres postgres=X/postgres
 
--- acl: parecer.set_rate_limit(text,integer,integer)
+-- acl: parecer.set_rate_limit(text,integer,integer,integer)
 parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.set_run_backlog(bigint,boolean)
@@ -1485,6 +1620,9 @@ parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.set_setting(text,text)
 parecer_admin=X/postgres postgres=X/postgres
+
+-- acl: parecer.spend_projection(text)
+parecer_reader=X/postgres postgres=X/postgres
 
 -- acl: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,
 parecer_admin=X/postgres postgres=X/postgres
@@ -1534,6 +1672,12 @@ Messages the session had when the item was marked done (fingerprint; see parecer
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
+-- comment: column day of table parecer._rate_limits
+Budget-time-zone day day_requests counts.
+
+-- comment: column day_requests of table parecer._rate_limits
+Requests granted on day.
+
 -- comment: column grounding of table parecer.analyses
 Per evidence item of the report: path, message_id, role (customer/agent) and match (exact, normalised, fragments), as mark_done grounded it.
 
@@ -1543,11 +1687,14 @@ Messages the size policy left out of the prompt of the stored report (0: the who
 -- comment: column releases of table parecer.analyses
 Times the item was given back without spending an attempt (parecer.release); reset by enqueue(force_reprocess) and retry_failed.
 
+-- comment: column rpd of table parecer._rate_limits
+Requests per day of the key (NULL: setting default_rpd; 0 there: no daily limit).
+
 -- comment: column usage of table parecer.analyses
 Token usage of the attempt that finished the item (done), as mark_done received it.
 
 -- comment: function parecer.acquire_rate(text,integer)
-Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key's tokens per minute (the request can never be granted).
+Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). Errors: PR010, PR016 tokens above the key's tokens per minute (the request can never be granted).
 
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
@@ -1572,6 +1719,9 @@ Queue sessions for a script version and analysis tag: new items are inserted pen
 
 -- comment: function parecer.estimate_cost(bigint,integer)
 Estimated cost in USD of analysing `sessions` sessions with a script: the average cost per done analysis (all attempts included) of the script, else of its client; NULL without history.
+
+-- comment: function parecer.exchange_rate(text)
+Units of currency per US dollar (default: the display_currency setting): 1 for USD, the usd_exchange_rate setting for display_currency. parecer keeps every price, cost and budget in USD; this converts for display only. Errors: PR030 no rate for that currency.
 
 -- comment: function parecer.extend_lease(uuid,uuid,integer)
 Heartbeat: extend the lease of an item you hold to now() + lease_seconds; returns the new expiry. Errors: PR006 stale lease, PR010, PR011.
@@ -1627,17 +1777,23 @@ Set a client's daily and monthly budget in USD (NULL: no limit). A client at or 
 -- comment: function parecer.set_client_priority(text,integer)
 Set a client's weight in claim's round-robin (1..100, default 1): with weights 2 and 1, two items of the first per item of the second. Errors: PR001, PR010.
 
+-- comment: function parecer.set_global_budget(numeric,numeric)
+Set the installation's daily and monthly budget in USD, all clients together (NULL: no limit). At or over it, claim hands out no work to anyone (fail-closed) until the period turns; per-client budgets still apply beside it; alerts at 80% and 100% (NOTIFY parecer_budget, "scope": "installation"). Errors: PR010.
+
 -- comment: function parecer.set_model_price(text,numeric,numeric,numeric,text,date)
 Add or change a model's price (USD per million input, cached input and output tokens). Errors: PR010.
 
--- comment: function parecer.set_rate_limit(text,integer,integer)
-Configure requests and tokens per minute for a provider key label + model (NULL: the default_rpm / default_tpm settings). Errors: PR010.
+-- comment: function parecer.set_rate_limit(text,integer,integer,integer)
+Configure requests and tokens per minute and requests per day (budget_timezone day) for a provider key label + model (NULL: the default_rpm / default_tpm / default_rpd settings). Errors: PR010.
 
 -- comment: function parecer.set_run_backlog(bigint,boolean)
 Mark a run's waiting items as backlog (claimed only when no fresh work is claimable, oldest session first: seed 003's nightly processor) or, with false, back to fresh. Returns how many items changed. Errors: PR012.
 
 -- comment: function parecer.set_setting(text,text)
 Change a setting; NULL restores the default. Errors: PR009 unknown setting or invalid value.
+
+-- comment: function parecer.spend_projection(text)
+This budget month's spend extrapolated linearly to the whole month: month-to-date / days elapsed (today counted by its elapsed fraction, budget_timezone calendar) * days in the month; one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.
 
 -- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
 Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions.
@@ -1660,6 +1816,9 @@ Per client: priority, daily and monthly budget, spend so far (budget_timezone ca
 -- comment: view parecer.client_status
 Per client: queue counts, spend today and this month against budgets, and why claim is holding its work back.
 
+-- comment: view parecer.global_budget
+The installation's daily and monthly budget (all clients together, USD), spend so far (budget_timezone calendar; summed only while a budget is set, else 0), and why claim hands out no work at all (blocked_reason).
+
 -- comment: view parecer.metrics
 Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.
 
@@ -1670,7 +1829,7 @@ Model prices in USD per million tokens (input, cached input, output), with where
 The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.
 
 -- comment: view parecer.rate_limits
-Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported.
+Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported, requests granted today (budget_timezone day).
 
 -- comment: view parecer.reports
 Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
