@@ -67,6 +67,7 @@ RELATIONS = [
     "source_sessions",
     "source_messages",
     "source_contact_tags",
+    "source_message_senders",
     "rate_limits",
     "model_prices",
     "budgets",

@@ -223,6 +223,10 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
                 and p["input"].count("\n") == 19
                 and "thread rotated" not in p["input"]
             )
+            # contract v2: "sendBy" tells the AI assistant from the human agents
+            assert "ATENDENTE (ASSISTENTE VIRTUAL): Vou verificar, mensagem 1\n" in p["input"]
+            assert "ATENDENTE: Vou verificar, mensagem 11\n" in p["input"]
+            assert "CLIENTE: Olá, minha internet caiu, mensagem 0\n" in p["input"]
             c.execute(
                 "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
                 (

@@ -27,6 +27,9 @@
 --   are left out (the customer never saw the one, the host withdrew the other), and
 --   so are role = 'system' messages; from_me is true for agents, supervisors and
 --   the AI assistant ("sendBy", else role = 'assistant');
+-- * senders (contract v2, parecer.source_message_senders): "sendBy" client ->
+--   customer, ai -> bot, agent, supervisor; without "sendBy", role user ->
+--   customer; so the prompt tells the AI assistant from the human agents;
 -- * varchar ids are cast to text: a relabel, so the host's plain btree indexes
 --   on them keep working;
 -- * Drizzle's timestamp is WITHOUT time zone holding UTC (AT TIME ZONE 'UTC');
@@ -114,6 +117,25 @@ BEGIN
         v_cols ->> 'messages.audioBase64', v_cols ->> 'messages.imageBase64', v_cols ->> 'messages.pdfBase64',
         v_cols ->> 'messages.videoUrl', v_cols ->> 'messages.content', v_cols ->> 'messages.deletedAt',
         v_cols ->> 'messages.isPrivate');
+
+    -- contract v2: who sent each message, from "sendBy" (client, ai, agent,
+    -- supervisor), else role (user: the customer; system); over the same rows
+    -- as source_messages, so notes and system messages stay out as above.
+    EXECUTE pg_catalog.format($v$
+        CREATE OR REPLACE VIEW parecer.source_message_senders AS
+        SELECT %1$s::text AS message_id,
+               %2$s::text AS session_id,
+               CASE WHEN %6$s IS TRUE THEN 'note'
+                    ELSE CASE %3$s WHEN 'client' THEN 'customer' WHEN 'ai' THEN 'bot' WHEN 'agent' THEN 'agent'
+                                   WHEN 'supervisor' THEN 'supervisor'
+                                   ELSE CASE %4$s WHEN 'user' THEN 'customer' WHEN 'system' THEN 'system' END END
+               END AS sender
+        FROM public.messages m
+        WHERE %5$s IS NULL
+          AND %6$s IS NOT TRUE
+          AND %4$s IS DISTINCT FROM 'system' $v$,
+        v_cols ->> 'messages.id', v_cols ->> 'messages.conversationId', v_cols ->> 'messages.sendBy',
+        v_cols ->> 'messages.role', v_cols ->> 'messages.deletedAt', v_cols ->> 'messages.isPrivate');
 
     EXECUTE pg_catalog.format($v$
         CREATE OR REPLACE VIEW parecer.source_contact_tags AS

@@ -52,6 +52,26 @@ AS $$
     WHERE l.language = p_language
 $$;
 
+-- The transcript label of a message's sender (source_message_senders) in a script
+-- language; NULL for an unknown sender, which the caller labels by from_me.
+-- Company-side senders start with the agent label, so the instructions' "AGENT =
+-- sent by the company" still reads true; notes and system messages say what they are.
+CREATE OR REPLACE FUNCTION parecer._sender_label(p_language text, p_sender text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE p_sender
+               WHEN 'customer' THEN l.customer
+               WHEN 'agent' THEN l.agent
+               WHEN 'bot' THEN l.agent || ' (' || CASE p_language WHEN 'pt-BR' THEN 'ASSISTENTE VIRTUAL' WHEN 'es' THEN 'ASISTENTE VIRTUAL' ELSE 'BOT' END || ')'
+               WHEN 'supervisor' THEN l.agent || ' (SUPERVISOR)'
+               WHEN 'system' THEN CASE p_language WHEN 'en' THEN 'SYSTEM' ELSE 'SISTEMA' END
+               WHEN 'note' THEN CASE p_language WHEN 'pt-BR' THEN 'NOTA INTERNA (o cliente não vê)'
+                                                WHEN 'es' THEN 'NOTA INTERNA (el cliente no la ve)'
+                                                ELSE 'INTERNAL NOTE (not seen by the customer)' END
+           END
+    FROM parecer._labels(p_language) l
+$$;
+
 -- The report schema for a topic list: strict-mode JSON Schema, key order significant.
 CREATE OR REPLACE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
 LANGUAGE sql IMMUTABLE

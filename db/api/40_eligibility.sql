@@ -85,13 +85,16 @@ BEGIN
         'SELECT s.session_id, s.ended_at, count(*)::bigint, max(m.sent_at)
          FROM parecer.source_sessions s
          JOIN parecer.source_messages m ON m.session_id = s.session_id
+         LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = m.session_id
          WHERE s.client_id = $1
            AND s.ended_at <= now() - $7
            AND ($2::timestamptz IS NULL OR s.ended_at >= $2)
            AND ($3::timestamptz IS NULL OR s.ended_at < $3) '
         || v_tag_sql ||
         ' GROUP BY s.session_id, s.ended_at
-          HAVING count(*) >= $4 AND (NOT $6 OR bool_or(m.from_me))
+          HAVING count(*) >= $4 AND (NOT $6 OR bool_or(CASE WHEN sd.sender IN (''agent'', ''bot'', ''supervisor'') THEN true
+                                                        WHEN sd.sender IN (''customer'', ''system'', ''note'') THEN false
+                                                        ELSE m.from_me END))
              AND COALESCE(max(m.sent_at), ''-infinity'') <= now() - $7
           ORDER BY s.ended_at DESC, s.session_id'
     USING v_client.client_id, ended_after, ended_before, min_messages, v_filter.tags,

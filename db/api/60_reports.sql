@@ -39,7 +39,8 @@ END
 $fn$;
 
 -- A session's transcript as the model reads it, one element per message:
--- "[msg <id>] <UTC time> <ROLE>: <content>". An id with a space, a bracket, a
+-- "[msg <id>] <UTC time> <ROLE>: <content>", ROLE from the message's sender when
+-- the adapter gives one (_sender_label), else from from_me. An id with a space, a bracket, a
 -- quote or a control character is shown as a JSON string. (PL/pgSQL rather than
 -- SQL: its plan is cached for the session.)
 CREATE OR REPLACE FUNCTION parecer._transcript_lines(p_session_id text, p_language text) RETURNS text[]
@@ -51,7 +52,7 @@ BEGIN
                    '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
                                    ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
-                || CASE WHEN m.from_me THEN l.agent ELSE l.customer END || ': '
+                || COALESCE(parecer._sender_label(p_language, sd.sender), CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
                 || parecer._one_line(
                      CASE
                        WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
@@ -66,6 +67,7 @@ BEGIN
                  ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
         FROM parecer.source_messages m
         CROSS JOIN parecer._labels(p_language) l
+        LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = p_session_id  -- contract v2 (0009)
         WHERE m.session_id = p_session_id
     );
 END

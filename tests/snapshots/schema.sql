@@ -1011,6 +1011,12 @@ RETURNS parecer.script_info
 LANGUAGE sql STABLE
 body md5 a164c901df52f6893d3cfdc88613ae10
 
+-- function: parecer._sender_label(text,text)
+ARGUMENTS p_language text, p_sender text
+RETURNS text
+LANGUAGE sql IMMUTABLE
+body md5 05e6c43b82a6571c842e6f77880477a6
+
 -- function: parecer._sentiments()
 ARGUMENTS 
 RETURNS text[]
@@ -1051,7 +1057,7 @@ body md5 0bb6098a629a5c868e8342b1dd521ca8
 ARGUMENTS p_session_id text, p_language text
 RETURNS text[]
 LANGUAGE plpgsql STABLE
-body md5 d4edc4d92dbc63f06b7e8f573b801a76
+body md5 9e80a57eba1236efe968e43d5cbbe106
 
 -- function: parecer._usage_ok(jsonb)
 ARGUMENTS p_usage jsonb
@@ -1107,7 +1113,7 @@ ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DE
 RETURNS TABLE(session_id text, ended_at timestamp with time zone, message_count bigint, last_message_at timestamp with time zone)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8aba56751b47354d0deca0ec37fb122b
+body md5 1df5f008d360e7547c0bd0ba397813ae
 
 -- function: parecer.enqueue(text[],bigint,text,boolean,bigint)
 ARGUMENTS session_ids text[], script_id bigint, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, run_id bigint DEFAULT NULL::bigint
@@ -1496,6 +1502,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._script_info(parecer.scripts)
+postgres=X/postgres
+
+-- acl: parecer._sender_label(text,text)
 postgres=X/postgres
 
 -- acl: parecer._sentiments()
