@@ -105,6 +105,21 @@ def test_every_error_code_is_documented() -> None:
 X = str(uuid.uuid4())
 ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
     ("SELECT parecer.exchange_rate('BRL')", (), errors.NO_EXCHANGE_RATE),
+    (
+        "SELECT * FROM parecer.eligible_sessions('acme', metadata_filter => '{\"a\": [1]}')",
+        (),
+        errors.BAD_METADATA_FILTER,
+    ),
+    (
+        "SELECT * FROM parecer.start_run('acme', 'qa', metadata_filter => '[]')",
+        (),
+        errors.BAD_METADATA_FILTER,
+    ),
+    (
+        "SELECT * FROM parecer.create_script_version('acme', 'k3', 't', metadata_keys => '{\"a b\"}')",
+        (),
+        errors.INVALID_SCRIPT,
+    ),
     ("SELECT * FROM parecer.spend_projection('EUR')", (), errors.NO_EXCHANGE_RATE),
     ("SELECT * FROM parecer.set_global_budget(-1)", (), errors.INVALID_ARGUMENT),
     ("SELECT * FROM parecer.set_rate_limit('k:m', rpd => 0)", (), errors.INVALID_ARGUMENT),

@@ -3,12 +3,15 @@ adapters that only know from_me unchanged."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
 import psycopg
+import pytest
 
-from parecer import db
+from parecer import db, errors
 
 from .factories import make_script, make_session
 from .helpers import one
@@ -149,3 +152,88 @@ def test_agent_reply_rule_counts_agents_and_bots_not_notes(conn: psycopg.Connect
     assert eligible() == [bot.session_id]
     _senders(conn, EMPTY)
     assert eligible() == sorted([notes_only.session_id, bot.session_id])
+
+
+def _metadata(conn: psycopg.Connection[Any], rows: list[tuple[str, dict[str, Any]]]) -> None:
+    conn.execute("CREATE TABLE public.test_metadata (session_id text, metadata jsonb)")
+    conn.cursor().executemany(
+        "INSERT INTO public.test_metadata VALUES (%s, %s)",
+        [(sid, json.dumps(md)) for sid, md in rows],
+    )
+    conn.execute(
+        "CREATE OR REPLACE VIEW parecer.source_session_metadata AS"
+        " SELECT session_id, metadata FROM public.test_metadata"
+    )
+
+
+def test_metadata_keys_of_a_script_version_are_shown_above_the_transcript(
+    conn: psycopg.Connection[Any],
+) -> None:
+    s, aid = _queued(conn)
+    plain = _prompt(conn, aid)
+    _metadata(
+        conn,
+        [(s.session_id, {"department": "vendas", "urgency": "alta\nmesmo", "nps": 9, "x": "y"})],
+    )
+    assert _prompt(conn, aid) == plain  # the version names no keys: unchanged
+    v2 = one(
+        conn,
+        "SELECT * FROM parecer.create_script_version('acme', 'qa', 'Avalie.', activate => true,"
+        " metadata_keys => '{nps,department,urgency,missing}')",
+    )
+    assert v2["metadata_keys"] == ["nps", "department", "urgency", "missing"]
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s, 'v2')", ([s.session_id], v2["script_id"]))
+    aid2 = one(
+        conn, "SELECT analysis_id FROM parecer.analyses WHERE script_id = %s", (v2["script_id"],)
+    )["analysis_id"]
+    p = _prompt(conn, aid2)
+    first, rest = p["input"].split("\n", 1)
+    assert first == "[dados da sessão] nps: 9; department: vendas; urgency: alta \u21b5 mesmo"
+    assert rest.startswith(f"[msg {s.message_ids[0]}] ")
+    assert (
+        p["prompt_hash"]
+        == hashlib.sha256((p["instructions"] + "\n\n" + p["input"]).encode()).hexdigest()
+    )
+
+
+def test_runs_filter_on_metadata(conn: psycopg.Connection[Any]) -> None:
+    make_script(conn)
+    sales, support, none = (make_session(conn) for _ in range(3))
+    _metadata(
+        conn,
+        [
+            (sales.session_id, {"department": "vendas", "urgent": True}),
+            (support.session_id, {"department": "suporte", "urgent": True}),
+        ],
+    )
+
+    def eligible(f: dict[str, Any] | None) -> list[str]:
+        return sorted(
+            r["session_id"]
+            for r in conn.execute(
+                "SELECT session_id FROM parecer.eligible_sessions('acme', metadata_filter => %s)",
+                (None if f is None else json.dumps(f),),
+            )
+        )
+
+    everyone = sorted([sales.session_id, support.session_id, none.session_id])
+    assert eligible(None) == everyone
+    assert eligible({"department": "vendas"}) == [sales.session_id]
+    assert eligible({"urgent": True}) == sorted([sales.session_id, support.session_id])
+    assert eligible({"department": "vendas", "urgent": False}) == []
+    r = one(
+        conn,
+        "SELECT * FROM parecer.start_run('acme', 'qa', metadata_filter => '{\"department\": \"suporte\"}')",
+    )
+    assert r["enqueued"] == 1
+    assert one(conn, "SELECT params FROM parecer.runs WHERE run_id = %s", (r["run_id"],))["params"][
+        "metadata_filter"
+    ] == {"department": "suporte"}
+    for bad in ('{"department": ["vendas"]}', "{}", '"vendas"', '{"a": {"b": 1}}'):
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute(
+                "SELECT * FROM parecer.eligible_sessions('acme', metadata_filter => %s)", (bad,)
+            )
+        assert errors.sqlstate(e.value) == errors.BAD_METADATA_FILTER, bad
+        assert e.value.diag.message_hint
+        conn.rollback()

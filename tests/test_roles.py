@@ -68,6 +68,7 @@ RELATIONS = [
     "source_messages",
     "source_contact_tags",
     "source_message_senders",
+    "source_session_metadata",
     "rate_limits",
     "model_prices",
     "budgets",

@@ -193,6 +193,28 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
         # tags from contacts.tags text[]; a NULL array and an @lid chat (no contact) have none
         assert tagged({"mode": "any_of", "tags": ["vip"]}) == ["c-auto"]
         assert tagged({"mode": "none"}) == ["c-lid", "c-resolved"]
+        # contract v2: the conversation's facts as session metadata, and a run filtering on them
+        md = c.execute(
+            "SELECT metadata FROM parecer.source_session_metadata WHERE session_id = 'c-resolved'"
+        ).fetchone()
+        assert md == {
+            "metadata": {
+                "department": "general",
+                "assistant_type": "suporte",
+                "urgency": "normal",
+                "transferred_to_human": False,
+                "source": "inbound",
+            }
+        }
+        c.execute(
+            f"UPDATE public.conversations SET urgency = 'urgent', \"{col('transferredToHuman')}\" = true"
+            " WHERE id = 'c-auto'"
+        )
+        urgent = c.execute(
+            "SELECT session_id FROM parecer.eligible_sessions('lia', tag_filter => '{\"mode\":\"ignore\"}',"
+            ' metadata_filter => \'{"urgency": "urgent", "transferred_to_human": true}\')'
+        ).fetchall()
+        assert urgent == [{"session_id": "c-auto"}]
         t = c.execute("SELECT * FROM parecer.session_transcript('c-resolved')").fetchall()
         assert [r["from_me"] for r in t[:4]] == [False, True, False, True]
         checks = {r["check_name"]: r for r in c.execute("SELECT * FROM parecer.check_adapter()")}

@@ -30,6 +30,9 @@
 -- * senders (contract v2, parecer.source_message_senders): "sendBy" client ->
 --   customer, ai -> bot, agent, supervisor; without "sendBy", role user ->
 --   customer; so the prompt tells the AI assistant from the human agents;
+-- * session metadata (contract v2, parecer.source_session_metadata): department,
+--   assistant_type, urgency, transferred_to_human and source of the conversation
+--   (those the host has), for scripts' metadata_keys and runs' metadata_filter;
 -- * varchar ids are cast to text: a relabel, so the host's plain btree indexes
 --   on them keep working;
 -- * Drizzle's timestamp is WITHOUT time zone holding UTC (AT TIME ZONE 'UTC');
@@ -46,6 +49,9 @@ BEGIN
         VALUES ('conversations', 'id'), ('conversations', 'chatId'), ('conversations', 'status'),
                ('conversations', 'resolvedAt'), ('conversations', 'autoClosed'), ('conversations', 'autoClosedAt'),
                ('conversations', 'lastMessageTime'),
+               -- optional: session metadata (contract v2), left out when missing
+               ('conversations', 'department'), ('conversations', 'assistantType'), ('conversations', 'urgency'),
+               ('conversations', 'transferredToHuman'), ('conversations', 'conversationSource'),
                ('messages', 'id'), ('messages', 'conversationId'), ('messages', 'role'), ('messages', 'sendBy'),
                ('messages', 'content'), ('messages', 'timestamp'), ('messages', 'isPrivate'), ('messages', 'deletedAt'),
                ('messages', 'audioUrl'), ('messages', 'audioBase64'), ('messages', 'imageBase64'),
@@ -69,7 +75,9 @@ BEGIN
                                      THEN pg_catalog.format('(%s.%I AT TIME ZONE ''UTC'')', left(f.tbl, 1), f.col)
                                  WHEN f.tz THEN pg_catalog.format('%s.%I::timestamptz', left(f.tbl, 1), f.col)
                                  ELSE pg_catalog.format('%s.%I', left(f.tbl, 1), f.col) END),
-           string_agg(f.tbl || '.' || f.camel, ', ') FILTER (WHERE f.col IS NULL)
+           string_agg(f.tbl || '.' || f.camel, ', ')
+               FILTER (WHERE f.col IS NULL AND f.camel NOT IN ('department', 'assistantType', 'urgency',
+                                                                'transferredToHuman', 'conversationSource'))
       INTO v_cols, v_missing
       FROM found f;
     IF v_missing IS NOT NULL THEN
@@ -136,6 +144,20 @@ BEGIN
           AND %4$s IS DISTINCT FROM 'system' $v$,
         v_cols ->> 'messages.id', v_cols ->> 'messages.conversationId', v_cols ->> 'messages.sendBy',
         v_cols ->> 'messages.role', v_cols ->> 'messages.deletedAt', v_cols ->> 'messages.isPrivate');
+
+    -- contract v2: the conversation's department, assistant type, urgency,
+    -- hand-off to a human and source as session metadata (keys the host lacks are left out)
+    EXECUTE pg_catalog.format($v$
+        CREATE OR REPLACE VIEW parecer.source_session_metadata AS
+        SELECT %1$s::text AS session_id,
+               jsonb_strip_nulls(jsonb_build_object('department', %2$s, 'assistant_type', %3$s, 'urgency', %4$s,
+                                                    'transferred_to_human', %5$s, 'source', %6$s)) AS metadata
+        FROM public.conversations c $v$,
+        v_cols ->> 'conversations.id', COALESCE(v_cols ->> 'conversations.department', 'NULL::text'),
+        COALESCE(v_cols ->> 'conversations.assistantType', 'NULL::text'),
+        COALESCE(v_cols ->> 'conversations.urgency', 'NULL::text'),
+        COALESCE(v_cols ->> 'conversations.transferredToHuman', 'NULL::boolean'),
+        COALESCE(v_cols ->> 'conversations.conversationSource', 'NULL::text'));
 
     EXECUTE pg_catalog.format($v$
         CREATE OR REPLACE VIEW parecer.source_contact_tags AS

@@ -72,6 +72,29 @@ AS $$
     FROM parecer._labels(p_language) l
 $$;
 
+-- The session facts a script version shows the model (its metadata_keys, in that
+-- order, from parecer.source_session_metadata), as one line ending in a line feed
+-- above the transcript: "[dados da sessão] department: vendas; urgency: alta".
+-- Empty when the version names no keys or the session has none of them, so
+-- prompts without metadata are unchanged. Values on one line, 200 characters each.
+CREATE OR REPLACE FUNCTION parecer._metadata_line(p_session_id text, p_keys text[], p_language text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF cardinality(p_keys) IS DISTINCT FROM 0 AND p_keys IS NOT NULL THEN
+        RETURN COALESCE((
+            SELECT CASE p_language WHEN 'en' THEN '[session data] ' WHEN 'es' THEN '[datos de la sesión] '
+                                   ELSE '[dados da sessão] ' END
+                   || string_agg(k || ': ' || parecer._one_line(left(md.metadata ->> k, 200)), '; ' ORDER BY o) || E'\n'
+            FROM parecer.source_session_metadata md
+            CROSS JOIN unnest(p_keys) WITH ORDINALITY u(k, o)
+            WHERE md.session_id = p_session_id AND jsonb_typeof(md.metadata) = 'object'
+              AND NULLIF(md.metadata ->> k, '') IS NOT NULL), '');
+    END IF;
+    RETURN '';
+END
+$$;
+
 -- The report schema for a topic list: strict-mode JSON Schema, key order significant.
 CREATE OR REPLACE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
 LANGUAGE sql IMMUTABLE
@@ -234,7 +257,7 @@ CREATE OR REPLACE FUNCTION parecer._script_info(s parecer.scripts) RETURNS parec
 LANGUAGE sql STABLE
 AS $$
     SELECT ROW(s.script_id, s.client_slug, s.script_key, s.version, s.is_active, s.language, s.model,
-               s.topics, s.created_at, s.created_by, s.script_text)::parecer.script_info
+               s.topics, s.created_at, s.created_by, s.script_text, s.metadata_keys)::parecer.script_info
 $$;
 
 -- Create the next version of a client's script (optionally activating it).
@@ -245,7 +268,8 @@ CREATE OR REPLACE FUNCTION parecer.create_script_version(
     topics        text[] DEFAULT '{}',
     language      text DEFAULT 'pt-BR',
     model         text DEFAULT NULL,
-    activate      boolean DEFAULT false
+    activate      boolean DEFAULT false,
+    metadata_keys text[] DEFAULT '{}'
 ) RETURNS parecer.script_info
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -290,6 +314,15 @@ BEGIN
             USING ERRCODE = 'PR013', HINT = 'A model name such as gpt-4.1-mini, or NULL to use the runner''s default.';
     END IF;
 
+    IF cardinality(metadata_keys) > 20 OR array_ndims(metadata_keys) > 1
+       OR array_position(metadata_keys, NULL) IS NOT NULL
+       OR EXISTS (SELECT FROM unnest(metadata_keys) k WHERE k !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$')
+       OR (SELECT count(DISTINCT k) FROM unnest(metadata_keys) k) <> cardinality(metadata_keys) THEN
+        RAISE EXCEPTION 'invalid metadata_keys'
+            USING ERRCODE = 'PR013',
+                  HINT = 'metadata_keys: at most 20 distinct keys of parecer.source_session_metadata (letters, digits, "_", "." or "-", up to 64), e.g. ''{department,urgency}''.';
+    END IF;
+
     -- Serialise version numbering per (client, key).
     PERFORM pg_advisory_xact_lock(hashtextextended('parecer.scripts:' || v_client.client_id || ':' || script_key, 0));
     SELECT COALESCE(max(s.version), 0) + 1 INTO v_version
@@ -302,21 +335,21 @@ BEGIN
     END IF;
 
     INSERT INTO parecer.scripts (client_id, client_slug, script_key, version, script_text, topics, language,
-                                 model, instructions, report_schema, is_active, activated_at)
+                                 model, instructions, report_schema, is_active, activated_at, metadata_keys)
     VALUES (v_client.client_id, v_client.client_slug, create_script_version.script_key, v_version,
             create_script_version.script_text, v_topics, create_script_version.language,
             create_script_version.model,
             parecer._instructions(v_client.client_slug, create_script_version.script_key, v_version,
                                   create_script_version.script_text, v_topics, create_script_version.language),
             parecer._report_schema(v_topics), COALESCE(activate, false),
-            CASE WHEN activate THEN now() END)
+            CASE WHEN activate THEN now() END, COALESCE(create_script_version.metadata_keys, '{}'))
     RETURNING * INTO v_row;
 
     RETURN parecer._script_info(v_row);
 END
 $$;
-COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text, text, boolean) IS
-'Create the next version (max + 1) of a client''s analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).';
+COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text, text, boolean, text[]) IS
+'Create the next version (max + 1) of a client''s analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).';
 
 -- List a client's scripts.
 CREATE OR REPLACE FUNCTION parecer.list_scripts(client_slug text, script_key text DEFAULT NULL, active_only boolean DEFAULT false)

@@ -200,6 +200,7 @@ BEGIN
             USING ERRCODE = 'PR016',
                   HINT = 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.';
     END IF;
+    v_input := parecer._metadata_line(v_a.session_id, v_s.metadata_keys, v_s.language) || v_input;  -- contract v2 (30_scripts.sql)
     RETURN QUERY SELECT v_s.instructions, v_input, v_s.report_schema,
         encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex'),
         v_s.model, v_omitted,

@@ -52,13 +52,13 @@ GRANT parecer_reader TO parecer_admin;
 GRANT SELECT ON parecer.source_clients TO parecer_admin;
 GRANT EXECUTE ON FUNCTION
     parecer.set_setting(text, text),
-    parecer.create_script_version(text, text, text, text[], text, text, boolean),
+    parecer.create_script_version(text, text, text, text[], text, text, boolean, text[]),
     parecer.list_scripts(text, text, boolean),
     parecer.resolve_script(text, text, integer),
     parecer.activate_script(text, text, integer, boolean),
-    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval),
+    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval, jsonb),
     parecer.enqueue(text[], bigint, text, boolean, bigint),
-    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean),
+    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean, jsonb),
     parecer.retry_failed(bigint, text, text),
     parecer.set_run_backlog(bigint, boolean),
     parecer.estimate_cost(bigint, integer),

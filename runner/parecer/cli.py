@@ -464,6 +464,12 @@ SCRIPT_COLUMNS = [
 )
 @click.option("--model", default=None, help="Model for this version (default: the runner's).")
 @click.option("--activate", is_flag=True, help="Make it the active version.")
+@click.option(
+    "--metadata-key",
+    "metadata_keys",
+    multiple=True,
+    help="A key of parecer.source_session_metadata to show the model (repeat).",
+)
 @json_option
 @click.pass_context
 def scripts_create(
@@ -475,14 +481,24 @@ def scripts_create(
     language: str,
     model: str | None,
     activate: bool,
+    metadata_keys: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Create the next version of CLIENT's script KEY."""
     with connection(ctx) as conn:
         row = conn.execute(
             "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
-            " topics => %s, language => %s, model => %s, activate => %s)",
-            (client, key, file_.read(), list(topics), language, model, activate),
+            " topics => %s, language => %s, model => %s, activate => %s, metadata_keys => %s)",
+            (
+                client,
+                key,
+                file_.read(),
+                list(topics),
+                language,
+                model,
+                activate,
+                list(metadata_keys),
+            ),
         ).fetchone()
     assert row is not None
     if as_json:
@@ -637,6 +653,11 @@ def _tag_filter(
 )
 @click.option("--require-agent-reply", is_flag=True, help="Only sessions where the agent replied.")
 @click.option(
+    "--metadata-filter",
+    default=None,
+    help='Only sessions whose metadata contains this JSON object, e.g. \'{"department":"vendas"}\'.',
+)
+@click.option(
     "--analysis-tag",
     "version_tag",
     default="v1",
@@ -698,6 +719,7 @@ def run_cmd(
     min_idle: str | None,
     reanalyse_changed: bool,
     require_agent_reply: bool,
+    metadata_filter: str | None,
     version_tag: str,
     version_tag_alias: str | None,
     force: bool,
@@ -714,6 +736,11 @@ def run_cmd(
     version = version if version is not None else version_alias  # --version: old name, one release
     version_tag = version_tag_alias or version_tag  # --tag: old name, one release
     tf = _tag_filter(tag_filter, no_tags, any_tags, ignore_tags)
+    if metadata_filter is not None:
+        try:
+            json.loads(metadata_filter)  # the database validates its shape (PR031)
+        except ValueError as exc:
+            raise click.BadParameter("not JSON", param_hint="--metadata-filter") from exc
     with connection(ctx) as conn, conn.transaction():
         res = conn.execute(
             "SELECT * FROM parecer.start_run(client_slug => %s, script_key => %s, script_version => %s,"
@@ -721,7 +748,7 @@ def run_cmd(
             " dry_run => %s, max_sessions => %s,"
             " ended_before => CASE WHEN %s::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => %s::float8 * 3600) END,"
             " require_agent_reply => %s, backlog => %s, min_idle => %s::interval,"
-            " reanalyse_changed => %s)",
+            " reanalyse_changed => %s, metadata_filter => %s::jsonb)",
             (
                 client,
                 key,
@@ -738,6 +765,7 @@ def run_cmd(
                 backlog,
                 min_idle,
                 reanalyse_changed,
+                metadata_filter,
             ),
         ).fetchone()
         assert res is not None

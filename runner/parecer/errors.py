@@ -24,6 +24,7 @@ UNKNOWN_SESSION = "PR014"
 DUPLICATE_SESSION = "PR015"
 PROMPT_TOO_LARGE = "PR016"
 NO_EXCHANGE_RATE = "PR030"
+BAD_METADATA_FILTER = "PR031"
 
 #: Every code the SQL API raises on purpose, with its meaning (docs/sql-api.md mirrors this).
 CODES: dict[str, str] = {
@@ -44,6 +45,7 @@ CODES: dict[str, str] = {
     DUPLICATE_SESSION: "session id duplicated in parecer.source_sessions",
     PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute",
     NO_EXCHANGE_RATE: "no exchange rate for the currency (only USD and display_currency)",
+    BAD_METADATA_FILTER: "invalid metadata filter",
 }
 
 

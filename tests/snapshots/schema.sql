@@ -205,7 +205,8 @@
     topics text[],
     created_at timestamp with time zone,
     created_by text,
-    script_text text
+    script_text text,
+    metadata_keys text[]
 
 -- table: scripts
     script_id bigint NOT NULL,
@@ -222,7 +223,8 @@
     is_active boolean NOT NULL DEFAULT false,
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     created_by text NOT NULL DEFAULT SESSION_USER,
-    activated_at timestamp with time zone
+    activated_at timestamp with time zone,
+    metadata_keys text[] NOT NULL DEFAULT '{}'::text[]
 
 -- constraint: parecer._attempts._attempts_analysis_id_fkey
 FOREIGN KEY (analysis_id) REFERENCES parecer.analyses(analysis_id) ON DELETE CASCADE
@@ -927,6 +929,18 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 body md5 6a9b3f669ea756fea07f68775b039f5d
 
+-- function: parecer._metadata_filter(jsonb)
+ARGUMENTS p_filter jsonb
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+body md5 97668d0e139f811cb8bf96345a438e5c
+
+-- function: parecer._metadata_line(text,text[],text)
+ARGUMENTS p_session_id text, p_keys text[], p_language text
+RETURNS text
+LANGUAGE plpgsql STABLE
+body md5 6e290d4d911a2b89b168a66d28861a60
+
 -- function: parecer._min_idle(interval)
 ARGUMENTS p_min_idle interval
 RETURNS interval
@@ -1009,7 +1023,7 @@ body md5 d43519b83b983f97852acd4a2dc4d482
 ARGUMENTS s parecer.scripts
 RETURNS parecer.script_info
 LANGUAGE sql STABLE
-body md5 a164c901df52f6893d3cfdc88613ae10
+body md5 d2aa04cd50bbe7abf0646d0ad1e1e8d5
 
 -- function: parecer._sender_label(text,text)
 ARGUMENTS p_language text, p_sender text
@@ -1094,12 +1108,12 @@ SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
 body md5 cbc25ebde4872145966ac0b9c9de9d2b
 
--- function: parecer.create_script_version(text,text,text,text[],text,text,boolean)
-ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false
+-- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[])
+ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[]
 RETURNS parecer.script_info
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1bd69009da6a0838e0301a61b78446bf
+body md5 e1214fa7e2c112d2fc413b60b8e61c87
 
 -- function: parecer.doctor(text,integer)
 ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
@@ -1108,12 +1122,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 7c37d8c80d0a1b1ece759154a148c066
 
--- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval)
-ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval
+-- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
+ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, metadata_filter jsonb DEFAULT NULL::jsonb
 RETURNS TABLE(session_id text, ended_at timestamp with time zone, message_count bigint, last_message_at timestamp with time zone)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1df5f008d360e7547c0bd0ba397813ae
+body md5 be2512264334261949ff7a68587da4b4
 
 -- function: parecer.enqueue(text[],bigint,text,boolean,bigint)
 ARGUMENTS session_ids text[], script_id bigint, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, run_id bigint DEFAULT NULL::bigint
@@ -1198,7 +1212,7 @@ ARGUMENTS analysis_id uuid
 RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 30ea10b789c2f85ee1dfd5a5c59f7a9d
+body md5 0fd9de9e89676e8da08935c1ea50294c
 
 -- function: parecer.purge(interval,boolean,integer)
 ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer DEFAULT 5000
@@ -1305,12 +1319,12 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 3d389948494b2157ce12724ef4d3eae4
 
--- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
-ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false
+-- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
+ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false, metadata_filter jsonb DEFAULT NULL::jsonb
 RETURNS parecer.run_result
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3788153b59fecee962156af58e0ae405
+body md5 224e79649ce65dadedd2f900258ffb88
 
 -- trigger: analyses_fingerprint
 CREATE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (old.status IS DISTINCT FROM 'done'::text))) EXECUTE FUNCTION parecer._fingerprint()
@@ -1460,6 +1474,12 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._match(text,text)
+postgres=X/postgres
+
+-- acl: parecer._metadata_filter(jsonb)
+postgres=X/postgres
+
+-- acl: parecer._metadata_line(text,text[],text)
 postgres=X/postgres
 
 -- acl: parecer._min_idle(interval)
@@ -1690,6 +1710,9 @@ Requests granted on day.
 -- comment: column grounding of table parecer.analyses
 Per evidence item of the report: path, message_id, role (customer/agent) and match (exact, normalised, fragments), as mark_done grounded it.
 
+-- comment: column metadata_keys of table parecer.scripts
+Keys of parecer.source_session_metadata shown to the model in this version's prompts, in this order.
+
 -- comment: column omitted_messages of table parecer.analyses
 Messages the size policy left out of the prompt of the stored report (0: the whole session was sent), as mark_done recomputed it.
 
@@ -1714,14 +1737,14 @@ Check the installed adapter against this host's data: row counts of the four sou
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
 Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
 
--- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean)
-Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
+-- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean,text[])
+Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
 -- comment: function parecer.doctor(text,integer)
 The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
 
--- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval)
-Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010.
+-- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
+Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before), with an agent reply (an agent, bot or supervisor; else from_me) and whose parecer.source_session_metadata contains metadata_filter, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010, PR031 invalid metadata_filter.
 
 -- comment: function parecer.enqueue(text[],bigint,text,boolean,bigint)
 Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session, PR015 session duplicated in source_sessions.
@@ -1804,8 +1827,8 @@ Change a setting; NULL restores the default. Errors: PR009 unknown setting or in
 -- comment: function parecer.spend_projection(text)
 This budget month's spend extrapolated linearly to the whole month: month-to-date / days elapsed (today counted by its elapsed fraction, budget_timezone calendar) * days in the month; one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.
 
--- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
-Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions.
+-- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
+Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.
 
 -- comment: schema parecer
 parecer: LLM analysis of support chat sessions. Tables are not the API; functions and views are (see docs/sql-api.md).
