@@ -230,7 +230,7 @@ DECLARE
     v_problem text;
     v_topics  text[] := '{}';
 BEGIN
-    v_problem := parecer._keys_problem(p_report, k_report, 'report');
+    v_problem := parecer._keys_problem(p_report - 'extra', k_report, 'report');  -- "extra": _check_extra_fields (30_scripts.sql)
     IF v_problem IS NOT NULL THEN
         RETURN v_problem;
     ELSIF jsonb_typeof(p_report -> 'schema_version') <> 'string' OR p_report ->> 'schema_version' <> 'parecer.report.v1' THEN
@@ -347,7 +347,11 @@ BEGIN
     UNION ALL
     SELECT pg_catalog.format('flags[%s].evidence', i - 1), f -> 'evidence'
     FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' THEN p_report -> 'flags' END)
-         WITH ORDINALITY u(f, i);
+         WITH ORDINALITY u(f, i)
+    UNION ALL   -- custom fields declared with evidence (0010)
+    SELECT 'extra.' || x.key || '.evidence', x.value -> 'evidence'
+    FROM jsonb_each(CASE WHEN jsonb_typeof(p_report -> 'extra') = 'object' THEN p_report -> 'extra' END) x
+    WHERE jsonb_typeof(x.value) = 'object' AND x.value ? 'evidence';
 END
 $$;
 

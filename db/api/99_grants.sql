@@ -52,7 +52,7 @@ GRANT parecer_reader TO parecer_admin;
 GRANT SELECT ON parecer.source_clients TO parecer_admin;
 GRANT EXECUTE ON FUNCTION
     parecer.set_setting(text, text),
-    parecer.create_script_version(text, text, text, text[], text, text, boolean, text[]),
+    parecer.create_script_version(text, text, text, text[], text, text, boolean, text[], jsonb),
     parecer.list_scripts(text, text, boolean),
     parecer.resolve_script(text, text, integer),
     parecer.activate_script(text, text, integer, boolean),

@@ -470,6 +470,13 @@ SCRIPT_COLUMNS = [
     multiple=True,
     help="A key of parecer.source_session_metadata to show the model (repeat).",
 )
+@click.option(
+    "--extra-fields",
+    "extra_fields",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    help="JSON file declaring custom report fields (docs/report-schema.md, custom fields).",
+)
 @json_option
 @click.pass_context
 def scripts_create(
@@ -482,13 +489,22 @@ def scripts_create(
     model: str | None,
     activate: bool,
     metadata_keys: tuple[str, ...],
+    extra_fields: Any,
     as_json: bool,
 ) -> None:
     """Create the next version of CLIENT's script KEY."""
+    extra = None
+    if extra_fields is not None:
+        extra = extra_fields.read()
+        try:
+            json.loads(extra)  # the database validates the declaration (PR013)
+        except ValueError as exc:
+            raise click.BadParameter("not JSON", param_hint="--extra-fields") from exc
     with connection(ctx) as conn:
         row = conn.execute(
             "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
-            " topics => %s, language => %s, model => %s, activate => %s, metadata_keys => %s)",
+            " topics => %s, language => %s, model => %s, activate => %s, metadata_keys => %s,"
+            " extra_fields => %s::jsonb)",
             (
                 client,
                 key,
@@ -498,6 +514,7 @@ def scripts_create(
                 model,
                 activate,
                 list(metadata_keys),
+                extra,
             ),
         ).fetchone()
     assert row is not None
@@ -1148,6 +1165,8 @@ def reports_export(
                     topics_present=";".join(t["topic"] for t in r["topics"] if t["present"]),
                     flags=";".join(f["flag"] for f in r["flags"]),
                     summary=r["summary"],
+                    # the script version's custom fields (extra_fields), as JSON: versions differ
+                    extra=json.dumps(r["extra"], ensure_ascii=False) if "extra" in r else "",
                     report=json.dumps(r, ensure_ascii=False),
                 )
                 if writer is None:

@@ -206,7 +206,8 @@
     created_at timestamp with time zone,
     created_by text,
     script_text text,
-    metadata_keys text[]
+    metadata_keys text[],
+    extra_fields jsonb
 
 -- table: scripts
     script_id bigint NOT NULL,
@@ -224,7 +225,8 @@
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     created_by text NOT NULL DEFAULT SESSION_USER,
     activated_at timestamp with time zone,
-    metadata_keys text[] NOT NULL DEFAULT '{}'::text[]
+    metadata_keys text[] NOT NULL DEFAULT '{}'::text[],
+    extra_fields jsonb
 
 -- constraint: parecer._attempts._attempts_analysis_id_fkey
 FOREIGN KEY (analysis_id) REFERENCES parecer.analyses(analysis_id) ON DELETE CASCADE
@@ -782,6 +784,12 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
 body md5 0da97fb5bcc3697fc0d0cadbe7f38b22
 
+-- function: parecer._check_extra_fields()
+ARGUMENTS 
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+body md5 1333864aff7bb51fad5c8c2f550dbf4b
+
 -- function: parecer._check_unique_sessions(text[])
 ARGUMENTS p_session_ids text[]
 RETURNS void
@@ -810,13 +818,25 @@ body md5 9c91a3a32ed2cf6593e0cbfc10e9fc4b
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
 LANGUAGE plpgsql IMMUTABLE
-body md5 e71380c742b74ee5dc2b93d17e0b3fb0
+body md5 be6b2bb01c08f6190bbfff2c20fd2305
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
 body md5 a32bfece0f3164a546120ad0f9ac7202
+
+-- function: parecer._extra_problem(jsonb,jsonb)
+ARGUMENTS p_report jsonb, p_fields jsonb
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+body md5 bdee97a5ed95e526649a2c86fbf399fb
+
+-- function: parecer._extra_schema(jsonb)
+ARGUMENTS p_fields jsonb
+RETURNS json
+LANGUAGE plpgsql IMMUTABLE
+body md5 d700fa510d7a1a4110d52e82cf39776c
 
 -- function: parecer._fingerprint()
 ARGUMENTS 
@@ -999,7 +1019,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 6815a90bd0aee9b2af8090fd60b991d4
+body md5 2335159be513b1fdccb8fb551820b28e
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
@@ -1023,7 +1043,7 @@ body md5 d43519b83b983f97852acd4a2dc4d482
 ARGUMENTS s parecer.scripts
 RETURNS parecer.script_info
 LANGUAGE sql STABLE
-body md5 d2aa04cd50bbe7abf0646d0ad1e1e8d5
+body md5 5a0d542769017c81782b2623f38255c3
 
 -- function: parecer._sender_label(text,text)
 ARGUMENTS p_language text, p_sender text
@@ -1079,6 +1099,12 @@ RETURNS boolean
 LANGUAGE sql IMMUTABLE
 body md5 35e7744091515979a3df12b1ab3d1b0f
 
+-- function: parecer._with_extra(json,json)
+ARGUMENTS p_schema json, p_extra json
+RETURNS json
+LANGUAGE sql IMMUTABLE
+body md5 c0c5f9754e45fbe0804bbd6b2349c93c
+
 -- function: parecer.acquire_rate(text,integer)
 ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
@@ -1108,12 +1134,12 @@ SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
 body md5 cbc25ebde4872145966ac0b9c9de9d2b
 
--- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[])
-ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[]
+-- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
+ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
 RETURNS parecer.script_info
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 e1214fa7e2c112d2fc413b60b8e61c87
+body md5 d974a420651acfe3928386fe2f4cc3fa
 
 -- function: parecer.doctor(text,integer)
 ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
@@ -1326,6 +1352,9 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 224e79649ce65dadedd2f900258ffb88
 
+-- trigger: analyses_extra_fields
+CREATE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (new.report IS DISTINCT FROM old.report))) EXECUTE FUNCTION parecer._check_extra_fields()
+
 -- trigger: analyses_fingerprint
 CREATE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (old.status IS DISTINCT FROM 'done'::text))) EXECUTE FUNCTION parecer._fingerprint()
 
@@ -1404,6 +1433,9 @@ postgres=X/postgres
 -- acl: parecer._candidates(text,integer)
 postgres=X/postgres
 
+-- acl: parecer._check_extra_fields()
+postgres=X/postgres
+
 -- acl: parecer._check_unique_sessions(text[])
 postgres=X/postgres
 
@@ -1420,6 +1452,12 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._expire_leases()
+postgres=X/postgres
+
+-- acl: parecer._extra_problem(jsonb,jsonb)
+postgres=X/postgres
+
+-- acl: parecer._extra_schema(jsonb)
 postgres=X/postgres
 
 -- acl: parecer._fingerprint()
@@ -1549,6 +1587,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._usage_ok(jsonb)
+postgres=X/postgres
+
+-- acl: parecer._with_extra(json,json)
 postgres=X/postgres
 
 -- acl: parecer.acquire_rate(text,integer)
@@ -1707,6 +1748,9 @@ Budget-time-zone day day_requests counts.
 -- comment: column day_requests of table parecer._rate_limits
 Requests granted on day.
 
+-- comment: column extra_fields of table parecer.scripts
+The custom report fields this version declares (a JSON array, see create_script_version), NULL: none. The report's "extra" object has exactly these fields.
+
 -- comment: column grounding of table parecer.analyses
 Per evidence item of the report: path, message_id, role (customer/agent) and match (exact, normalised, fragments), as mark_done grounded it.
 
@@ -1737,8 +1781,8 @@ Check the installed adapter against this host's data: row counts of the four sou
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
 Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
 
--- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean,text[])
-Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
+-- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
+Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
 -- comment: function parecer.doctor(text,integer)
 The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
