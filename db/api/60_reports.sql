@@ -230,7 +230,9 @@ DECLARE
     v_problem text;
     v_topics  text[] := '{}';
 BEGIN
-    v_problem := parecer._keys_problem(p_report - 'extra', k_report, 'report');  -- "extra": _check_extra_fields (30_scripts.sql)
+    -- "extra" (a version's custom fields) is _check_extra_fields' (30_scripts.sql)
+    v_problem := parecer._keys_problem(CASE WHEN jsonb_typeof(p_report) = 'object' THEN p_report - 'extra' ELSE p_report END,
+                                       k_report, 'report');
     IF v_problem IS NOT NULL THEN
         RETURN v_problem;
     ELSIF jsonb_typeof(p_report -> 'schema_version') <> 'string' OR p_report ->> 'schema_version' <> 'parecer.report.v1' THEN
