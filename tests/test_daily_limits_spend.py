@@ -166,6 +166,7 @@ def test_projection_extrapolates_the_month_per_client_and_in_total(
         exact = float(r["spent_month_usd"]) / float(r["days_elapsed"]) * r["days_in_month"]
         assert float(r["projected_month_usd"]) == pytest.approx(exact, rel=1e-3)
         assert float(r["projected_month_usd"]) >= float(r["spent_month_usd"])
+        assert float(r["projected_today_usd"]) >= float(r["spent_today_usd"])
         assert r["currency_code"] == "BRL"
         assert float(r["spent_month"]) == pytest.approx(5 * float(r["spent_month_usd"]))
         assert float(r["projected_month"]) == pytest.approx(

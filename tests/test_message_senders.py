@@ -102,6 +102,12 @@ def test_senders_label_the_transcript_per_language(conn: psycopg.Connection[Any]
     )
     _senders(conn, "SELECT message_id, session_id, sender FROM public.test_senders")
     roles = [ln.split(" ", 3)[3].split(":")[0] for ln in _prompt(conn, aid)["input"].splitlines()]
+    bad = one(conn, "SELECT * FROM parecer.check_adapter() WHERE check_name = 'message_senders'")
+    assert (bad["status"], bad["count"], bad["detail"].endswith(s.message_ids[5])) == (
+        "warn",
+        1,
+        True,
+    )
     assert roles == [
         "CLIENTE",
         "ATENDENTE (ASSISTENTE VIRTUAL)",

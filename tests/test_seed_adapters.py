@@ -222,6 +222,8 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
             "duplicate_session_ids": "ok",
             "future_ended_at": "ok",
             "messages_without_session": "ok",
+            "message_senders": "ok",
+            "session_metadata": "ok",
             "index:source_sessions.session_id": "ok",
             "index:source_messages.session_id": "ok",
             "index:source_contact_tags.contact_id": "ok",

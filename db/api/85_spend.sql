@@ -464,8 +464,9 @@ COMMENT ON FUNCTION parecer.exchange_rate(text) IS
 -- Month-to-date spend extrapolated to the whole month, per client and in total.
 CREATE OR REPLACE FUNCTION parecer.spend_projection(currency text DEFAULT NULL)
 RETURNS TABLE (client_slug text, month date, days_elapsed numeric, days_in_month integer,
-               spent_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric,
-               currency_code text, spent_today numeric, spent_month numeric, projected_month numeric)
+               spent_today_usd numeric, projected_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric,
+               currency_code text, spent_today numeric, projected_today numeric, spent_month numeric,
+               projected_month numeric)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -479,11 +480,14 @@ DECLARE
     v_days    integer := ((v_month + interval '1 month')::date - v_month);
     -- days of the month gone by, today counted by the fraction elapsed (at least a minute)
     v_elapsed numeric := GREATEST(extract(epoch FROM v_local - v_month::timestamp) / 86400.0, 1.0 / 1440);
+    -- the fraction of today gone by (at least a minute)
+    v_day     numeric := GREATEST(extract(epoch FROM v_local - v_today::timestamp) / 86400.0, 1.0 / 1440);
 BEGIN
     RETURN QUERY
-    SELECT g.client_slug, v_month, round(v_elapsed, 4), v_days, g.today, g.mtd,
+    SELECT g.client_slug, v_month, round(v_elapsed, 4), v_days, g.today, round(g.today / v_day, 4), g.mtd,
            round(g.mtd / v_elapsed * v_days, 4), v_cur,
-           round(g.today * v_rate, 4), round(g.mtd * v_rate, 4), round(g.mtd / v_elapsed * v_days * v_rate, 4)
+           round(g.today * v_rate, 4), round(g.today / v_day * v_rate, 4), round(g.mtd * v_rate, 4),
+           round(g.mtd / v_elapsed * v_days * v_rate, 4)
     FROM (SELECT s.client_slug, COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = v_today), 0) AS today,
                  COALESCE(sum(s.cost_usd), 0) AS mtd
           FROM parecer._spend s
@@ -493,4 +497,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.spend_projection(text) IS
-'This budget month''s spend extrapolated linearly to the whole month: month-to-date / days elapsed (today counted by its elapsed fraction, budget_timezone calendar) * days in the month; one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.';
+'Spend extrapolated linearly, budget_timezone calendar: this month''s to the whole month (month-to-date / days elapsed, today counted by its elapsed fraction, * days in the month) and today''s to the whole day (today / fraction of the day gone by); one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.';

@@ -1555,6 +1555,7 @@ SPEND_COLUMNS = [
 PROJECTION_COLUMNS = [
     ("client", "client"),
     ("today", "today"),
+    ("day", "projected day"),
     ("month", "month so far"),
     ("projected", "projected month"),
 ]
@@ -1604,6 +1605,7 @@ def spend_cmd(
                 {
                     "client": r["client_slug"] or "(all clients)",
                     "today": _money(r["spent_today"]),
+                    "day": _money(r["projected_today"]),
                     "month": _money(r["spent_month"]),
                     "projected": _money(r["projected_month"]),
                 }

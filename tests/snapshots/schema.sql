@@ -1019,7 +1019,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 2335159be513b1fdccb8fb551820b28e
+body md5 cdb8bf881a59b8fdebd3d170f2cb9103
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
@@ -1124,7 +1124,7 @@ ARGUMENTS
 RETURNS TABLE(check_name text, status text, count bigint, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8ff77f20bf866a8b04f99374092cd698
+body md5 719e1667c110a95fce8ca93789a85831
 
 -- function: parecer.claim(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
@@ -1340,10 +1340,10 @@ body md5 062d6de4e84e695359c25bccf840ddf3
 
 -- function: parecer.spend_projection(text)
 ARGUMENTS currency text DEFAULT NULL::text
-RETURNS TABLE(client_slug text, month date, days_elapsed numeric, days_in_month integer, spent_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric, currency_code text, spent_today numeric, spent_month numeric, projected_month numeric)
+RETURNS TABLE(client_slug text, month date, days_elapsed numeric, days_in_month integer, spent_today_usd numeric, projected_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric, currency_code text, spent_today numeric, projected_today numeric, spent_month numeric, projected_month numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3d389948494b2157ce12724ef4d3eae4
+body md5 a6b594ce9547f30b52613c57838b7e45
 
 -- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
 ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false, metadata_filter jsonb DEFAULT NULL::jsonb
@@ -1776,7 +1776,7 @@ Shared rate limiter: take one request and `tokens` tokens from the buckets of li
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
 
 -- comment: function parecer.check_adapter()
-Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
+Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), contract v2 rows (source_message_senders: a sender outside the six or two rows for a message; source_session_metadata: not an object or two rows for a session: warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
 
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
 Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets). Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
@@ -1869,7 +1869,7 @@ Mark a run's waiting items as backlog (claimed only when no fresh work is claima
 Change a setting; NULL restores the default. Errors: PR009 unknown setting or invalid value.
 
 -- comment: function parecer.spend_projection(text)
-This budget month's spend extrapolated linearly to the whole month: month-to-date / days elapsed (today counted by its elapsed fraction, budget_timezone calendar) * days in the month; one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.
+Spend extrapolated linearly, budget_timezone calendar: this month's to the whole month (month-to-date / days elapsed, today counted by its elapsed fraction, * days in the month) and today's to the whole day (today / fraction of the day gone by); one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.
 
 -- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
 Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.
