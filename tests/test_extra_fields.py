@@ -248,3 +248,24 @@ def test_cli_creates_a_version_with_extra_fields_and_exports_them(
         env=env,
     )
     assert r.exit_code != 0 and "--extra-fields" in r.output
+
+
+def test_insights_sum_up_extra_fields(conn: psycopg.Connection[Any]) -> None:
+    v2 = _version(conn)
+    assert "extra" not in one(conn, "SELECT parecer.insights('acme') AS d")["d"]
+    for conf, prio, kw in ((0.5, "alta", ["internet"]), (0.9, "alta", ["internet", "fatura"])):
+        s, item = _claimed(conn, v2["script_id"])
+        _done(
+            conn,
+            item,
+            {**report_for(s), "extra": _extra(s, confidence=conf, priority=prio, keywords=kw)},
+        )
+    extra = one(conn, "SELECT parecer.insights('acme') AS d")["d"]["extra"]
+    assert extra["priority"] == {"type": "enum", "n": 2, "counts": {"alta": 2}}
+    assert extra["confidence"] == {"type": "number", "n": 2, "avg": 0.7, "min": 0.5, "max": 0.9}
+    assert extra["keywords"]["top"] == [
+        {"value": "internet", "count": 2},
+        {"value": "fatura", "count": 1},
+    ]
+    assert extra["internet_problem"] == {"type": "boolean", "n": 2, "counts": {"true": 2}}
+    assert extra["suggested_message"] == {"type": "string", "n": 2}

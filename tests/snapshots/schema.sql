@@ -895,6 +895,13 @@ LANGUAGE plpgsql STABLE
 SET search_path=pg_catalog, pg_temp
 body md5 cb4d4b60a9a5b9dd986102a1b05db586
 
+-- function: parecer._insights_extra(text,text,timestamp with time zone,timestamp with time zone,integer,text)
+ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone, p_until timestamp with time zone, p_version integer, p_tag text
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path=pg_catalog, pg_temp
+body md5 e1609d15209d2ce810797f896c3ab068
+
 -- function: parecer._instructions(text,text,integer,text,text[],text)
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer, p_script_text text, p_topics text[], p_language text
 RETURNS text
@@ -1196,7 +1203,7 @@ ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, since timestamp 
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 a8b45997a22bcfe5bdd6a690df0d3626
+body md5 1fcba0fc288d32a98da23a7e18f8888b
 
 -- function: parecer.list_scripts(text,text,boolean)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, active_only boolean DEFAULT false
@@ -1485,6 +1492,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._insights_check(text,text,text,integer,timestamp with t
+postgres=X/postgres
+
+-- acl: parecer._insights_extra(text,text,timestamp with time zone,time
 postgres=X/postgres
 
 -- acl: parecer._instructions(text,text,integer,text,text[],text)
@@ -1806,7 +1816,7 @@ Heartbeat: extend the lease of an item you hold to now() + lease_seconds; return
 A client's done reports matching a filter (topic present, flag, outcome, sentiment end, script, window), newest first, max_rows per page (next page: before_processed_at/before_analysis_id of the last row), with verdicts and every evidence quote (message id, speaker role, excerpt). Errors: PR001, PR002, PR010.
 
 -- comment: function parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
-Figures over a client's done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week. One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.
+Figures over a client's done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week; with custom report fields (extra_fields), "extra": per field, counts per value (enum, boolean), n/avg/min/max (number), top items (string_list) or n (string). One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.
 
 -- comment: function parecer.list_scripts(text,text,boolean)
 List a client's script versions (newest first per key), optionally one key and only active ones. Errors: PR001 unknown client.
