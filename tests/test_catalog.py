@@ -99,6 +99,26 @@ def test_every_error_code_is_documented() -> None:
 # (call, params, expected SQLSTATE): every error a caller can cause, no partial writes.
 X = str(uuid.uuid4())
 ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
+    ("SELECT parecer.exchange_rate('BRL')", (), errors.NO_EXCHANGE_RATE),
+    (
+        "SELECT * FROM parecer.eligible_sessions('acme', metadata_filter => '{\"a\": [1]}')",
+        (),
+        errors.BAD_METADATA_FILTER,
+    ),
+    (
+        "SELECT * FROM parecer.start_run('acme', 'qa', metadata_filter => '[]')",
+        (),
+        errors.BAD_METADATA_FILTER,
+    ),
+    (
+        "SELECT * FROM parecer.create_script_version('acme', 'k3', 't', metadata_keys => '{\"a b\"}')",
+        (),
+        errors.INVALID_SCRIPT,
+    ),
+    ("SELECT * FROM parecer.spend_projection('EUR')", (), errors.NO_EXCHANGE_RATE),
+    ("SELECT * FROM parecer.set_global_budget(-1)", (), errors.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.set_rate_limit('k:m', rpd => 0)", (), errors.INVALID_ARGUMENT),
+    ("SELECT * FROM parecer.set_setting('display_currency', 'R$')", (), errors.BAD_SETTING),
     ("SELECT * FROM parecer.eligible_sessions('nope')", (), errors.UNKNOWN_CLIENT),
     ("SELECT * FROM parecer.create_script_version('nope', 'k', 't')", (), errors.UNKNOWN_CLIENT),
     ("SELECT * FROM parecer.resolve_script('acme', 'missing')", (), errors.UNKNOWN_SCRIPT),

@@ -50,6 +50,9 @@ CALLS: dict[str, str] = {
     "leased_transcript": f"SELECT * FROM parecer.leased_transcript('{U}', '{U}')",
     "grant_client": "SELECT * FROM parecer.grant_client('parecer_runner', 'acme')",
     "revoke_client": "SELECT * FROM parecer.revoke_client('parecer_runner', 'acme')",
+    "set_global_budget": "SELECT * FROM parecer.set_global_budget(10, 200)",
+    "exchange_rate": "SELECT parecer.exchange_rate('USD')",
+    "spend_projection": "SELECT * FROM parecer.spend_projection()",
 }
 RELATIONS = [
     "reports",
@@ -67,6 +70,8 @@ RELATIONS = [
     "source_sessions",
     "source_messages",
     "source_contact_tags",
+    "source_message_senders",
+    "source_session_metadata",
     "rate_limits",
     "model_prices",
     "budgets",
@@ -84,6 +89,8 @@ RELATIONS = [
     "client_grants",
     "_client_grants",
     "_caller_scope",
+    "global_budget",
+    "_global_budget",
 ]
 
 READER_VIEWS = {
@@ -101,6 +108,7 @@ READER_VIEWS = {
     "client_status",
     "metrics",
     "stale_reports",
+    "global_budget",
 }
 MATRIX: dict[str, set[str]] = {
     "parecer_admin": {
@@ -131,6 +139,9 @@ MATRIX: dict[str, set[str]] = {
         "grant_client",
         "revoke_client",
         "client_grants",
+        "set_global_budget",
+        "exchange_rate",
+        "spend_projection",
     }
     | READER_VIEWS,
     "parecer_runner": {
@@ -146,7 +157,14 @@ MATRIX: dict[str, set[str]] = {
         "acquire_rate",
         "report_rate",
     },
-    "parecer_reader": {"run_summary", "insights", "insight_sessions"} | READER_VIEWS,
+    "parecer_reader": {
+        "run_summary",
+        "insights",
+        "insight_sessions",
+        "exchange_rate",
+        "spend_projection",
+    }
+    | READER_VIEWS,
     "parecer_test_nobody": set(),
 }
 

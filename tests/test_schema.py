@@ -30,9 +30,10 @@ def test_migrations_after_the_baseline_define_no_function_view_or_trigger() -> N
         if not p.name.startswith("0001_") and not p.name.endswith(".rollback.sql")
     ]
     for p in later:
-        assert _DEFINES.findall(_sql(p)) == [], (
-            f"{p.name}: functions, views and triggers belong in db/api/"
-        )
+        # the one exception: an optional source contract view, created empty for
+        # the adapters to define (0009: source_message_senders)
+        found = [(k, n) for k, n in _DEFINES.findall(_sql(p)) if not n.startswith("source_")]
+        assert found == [], f"{p.name}: functions, views and triggers belong in db/api/"
 
 
 def test_the_baseline_defines_only_the_source_contract_views() -> None:

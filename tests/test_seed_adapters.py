@@ -193,6 +193,28 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
         # tags from contacts.tags text[]; a NULL array and an @lid chat (no contact) have none
         assert tagged({"mode": "any_of", "tags": ["vip"]}) == ["c-auto"]
         assert tagged({"mode": "none"}) == ["c-lid", "c-resolved"]
+        # contract v2: the conversation's facts as session metadata, and a run filtering on them
+        md = c.execute(
+            "SELECT metadata FROM parecer.source_session_metadata WHERE session_id = 'c-resolved'"
+        ).fetchone()
+        assert md == {
+            "metadata": {
+                "department": "general",
+                "assistant_type": "suporte",
+                "urgency": "normal",
+                "transferred_to_human": False,
+                "source": "inbound",
+            }
+        }
+        c.execute(
+            f"UPDATE public.conversations SET urgency = 'urgent', \"{col('transferredToHuman')}\" = true"
+            " WHERE id = 'c-auto'"
+        )
+        urgent = c.execute(
+            "SELECT session_id FROM parecer.eligible_sessions('lia', tag_filter => '{\"mode\":\"ignore\"}',"
+            ' metadata_filter => \'{"urgency": "urgent", "transferred_to_human": true}\')'
+        ).fetchall()
+        assert urgent == [{"session_id": "c-auto"}]
         t = c.execute("SELECT * FROM parecer.session_transcript('c-resolved')").fetchall()
         assert [r["from_me"] for r in t[:4]] == [False, True, False, True]
         checks = {r["check_name"]: r for r in c.execute("SELECT * FROM parecer.check_adapter()")}
@@ -200,6 +222,8 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
             "duplicate_session_ids": "ok",
             "future_ended_at": "ok",
             "messages_without_session": "ok",
+            "message_senders": "ok",
+            "session_metadata": "ok",
             "index:source_sessions.session_id": "ok",
             "index:source_messages.session_id": "ok",
             "index:source_contact_tags.contact_id": "ok",
@@ -223,6 +247,10 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
                 and p["input"].count("\n") == 19
                 and "thread rotated" not in p["input"]
             )
+            # contract v2: "sendBy" tells the AI assistant from the human agents
+            assert "ATENDENTE (ASSISTENTE VIRTUAL): Vou verificar, mensagem 1\n" in p["input"]
+            assert "ATENDENTE: Vou verificar, mensagem 11\n" in p["input"]
+            assert "CLIENTE: Olá, minha internet caiu, mensagem 0\n" in p["input"]
             c.execute(
                 "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
                 (

@@ -27,6 +27,12 @@
 --   are left out (the customer never saw the one, the host withdrew the other), and
 --   so are role = 'system' messages; from_me is true for agents, supervisors and
 --   the AI assistant ("sendBy", else role = 'assistant');
+-- * senders (contract v2, parecer.source_message_senders): "sendBy" client ->
+--   customer, ai -> bot, agent, supervisor; without "sendBy", role user ->
+--   customer; so the prompt tells the AI assistant from the human agents;
+-- * session metadata (contract v2, parecer.source_session_metadata): department,
+--   assistant_type, urgency, transferred_to_human and source of the conversation
+--   (those the host has), for scripts' metadata_keys and runs' metadata_filter;
 -- * varchar ids are cast to text: a relabel, so the host's plain btree indexes
 --   on them keep working;
 -- * Drizzle's timestamp is WITHOUT time zone holding UTC (AT TIME ZONE 'UTC');
@@ -43,6 +49,9 @@ BEGIN
         VALUES ('conversations', 'id'), ('conversations', 'chatId'), ('conversations', 'status'),
                ('conversations', 'resolvedAt'), ('conversations', 'autoClosed'), ('conversations', 'autoClosedAt'),
                ('conversations', 'lastMessageTime'),
+               -- optional: session metadata (contract v2), left out when missing
+               ('conversations', 'department'), ('conversations', 'assistantType'), ('conversations', 'urgency'),
+               ('conversations', 'transferredToHuman'), ('conversations', 'conversationSource'),
                ('messages', 'id'), ('messages', 'conversationId'), ('messages', 'role'), ('messages', 'sendBy'),
                ('messages', 'content'), ('messages', 'timestamp'), ('messages', 'isPrivate'), ('messages', 'deletedAt'),
                ('messages', 'audioUrl'), ('messages', 'audioBase64'), ('messages', 'imageBase64'),
@@ -66,7 +75,9 @@ BEGIN
                                      THEN pg_catalog.format('(%s.%I AT TIME ZONE ''UTC'')', left(f.tbl, 1), f.col)
                                  WHEN f.tz THEN pg_catalog.format('%s.%I::timestamptz', left(f.tbl, 1), f.col)
                                  ELSE pg_catalog.format('%s.%I', left(f.tbl, 1), f.col) END),
-           string_agg(f.tbl || '.' || f.camel, ', ') FILTER (WHERE f.col IS NULL)
+           string_agg(f.tbl || '.' || f.camel, ', ')
+               FILTER (WHERE f.col IS NULL AND f.camel NOT IN ('department', 'assistantType', 'urgency',
+                                                                'transferredToHuman', 'conversationSource'))
       INTO v_cols, v_missing
       FROM found f;
     IF v_missing IS NOT NULL THEN
@@ -114,6 +125,39 @@ BEGIN
         v_cols ->> 'messages.audioBase64', v_cols ->> 'messages.imageBase64', v_cols ->> 'messages.pdfBase64',
         v_cols ->> 'messages.videoUrl', v_cols ->> 'messages.content', v_cols ->> 'messages.deletedAt',
         v_cols ->> 'messages.isPrivate');
+
+    -- contract v2: who sent each message, from "sendBy" (client, ai, agent,
+    -- supervisor), else role (user: the customer; system); over the same rows
+    -- as source_messages, so notes and system messages stay out as above.
+    EXECUTE pg_catalog.format($v$
+        CREATE OR REPLACE VIEW parecer.source_message_senders AS
+        SELECT %1$s::text AS message_id,
+               %2$s::text AS session_id,
+               CASE WHEN %6$s IS TRUE THEN 'note'
+                    ELSE CASE %3$s WHEN 'client' THEN 'customer' WHEN 'ai' THEN 'bot' WHEN 'agent' THEN 'agent'
+                                   WHEN 'supervisor' THEN 'supervisor'
+                                   ELSE CASE %4$s WHEN 'user' THEN 'customer' WHEN 'system' THEN 'system' END END
+               END AS sender
+        FROM public.messages m
+        WHERE %5$s IS NULL
+          AND %6$s IS NOT TRUE
+          AND %4$s IS DISTINCT FROM 'system' $v$,
+        v_cols ->> 'messages.id', v_cols ->> 'messages.conversationId', v_cols ->> 'messages.sendBy',
+        v_cols ->> 'messages.role', v_cols ->> 'messages.deletedAt', v_cols ->> 'messages.isPrivate');
+
+    -- contract v2: the conversation's department, assistant type, urgency,
+    -- hand-off to a human and source as session metadata (keys the host lacks are left out)
+    EXECUTE pg_catalog.format($v$
+        CREATE OR REPLACE VIEW parecer.source_session_metadata AS
+        SELECT %1$s::text AS session_id,
+               jsonb_strip_nulls(jsonb_build_object('department', %2$s, 'assistant_type', %3$s, 'urgency', %4$s,
+                                                    'transferred_to_human', %5$s, 'source', %6$s)) AS metadata
+        FROM public.conversations c $v$,
+        v_cols ->> 'conversations.id', COALESCE(v_cols ->> 'conversations.department', 'NULL::text'),
+        COALESCE(v_cols ->> 'conversations.assistantType', 'NULL::text'),
+        COALESCE(v_cols ->> 'conversations.urgency', 'NULL::text'),
+        COALESCE(v_cols ->> 'conversations.transferredToHuman', 'NULL::boolean'),
+        COALESCE(v_cols ->> 'conversations.conversationSource', 'NULL::text'));
 
     EXECUTE pg_catalog.format($v$
         CREATE OR REPLACE VIEW parecer.source_contact_tags AS

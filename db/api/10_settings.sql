@@ -18,10 +18,16 @@ INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_va
      'Requests per minute for a provider key + model without its own limit (seed 003: 80% of 500).'),
     ('default_tpm', '160000', 'integer', 100, 1000000000,
      'Tokens per minute for a provider key + model without its own limit (80% of 200k).'),
+    ('default_rpd', '0', 'integer', 0, 100000000,
+     'Requests per day (budget_timezone day) for a provider key + model without its own limit; 0: no daily limit. Seed 003 ran 160 (80% of 200), later 1000: set your key''s figure, e.g. with parecer.set_rate_limit(key, rpd => 1000).'),
     ('rate_burst_seconds', '6', 'integer', 1, 60,
      'Bucket size in seconds of the rate: a burst never exceeds this many seconds of the limit.'),
     ('budget_timezone', 'UTC', 'text', NULL, NULL,
      'Time zone whose calendar days and months budgets and spend are counted in (e.g. America/Sao_Paulo).'),
+    ('display_currency', 'USD', 'text', NULL, NULL,
+     'Currency parecer spend shows costs in (ISO 4217 code, e.g. BRL); prices, spend and budgets stay in USD, as the provider bills.'),
+    ('usd_exchange_rate', '1', 'numeric', 0.000001, 1000000,
+     'Units of display_currency per US dollar (e.g. 5.40 for BRL), set by the operator: parecer fetches no rates.'),
     ('min_idle', '24 hours', 'interval', 0, 31536000,
      'Seed 003''s 24-hour rule: a session is eligible only once its end and its last message are at least this long ago (a run may ask for less with min_idle => ...; its dry run says so).'),
     ('single_tenant_slug', 'default', 'text', NULL, NULL,
@@ -190,6 +196,9 @@ BEGIN
               AND (btrim(set_setting.value) = '' OR length(set_setting.value) > 200) THEN
             RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
                 USING ERRCODE = 'PR009', HINT = 'Give 1-200 characters, e.g. ''lia''.';
+        ELSIF v_def.name = 'display_currency' AND set_setting.value !~ '^[A-Z]{3}$' THEN
+            RAISE EXCEPTION 'invalid value for display_currency: %', left(set_setting.value, 100)
+                USING ERRCODE = 'PR009', HINT = 'Use an ISO 4217 code in capitals, e.g. BRL, and set usd_exchange_rate to match.';
         ELSIF v_def.name = 'budget_timezone'
               AND NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z WHERE z.name = set_setting.value) THEN
             RAISE EXCEPTION 'invalid value for budget_timezone: %', left(set_setting.value, 100)

@@ -50,6 +50,26 @@ BEGIN
         CASE WHEN v_n > 0 THEN 'messages whose session_id is not in source_sessions (never analysed): ' || v_sample
              ELSE 'every message belongs to a session' END;
 
+    -- contract v2 (optional views): senders from the list, one row per message; metadata objects, one per session
+    SELECT count(*), string_agg(x.message_id, ', ') FILTER (WHERE x.rn <= 5)
+      INTO v_n, v_sample
+      FROM (SELECT d.message_id, row_number() OVER (ORDER BY d.message_id) AS rn
+            FROM parecer.source_message_senders d
+            GROUP BY d.message_id, d.session_id
+            HAVING count(*) > 1 OR bool_or(d.sender IS NULL OR d.sender NOT IN ('customer', 'agent', 'bot', 'supervisor', 'system', 'note'))) x;
+    RETURN QUERY SELECT 'message_senders', CASE WHEN v_n > 0 THEN 'warn' ELSE 'ok' END, v_n,
+        CASE WHEN v_n > 0 THEN 'messages with more than one sender row or a sender outside customer, agent, bot, supervisor, system, note (labelled by from_me): ' || v_sample
+             ELSE 'every sender row is one of the six senders, one per message (or the view is empty)' END;
+    SELECT count(*), string_agg(x.session_id, ', ') FILTER (WHERE x.rn <= 5)
+      INTO v_n, v_sample
+      FROM (SELECT md.session_id, row_number() OVER (ORDER BY md.session_id) AS rn
+            FROM parecer.source_session_metadata md
+            GROUP BY md.session_id
+            HAVING count(*) > 1 OR bool_or(jsonb_typeof(md.metadata) IS DISTINCT FROM 'object')) x;
+    RETURN QUERY SELECT 'session_metadata', CASE WHEN v_n > 0 THEN 'warn' ELSE 'ok' END, v_n,
+        CASE WHEN v_n > 0 THEN 'sessions with more than one metadata row or metadata that is not a JSON object: ' || v_sample
+             ELSE 'one JSON object per session (or the view is empty)' END;
+
     -- Indexes: ask the planner, with sequential scans switched off, how it would
     -- look up the keys parecer filters by; a table it still scans whole has no
     -- index for that key (whatever the view's joins and casts).
@@ -71,4 +91,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.check_adapter() IS
-'Check the installed adapter against this host''s data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.';
+'Check the installed adapter against this host''s data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), contract v2 rows (source_message_senders: a sender outside the six or two rows for a message; source_session_metadata: not an object or two rows for a session: warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.';

@@ -52,6 +52,207 @@ AS $$
     WHERE l.language = p_language
 $$;
 
+-- The transcript label of a message's sender (source_message_senders) in a script
+-- language; NULL for an unknown sender, which the caller labels by from_me.
+-- Company-side senders start with the agent label, so the instructions' "AGENT =
+-- sent by the company" still reads true; notes and system messages say what they are.
+CREATE OR REPLACE FUNCTION parecer._sender_label(p_language text, p_sender text) RETURNS text
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE p_sender
+               WHEN 'customer' THEN l.customer
+               WHEN 'agent' THEN l.agent
+               WHEN 'bot' THEN l.agent || ' (' || CASE p_language WHEN 'pt-BR' THEN 'ASSISTENTE VIRTUAL' WHEN 'es' THEN 'ASISTENTE VIRTUAL' ELSE 'BOT' END || ')'
+               WHEN 'supervisor' THEN l.agent || ' (SUPERVISOR)'
+               WHEN 'system' THEN CASE p_language WHEN 'en' THEN 'SYSTEM' ELSE 'SISTEMA' END
+               WHEN 'note' THEN CASE p_language WHEN 'pt-BR' THEN 'NOTA INTERNA (o cliente não vê)'
+                                                WHEN 'es' THEN 'NOTA INTERNA (el cliente no la ve)'
+                                                ELSE 'INTERNAL NOTE (not seen by the customer)' END
+           END
+    FROM parecer._labels(p_language) l
+$$;
+
+-- The session facts a script version shows the model (its metadata_keys, in that
+-- order, from parecer.source_session_metadata), as one line ending in a line feed
+-- above the transcript: "[dados da sessão] department: vendas; urgency: alta".
+-- Empty when the version names no keys or the session has none of them, so
+-- prompts without metadata are unchanged. Values on one line, 200 characters each.
+CREATE OR REPLACE FUNCTION parecer._metadata_line(p_session_id text, p_keys text[], p_language text) RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF cardinality(p_keys) IS DISTINCT FROM 0 AND p_keys IS NOT NULL THEN
+        RETURN COALESCE((
+            SELECT CASE p_language WHEN 'en' THEN '[session data] ' WHEN 'es' THEN '[datos de la sesión] '
+                                   ELSE '[dados da sessão] ' END
+                   || string_agg(k || ': ' || parecer._one_line(left(md.metadata ->> k, 200)), '; ' ORDER BY o) || E'\n'
+            FROM parecer.source_session_metadata md
+            CROSS JOIN unnest(p_keys) WITH ORDINALITY u(k, o)
+            WHERE md.session_id = p_session_id AND jsonb_typeof(md.metadata) = 'object'
+              AND NULLIF(md.metadata ->> k, '') IS NOT NULL), '');
+    END IF;
+    RETURN '';
+END
+$$;
+
+-- The JSON Schema of a version's custom report fields (the "extra" object), or
+-- NULL when it declares none; PR013 on a bad declaration. extra_fields is a JSON
+-- array (order kept) of {"name", "type", "description"} plus, by type:
+-- number "minimum"/"maximum", enum "values" (1-100 strings), string_list
+-- "max_items"; "evidence": true makes the field {"evidence": [...], "value": ...}.
+CREATE OR REPLACE FUNCTION parecer._extra_schema(p_fields jsonb) RETURNS json
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    v_hint constant text := 'extra_fields is a JSON array of up to 30 objects {"name": "priority", "type": "string"|"number"|"boolean"|"enum"|"string_list", "description": "...", "evidence": false} with distinct names (letters, digits, _; up to 64); number takes "minimum"/"maximum", enum "values" (1-100 distinct strings), string_list "max_items".';
+    v_ev   constant json := parecer._report_schema('{}') -> 'properties' -> 'outcome' -> 'properties' -> 'evidence';
+    f      jsonb;
+    v_t    json;
+    v_props json := '{}';
+    v_names text[] := '{}';
+BEGIN
+    IF p_fields IS NULL OR p_fields = '[]'::jsonb THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(p_fields) <> 'array' OR jsonb_array_length(p_fields) > 30 THEN
+        RAISE EXCEPTION 'invalid extra_fields: not an array of at most 30 fields' USING ERRCODE = 'PR013', HINT = v_hint;
+    END IF;
+    FOR f IN SELECT e FROM jsonb_array_elements(p_fields) e LOOP
+        IF jsonb_typeof(f) <> 'object'
+           OR (f - ARRAY['name', 'type', 'description', 'minimum', 'maximum', 'values', 'max_items', 'evidence']) <> '{}'
+           OR COALESCE(f ->> 'name', '') !~ '^[A-Za-z_][A-Za-z0-9_]{0,63}$' OR (f ->> 'name') = ANY (v_names)
+           OR jsonb_typeof(f -> 'description') IS DISTINCT FROM 'string' OR length(f ->> 'description') NOT BETWEEN 1 AND 1000
+           OR (f ? 'evidence' AND jsonb_typeof(f -> 'evidence') <> 'boolean')
+           OR NOT (f ->> 'type' = ANY (ARRAY['string', 'number', 'boolean', 'enum', 'string_list']))
+           OR ((f ? 'minimum' OR f ? 'maximum') AND f ->> 'type' <> 'number')
+           OR (f ? 'minimum' AND jsonb_typeof(f -> 'minimum') <> 'number')
+           OR (f ? 'maximum' AND jsonb_typeof(f -> 'maximum') <> 'number')
+           OR (f ? 'minimum' AND f ? 'maximum' AND (f ->> 'minimum')::numeric > (f ->> 'maximum')::numeric)
+           OR ((f ->> 'type' = 'enum') <> (f ? 'values'))
+           OR (f ? 'values' AND (jsonb_typeof(f -> 'values') <> 'array' OR jsonb_array_length(f -> 'values') NOT BETWEEN 1 AND 100
+                                 OR EXISTS (SELECT FROM jsonb_array_elements(f -> 'values') v
+                                            WHERE jsonb_typeof(v) <> 'string' OR length(v #>> '{}') NOT BETWEEN 1 AND 200)
+                                 OR (SELECT count(DISTINCT v) FROM jsonb_array_elements(f -> 'values') v) <> jsonb_array_length(f -> 'values')))
+           OR (f ? 'max_items' AND (f ->> 'type' <> 'string_list' OR jsonb_typeof(f -> 'max_items') <> 'number'
+                                    OR (f ->> 'max_items')::numeric NOT IN (SELECT generate_series(1, 100)))) THEN
+            RAISE EXCEPTION 'invalid extra field %', COALESCE(left(f ->> 'name', 64), left(f::text, 64))
+                USING ERRCODE = 'PR013', HINT = v_hint;
+        END IF;
+        v_names := v_names || (f ->> 'name');
+        v_t := CASE f ->> 'type'
+            WHEN 'string' THEN json_build_object('type', 'string')
+            WHEN 'boolean' THEN json_build_object('type', 'boolean')
+            WHEN 'number' THEN (SELECT json_object_agg(k, v ORDER BY o) FROM (
+                                    VALUES ('type', '"number"'::json, 1), ('minimum', (f -> 'minimum')::json, 2),
+                                           ('maximum', (f -> 'maximum')::json, 3)) x(k, v, o) WHERE v IS NOT NULL)
+            WHEN 'enum' THEN json_build_object('type', 'string', 'enum', (f -> 'values')::json)
+            ELSE (SELECT json_object_agg(k, v ORDER BY o) FROM (
+                      VALUES ('type', '"array"'::json, 1), ('items', '{"type": "string"}'::json, 2),
+                             ('maxItems', (f -> 'max_items')::json, 3)) x(k, v, o) WHERE v IS NOT NULL)
+        END;
+        IF (f -> 'evidence') = 'true'::jsonb THEN
+            v_t := json_build_object('type', 'object', 'additionalProperties', false,
+                                     'required', json_build_array('evidence', 'value'),
+                                     'properties', json_build_object('evidence', v_ev, 'value', v_t));
+        END IF;
+        -- the description first, then the type
+        v_t := (SELECT json_object_agg(k, v ORDER BY o) FROM (
+                    SELECT 'description', to_json(f ->> 'description'), 0
+                    UNION ALL SELECT e.k, e.v, e.o FROM json_each(v_t) WITH ORDINALITY e(k, v, o)) x(k, v, o));
+        v_props := (SELECT json_object_agg(k, v ORDER BY o) FROM (
+                        SELECT e.k, e.v, e.o FROM json_each(v_props) WITH ORDINALITY e(k, v, o)
+                        UNION ALL SELECT f ->> 'name', v_t, 1000) x(k, v, o));
+    END LOOP;
+    RETURN json_build_object('type', 'object', 'additionalProperties', false,
+                             'description', 'The fields this script version asks for, besides the standard report.',
+                             'required', to_json(v_names), 'properties', v_props);
+END
+$$;
+
+-- A report schema with a version's "extra" object appended (key order kept);
+-- unchanged when there is none.
+CREATE OR REPLACE FUNCTION parecer._with_extra(p_schema json, p_extra json) RETURNS json
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT CASE WHEN p_extra IS NULL THEN p_schema ELSE
+        json_build_object(
+            'type', 'object', 'additionalProperties', false,
+            'required', ((p_schema -> 'required')::jsonb || '["extra"]'::jsonb)::json,
+            'properties', (SELECT json_object_agg(k, v ORDER BY o) FROM (
+                               SELECT e.k, e.v, e.o FROM json_each(p_schema -> 'properties') WITH ORDINALITY e(k, v, o)
+                               UNION ALL SELECT 'extra', p_extra, 1000) x(k, v, o))) END
+$$;
+
+-- What is wrong with a report's "extra" object against the fields its version
+-- declares (NULL: nothing). Evidence inside is shaped and grounded with the rest
+-- of the report (_evidence_lists).
+CREATE OR REPLACE FUNCTION parecer._extra_problem(p_report jsonb, p_fields jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    f  jsonb;
+    v  jsonb;
+    v_names text[];
+BEGIN
+    IF p_fields IS NULL THEN
+        RETURN CASE WHEN p_report ? 'extra' THEN 'report has unexpected keys' END;
+    END IF;
+    SELECT array_agg(e ->> 'name') INTO v_names FROM jsonb_array_elements(p_fields) e;
+    IF parecer._keys_problem(p_report -> 'extra', v_names, 'extra') IS NOT NULL THEN
+        RETURN parecer._keys_problem(p_report -> 'extra', v_names, 'extra');
+    END IF;
+    FOR f IN SELECT e FROM jsonb_array_elements(p_fields) e LOOP
+        v := p_report -> 'extra' -> (f ->> 'name');
+        IF (f -> 'evidence') = 'true'::jsonb THEN
+            IF parecer._keys_problem(v, ARRAY['evidence', 'value'], 'extra.' || (f ->> 'name')) IS NOT NULL THEN
+                RETURN parecer._keys_problem(v, ARRAY['evidence', 'value'], 'extra.' || (f ->> 'name'));
+            END IF;
+            v := v -> 'value';
+        END IF;
+        IF (CASE f ->> 'type'
+               WHEN 'string' THEN jsonb_typeof(v) = 'string'
+               WHEN 'boolean' THEN jsonb_typeof(v) = 'boolean'
+               WHEN 'number' THEN jsonb_typeof(v) = 'number'
+                                  AND (NOT f ? 'minimum' OR (v #>> '{}')::numeric >= (f ->> 'minimum')::numeric)
+                                  AND (NOT f ? 'maximum' OR (v #>> '{}')::numeric <= (f ->> 'maximum')::numeric)
+               WHEN 'enum' THEN jsonb_typeof(v) = 'string' AND (f -> 'values') @> jsonb_build_array(v)
+               ELSE jsonb_typeof(v) = 'array'
+                    AND NOT EXISTS (SELECT FROM jsonb_array_elements(v) x WHERE jsonb_typeof(x) <> 'string')
+                    AND (NOT f ? 'max_items' OR jsonb_array_length(v) <= (f ->> 'max_items')::integer)
+           END) IS NOT TRUE THEN
+            RETURN pg_catalog.format('extra.%s must be %s', f ->> 'name', CASE f ->> 'type'
+                WHEN 'number' THEN 'a number' || COALESCE(' from ' || (f ->> 'minimum'), '') || COALESCE(' to ' || (f ->> 'maximum'), '')
+                WHEN 'enum' THEN 'one of ' || (f -> 'values')::text
+                WHEN 'string_list' THEN 'a list of strings' || COALESCE(' (at most ' || (f ->> 'max_items') || ')', '')
+                ELSE 'a ' || (f ->> 'type') END);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- A done item's report has exactly the extra fields its script version declares
+-- (mark_done checks the standard report; this trigger the version's own fields,
+-- in the same statement, so a refused report still changes nothing).
+CREATE OR REPLACE FUNCTION parecer._check_extra_fields() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_problem text := parecer._extra_problem(NEW.report, (SELECT s.extra_fields FROM parecer.scripts s
+                                                          WHERE s.script_id = NEW.script_id));
+BEGIN
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid report: %', v_problem
+            USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses
+    FOR EACH ROW WHEN (NEW.status = 'done' AND NEW.report IS DISTINCT FROM OLD.report)
+    EXECUTE FUNCTION parecer._check_extra_fields();
+
 -- The report schema for a topic list: strict-mode JSON Schema, key order significant.
 CREATE OR REPLACE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
 LANGUAGE sql IMMUTABLE
@@ -214,7 +415,7 @@ CREATE OR REPLACE FUNCTION parecer._script_info(s parecer.scripts) RETURNS parec
 LANGUAGE sql STABLE
 AS $$
     SELECT ROW(s.script_id, s.client_slug, s.script_key, s.version, s.is_active, s.language, s.model,
-               s.topics, s.created_at, s.created_by, s.script_text)::parecer.script_info
+               s.topics, s.created_at, s.created_by, s.script_text, s.metadata_keys, s.extra_fields)::parecer.script_info
 $$;
 
 -- Create the next version of a client's script (optionally activating it).
@@ -225,7 +426,9 @@ CREATE OR REPLACE FUNCTION parecer.create_script_version(
     topics        text[] DEFAULT '{}',
     language      text DEFAULT 'pt-BR',
     model         text DEFAULT NULL,
-    activate      boolean DEFAULT false
+    activate      boolean DEFAULT false,
+    metadata_keys text[] DEFAULT '{}',
+    extra_fields  jsonb DEFAULT NULL
 ) RETURNS parecer.script_info
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -236,6 +439,7 @@ DECLARE
     v_version integer;
     v_topics  text[];
     v_row     parecer.scripts;
+    v_extra   json;
 BEGIN
     v_client := parecer._client(create_script_version.client_slug);
 
@@ -270,6 +474,17 @@ BEGIN
             USING ERRCODE = 'PR013', HINT = 'A model name such as gpt-4.1-mini, or NULL to use the runner''s default.';
     END IF;
 
+    IF cardinality(metadata_keys) > 20 OR array_ndims(metadata_keys) > 1
+       OR array_position(metadata_keys, NULL) IS NOT NULL
+       OR EXISTS (SELECT FROM unnest(metadata_keys) k WHERE k !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$')
+       OR (SELECT count(DISTINCT k) FROM unnest(metadata_keys) k) <> cardinality(metadata_keys) THEN
+        RAISE EXCEPTION 'invalid metadata_keys'
+            USING ERRCODE = 'PR013',
+                  HINT = 'metadata_keys: at most 20 distinct keys of parecer.source_session_metadata (letters, digits, "_", "." or "-", up to 64), e.g. ''{department,urgency}''.';
+    END IF;
+
+    v_extra := parecer._extra_schema(create_script_version.extra_fields);   -- PR013 on a bad declaration
+
     -- Serialise version numbering per (client, key).
     PERFORM pg_advisory_xact_lock(hashtextextended('parecer.scripts:' || v_client.client_id || ':' || script_key, 0));
     SELECT COALESCE(max(s.version), 0) + 1 INTO v_version
@@ -282,21 +497,23 @@ BEGIN
     END IF;
 
     INSERT INTO parecer.scripts (client_id, client_slug, script_key, version, script_text, topics, language,
-                                 model, instructions, report_schema, is_active, activated_at)
+                                 model, instructions, report_schema, is_active, activated_at, metadata_keys,
+                                 extra_fields)
     VALUES (v_client.client_id, v_client.client_slug, create_script_version.script_key, v_version,
             create_script_version.script_text, v_topics, create_script_version.language,
             create_script_version.model,
             parecer._instructions(v_client.client_slug, create_script_version.script_key, v_version,
                                   create_script_version.script_text, v_topics, create_script_version.language),
-            parecer._report_schema(v_topics), COALESCE(activate, false),
-            CASE WHEN activate THEN now() END)
+            parecer._with_extra(parecer._report_schema(v_topics), v_extra), COALESCE(activate, false),
+            CASE WHEN activate THEN now() END, COALESCE(create_script_version.metadata_keys, '{}'),
+            CASE WHEN v_extra IS NOT NULL THEN create_script_version.extra_fields END)
     RETURNING * INTO v_row;
 
     RETURN parecer._script_info(v_row);
 END
 $$;
-COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text, text, boolean) IS
-'Create the next version (max + 1) of a client''s analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).';
+COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text, text, boolean, text[], jsonb) IS
+'Create the next version (max + 1) of a client''s analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).';
 
 -- List a client's scripts.
 CREATE OR REPLACE FUNCTION parecer.list_scripts(client_slug text, script_key text DEFAULT NULL, active_only boolean DEFAULT false)

@@ -30,6 +30,29 @@ BEGIN
 END
 $$;
 
+-- Validate a metadata filter (contract v2): a JSON object of 1-20 keys whose
+-- values are strings, numbers or booleans; a session matches when its metadata
+-- contains it (jsonb @>: every key equal). Passed as a parameter, never spliced.
+CREATE OR REPLACE FUNCTION parecer._metadata_filter(p_filter jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    IF p_filter IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(p_filter) <> 'object'
+       OR (SELECT count(*) FROM jsonb_object_keys(p_filter)) NOT BETWEEN 1 AND 20
+       OR EXISTS (SELECT FROM jsonb_each(p_filter) e
+                  WHERE jsonb_typeof(e.value) NOT IN ('string', 'number', 'boolean') OR length(e.key) > 64
+                     OR length(e.value #>> '{}') > 200) THEN
+        RAISE EXCEPTION 'invalid metadata filter'
+            USING ERRCODE = 'PR031',
+                  HINT = 'Use a JSON object of 1-20 keys of parecer.source_session_metadata with string, number or boolean values, e.g. {"department":"vendas","urgent":true}: a session matches when every key is equal.';
+    END IF;
+    RETURN p_filter;
+END
+$$;
+
 -- The idle rule a run applies: the min_idle setting unless the run names its own.
 CREATE OR REPLACE FUNCTION parecer._min_idle(p_min_idle interval) RETURNS interval
 LANGUAGE plpgsql STABLE
@@ -53,7 +76,8 @@ CREATE OR REPLACE FUNCTION parecer.eligible_sessions(
     ended_after         timestamptz DEFAULT NULL,
     ended_before        timestamptz DEFAULT NULL,
     require_agent_reply boolean DEFAULT false,
-    min_idle            interval DEFAULT NULL
+    min_idle            interval DEFAULT NULL,
+    metadata_filter     jsonb DEFAULT NULL
 ) RETURNS TABLE (session_id text, ended_at timestamptz, message_count bigint, last_message_at timestamptz)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
@@ -64,6 +88,7 @@ DECLARE
     v_filter record;
     v_tag_sql text;
     v_idle    interval;
+    v_meta    jsonb := parecer._metadata_filter(eligible_sessions.metadata_filter);
 BEGIN
     v_client := parecer._client(eligible_sessions.client_slug);
     v_filter := parecer._tag_filter(tag_filter);
@@ -85,21 +110,26 @@ BEGIN
         'SELECT s.session_id, s.ended_at, count(*)::bigint, max(m.sent_at)
          FROM parecer.source_sessions s
          JOIN parecer.source_messages m ON m.session_id = s.session_id
+         LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = m.session_id
          WHERE s.client_id = $1
            AND s.ended_at <= now() - $7
            AND ($2::timestamptz IS NULL OR s.ended_at >= $2)
            AND ($3::timestamptz IS NULL OR s.ended_at < $3) '
-        || v_tag_sql ||
+        || v_tag_sql
+        || CASE WHEN v_meta IS NOT NULL THEN ' AND EXISTS (SELECT FROM parecer.source_session_metadata md
+                                                          WHERE md.session_id = s.session_id AND md.metadata @> $8)' ELSE '' END ||
         ' GROUP BY s.session_id, s.ended_at
-          HAVING count(*) >= $4 AND (NOT $6 OR bool_or(m.from_me))
+          HAVING count(*) >= $4 AND (NOT $6 OR bool_or(CASE WHEN sd.sender IN (''agent'', ''bot'', ''supervisor'') THEN true
+                                                        WHEN sd.sender IN (''customer'', ''system'', ''note'') THEN false
+                                                        ELSE m.from_me END))
              AND COALESCE(max(m.sent_at), ''-infinity'') <= now() - $7
           ORDER BY s.ended_at DESC, s.session_id'
     USING v_client.client_id, ended_after, ended_before, min_messages, v_filter.tags,
-          COALESCE(require_agent_reply, false), v_idle;
+          COALESCE(require_agent_reply, false), v_idle, v_meta;
 END
 $$;
-COMMENT ON FUNCTION parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval) IS
-'Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003''s rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010.';
+COMMENT ON FUNCTION parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval, jsonb) IS
+'Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before), with an agent reply (an agent, bot or supervisor; else from_me) and whose parecer.source_session_metadata contains metadata_filter, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003''s rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010, PR031 invalid metadata_filter.';
 
 -- Refuse session ids that parecer.source_sessions holds more than once (an adapter
 -- joining to a table with several rows per session): PR015 names them, where the

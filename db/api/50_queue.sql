@@ -345,6 +345,7 @@ BEGIN
     IF v_expired THEN
         PERFORM parecer._expire_leases();
     END IF;
+    IF parecer._global_blocked_reason() IS NOT NULL THEN RETURN; END IF;  -- the installation's budget (85_spend.sql)
 
     IF v_n = 0 THEN
         RETURN;

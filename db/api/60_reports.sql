@@ -39,7 +39,8 @@ END
 $fn$;
 
 -- A session's transcript as the model reads it, one element per message:
--- "[msg <id>] <UTC time> <ROLE>: <content>". An id with a space, a bracket, a
+-- "[msg <id>] <UTC time> <ROLE>: <content>", ROLE from the message's sender when
+-- the adapter gives one (_sender_label), else from from_me. An id with a space, a bracket, a
 -- quote or a control character is shown as a JSON string. (PL/pgSQL rather than
 -- SQL: its plan is cached for the session.)
 CREATE OR REPLACE FUNCTION parecer._transcript_lines(p_session_id text, p_language text) RETURNS text[]
@@ -51,7 +52,7 @@ BEGIN
                    '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
                                    ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
-                || CASE WHEN m.from_me THEN l.agent ELSE l.customer END || ': '
+                || COALESCE(parecer._sender_label(p_language, sd.sender), CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
                 || parecer._one_line(
                      CASE
                        WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
@@ -66,6 +67,7 @@ BEGIN
                  ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
         FROM parecer.source_messages m
         CROSS JOIN parecer._labels(p_language) l
+        LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = p_session_id  -- contract v2 (0009)
         WHERE m.session_id = p_session_id
     );
 END
@@ -235,6 +237,7 @@ BEGIN
             USING ERRCODE = 'PR016',
                   HINT = 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.';
     END IF;
+    v_input := parecer._metadata_line(v_a.session_id, v_s.metadata_keys, v_s.language) || v_input;  -- contract v2 (30_scripts.sql)
     v_hash := encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex');
     -- What the lease holder was given, for mark_done to check its prompt_hash against.
     -- Not worth a WAL flush (it doubled prompt_for's time in bench/b01): lost in a
@@ -273,7 +276,9 @@ DECLARE
     v_problem text;
     v_topics  text[] := '{}';
 BEGIN
-    v_problem := parecer._keys_problem(p_report, k_report, 'report');
+    -- "extra" (a version's custom fields) is _check_extra_fields' (30_scripts.sql)
+    v_problem := parecer._keys_problem(CASE WHEN jsonb_typeof(p_report) = 'object' THEN p_report - 'extra' ELSE p_report END,
+                                       k_report, 'report');
     IF v_problem IS NOT NULL THEN
         RETURN v_problem;
     ELSIF jsonb_typeof(p_report -> 'schema_version') <> 'string' OR p_report ->> 'schema_version' <> 'parecer.report.v1' THEN
@@ -390,7 +395,11 @@ BEGIN
     UNION ALL
     SELECT pg_catalog.format('flags[%s].evidence', i - 1), f -> 'evidence'
     FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' THEN p_report -> 'flags' END)
-         WITH ORDINALITY u(f, i);
+         WITH ORDINALITY u(f, i)
+    UNION ALL   -- custom fields declared with evidence (0010)
+    SELECT 'extra.' || x.key || '.evidence', x.value -> 'evidence'
+    FROM jsonb_each(CASE WHEN jsonb_typeof(p_report -> 'extra') = 'object' THEN p_report -> 'extra' END) x
+    WHERE jsonb_typeof(x.value) = 'object' AND x.value ? 'evidence';
 END
 $$;
 

@@ -223,6 +223,7 @@ BEGIN
         ORDER BY s.created_at DESC, s.script_id DESC LIMIT 1;
         v_doc := v_doc || jsonb_build_object('language', v_lang);
     END IF;
+    v_doc := v_doc || parecer._insights_extra(v_client.client_id, insights.script_key, insights.since, insights.until, insights.script_version, insights.analysis_version_tag);
     RETURN jsonb_build_object(
         'schema_version', 'parecer.insights.v1',
         'client_slug', v_client.client_slug,
@@ -231,6 +232,63 @@ BEGIN
                                       'analysis_version_tag', insights.analysis_version_tag),
         'generated_at', now()) || v_doc;
 END
+$$;
+
+-- The custom report fields (extra_fields) of the same reports, per field name,
+-- as {"extra": {...}}; {} when no report in the window has any, so documents of
+-- versions without custom fields are unchanged. The type is the newest
+-- declaration of the name; a field with evidence is summed by its value.
+-- enum and boolean: counts per value; number: n, avg, min, max; string_list:
+-- the 20 most frequent items; string (free text): n only.
+CREATE OR REPLACE FUNCTION parecer._insights_extra(p_client_id text, p_script_key text, p_since timestamptz,
+                                                   p_until timestamptz, p_version integer, p_tag text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH vals AS MATERIALIZED (
+    SELECT e.key AS name,
+           CASE WHEN jsonb_typeof(e.value) = 'object' AND e.value ? 'value' THEN e.value -> 'value' ELSE e.value END AS v
+    FROM parecer.analyses a
+    JOIN parecer.scripts s ON s.script_id = a.script_id
+    CROSS JOIN LATERAL jsonb_each(a.report -> 'extra') e
+    WHERE a.client_id = p_client_id AND a.status = 'done' AND s.extra_fields IS NOT NULL
+      AND jsonb_typeof(a.report -> 'extra') = 'object'
+      AND (p_script_key IS NULL OR s.script_key = p_script_key)
+      AND (p_version IS NULL OR s.version = p_version)
+      AND (p_tag IS NULL OR a.analysis_version_tag = p_tag)
+      AND (p_since IS NULL OR a.processed_at >= p_since)
+      AND (p_until IS NULL OR a.processed_at < p_until)
+), decl AS (
+    SELECT DISTINCT ON (f ->> 'name') f ->> 'name' AS name, f ->> 'type' AS type
+    FROM parecer.scripts s CROSS JOIN LATERAL jsonb_array_elements(s.extra_fields) f
+    WHERE s.client_id = p_client_id AND s.extra_fields IS NOT NULL
+    ORDER BY f ->> 'name', s.script_id DESC
+), per AS (
+    SELECT v.name, d.type,
+           CASE d.type
+               WHEN 'number' THEN jsonb_build_object('type', d.type, 'n', count(*),
+                   'avg', round(avg((v.v #>> '{}')::numeric) FILTER (WHERE jsonb_typeof(v.v) = 'number'), 4),
+                   'min', min((v.v #>> '{}')::numeric) FILTER (WHERE jsonb_typeof(v.v) = 'number'),
+                   'max', max((v.v #>> '{}')::numeric) FILTER (WHERE jsonb_typeof(v.v) = 'number'))
+               WHEN 'string' THEN jsonb_build_object('type', d.type, 'n', count(*))
+               WHEN 'string_list' THEN jsonb_build_object('type', d.type, 'n', count(*), 'top', COALESCE((
+                   SELECT jsonb_agg(jsonb_build_object('value', t.item, 'count', t.n) ORDER BY t.n DESC, t.item)
+                   FROM (SELECT i.item, count(*) AS n
+                         FROM vals v2 CROSS JOIN LATERAL jsonb_array_elements_text(
+                             CASE WHEN jsonb_typeof(v2.v) = 'array' THEN v2.v END) i(item)
+                         WHERE v2.name = v.name GROUP BY i.item ORDER BY count(*) DESC, i.item LIMIT 20) t), '[]'))
+               ELSE jsonb_build_object('type', d.type, 'n', count(*), 'counts', (
+                   SELECT jsonb_object_agg(c.k, c.n) FROM (
+                       SELECT v3.v #>> '{}' AS k, count(*) AS n FROM vals v3 WHERE v3.name = v.name
+                       GROUP BY 1) c))
+           END AS summary
+    FROM vals v JOIN decl d ON d.name = v.name
+    GROUP BY v.name, d.type
+)
+SELECT CASE WHEN count(*) = 0 THEN '{}'::jsonb
+            ELSE jsonb_build_object('extra', jsonb_object_agg(per.name, per.summary)) END
+FROM per
 $$;
 
 -- Check the filters shared by insights and insight_sessions: PR002 for a script
@@ -400,6 +458,6 @@ END
 $$;
 
 COMMENT ON FUNCTION parecer.insights(text, text, timestamptz, timestamptz, integer, text) IS
-'Figures over a client''s done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week. One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.';
+'Figures over a client''s done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week; with custom report fields (extra_fields), "extra": per field, counts per value (enum, boolean), n/avg/min/max (number), top items (string_list) or n (string). One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.';
 COMMENT ON FUNCTION parecer.insight_sessions(text, text, text, text, text, text, timestamptz, timestamptz, integer, text, integer, timestamptz, uuid) IS
 'A client''s done reports matching a filter (topic present, flag, outcome, sentiment end, script, window), newest first, max_rows per page (next page: before_processed_at/before_analysis_id of the last row), with verdicts and every evidence quote (message id, speaker role, excerpt). Errors: PR001, PR002, PR010.';

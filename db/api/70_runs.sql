@@ -14,7 +14,8 @@ CREATE OR REPLACE FUNCTION parecer.start_run(
     require_agent_reply  boolean DEFAULT false,
     backlog              boolean DEFAULT false,
     min_idle             interval DEFAULT NULL,
-    reanalyse_changed    boolean DEFAULT false
+    reanalyse_changed    boolean DEFAULT false,
+    metadata_filter      jsonb DEFAULT NULL
 ) RETURNS parecer.run_result
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -46,7 +47,7 @@ BEGIN
     WITH e AS (
         SELECT * FROM parecer.eligible_sessions(start_run.client_slug, start_run.min_messages, start_run.tag_filter,
                                                 start_run.ended_after, start_run.ended_before, start_run.require_agent_reply,
-                                                v_idle)
+                                                v_idle, start_run.metadata_filter)
     ), x AS (
         SELECT e.session_id, e.ended_at, a.status, a.next_retry_at, a.retry_count,
                -- done, and the session's messages changed since (parecer.stale_reports' rule)
@@ -102,7 +103,8 @@ BEGIN
                                'ended_after', start_run.ended_after, 'ended_before', start_run.ended_before,
                                'require_agent_reply', COALESCE(start_run.require_agent_reply, false),
                                'backlog', COALESCE(start_run.backlog, false),
-                               'min_idle', v_idle, 'reanalyse_changed', v_reanalyse),
+                               'min_idle', v_idle, 'reanalyse_changed', v_reanalyse,
+                               'metadata_filter', start_run.metadata_filter),
             v_res.eligible, v_res.already_done, v_res.already_queued, v_res.would_enqueue)
     RETURNING runs.run_id INTO v_res.run_id;
 
@@ -124,8 +126,8 @@ BEGIN
     RETURN v_res;
 END
 $$;
-COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean) IS
-'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions.';
+COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean, jsonb) IS
+'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.';
 
 -- The summary itself (see parecer.run_summary).
 CREATE OR REPLACE FUNCTION parecer._run_summary(p_run_id bigint)

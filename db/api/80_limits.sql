@@ -14,6 +14,30 @@ BEGIN
 END
 $$;
 
+-- The requests-per-day limit of a key (rpd, else setting default_rpd; 0: none),
+-- counted per budget_timezone day in the key's row, which the caller holds
+-- locked. When today's requests have reached the limit: the seconds until the
+-- next budget day begins (the runner pauses the key that long). Otherwise NULL,
+-- and when p_grant (the minute buckets grant the request) one more request today.
+CREATE OR REPLACE FUNCTION parecer._rate_day_take(p_row parecer._rate_limits, p_now timestamptz, p_grant boolean)
+RETURNS double precision
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_rpd   integer := COALESCE(p_row.rpd, parecer._setting_int('default_rpd'));
+    v_today date := parecer._budget_day(p_now);
+    v_used  integer := CASE WHEN p_row.day = v_today THEN p_row.day_requests ELSE 0 END;
+BEGIN
+    IF v_rpd > 0 AND v_used >= v_rpd THEN
+        RETURN GREATEST(extract(epoch FROM ((v_today + 1)::timestamp AT TIME ZONE parecer._setting('budget_timezone')) - p_now), 1.0);
+    END IF;
+    IF p_grant THEN
+        UPDATE parecer._rate_limits r SET day = v_today, day_requests = v_used + 1 WHERE r.limit_key = p_row.limit_key;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- Ask for one request of about `tokens` tokens under a shared limit.
 CREATE OR REPLACE FUNCTION parecer.acquire_rate(limit_key text, tokens integer DEFAULT 1000)
 RETURNS parecer.rate_grant
@@ -72,6 +96,7 @@ BEGIN
         RETURN ROW(false, v_wait)::parecer.rate_grant;
     END IF;
 
+    v_wait := parecer._rate_day_take(v_row, v_now, v_req >= 1.0 AND v_tok >= v_need); IF v_wait IS NOT NULL THEN RETURN ROW(false, v_wait)::parecer.rate_grant; END IF;
     IF v_req >= 1.0 AND v_tok >= v_need THEN
         UPDATE parecer._rate_limits r
            SET req_tokens = v_req - 1.0, tok_tokens = v_tok - v_need, refilled_at = v_now,
@@ -88,7 +113,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.acquire_rate(text, integer) IS
-'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key''s tokens per minute or the max_request_tokens setting (the request can never be granted).';
+'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). Errors: PR010, PR016 tokens above the key''s tokens per minute or the max_request_tokens setting (the request can never be granted).';
 
 -- Feed back what the provider said: 429 Retry-After pauses every runner of the key; remaining headers; actual tokens.
 CREATE OR REPLACE FUNCTION parecer.report_rate(
@@ -149,17 +174,23 @@ SELECT r.limit_key,
                         WHERE st.name = 'default_rpm')) AS rpm,
        COALESCE(r.tpm, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
                         WHERE st.name = 'default_tpm')) AS tpm,
-       r.rpm IS NULL AND r.tpm IS NULL AS is_default,
+       r.rpm IS NULL AND r.tpm IS NULL AND r.rpd IS NULL AS is_default,
        CASE WHEN r.paused_until > clock_timestamp() THEN r.paused_until END AS paused_until,
        CASE WHEN r.paused_until > clock_timestamp() THEN r.pause_reason END AS pause_reason,
        r.granted, r.throttled, r.observed_remaining_requests, r.observed_remaining_tokens, r.observed_at,
-       r.updated_at, r.waited
+       r.updated_at, r.waited,
+       COALESCE(r.rpd, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
+                        WHERE st.name = 'default_rpd')) AS rpd,
+       CASE WHEN r.day = (clock_timestamp() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
+                                                          WHERE st.name = 'budget_timezone'))::date
+            THEN r.day_requests ELSE 0 END AS requests_today
 FROM parecer._rate_limits r
 ORDER BY r.limit_key;
-COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited).';
+COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day).';
 
 -- Set (or with NULLs reset to the defaults) the limits of a key + model.
-CREATE OR REPLACE FUNCTION parecer.set_rate_limit(limit_key text, rpm integer DEFAULT NULL, tpm integer DEFAULT NULL)
+CREATE OR REPLACE FUNCTION parecer.set_rate_limit(limit_key text, rpm integer DEFAULT NULL, tpm integer DEFAULT NULL,
+                                                  rpd integer DEFAULT NULL)
 RETURNS SETOF parecer.rate_limits
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -168,13 +199,16 @@ AS $$
 DECLARE
     v_key text := parecer._limit_key(set_rate_limit.limit_key);
 BEGIN
-    IF rpm IS NOT NULL AND (rpm < 1 OR rpm > 1000000) OR tpm IS NOT NULL AND (tpm < 100 OR tpm > 1000000000) THEN
-        PERFORM parecer._invalid('rpm must be 1..1000000 and tpm 100..1000000000', 'Seed 003 ran at 80% of the official limits: e.g. rpm => 400, tpm => 160000.');
+    IF rpm IS NOT NULL AND (rpm < 1 OR rpm > 1000000) OR tpm IS NOT NULL AND (tpm < 100 OR tpm > 1000000000)
+       OR rpd IS NOT NULL AND (rpd < 1 OR rpd > 100000000) THEN
+        PERFORM parecer._invalid('rpm must be 1..1000000, tpm 100..1000000000 and rpd 1..100000000',
+                                 'Seed 003 ran at 80% of the official limits: e.g. rpm => 400, tpm => 24000, rpd => 160 (later 1000).');
     END IF;
-    INSERT INTO parecer._rate_limits AS r (limit_key, rpm, tpm) VALUES (v_key, rpm, tpm)
-    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO UPDATE SET rpm = EXCLUDED.rpm, tpm = EXCLUDED.tpm, updated_at = now();
+    INSERT INTO parecer._rate_limits AS r (limit_key, rpm, tpm, rpd) VALUES (v_key, rpm, tpm, rpd)
+    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO UPDATE
+        SET rpm = EXCLUDED.rpm, tpm = EXCLUDED.tpm, rpd = EXCLUDED.rpd, updated_at = now();
     RETURN QUERY SELECT * FROM parecer.rate_limits l WHERE l.limit_key = v_key;
 END
 $$;
-COMMENT ON FUNCTION parecer.set_rate_limit(text, integer, integer) IS
-'Configure requests and tokens per minute for a provider key label + model (NULL: the default_rpm / default_tpm settings). Errors: PR010.';
+COMMENT ON FUNCTION parecer.set_rate_limit(text, integer, integer, integer) IS
+'Configure requests and tokens per minute and requests per day (budget_timezone day) for a provider key label + model (NULL: the default_rpm / default_tpm / default_rpd settings). Errors: PR010.';

@@ -98,6 +98,7 @@ BEGIN
     IF v_daily IS NOT NULL OR v_monthly IS NOT NULL THEN
         PERFORM parecer._budget_alerts_check(p_client_id, p_client_slug, p_day, v_daily, v_monthly);
     END IF;
+    PERFORM parecer._global_budget_alerts_check(p_day);
 END
 $$;
 
@@ -116,6 +117,48 @@ $$;
 CREATE OR REPLACE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION parecer._register_clients();
 
+-- The installation's budget state right now: one row, its sums read only when a
+-- global budget is set (parecer.set_global_budget). Inlined calendar, as in
+-- _budget_state below.
+CREATE OR REPLACE VIEW parecer._global_budget_state AS
+WITH cal AS (
+    SELECT (now() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
+                                WHERE st.name = 'budget_timezone'))::date AS today
+), gb AS (
+    SELECT b.daily_budget_usd, b.monthly_budget_usd FROM (SELECT) one LEFT JOIN parecer._global_budget b ON true
+)
+SELECT gb.daily_budget_usd, gb.monthly_budget_usd,
+       COALESCE(sp.spent_today, 0) AS spent_today, COALESCE(sp.spent_month, 0) AS spent_month,
+       CASE
+           WHEN gb.daily_budget_usd IS NOT NULL AND sp.spent_today >= gb.daily_budget_usd
+               THEN pg_catalog.format('installation daily budget reached: %s of %s USD', round(sp.spent_today, 4), gb.daily_budget_usd)
+           WHEN gb.monthly_budget_usd IS NOT NULL AND sp.spent_month >= gb.monthly_budget_usd
+               THEN pg_catalog.format('installation monthly budget reached: %s of %s USD', round(sp.spent_month, 4), gb.monthly_budget_usd)
+       END AS blocked_reason
+FROM gb
+CROSS JOIN cal
+LEFT JOIN LATERAL (
+    SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0) AS spent_today,
+           COALESCE(sum(s.cost_usd), 0) AS spent_month
+    FROM parecer._spend s
+    WHERE (gb.daily_budget_usd IS NOT NULL OR gb.monthly_budget_usd IS NOT NULL)
+      AND s.day >= date_trunc('month', cal.today)::date AND s.day <= cal.today
+) sp ON true;
+
+-- Why claim hands out no work at all (the installation's budget), NULL when it may.
+-- A single lookup when no global budget is set.
+CREATE OR REPLACE FUNCTION parecer._global_blocked_reason() RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM parecer._global_budget b
+                   WHERE b.daily_budget_usd IS NOT NULL OR b.monthly_budget_usd IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT g.blocked_reason FROM parecer._global_budget_state g);
+END
+$$;
+
 -- Budget state per client right now. Views reached by parecer_reader call no
 -- functions of ours (a view's functions run with the reader's rights): the
 -- budget calendar is inlined here.
@@ -131,9 +174,11 @@ SELECT p.client_id, p.client_slug, p.priority, p.daily_budget_usd, p.monthly_bud
                THEN pg_catalog.format('daily budget reached: %s of %s USD', round(sp.spent_today, 4), p.daily_budget_usd)
            WHEN p.monthly_budget_usd IS NOT NULL AND sp.spent_month >= p.monthly_budget_usd
                THEN pg_catalog.format('monthly budget reached: %s of %s USD', round(sp.spent_month, 4), p.monthly_budget_usd)
+           ELSE g.blocked_reason
        END AS blocked_reason
 FROM parecer._client_policy p
 CROSS JOIN cal
+CROSS JOIN parecer._global_budget_state g
 CROSS JOIN LATERAL (
     SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0) AS spent_today,
            COALESCE(sum(s.cost_usd), 0) AS spent_month
@@ -330,3 +375,134 @@ AS $$
 $$;
 COMMENT ON FUNCTION parecer.estimate_cost(bigint, integer) IS
 'Estimated cost in USD of analysing `sessions` sessions with a script: the average cost per done analysis (all attempts included) of the script, else of its client; NULL without history.';
+
+
+-- Raise the installation's budget alerts (NOTIFY parecer_budget with "client": null,
+-- "scope": "installation"), once per period and threshold, at 80% and 100%.
+-- Stored in _budget_alerts under the client id '*' (no source client id is '*'
+-- in practice; purge treats the rows like any other).
+CREATE OR REPLACE FUNCTION parecer._global_budget_alerts_check(p_day date) RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_b      parecer._global_budget;
+    v_period text;
+    v_budget numeric;
+    v_start  date;
+    v_spent  numeric;
+    v_pct    integer;
+BEGIN
+    SELECT * INTO v_b FROM parecer._global_budget;
+    IF v_b.daily_budget_usd IS NULL AND v_b.monthly_budget_usd IS NULL THEN
+        RETURN;
+    END IF;
+    FOREACH v_period IN ARRAY ARRAY['day', 'month'] LOOP
+        v_budget := CASE v_period WHEN 'day' THEN v_b.daily_budget_usd ELSE v_b.monthly_budget_usd END;
+        CONTINUE WHEN v_budget IS NULL;
+        v_start := CASE v_period WHEN 'day' THEN p_day ELSE date_trunc('month', p_day)::date END;
+        SELECT COALESCE(sum(s.cost_usd), 0) INTO v_spent FROM parecer._spend s WHERE s.day >= v_start AND s.day <= p_day;
+        FOREACH v_pct IN ARRAY ARRAY[80, 100] LOOP
+            IF v_spent >= v_budget * v_pct / 100.0 THEN
+                INSERT INTO parecer._budget_alerts (client_id, period, period_start, threshold, spent_usd, budget_usd)
+                VALUES ('*', v_period, v_start, v_pct, v_spent, v_budget)
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    PERFORM pg_notify('parecer_budget', json_build_object(
+                        'client', NULL, 'scope', 'installation', 'period', v_period, 'threshold', v_pct,
+                        'spent_usd', round(v_spent, 4), 'budget_usd', v_budget)::text);
+                END IF;
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- The installation's budgets and spend.
+CREATE OR REPLACE VIEW parecer.global_budget AS
+SELECT g.daily_budget_usd, g.spent_today AS spent_today_usd, g.monthly_budget_usd, g.spent_month AS spent_month_usd,
+       g.blocked_reason
+FROM parecer._global_budget_state g;
+COMMENT ON VIEW parecer.global_budget IS 'The installation''s daily and monthly budget (all clients together, USD), spend so far (budget_timezone calendar; summed only while a budget is set, else 0), and why claim hands out no work at all (blocked_reason).';
+
+-- Set the installation's daily / monthly budget in USD (NULL: none).
+CREATE OR REPLACE FUNCTION parecer.set_global_budget(daily_usd numeric DEFAULT NULL, monthly_usd numeric DEFAULT NULL)
+RETURNS SETOF parecer.global_budget
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF daily_usd < 0 OR monthly_usd < 0 OR daily_usd > 1e9 OR monthly_usd > 1e9 THEN
+        PERFORM parecer._invalid('budgets must be between 0 and 1e9 USD',
+                                 'Budgets are in USD: seed 003''s R$10/day and R$200/month at 5.40 BRL per USD are daily_usd => 1.85, monthly_usd => 37.04; NULL for none.');
+    END IF;
+    INSERT INTO parecer._global_budget AS b (singleton, daily_budget_usd, monthly_budget_usd)
+    VALUES (true, daily_usd, monthly_usd)
+    ON CONFLICT (singleton) DO UPDATE SET daily_budget_usd = EXCLUDED.daily_budget_usd,
+        monthly_budget_usd = EXCLUDED.monthly_budget_usd, updated_at = now();
+    RETURN QUERY SELECT * FROM parecer.global_budget;
+END
+$$;
+COMMENT ON FUNCTION parecer.set_global_budget(numeric, numeric) IS
+'Set the installation''s daily and monthly budget in USD, all clients together (NULL: no limit). At or over it, claim hands out no work to anyone (fail-closed) until the period turns; per-client budgets still apply beside it; alerts at 80% and 100% (NOTIFY parecer_budget, "scope": "installation"). Errors: PR010.';
+
+-- Units of a currency per US dollar: 1 for USD, the usd_exchange_rate setting for display_currency.
+CREATE OR REPLACE FUNCTION parecer.exchange_rate(currency text DEFAULT NULL) RETURNS numeric
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_display text := parecer._setting('display_currency');
+    v_cur     text := upper(COALESCE(exchange_rate.currency, v_display));
+BEGIN
+    IF v_cur = 'USD' THEN
+        RETURN 1;
+    ELSIF v_cur = v_display THEN
+        RETURN parecer._setting('usd_exchange_rate')::numeric;
+    END IF;
+    RAISE EXCEPTION 'no exchange rate for %: display_currency is %', left(v_cur, 20), v_display
+        USING ERRCODE = 'PR030',
+              HINT = pg_catalog.format('Set the currency and its rate: parecer.set_setting(''display_currency'', ''%s''), then parecer.set_setting(''usd_exchange_rate'', ''<units per USD>'').', left(v_cur, 20));
+END
+$$;
+COMMENT ON FUNCTION parecer.exchange_rate(text) IS
+'Units of currency per US dollar (default: the display_currency setting): 1 for USD, the usd_exchange_rate setting for display_currency. parecer keeps every price, cost and budget in USD; this converts for display only. Errors: PR030 no rate for that currency.';
+
+-- Month-to-date spend extrapolated to the whole month, per client and in total.
+CREATE OR REPLACE FUNCTION parecer.spend_projection(currency text DEFAULT NULL)
+RETURNS TABLE (client_slug text, month date, days_elapsed numeric, days_in_month integer,
+               spent_today_usd numeric, projected_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric,
+               currency_code text, spent_today numeric, projected_today numeric, spent_month numeric,
+               projected_month numeric)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rate    numeric := parecer.exchange_rate(spend_projection.currency);
+    v_cur     text := upper(COALESCE(spend_projection.currency, parecer._setting('display_currency')));
+    v_local   timestamp := now() AT TIME ZONE parecer._setting('budget_timezone');
+    v_today   date := v_local::date;
+    v_month   date := date_trunc('month', v_local)::date;
+    v_days    integer := ((v_month + interval '1 month')::date - v_month);
+    -- days of the month gone by, today counted by the fraction elapsed (at least a minute)
+    v_elapsed numeric := GREATEST(extract(epoch FROM v_local - v_month::timestamp) / 86400.0, 1.0 / 1440);
+    -- the fraction of today gone by (at least a minute)
+    v_day     numeric := GREATEST(extract(epoch FROM v_local - v_today::timestamp) / 86400.0, 1.0 / 1440);
+BEGIN
+    RETURN QUERY
+    SELECT g.client_slug, v_month, round(v_elapsed, 4), v_days, g.today, round(g.today / v_day, 4), g.mtd,
+           round(g.mtd / v_elapsed * v_days, 4), v_cur,
+           round(g.today * v_rate, 4), round(g.today / v_day * v_rate, 4), round(g.mtd * v_rate, 4),
+           round(g.mtd / v_elapsed * v_days * v_rate, 4)
+    FROM (SELECT s.client_slug, COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = v_today), 0) AS today,
+                 COALESCE(sum(s.cost_usd), 0) AS mtd
+          FROM parecer._spend s
+          WHERE s.day >= v_month AND s.day <= v_today
+          GROUP BY GROUPING SETS ((s.client_slug), ())) g
+    ORDER BY g.client_slug NULLS FIRST;
+END
+$$;
+COMMENT ON FUNCTION parecer.spend_projection(text) IS
+'Spend extrapolated linearly, budget_timezone calendar: this month''s to the whole month (month-to-date / days elapsed, today counted by its elapsed fraction, * days in the month) and today''s to the whole day (today / fraction of the day gone by); one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.';

@@ -25,10 +25,12 @@ GRANT USAGE ON SCHEMA parecer TO parecer_admin, parecer_runner, parecer_reader;
 GRANT SELECT ON
     parecer.reports, parecer.attempts, parecer.queue_status, parecer.runs_overview, parecer.settings,
     parecer.rate_limits, parecer.model_prices, parecer.budgets, parecer.spend_daily, parecer.spend_monthly,
-    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports
+    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports, parecer.global_budget
 TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.run_summary(bigint),
+    parecer.exchange_rate(text),
+    parecer.spend_projection(text),
     parecer.insights(text, text, timestamptz, timestamptz, integer, text),
     parecer.insight_sessions(text, text, text, text, text, text, timestamptz, timestamptz, integer, text, integer, timestamptz, uuid)
 TO parecer_reader;
@@ -54,21 +56,22 @@ GRANT parecer_reader TO parecer_admin;
 GRANT SELECT ON parecer.source_clients, parecer.client_grants TO parecer_admin;
 GRANT EXECUTE ON FUNCTION
     parecer.set_setting(text, text),
-    parecer.create_script_version(text, text, text, text[], text, text, boolean),
+    parecer.create_script_version(text, text, text, text[], text, text, boolean, text[], jsonb),
     parecer.list_scripts(text, text, boolean),
     parecer.resolve_script(text, text, integer),
     parecer.activate_script(text, text, integer, boolean),
-    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval),
+    parecer.eligible_sessions(text, integer, jsonb, timestamptz, timestamptz, boolean, interval, jsonb),
     parecer.enqueue(text[], bigint, text, boolean, bigint),
-    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean),
+    parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean, jsonb),
     parecer.retry_failed(bigint, text, text),
     parecer.set_run_backlog(bigint, boolean),
     parecer.estimate_cost(bigint, integer),
     parecer.session_transcript(text),
     parecer.prompt_for(uuid),
-    parecer.set_rate_limit(text, integer, integer),
+    parecer.set_rate_limit(text, integer, integer, integer),
     parecer.set_model_price(text, numeric, numeric, numeric, text, date),
     parecer.set_budget(text, numeric, numeric),
+    parecer.set_global_budget(numeric, numeric),
     parecer.set_client_priority(text, integer),
     parecer.doctor(text, integer),
     parecer.purge(interval, boolean, integer),

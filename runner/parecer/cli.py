@@ -466,6 +466,19 @@ SCRIPT_COLUMNS = [
 )
 @click.option("--model", default=None, help="Model for this version (default: the runner's).")
 @click.option("--activate", is_flag=True, help="Make it the active version.")
+@click.option(
+    "--metadata-key",
+    "metadata_keys",
+    multiple=True,
+    help="A key of parecer.source_session_metadata to show the model (repeat).",
+)
+@click.option(
+    "--extra-fields",
+    "extra_fields",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    help="JSON file declaring custom report fields (docs/report-schema.md, custom fields).",
+)
 @json_option
 @click.pass_context
 def scripts_create(
@@ -477,14 +490,34 @@ def scripts_create(
     language: str,
     model: str | None,
     activate: bool,
+    metadata_keys: tuple[str, ...],
+    extra_fields: Any,
     as_json: bool,
 ) -> None:
     """Create the next version of CLIENT's script KEY."""
+    extra = None
+    if extra_fields is not None:
+        extra = extra_fields.read()
+        try:
+            json.loads(extra)  # the database validates the declaration (PR013)
+        except ValueError as exc:
+            raise click.BadParameter("not JSON", param_hint="--extra-fields") from exc
     with connection(ctx) as conn:
         row = conn.execute(
             "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
-            " topics => %s, language => %s, model => %s, activate => %s)",
-            (client, key, file_.read(), list(topics), language, model, activate),
+            " topics => %s, language => %s, model => %s, activate => %s, metadata_keys => %s,"
+            " extra_fields => %s::jsonb)",
+            (
+                client,
+                key,
+                file_.read(),
+                list(topics),
+                language,
+                model,
+                activate,
+                list(metadata_keys),
+                extra,
+            ),
         ).fetchone()
     assert row is not None
     if as_json:
@@ -639,6 +672,11 @@ def _tag_filter(
 )
 @click.option("--require-agent-reply", is_flag=True, help="Only sessions where the agent replied.")
 @click.option(
+    "--metadata-filter",
+    default=None,
+    help='Only sessions whose metadata contains this JSON object, e.g. \'{"department":"vendas"}\'.',
+)
+@click.option(
     "--analysis-tag",
     "version_tag",
     default="v1",
@@ -700,6 +738,7 @@ def run_cmd(
     min_idle: str | None,
     reanalyse_changed: bool,
     require_agent_reply: bool,
+    metadata_filter: str | None,
     version_tag: str,
     version_tag_alias: str | None,
     force: bool,
@@ -716,6 +755,11 @@ def run_cmd(
     version = version if version is not None else version_alias  # --version: old name, one release
     version_tag = version_tag_alias or version_tag  # --tag: old name, one release
     tf = _tag_filter(tag_filter, no_tags, any_tags, ignore_tags)
+    if metadata_filter is not None:
+        try:
+            json.loads(metadata_filter)  # the database validates its shape (PR031)
+        except ValueError as exc:
+            raise click.BadParameter("not JSON", param_hint="--metadata-filter") from exc
     with connection(ctx) as conn, conn.transaction():
         res = conn.execute(
             "SELECT * FROM parecer.start_run(client_slug => %s, script_key => %s, script_version => %s,"
@@ -723,7 +767,7 @@ def run_cmd(
             " dry_run => %s, max_sessions => %s,"
             " ended_before => CASE WHEN %s::float8 IS NULL THEN NULL ELSE now() - make_interval(secs => %s::float8 * 3600) END,"
             " require_agent_reply => %s, backlog => %s, min_idle => %s::interval,"
-            " reanalyse_changed => %s)",
+            " reanalyse_changed => %s, metadata_filter => %s::jsonb)",
             (
                 client,
                 key,
@@ -740,6 +784,7 @@ def run_cmd(
                 backlog,
                 min_idle,
                 reanalyse_changed,
+                metadata_filter,
             ),
         ).fetchone()
         assert res is not None
@@ -1189,6 +1234,8 @@ def reports_export(
                     topics_present=";".join(t["topic"] for t in r["topics"] if t["present"]),
                     flags=";".join(f["flag"] for f in r["flags"]),
                     summary=r["summary"],
+                    # the script version's custom fields (extra_fields), as JSON: versions differ
+                    extra=json.dumps(r["extra"], ensure_ascii=False) if "extra" in r else "",
                     report=json.dumps(r, ensure_ascii=False),
                 )
                 if writer is None:
@@ -1391,19 +1438,31 @@ def limits_show(ctx: click.Context, as_json: bool) -> None:
     default=None,
     help="Tokens per minute (default: setting default_tpm).",
 )
+@click.option(
+    "--rpd",
+    type=int_range(1),
+    default=None,
+    help="Requests per day, budget_timezone day (default: setting default_rpd; 0 there: none).",
+)
 @json_option
 @click.pass_context
 def limits_set(
-    ctx: click.Context, limit_key: str, rpm: int | None, tpm: int | None, as_json: bool
+    ctx: click.Context,
+    limit_key: str,
+    rpm: int | None,
+    tpm: int | None,
+    rpd: int | None,
+    as_json: bool,
 ) -> None:
     """Set LIMIT_KEY's limits: '<key label>:<model>', as `parecer limits show` lists them."""
     with connection(ctx) as conn:
         row = conn.execute(
-            "SELECT * FROM parecer.set_rate_limit(%s, %s, %s)", (limit_key, rpm, tpm)
+            "SELECT * FROM parecer.set_rate_limit(%s, %s, %s, %s)", (limit_key, rpm, tpm, rpd)
         ).fetchone()
     assert row is not None
+    per_day = f"{row['rpd']} rpd" if row["rpd"] else "no daily limit"
     emit_json(row) if as_json else click.echo(
-        f"{row['limit_key']}: {row['rpm']} rpm, {row['tpm']} tpm"
+        f"{row['limit_key']}: {row['rpm']} rpm, {row['tpm']} tpm, {per_day}"
     )
 
 
@@ -1447,6 +1506,38 @@ def budgets_set(
             "SELECT * FROM parecer.set_budget(%s, %s::numeric, %s::numeric)",
             (client, daily, monthly),
         ).fetchone()
+    assert row is not None
+    emit_json(row) if as_json else emit_record(row)
+
+
+@budgets_group.command("global")
+@click.option(
+    "--daily",
+    type=click.FloatRange(0, 1e12),
+    default=None,
+    help="The installation's daily budget in USD, all clients together (omit: none).",
+)
+@click.option(
+    "--monthly",
+    type=click.FloatRange(0, 1e12),
+    default=None,
+    help="The installation's monthly budget in USD (omit: none).",
+)
+@click.option("--show", is_flag=True, help="Only show the installation's budget and spend.")
+@json_option
+@click.pass_context
+def budgets_global(
+    ctx: click.Context, daily: float | None, monthly: float | None, show: bool, as_json: bool
+) -> None:
+    """Set the installation's budgets; claim hands out no work to anyone past them."""
+    with connection(ctx) as conn:
+        if show:
+            row = conn.execute("SELECT * FROM parecer.global_budget").fetchone()
+        else:
+            row = conn.execute(
+                "SELECT * FROM parecer.set_global_budget(%s::numeric, %s::numeric)",
+                (daily, monthly),
+            ).fetchone()
     assert row is not None
     emit_json(row) if as_json else emit_record(row)
 
@@ -1576,32 +1667,101 @@ SPEND_COLUMNS = [
     ("input_tokens", "in tok"),
     ("cached_input_tokens", "cached"),
     ("output_tokens", "out tok"),
-    ("cost", "US$"),
+    ("cost", "cost"),
+]
+PROJECTION_COLUMNS = [
+    ("client", "client"),
+    ("today", "today"),
+    ("day", "projected day"),
+    ("month", "month so far"),
+    ("projected", "projected month"),
 ]
 
 
 @main.command("spend")
 @click.option("--client", default=None, help="Only this client.")
 @click.option("--monthly", is_flag=True, help="Per month instead of per day.")
+@click.option(
+    "--projection",
+    is_flag=True,
+    help="This month's spend extrapolated to the whole month, in total and per client.",
+)
+@click.option(
+    "--currency",
+    default=None,
+    envvar="PARECER_CURRENCY",
+    help="Show costs in this currency: USD, or the display_currency setting at its "
+    "usd_exchange_rate (default: display_currency; env PARECER_CURRENCY).",
+)
 @json_option
 @click.pass_context
-def spend_cmd(ctx: click.Context, client: str | None, monthly: bool, as_json: bool) -> None:
-    """Tokens and cost per client and day (or month), in 80 columns."""
+def spend_cmd(
+    ctx: click.Context,
+    client: str | None,
+    monthly: bool,
+    projection: bool,
+    currency: str | None,
+    as_json: bool,
+) -> None:
+    """Tokens and cost per client and day (or month), or the month's projection, in 80 columns."""
     import shutil
 
-    view = "spend_monthly" if monthly else "spend_daily"
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
     with connection(ctx) as conn:
+        if projection:
+            rows = conn.execute(
+                "SELECT * FROM parecer.spend_projection(%s)"
+                " WHERE %s::text IS NULL OR client_slug = %s OR client_slug IS NULL",
+                (currency, client, client),
+            ).fetchall()
+            if as_json:
+                emit_json(rows)
+                return
+            cur = rows[0]["currency_code"] if rows else (currency or "USD")
+            shown = [
+                {
+                    "client": r["client_slug"] or "(all clients)",
+                    "today": _money(r["spent_today"]),
+                    "day": _money(r["projected_today"]),
+                    "month": _money(r["spent_month"]),
+                    "projected": _money(r["projected_month"]),
+                }
+                for r in rows
+            ]
+            head = rows[0] if rows else None
+            click.echo(
+                f"spend projection ({cur}), {head['month']:%Y-%m}: day "
+                f"{float(head['days_elapsed']):.1f} of {head['days_in_month']}"
+                if head
+                else f"spend projection ({cur})"
+            )
+            click.echo("\n".join(fit_rows(shown, PROJECTION_COLUMNS, width)))
+            return
+        rate = conn.execute("SELECT parecer.exchange_rate(%s) AS r", (currency,)).fetchone()
+        cur = conn.execute(
+            "SELECT upper(COALESCE(%s::text, value)) AS c FROM parecer.settings"
+            " WHERE name = 'display_currency'",
+            (currency,),
+        ).fetchone()
+        view = "spend_monthly" if monthly else "spend_daily"
         rows = conn.execute(
             f"SELECT * FROM parecer.{view} WHERE %s::text IS NULL OR client_slug = %s",
             (client, client),
         ).fetchall()
+    assert rate is not None and cur is not None
+    factor = float(rate["r"])
     if as_json:
-        emit_json(rows)
+        emit_json(
+            [{**r, "currency": cur["c"], "cost": float(r["cost_usd"]) * factor} for r in rows]
+        )
         return
     period = "month" if monthly else "day"
-    shown = [{**r, "period": _cell(r.get(period)), "cost": _money(r["cost_usd"])} for r in rows]
-    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
-    click.echo(f"spend per {period} (US$)")
+    shown = [
+        {**r, "period": _cell(r.get(period)), "cost": _money(float(r["cost_usd"]) * factor)}
+        for r in rows
+    ]
+    rate_note = "" if cur["c"] == "USD" else f" at {factor:g} per USD (usd_exchange_rate)"
+    click.echo(f"spend per {period} ({cur['c']}{rate_note})")
     click.echo("\n".join(fit_rows(shown, SPEND_COLUMNS, width)))
 
 

@@ -25,6 +25,8 @@ DUPLICATE_SESSION = "PR015"
 PROMPT_TOO_LARGE = "PR016"
 PROMPT_HASH_MISMATCH = "PR017"
 UNKNOWN_ROLE = "PR018"
+NO_EXCHANGE_RATE = "PR030"
+BAD_METADATA_FILTER = "PR031"
 
 #: Every code the SQL API raises on purpose, with its meaning (docs/sql-api.md mirrors this).
 CODES: dict[str, str] = {
@@ -46,6 +48,8 @@ CODES: dict[str, str] = {
     PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute or max_request_tokens",
     PROMPT_HASH_MISMATCH: "prompt_hash is not the hash of the prompt given for this attempt",
     UNKNOWN_ROLE: "unknown role",
+    NO_EXCHANGE_RATE: "no exchange rate for the currency (only USD and display_currency)",
+    BAD_METADATA_FILTER: "invalid metadata filter",
 }
 
 

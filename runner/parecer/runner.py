@@ -576,6 +576,7 @@ class Runner:
                                     k: alert.get(k)
                                     for k in (
                                         "client",
+                                        "scope",
                                         "period",
                                         "threshold",
                                         "spent_usd",

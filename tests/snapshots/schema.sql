@@ -39,6 +39,12 @@
     priority integer NOT NULL DEFAULT 1,
     updated_at timestamp with time zone NOT NULL DEFAULT now()
 
+-- table: _global_budget
+    singleton boolean NOT NULL DEFAULT true,
+    daily_budget_usd numeric,
+    monthly_budget_usd numeric,
+    updated_at timestamp with time zone NOT NULL DEFAULT now()
+
 -- table: _model_prices
     model text NOT NULL,
     input_usd_per_mtok numeric NOT NULL,
@@ -62,7 +68,10 @@
     observed_remaining_tokens integer,
     observed_at timestamp with time zone,
     updated_at timestamp with time zone NOT NULL DEFAULT now(),
-    waited bigint NOT NULL DEFAULT 0
+    waited bigint NOT NULL DEFAULT 0,
+    rpd integer,
+    day date,
+    day_requests integer NOT NULL DEFAULT 0
 
 -- table: _settings
     name text NOT NULL,
@@ -207,7 +216,9 @@
     topics text[],
     created_at timestamp with time zone,
     created_by text,
-    script_text text
+    script_text text,
+    metadata_keys text[],
+    extra_fields jsonb
 
 -- table: scripts
     script_id bigint NOT NULL,
@@ -224,7 +235,9 @@
     is_active boolean NOT NULL DEFAULT false,
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     created_by text NOT NULL DEFAULT SESSION_USER,
-    activated_at timestamp with time zone
+    activated_at timestamp with time zone,
+    metadata_keys text[] NOT NULL DEFAULT '{}'::text[],
+    extra_fields jsonb
 
 -- constraint: parecer._attempts._attempts_analysis_id_fkey
 FOREIGN KEY (analysis_id) REFERENCES parecer.analyses(analysis_id) ON DELETE CASCADE
@@ -256,6 +269,18 @@ PRIMARY KEY (client_id)
 -- constraint: parecer._client_policy._client_policy_priority_check
 CHECK (((priority >= 1) AND (priority <= 100)))
 
+-- constraint: parecer._global_budget._global_budget_daily_budget_usd_check
+CHECK ((daily_budget_usd >= (0)::numeric))
+
+-- constraint: parecer._global_budget._global_budget_monthly_budget_usd_check
+CHECK ((monthly_budget_usd >= (0)::numeric))
+
+-- constraint: parecer._global_budget._global_budget_pkey
+PRIMARY KEY (singleton)
+
+-- constraint: parecer._global_budget._global_budget_singleton_check
+CHECK (singleton)
+
 -- constraint: parecer._model_prices._model_prices_cached_input_usd_per_mtok_check
 CHECK ((cached_input_usd_per_mtok >= (0)::numeric))
 
@@ -270,6 +295,9 @@ PRIMARY KEY (model)
 
 -- constraint: parecer._rate_limits._rate_limits_pkey
 PRIMARY KEY (limit_key)
+
+-- constraint: parecer._rate_limits._rate_limits_rpd_check
+CHECK ((rpd >= 1))
 
 -- constraint: parecer._settings._settings_kind_check
 CHECK ((kind = ANY (ARRAY['interval'::text, 'interval[]'::text, 'integer'::text, 'numeric'::text, 'text'::text])))
@@ -327,6 +355,9 @@ CREATE UNIQUE INDEX _client_grants_pkey ON parecer._client_grants USING btree (r
 
 -- index: parecer._client_policy_pkey
 CREATE UNIQUE INDEX _client_policy_pkey ON parecer._client_policy USING btree (client_id)
+
+-- index: parecer._global_budget_pkey
+CREATE UNIQUE INDEX _global_budget_pkey ON parecer._global_budget USING btree (singleton)
 
 -- index: parecer._model_prices_pkey
 CREATE UNIQUE INDEX _model_prices_pkey ON parecer._model_prices USING btree (model)
@@ -392,10 +423,11 @@ CREATE UNIQUE INDEX scripts_pkey ON parecer.scripts USING btree (script_id)
         CASE
             WHEN p.daily_budget_usd IS NOT NULL AND sp.spent_today >= p.daily_budget_usd THEN format('daily budget reached: %s of %s USD'::text, round(sp.spent_today, 4), p.daily_budget_usd)
             WHEN p.monthly_budget_usd IS NOT NULL AND sp.spent_month >= p.monthly_budget_usd THEN format('monthly budget reached: %s of %s USD'::text, round(sp.spent_month, 4), p.monthly_budget_usd)
-            ELSE NULL::text
+            ELSE g.blocked_reason
         END AS blocked_reason
    FROM parecer._client_policy p
      CROSS JOIN cal
+     CROSS JOIN parecer._global_budget_state g
      CROSS JOIN LATERAL ( SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0::numeric) AS spent_today,
             COALESCE(sum(s.cost_usd), 0::numeric) AS spent_month
            FROM parecer._spend s
@@ -452,6 +484,33 @@ UNION ALL
     a.cost_usd
    FROM parecer.analyses a
   WHERE a.status = 'done'::text AND a.claims > 0;
+
+-- view: _global_budget_state
+ WITH cal AS (
+         SELECT (now() AT TIME ZONE (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
+                   FROM parecer._settings st
+                  WHERE st.name = 'budget_timezone'::text)))::date AS today
+        ), gb AS (
+         SELECT b.daily_budget_usd,
+            b.monthly_budget_usd
+           FROM ( SELECT) one
+             LEFT JOIN parecer._global_budget b ON true
+        )
+ SELECT gb.daily_budget_usd,
+    gb.monthly_budget_usd,
+    COALESCE(sp.spent_today, 0::numeric) AS spent_today,
+    COALESCE(sp.spent_month, 0::numeric) AS spent_month,
+        CASE
+            WHEN gb.daily_budget_usd IS NOT NULL AND sp.spent_today >= gb.daily_budget_usd THEN format('installation daily budget reached: %s of %s USD'::text, round(sp.spent_today, 4), gb.daily_budget_usd)
+            WHEN gb.monthly_budget_usd IS NOT NULL AND sp.spent_month >= gb.monthly_budget_usd THEN format('installation monthly budget reached: %s of %s USD'::text, round(sp.spent_month, 4), gb.monthly_budget_usd)
+            ELSE NULL::text
+        END AS blocked_reason
+   FROM gb
+     CROSS JOIN cal
+     LEFT JOIN LATERAL ( SELECT COALESCE(sum(s.cost_usd) FILTER (WHERE s.day = cal.today), 0::numeric) AS spent_today,
+            COALESCE(sum(s.cost_usd), 0::numeric) AS spent_month
+           FROM parecer._spend s
+          WHERE (gb.daily_budget_usd IS NOT NULL OR gb.monthly_budget_usd IS NOT NULL) AND s.day >= date_trunc('month'::text, cal.today::timestamp with time zone)::date AND s.day <= cal.today) sp ON true;
 
 -- view: attempts
  SELECT t.analysis_id,
@@ -538,6 +597,14 @@ UNION ALL
           GROUP BY qs.client_slug) q ON q.client_slug = b.client_slug
   ORDER BY b.client_slug;
 
+-- view: global_budget
+ SELECT daily_budget_usd,
+    spent_today AS spent_today_usd,
+    monthly_budget_usd,
+    spent_month AS spent_month_usd,
+    blocked_reason
+   FROM parecer._global_budget_state g;
+
 -- view: metrics
  WITH sc AS (
          SELECT _caller_scope.who,
@@ -615,7 +682,7 @@ UNION ALL
     COALESCE(tpm, ( SELECT COALESCE(st.value, st.default_value)::integer AS "coalesce"
            FROM parecer._settings st
           WHERE st.name = 'default_tpm'::text)) AS tpm,
-    rpm IS NULL AND tpm IS NULL AS is_default,
+    rpm IS NULL AND tpm IS NULL AND rpd IS NULL AS is_default,
         CASE
             WHEN paused_until > clock_timestamp() THEN paused_until
             ELSE NULL::timestamp with time zone
@@ -630,7 +697,16 @@ UNION ALL
     observed_remaining_tokens,
     observed_at,
     updated_at,
-    waited
+    waited,
+    COALESCE(rpd, ( SELECT COALESCE(st.value, st.default_value)::integer AS "coalesce"
+           FROM parecer._settings st
+          WHERE st.name = 'default_rpd'::text)) AS rpd,
+        CASE
+            WHEN day = (clock_timestamp() AT TIME ZONE (( SELECT COALESCE(st.value, st.default_value) AS "coalesce"
+               FROM parecer._settings st
+              WHERE st.name = 'budget_timezone'::text)))::date THEN day_requests
+            ELSE 0
+        END AS requests_today
    FROM parecer._rate_limits r
   ORDER BY limit_key;
 
@@ -764,7 +840,7 @@ UNION ALL
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 8011365018bc7ef9eae1de58033a1c26
+body md5 1e184ac0f582c32fe81b55afeb999be2
 
 -- function: parecer._backoff(integer)
 ARGUMENTS p_failures integer
@@ -803,6 +879,12 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
 body md5 0da97fb5bcc3697fc0d0cadbe7f38b22
 
+-- function: parecer._check_extra_fields()
+ARGUMENTS 
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+body md5 1333864aff7bb51fad5c8c2f550dbf4b
+
 -- function: parecer._check_unique_sessions(text[])
 ARGUMENTS p_session_ids text[]
 RETURNS void
@@ -831,13 +913,25 @@ body md5 9c91a3a32ed2cf6593e0cbfc10e9fc4b
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
 LANGUAGE plpgsql IMMUTABLE
-body md5 e71380c742b74ee5dc2b93d17e0b3fb0
+body md5 be6b2bb01c08f6190bbfff2c20fd2305
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
 body md5 a32bfece0f3164a546120ad0f9ac7202
+
+-- function: parecer._extra_problem(jsonb,jsonb)
+ARGUMENTS p_report jsonb, p_fields jsonb
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+body md5 bdee97a5ed95e526649a2c86fbf399fb
+
+-- function: parecer._extra_schema(jsonb)
+ARGUMENTS p_fields jsonb
+RETURNS json
+LANGUAGE plpgsql IMMUTABLE
+body md5 d700fa510d7a1a4110d52e82cf39776c
 
 -- function: parecer._fingerprint()
 ARGUMENTS 
@@ -856,6 +950,18 @@ ARGUMENTS p text
 RETURNS text
 LANGUAGE sql IMMUTABLE STRICT
 body md5 2595aad0806c41435ebdf9ca2241e0d0
+
+-- function: parecer._global_blocked_reason()
+ARGUMENTS 
+RETURNS text
+LANGUAGE plpgsql STABLE
+body md5 00e9984b6aea5450f24f51c495500a90
+
+-- function: parecer._global_budget_alerts_check(date)
+ARGUMENTS p_day date
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+body md5 7a41b872ffea262bd9fe3428b6a52ac2
 
 -- function: parecer._grounding(jsonb,text)
 ARGUMENTS p_report jsonb, p_session_id text
@@ -883,6 +989,13 @@ RETURNS void
 LANGUAGE plpgsql STABLE
 SET search_path=pg_catalog, pg_temp
 body md5 cb4d4b60a9a5b9dd986102a1b05db586
+
+-- function: parecer._insights_extra(text,text,timestamp with time zone,timestamp with time zone,integer,text)
+ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone, p_until timestamp with time zone, p_version integer, p_tag text
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path=pg_catalog, pg_temp
+body md5 e1609d15209d2ce810797f896c3ab068
 
 -- function: parecer._instructions(text,text,integer,text,text[],text)
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer, p_script_text text, p_topics text[], p_language text
@@ -938,6 +1051,18 @@ RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 body md5 6a9b3f669ea756fea07f68775b039f5d
 
+-- function: parecer._metadata_filter(jsonb)
+ARGUMENTS p_filter jsonb
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+body md5 97668d0e139f811cb8bf96345a438e5c
+
+-- function: parecer._metadata_line(text,text[],text)
+ARGUMENTS p_session_id text, p_keys text[], p_language text
+RETURNS text
+LANGUAGE plpgsql STABLE
+body md5 6e290d4d911a2b89b168a66d28861a60
+
 -- function: parecer._min_idle(interval)
 ARGUMENTS p_min_idle interval
 RETURNS interval
@@ -980,6 +1105,12 @@ RETURNS TABLE(analysis_id uuid)
 LANGUAGE sql STABLE
 body md5 6051b7958ed7c4e73def095c814034bd
 
+-- function: parecer._rate_day_take(parecer._rate_limits,timestamp with time zone,boolean)
+ARGUMENTS p_row parecer._rate_limits, p_now timestamp with time zone, p_grant boolean
+RETURNS double precision
+LANGUAGE plpgsql VOLATILE
+body md5 59fe3496e623432eb31328efbf4909be
+
 -- function: parecer._register_clients()
 ARGUMENTS 
 RETURNS trigger
@@ -990,7 +1121,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 6815a90bd0aee9b2af8090fd60b991d4
+body md5 cdb8bf881a59b8fdebd3d170f2cb9103
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
@@ -1014,7 +1145,13 @@ body md5 4dc976c97a1f3867440872a18a8c37e7
 ARGUMENTS s parecer.scripts
 RETURNS parecer.script_info
 LANGUAGE sql STABLE
-body md5 a164c901df52f6893d3cfdc88613ae10
+body md5 5a0d542769017c81782b2623f38255c3
+
+-- function: parecer._sender_label(text,text)
+ARGUMENTS p_language text, p_sender text
+RETURNS text
+LANGUAGE sql IMMUTABLE
+body md5 05e6c43b82a6571c842e6f77880477a6
 
 -- function: parecer._sentiments()
 ARGUMENTS 
@@ -1056,7 +1193,7 @@ body md5 0bb6098a629a5c868e8342b1dd521ca8
 ARGUMENTS p_session_id text, p_language text
 RETURNS text[]
 LANGUAGE plpgsql STABLE
-body md5 d4edc4d92dbc63f06b7e8f573b801a76
+body md5 9e80a57eba1236efe968e43d5cbbe106
 
 -- function: parecer._usage_ok(jsonb)
 ARGUMENTS p_usage jsonb
@@ -1070,12 +1207,18 @@ RETURNS record
 LANGUAGE plpgsql STABLE
 body md5 7505d7afe5c11f6aedf225a85c9e6a4f
 
+-- function: parecer._with_extra(json,json)
+ARGUMENTS p_schema json, p_extra json
+RETURNS json
+LANGUAGE sql IMMUTABLE
+body md5 c0c5f9754e45fbe0804bbd6b2349c93c
+
 -- function: parecer.acquire_rate(text,integer)
 ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 2ef4fc2e9c2032e187bd496bab1664aa
+body md5 8afa1eb99c05c8b6bee2081a6d6ac07c
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -1089,7 +1232,7 @@ ARGUMENTS
 RETURNS TABLE(check_name text, status text, count bigint, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8ff77f20bf866a8b04f99374092cd698
+body md5 719e1667c110a95fce8ca93789a85831
 
 -- function: parecer.claim(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
@@ -1097,14 +1240,14 @@ RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 458217298d2e0410961933b96447ec88
+body md5 76e08bac7964eebaf389316a7f926979
 
--- function: parecer.create_script_version(text,text,text,text[],text,text,boolean)
-ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false
+-- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
+ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
 RETURNS parecer.script_info
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1bd69009da6a0838e0301a61b78446bf
+body md5 d974a420651acfe3928386fe2f4cc3fa
 
 -- function: parecer.doctor(text,integer)
 ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
@@ -1113,12 +1256,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 7c37d8c80d0a1b1ece759154a148c066
 
--- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval)
-ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval
+-- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
+ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, metadata_filter jsonb DEFAULT NULL::jsonb
 RETURNS TABLE(session_id text, ended_at timestamp with time zone, message_count bigint, last_message_at timestamp with time zone)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8aba56751b47354d0deca0ec37fb122b
+body md5 be2512264334261949ff7a68587da4b4
 
 -- function: parecer.enqueue(text[],bigint,text,boolean,bigint)
 ARGUMENTS session_ids text[], script_id bigint, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, run_id bigint DEFAULT NULL::bigint
@@ -1133,6 +1276,13 @@ RETURNS numeric
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 3b5113d98e046f8e766d94e60d56010b
+
+-- function: parecer.exchange_rate(text)
+ARGUMENTS currency text DEFAULT NULL::text
+RETURNS numeric
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 adb2bfc44db7458213630413fea6a7ad
 
 -- function: parecer.extend_lease(uuid,uuid,integer)
 ARGUMENTS analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL::integer
@@ -1161,7 +1311,7 @@ ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, since timestamp 
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 e638c895db25b6289dbb3e934acf93f1
+body md5 0d09ff608dedd99f8d0dc92ffae20da4
 
 -- function: parecer.leased_transcript(uuid,uuid)
 ARGUMENTS analysis_id uuid, lease_token uuid
@@ -1210,7 +1360,7 @@ ARGUMENTS analysis_id uuid
 RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 11b01590ee4c957d61e074d813da063d
+body md5 82a87d4cc2b763fea9e18144bbfb9335
 
 -- function: parecer.purge(interval,boolean,integer)
 ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer DEFAULT 5000
@@ -1282,6 +1432,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 cebc7ac2fc421d0861ef5af3a835876f
 
+-- function: parecer.set_global_budget(numeric,numeric)
+ARGUMENTS daily_usd numeric DEFAULT NULL::numeric, monthly_usd numeric DEFAULT NULL::numeric
+RETURNS SETOF parecer.global_budget
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 7167a5996cec6996ef54c3c46e51a90a
+
 -- function: parecer.set_model_price(text,numeric,numeric,numeric,text,date)
 ARGUMENTS model text, input_usd_per_mtok numeric, cached_input_usd_per_mtok numeric, output_usd_per_mtok numeric, source text DEFAULT 'set by operator'::text, taken_on date DEFAULT CURRENT_DATE
 RETURNS SETOF parecer.model_prices
@@ -1289,12 +1446,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 1bda9c31baea274dbda1c9b01ec824d4
 
--- function: parecer.set_rate_limit(text,integer,integer)
-ARGUMENTS limit_key text, rpm integer DEFAULT NULL::integer, tpm integer DEFAULT NULL::integer
+-- function: parecer.set_rate_limit(text,integer,integer,integer)
+ARGUMENTS limit_key text, rpm integer DEFAULT NULL::integer, tpm integer DEFAULT NULL::integer, rpd integer DEFAULT NULL::integer
 RETURNS SETOF parecer.rate_limits
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 c8828697a980fe1c168500b656efb7f1
+body md5 32cdacf56e994085aa6b730c2a8f0285
 
 -- function: parecer.set_run_backlog(bigint,boolean)
 ARGUMENTS run_id bigint, backlog boolean DEFAULT true
@@ -1308,14 +1465,24 @@ ARGUMENTS name text, value text
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 f4b5d2e05b30e7e04a18ac210332f048
+body md5 2a8d92365f4829108bc33e0cc26fa062
 
--- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
-ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false
+-- function: parecer.spend_projection(text)
+ARGUMENTS currency text DEFAULT NULL::text
+RETURNS TABLE(client_slug text, month date, days_elapsed numeric, days_in_month integer, spent_today_usd numeric, projected_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric, currency_code text, spent_today numeric, projected_today numeric, spent_month numeric, projected_month numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 a6b594ce9547f30b52613c57838b7e45
+
+-- function: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
+ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, analysis_version_tag text DEFAULT 'v1'::text, force_reprocess boolean DEFAULT false, dry_run boolean DEFAULT false, max_sessions integer DEFAULT 100, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, backlog boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, reanalyse_changed boolean DEFAULT false, metadata_filter jsonb DEFAULT NULL::jsonb
 RETURNS parecer.run_result
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3788153b59fecee962156af58e0ae405
+body md5 224e79649ce65dadedd2f900258ffb88
+
+-- trigger: analyses_extra_fields
+CREATE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (new.report IS DISTINCT FROM old.report))) EXECUTE FUNCTION parecer._check_extra_fields()
 
 -- trigger: analyses_fingerprint
 CREATE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (old.status IS DISTINCT FROM 'done'::text))) EXECUTE FUNCTION parecer._fingerprint()
@@ -1342,6 +1509,12 @@ postgres=arwdDxt/postgres
 postgres=arwdDxt/postgres
 
 -- acl: _finished_attempts
+postgres=arwdDxt/postgres
+
+-- acl: _global_budget
+postgres=arwdDxt/postgres
+
+-- acl: _global_budget_state
 postgres=arwdDxt/postgres
 
 -- acl: _model_prices
@@ -1371,6 +1544,9 @@ parecer_admin=r/postgres postgres=arwdDxt/postgres
 -- acl: client_status
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
+-- acl: global_budget
+parecer_reader=r/postgres postgres=arwdDxt/postgres
+
 -- acl: metrics
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
@@ -1398,6 +1574,9 @@ postgres=X/postgres
 -- acl: parecer._candidates(text,integer)
 postgres=X/postgres
 
+-- acl: parecer._check_extra_fields()
+postgres=X/postgres
+
 -- acl: parecer._check_unique_sessions(text[])
 postgres=X/postgres
 
@@ -1416,6 +1595,12 @@ postgres=X/postgres
 -- acl: parecer._expire_leases()
 postgres=X/postgres
 
+-- acl: parecer._extra_problem(jsonb,jsonb)
+postgres=X/postgres
+
+-- acl: parecer._extra_schema(jsonb)
+postgres=X/postgres
+
 -- acl: parecer._fingerprint()
 postgres=X/postgres
 
@@ -1423,6 +1608,12 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._fold(text)
+postgres=X/postgres
+
+-- acl: parecer._global_blocked_reason()
+postgres=X/postgres
+
+-- acl: parecer._global_budget_alerts_check(date)
 postgres=X/postgres
 
 -- acl: parecer._grounding(jsonb,text)
@@ -1435,6 +1626,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._insights_check(text,text,text,integer,timestamp with t
+postgres=X/postgres
+
+-- acl: parecer._insights_extra(text,text,timestamp with time zone,time
 postgres=X/postgres
 
 -- acl: parecer._instructions(text,text,integer,text,text[],text)
@@ -1464,6 +1658,12 @@ postgres=X/postgres
 -- acl: parecer._match(text,text)
 postgres=X/postgres
 
+-- acl: parecer._metadata_filter(jsonb)
+postgres=X/postgres
+
+-- acl: parecer._metadata_line(text,text[],text)
+postgres=X/postgres
+
 -- acl: parecer._min_idle(interval)
 postgres=X/postgres
 
@@ -1485,6 +1685,9 @@ postgres=X/postgres
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
 postgres=X/postgres
 
+-- acl: parecer._rate_day_take(parecer._rate_limits,timestamp with time
+postgres=X/postgres
+
 -- acl: parecer._register_clients()
 postgres=X/postgres
 
@@ -1501,6 +1704,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._script_info(parecer.scripts)
+postgres=X/postgres
+
+-- acl: parecer._sender_label(text,text)
 postgres=X/postgres
 
 -- acl: parecer._sentiments()
@@ -1530,6 +1736,9 @@ postgres=X/postgres
 -- acl: parecer._visible_client(text)
 postgres=X/postgres
 
+-- acl: parecer._with_extra(json,json)
+postgres=X/postgres
+
 -- acl: parecer.acquire_rate(text,integer)
 parecer_runner=X/postgres postgres=X/postgres
 
@@ -1556,6 +1765,9 @@ parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.estimate_cost(bigint,integer)
 parecer_admin=X/postgres postgres=X/postgres
+
+-- acl: parecer.exchange_rate(text)
+parecer_reader=X/postgres postgres=X/postgres
 
 -- acl: parecer.extend_lease(uuid,uuid,integer)
 parecer_runner=X/postgres postgres=X/postgres
@@ -1620,10 +1832,13 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.set_client_priority(text,integer)
 parecer_admin=X/postgres postgres=X/postgres
 
+-- acl: parecer.set_global_budget(numeric,numeric)
+parecer_admin=X/postgres postgres=X/postgres
+
 -- acl: parecer.set_model_price(text,numeric,numeric,numeric,text,date)
 parecer_admin=X/postgres postgres=X/postgres
 
--- acl: parecer.set_rate_limit(text,integer,integer)
+-- acl: parecer.set_rate_limit(text,integer,integer,integer)
 parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.set_run_backlog(bigint,boolean)
@@ -1631,6 +1846,9 @@ parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.set_setting(text,text)
 parecer_admin=X/postgres postgres=X/postgres
+
+-- acl: parecer.spend_projection(text)
+parecer_reader=X/postgres postgres=X/postgres
 
 -- acl: parecer.start_run(text,text,integer,integer,jsonb,text,boolean,
 parecer_admin=X/postgres postgres=X/postgres
@@ -1680,6 +1898,15 @@ Messages the session had when the item was marked done (fingerprint; see parecer
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
+-- comment: column day of table parecer._rate_limits
+Budget-time-zone day day_requests counts.
+
+-- comment: column day_requests of table parecer._rate_limits
+Requests granted on day.
+
+-- comment: column extra_fields of table parecer.scripts
+The custom report fields this version declares (a JSON array, see create_script_version), NULL: none. The report's "extra" object has exactly these fields.
+
 -- comment: column given_prompt_hash of table parecer.analyses
 sha256 of the prompt parecer.prompt_for gave the lease holder in this attempt; mark_done requires the same prompt_hash (PR017).
 
@@ -1688,6 +1915,9 @@ Per evidence item of the report: path, message_id, role (customer/agent) and mat
 
 -- comment: column leased_to of table parecer.analyses
 The role that claimed the item (SET ROLE role, else the login role); prompt_for serves a restricted role only its own leases.
+
+-- comment: column metadata_keys of table parecer.scripts
+Keys of parecer.source_session_metadata shown to the model in this version's prompts, in this order.
 
 -- comment: column omitted_messages of table parecer.analyses
 Messages the size policy left out of the prompt of the stored report (0: the whole session was sent), as mark_done recomputed it.
@@ -1698,35 +1928,41 @@ When prompt_for last gave the lease holder the prompt of this attempt.
 -- comment: column releases of table parecer.analyses
 Times the item was given back without spending an attempt (parecer.release); reset by enqueue(force_reprocess) and retry_failed.
 
+-- comment: column rpd of table parecer._rate_limits
+Requests per day of the key (NULL: setting default_rpd; 0 there: no daily limit).
+
 -- comment: column usage of table parecer.analyses
 Token usage of the attempt that finished the item (done), as mark_done received it.
 
 -- comment: function parecer.acquire_rate(text,integer)
-Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm. Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted).
+Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted).
 
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
 
 -- comment: function parecer.check_adapter()
-Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
+Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), contract v2 rows (source_message_senders: a sender outside the six or two rows for a message; source_session_metadata: not an object or two rows for a session: warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
 
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
 Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
 
--- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean)
-Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
+-- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
+Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
 -- comment: function parecer.doctor(text,integer)
 The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
 
--- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval)
-Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before) and with an agent reply, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010.
+-- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
+Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before), with an agent reply (an agent, bot or supervisor; else from_me) and whose parecer.source_session_metadata contains metadata_filter, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010, PR031 invalid metadata_filter.
 
 -- comment: function parecer.enqueue(text[],bigint,text,boolean,bigint)
 Queue sessions for a script version and analysis tag: new items are inserted pending, existing ones skipped, or with force_reprocess reset to pending whatever their state. One NOTIFY parecer_work per call. Errors: PR002 unknown script, PR010 bad argument, PR012 unknown run, PR014 unknown session, PR015 session duplicated in source_sessions.
 
 -- comment: function parecer.estimate_cost(bigint,integer)
 Estimated cost in USD of analysing `sessions` sessions with a script: the average cost per done analysis (all attempts included) of the script, else of its client; NULL without history.
+
+-- comment: function parecer.exchange_rate(text)
+Units of currency per US dollar (default: the display_currency setting): 1 for USD, the usd_exchange_rate setting for display_currency. parecer keeps every price, cost and budget in USD; this converts for display only. Errors: PR030 no rate for that currency.
 
 -- comment: function parecer.extend_lease(uuid,uuid,integer)
 Heartbeat: extend the lease of an item you hold to now() + lease_seconds (at most the max_lease_seconds setting); returns the new expiry. Errors: PR006 stale lease, PR010, PR011.
@@ -1738,7 +1974,7 @@ Bind a role to a client: with the isolation setting on, the role and its members
 A client's done reports matching a filter (topic present, flag, outcome, sentiment end, script, window), newest first, max_rows per page (next page: before_processed_at/before_analysis_id of the last row), with verdicts and every evidence quote (message id, speaker role, excerpt). Errors: PR001, PR002, PR010.
 
 -- comment: function parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
-Figures over a client's done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week. One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.
+Figures over a client's done reports processed in [since, until), optionally of one script key, version and analysis tag: sessions, outcome distribution, sentiment start->end matrix and improved/same/worsened shares, per topic presence, confidence and outcomes, per flag counts, insufficient_context share, cost; the same per ISO week; with custom report fields (extra_fields), "extra": per field, counts per value (enum, boolean), n/avg/min/max (number), top items (string_list) or n (string). One jsonb document (docs/insights.md). Errors: PR001 unknown client, PR002 unknown script/version, PR010 until <= since.
 
 -- comment: function parecer.leased_transcript(uuid,uuid)
 The messages of the session of an item you hold (analysis_id + lease_token from parecer.claim, lease live), as parecer.session_transcript gives them. Unknown item, wrong or expired lease and (isolation on) a client not granted to you give the same error. Errors: PR006 not leased to you.
@@ -1791,11 +2027,14 @@ Set a client's daily and monthly budget in USD (NULL: no limit). A client at or 
 -- comment: function parecer.set_client_priority(text,integer)
 Set a client's weight in claim's round-robin (1..100, default 1): with weights 2 and 1, two items of the first per item of the second. Errors: PR001, PR010.
 
+-- comment: function parecer.set_global_budget(numeric,numeric)
+Set the installation's daily and monthly budget in USD, all clients together (NULL: no limit). At or over it, claim hands out no work to anyone (fail-closed) until the period turns; per-client budgets still apply beside it; alerts at 80% and 100% (NOTIFY parecer_budget, "scope": "installation"). Errors: PR010.
+
 -- comment: function parecer.set_model_price(text,numeric,numeric,numeric,text,date)
 Add or change a model's price (USD per million input, cached input and output tokens). Errors: PR010.
 
--- comment: function parecer.set_rate_limit(text,integer,integer)
-Configure requests and tokens per minute for a provider key label + model (NULL: the default_rpm / default_tpm settings). Errors: PR010.
+-- comment: function parecer.set_rate_limit(text,integer,integer,integer)
+Configure requests and tokens per minute and requests per day (budget_timezone day) for a provider key label + model (NULL: the default_rpm / default_tpm / default_rpd settings). Errors: PR010.
 
 -- comment: function parecer.set_run_backlog(bigint,boolean)
 Mark a run's waiting items as backlog (claimed only when no fresh work is claimable, oldest session first: seed 003's nightly processor) or, with false, back to fresh. Returns how many items changed. Errors: PR012.
@@ -1803,8 +2042,11 @@ Mark a run's waiting items as backlog (claimed only when no fresh work is claima
 -- comment: function parecer.set_setting(text,text)
 Change a setting; NULL restores the default. Errors: PR009 unknown setting or invalid value.
 
--- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean)
-Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions.
+-- comment: function parecer.spend_projection(text)
+Spend extrapolated linearly, budget_timezone calendar: this month's to the whole month (month-to-date / days elapsed, today counted by its elapsed fraction, * days in the month) and today's to the whole day (today / fraction of the day gone by); one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.
+
+-- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
+Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.
 
 -- comment: schema parecer
 parecer: LLM analysis of support chat sessions. Tables are not the API; functions and views are (see docs/sql-api.md).
@@ -1833,6 +2075,9 @@ Which role serves which client (parecer.grant_client). With the isolation settin
 -- comment: view parecer.client_status
 Per client: queue counts, spend today and this month against budgets, and why claim is holding its work back.
 
+-- comment: view parecer.global_budget
+The installation's daily and monthly budget (all clients together, USD), spend so far (budget_timezone calendar; summed only while a budget is set, else 0), and why claim hands out no work at all (blocked_reason).
+
 -- comment: view parecer.metrics
 Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.
 
@@ -1843,7 +2088,7 @@ Model prices in USD per million tokens (input, cached input, output), with where
 The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.
 
 -- comment: view parecer.rate_limits
-Shared rate limits per provider key label + model: configured rpm/tpm, current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited).
+Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day).
 
 -- comment: view parecer.reports
 With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
