@@ -270,3 +270,30 @@ def test_sloppy_quotes_from_the_standin_are_done_on_the_first_call(db_url: str) 
             ).fetchall()
         }
         assert {"normalised", "fragments"} <= matches
+
+
+def test_once_stops_at_a_daily_limit_instead_of_waiting_for_tomorrow(db_url: str) -> None:
+    """requests per day reached: --once stores what it could, gives the rest back until the
+    limiter's next day (without spending an attempt) and exits 0 at once, for cron."""
+    with db.connect(db_url) as c:
+        make_script(c)
+        for _ in range(6):
+            make_session(c)
+        c.execute("SELECT * FROM parecer.set_rate_limit('t:gpt-5-mini', rpd => 3)")
+        start_run(c)
+    t0 = time.monotonic()
+    with Standin(StandinConfig(latency_ms=(1, 5))) as s:
+        stats = run(cfg(db_url, s, concurrency=2))
+    assert time.monotonic() - t0 < 60
+    with db.connect(db_url) as c:
+        got = items(c)
+        assert sorted(i["status"] for i in got.values()) == ["done"] * 3 + ["pending"] * 3
+        waiting = [i for i in got.values() if i["status"] == "pending"]
+        assert all(i["retry_count"] == 0 for i in waiting)  # no attempt spent
+        released = one(
+            c,
+            "SELECT count(*) AS n, bool_and(next_retry_at > now() + interval '1 minute') AS later"
+            " FROM parecer.analyses WHERE status = 'pending' AND claims > 0",
+        )
+        assert released["n"] >= 1 and released["later"] is True, released  # back until the next day
+    assert stats.outcomes["done"] == 3

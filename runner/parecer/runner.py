@@ -57,6 +57,9 @@ EXIT_PROVIDER_FATAL = 6  # `parecer runner --once` stopped by a fatal provider e
 FATAL_PAUSE_SECONDS = (60.0, 120.0, 300.0, 600.0, 900.0)  # consecutive fatal pauses (last repeats)
 BUDGET_CHANNEL = "parecer_budget"
 MAX_LOCAL_RATE_WAIT = 10.0  # longer shared-limit waits release the item instead of holding it
+ONCE_MAX_PAUSE_SECONDS = (
+    60.0  # --once does not sit out a longer pause (a daily limit, say): it stops
+)
 log = logging.getLogger(LOGGER + ".runner")
 
 
@@ -512,6 +515,17 @@ class Runner:
             seconds=round(seconds, 2),
             worker=self.cfg.worker_id,
         )
+        if self.cfg.once and seconds > ONCE_MAX_PAUSE_SECONDS:
+            # Drain what is claimable now, not what becomes claimable tomorrow: the items go
+            # back with the pause as their delay, and cron's next run takes them.
+            event(
+                log,
+                "--once stops: pause longer than it waits",
+                seconds=round(seconds, 2),
+                limit=ONCE_MAX_PAUSE_SECONDS,
+                worker=self.cfg.worker_id,
+            )
+            self.stop()
         return int(seconds + 0.999)
 
     # ---- database ------------------------------------------------------
