@@ -434,23 +434,19 @@ RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_day  date;
-    v_cost numeric;
+    v_spent boolean := jsonb_typeof(p_usage) = 'object';
+    v_cost  numeric;
 BEGIN
-    IF p_usage IS NULL OR jsonb_typeof(p_usage) <> 'object' THEN
-        INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
-                                       error, model, prompt_hash, usage)
-        VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
-                p_outcome, p_error, p_model, p_prompt_hash, p_usage);
-        RETURN;
+    IF v_spent THEN
+        v_cost := parecer._cost(COALESCE(p_model, p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage);
     END IF;
-    SELECT parecer._budget_day(), parecer._cost(COALESCE(p_model, p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage)
-      INTO v_day, v_cost;
     INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
                                    error, model, prompt_hash, usage, cost_usd)
     VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
             p_outcome, p_error, p_model, p_prompt_hash, p_usage, v_cost);
-    PERFORM parecer._add_spend(p_client_id, p_client_slug, v_day, p_usage, v_cost);
+    IF v_spent THEN
+        PERFORM parecer._add_spend(p_client_id, p_client_slug, parecer._budget_day(), p_usage, v_cost);
+    END IF;
 END
 $$;
 
@@ -466,14 +462,7 @@ AS $$
 DECLARE
     v_max   integer := parecer._setting_int('max_attempts');
     v_error text := left(COALESCE(NULLIF(btrim(mark_failed.error), ''), 'unspecified error'), 1000);
-    v_status  text;
-    v_retries integer;
-    v_next    timestamptz;
-    v_claims  integer;
-    v_worker  text;
-    v_started timestamptz;
-    v_client  text;
-    v_slug    text;
+    v_a     record;   -- the item as the UPDATE left it
 BEGIN
     UPDATE parecer.analyses a
        SET status = CASE WHEN NOT COALESCE(retryable, true) OR a.retry_count + 1 >= v_max THEN 'failed'
@@ -485,15 +474,15 @@ BEGIN
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = mark_failed.analysis_id   -- a lease token only while processing (analyses_state_check)
        AND a.lease_token = mark_failed.lease_token AND a.lease_expires_at >= now()
-    RETURNING a.status, a.retry_count, a.next_retry_at, a.claims, a.worker, a.started_at, a.client_id, a.client_slug
-         INTO v_status, v_retries, v_next, v_claims, v_worker, v_started, v_client, v_slug;
+    RETURNING a.* INTO v_a;
     IF NOT FOUND THEN
         PERFORM parecer._lease_refused(mark_failed.analysis_id, mark_failed.lease_token);
     END IF;
-    PERFORM parecer._end_attempt(mark_failed.analysis_id, v_claims, v_worker, mark_failed.lease_token, v_started,
+    PERFORM parecer._end_attempt(v_a.analysis_id, v_a.claims, v_a.worker, mark_failed.lease_token, v_a.started_at,
                                  'failed', v_error, NULL, NULL,
-                                 CASE WHEN parecer._usage_ok(mark_failed.usage) THEN mark_failed.usage END, v_client, v_slug);
-    RETURN ROW(v_status, v_retries, v_next)::parecer.item_outcome;
+                                 CASE WHEN parecer._usage_ok(mark_failed.usage) THEN mark_failed.usage END,
+                                 v_a.client_id, v_a.client_slug);
+    RETURN ROW(v_a.status, v_a.retry_count, v_a.next_retry_at)::parecer.item_outcome;
 END
 $$;
 COMMENT ON FUNCTION parecer.mark_failed(uuid, uuid, text, boolean, jsonb) IS
@@ -511,14 +500,7 @@ DECLARE
     v_max_rel integer := parecer._setting_int('max_releases');
     v_delay  integer := COALESCE(release.delay_seconds, 0);
     v_reason text := left(COALESCE(NULLIF(btrim(release.reason), ''), 'released'), 1000);
-    v_status  text;
-    v_retries integer;
-    v_next    timestamptz;
-    v_claims  integer;
-    v_worker  text;
-    v_started timestamptz;
-    v_client  text;
-    v_slug    text;
+    v_a      record;   -- the item as the UPDATE left it
 BEGIN
     IF v_delay < 0 OR v_delay > 86400 THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid delay_seconds: %s', v_delay), 'delay_seconds must be between 0 and 86400.');
@@ -537,14 +519,13 @@ BEGIN
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = release.analysis_id   -- a lease token only while processing (analyses_state_check)
        AND a.lease_token = release.lease_token AND a.lease_expires_at >= now()
-    RETURNING a.status, a.retry_count, a.next_retry_at, a.claims, a.worker, a.started_at, a.client_id, a.client_slug
-         INTO v_status, v_retries, v_next, v_claims, v_worker, v_started, v_client, v_slug;
+    RETURNING a.* INTO v_a;
     IF NOT FOUND THEN
         PERFORM parecer._lease_refused(release.analysis_id, release.lease_token);
     END IF;
-    INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome, error)
-    VALUES (release.analysis_id, v_claims, v_worker, release.lease_token, v_started, now(), 'released', v_reason);
-    RETURN ROW(v_status, v_retries, v_next)::parecer.item_outcome;
+    PERFORM parecer._end_attempt(v_a.analysis_id, v_a.claims, v_a.worker, release.lease_token, v_a.started_at,
+                                 'released', v_reason, NULL, NULL, NULL, v_a.client_id, v_a.client_slug);
+    RETURN ROW(v_a.status, v_a.retry_count, v_a.next_retry_at)::parecer.item_outcome;
 END
 $$;
 COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS

@@ -907,7 +907,7 @@ body md5 7508008df753cec5146f51de0d28ebc6
 ARGUMENTS p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid, p_claimed_at timestamp with time zone, p_outcome text, p_error text, p_model text, p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 9c91a3a32ed2cf6593e0cbfc10e9fc4b
+body md5 3bf83d7a71e9dddf4d71995d1dba3c66
 
 -- function: parecer._evidence_lists(jsonb)
 ARGUMENTS p_report jsonb
@@ -1346,7 +1346,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, error text, retryable boolean DEFA
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 f1266b71a4baf45e0a2ead7bdf32c12f
+body md5 b65165da6e5ec59a2c9116376ccb9fe0
 
 -- function: parecer.next_due(text)
 ARGUMENTS client_slug text DEFAULT NULL::text
@@ -1374,7 +1374,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, r
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1684047d8be5cb2b2ba5780627a25072
+body md5 e35c902c0dab4798371c40bc42afea44
 
 -- function: parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
 ARGUMENTS limit_key text, retry_after_seconds double precision DEFAULT NULL::double precision, remaining_requests integer DEFAULT NULL::integer, remaining_tokens integer DEFAULT NULL::integer, reset_seconds double precision DEFAULT NULL::double precision, estimated_tokens integer DEFAULT NULL::integer, actual_tokens integer DEFAULT NULL::integer, reason text DEFAULT NULL::text
