@@ -80,6 +80,13 @@ def _roles(granted: list[str]) -> str:
     return "Roles: " + ", ".join(granted) + "."
 
 
+def _allowed(conn: psycopg.Connection[Any], query: str, args: tuple[Any, ...]) -> bool:
+    """The ``ok`` column of a one-row privilege query."""
+    row = conn.execute(query, args).fetchone()
+    assert row is not None
+    return bool(row["ok"])
+
+
 def render(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Object name -> its generated block (between the markers, without them)."""
     out: dict[str, str] = {}
@@ -123,9 +130,9 @@ def render(conn: psycopg.Connection[Any]) -> dict[str, str]:
         granted = [
             r
             for r in ROLES
-            if conn.execute(
-                "SELECT has_function_privilege(%s, %s::oid, 'EXECUTE') AS ok", (r, f["oid"])
-            ).fetchone()["ok"]
+            if _allowed(
+                conn, "SELECT has_function_privilege(%s, %s::oid, 'EXECUTE') AS ok", (r, f["oid"])
+            )
         ]
         lines.append(_roles(granted))
         out[f"parecer.{f['proname']}"] = "\n".join(lines) + "\n"
@@ -138,9 +145,9 @@ def render(conn: psycopg.Connection[Any]) -> dict[str, str]:
         granted = [
             r
             for r in ROLES
-            if conn.execute(
-                "SELECT has_table_privilege(%s, %s::oid, 'SELECT') AS ok", (r, v["oid"])
-            ).fetchone()["ok"]
+            if _allowed(
+                conn, "SELECT has_table_privilege(%s, %s::oid, 'SELECT') AS ok", (r, v["oid"])
+            )
         ]
         out[f"parecer.{v['relname']}"] = (
             _wrap_text(v["comment"] or "(no comment)", "> ") + "\n\n" + _roles(granted) + "\n"

@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from parecer.cli import main
 
@@ -61,13 +60,13 @@ WORK_UNINSTALLED = {"db migrate", "db status", "db rollback", "sample load"}
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
 
 
-def cli(url: str, *args: str) -> Any:
+def cli(url: str, *args: str) -> Result:
     return CliRunner().invoke(
         main, list(args), env={"PARECER_DATABASE_URL": url, "OPENAI_API_KEY": ""}, input="x"
     )
 
 
-def one_line(r: Any) -> str:
+def one_line(r: Result) -> str:
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     lines = [x for x in r.output.splitlines() if x.strip()]
     assert "Traceback" not in r.output

@@ -13,7 +13,7 @@ from parecer import errors
 from .factories import make_script, make_session, report_for
 from .helpers import one, table_checksum
 
-REMARKETING = [
+REMARKETING: list[dict[str, Any]] = [
     {
         "name": "remarketing_type",
         "type": "enum",

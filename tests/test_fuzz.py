@@ -727,7 +727,9 @@ def report_st(
 
     def topic_variants(k: int) -> Any:
         ts = pool.item_topics
-        entries = [{"topic": t, "evidence": [], "present": False, "confidence": 0.5} for t in ts]
+        entries: list[dict[str, Any]] = [
+            {"topic": t, "evidence": [], "present": False, "confidence": 0.5} for t in ts
+        ]
         return [
             entries * 2,
             list(reversed(entries)),
@@ -737,7 +739,7 @@ def report_st(
             [{**e, "topic": " " + e["topic"]} for e in entries],
         ][k % 6]
 
-    values = st.one_of(
+    values: st.SearchStrategy[Any] = st.one_of(
         JSON_ANY,
         evidence,
         st.integers(0, 5).map(topic_variants),
@@ -1556,6 +1558,7 @@ def test_regression_usage_with_non_integer_token_counts(conn: Conn) -> None:
     in the spend accounting. mark_done now refuses such usage with PR010; mark_failed drops it, as it
     drops any usage that is not an object (a failure report must not fail)."""
     pool = seed(conn)
+    usage: dict[str, Any]
     for usage in (
         {"input_tokens": 0.0},
         {"output_tokens": 1e30},

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from parecer import errors as E
 
@@ -103,12 +104,11 @@ def done_reports(
         p = conn.execute(
             "SELECT prompt_hash FROM parecer.prompt_for(%s)", (item["analysis_id"],)
         ).fetchone()
+        assert p is not None
         s = by_id[item["session_id"]]
         rep = report(s) if report else make_report(s, rnd)
         u = (
-            psycopg.types.json.Jsonb(
-                {"input_tokens": 1000 + rnd.randint(0, 500), "output_tokens": 200}
-            )
+            Jsonb({"input_tokens": 1000 + rnd.randint(0, 500), "output_tokens": 200})
             if usage
             else None
         )
@@ -117,7 +117,7 @@ def done_reports(
             (
                 item["analysis_id"],
                 item["lease_token"],
-                psycopg.types.json.Jsonb(rep),
+                Jsonb(rep),
                 p["prompt_hash"],
                 u,
             ),
@@ -240,7 +240,8 @@ def normalise(doc: dict[str, Any]) -> dict[str, Any]:
             return float(v)
         return v
 
-    return num({k: doc[k] for k in keys})
+    figures: dict[str, Any] = num({k: doc[k] for k in keys})
+    return figures
 
 
 def insights(conn: psycopg.Connection[Any], *args: Any, **kw: Any) -> dict[str, Any]:

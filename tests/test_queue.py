@@ -41,7 +41,8 @@ def state(conn: psycopg.Connection[Any], analysis_id: Any) -> dict[str, Any]:
         "SELECT * FROM parecer.analyses WHERE analysis_id = %s", (analysis_id,)
     ).fetchone()
     assert row is not None
-    return row
+    analysis: dict[str, Any] = row
+    return analysis
 
 
 def test_enqueue_counts_and_force_reprocess_resets_done(conn: psycopg.Connection[Any]) -> None:
@@ -489,9 +490,8 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
             "FROM parecer.claim('w1', 1, sync_commit => false) c"
         ).fetchall()
         assert row["s"] == "off"
-        assert (
-            c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()["s"] == before
-        )  # type: ignore[index]
+        after = c.execute("SELECT current_setting('synchronous_commit') AS s").fetchone()
+        assert after is not None and after["s"] == before
         [row] = c.execute(
             "SELECT c.analysis_id, current_setting('synchronous_commit') AS s "
             "FROM parecer.claim('w1', 1) c"
@@ -500,12 +500,10 @@ def test_claim_sync_commit_false_reaches_only_its_own_transaction(db_url: str) -
         with pytest.raises(psycopg.Error) as exc:
             claim(c, sync_commit=None)
         assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT and exc.value.diag.message_hint
-        assert (
-            c.execute(
-                "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
-            ).fetchone()["n"]
-            == 2
-        )  # type: ignore[index]
+        processing = c.execute(
+            "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
+        ).fetchone()
+        assert processing is not None and processing["n"] == 2
     # Inside a caller's transaction it lasts until that transaction ends.
     with db.connect(db_url, autocommit=False) as t:
         assert len(claim(t, sync_commit=False)) == 1

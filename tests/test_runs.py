@@ -11,7 +11,7 @@ import pytest
 
 from parecer import errors
 
-from .factories import make_script, make_session, report_for
+from .factories import ended, make_script, make_session, report_for
 from .helpers import table_checksum
 
 
@@ -149,7 +149,7 @@ def test_real_run_enqueues_newest_and_summarises(conn: psycopg.Connection[Any]) 
     r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 3)").fetchone()
     assert r is not None and r["run_id"] is not None
     assert (r["eligible"], r["would_enqueue"], r["enqueued"], r["reset"]) == (5, 3, 3, 0)
-    newest = sorted(sessions, key=lambda s: s.ended_at, reverse=True)[:3]
+    newest = sorted(sessions, key=ended, reverse=True)[:3]
     queued = {
         row["session_id"]
         for row in conn.execute("SELECT session_id FROM parecer.analyses").fetchall()
@@ -239,9 +239,7 @@ def test_script_versions_and_activation(conn: psycopg.Connection[Any]) -> None:
 
 def test_terminal_failures_are_not_reselected_without_force(conn: psycopg.Connection[Any]) -> None:
     make_script(conn)
-    sessions = sorted(
-        (make_session(conn) for _ in range(3)), key=lambda s: s.ended_at, reverse=True
-    )
+    sessions = sorted((make_session(conn) for _ in range(3)), key=ended, reverse=True)
     r = conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 1)").fetchone()
     assert r is not None and r["enqueued"] == 1
     item = conn.execute("SELECT * FROM parecer.claim('w')").fetchone()

@@ -161,9 +161,9 @@ def test_lia_cortex_adapter_over_seed_001_ddl(empty_db_url: str, spelling: str) 
         return seed_ddl._snake(name) if snake else name
 
     db.migrate(empty_db_url)
-    with psycopg.connect(empty_db_url, autocommit=True) as c:
-        c.execute(seed_ddl.seed001_ddl(LIA_TABLES, snake_case=snake).encode())
-        sessions = _lia_data(c, col)
+    with psycopg.connect(empty_db_url, autocommit=True) as host:
+        host.execute(seed_ddl.seed001_ddl(LIA_TABLES, snake_case=snake).encode())
+        sessions = _lia_data(host, col)
     db.install_adapter(empty_db_url, "lia-cortex")
     with db.connect(empty_db_url) as c:
         c.execute("SELECT parecer.set_setting('single_tenant_slug', 'lia')")

@@ -109,7 +109,8 @@ def test_duplicated_source_session_is_pr015_naming_it(conn: psycopg.Connection[A
         with pytest.raises(psycopg.Error) as exc:
             conn.execute(query, args)
         assert errors.sqlstate(exc.value) == errors.DUPLICATE_SESSION, query
-        assert dup.session_id in exc.value.diag.message_primary
+        primary = exc.value.diag.message_primary
+        assert primary is not None and dup.session_id in primary
     rows = {r["check_name"]: r for r in conn.execute("SELECT * FROM parecer.check_adapter()")}
     assert rows["duplicate_session_ids"]["status"] == "error"
     assert rows["duplicate_session_ids"]["count"] == 1

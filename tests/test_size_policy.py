@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from parecer import errors
 
@@ -104,7 +105,7 @@ def test_mark_done_records_what_the_size_policy_left_out(conn: Conn) -> None:
         (
             c["analysis_id"],
             c["lease_token"],
-            psycopg.types.json.Jsonb(report_for(s)),
+            Jsonb(report_for(s)),
             p["prompt_hash"],
         ),
     )

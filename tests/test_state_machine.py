@@ -467,11 +467,11 @@ def test_queue_state_machine(db_url: str) -> None:
                 ).fetchall()
             }
             atts: dict[uuid.UUID, list[dict[str, Any]]] = {}
-            for a in admin.execute(
+            for att in admin.execute(
                 "SELECT analysis_id, attempt, outcome, lease_token FROM parecer._finished_attempts"
                 " ORDER BY analysis_id, attempt"
             ).fetchall():
-                atts.setdefault(a["analysis_id"], []).append(a)
+                atts.setdefault(att["analysis_id"], []).append(att)
             model = {it.analysis_id: it for it in self.items.values()}
             assert set(rows) == set(model), "items in the database differ from the model"
             keys = [
