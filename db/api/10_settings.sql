@@ -49,7 +49,11 @@ INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_va
     ('max_pause_seconds', '3600', 'integer', 1, 86400,
      'Longest pause one report_rate call may impose on a shared key; a longer Retry-After or reset pauses this long.'),
     ('max_request_tokens', '400000', 'integer', 1000, 10000000,
-     'Largest request (tokens) acquire_rate grants; a larger one is the item''s failure (PR016), like one above the key''s tokens per minute.')
+     'Largest request (tokens) acquire_rate grants; a larger one is the item''s failure (PR016), like one above the key''s tokens per minute.'),
+    ('batch_lease_seconds', '93600', 'integer', 3600, 604800,
+     'Lease parecer.open_batch gives the items of a Batch API batch: the 24-hour completion window plus a margin (26 hours). An item whose batch lease runs out is released, not failed. Not capped by max_lease_seconds.'),
+    ('batch_max_items', '50000', 'integer', 1, 50000,
+     'Most items one parecer.open_batch claims into a batch (the Batch API takes at most 50000 requests per batch).')
 ON CONFLICT (name) DO UPDATE
     SET default_value = EXCLUDED.default_value, kind = EXCLUDED.kind, min_value = EXCLUDED.min_value,
         max_value = EXCLUDED.max_value, description = EXCLUDED.description;

@@ -80,15 +80,21 @@ $$;
 
 -- Lease expiry ends a dead runner's attempt as 'expired': a failure of the item
 -- (its runner died holding it), retried after the backoff like mark_failed.
+-- An item held by a batch (75_batches.sql) whose batch lease ran out is released
+-- instead (outcome 'released', no attempt spent, counted against max_releases):
+-- a batch that outlived its window is the provider's or the poller's fault, not
+-- the item's.
 CREATE OR REPLACE FUNCTION parecer._expire_leases() RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_max integer := parecer._setting_int('max_attempts');
-    v_n   integer;
+    v_max     integer := parecer._setting_int('max_attempts');
+    v_max_rel integer := parecer._setting_int('max_releases');
+    v_n       integer;
 BEGIN
     WITH x AS MATERIALIZED (
-        SELECT a.analysis_id, a.claims, a.worker, a.lease_token, a.started_at
+        SELECT a.analysis_id, a.claims, a.worker, a.lease_token, a.started_at,
+               EXISTS (SELECT FROM parecer._batch_items bi WHERE bi.lease_token = a.lease_token) AS in_batch
         FROM parecer.analyses a
         WHERE a.status = 'processing' AND a.lease_expires_at < now()
         ORDER BY a.lease_expires_at
@@ -96,11 +102,15 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), u AS (
         UPDATE parecer.analyses a
-           SET status = CASE WHEN a.retry_count + 1 >= v_max THEN 'failed' ELSE 'pending' END,
-               retry_count = a.retry_count + 1,
-               next_retry_at = CASE WHEN a.retry_count + 1 >= v_max THEN NULL
+           SET status = CASE WHEN x.in_batch THEN CASE WHEN a.retry_count >= v_max OR a.releases + 1 > v_max_rel
+                                                       THEN 'failed' ELSE 'pending' END
+                             WHEN a.retry_count + 1 >= v_max THEN 'failed' ELSE 'pending' END,
+               retry_count = a.retry_count + CASE WHEN x.in_batch THEN 0 ELSE 1 END,
+               releases = a.releases + CASE WHEN x.in_batch THEN 1 ELSE 0 END,
+               next_retry_at = CASE WHEN x.in_batch OR a.retry_count + 1 >= v_max THEN NULL
                                     ELSE now() + parecer._backoff(a.retry_count + 1) END,
-               error = 'lease expired: worker ' || COALESCE(a.worker, '?') || ' stopped without reporting',
+               error = CASE WHEN x.in_batch THEN 'batch lease expired: worker ' || COALESCE(a.worker, '?') || ' stored no result in time'
+                            ELSE 'lease expired: worker ' || COALESCE(a.worker, '?') || ' stopped without reporting' END,
                lease_token = NULL, lease_expires_at = NULL, updated_at = now()
           FROM x
          WHERE a.analysis_id = x.analysis_id
@@ -108,7 +118,7 @@ BEGIN
     ), t AS (
         INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome, error)
         SELECT x.analysis_id, x.claims, COALESCE(x.worker, '?'), x.lease_token, COALESCE(x.started_at, now()), now(),
-               'expired', u.error
+               CASE WHEN x.in_batch THEN 'released' ELSE 'expired' END, u.error
         FROM u JOIN x ON x.analysis_id = u.analysis_id
     )
     SELECT count(*) INTO v_n FROM u;
@@ -244,7 +254,8 @@ COMMENT ON FUNCTION parecer.enqueue(text[], bigint, text, boolean, bigint) IS
 -- (each walks its partial index; the backlog is read only when the fresh work
 -- runs short). Rows come back with the tier they came from. The claimable
 -- condition (see the top of this file) is written here and nowhere else.
-CREATE OR REPLACE FUNCTION parecer._candidates(p_client_id text, p_limit integer)
+-- p_run_id: only items of that run (a batch of a backlog run, 75_batches.sql).
+CREATE OR REPLACE FUNCTION parecer._candidates(p_client_id text, p_limit integer, p_run_id bigint DEFAULT NULL)
 RETURNS TABLE (analysis_id uuid, backlog boolean)
 LANGUAGE plpgsql
 -- Generic plans: the same plan is right at any queue size and any LIMIT, and
@@ -259,6 +270,7 @@ BEGIN
     FROM parecer.analyses a
     WHERE a.client_id = p_client_id AND NOT a.backlog
       AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
+      AND (p_run_id IS NULL OR EXISTS (SELECT FROM parecer.run_items ri WHERE ri.run_id = p_run_id AND ri.analysis_id = a.analysis_id))
     ORDER BY a.session_ended_at DESC NULLS LAST, a.created_at DESC
     LIMIT p_limit
     FOR UPDATE SKIP LOCKED;
@@ -269,11 +281,41 @@ BEGIN
         FROM parecer.analyses a
         WHERE a.client_id = p_client_id AND a.backlog
           AND a.status = 'pending' AND (a.next_retry_at IS NULL OR a.next_retry_at <= now())
+          AND (p_run_id IS NULL OR EXISTS (SELECT FROM parecer.run_items ri WHERE ri.run_id = p_run_id AND ri.analysis_id = a.analysis_id))
         ORDER BY a.session_ended_at ASC NULLS FIRST, a.created_at
         LIMIT p_limit - v_n
         FOR UPDATE SKIP LOCKED;
     END IF;
 END
+$$;
+
+-- Lease locked candidates (ids from parecer._candidates, in claim order) to a worker
+-- for p_lease seconds: the one place a claim's lease is written (claim, open_batch).
+-- Updated by primary key (= ANY of the locked ids), never through a join the
+-- planner could turn into a hash join over the whole table.
+CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name)
+RETURNS SETOF parecer.claimed_item
+LANGUAGE sql
+AS $$
+    WITH u AS (
+        UPDATE parecer.analyses a
+           SET status = 'processing',
+               claims = a.claims + 1,
+               worker = p_worker,
+               lease_token = gen_random_uuid(),
+               lease_expires_at = now() + make_interval(secs => p_lease),
+               next_retry_at = NULL,
+               started_at = now(),
+               updated_at = now(),
+               leased_to = p_who, given_prompt_hash = NULL, prompt_given_at = NULL
+         WHERE a.analysis_id = ANY (p_ids)
+        RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
+                  a.lease_expires_at, a.retry_count
+    )
+    SELECT u.analysis_id, u.lease_token, u.claims, u.client_slug, u.session_id, u.script_id,
+           s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count
+    FROM u JOIN parecer.scripts s ON s.script_id = u.script_id
+    ORDER BY array_position(p_ids, u.analysis_id);
 $$;
 
 -- Claim up to max_items claimable items: each gets a lease (token + expiry) and
@@ -370,28 +412,7 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Updated by primary key (= ANY of the locked ids), never through a join the
-    -- planner could turn into a hash join over the whole table.
-    RETURN QUERY
-    WITH u AS (
-        UPDATE parecer.analyses a
-           SET status = 'processing',
-               claims = a.claims + 1,
-               worker = v_worker,
-               lease_token = gen_random_uuid(),
-               lease_expires_at = now() + make_interval(secs => v_lease),
-               next_retry_at = NULL,
-               started_at = now(),
-               updated_at = now(),
-               leased_to = v_who, given_prompt_hash = NULL, prompt_given_at = NULL
-         WHERE a.analysis_id = ANY (v_ids)
-        RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
-                  a.lease_expires_at, a.retry_count
-    )
-    SELECT u.analysis_id, u.lease_token, u.claims, u.client_slug, u.session_id, u.script_id,
-           s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count
-    FROM u JOIN parecer.scripts s ON s.script_id = u.script_id
-    ORDER BY array_position(v_ids, u.analysis_id);
+    RETURN QUERY SELECT * FROM parecer._lease_items(v_ids, v_worker, v_lease, v_who);
 END
 $$;
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS

@@ -1,12 +1,13 @@
 CREATE OR REPLACE VIEW parecer.model_prices AS
-SELECT p.model, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok, p.source, p.taken_on
+SELECT p.model, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok, p.source, p.taken_on,
+       p.batch_price_factor
 FROM parecer._model_prices p ORDER BY p.model;
-COMMENT ON VIEW parecer.model_prices IS 'Model prices in USD per million tokens (input, cached input, output), with where and when they were taken.';
+COMMENT ON VIEW parecer.model_prices IS 'Model prices in USD per million tokens (input, cached input, output), with where and when they were taken; batch_price_factor: the Batch API price as a fraction of these (0.5: half price).';
 
 -- Add or change a model's price.
 CREATE OR REPLACE FUNCTION parecer.set_model_price(model text, input_usd_per_mtok numeric, cached_input_usd_per_mtok numeric,
                                         output_usd_per_mtok numeric, source text DEFAULT 'set by operator',
-                                        taken_on date DEFAULT CURRENT_DATE)
+                                        taken_on date DEFAULT CURRENT_DATE, batch_price_factor numeric DEFAULT NULL)
 RETURNS SETOF parecer.model_prices
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -21,28 +22,50 @@ BEGIN
        OR GREATEST(input_usd_per_mtok, cached_input_usd_per_mtok, output_usd_per_mtok) > 100000 THEN
         PERFORM parecer._invalid('prices must be numbers between 0 and 100000 USD per million tokens', 'e.g. 0.25, 0.025, 2.00');
     END IF;
+    IF batch_price_factor < 0 OR batch_price_factor > 1 THEN
+        PERFORM parecer._invalid(pg_catalog.format('invalid batch_price_factor: %s', batch_price_factor),
+                                 'batch_price_factor is the Batch API price as a fraction of the standard price, from 0 to 1 (OpenAI: 0.5).');
+    END IF;
     INSERT INTO parecer._model_prices AS p VALUES (model, input_usd_per_mtok, cached_input_usd_per_mtok,
-        output_usd_per_mtok, COALESCE(left(source, 200), 'set by operator'), COALESCE(taken_on, CURRENT_DATE))
+        output_usd_per_mtok, COALESCE(left(source, 200), 'set by operator'), COALESCE(taken_on, CURRENT_DATE),
+        COALESCE(batch_price_factor, 0.5))
     ON CONFLICT ON CONSTRAINT _model_prices_pkey DO UPDATE
         SET input_usd_per_mtok = EXCLUDED.input_usd_per_mtok,
             cached_input_usd_per_mtok = EXCLUDED.cached_input_usd_per_mtok,
             output_usd_per_mtok = EXCLUDED.output_usd_per_mtok,
-            source = EXCLUDED.source, taken_on = EXCLUDED.taken_on;
+            source = EXCLUDED.source, taken_on = EXCLUDED.taken_on,
+            batch_price_factor = COALESCE(set_model_price.batch_price_factor, p.batch_price_factor);
     RETURN QUERY SELECT * FROM parecer.model_prices mp WHERE mp.model = set_model_price.model;
 END
 $$;
-COMMENT ON FUNCTION parecer.set_model_price(text, numeric, numeric, numeric, text, date) IS
-'Add or change a model''s price (USD per million input, cached input and output tokens). Errors: PR010.';
+COMMENT ON FUNCTION parecer.set_model_price(text, numeric, numeric, numeric, text, date, numeric) IS
+'Add or change a model''s price (USD per million input, cached input and output tokens). batch_price_factor: the Batch API price as a fraction of those (NULL: keep the model''s, 0.5 for a new one). Errors: PR010.';
+
+-- The cost in USD of an attempt's usage at the model's price. The tokens under
+-- usage.batch (a Batch API call, 75_batches.sql) are part of the totals and are
+-- charged at batch_price_factor times the standard price.
+-- Tokens of a usage object at per-million prices, in USD per million (no rounding).
+CREATE OR REPLACE FUNCTION parecer._usd_mtok(p_usage jsonb, p_input numeric, p_cached numeric, p_output numeric)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT GREATEST(COALESCE((p_usage ->> 'input_tokens')::numeric, 0)
+                    - COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0), 0) * p_input
+           + COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0) * p_cached
+           + COALESCE((p_usage ->> 'output_tokens')::numeric, 0) * p_output
+$$;
 
 CREATE OR REPLACE FUNCTION parecer._cost(p_model text, p_usage jsonb) RETURNS numeric
 LANGUAGE plpgsql STABLE
 AS $$
+DECLARE
+    v_batch jsonb := CASE WHEN jsonb_typeof(p_usage -> 'batch') = 'object' THEN p_usage -> 'batch' ELSE '{}' END;
 BEGIN
     RETURN (
-        SELECT round((GREATEST(COALESCE((p_usage ->> 'input_tokens')::numeric, 0)
-                               - COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0), 0) * p.input_usd_per_mtok
-                     + COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0) * p.cached_input_usd_per_mtok
-                     + COALESCE((p_usage ->> 'output_tokens')::numeric, 0) * p.output_usd_per_mtok) / 1000000, 8)
+        SELECT round((parecer._usd_mtok(p_usage, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok)
+                      - (1 - p.batch_price_factor)
+                        * parecer._usd_mtok(v_batch, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok))
+                     / 1000000, 8)
         FROM parecer._model_prices p
         WHERE starts_with(p_model, p.model)
         ORDER BY length(p.model) DESC

@@ -25,7 +25,8 @@ GRANT USAGE ON SCHEMA parecer TO parecer_admin, parecer_runner, parecer_reader;
 GRANT SELECT ON
     parecer.reports, parecer.attempts, parecer.queue_status, parecer.runs_overview, parecer.settings,
     parecer.rate_limits, parecer.model_prices, parecer.budgets, parecer.spend_daily, parecer.spend_monthly,
-    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports, parecer.global_budget
+    parecer.run_costs, parecer.client_status, parecer.metrics, parecer.stale_reports, parecer.global_budget,
+    parecer.batches
 TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.run_summary(bigint),
@@ -47,7 +48,15 @@ GRANT EXECUTE ON FUNCTION
     parecer.release(uuid, uuid, integer, text),
     parecer.next_due(text),
     parecer.acquire_rate(text, integer),
-    parecer.report_rate(text, double precision, integer, integer, double precision, integer, integer, text)
+    parecer.report_rate(text, double precision, integer, integer, double precision, integer, integer, text),
+    -- Batch API backlog mode (75_batches.sql)
+    parecer.open_batch(bigint, text, integer),
+    parecer.batch_items(bigint),
+    parecer.batch_uploaded(bigint, text),
+    parecer.batch_submitted(bigint, text, text),
+    parecer.batch_progress(bigint, text, integer, integer, integer, text, text, text),
+    parecer.finish_batch(bigint, text),
+    parecer.list_batches(bigint, boolean)
 TO parecer_runner;
 
 -- parecer_admin: everything a reader may, scripts, runs, settings, budgets and
@@ -69,7 +78,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.session_transcript(text),
     parecer.prompt_for(uuid),
     parecer.set_rate_limit(text, integer, integer, integer),
-    parecer.set_model_price(text, numeric, numeric, numeric, text, date),
+    parecer.set_model_price(text, numeric, numeric, numeric, text, date, numeric),
     parecer.set_budget(text, numeric, numeric),
     parecer.set_global_budget(numeric, numeric),
     parecer.set_client_priority(text, integer),
