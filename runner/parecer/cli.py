@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import click
+import openai
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -2116,6 +2117,149 @@ def runner_cmd(
     stats = asyncio.run(runner.run())  # logs its summary as one line (JSON with --log-format json)
     if stats.fatal is not None:  # --once stopped by 401/403, insufficient_quota, unknown model
         ctx.exit(EXIT_PROVIDER_FATAL)
+
+
+# ---- batch: backlog runs through the Batch API (runner/parecer/batch.py) -----------
+BATCH_COLUMNS = [
+    "batch_id",
+    "run_id",
+    "status",
+    "provider_status",
+    "items",
+    "in_flight",
+    "done",
+    "failed",
+    "released",
+    "cost_usd",
+]
+
+
+@main.group("batch", context_settings=CONTEXT)
+def batch_group() -> None:
+    """Backlog runs through the provider's Batch API: half price, results within 24 hours.
+
+    `submit` claims a backlog run's items into batches and sends them; `poll` (from cron,
+    or with --wait) stores their results and resumes whatever a crash interrupted."""
+
+
+def _batch_rows(rows: list[Any]) -> list[dict[str, Any]]:
+    import dataclasses
+
+    return [dataclasses.asdict(r) for r in rows]
+
+
+@batch_group.command("submit")
+@click.argument("run_id", type=int_range(1, 2**63 - 1))
+@click.option(
+    "--max-items",
+    type=int_range(1, 50000),
+    default=None,
+    help="Items per batch (default and cap: the setting batch_max_items).",
+)
+@click.option(
+    "--worker-id", default=None, help="Worker name recorded with the batch (default host:pid)."
+)
+@click.option(
+    "--max-output-tokens", type=int_range(16), default=4000, show_default=True, help="Per request."
+)
+@model_options
+@json_option
+@click.pass_context
+def batch_submit(
+    ctx: click.Context,
+    run_id: int,
+    max_items: int | None,
+    worker_id: str | None,
+    max_output_tokens: int,
+    endpoint: ModelEndpoint,
+    as_json: bool,
+) -> None:
+    """Claim a backlog run's claimable items into Batch API batches, upload and create them."""
+    import asyncio
+
+    from . import batch
+
+    cfg = runner_config(
+        ctx,
+        endpoint,
+        worker_id=worker_id or default_worker_id(),
+        max_output_tokens=max_output_tokens,
+    )
+    if not (cfg.api_key or cfg.base_url):
+        raise click.ClickException(
+            "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
+        )
+    preflight(ctx)
+    try:
+        rows = asyncio.run(batch.submit(cfg, run_id, max_items))
+    except openai.OpenAIError as exc:
+        raise click.ClickException(f"the provider refused the batch: {_first_line(exc)}") from None
+    data = _batch_rows(rows)
+    if as_json:
+        emit_json(data)
+    elif not data:
+        click.echo(f"run {run_id}: nothing claimable to send")
+    else:
+        emit_table(data, BATCH_COLUMNS)
+
+
+@batch_group.command("poll")
+@click.argument("run_id", type=int_range(1, 2**63 - 1), required=False)
+@click.option("--wait", is_flag=True, help="Poll until every open batch has ended and been stored.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds between polls with --wait.",
+)
+@click.option(
+    "--concurrency",
+    type=int_range(1, 256),
+    default=8,
+    show_default=True,
+    help="Results stored (and repair calls made) at once.",
+)
+@click.option("--worker-id", default=None, help="Worker name for repair calls (default host:pid).")
+@model_options
+@json_option
+@click.pass_context
+def batch_poll(
+    ctx: click.Context,
+    run_id: int | None,
+    wait: bool,
+    interval: float,
+    concurrency: int,
+    worker_id: str | None,
+    endpoint: ModelEndpoint,
+    as_json: bool,
+) -> None:
+    """Resume and poll the open batches (of RUN_ID, or all), store the results of those that ended."""
+    import asyncio
+
+    from . import batch
+
+    cfg = runner_config(
+        ctx, endpoint, worker_id=worker_id or default_worker_id(), concurrency=concurrency
+    )
+    if not (cfg.api_key or cfg.base_url):
+        raise click.ClickException(
+            "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
+        )
+    preflight(ctx)
+    try:
+        rows, _stats = asyncio.run(batch.poll(cfg, run_id, wait=wait, interval=interval))
+    except openai.OpenAIError as exc:
+        raise click.ClickException(
+            f"the provider refused a batch call: {_first_line(exc)}"
+        ) from None
+    data = _batch_rows(rows)
+    if as_json:
+        emit_json(data)
+    elif not data:
+        click.echo("no open batches")
+    else:
+        emit_table(data, BATCH_COLUMNS)
 
 
 @main.command("standin")

@@ -31,7 +31,7 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -162,9 +162,16 @@ class Usage:
     requested_model: str
     model: str
     calls: int = 1  # paid model calls in this attempt (1 + repair calls)
+    # The part of the tokens above billed at the Batch API price (input_tokens,
+    # cached_input_tokens, output_tokens); None: all at the standard price. The
+    # database prices it (parecer._cost, model_prices.batch_price_factor).
+    batch: dict[str, int] | None = None
 
     def json(self) -> str:
-        return json.dumps(asdict(self))
+        d = asdict(self)
+        if d["batch"] is None:
+            del d["batch"]
+        return json.dumps(d)
 
     def plus(self, other: Usage) -> Usage:
         """This attempt's usage with another call's added (a repair call): tokens,
@@ -182,6 +189,14 @@ class Usage:
             requested_model=other.requested_model,
             model=other.model,
             calls=self.calls + other.calls,
+            batch=(
+                None
+                if self.batch is None and other.batch is None
+                else {
+                    k: (self.batch or {}).get(k, 0) + (other.batch or {}).get(k, 0)
+                    for k in ("input_tokens", "cached_input_tokens", "output_tokens")
+                }
+            ),
         )
 
 
@@ -194,6 +209,9 @@ class InFlight:
 
 
 Row = TypeVar("Row")
+# Where an item's first answer comes from when not from a call the runner makes
+# (Runner.settle): given the prompt and model, the response and its usage.
+Answer = Callable[["Prompt", str], Awaitable[tuple[Response, "Usage"]]]
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -209,6 +227,7 @@ __all__ = [
     "classify",
     "default_worker_id",
     "parse_report",
+    "request_body",
     "run",
 ]
 
@@ -410,6 +429,33 @@ def _usage(resp: Response, latency_ms: int, requested_model: str) -> Usage:
         requested_model=requested_model,
         model=resp.model or requested_model,
     )
+
+
+def request_body(
+    analysis_id: UUID,
+    prompt: Prompt,
+    model: str,
+    model_input: str | ResponseInputParam,
+    max_output_tokens: int,
+) -> dict[str, Any]:
+    """The Responses API request for an item: the one place it is built, for the runner's
+    calls and for the lines of a Batch API input file (runner/parecer/batch.py)."""
+    return {
+        "model": model,
+        "instructions": prompt.instructions,
+        "input": model_input,
+        "text": {
+            "format": {
+                "type": "json_schema",
+                "name": "parecer_report",
+                "schema": prompt.report_schema,
+                "strict": True,
+            }
+        },
+        "store": False,
+        "metadata": {"analysis_id": str(analysis_id)},
+        "max_output_tokens": max_output_tokens,
+    }
 
 
 def parse_report(resp: Response) -> dict[str, Any]:
@@ -622,7 +668,8 @@ class Runner:
             await asyncio.sleep(15)
 
     # ---- the loop ------------------------------------------------------
-    async def run(self) -> RunnerStats:
+    async def open(self) -> None:
+        """Open the connection pool (``run`` does; batch ingestion calls it itself)."""
         cfg = self.cfg
         self.pool = AsyncConnectionPool(
             cfg.database_url,
@@ -636,6 +683,27 @@ class Runner:
             reconnect_timeout=0,
         )
         await self.pool.open()
+
+    async def close(self) -> None:
+        """Store the buffered reports, close the pool and the client (when owned)."""
+        self._send_acks()
+        await asyncio.gather(*self._ack_sends, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+        if self._owns_client:
+            await self.client.close()
+
+    async def settle(self, item: ClaimedItem, answer: Answer) -> None:
+        """Finish an item whose first answer comes from elsewhere (a Batch API output
+        line): the same checks, repair call, mark_done / mark_failed / release as an item
+        the runner called the model for. ``answer(prompt, model)`` gives the response and
+        its usage, or raises ItemFailure / ProviderPause."""
+        self.stats.claimed += 1
+        await self._process(InFlight(item), answer)
+
+    async def run(self) -> RunnerStats:
+        cfg = self.cfg
+        await self.open()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -669,9 +737,7 @@ class Runner:
                     loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
-            await self.pool.close()
-            if self._owns_client:
-                await self.client.close()
+            await self.close()
             event(log, "runner summary", worker=cfg.worker_id, **self.stats.as_dict())
         return self.stats
 
@@ -809,7 +875,7 @@ class Runner:
                     return
                 left = max(left * 2 / 3, 1.5)  # database trouble: keep trying while the lease lasts
 
-    async def _process(self, flight: InFlight) -> None:
+    async def _process(self, flight: InFlight, answer: Answer | None = None) -> None:
         item = flight.item
         fields: dict[str, Any] = {
             "analysis": str(item.analysis_id),
@@ -820,7 +886,7 @@ class Runner:
         t0 = time.monotonic()
         try:
             try:
-                await self._attempt(flight, fields)
+                await self._attempt(flight, fields, answer)
             except asyncio.CancelledError:
                 await self._finish_release(flight, fields, "shutdown: runner stopped", 0)
                 raise
@@ -849,7 +915,9 @@ class Runner:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
 
-    async def _attempt(self, flight: InFlight, fields: dict[str, Any]) -> None:
+    async def _attempt(
+        self, flight: InFlight, fields: dict[str, Any], answer: Answer | None = None
+    ) -> None:
         cfg, item = self.cfg, flight.item
         try:
             prompt = await self._one(
@@ -868,9 +936,12 @@ class Runner:
             fields["omitted_messages"] = prompt.omitted_messages
         limit_key = f"{limit_label(cfg)}:{model}"
         estimate = prompt.input_tokens + cfg.expected_output_tokens
-        resp, usage = await self._call_model(
-            item.analysis_id, prompt, model, limit_key, estimate, prompt.input
-        )
+        if answer is not None:
+            resp, usage = await answer(prompt, model)
+        else:
+            resp, usage = await self._call_model(
+                item.analysis_id, prompt, model, limit_key, estimate, prompt.input
+            )
         repairs_left = prompt.repair_calls
         reason, detail = "", None  # type: tuple[str, str | None]
         while True:
@@ -955,20 +1026,7 @@ class Runner:
         t0 = time.monotonic()
         try:
             raw = await self.client.responses.with_raw_response.create(
-                model=model,
-                instructions=prompt.instructions,
-                input=model_input,
-                text={
-                    "format": {
-                        "type": "json_schema",
-                        "name": "parecer_report",
-                        "schema": prompt.report_schema,
-                        "strict": True,
-                    }
-                },
-                store=False,
-                metadata={"analysis_id": str(analysis_id)},
-                max_output_tokens=cfg.max_output_tokens,
+                **request_body(analysis_id, prompt, model, model_input, cfg.max_output_tokens),
                 timeout=cfg.request_timeout,
                 extra_headers=cfg.extra_headers,
             )

@@ -21,6 +21,7 @@ Stdlib only. Request bodies are never logged (they contain transcripts).
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import json
 import math
@@ -33,6 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -87,6 +89,15 @@ class StandinConfig:
     seed: int | None = None  # for the fault/latency dice; None: random
     timeout_delay_s: float = 30.0  # how long the `timeout` fault stalls
     quote_slips: float = 0.0  # fraction of evidence excerpts given a realistic slip
+    # Batch API (Files + Batches endpoints): a batch answers in_progress until it has been
+    # retrieved batch_polls times, then ends as batch_outcome (completed, failed: the whole
+    # batch refused, expired: no line run); batch_line_fault_rate of its lines draw a fault
+    # from batch_line_faults (server_error: an error line; ungrounded_once, malformed, ...:
+    # a 200 line whose answer has that fault).
+    batch_polls: int = 1
+    batch_outcome: str = "completed"
+    batch_line_fault_rate: float = 0.0
+    batch_line_faults: tuple[str, ...] = ("server_error",)
     log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +119,15 @@ class StandinConfig:
             raise ValueError("timeout_delay_s must be >= 0")
         if not 0.0 <= self.quote_slips <= 1.0:
             raise ValueError(f"quote_slips must be within [0, 1], got {self.quote_slips}")
+        if self.batch_polls < 1:
+            raise ValueError("batch_polls must be >= 1")
+        if self.batch_outcome not in ("completed", "failed", "expired"):
+            raise ValueError("batch_outcome must be completed, failed or expired")
+        if not 0.0 <= self.batch_line_fault_rate <= 1.0:
+            raise ValueError("batch_line_fault_rate must be within [0, 1]")
+        unknown = [f for f in self.batch_line_faults if f not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown batch line faults {unknown}")
 
 
 # ----------------------------------------------------------------------- server state
@@ -131,6 +151,11 @@ class _State:
         self.in_flight = 0
         self.counters: dict[str, int] = {}
         self.faults: dict[str, int] = {}
+        # Files API and Batch API objects (kept across reset()).
+        self.files: dict[str, dict[str, Any]] = {}
+        self.file_data: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}  # insertion order: oldest first
+        self.batch_retrievals: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -149,6 +174,10 @@ class _State:
                     "output_tokens",
                     "repair_requests",
                     "slipped_excerpts",
+                    "files_uploaded",
+                    "batches_created",
+                    "batch_lines",
+                    "batch_line_errors",
                 ),
                 0,
             )
@@ -185,6 +214,241 @@ class _State:
             while len(self.prompt_cache) > _CACHE_SLOTS:
                 self.prompt_cache.popitem(last=False)
             return hit
+
+    # -- the Batch API's objects (Files, Batches)
+
+    def add_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        file_id = "file-" + secrets.token_hex(12)
+        obj: dict[str, Any] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+        with self.lock:
+            self.files[file_id] = obj
+            self.file_data[file_id] = data
+        return obj
+
+    def add_batch(self, input_file_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        now = int(time.time())
+        batch_id = "batch_" + secrets.token_hex(12)
+        batch: dict[str, Any] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": "/v1/responses",
+            "errors": None,
+            "input_file_id": input_file_id,
+            "completion_window": "24h",
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": {str(k): str(v) for k, v in metadata.items()},
+        }
+        with self.lock:
+            self.batches[batch_id] = batch
+            self.batch_retrievals[batch_id] = 0
+        return dict(batch)
+
+    def _batch(self, batch_id: str) -> dict[str, Any]:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise _ApiError(
+                404, f"No batch found with id '{batch_id}'.", "invalid_request_error", "batch_id"
+            )
+        return batch
+
+    def list_batches(self, limit: int, after: str | None) -> dict[str, Any]:
+        with self.lock:
+            ids = list(reversed(self.batches))  # newest first, as the API lists them
+            start = ids.index(after) + 1 if after in ids else 0
+            page = [dict(self.batches[i]) for i in ids[start : start + max(1, min(limit, 100))]]
+            more = start + len(page) < len(ids)
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": more,
+        }
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            batch = self._batch(batch_id)
+            if batch["status"] in ("validating", "in_progress", "finalizing"):
+                batch["status"], batch["cancelling_at"] = "cancelling", int(time.time())
+            return dict(batch)
+
+    def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+        """The batch; the batch_polls-th retrieval of a running batch runs it to its end."""
+        with self.lock:
+            batch = self._batch(batch_id)
+            if batch["status"] in ("validating", "in_progress"):
+                self.batch_retrievals[batch_id] += 1
+                batch["in_progress_at"] = batch["in_progress_at"] or int(time.time())
+                if self.batch_retrievals[batch_id] < self.config.batch_polls:
+                    batch["status"] = "in_progress"
+                    return dict(batch)
+                end = self.config.batch_outcome
+            elif batch["status"] == "cancelling":
+                end = "cancelled"
+            else:  # finished, or finalizing in another request
+                return dict(batch)
+            batch["status"] = "finalizing"
+            data = self.file_data[batch["input_file_id"]]
+        self._finish_batch(batch, end, data)
+        with self.lock:
+            return dict(batch)
+
+    def _finish_batch(self, batch: dict[str, Any], end: str, data: bytes) -> None:
+        """Run (or not) every line of the input file and write the output and error files."""
+        now = int(time.time())
+        lines = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
+        if end == "failed":
+            with self.lock:
+                batch.update(
+                    status="failed",
+                    failed_at=now,
+                    errors={
+                        "object": "list",
+                        "data": [
+                            {
+                                "code": "stand_in_failed",
+                                "message": "The stand-in was told to fail this batch (batch_outcome).",
+                                "param": None,
+                                "line": None,
+                            }
+                        ],
+                    },
+                )
+            return
+        out: list[str] = []
+        err: list[str] = []
+        for n, line in enumerate(lines, 1):
+            row = self._batch_line(line, n, end)
+            (
+                out
+                if row["response"] is not None and row["response"]["status_code"] == 200
+                else err
+            ).append(json.dumps(row, ensure_ascii=False))
+        self.count("batch_lines", len(lines))
+        self.count("batch_line_errors", len(err))
+        out_id = (
+            self.add_file(("\n".join(out) + "\n").encode(), "batch_output.jsonl", "batch_output")[
+                "id"
+            ]
+            if out
+            else None
+        )
+        err_id = (
+            self.add_file(("\n".join(err) + "\n").encode(), "batch_errors.jsonl", "batch_output")[
+                "id"
+            ]
+            if err
+            else None
+        )
+        with self.lock:
+            batch.update(
+                status=end,
+                output_file_id=out_id,
+                error_file_id=err_id,
+                request_counts={"total": len(lines), "completed": len(out), "failed": len(err)},
+                in_progress_at=batch["in_progress_at"] or now,
+                finalizing_at=now if end == "completed" else None,
+                completed_at=now if end == "completed" else None,
+                expired_at=now if end == "expired" else None,
+                cancelled_at=now if end == "cancelled" else None,
+            )
+
+    def _batch_line(self, line: str, n: int, end: str) -> dict[str, Any]:
+        """One output line in the Batch API's format."""
+        row_id = "batch_req_" + secrets.token_hex(12)
+        request_id = "req_" + secrets.token_hex(16)
+        try:
+            item = json.loads(line)
+            custom_id = str(item["custom_id"])
+            body = item["body"]
+        except (ValueError, KeyError, TypeError):
+            return {
+                "id": row_id,
+                "custom_id": None,
+                "response": None,
+                "error": {
+                    "code": "invalid_json_line",
+                    "message": f"Line {n} is not a request object.",
+                },
+            }
+        if end in ("expired", "cancelled"):
+            return {
+                "id": row_id,
+                "custom_id": custom_id,
+                "response": None,
+                "error": {
+                    "code": f"batch_{end}",
+                    "message": "This request could not be executed before the completion window expired."
+                    if end == "expired"
+                    else "This request was not executed because the batch was cancelled.",
+                },
+            }
+        fault: str | None = None
+        cfg = self.config
+        with self.lock:
+            if cfg.batch_line_fault_rate > 0 and self.dice.random() < cfg.batch_line_fault_rate:
+                fault = self.dice.choice(cfg.batch_line_faults)
+                self.faults[fault] += 1
+        try:
+            if item.get("url") != "/v1/responses" or item.get("method") != "POST":
+                raise _invalid("Each line must POST to /v1/responses.", "url", "invalid_value")
+            body, transcript, full_input, repair, max_out = _validate(body)
+            if fault in (
+                "server_error",
+                "rate_limit",
+                "quota",
+                "timeout",
+                "auth",
+                "context_length",
+            ):
+                raise _ApiError(
+                    500,
+                    "The server had an error while processing your request. Sorry about that!",
+                    "server_error",
+                )
+            answer = _answer(
+                self, body, _draft(body, transcript, full_input), transcript, repair, max_out, fault
+            )
+        except _ApiError as e:
+            return {
+                "id": row_id,
+                "custom_id": custom_id,
+                "response": {"status_code": e.status, "request_id": request_id, "body": e.body},
+                "error": None,
+            }
+        return {
+            "id": row_id,
+            "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": request_id, "body": answer},
+            "error": None,
+        }
+
+    def variant_rng(self) -> random.Random:
+        """A generator for one answer's variations (slips, malformed halves)."""
+        with self.lock:
+            return random.Random(self.other_dice.getrandbits(64))
 
     def sleep(self, seconds: float) -> bool:
         """Sleep in small steps; False if the server began stopping meanwhile."""
@@ -303,6 +567,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"ok", {}, "text/plain; charset=utf-8")
         elif path == "/v1/standin/stats":
             self._json(200, self.state.snapshot())
+        elif (
+            path.startswith("/v1/files/")
+            or path == "/v1/batches"
+            or path.startswith("/v1/batches/")
+        ):
+            self._api(lambda: self._batch_api_get(path))
         else:
             self._not_found("GET", path)
 
@@ -314,9 +584,117 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_body()
             self.state.reset()
             self._json(200, {"ok": True})
+        elif path == "/v1/files":
+            self._api(self._upload_file)
+        elif path == "/v1/batches":
+            self._api(self._create_batch)
+        elif path.startswith("/v1/batches/") and path.endswith("/cancel"):
+            self._read_body()
+            self._api(lambda: self._cancel_batch(path.split("/")[3]))
         else:
             self._read_body()
             self._not_found("POST", path)
+
+    # -- Files and Batches (the Batch API)
+
+    def _api(self, handler: Callable[[], tuple[int, Any]]) -> None:
+        """Serve a Files / Batches call: JSON answers and OpenAI-style errors."""
+        try:
+            if self.state.config.require_key is not None:
+                auth = self.headers.get("Authorization", "")
+                if auth[len("Bearer ") :].strip() != self.state.config.require_key:
+                    raise _auth_error(
+                        f"Incorrect API key provided. You can find your API key at {_KEYS_URL}."
+                    )
+            status, payload = handler()
+        except _ApiError as err:
+            self._json(err.status, err.body, err.headers)
+            return
+        if isinstance(payload, bytes):
+            self._send(status, payload, {}, "application/octet-stream")
+        else:
+            self._json(status, payload)
+
+    def _upload_file(self) -> tuple[int, Any]:
+        raw = self._read_body()
+        ctype = self.headers.get("Content-Type", "")
+        msg = BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + raw
+        )
+        fields: dict[str, tuple[str | None, bytes]] = {}
+        if msg.is_multipart():
+            for part in msg.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                data = part.get_payload(decode=True)
+                if isinstance(name, str) and isinstance(data, bytes):
+                    fields[name] = (part.get_filename(), data)
+        if "file" not in fields:
+            raise _invalid(
+                "Missing required parameter: 'file'.", "file", "missing_required_parameter"
+            )
+        purpose = fields.get("purpose", (None, b""))[1].decode("utf-8", "replace")
+        if purpose not in ("batch", "assistants", "user_data", "fine-tune", "vision", "evals"):
+            raise _invalid(f"Invalid value for 'purpose': {purpose!r}.", "purpose", "invalid_value")
+        filename, data = fields["file"]
+        obj = self.state.add_file(data, filename or "upload.jsonl", purpose)
+        self.state.count("files_uploaded")
+        return 200, obj
+
+    def _batch_api_get(self, path: str) -> tuple[int, Any]:
+        state = self.state
+        parts = path.strip("/").split("/")  # v1, files|batches, id, [content]
+        if parts[1] == "files" and len(parts) in (3, 4):
+            with state.lock:
+                obj, data = state.files.get(parts[2]), state.file_data.get(parts[2])
+            if obj is None or data is None:
+                raise _ApiError(
+                    404, f"No such File object: {parts[2]}", "invalid_request_error", "id"
+                )
+            return 200, (data if len(parts) == 4 and parts[3] == "content" else obj)
+        if parts[1] == "batches" and len(parts) == 2:
+            query = dict(
+                kv.split("=", 1)
+                for kv in (self.path.split("?", 1) + [""])[1].split("&")
+                if "=" in kv
+            )
+            return 200, state.list_batches(int(query.get("limit") or 20), query.get("after"))
+        if parts[1] == "batches" and len(parts) == 3:
+            return 200, state.retrieve_batch(parts[2])
+        raise _ApiError(404, f"Invalid URL (GET {path})", "invalid_request_error")
+
+    def _create_batch(self) -> tuple[int, Any]:
+        try:
+            req = json.loads(self._read_body() or b"null")
+        except ValueError:
+            raise _invalid("We could not parse the JSON body of your request.", None) from None
+        if not isinstance(req, dict):
+            raise _invalid("We could not parse the JSON body of your request.", None)
+        if req.get("endpoint") != "/v1/responses":
+            raise _invalid(
+                "The stand-in runs batches for endpoint /v1/responses only.",
+                "endpoint",
+                "invalid_value",
+            )
+        if req.get("completion_window") != "24h":
+            raise _invalid("completion_window must be '24h'.", "completion_window", "invalid_value")
+        metadata = req.get("metadata") or {}
+        if not isinstance(metadata, dict) or len(metadata) > 16:
+            raise _invalid(
+                "metadata must be an object of at most 16 keys.", "metadata", "invalid_value"
+            )
+        with self.state.lock:
+            file = self.state.files.get(str(req.get("input_file_id")))
+        if file is None or file["purpose"] != "batch":
+            raise _invalid(
+                f"Invalid 'input_file_id': {req.get('input_file_id')!r}: no file with purpose batch.",
+                "input_file_id",
+                "invalid_value",
+            )
+        self.state.count("batches_created")
+        return 200, self.state.add_batch(file["id"], metadata)
+
+    def _cancel_batch(self, batch_id: str) -> tuple[int, Any]:
+        return 200, self.state.cancel_batch(batch_id)
 
     def _not_found(self, method: str, path: str) -> None:
         self._json(
@@ -412,34 +790,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "means you aren't using your HTTP library correctly.)",
                 None,
             ) from None
-        if not isinstance(req, dict):
-            raise _invalid("We could not parse the JSON body of your request.", None)
-        if not isinstance(req.get("model"), str) or not req["model"]:
-            raise _invalid(
-                "Missing required parameter: 'model'.", "model", "missing_required_parameter"
-            )
-        transcript = full_input = _input_text(req.get("input"))
-        repair = _is_repair(req.get("input"))
-        if repair:  # the transcript is the first input message; the rest is answer + request
-            transcript = _input_text(req["input"][:1])
-        if transcript is None:
-            raise _invalid(
-                "Missing required parameter: 'input'.", "input", "missing_required_parameter"
-            )
-        max_out = req.get("max_output_tokens")
-        if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool)):
-            raise _invalid(
-                "Invalid type for 'max_output_tokens': expected an integer.",
-                "max_output_tokens",
-                "invalid_type",
-            )
-        if isinstance(max_out, int) and max_out < 16:
-            raise _invalid(
-                "Invalid 'max_output_tokens': integer below minimum value. Expected a "
-                f"value >= 16, but got {max_out} instead.",
-                "max_output_tokens",
-                "integer_below_min_value",
-            )
+        req, transcript, full_input, repair, max_out = _validate(req)
         forced = self.headers.get(FAULT_HEADER)
         if forced is not None:
             forced = forced.strip().lower()
@@ -451,17 +802,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "invalid_standin_fault",
                 )
 
-        instructions: str = req["instructions"] if isinstance(req.get("instructions"), str) else ""
-        text_param = req.get("text") if isinstance(req.get("text"), dict) else None
-        fmt = (text_param or {}).get("format")
-        schema = fmt.get("schema") if isinstance(fmt, dict) else None
-        output = json.dumps(
-            build_report(transcript, schema if isinstance(schema, dict) else None),
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        input_tokens = count_tokens(instructions + (full_input or ""))
-
+        output, instructions, input_tokens = _draft(req, transcript, full_input)
         # Rate limits, charged with the whole request's tokens.
         with state.lock:
             verdict = state.windows.admit(
@@ -505,31 +846,100 @@ class _Handler(BaseHTTPRequestHandler):
                 rl,
             )
 
-        hit = bool(instructions) and state.seen_instructions(instructions)
-        cached = count_tokens(instructions) if hit else 0
-        if repair:
-            state.count("repair_requests")
-        if fault == "ungrounded_once":
-            fault = None if repair else "ungrounded"
-        if cfg.quote_slips > 0:
-            output, slipped = apply_slips(output, transcript, cfg.quote_slips, self._variant_rng())
-            state.count("slipped_excerpts", slipped)
-        body = _response_body(
-            req, output, fault, input_tokens, cached, max_out, self._variant_rng(), transcript
+        body = _answer(
+            state, req, (output, instructions, input_tokens), transcript, repair, max_out, fault
         )
-        usage = body["usage"]
-        with state.lock:
-            c = state.counters
-            c["completed" if body["status"] == "completed" else "incomplete"] += 1
-            c["input_tokens"] += usage["input_tokens"]
-            c["cached_tokens"] += cached
-            c["output_tokens"] += usage["output_tokens"]
         self._json(200, body, self._headers(started, request_id, rl))
         return 200
 
     def _variant_rng(self) -> random.Random:
-        with self.state.lock:
-            return random.Random(self.state.other_dice.getrandbits(64))
+        return self.state.variant_rng()
+
+
+def _validate(req: Any) -> tuple[dict[str, Any], str, str | None, bool, int | None]:
+    """A /v1/responses body (checked to be an object), its transcript, whole input, whether it is a repair request and
+    max_output_tokens; _ApiError 400 as the API answers a bad request."""
+    if not isinstance(req, dict):
+        raise _invalid("We could not parse the JSON body of your request.", None)
+    if not isinstance(req.get("model"), str) or not req["model"]:
+        raise _invalid(
+            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+        )
+    transcript = full_input = _input_text(req.get("input"))
+    repair = _is_repair(req.get("input"))
+    if repair:  # the transcript is the first input message; the rest is answer + request
+        transcript = _input_text(req["input"][:1])
+    if transcript is None:
+        raise _invalid(
+            "Missing required parameter: 'input'.", "input", "missing_required_parameter"
+        )
+    max_out = req.get("max_output_tokens")
+    if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool)):
+        raise _invalid(
+            "Invalid type for 'max_output_tokens': expected an integer.",
+            "max_output_tokens",
+            "invalid_type",
+        )
+    if isinstance(max_out, int) and max_out < 16:
+        raise _invalid(
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a "
+            f"value >= 16, but got {max_out} instead.",
+            "max_output_tokens",
+            "integer_below_min_value",
+        )
+    return req, transcript, full_input, repair, max_out
+
+
+def _draft(req: dict[str, Any], transcript: str, full_input: str | None) -> tuple[str, str, int]:
+    """The valid report for a request (JSON text), its instructions and its input tokens."""
+    instructions: str = req["instructions"] if isinstance(req.get("instructions"), str) else ""
+    text_param = req.get("text") if isinstance(req.get("text"), dict) else None
+    fmt = (text_param or {}).get("format")
+    schema = fmt.get("schema") if isinstance(fmt, dict) else None
+    output = json.dumps(
+        build_report(transcript, schema if isinstance(schema, dict) else None),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    input_tokens = count_tokens(instructions + (full_input or ""))
+
+    return output, instructions, input_tokens
+
+
+def _answer(
+    state: _State,
+    req: dict[str, Any],
+    draft: tuple[str, str, int],
+    transcript: str,
+    repair: bool,
+    max_out: int | None,
+    fault: str | None,
+) -> dict[str, Any]:
+    """The Responses API object answering a valid request (after limits and early faults),
+    counted in the stats: the synchronous endpoint's and each Batch API line's. ``draft``
+    is what _draft gave for the request."""
+    output, instructions, input_tokens = draft
+    cfg = state.config
+    hit = bool(instructions) and state.seen_instructions(instructions)
+    cached = count_tokens(instructions) if hit else 0
+    if repair:
+        state.count("repair_requests")
+    if fault == "ungrounded_once":
+        fault = None if repair else "ungrounded"
+    if cfg.quote_slips > 0:
+        output, slipped = apply_slips(output, transcript, cfg.quote_slips, state.variant_rng())
+        state.count("slipped_excerpts", slipped)
+    body = _response_body(
+        req, output, fault, input_tokens, cached, max_out, state.variant_rng(), transcript
+    )
+    usage = body["usage"]
+    with state.lock:
+        c = state.counters
+        c["completed" if body["status"] == "completed" else "incomplete"] += 1
+        c["input_tokens"] += usage["input_tokens"]
+        c["cached_tokens"] += cached
+        c["output_tokens"] += usage["output_tokens"]
+    return body
 
 
 def _input_text(value: Any) -> str | None:

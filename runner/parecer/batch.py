@@ -1,0 +1,491 @@
+"""Batch API backlog mode: a backlog run's items through the provider's Batch API.
+
+Half the price of the synchronous calls, results within 24 hours. Every decision is a
+``parecer.`` SQL function (db/api/75_batches.sql); this module moves a batch along:
+
+1. ``open_batch`` claims the run's claimable items into a batch row (status
+   ``preparing``), each leased for ``batch_lease_seconds``: the row exists before
+   anything is uploaded;
+2. each item's prompt (``prompt_for``) becomes one line of a JSONL file, the same
+   request the runner sends (``runner.request_body``); the file is uploaded (Files API,
+   purpose ``batch``) and its id recorded (``batch_uploaded``);
+3. the provider's batch is created (endpoint ``/v1/responses``, window ``24h``) with
+   the batch row's id in its metadata, and its id recorded (``batch_submitted``);
+4. polls record what the provider says (``batch_progress``); once it has ended, every
+   output line goes through the runner's own path (``Runner.settle``: the checks of
+   ``mark_done``, the repair call, ``mark_failed``), and ``finish_batch`` releases the
+   items that got no result (an expired, failed or cancelled batch).
+
+A process killed at any point loses nothing: the next ``poll`` resumes each open batch
+from its recorded status. Killed after the upload and before step 2's record: the file is
+uploaded again (the first is an orphan of a few kilobytes). Killed between creating the
+provider batch and recording it: the provider's batch list is searched for the one whose
+metadata names this batch row and whose input file is the recorded one. Killed while
+storing results: the items already stored are no longer the batch's (``batch_items``
+leaves them out) and the rest are stored by the next poll. Logs carry ids, counts and the
+input file's sha256, never prompt text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import openai
+import psycopg
+from openai._models import construct_type
+from openai.types.responses import Response
+from psycopg.rows import class_row
+
+from . import errors
+from .config import RunnerConfig
+from .logs import LOGGER, event
+from .runner import (
+    PROMPT_TOO_LARGE,
+    ClaimedItem,
+    ItemFailure,
+    Prompt,
+    Runner,
+    RunnerStats,
+    Usage,
+    _usage,
+    request_body,
+)
+
+log = logging.getLogger(LOGGER + ".batch")
+
+ENDPOINT = "/v1/responses"
+METADATA_KEY = "parecer_batch_id"  # the batch row's id, in the provider batch's metadata
+OPEN = ("preparing", "uploaded", "submitted", "ingesting")
+# Error lines that are not the item's fault: the batch ended before running them.
+NOT_RUN = ("batch_expired", "batch_cancelled")
+# Fault injection for the crash tests (tests/test_batch.py): when this variable names a
+# point the process kills itself there (SIGKILL: no cleanup, like a crash). Unset: nothing.
+CRASH_ENV = "PARECER_BATCH_CRASH_AT"
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """A row of the ``parecer.batches`` view (what every batch function returns)."""
+
+    batch_id: int
+    run_id: int
+    client_slug: str
+    status: str
+    provider_status: str | None
+    provider_batch_id: str | None
+    input_file_id: str | None
+    output_file_id: str | None
+    error_file_id: str | None
+    items: int
+    in_flight: int
+    done: int
+    failed: int
+    released: int
+    request_total: int | None
+    request_completed: int | None
+    request_failed: int | None
+    cost_usd: Decimal
+    worker: str
+    created_by: str
+    error: str | None
+    created_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """A row of ``parecer.batch_items`` plus the database's clock."""
+
+    analysis_id: UUID
+    lease_token: UUID
+    attempt: int
+    client_slug: str
+    session_id: str
+    script_id: int
+    script_key: str
+    script_version: int
+    model: str | None
+    lease_expires_at: datetime
+    retry_count: int
+    prompt_hash: str | None  # what prompt_for gave under this lease (what the line was built from)
+    db_now: datetime
+
+    def claimed(self) -> ClaimedItem:
+        return ClaimedItem(
+            analysis_id=self.analysis_id,
+            lease_token=self.lease_token,
+            attempt=self.attempt,
+            client_slug=self.client_slug,
+            session_id=self.session_id,
+            script_id=self.script_id,
+            script_key=self.script_key,
+            script_version=self.script_version,
+            model=self.model,
+            lease_expires_at=self.lease_expires_at,
+            retry_count=self.retry_count,
+            db_now=self.db_now,
+        )
+
+
+def _batch_usage(resp: Response, model: str) -> Usage:
+    """A batch line's usage: all of it billed at the Batch API price."""
+    usage = _usage(resp, 0, model)
+    usage.batch = {
+        "input_tokens": usage.input_tokens or 0,
+        "cached_input_tokens": usage.cached_input_tokens or 0,
+        "output_tokens": usage.output_tokens or 0,
+    }
+    return usage
+
+
+class BatchDriver:
+    """Moves a run's batches along: ``submit`` opens and sends them, ``poll`` resumes and
+    finishes them. One database connection for the batch steps; the results go through a
+    ``Runner`` (its own pool) exactly as a runner's items do."""
+
+    def __init__(self, config: RunnerConfig, client: openai.AsyncOpenAI | None = None) -> None:
+        self.cfg = config
+        self._owns_client = client is None
+        if client is None:
+            if not (config.api_key or config.base_url):
+                raise RuntimeError(
+                    "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
+                )
+            client = openai.AsyncOpenAI(
+                api_key=config.api_key or "not-needed",
+                base_url=config.base_url,
+                max_retries=2,
+                timeout=config.request_timeout,
+            )
+        self.client = client
+        self.stats = RunnerStats()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    # ---- database ----------------------------------------------------------
+    async def _rows(self, row: type[Any], sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.cfg.database_url, autocommit=True, application_name="parecer-batch"
+            )
+        cur = self._conn.cursor(row_factory=class_row(row))
+        await cur.execute(sql, params)
+        return await cur.fetchall()
+
+    async def _batch(self, sql: str, params: tuple[Any, ...]) -> BatchRow | None:
+        rows = await self._rows(BatchRow, sql, params)
+        return rows[0] if rows else None
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+        if self._owns_client:
+            await self.client.close()
+
+    # ---- commands ----------------------------------------------------------
+    async def submit(self, run_id: int, max_items: int | None = None) -> list[BatchRow]:
+        """Claim the run's claimable items into batches of at most ``max_items`` and send
+        each; the batches as they stand once submitted."""
+        sent: list[BatchRow] = []
+        while True:
+            b = await self._batch(
+                "SELECT * FROM parecer.open_batch(%s, %s, %s)",
+                (run_id, self.cfg.worker_id, max_items),
+            )
+            if b is None:
+                break
+            event(log, "batch opened", batch=b.batch_id, run=run_id, items=b.items)
+            sent.append(await self.advance(b))
+        return sent
+
+    async def poll(self, run_id: int | None = None) -> list[BatchRow]:
+        """One pass over the open batches (of a run, or all the caller may see): resume what
+        a crash interrupted, ask the provider, store the results of those that ended."""
+        out = []
+        for b in await self._rows(
+            BatchRow, "SELECT * FROM parecer.list_batches(%s, true)", (run_id,)
+        ):
+            out.append(await self.advance(b))
+        return out
+
+    # ---- one batch ---------------------------------------------------------
+    async def advance(self, b: BatchRow) -> BatchRow:
+        """Take a batch as far as it can go now (a batch the provider is still running
+        stops at submitted)."""
+        while b.status in OPEN:
+            before = b.status
+            if b.status == "preparing":
+                b = await self._upload(b)
+            elif b.status == "uploaded":
+                b = await self._create(b)
+            elif b.status == "submitted":
+                b = await self._check(b)
+                if b.status == "submitted":
+                    break
+            else:
+                b = await self._ingest(b)
+            if b.status == before:  # pragma: no cover - every step moves or breaks
+                break
+        return b
+
+    async def _items(self, batch_id: int) -> list[BatchItem]:
+        rows: list[BatchItem] = await self._rows(
+            BatchItem,
+            "SELECT *, clock_timestamp() AS db_now FROM parecer.batch_items(%s)",
+            (batch_id,),
+        )
+        return rows
+
+    async def _upload(self, b: BatchRow) -> BatchRow:
+        cfg = self.cfg
+        lines: list[str] = []
+        for it in await self._items(b.batch_id):
+            try:
+                [prompt] = await self._rows(
+                    Prompt, "SELECT * FROM parecer.prompt_for(%s)", (it.analysis_id,)
+                )
+            except psycopg.Error as exc:
+                if errors.sqlstate(exc) != errors.PROMPT_TOO_LARGE:
+                    raise
+                await self._rows(
+                    dict,
+                    "SELECT status FROM parecer.mark_failed(%s, %s, %s, false)",
+                    (
+                        it.analysis_id,
+                        it.lease_token,
+                        f"{PROMPT_TOO_LARGE}: not one message fits in max_input_tokens",
+                    ),
+                )
+                continue
+            model = it.model or prompt.model or cfg.model
+            body = request_body(it.analysis_id, prompt, model, prompt.input, cfg.max_output_tokens)
+            lines.append(
+                json.dumps(
+                    {
+                        "custom_id": str(it.analysis_id),
+                        "method": "POST",
+                        "url": ENDPOINT,
+                        "body": body,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        if not lines:
+            done = await self._batch(
+                "SELECT * FROM parecer.finish_batch(%s, %s)",
+                (b.batch_id, "nothing left to send"),
+            )
+            assert done is not None
+            return done
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        file = await self.client.files.create(
+            file=(f"parecer-batch-{b.batch_id}.jsonl", data), purpose="batch"
+        )
+        event(
+            log,
+            "batch uploaded",
+            batch=b.batch_id,
+            lines=len(lines),
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            file=file.id,
+        )
+        _crash_point("after_upload")
+        up = await self._batch(
+            "SELECT * FROM parecer.batch_uploaded(%s, %s)", (b.batch_id, file.id)
+        )
+        assert up is not None
+        _crash_point("after_upload_recorded")
+        return up
+
+    async def _find(self, b: BatchRow) -> Any:
+        """The provider batch created for this row before a crash kept its id from being
+        recorded: metadata names the row and its input file is the recorded one."""
+        since = int(b.created_at.timestamp()) - 3600
+        async for pb in self.client.batches.list(limit=100):
+            if (pb.metadata or {}).get(METADATA_KEY) == str(b.batch_id) and (
+                pb.input_file_id == b.input_file_id
+            ):
+                return pb
+            if pb.created_at < since:  # listed newest first: nothing older can be ours
+                break
+        return None
+
+    async def _create(self, b: BatchRow) -> BatchRow:
+        assert b.input_file_id is not None
+        pb = await self._find(b)
+        if pb is not None:
+            event(log, "batch found", batch=b.batch_id, provider_batch=pb.id)
+        else:
+            pb = await self.client.batches.create(
+                input_file_id=b.input_file_id,
+                endpoint="/v1/responses",
+                completion_window="24h",
+                metadata={METADATA_KEY: str(b.batch_id), "parecer_run_id": str(b.run_id)},
+            )
+            event(log, "batch created", batch=b.batch_id, provider_batch=pb.id)
+        _crash_point("after_create")
+        sub = await self._batch(
+            "SELECT * FROM parecer.batch_submitted(%s, %s, %s)", (b.batch_id, pb.id, pb.status)
+        )
+        assert sub is not None
+        return sub
+
+    async def _check(self, b: BatchRow) -> BatchRow:
+        assert b.provider_batch_id is not None
+        pb = await self.client.batches.retrieve(b.provider_batch_id)
+        counts = pb.request_counts
+        problem = None
+        if pb.errors is not None and pb.errors.data:
+            problem = "; ".join(
+                f"{e.code}: {e.message}" for e in pb.errors.data[:3] if e.code or e.message
+            )
+        row = await self._batch(
+            "SELECT * FROM parecer.batch_progress(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                b.batch_id,
+                pb.status,
+                counts.total if counts else None,
+                counts.completed if counts else None,
+                counts.failed if counts else None,
+                pb.output_file_id,
+                pb.error_file_id,
+                problem,
+            ),
+        )
+        assert row is not None
+        if row.status != "submitted":
+            event(log, "batch ended", batch=b.batch_id, provider_status=pb.status)
+        return row
+
+    async def _lines(self, file_id: str | None) -> dict[str, dict[str, Any]]:
+        """A batch output (or error) file's lines by custom_id."""
+        if file_id is None:
+            return {}
+        content = await self.client.files.content(file_id)
+        out: dict[str, dict[str, Any]] = {}
+        for line in content.text.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("custom_id"), str):
+                out[row["custom_id"]] = row
+        return out
+
+    async def _ingest(self, b: BatchRow) -> BatchRow:
+        results = await self._lines(b.error_file_id)
+        results.update(await self._lines(b.output_file_id))  # a result beats an error line
+        items = await self._items(b.batch_id)
+        runner = Runner(self.cfg, self.client)  # a client it does not own: not closed with it
+        await runner.open()
+        limit = asyncio.Semaphore(self.cfg.concurrency)
+        crash_after = os.environ.get(CRASH_ENV, "")
+        settled = 0
+
+        async def one(it: BatchItem) -> None:
+            nonlocal settled
+            line = results.get(str(it.analysis_id))
+            err = (line or {}).get("error") or {}
+            if line is None or (line.get("response") is None and err.get("code") in NOT_RUN):
+                return  # not run: finish_batch releases it
+            async with limit:
+                await runner.settle(it.claimed(), self._answer(it, line))
+            settled += 1
+            if crash_after == f"mid_ingest:{settled}":
+                _crash_point(crash_after)
+
+        try:
+            await asyncio.gather(*(one(it) for it in items))
+        finally:
+            await runner.close()
+        for k, v in runner.stats.outcomes.items():
+            self.stats.outcomes[k] += v
+        self.stats.input_tokens += runner.stats.input_tokens
+        self.stats.output_tokens += runner.stats.output_tokens
+        row = await self._batch("SELECT * FROM parecer.finish_batch(%s)", (b.batch_id,))
+        assert row is not None
+        event(
+            log,
+            "batch finished",
+            batch=b.batch_id,
+            status=row.status,
+            done=row.done,
+            failed=row.failed,
+            released=row.released,
+            cost_usd=str(row.cost_usd),
+        )
+        return row
+
+    @staticmethod
+    def _answer(it: BatchItem, line: dict[str, Any]) -> Any:
+        """The Runner.settle answer for one output line: its response (usage at the batch
+        price), or the item's failure."""
+
+        async def answer(prompt: Prompt, model: str) -> tuple[Response, Usage]:
+            if it.prompt_hash is not None and prompt.prompt_hash != it.prompt_hash:
+                raise ItemFailure("transcript changed while the batch ran; sent again later")
+            response = line.get("response") or {}
+            status = response.get("status_code")
+            body = response.get("body")
+            if status != 200 or not isinstance(body, dict):
+                err = (body or {}).get("error") if isinstance(body, dict) else None
+                err = err or line.get("error") or {}
+                code = err.get("code") or err.get("type") or "error"
+                raise ItemFailure(f"batch request failed: HTTP {status or '-'} {code}")
+            # Parsed as the SDK parses a synchronous answer (construct_type: lenient about
+            # fields a newer API adds or an older one lacks), so both paths read the same.
+            resp = construct_type(type_=Response, value=body)
+            if not isinstance(resp, Response) or not isinstance(body.get("output"), list):
+                raise ItemFailure("batch output line is not a Responses API object")
+            return resp, _batch_usage(resp, model)
+
+        return answer
+
+
+async def submit(
+    config: RunnerConfig,
+    run_id: int,
+    max_items: int | None,
+    client: openai.AsyncOpenAI | None = None,
+) -> list[BatchRow]:
+    driver = BatchDriver(config, client)
+    try:
+        return await driver.submit(run_id, max_items)
+    finally:
+        await driver.close()
+
+
+async def poll(
+    config: RunnerConfig,
+    run_id: int | None,
+    wait: bool = False,
+    interval: float = 60.0,
+    client: openai.AsyncOpenAI | None = None,
+) -> tuple[list[BatchRow], RunnerStats]:
+    """Poll the open batches once, or with ``wait`` until none is open."""
+    driver = BatchDriver(config, client)
+    try:
+        while True:
+            rows = await driver.poll(run_id)
+            if not wait or all(r.status not in OPEN for r in rows):
+                return rows, driver.stats
+            await asyncio.sleep(interval)
+    finally:
+        await driver.close()

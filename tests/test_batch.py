@@ -1,0 +1,374 @@
+"""Batch API backlog mode end to end: PostgreSQL, the stand-in's Files and Batches
+endpoints, the real openai SDK, `parecer batch submit` / `parecer batch poll`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from parecer import batch, db
+from parecer.devkit.standin import Standin, StandinConfig
+from parecer.runner import RunnerConfig
+
+from .factories import make_script, make_session
+from .helpers import one, table_checksum
+
+KEY = "sk" + "-test-batch-NEVER-LOG-0123456789"  # fake
+
+
+def backlog_run(conn: psycopg.Connection[Any], n: int, *, backlog: bool = True) -> int:
+    make_script(conn)
+    texts = [f"Minha internet caiu de novo, mensagem {i}" for i in range(4)]
+    for _ in range(n):
+        make_session(conn, messages=4, texts=texts)
+    r = one(
+        conn,
+        "SELECT * FROM parecer.start_run('acme', 'qa', min_messages => 1, max_sessions => %s,"
+        " backlog => %s)",
+        (n, backlog),
+    )
+    assert r["enqueued"] == n
+    return int(r["run_id"])
+
+
+def cfg(db_url: str, s: Standin, **kw: Any) -> RunnerConfig:
+    base: dict[str, Any] = dict(
+        database_url=db_url,
+        api_key=KEY,
+        base_url=s.url,
+        concurrency=8,
+        request_timeout=10.0,
+        worker_id="batch-test",
+    )
+    base.update(kw)
+    return RunnerConfig(**base)
+
+
+@pytest.fixture
+def standin() -> Iterator[Standin]:
+    with Standin(StandinConfig(seed=5, batch_polls=3)) as s:
+        yield s
+
+
+def statuses(conn: psycopg.Connection[Any], run_id: int) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT a.status, count(*) AS n FROM parecer.analyses a"
+        " JOIN parecer.run_items ri ON ri.analysis_id = a.analysis_id WHERE ri.run_id = %s"
+        " GROUP BY 1",
+        (run_id,),
+    ).fetchall()
+    return {r["status"]: r["n"] for r in rows}
+
+
+def assert_done_once(conn: psycopg.Connection[Any], run_id: int, n: int) -> None:
+    """Every item done, by exactly one attempt, reported once."""
+    assert statuses(conn, run_id) == {"done": n}
+    r = one(
+        conn,
+        "SELECT count(*) AS n, max(a.claims) AS claims, count(*) FILTER (WHERE a.usage ? 'batch') AS at_batch,"
+        " (SELECT count(*) FROM parecer._attempts t JOIN parecer.run_items ri USING (analysis_id)"
+        "   WHERE ri.run_id = %s) AS other_attempts"
+        " FROM parecer.analyses a JOIN parecer.run_items ri ON ri.analysis_id = a.analysis_id"
+        " WHERE ri.run_id = %s",
+        (run_id, run_id),
+    )
+    assert (r["n"], r["claims"], r["at_batch"], r["other_attempts"]) == (n, 1, n, 0)
+
+
+def test_backlog_run_of_500_sessions_through_the_batch_api(
+    db_url: str, standin: Standin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with db.connect(db_url) as c:
+        run_id = backlog_run(c, 500)
+    t0 = time.monotonic()
+    sent = asyncio.run(batch.submit(cfg(db_url, standin), run_id, None))
+    assert [(b.status, b.items, b.in_flight) for b in sent] == [("submitted", 500, 500)]
+    with db.connect(db_url) as c:
+        assert statuses(c, run_id) == {"processing": 500}
+        lease = one(
+            c,
+            "SELECT min(lease_expires_at - now()) AS left FROM parecer.analyses WHERE status = 'processing'",
+        )
+        assert lease["left"].total_seconds() > 25 * 3600  # the batch lease: window + margin
+    rows, _ = asyncio.run(batch.poll(cfg(db_url, standin), run_id))  # the provider still runs it
+    assert [r.status for r in rows] == ["submitted"]
+    rows, stats = asyncio.run(batch.poll(cfg(db_url, standin), run_id))
+    elapsed = time.monotonic() - t0
+    [b] = rows
+    assert (b.status, b.provider_status, b.items, b.done, b.failed, b.released, b.in_flight) == (
+        "completed",
+        "completed",
+        500,
+        500,
+        0,
+        0,
+        0,
+    )
+    assert (b.request_total, b.request_completed, b.request_failed) == (500, 500, 0)
+    assert stats.outcomes["done"] == 500
+    st = standin.stats()
+    assert (st["files_uploaded"], st["batches_created"], st["batch_lines"]) == (1, 1, 500)
+    assert st["requests"] == 0  # no synchronous call
+    with db.connect(db_url) as c:
+        assert_done_once(c, run_id, 500)
+        # Priced at the batch price: half of what the same usage costs synchronously.
+        cost = one(
+            c,
+            "SELECT sum(a.cost_usd) AS batch, sum(parecer._cost(a.model, a.usage - 'batch')) AS sync,"
+            " (SELECT sum(cost_usd) FROM parecer.spend_daily WHERE client_slug = 'acme') AS spent,"
+            " (SELECT cost_usd FROM parecer.batches) AS batch_row"
+            " FROM parecer.analyses a",
+        )
+        assert cost["batch"] > 0
+        assert abs(cost["batch"] * 2 - cost["sync"]) < Decimal("0.00001")
+        assert cost["spent"] == cost["batch"] == cost["batch_row"]
+        report = one(c, "SELECT prompt_hash, usage FROM parecer.reports LIMIT 1")
+        assert report["usage"]["batch"]["input_tokens"] == report["usage"]["input_tokens"] > 0
+    with capsys.disabled():
+        print(
+            f"\n[batch] 500 sessions: submit + 2 polls in {elapsed:.1f}s;"
+            f" cost {cost['batch']:.6f} USD at the batch price"
+            f" ({cost['sync']:.6f} USD at the synchronous price)"
+        )
+
+
+def test_line_errors_fail_the_item_and_ungrounded_lines_get_the_repair_call(db_url: str) -> None:
+    config = StandinConfig(
+        seed=11,
+        batch_line_fault_rate=0.5,
+        batch_line_faults=("server_error", "ungrounded_once"),
+    )
+    with Standin(config) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 30)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        faults = s.stats()["faults"]
+        st = s.stats()
+        assert faults["server_error"] > 0 and faults["ungrounded_once"] > 0
+        # server_error lines: mark_failed (a retry later); ungrounded: one repair call, done.
+        assert b.failed == faults["server_error"] == st["batch_line_errors"]
+        assert b.done == 30 - faults["server_error"]
+        assert st["repair_requests"] == st["requests"] == faults["ungrounded_once"]
+        assert stats.outcomes["retrying"] == faults["server_error"]
+        failed = c.execute(
+            "SELECT error, retry_count, status FROM parecer.analyses WHERE status <> 'done'"
+        ).fetchall()
+        assert {(r["error"], r["retry_count"], r["status"]) for r in failed} == {
+            ("batch request failed: HTTP 500 server_error", 1, "pending")
+        }
+        # A repaired item's usage: the batch line at the batch price, the repair call at the standard price.
+        mixed = one(
+            c,
+            "SELECT usage, cost_usd, parecer._cost(model, usage - 'batch') AS sync,"
+            " parecer._cost(model, usage - 'batch') - parecer._cost(model, usage -> 'batch') / 2 AS expected"
+            " FROM parecer.analyses WHERE (usage ->> 'calls')::int = 2 LIMIT 1",
+        )
+        assert mixed["usage"]["batch"]["input_tokens"] < mixed["usage"]["input_tokens"]
+        assert abs(mixed["cost_usd"] - mixed["expected"]) < Decimal("0.0000001")
+
+
+@pytest.mark.parametrize("outcome", ["expired", "failed"])
+def test_a_batch_that_expires_or_fails_releases_its_items(db_url: str, outcome: str) -> None:
+    with Standin(StandinConfig(batch_outcome=outcome)) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 12)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        assert (b.status, b.released, b.done, b.failed, b.in_flight) == (outcome, 12, 0, 0, 0)
+        rows = c.execute(
+            "SELECT status, retry_count, releases, next_retry_at FROM parecer.analyses"
+        ).fetchall()
+        assert {tuple(r.values()) for r in rows} == {("pending", 0, 1, None)}
+        claimed = c.execute("SELECT * FROM parecer.claim('w', 20)").fetchall()
+        assert len(claimed) == 12  # claimable again, no attempt spent
+        if outcome == "failed":
+            assert b.error is not None and "stand_in_failed" in b.error
+
+
+def test_a_batch_lease_that_runs_out_is_a_release_not_a_failure(db_url: str) -> None:
+    with Standin(StandinConfig(batch_polls=5)) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 3)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        c.execute("UPDATE parecer.analyses SET lease_expires_at = now() - interval '1 second'")
+        c.execute("SELECT * FROM parecer.claim('w', 1)").fetchall()  # recovers expired leases first
+        rows = c.execute(
+            "SELECT t.outcome, t.error, a.retry_count, a.releases FROM parecer._attempts t"
+            " JOIN parecer.analyses a USING (analysis_id)"
+        ).fetchall()
+        assert len(rows) == 3
+        assert {(r["outcome"], r["retry_count"], r["releases"]) for r in rows} == {("released", 0, 1)}
+        assert all(r["error"].startswith("batch lease expired") for r in rows)
+        # The batch, when it ends, stores nothing for items it no longer holds.
+        [b] = c.execute("SELECT * FROM parecer.list_batches()").fetchall()
+        assert b["in_flight"] == 0
+
+
+# ---- crashes: the CLI killed at each step, then `parecer batch poll`
+
+
+def cli(db_url: str, s: Standin, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": s.url, "PARECER_LOG_FORMAT": "json"}
+    env.pop(batch.CRASH_ENV, None)
+    if crash:
+        env[batch.CRASH_ENV] = crash
+    return subprocess.run(
+        [sys.executable, "-m", "parecer", "--database-url", db_url, "batch", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("crash", "uploads"),
+    [("after_upload", 2), ("after_upload_recorded", 1), ("after_create", 1)],
+)
+def test_submit_killed_at_each_step_loses_nothing(
+    db_url: str, standin: Standin, crash: str, uploads: int
+) -> None:
+    with db.connect(db_url) as c:
+        run_id = backlog_run(c, 40)
+    p = cli(db_url, standin, "submit", str(run_id), crash=crash)
+    assert p.returncode == -9, p.stderr
+    assert KEY not in p.stderr + p.stdout
+    with db.connect(db_url) as c:
+        assert statuses(c, run_id) == {"processing": 40}  # held by the batch, not lost
+    for _ in range(3):  # resume (re-upload / find the provider batch), then poll to the end
+        p = cli(db_url, standin, "poll", str(run_id), "--json")
+        assert p.returncode == 0, p.stderr
+    st = standin.stats()
+    assert (st["files_uploaded"], st["batches_created"], st["batch_lines"]) == (uploads, 1, 40)
+    with db.connect(db_url) as c:
+        assert_done_once(c, run_id, 40)
+        b = one(c, "SELECT * FROM parecer.batches")
+        assert (b["status"], b["done"]) == ("completed", 40)
+
+
+def test_poll_killed_while_storing_results_loses_nothing_and_stores_nothing_twice(
+    db_url: str,
+) -> None:
+    with Standin(StandinConfig(batch_polls=1)) as s:
+        with db.connect(db_url) as c:
+            run_id = backlog_run(c, 60)
+        assert cli(db_url, s, "submit", str(run_id)).returncode == 0
+        p = cli(db_url, s, "poll", str(run_id), crash="mid_ingest:20")
+        assert p.returncode == -9, p.stderr
+        with db.connect(db_url) as c:
+            mid = statuses(c, run_id)
+            assert 20 <= mid.get("done", 0) < 60 and sum(mid.values()) == 60
+            b = one(c, "SELECT * FROM parecer.batches")
+            assert b["status"] == "ingesting"
+        p = cli(db_url, s, "poll", str(run_id), "--json")
+        assert p.returncode == 0, p.stderr
+        assert s.stats()["batch_lines"] == 60  # the provider ran each line once
+        with db.connect(db_url) as c:
+            assert_done_once(c, run_id, 60)
+
+
+# ---- the SQL API's refusals
+
+
+def test_batch_functions_refuse_with_their_codes_and_change_nothing(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        fresh = backlog_run(c, 2, backlog=False)
+        backlog = one(
+            c,
+            "SELECT (parecer.start_run('acme', 'qa', min_messages => 1, backlog => true,"
+            " force_reprocess => true)).run_id AS id",
+        )["id"]
+        cases = [
+            ("SELECT * FROM parecer.open_batch(%s, 'w')", (fresh,), "PR021"),
+            ("SELECT * FROM parecer.open_batch(%s, 'w')", (999,), "PR012"),
+            ("SELECT * FROM parecer.open_batch(%s, 'w', 0)", (backlog,), "PR010"),
+            ("SELECT * FROM parecer.open_batch(%s, '')", (backlog,), "PR010"),
+            ("SELECT * FROM parecer.batch_items(%s)", (42,), "PR019"),
+            ("SELECT * FROM parecer.finish_batch(%s)", (42,), "PR019"),
+        ]
+        for sql, args, code in cases:
+            before = table_checksum(c)
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(sql, args)
+            assert e.value.sqlstate == code, sql
+            assert e.value.diag.message_hint
+            assert table_checksum(c) == before
+        b = one(c, "SELECT * FROM parecer.open_batch(%s, 'w', 1)", (backlog,))
+        assert (b["status"], b["items"]) == ("preparing", 1)
+        state_cases = [
+            ("SELECT * FROM parecer.batch_submitted(%s, 'batch_x')", "PR020"),
+            ("SELECT * FROM parecer.batch_progress(%s, 'completed')", "PR020"),
+            ("SELECT * FROM parecer.batch_uploaded(%s, '')", "PR010"),
+        ]
+        for sql, code in state_cases:
+            before = table_checksum(c)
+            with pytest.raises(psycopg.Error) as e:
+                c.execute(sql, (b["batch_id"],))
+            assert e.value.sqlstate == code, sql
+            assert table_checksum(c) == before
+        one(c, "SELECT * FROM parecer.batch_uploaded(%s, 'file-1')", (b["batch_id"],))
+        one(c, "SELECT * FROM parecer.batch_submitted(%s, 'batch_1', 'validating')", (b["batch_id"],))
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT * FROM parecer.finish_batch(%s)", (b["batch_id"],))
+        assert e.value.sqlstate == "PR020"  # still the provider's
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT * FROM parecer.batch_progress(%s, 'done')", (b["batch_id"],))
+        assert e.value.sqlstate == "PR010"
+        # The second backlog item is still claimable by a runner or another batch.
+        assert len(c.execute("SELECT * FROM parecer.claim('w', 5)").fetchall()) == 1
+
+
+def test_isolation_applies_to_batches(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        run_id = backlog_run(c, 3)
+        c.execute("SELECT parecer.set_setting('isolation', 'on')")
+        b = one(c, "SELECT * FROM parecer.open_batch(%s, 'w', 1)", (run_id,))
+        for role in ("batch_other", "batch_acme"):
+            c.execute(f"DROP ROLE IF EXISTS {role}")
+            c.execute(f"CREATE ROLE {role} IN ROLE parecer_runner")
+        c.execute("SELECT parecer.grant_client('batch_acme', 'acme')")
+        try:
+            with c.transaction():
+                c.execute("SET LOCAL ROLE batch_other")
+                for sql, arg, code in [
+                    ("SELECT * FROM parecer.open_batch(%s, 'w')", run_id, "PR012"),
+                    ("SELECT * FROM parecer.batch_items(%s)", b["batch_id"], "PR019"),
+                ]:
+                    with pytest.raises(psycopg.Error) as e, c.transaction():
+                        c.execute(sql, (arg,))
+                    assert e.value.sqlstate == code
+                assert c.execute("SELECT * FROM parecer.list_batches()").fetchall() == []
+            with c.transaction():
+                c.execute("SET LOCAL ROLE batch_acme")
+                assert len(c.execute("SELECT * FROM parecer.list_batches()").fetchall()) == 1
+                got = one(c, "SELECT * FROM parecer.open_batch(%s, 'w')", (run_id,))
+                assert got["items"] == 2
+        finally:
+            for role in ("batch_other", "batch_acme"):
+                c.execute("SELECT parecer.revoke_client(%s, 'acme')", (role,))
+                c.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_set_model_price_keeps_or_sets_the_batch_price_factor(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        r = one(c, "SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4)")
+        assert r["batch_price_factor"] == Decimal("0.5")
+        r = one(c, "SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4, batch_price_factor => 0.6)")
+        assert r["batch_price_factor"] == Decimal("0.6")
+        r = one(c, "SELECT * FROM parecer.set_model_price('m-test', 2, 0.1, 4)")
+        assert (r["input_usd_per_mtok"], r["batch_price_factor"]) == (2, Decimal("0.6"))
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4, batch_price_factor => 2)")
+        assert e.value.sqlstate == "PR010"
+        usage = '{"input_tokens": 1000000, "output_tokens": 1000000, "batch": {"input_tokens": 1000000, "output_tokens": 0}}'
+        # 2 USD input at 0.6 + 4 USD output at the standard price
+        assert one(c, "SELECT parecer._cost('m-test', %s::jsonb) AS usd", (usage,))["usd"] == Decimal(
+            "5.2"
+        )
