@@ -55,7 +55,7 @@ def cfg(db_url: str, s: Standin, **kw: Any) -> RunnerConfig:
 
 @pytest.fixture
 def standin() -> Iterator[Standin]:
-    with Standin(StandinConfig(seed=5, batch_polls=3)) as s:
+    with Standin(StandinConfig(seed=5, batch_polls=2)) as s:
         yield s
 
 
@@ -204,7 +204,9 @@ def test_a_batch_lease_that_runs_out_is_a_release_not_a_failure(db_url: str) -> 
             " JOIN parecer.analyses a USING (analysis_id)"
         ).fetchall()
         assert len(rows) == 3
-        assert {(r["outcome"], r["retry_count"], r["releases"]) for r in rows} == {("released", 0, 1)}
+        assert {(r["outcome"], r["retry_count"], r["releases"]) for r in rows} == {
+            ("released", 0, 1)
+        }
         assert all(r["error"].startswith("batch lease expired") for r in rows)
         # The batch, when it ends, stores nothing for items it no longer holds.
         [b] = c.execute("SELECT * FROM parecer.list_batches()").fetchall()
@@ -214,13 +216,20 @@ def test_a_batch_lease_that_runs_out_is_a_release_not_a_failure(db_url: str) -> 
 # ---- crashes: the CLI killed at each step, then `parecer batch poll`
 
 
-def cli(db_url: str, s: Standin, *args: str, crash: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": s.url, "PARECER_LOG_FORMAT": "json"}
+def cli(
+    db_url: str, s: Standin, *args: str, crash: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": s.url,
+        "PARECER_LOG_FORMAT": "json",
+    }
     env.pop(batch.CRASH_ENV, None)
     if crash:
         env[batch.CRASH_ENV] = crash
     return subprocess.run(
-        [sys.executable, "-m", "parecer", "--database-url", db_url, "batch", *args],
+        [sys.executable, "-m", "parecer.cli", "--database-url", db_url, "batch", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -280,13 +289,15 @@ def test_poll_killed_while_storing_results_loses_nothing_and_stores_nothing_twic
 def test_batch_functions_refuse_with_their_codes_and_change_nothing(db_url: str) -> None:
     with db.connect(db_url) as c:
         fresh = backlog_run(c, 2, backlog=False)
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT * FROM parecer.open_batch(%s, 'w')", (fresh,))
+        assert e.value.sqlstate == "PR021"
         backlog = one(
             c,
             "SELECT (parecer.start_run('acme', 'qa', min_messages => 1, backlog => true,"
             " force_reprocess => true)).run_id AS id",
         )["id"]
         cases = [
-            ("SELECT * FROM parecer.open_batch(%s, 'w')", (fresh,), "PR021"),
             ("SELECT * FROM parecer.open_batch(%s, 'w')", (999,), "PR012"),
             ("SELECT * FROM parecer.open_batch(%s, 'w', 0)", (backlog,), "PR010"),
             ("SELECT * FROM parecer.open_batch(%s, '')", (backlog,), "PR010"),
@@ -314,7 +325,11 @@ def test_batch_functions_refuse_with_their_codes_and_change_nothing(db_url: str)
             assert e.value.sqlstate == code, sql
             assert table_checksum(c) == before
         one(c, "SELECT * FROM parecer.batch_uploaded(%s, 'file-1')", (b["batch_id"],))
-        one(c, "SELECT * FROM parecer.batch_submitted(%s, 'batch_1', 'validating')", (b["batch_id"],))
+        one(
+            c,
+            "SELECT * FROM parecer.batch_submitted(%s, 'batch_1', 'validating')",
+            (b["batch_id"],),
+        )
         with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT * FROM parecer.finish_batch(%s)", (b["batch_id"],))
         assert e.value.sqlstate == "PR020"  # still the provider's
@@ -360,15 +375,20 @@ def test_set_model_price_keeps_or_sets_the_batch_price_factor(db_url: str) -> No
     with db.connect(db_url) as c:
         r = one(c, "SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4)")
         assert r["batch_price_factor"] == Decimal("0.5")
-        r = one(c, "SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4, batch_price_factor => 0.6)")
+        r = one(
+            c,
+            "SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4, batch_price_factor => 0.6)",
+        )
         assert r["batch_price_factor"] == Decimal("0.6")
         r = one(c, "SELECT * FROM parecer.set_model_price('m-test', 2, 0.1, 4)")
         assert (r["input_usd_per_mtok"], r["batch_price_factor"]) == (2, Decimal("0.6"))
         with pytest.raises(psycopg.Error) as e:
-            c.execute("SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4, batch_price_factor => 2)")
+            c.execute(
+                "SELECT * FROM parecer.set_model_price('m-test', 1, 0.1, 4, batch_price_factor => 2)"
+            )
         assert e.value.sqlstate == "PR010"
         usage = '{"input_tokens": 1000000, "output_tokens": 1000000, "batch": {"input_tokens": 1000000, "output_tokens": 0}}'
         # 2 USD input at 0.6 + 4 USD output at the standard price
-        assert one(c, "SELECT parecer._cost('m-test', %s::jsonb) AS usd", (usage,))["usd"] == Decimal(
-            "5.2"
-        )
+        assert one(c, "SELECT parecer._cost('m-test', %s::jsonb) AS usd", (usage,))[
+            "usd"
+        ] == Decimal("5.2")

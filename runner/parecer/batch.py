@@ -211,7 +211,7 @@ class BatchDriver:
             if b is None:
                 break
             event(log, "batch opened", batch=b.batch_id, run=run_id, items=b.items)
-            sent.append(await self.advance(b))
+            sent.append(await self.advance(b, stop_at="submitted"))
         return sent
 
     async def poll(self, run_id: int | None = None) -> list[BatchRow]:
@@ -225,10 +225,10 @@ class BatchDriver:
         return out
 
     # ---- one batch ---------------------------------------------------------
-    async def advance(self, b: BatchRow) -> BatchRow:
+    async def advance(self, b: BatchRow, stop_at: str | None = None) -> BatchRow:
         """Take a batch as far as it can go now (a batch the provider is still running
-        stops at submitted)."""
-        while b.status in OPEN:
+        stops at submitted), or until it reaches ``stop_at``."""
+        while b.status in OPEN and b.status != stop_at:
             before = b.status
             if b.status == "preparing":
                 b = await self._upload(b)
