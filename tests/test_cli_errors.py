@@ -49,6 +49,8 @@ ARGS: dict[str, list[str]] = {
     "prices set": ["m", "--input", "1", "--cached", "1", "--output", "1"],
     "spend": [],
     "runner": ["--once", "--base-url", "http://127.0.0.1:9/v1"],
+    "batch submit": ["1", "--base-url", "http://127.0.0.1:9/v1"],
+    "batch poll": ["--base-url", "http://127.0.0.1:9/v1"],
     "doctor": [],
     "metrics": [],
     "purge": ["--older-than", "180d"],
@@ -131,6 +133,9 @@ def test_every_command_on_a_database_without_parecer(empty_db_url: str) -> None:
         (["purge", "--older-than", "yesterday"], "--older-than"),
         (["prompt", "nope"], "not a uuid"),
         (["standin", "--fault-rate", "2"], "--fault-rate"),
+        (["batch", "submit", "0"], "RUN_ID"),
+        (["batch", "submit", "1", "--max-items", "50001"], "--max-items"),
+        (["batch", "poll", "--interval", "0"], "--interval"),
         (["insights", "acme", "--since", "soon"], "--since"),
     ],
 )
@@ -144,6 +149,22 @@ def test_database_errors_keep_sqlstate_and_name_the_cli(db_url: str) -> None:
     r = cli(db_url, "scripts", "show", "acme", "nope")
     line = one_line(r)
     assert r.exit_code == 1 and "[PR001]" in line and "parecer doctor" in line
+
+
+def test_batch_submit_of_a_run_that_is_not_backlog(db_url: str) -> None:
+    from parecer import db
+
+    from .factories import make_script, make_session
+
+    with db.connect(db_url) as c:
+        make_script(c)
+        make_session(c, messages=2)
+        c.execute("SELECT * FROM parecer.start_run('acme', 'qa', min_messages => 1)")
+    r = cli(db_url, "batch", "submit", "1", "--base-url", "http://127.0.0.1:9/v1")
+    line = one_line(r)
+    assert r.exit_code == 1 and "[PR021]" in line and "set_run_backlog" in line, r.output
+    r = cli(db_url, "batch", "submit", "1")  # no key, no endpoint: said before anything else
+    assert r.exit_code == 1 and "OPENAI_API_KEY is not set" in one_line(r)
 
 
 def test_real_process_prints_no_traceback(empty_db_url: str) -> None:

@@ -53,6 +53,13 @@ CALLS: dict[str, str] = {
     "set_global_budget": "SELECT * FROM parecer.set_global_budget(10, 200)",
     "exchange_rate": "SELECT parecer.exchange_rate('USD')",
     "spend_projection": "SELECT * FROM parecer.spend_projection()",
+    "open_batch": "SELECT * FROM parecer.open_batch(1, 'w')",
+    "batch_items": "SELECT * FROM parecer.batch_items(1)",
+    "batch_uploaded": "SELECT * FROM parecer.batch_uploaded(1, 'file-1')",
+    "batch_submitted": "SELECT * FROM parecer.batch_submitted(1, 'batch_1')",
+    "batch_progress": "SELECT * FROM parecer.batch_progress(1, 'completed')",
+    "finish_batch": "SELECT * FROM parecer.finish_batch(1)",
+    "list_batches": "SELECT * FROM parecer.list_batches()",
 }
 RELATIONS = [
     "reports",
@@ -91,6 +98,9 @@ RELATIONS = [
     "_caller_scope",
     "global_budget",
     "_global_budget",
+    "batches",
+    "_batches",
+    "_batch_items",
 ]
 
 READER_VIEWS = {
@@ -109,6 +119,7 @@ READER_VIEWS = {
     "metrics",
     "stale_reports",
     "global_budget",
+    "batches",
 }
 MATRIX: dict[str, set[str]] = {
     "parecer_admin": {
@@ -156,6 +167,13 @@ MATRIX: dict[str, set[str]] = {
         "next_due",
         "acquire_rate",
         "report_rate",
+        "open_batch",
+        "batch_items",
+        "batch_uploaded",
+        "batch_submitted",
+        "batch_progress",
+        "finish_batch",
+        "list_batches",
     },
     "parecer_reader": {
         "run_summary",

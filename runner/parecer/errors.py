@@ -25,6 +25,9 @@ DUPLICATE_SESSION = "PR015"
 PROMPT_TOO_LARGE = "PR016"
 PROMPT_HASH_MISMATCH = "PR017"
 UNKNOWN_ROLE = "PR018"
+UNKNOWN_BATCH = "PR019"
+BATCH_STATE = "PR020"
+NOT_BACKLOG_RUN = "PR021"
 NO_EXCHANGE_RATE = "PR030"
 BAD_METADATA_FILTER = "PR031"
 
@@ -48,6 +51,9 @@ CODES: dict[str, str] = {
     PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute or max_request_tokens",
     PROMPT_HASH_MISMATCH: "prompt_hash is not the hash of the prompt given for this attempt",
     UNKNOWN_ROLE: "unknown role",
+    UNKNOWN_BATCH: "unknown batch (or another client's)",
+    BATCH_STATE: "the batch is not in a state this step may follow",
+    NOT_BACKLOG_RUN: "the run is not a backlog run (batch mode is for backlog runs)",
     NO_EXCHANGE_RATE: "no exchange rate for the currency (only USD and display_currency)",
     BAD_METADATA_FILTER: "invalid metadata filter",
 }
