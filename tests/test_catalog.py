@@ -194,6 +194,20 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
         errors.PROMPT_HASH_MISMATCH,
     ),
     ("SELECT * FROM parecer.grant_client('t17_no_such_role', 'acme')", (), errors.UNKNOWN_ROLE),
+    ("SELECT * FROM parecer.batch_items(424242)", (), errors.UNKNOWN_BATCH),
+    (
+        "SELECT * FROM parecer.open_batch("
+        "(SELECT (parecer.start_run('acme', 'qa', min_messages => 1)).run_id), 'w')",
+        (),
+        errors.NOT_BACKLOG_RUN,
+    ),
+    (  # a batch opened (a forced backlog run takes the item) and recorded out of order
+        "SELECT parecer.batch_submitted(b.batch_id, 'batch_x') FROM parecer.open_batch("
+        "(SELECT (parecer.start_run('acme', 'qa', min_messages => 1, backlog => true,"
+        " force_reprocess => true)).run_id), 'w') b",
+        (),
+        errors.BATCH_STATE,
+    ),
 ]
 
 
