@@ -15,6 +15,34 @@
     usage jsonb,
     cost_usd numeric
 
+-- table: _batch_items
+    batch_id bigint NOT NULL,
+    analysis_id uuid NOT NULL,
+    attempt integer NOT NULL,
+    lease_token uuid NOT NULL
+
+-- table: _batches
+    batch_id bigint NOT NULL,
+    run_id bigint NOT NULL,
+    client_id text NOT NULL,
+    client_slug text NOT NULL,
+    status text NOT NULL DEFAULT 'preparing'::text,
+    provider_status text,
+    provider_batch_id text,
+    input_file_id text,
+    output_file_id text,
+    error_file_id text,
+    request_total integer,
+    request_completed integer,
+    request_failed integer,
+    worker text NOT NULL,
+    created_by name NOT NULL,
+    error text,
+    created_at timestamp with time zone NOT NULL DEFAULT now(),
+    submitted_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone NOT NULL DEFAULT now()
+
 -- table: _budget_alerts
     client_id text NOT NULL,
     period text NOT NULL,
@@ -51,7 +79,8 @@
     cached_input_usd_per_mtok numeric NOT NULL,
     output_usd_per_mtok numeric NOT NULL,
     source text NOT NULL,
-    taken_on date NOT NULL
+    taken_on date NOT NULL,
+    batch_price_factor numeric NOT NULL DEFAULT 0.5
 
 -- table: _rate_limits
     limit_key text NOT NULL,
@@ -248,6 +277,30 @@ CHECK ((outcome = ANY (ARRAY['done'::text, 'failed'::text, 'released'::text, 'ex
 -- constraint: parecer._attempts._attempts_pkey
 PRIMARY KEY (analysis_id, attempt)
 
+-- constraint: parecer._batch_items._batch_items_analysis_id_fkey
+FOREIGN KEY (analysis_id) REFERENCES parecer.analyses(analysis_id) ON DELETE CASCADE
+
+-- constraint: parecer._batch_items._batch_items_batch_id_fkey
+FOREIGN KEY (batch_id) REFERENCES parecer._batches(batch_id) ON DELETE CASCADE
+
+-- constraint: parecer._batch_items._batch_items_lease_token_key
+UNIQUE (lease_token)
+
+-- constraint: parecer._batch_items._batch_items_pkey
+PRIMARY KEY (batch_id, analysis_id)
+
+-- constraint: parecer._batches._batches_pkey
+PRIMARY KEY (batch_id)
+
+-- constraint: parecer._batches._batches_provider_batch_id_key
+UNIQUE (provider_batch_id)
+
+-- constraint: parecer._batches._batches_run_id_fkey
+FOREIGN KEY (run_id) REFERENCES parecer.runs(run_id) ON DELETE CASCADE
+
+-- constraint: parecer._batches._batches_status_check
+CHECK ((status = ANY (ARRAY['preparing'::text, 'uploaded'::text, 'submitted'::text, 'ingesting'::text, 'completed'::text, 'failed'::text, 'expired'::text, 'cancelled'::text])))
+
 -- constraint: parecer._budget_alerts._budget_alerts_period_check
 CHECK ((period = ANY (ARRAY['day'::text, 'month'::text])))
 
@@ -280,6 +333,9 @@ PRIMARY KEY (singleton)
 
 -- constraint: parecer._global_budget._global_budget_singleton_check
 CHECK (singleton)
+
+-- constraint: parecer._model_prices._model_prices_batch_price_factor_check
+CHECK (((batch_price_factor >= (0)::numeric) AND (batch_price_factor <= (1)::numeric)))
 
 -- constraint: parecer._model_prices._model_prices_cached_input_usd_per_mtok_check
 CHECK ((cached_input_usd_per_mtok >= (0)::numeric))
@@ -346,6 +402,27 @@ CHECK ((version > 0))
 
 -- index: parecer._attempts_pkey
 CREATE UNIQUE INDEX _attempts_pkey ON parecer._attempts USING btree (analysis_id, attempt)
+
+-- index: parecer._batch_items_analysis_idx
+CREATE INDEX _batch_items_analysis_idx ON parecer._batch_items USING btree (analysis_id)
+
+-- index: parecer._batch_items_lease_token_key
+CREATE UNIQUE INDEX _batch_items_lease_token_key ON parecer._batch_items USING btree (lease_token)
+
+-- index: parecer._batch_items_pkey
+CREATE UNIQUE INDEX _batch_items_pkey ON parecer._batch_items USING btree (batch_id, analysis_id)
+
+-- index: parecer._batches_open_idx
+CREATE INDEX _batches_open_idx ON parecer._batches USING btree (batch_id) WHERE (status = ANY (ARRAY['preparing'::text, 'uploaded'::text, 'submitted'::text, 'ingesting'::text]))
+
+-- index: parecer._batches_pkey
+CREATE UNIQUE INDEX _batches_pkey ON parecer._batches USING btree (batch_id)
+
+-- index: parecer._batches_provider_batch_id_key
+CREATE UNIQUE INDEX _batches_provider_batch_id_key ON parecer._batches USING btree (provider_batch_id)
+
+-- index: parecer._batches_run_idx
+CREATE INDEX _batches_run_idx ON parecer._batches USING btree (run_id)
 
 -- index: parecer._budget_alerts_pkey
 CREATE UNIQUE INDEX _budget_alerts_pkey ON parecer._budget_alerts USING btree (client_id, period, period_start, threshold)
@@ -548,6 +625,52 @@ UNION ALL
            FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
            FROM parecer._caller_scope sc))::text[])));
 
+-- view: batches
+ SELECT b.batch_id,
+    b.run_id,
+    b.client_slug,
+    b.status,
+    b.provider_status,
+    b.provider_batch_id,
+    b.input_file_id,
+    b.output_file_id,
+    b.error_file_id,
+    COALESCE(c.items, 0::bigint)::integer AS items,
+    COALESCE(c.in_flight, 0::bigint)::integer AS in_flight,
+    COALESCE(c.done, 0::bigint)::integer AS done,
+    COALESCE(c.failed, 0::bigint)::integer AS failed,
+    COALESCE(c.released, 0::bigint)::integer AS released,
+    b.request_total,
+    b.request_completed,
+    b.request_failed,
+    COALESCE(c.cost_usd, 0::numeric) AS cost_usd,
+    b.worker,
+    b.created_by,
+    b.error,
+    b.created_at,
+    b.submitted_at,
+    b.finished_at,
+    b.updated_at
+   FROM parecer._batches b
+     LEFT JOIN LATERAL ( SELECT count(*) AS items,
+            count(*) FILTER (WHERE a.status = 'processing'::text AND a.lease_token = bi.lease_token) AS in_flight,
+            count(*) FILTER (WHERE a.status = 'done'::text AND a.claims = bi.attempt OR t.outcome = 'done'::text) AS done,
+            count(*) FILTER (WHERE t.outcome = ANY (ARRAY['failed'::text, 'expired'::text])) AS failed,
+            count(*) FILTER (WHERE t.outcome = ANY (ARRAY['released'::text, 'reset'::text])) AS released,
+            sum(COALESCE(t.cost_usd,
+                CASE
+                    WHEN a.status = 'done'::text AND a.claims = bi.attempt THEN a.cost_usd
+                    ELSE NULL::numeric
+                END)) AS cost_usd
+           FROM parecer._batch_items bi
+             JOIN parecer.analyses a ON a.analysis_id = bi.analysis_id
+             LEFT JOIN parecer._attempts t ON t.analysis_id = bi.analysis_id AND t.attempt = bi.attempt
+          WHERE bi.batch_id = b.batch_id) c ON true
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR (b.client_id = ANY ((( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))::text[]))
+  ORDER BY b.batch_id;
+
 -- view: budgets
  SELECT client_slug,
     priority,
@@ -651,7 +774,8 @@ UNION ALL
     cached_input_usd_per_mtok,
     output_usd_per_mtok,
     source,
-    taken_on
+    taken_on,
+    batch_price_factor
    FROM parecer._model_prices p
   ORDER BY model;
 
@@ -848,6 +972,18 @@ RETURNS interval
 LANGUAGE plpgsql STABLE
 body md5 4af268e643a904e5b30d9e2e42989305
 
+-- function: parecer._batch(bigint)
+ARGUMENTS p_batch_id bigint
+RETURNS parecer._batches
+LANGUAGE plpgsql VOLATILE
+body md5 47b7612ef88d45e3d97ee8f99accc37c
+
+-- function: parecer._batch_state(parecer._batches,text[],text)
+ARGUMENTS p_b parecer._batches, p_allowed text[], p_step text
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+body md5 5b628a0a7f8399c1aff7f9ebe650975b
+
 -- function: parecer._blocked_reason(text)
 ARGUMENTS p_client_id text
 RETURNS text
@@ -872,12 +1008,12 @@ RETURNS text[]
 LANGUAGE sql STABLE
 body md5 ccae7516967fef82c182bce16754cb59
 
--- function: parecer._candidates(text,integer)
-ARGUMENTS p_client_id text, p_limit integer
+-- function: parecer._candidates(text,integer,bigint)
+ARGUMENTS p_client_id text, p_limit integer, p_run_id bigint DEFAULT NULL::bigint
 RETURNS TABLE(analysis_id uuid, backlog boolean)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 0da97fb5bcc3697fc0d0cadbe7f38b22
+body md5 615624e807ffe170d8ef450ab62d7e98
 
 -- function: parecer._check_extra_fields()
 ARGUMENTS 
@@ -901,7 +1037,7 @@ body md5 886586ceb90037de239f0e71bf626631
 ARGUMENTS p_model text, p_usage jsonb
 RETURNS numeric
 LANGUAGE plpgsql STABLE
-body md5 7508008df753cec5146f51de0d28ebc6
+body md5 6b30487b922a9bbd9210a33d19b352ad
 
 -- function: parecer._end_attempt(uuid,integer,text,uuid,timestamp with time zone,text,text,text,text,jsonb,text,text)
 ARGUMENTS p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid, p_claimed_at timestamp with time zone, p_outcome text, p_error text, p_model text, p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text
@@ -919,7 +1055,7 @@ body md5 be6b2bb01c08f6190bbfff2c20fd2305
 ARGUMENTS 
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
-body md5 a32bfece0f3164a546120ad0f9ac7202
+body md5 5806844c5b2fb78527339b0758edc3bf
 
 -- function: parecer._extra_problem(jsonb,jsonb)
 ARGUMENTS p_report jsonb, p_fields jsonb
@@ -1032,6 +1168,12 @@ ARGUMENTS p_analysis_id uuid, p_token uuid
 RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
 body md5 200e36021dfda95a1918a351392ace5f
+
+-- function: parecer._lease_items(uuid[],text,integer,name)
+ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
+RETURNS SETOF parecer.claimed_item
+LANGUAGE sql VOLATILE
+body md5 26d3d2d7490e433c70b53a3b0f055da2
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1201,6 +1343,12 @@ RETURNS boolean
 LANGUAGE sql IMMUTABLE
 body md5 35e7744091515979a3df12b1ab3d1b0f
 
+-- function: parecer._usd_mtok(jsonb,numeric,numeric,numeric)
+ARGUMENTS p_usage jsonb, p_input numeric, p_cached numeric, p_output numeric
+RETURNS numeric
+LANGUAGE sql IMMUTABLE
+body md5 b8db65b6c1809b2fa368b8f2047794ff
+
 -- function: parecer._visible_client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
@@ -1227,6 +1375,34 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 576bc10cfcbec8c2845e524b262907ee
 
+-- function: parecer.batch_items(bigint)
+ARGUMENTS batch_id bigint
+RETURNS TABLE(analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint, script_key text, script_version integer, model text, lease_expires_at timestamp with time zone, retry_count integer, prompt_hash text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 fad6b59c975e9987ff36e8194696dfca
+
+-- function: parecer.batch_progress(bigint,text,integer,integer,integer,text,text,text)
+ARGUMENTS batch_id bigint, provider_status text, request_total integer DEFAULT NULL::integer, request_completed integer DEFAULT NULL::integer, request_failed integer DEFAULT NULL::integer, output_file_id text DEFAULT NULL::text, error_file_id text DEFAULT NULL::text, error text DEFAULT NULL::text
+RETURNS SETOF parecer.batches
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 925f87585375b1547bf7fb0a2bf5afd1
+
+-- function: parecer.batch_submitted(bigint,text,text)
+ARGUMENTS batch_id bigint, provider_batch_id text, provider_status text DEFAULT NULL::text
+RETURNS SETOF parecer.batches
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 019ad8b45d3bab631d2ae15fd470d92d
+
+-- function: parecer.batch_uploaded(bigint,text)
+ARGUMENTS batch_id bigint, input_file_id text
+RETURNS SETOF parecer.batches
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 3864e664559d4bcc465e21439e0cc791
+
 -- function: parecer.check_adapter()
 ARGUMENTS 
 RETURNS TABLE(check_name text, status text, count bigint, detail text)
@@ -1240,7 +1416,7 @@ RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 76e08bac7964eebaf389316a7f926979
+body md5 bc73d55b086735d518368086f7f1f8f3
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
@@ -1291,6 +1467,13 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 7e97e7570bb4197a6e1b4c8a1211b8e5
 
+-- function: parecer.finish_batch(bigint,text)
+ARGUMENTS batch_id bigint, reason text DEFAULT NULL::text
+RETURNS SETOF parecer.batches
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 0e9eadbf6557f909ce28dca1722f312e
+
 -- function: parecer.grant_client(name,text)
 ARGUMENTS role name, client_slug text
 RETURNS SETOF parecer.client_grants
@@ -1319,6 +1502,13 @@ RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at times
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 6264ede79f063abc544c5ac5e31e5a21
+
+-- function: parecer.list_batches(bigint,boolean)
+ARGUMENTS run_id bigint DEFAULT NULL::bigint, open_only boolean DEFAULT true
+RETURNS SETOF parecer.batches
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 f97306d681ec853e4ce206b42b913000
 
 -- function: parecer.list_scripts(text,text,boolean)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, active_only boolean DEFAULT false
@@ -1354,6 +1544,13 @@ RETURNS timestamp with time zone
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 0c02eef2c95e3afe57ad879b2446c521
+
+-- function: parecer.open_batch(bigint,text,integer)
+ARGUMENTS run_id bigint, worker text, max_items integer DEFAULT NULL::integer
+RETURNS SETOF parecer.batches
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 4911ffa5db0ced9395af625138fb1094
 
 -- function: parecer.prompt_for(uuid)
 ARGUMENTS analysis_id uuid
@@ -1439,12 +1636,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 7167a5996cec6996ef54c3c46e51a90a
 
--- function: parecer.set_model_price(text,numeric,numeric,numeric,text,date)
-ARGUMENTS model text, input_usd_per_mtok numeric, cached_input_usd_per_mtok numeric, output_usd_per_mtok numeric, source text DEFAULT 'set by operator'::text, taken_on date DEFAULT CURRENT_DATE
+-- function: parecer.set_model_price(text,numeric,numeric,numeric,text,date,numeric)
+ARGUMENTS model text, input_usd_per_mtok numeric, cached_input_usd_per_mtok numeric, output_usd_per_mtok numeric, source text DEFAULT 'set by operator'::text, taken_on date DEFAULT CURRENT_DATE, batch_price_factor numeric DEFAULT NULL::numeric
 RETURNS SETOF parecer.model_prices
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1bda9c31baea274dbda1c9b01ec824d4
+body md5 17d79a02ef4142e18f8bb1dd11fb7a9f
 
 -- function: parecer.set_rate_limit(text,integer,integer,integer)
 ARGUMENTS limit_key text, rpm integer DEFAULT NULL::integer, tpm integer DEFAULT NULL::integer, rpd integer DEFAULT NULL::integer
@@ -1493,6 +1690,12 @@ CREATE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses REFERE
 -- acl: _attempts
 postgres=arwdDxt/postgres
 
+-- acl: _batch_items
+postgres=arwdDxt/postgres
+
+-- acl: _batches
+postgres=arwdDxt/postgres
+
 -- acl: _budget_alerts
 postgres=arwdDxt/postgres
 
@@ -1535,6 +1738,9 @@ postgres=arwdDxt/postgres
 -- acl: attempts
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
+-- acl: batches
+parecer_reader=r/postgres postgres=arwdDxt/postgres
+
 -- acl: budgets
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
@@ -1559,6 +1765,12 @@ postgres=X/postgres
 -- acl: parecer._backoff(integer)
 postgres=X/postgres
 
+-- acl: parecer._batch(bigint)
+postgres=X/postgres
+
+-- acl: parecer._batch_state(parecer._batches,text[],text)
+postgres=X/postgres
+
 -- acl: parecer._blocked_reason(text)
 postgres=X/postgres
 
@@ -1571,7 +1783,7 @@ postgres=X/postgres
 -- acl: parecer._caller_clients()
 postgres=X/postgres
 
--- acl: parecer._candidates(text,integer)
+-- acl: parecer._candidates(text,integer,bigint)
 postgres=X/postgres
 
 -- acl: parecer._check_extra_fields()
@@ -1647,6 +1859,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._lease(uuid,uuid)
+postgres=X/postgres
+
+-- acl: parecer._lease_items(uuid[],text,integer,name)
 postgres=X/postgres
 
 -- acl: parecer._lease_refused(uuid,uuid)
@@ -1733,6 +1948,9 @@ postgres=X/postgres
 -- acl: parecer._usage_ok(jsonb)
 postgres=X/postgres
 
+-- acl: parecer._usd_mtok(jsonb,numeric,numeric,numeric)
+postgres=X/postgres
+
 -- acl: parecer._visible_client(text)
 postgres=X/postgres
 
@@ -1744,6 +1962,18 @@ parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.activate_script(text,text,integer,boolean)
 parecer_admin=X/postgres postgres=X/postgres
+
+-- acl: parecer.batch_items(bigint)
+parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.batch_progress(bigint,text,integer,integer,integer,text
+parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.batch_submitted(bigint,text,text)
+parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.batch_uploaded(bigint,text)
+parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.check_adapter()
 parecer_admin=X/postgres postgres=X/postgres
@@ -1772,6 +2002,9 @@ parecer_reader=X/postgres postgres=X/postgres
 -- acl: parecer.extend_lease(uuid,uuid,integer)
 parecer_runner=X/postgres postgres=X/postgres
 
+-- acl: parecer.finish_batch(bigint,text)
+parecer_runner=X/postgres postgres=X/postgres
+
 -- acl: parecer.grant_client(name,text)
 parecer_admin=X/postgres postgres=X/postgres
 
@@ -1782,6 +2015,9 @@ parecer_reader=X/postgres postgres=X/postgres
 parecer_reader=X/postgres postgres=X/postgres
 
 -- acl: parecer.leased_transcript(uuid,uuid)
+parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.list_batches(bigint,boolean)
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.list_scripts(text,text,boolean)
@@ -1797,6 +2033,9 @@ parecer_runner=X/postgres postgres=X/postgres
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.next_due(text)
+parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.open_batch(bigint,text,integer)
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.prompt_for(uuid)
@@ -1835,7 +2074,7 @@ parecer_admin=X/postgres postgres=X/postgres
 -- acl: parecer.set_global_budget(numeric,numeric)
 parecer_admin=X/postgres postgres=X/postgres
 
--- acl: parecer.set_model_price(text,numeric,numeric,numeric,text,date)
+-- acl: parecer.set_model_price(text,numeric,numeric,numeric,text,date,
 parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.set_rate_limit(text,integer,integer,integer)
@@ -1895,6 +2134,9 @@ Latest sent_at of the session's messages when the item was marked done (fingerpr
 -- comment: column analysed_message_count of table parecer.analyses
 Messages the session had when the item was marked done (fingerprint; see parecer.stale_reports).
 
+-- comment: column batch_price_factor of table parecer._model_prices
+The Batch API price as a fraction of this row's standard prices (OpenAI: 0.5, half price, for every model).
+
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
@@ -1940,6 +2182,18 @@ Shared rate limiter: take one request and `tokens` tokens from the buckets of li
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
 
+-- comment: function parecer.batch_items(bigint)
+The items a batch still holds (its lease on them is live): the fields of parecer.claim and prompt_hash, the hash parecer.prompt_for gave under that lease (NULL before it was asked). Items already finished, released or reset are left out. Errors: PR019 unknown batch.
+
+-- comment: function parecer.batch_progress(bigint,text,integer,integer,integer,text,text,text)
+Record the provider's status, request counts, output and error file ids of a submitted batch; a final provider status (completed, failed, expired, cancelled) makes the batch ingesting: its results are to be stored, then parecer.finish_batch. Errors: PR010, PR019 unknown batch, PR020 not submitted.
+
+-- comment: function parecer.batch_submitted(bigint,text,text)
+Record the provider's batch id of an uploaded batch (status submitted); recording the same id again changes nothing. Errors: PR010, PR019 unknown batch, PR020 not uploaded.
+
+-- comment: function parecer.batch_uploaded(bigint,text)
+Record the provider file id of a preparing batch's uploaded input (status uploaded). Errors: PR010, PR019 unknown batch, PR020 not preparing.
+
 -- comment: function parecer.check_adapter()
 Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), contract v2 rows (source_message_senders: a sender outside the six or two rows for a message; source_session_metadata: not an object or two rows for a session: warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
 
@@ -1967,6 +2221,9 @@ Units of currency per US dollar (default: the display_currency setting): 1 for U
 -- comment: function parecer.extend_lease(uuid,uuid,integer)
 Heartbeat: extend the lease of an item you hold to now() + lease_seconds (at most the max_lease_seconds setting); returns the new expiry. Errors: PR006 stale lease, PR010, PR011.
 
+-- comment: function parecer.finish_batch(bigint,text)
+End a batch whose results are stored (ingesting) or that was never sent (preparing, uploaded): every item it still holds is released (no attempt spent; reason, or "batch N <status> without a result for this item") and the batch becomes completed, failed, expired or cancelled (the provider's final status; cancelled when never sent). Errors: PR019 unknown batch, PR020 submitted (still the provider's).
+
 -- comment: function parecer.grant_client(name,text)
 Bind a role to a client: with the isolation setting on, the role and its members claim, read prompts and transcripts of, report and see only the clients granted to them. Granting twice is harmless. Returns the role's grants. Errors: PR001 unknown client, PR018 unknown role.
 
@@ -1978,6 +2235,9 @@ Figures over a client's done reports processed in [since, until), optionally of 
 
 -- comment: function parecer.leased_transcript(uuid,uuid)
 The messages of the session of an item you hold (analysis_id + lease_token from parecer.claim, lease live), as parecer.session_transcript gives them. Unknown item, wrong or expired lease and (isolation on) a client not granted to you give the same error. Errors: PR006 not leased to you.
+
+-- comment: function parecer.list_batches(bigint,boolean)
+The batches of a run (NULL: every run), only those not finished unless open_only => false, as parecer.batches shows them; with the isolation setting on, only the caller's clients. What parecer batch poll resumes.
 
 -- comment: function parecer.list_scripts(text,text,boolean)
 List a client's script versions (newest first per key), optionally one key and only active ones. Errors: PR001 unknown client.
@@ -1993,6 +2253,9 @@ Record a failed attempt of an item you hold (usage: tokens the failed call cost,
 
 -- comment: function parecer.next_due(text)
 The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting; with the isolation setting on, only items of the caller's clients count. Runners sleep until then at most.
+
+-- comment: function parecer.open_batch(bigint,text,integer)
+Claim up to max_items (default and cap: setting batch_max_items) claimable items of a backlog run into a new Batch API batch (status preparing), leased for batch_lease_seconds (26 hours: the 24-hour window and a margin), and return the batch; no row when nothing is claimable or the client is over budget. Claims as parecer.claim does (expired leases recovered first; with the isolation setting on, only a run of the caller's clients). Errors: PR010, PR012 unknown run, PR021 not a backlog run.
 
 -- comment: function parecer.prompt_for(uuid)
 Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, the script's model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Called by the role holding the item's live lease, it records prompt_hash on the item: mark_done then requires the same hash (PR017). With the isolation setting on, a role that does not see every client gets only items of its clients it holds a live lease on (admins: any). Errors: PR011 unknown analysis (or not yours), PR016 prompt too large (not one message fits).
@@ -2030,8 +2293,8 @@ Set a client's weight in claim's round-robin (1..100, default 1): with weights 2
 -- comment: function parecer.set_global_budget(numeric,numeric)
 Set the installation's daily and monthly budget in USD, all clients together (NULL: no limit). At or over it, claim hands out no work to anyone (fail-closed) until the period turns; per-client budgets still apply beside it; alerts at 80% and 100% (NOTIFY parecer_budget, "scope": "installation"). Errors: PR010.
 
--- comment: function parecer.set_model_price(text,numeric,numeric,numeric,text,date)
-Add or change a model's price (USD per million input, cached input and output tokens). Errors: PR010.
+-- comment: function parecer.set_model_price(text,numeric,numeric,numeric,text,date,numeric)
+Add or change a model's price (USD per million input, cached input and output tokens). batch_price_factor: the Batch API price as a fraction of those (NULL: keep the model's, 0.5 for a new one). Errors: PR010.
 
 -- comment: function parecer.set_rate_limit(text,integer,integer,integer)
 Configure requests and tokens per minute and requests per day (budget_timezone day) for a provider key label + model (NULL: the default_rpm / default_tpm / default_rpd settings). Errors: PR010.
@@ -2066,6 +2329,9 @@ Every attempt that ended: the rows of parecer._attempts and, for each done item,
 -- comment: view parecer.attempts
 Attempt history: one row per claim (outcome done, failed, released, expired, reset, or processing while in flight), with its usage and cost.
 
+-- comment: view parecer.batches
+Batch API batches of backlog runs (parecer.open_batch): status (preparing, uploaded, submitted, ingesting, then completed, failed, expired or cancelled), the provider's batch id, status, request counts and files, and the items' outcomes (in_flight, done, failed, released) and cost_usd at the batch price. With the isolation setting on, only the caller's clients.
+
 -- comment: view parecer.budgets
 Per client: priority, daily and monthly budget, spend so far (budget_timezone calendar), and why claim hands out no work (blocked_reason).
 
@@ -2082,7 +2348,7 @@ The installation's daily and monthly budget (all clients together, USD), spend s
 Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.
 
 -- comment: view parecer.model_prices
-Model prices in USD per million tokens (input, cached input, output), with where and when they were taken.
+Model prices in USD per million tokens (input, cached input, output), with where and when they were taken; batch_price_factor: the Batch API price as a fraction of these (0.5: half price).
 
 -- comment: view parecer.queue_status
 The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.
