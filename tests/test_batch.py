@@ -392,3 +392,22 @@ def test_set_model_price_keeps_or_sets_the_batch_price_factor(db_url: str) -> No
         assert one(c, "SELECT parecer._cost('m-test', %s::jsonb) AS usd", (usage,))[
             "usd"
         ] == Decimal("5.2")
+
+
+def test_two_polls_at_once_work_on_a_batch_one_at_a_time(db_url: str) -> None:
+    with Standin(StandinConfig(batch_polls=1)) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 20)
+        one(c, "SELECT * FROM parecer.open_batch(%s, 'crashed-submit')", (run_id,))  # then killed
+
+        async def both() -> list[Any]:
+            return list(
+                await asyncio.gather(
+                    batch.poll(cfg(db_url, s), run_id), batch.poll(cfg(db_url, s), run_id)
+                )
+            )
+
+        asyncio.run(both())
+        asyncio.run(batch.poll(cfg(db_url, s), run_id))  # whatever the busy one skipped
+        st = s.stats()
+        assert (st["files_uploaded"], st["batches_created"], st["batch_lines"]) == (1, 1, 20)
+        assert_done_once(c, run_id, 20)

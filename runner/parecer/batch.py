@@ -71,6 +71,10 @@ NOT_RUN = ("batch_expired", "batch_cancelled")
 # Fault injection for the crash tests (tests/test_batch.py): when this variable names a
 # point the process kills itself there (SIGKILL: no cleanup, like a crash). Unset: nothing.
 CRASH_ENV = "PARECER_BATCH_CRASH_AT"
+# One process works on a batch at a time (two polls from an overlapping cron, a poll
+# beside a submit): a session advisory lock (LOCK_CLASS, batch_id), held by the batch
+# driver's connection, so a killed process lets go of it at once. The other skips it.
+LOCK_CLASS = 7_040_118
 
 
 def _crash_point(name: str) -> None:
@@ -192,6 +196,26 @@ class BatchDriver:
         rows = await self._rows(BatchRow, sql, params)
         return rows[0] if rows else None
 
+    async def _lock(self, batch_id: int, lock: bool = True) -> bool:
+        """Take (or give back) this process's hold on a batch; False: another process has it."""
+        fn = "pg_try_advisory_lock" if lock else "pg_advisory_unlock"
+        [row] = await self._rows(dict, f"SELECT {fn}(%s, %s) AS ok", (LOCK_CLASS, batch_id % 2**31))
+        return bool(row["ok"])
+
+    async def _open(self, run_id: int, max_items: int | None) -> BatchRow | None:
+        """open_batch and the hold on the new batch in one transaction: no other process can
+        see the batch before this one holds it."""
+        await self._rows(dict, "SELECT 1 AS ok")  # connected
+        assert self._conn is not None
+        async with self._conn.transaction():
+            b = await self._batch(
+                "SELECT * FROM parecer.open_batch(%s, %s, %s)",
+                (run_id, self.cfg.worker_id, max_items),
+            )
+            if b is not None:
+                await self._lock(b.batch_id)
+        return b
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
@@ -204,14 +228,14 @@ class BatchDriver:
         each; the batches as they stand once submitted."""
         sent: list[BatchRow] = []
         while True:
-            b = await self._batch(
-                "SELECT * FROM parecer.open_batch(%s, %s, %s)",
-                (run_id, self.cfg.worker_id, max_items),
-            )
+            b = await self._open(run_id, max_items)
             if b is None:
                 break
             event(log, "batch opened", batch=b.batch_id, run=run_id, items=b.items)
-            sent.append(await self.advance(b, stop_at="submitted"))
+            try:
+                sent.append(await self.advance(b, stop_at="submitted"))
+            finally:
+                await self._lock(b.batch_id, lock=False)
         return sent
 
     async def poll(self, run_id: int | None = None) -> list[BatchRow]:
@@ -221,7 +245,20 @@ class BatchDriver:
         for b in await self._rows(
             BatchRow, "SELECT * FROM parecer.list_batches(%s, true)", (run_id,)
         ):
-            out.append(await self.advance(b))
+            if not await self._lock(b.batch_id):
+                event(log, "batch busy", batch=b.batch_id)  # another process works on it
+                out.append(b)
+                continue
+            try:
+                # Read again under the hold: the other process may have moved it meanwhile.
+                [b] = await self._rows(
+                    BatchRow,
+                    "SELECT * FROM parecer.list_batches(%s, false) WHERE batch_id = %s",
+                    (b.run_id, b.batch_id),
+                )
+                out.append(await self.advance(b))
+            finally:
+                await self._lock(b.batch_id, lock=False)
         return out
 
     # ---- one batch ---------------------------------------------------------
