@@ -411,3 +411,38 @@ def test_two_polls_at_once_work_on_a_batch_one_at_a_time(db_url: str) -> None:
         st = s.stats()
         assert (st["files_uploaded"], st["batches_created"], st["batch_lines"]) == (1, 1, 20)
         assert_done_once(c, run_id, 20)
+
+
+def test_a_cancelled_batch_releases_its_items(db_url: str) -> None:
+    import openai
+
+    with Standin(StandinConfig(batch_polls=5)) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 5)
+        [b] = asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        assert b.provider_batch_id is not None
+        with openai.OpenAI(api_key=KEY, base_url=s.url) as client:
+            assert client.batches.cancel(b.provider_batch_id).status == "cancelling"
+        [done], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        assert (done.status, done.released, done.done) == ("cancelled", 5, 0)
+        assert statuses(c, run_id) == {"pending": 5}
+
+
+def test_a_session_that_changed_while_the_batch_ran_is_sent_again(db_url: str) -> None:
+    with Standin(StandinConfig(batch_polls=1)) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 3)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        sid = one(c, "SELECT session_id FROM parecer.analyses ORDER BY session_id LIMIT 1")[
+            "session_id"
+        ]
+        c.execute(
+            "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at, created_at_external)"
+            " SELECT %s || '-late', %s, false, 'text', 'Mais uma coisa', now() - interval '2 days', now() - interval '2 days'",
+            (sid, sid),
+        )
+        [b], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        assert (b.status, b.done, b.failed) == ("completed", 2, 1)
+        row = one(c, "SELECT status, error FROM parecer.analyses WHERE session_id = %s", (sid,))
+        assert row == {
+            "status": "pending",
+            "error": "transcript changed while the batch ran; sent again later",
+        }
