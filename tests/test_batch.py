@@ -163,7 +163,7 @@ def test_line_errors_fail_the_item_and_ungrounded_lines_get_the_repair_call(db_u
             "SELECT error, retry_count, status FROM parecer.analyses WHERE status <> 'done'"
         ).fetchall()
         assert {(r["error"], r["retry_count"], r["status"]) for r in failed} == {
-            ("batch request failed: HTTP 500 server_error", 1, "pending")
+            ("batch line: provider error 500", 1, "pending")
         }
         # A repaired item's usage: the batch line at the batch price, the repair call at the standard price.
         mixed = one(
@@ -445,4 +445,28 @@ def test_a_session_that_changed_while_the_batch_ran_is_sent_again(db_url: str) -
         assert row == {
             "status": "pending",
             "error": "transcript changed while the batch ran; sent again later",
+        }
+
+
+def test_error_lines_are_judged_as_the_runner_judges_the_same_answer(db_url: str) -> None:
+    config = StandinConfig(
+        seed=2, batch_line_fault_rate=1.0, batch_line_faults=("context_length", "rate_limit")
+    )
+    with Standin(config) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 12)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        [b], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        faults = s.stats()["faults"]
+        assert faults["context_length"] > 0 and faults["rate_limit"] > 0
+        # context length: the item's terminal failure; a 429: not its fault, released.
+        assert (b.failed, b.released, b.done) == (faults["context_length"], faults["rate_limit"], 0)
+        rows = c.execute(
+            "SELECT status, retry_count, releases, error, next_retry_at IS NOT NULL AS later"
+            " FROM parecer.analyses"
+        ).fetchall()
+        assert {
+            (r["status"], r["retry_count"], r["releases"], r["error"], r["later"]) for r in rows
+        } == {
+            ("failed", 1, 0, "batch line: context length exceeded", False),
+            ("pending", 0, 1, None, True),
         }

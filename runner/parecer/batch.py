@@ -40,6 +40,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import httpx2
 import openai
 import psycopg
 from openai._models import construct_type
@@ -54,10 +55,12 @@ from .runner import (
     ClaimedItem,
     ItemFailure,
     Prompt,
+    ProviderPause,
     Runner,
     RunnerStats,
     Usage,
     _usage,
+    classify,
     request_body,
 )
 
@@ -470,8 +473,19 @@ class BatchDriver:
         )
         return row
 
-    @staticmethod
-    def _answer(it: BatchItem, line: dict[str, Any]) -> Any:
+    def _line_error(self, status: int, body: dict[str, Any]) -> ProviderPause | ItemFailure:
+        """An error line, judged as the runner judges the same answer to a synchronous call:
+        the SDK's exception for that status and body, through runner.classify (a 429 or a
+        refused key releases the item; context length is terminal; a 5xx is a retry)."""
+        response = httpx2.Response(
+            status, json=body, request=httpx2.Request("POST", f"{self.client.base_url}responses")
+        )
+        verdict = classify(self.client._make_status_error_from_response(response))
+        if isinstance(verdict, ItemFailure):
+            verdict.reason = f"batch line: {verdict.reason}"
+        return verdict
+
+    def _answer(self, it: BatchItem, line: dict[str, Any]) -> Any:
         """The Runner.settle answer for one output line: its response (usage at the batch
         price), or the item's failure."""
 
@@ -481,11 +495,11 @@ class BatchDriver:
             response = line.get("response") or {}
             status = response.get("status_code")
             body = response.get("body")
+            if isinstance(status, int) and status != 200 and isinstance(body, dict):
+                raise self._line_error(status, body)
             if status != 200 or not isinstance(body, dict):
-                err = (body or {}).get("error") if isinstance(body, dict) else None
-                err = err or line.get("error") or {}
-                code = err.get("code") or err.get("type") or "error"
-                raise ItemFailure(f"batch request failed: HTTP {status or '-'} {code}")
+                err = line.get("error") or {}
+                raise ItemFailure(f"batch line: {err.get('code') or 'no response'}")
             # Parsed as the SDK parses a synchronous answer (construct_type: lenient about
             # fields a newer API adds or an older one lacks), so both paths read the same.
             resp = construct_type(type_=Response, value=body)

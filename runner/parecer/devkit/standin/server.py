@@ -92,8 +92,9 @@ class StandinConfig:
     # Batch API (Files + Batches endpoints): a batch answers in_progress until it has been
     # retrieved batch_polls times, then ends as batch_outcome (completed, failed: the whole
     # batch refused, expired: no line run); batch_line_fault_rate of its lines draw a fault
-    # from batch_line_faults (server_error: an error line; ungrounded_once, malformed, ...:
-    # a 200 line whose answer has that fault).
+    # from batch_line_faults (server_error, timeout, rate_limit, quota, auth, context_length:
+    # an error line with the status and body the endpoint would answer; ungrounded_once,
+    # malformed, ...: a 200 line whose answer has that fault).
     batch_polls: int = 1
     batch_outcome: str = "completed"
     batch_line_fault_rate: float = 0.0
@@ -415,14 +416,8 @@ class _State:
             if item.get("url") != "/v1/responses" or item.get("method") != "POST":
                 raise _invalid("Each line must POST to /v1/responses.", "url", "invalid_value")
             body, transcript, full_input, repair, max_out = _validate(body)
-            if fault in (
-                "server_error",
-                "rate_limit",
-                "quota",
-                "timeout",
-                "auth",
-                "context_length",
-            ):
+            _raise_early_fault(fault, {"x-ratelimit-limit-requests": "-"})  # as the endpoint would
+            if fault in ("server_error", "timeout"):
                 raise _ApiError(
                     500,
                     "The server had an error while processing your request. Sorry about that!",
