@@ -470,3 +470,26 @@ def test_error_lines_are_judged_as_the_runner_judges_the_same_answer(db_url: str
             ("failed", 1, 0, "batch line: context length exceeded", False),
             ("pending", 0, 1, None, True),
         }
+
+
+def test_batch_cancel_at_the_provider_or_before_it_was_sent(db_url: str) -> None:
+    with Standin(StandinConfig(batch_polls=5)) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 6)
+        [sent] = asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        assert sent.items == 6
+        p = cli(db_url, s, "cancel", str(sent.batch_id), "--json")
+        assert p.returncode == 0, p.stderr
+        assert '"provider_status": "cancelled"' in p.stdout or "cancell" in p.stdout
+        [done], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        assert (done.status, done.released) == ("cancelled", 6)
+        # A batch never sent: finished here, its items back at once.
+        fresh = one(c, "SELECT * FROM parecer.open_batch(%s, 'w')", (run_id,))
+        assert fresh["items"] == 6
+        row = asyncio.run(batch.cancel(cfg(db_url, s), fresh["batch_id"]))
+        assert (row.status, row.released) == ("cancelled", 6)
+        assert statuses(c, run_id) == {"pending": 6}
+        assert s.stats()["batches_created"] == 1
+        p = cli(db_url, s, "cancel", str(fresh["batch_id"]))
+        assert p.returncode == 1 and "has ended (cancelled)" in p.stderr
+        p = cli(db_url, s, "cancel", "999")
+        assert p.returncode == 1 and "[PR019]" in p.stderr

@@ -51,6 +51,7 @@ ARGS: dict[str, list[str]] = {
     "runner": ["--once", "--base-url", "http://127.0.0.1:9/v1"],
     "batch submit": ["1", "--base-url", "http://127.0.0.1:9/v1"],
     "batch poll": ["--base-url", "http://127.0.0.1:9/v1"],
+    "batch cancel": ["1", "--base-url", "http://127.0.0.1:9/v1"],
     "doctor": [],
     "metrics": [],
     "purge": ["--older-than", "180d"],

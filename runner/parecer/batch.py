@@ -80,6 +80,14 @@ CRASH_ENV = "PARECER_BATCH_CRASH_AT"
 LOCK_CLASS = 7_040_118
 
 
+class BatchBusy(Exception):
+    """Another process holds the batch (its advisory lock)."""
+
+
+class BatchDone(Exception):
+    """The batch has ended (or its results wait for a poll): nothing to cancel."""
+
+
 def _crash_point(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -264,6 +272,47 @@ class BatchDriver:
                 await self._lock(b.batch_id, lock=False)
         return out
 
+    async def cancel(self, batch_id: int) -> BatchRow:
+        """Cancel a batch: one the provider has is cancelled there (the next poll stores what
+        it finished and releases the rest); one never sent is finished here, its items
+        released. BatchBusy when another process holds it, BatchDone when it has ended."""
+        rows = await self._rows(
+            BatchRow,
+            "SELECT * FROM parecer.list_batches(NULL, false) WHERE batch_id = %s",
+            (batch_id,),
+        )
+        if not rows:
+            # The function's own error (PR019) for an unknown batch or another client's.
+            await self._rows(dict, "SELECT count(*) AS n FROM parecer.batch_items(%s)", (batch_id,))
+            raise BatchDone(f"batch {batch_id} not found")  # pragma: no cover
+        b = rows[0]
+        if b.status not in OPEN:
+            raise BatchDone(f"batch {batch_id} has ended ({b.status})")
+        if b.status == "ingesting":
+            raise BatchDone(
+                f"batch {batch_id} has ended at the provider: `parecer batch poll` stores it"
+            )
+        if not await self._lock(batch_id):
+            raise BatchBusy(f"batch {batch_id} is being worked on by another process; try again")
+        try:
+            if b.status == "uploaded":  # the provider may have it (a crash before it was recorded)
+                pb = await self._find(b)
+                if pb is not None:
+                    b = await self._record(b, pb)
+            if b.status == "submitted":
+                assert b.provider_batch_id is not None
+                pb = await self.client.batches.cancel(b.provider_batch_id)
+                event(log, "batch cancelling", batch=batch_id, provider_status=pb.status)
+                return await self._check(b)
+            done = await self._batch(
+                "SELECT * FROM parecer.finish_batch(%s, %s)",
+                (batch_id, "cancelled before it was sent"),
+            )
+            assert done is not None
+            return done
+        finally:
+            await self._lock(batch_id, lock=False)
+
     # ---- one batch ---------------------------------------------------------
     async def advance(self, b: BatchRow, stop_at: str | None = None) -> BatchRow:
         """Take a batch as far as it can go now (a batch the provider is still running
@@ -381,6 +430,9 @@ class BatchDriver:
             )
             event(log, "batch created", batch=b.batch_id, provider_batch=pb.id)
         _crash_point("after_create")
+        return await self._record(b, pb)
+
+    async def _record(self, b: BatchRow, pb: Any) -> BatchRow:
         sub = await self._batch(
             "SELECT * FROM parecer.batch_submitted(%s, %s, %s)", (b.batch_id, pb.id, pb.status)
         )
@@ -519,6 +571,16 @@ async def submit(
     driver = BatchDriver(config, client)
     try:
         return await driver.submit(run_id, max_items)
+    finally:
+        await driver.close()
+
+
+async def cancel(
+    config: RunnerConfig, batch_id: int, client: openai.AsyncOpenAI | None = None
+) -> BatchRow:
+    driver = BatchDriver(config, client)
+    try:
+        return await driver.cancel(batch_id)
     finally:
         await driver.close()
 

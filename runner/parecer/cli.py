@@ -2262,6 +2262,34 @@ def batch_poll(
         emit_table(data, BATCH_COLUMNS)
 
 
+@batch_group.command("cancel")
+@click.argument("batch_id", type=int_range(1, 2**63 - 1))
+@model_options
+@json_option
+@click.pass_context
+def batch_cancel(ctx: click.Context, batch_id: int, endpoint: ModelEndpoint, as_json: bool) -> None:
+    """Cancel a batch: at the provider if it was sent (the next poll stores what it finished
+    and gives the rest back), else here, its items given back at once."""
+    import asyncio
+
+    from . import batch
+
+    cfg = runner_config(ctx, endpoint)
+    if not (cfg.api_key or cfg.base_url):
+        raise click.ClickException(
+            "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
+        )
+    preflight(ctx)
+    try:
+        row = asyncio.run(batch.cancel(cfg, batch_id))
+    except (batch.BatchBusy, batch.BatchDone) as exc:
+        raise click.ClickException(str(exc)) from None
+    except openai.OpenAIError as exc:
+        raise click.ClickException(f"the provider refused the cancel: {_first_line(exc)}") from None
+    data = _batch_rows([row])
+    emit_json(data[0]) if as_json else emit_table(data, BATCH_COLUMNS)
+
+
 @main.command("standin")
 @click.option(
     "--port",
