@@ -276,25 +276,22 @@ class BatchDriver:
         """Cancel a batch: one the provider has is cancelled there (the next poll stores what
         it finished and releases the rest); one never sent is finished here, its items
         released. BatchBusy when another process holds it, BatchDone when it has ended."""
-        rows = await self._rows(
-            BatchRow,
-            "SELECT * FROM parecer.list_batches(NULL, false) WHERE batch_id = %s",
-            (batch_id,),
-        )
-        if not rows:
-            # The function's own error (PR019) for an unknown batch or another client's.
-            await self._rows(dict, "SELECT count(*) AS n FROM parecer.batch_items(%s)", (batch_id,))
-            raise BatchDone(f"batch {batch_id} not found")  # pragma: no cover
-        b = rows[0]
-        if b.status not in OPEN:
-            raise BatchDone(f"batch {batch_id} has ended ({b.status})")
-        if b.status == "ingesting":
-            raise BatchDone(
-                f"batch {batch_id} has ended at the provider: `parecer batch poll` stores it"
-            )
+        # The function's own error (PR019) for an unknown batch or another client's.
+        await self._rows(dict, "SELECT count(*) AS n FROM parecer.batch_items(%s)", (batch_id,))
         if not await self._lock(batch_id):
             raise BatchBusy(f"batch {batch_id} is being worked on by another process; try again")
         try:
+            [b] = await self._rows(  # read under the hold
+                BatchRow,
+                "SELECT * FROM parecer.list_batches(NULL, false) WHERE batch_id = %s",
+                (batch_id,),
+            )
+            if b.status not in OPEN:
+                raise BatchDone(f"batch {batch_id} has ended ({b.status})")
+            if b.status == "ingesting":
+                raise BatchDone(
+                    f"batch {batch_id} has ended at the provider: `parecer batch poll` stores it"
+                )
             if b.status == "uploaded":  # the provider may have it (a crash before it was recorded)
                 pb = await self._find(b)
                 if pb is not None:
