@@ -295,8 +295,11 @@ $$;
 -- planner could turn into a hash join over the whole table.
 CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name)
 RETURNS SETOF parecer.claimed_item
-LANGUAGE sql
+LANGUAGE plpgsql   -- not sql: PL/pgSQL keeps the statement's plan across calls
+SET plan_cache_mode = force_generic_plan
 AS $$
+BEGIN
+    RETURN QUERY
     WITH u AS (
         UPDATE parecer.analyses a
            SET status = 'processing',
@@ -316,6 +319,7 @@ AS $$
            s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count
     FROM u JOIN parecer.scripts s ON s.script_id = u.script_id
     ORDER BY array_position(p_ids, u.analysis_id);
+END
 $$;
 
 -- Claim up to max_items claimable items: each gets a lease (token + expiry) and

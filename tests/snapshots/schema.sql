@@ -1172,8 +1172,9 @@ body md5 200e36021dfda95a1918a351392ace5f
 -- function: parecer._lease_items(uuid[],text,integer,name)
 ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
 RETURNS SETOF parecer.claimed_item
-LANGUAGE sql VOLATILE
-body md5 26d3d2d7490e433c70b53a3b0f055da2
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
+body md5 f90e34501862b80a22a9772f1ebe35d3
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
