@@ -901,6 +901,25 @@ def _collect(
     return f
 
 
+# Figures that must be 0 after a run, and what a count above 0 means.
+MUST_BE_ZERO: tuple[tuple[str, str], ...] = (
+    ("completed_more_than_once", "item(s) completed more than once"),
+    ("done_without_done_attempt", "done item(s) without a done attempt"),
+    (
+        "retry_count_mismatches",
+        "item(s) whose retry_count differs from their failed+expired attempts",
+    ),
+    ("failed_attempts_blaming_429", "attempt(s) spent on a 429"),
+    ("open_attempts", "attempt(s) still open after the run"),
+    ("terminal_without_reason", "terminal failure(s) without a reason"),
+    (
+        "stopped_runner_late_results_accepted",
+        "result(s) of a runner frozen past its lease were accepted",
+    ),
+    ("done_not_last_claim", "item(s) whose accepted result is not from their last claim"),
+)
+
+
 def _check(f: dict[str, Any], cfg: ChaosConfig) -> list[str]:
     v: list[str] = []
     it = f["items"]
@@ -913,41 +932,14 @@ def _check(f: dict[str, Any], cfg: ChaosConfig) -> list[str]:
         it["stuck"] == 0,
         f"{it['stuck']} item(s) stuck (neither done nor terminally failed): {it['stuck_detail']}",
     )
-    need(
-        f["completed_more_than_once"] == 0,
-        f"{f['completed_more_than_once']} item(s) completed more than once",
-    )
     need(f["reports"] == it["done"], f"{f['reports']} reports for {it['done']} done items")
-    need(
-        f["done_without_done_attempt"] == 0,
-        f"{f['done_without_done_attempt']} done item(s) without a done attempt",
-    )
-    need(
-        f["retry_count_mismatches"] == 0,
-        f"{f['retry_count_mismatches']} item(s) whose retry_count differs from their failed+expired attempts",
-    )
-    need(
-        f["failed_attempts_blaming_429"] == 0,
-        f"{f['failed_attempts_blaming_429']} attempt(s) spent on a 429",
-    )
     need(
         f["releases_429"]
         <= f["faults_injected"].get("rate_limit", 0) + f["standin"]["rate_limited"],
         f"{f['releases_429']} releases for 429 but only {f['faults_injected'].get('rate_limit', 0)} injected",
     )
-    need(f["open_attempts"] == 0, f"{f['open_attempts']} attempt(s) still open after the run")
-    need(
-        f["terminal_without_reason"] == 0,
-        f"{f['terminal_without_reason']} terminal failure(s) without a reason",
-    )
-    need(
-        f["stopped_runner_late_results_accepted"] == 0,
-        f"{f['stopped_runner_late_results_accepted']} result(s) of a runner frozen past its lease were accepted",
-    )
-    need(
-        f["done_not_last_claim"] == 0,
-        f"{f['done_not_last_claim']} item(s) whose accepted result is not from their last claim",
-    )
+    for figure, what in MUST_BE_ZERO:
+        need(f[figure] == 0, f"{f[figure]} {what}")
     for kind, n in f["log_scan"]["hits"].items():
         need(n == 0, f"runner logs contain {kind} ({n} hit(s))")
     bad = {w: rc for w, rc in f["sigterm_exit_codes"].items() if rc != 0}
