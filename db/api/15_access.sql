@@ -52,9 +52,7 @@ DECLARE
 BEGIN
     SELECT c.client_id, c.client_slug INTO client_id, client_slug FROM parecer._client(p_slug) c;
     IF v_ids IS NOT NULL AND NOT (client_id = ANY (v_ids)) THEN
-        RAISE EXCEPTION 'unknown client "%"', COALESCE(left(p_slug, 100), '<null>')
-            USING ERRCODE = 'PR001',
-                  HINT = 'SELECT slug, name FROM parecer.source_clients lists the clients your adapter exposes.';
+        PERFORM parecer._raise_unknown_client(p_slug);
     END IF;
 END
 $$;

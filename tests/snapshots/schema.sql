@@ -895,7 +895,7 @@ body md5 470537dde76d4ae164a438697bcf864b
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
 LANGUAGE plpgsql STABLE
-body md5 886586ceb90037de239f0e71bf626631
+body md5 5eba161d065427a5dfe7e6e86c0a39b0
 
 -- function: parecer._cost(text,jsonb)
 ARGUMENTS p_model text, p_usage jsonb
@@ -1105,6 +1105,12 @@ RETURNS TABLE(analysis_id uuid)
 LANGUAGE sql STABLE
 body md5 6051b7958ed7c4e73def095c814034bd
 
+-- function: parecer._raise_unknown_client(text)
+ARGUMENTS p_slug text
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+body md5 d8aa7fca601c4ae86679e839b54a4022
+
 -- function: parecer._rate_day_take(parecer._rate_limits,timestamp with time zone,boolean)
 ARGUMENTS p_row parecer._rate_limits, p_now timestamp with time zone, p_grant boolean
 RETURNS double precision
@@ -1205,7 +1211,7 @@ body md5 35e7744091515979a3df12b1ab3d1b0f
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
 LANGUAGE plpgsql STABLE
-body md5 7505d7afe5c11f6aedf225a85c9e6a4f
+body md5 1a2c5c100361210896701298f826a92b
 
 -- function: parecer._with_extra(json,json)
 ARGUMENTS p_schema json, p_extra json
@@ -1683,6 +1689,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
+postgres=X/postgres
+
+-- acl: parecer._raise_unknown_client(text)
 postgres=X/postgres
 
 -- acl: parecer._rate_day_take(parecer._rate_limits,timestamp with time
