@@ -1135,6 +1135,12 @@ RETURNS json
 LANGUAGE sql IMMUTABLE
 body md5 74b7b8cebdb879a788d0070cd055cfdb
 
+-- function: parecer._require_run(bigint)
+ARGUMENTS p_run_id bigint
+RETURNS void
+LANGUAGE plpgsql STABLE
+body md5 82870b18a867303225760abf8bb15e09
+
 -- function: parecer._resolve_script(text,text,integer)
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer
 RETURNS parecer.scripts
@@ -1401,7 +1407,7 @@ ARGUMENTS run_id bigint DEFAULT NULL::bigint, client_slug text DEFAULT NULL::tex
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 541373409bb46954bff959e4cf9758d2
+body md5 ab873d5647ea35f9b76060e5326435e8
 
 -- function: parecer.revoke_client(name,text)
 ARGUMENTS role name, client_slug text DEFAULT NULL::text
@@ -1464,7 +1470,7 @@ ARGUMENTS run_id bigint, backlog boolean DEFAULT true
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 7c264ef4cc966bb3dce76cebf0d5a80a
+body md5 50b5aa8002fcfb0370bc185d23fb9bbd
 
 -- function: parecer.set_setting(text,text)
 ARGUMENTS name text, value text
@@ -1704,6 +1710,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._report_schema(text[])
+postgres=X/postgres
+
+-- acl: parecer._require_run(bigint)
 postgres=X/postgres
 
 -- acl: parecer._resolve_script(text,text,integer)
