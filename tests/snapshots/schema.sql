@@ -858,7 +858,7 @@ body md5 8fcf33c62bf6be96cb6cd1d4c8b08b42
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_daily numeric, p_monthly numeric
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 dacff213f4432802d45a757c786a57ab
+body md5 971af0aab89bbeb05c61439da0a515a1
 
 -- function: parecer._budget_day(timestamp with time zone)
 ARGUMENTS p_ts timestamp with time zone DEFAULT now()
@@ -961,7 +961,7 @@ body md5 00e9984b6aea5450f24f51c495500a90
 ARGUMENTS p_day date
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 7a41b872ffea262bd9fe3428b6a52ac2
+body md5 01cde9e62565112a36dbd299a369fbe5
 
 -- function: parecer._grounding(jsonb,text)
 ARGUMENTS p_report jsonb, p_session_id text
