@@ -981,7 +981,7 @@ RETURNS jsonb
 LANGUAGE sql STABLE
 SET jit=off
 SET search_path=pg_catalog, pg_temp
-body md5 05c4a14d28dce6893ee6cdf6e8302a46
+body md5 b814c0201df0969593caed8aec354880
 
 -- function: parecer._insights_check(text,text,text,integer,timestamp with time zone,timestamp with time zone)
 ARGUMENTS p_client_id text, p_client_slug text, p_script_key text, p_version integer, p_since timestamp with time zone, p_until timestamp with time zone
@@ -995,7 +995,7 @@ ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone,
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path=pg_catalog, pg_temp
-body md5 e1609d15209d2ce810797f896c3ab068
+body md5 1644bd896a7a21c2ff84d33bd4a3b9eb
 
 -- function: parecer._instructions(text,text,integer,text,text[],text)
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer, p_script_text text, p_topics text[], p_language text
@@ -1219,6 +1219,12 @@ RETURNS record
 LANGUAGE plpgsql STABLE
 body md5 1a2c5c100361210896701298f826a92b
 
+-- function: parecer._window_reports(text,text,timestamp with time zone,timestamp with time zone,integer,text)
+ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone, p_until timestamp with time zone, p_version integer, p_tag text
+RETURNS TABLE(analysis_id uuid, session_id text, script_id bigint, processed_at timestamp with time zone, cost_usd numeric, report jsonb, script_key text, version integer, language text, extra_fields jsonb)
+LANGUAGE sql STABLE
+body md5 c4ed87b80e874a124d883a1d9dd4ffaf
+
 -- function: parecer._with_extra(json,json)
 ARGUMENTS p_schema json, p_extra json
 RETURNS json
@@ -1316,7 +1322,7 @@ RETURNS SETOF parecer.insight_session
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET jit=off
 SET search_path=pg_catalog, pg_temp
-body md5 48577fc8785cf7f27319d3e2e81025b0
+body md5 71297d96ef4dc614da817fd09763c4f3
 
 -- function: parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, script_version integer DEFAULT NULL::integer, analysis_version_tag text DEFAULT NULL::text
@@ -1752,6 +1758,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._visible_client(text)
+postgres=X/postgres
+
+-- acl: parecer._window_reports(text,text,timestamp with time zone,time
 postgres=X/postgres
 
 -- acl: parecer._with_extra(json,json)
