@@ -1105,6 +1105,12 @@ RETURNS TABLE(analysis_id uuid)
 LANGUAGE sql STABLE
 body md5 6051b7958ed7c4e73def095c814034bd
 
+-- function: parecer._raise_invalid_setting(text,text,text)
+ARGUMENTS p_name text, p_value text, p_hint text
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+body md5 1c4f996b4de47f1c88bc4be981abad41
+
 -- function: parecer._raise_unknown_client(text)
 ARGUMENTS p_slug text
 RETURNS void
@@ -1483,7 +1489,7 @@ ARGUMENTS name text, value text
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 2a8d92365f4829108bc33e0cc26fa062
+body md5 ca32dbd077c8f52919eec902967d479f
 
 -- function: parecer.spend_projection(text)
 ARGUMENTS currency text DEFAULT NULL::text
@@ -1701,6 +1707,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
+postgres=X/postgres
+
+-- acl: parecer._raise_invalid_setting(text,text,text)
 postgres=X/postgres
 
 -- acl: parecer._raise_unknown_client(text)
