@@ -265,6 +265,11 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
+def usd_option(name: str, help: str) -> Callable[[F], F]:
+    """An optional amount in USD (a budget): omitted, it is None."""
+    return click.option(name, type=click.FloatRange(0, 1e12), default=None, help=help)
+
+
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--model, --base-url, --api-key, --key-label (each also read from its environment
     variable), handed to the command as one ``endpoint: ModelEndpoint`` argument."""
@@ -1482,18 +1487,8 @@ def budgets_show(ctx: click.Context, as_json: bool) -> None:
 
 @budgets_group.command("set")
 @click.argument("client")
-@click.option(
-    "--daily",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="Daily budget in USD (omit: none).",
-)
-@click.option(
-    "--monthly",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="Monthly budget in USD (omit: none).",
-)
+@usd_option("--daily", help="Daily budget in USD (omit: none).")
+@usd_option("--monthly", help="Monthly budget in USD (omit: none).")
 @json_option
 @click.pass_context
 def budgets_set(
@@ -1509,18 +1504,10 @@ def budgets_set(
 
 
 @budgets_group.command("global")
-@click.option(
-    "--daily",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="The installation's daily budget in USD, all clients together (omit: none).",
+@usd_option(
+    "--daily", help="The installation's daily budget in USD, all clients together (omit: none)."
 )
-@click.option(
-    "--monthly",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="The installation's monthly budget in USD (omit: none).",
-)
+@usd_option("--monthly", help="The installation's monthly budget in USD (omit: none).")
 @click.option("--show", is_flag=True, help="Only show the installation's budget and spend.")
 @json_option
 @click.pass_context
