@@ -63,8 +63,8 @@ BEGIN
         GROUP BY md.session_id
         HAVING count(*) > 1 OR bool_or(jsonb_typeof(md.metadata) IS DISTINCT FROM 'object')
     )
-    SELECT c.name, CASE WHEN count(f.id) > 0 THEN c.level ELSE 'ok' END, count(f.id),
-           CASE WHEN count(f.id) > 0 THEN c.problem || string_agg(f.id, ', ' ORDER BY f.rn) FILTER (WHERE f.rn <= 5)
+    SELECT c.name, CASE WHEN count(f.pos) > 0 THEN c.level ELSE 'ok' END, count(f.pos),
+           CASE WHEN count(f.pos) > 0 THEN c.problem || string_agg(f.id, ', ' ORDER BY f.rn) FILTER (WHERE f.rn <= 5)
                 ELSE c.fine END
     FROM checks c LEFT JOIN found f ON f.pos = c.pos
     GROUP BY c.pos, c.name, c.level, c.problem, c.fine

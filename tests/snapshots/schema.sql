@@ -1256,7 +1256,7 @@ ARGUMENTS
 RETURNS TABLE(check_name text, status text, count bigint, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 c0aac755e8a952bd79dcfb8f14e0c819
+body md5 b10cedd97e1a8dff35e1953b7cb55fff
 
 -- function: parecer.claim(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
