@@ -291,16 +291,25 @@ def test_runner_of_alpha_cannot_touch_beta(world: World) -> None:
                 "PR006",
             ),
             ("SELECT * FROM parecer.leased_transcript(%s, %s)", (fake, fake), "PR006"),
-            ("SELECT * FROM parecer.extend_lease(%s, %s)", (beta["analysis_id"], fake), "PR006"),
+            # beta's item, with a wrong token, with its own token (leaked), and an id that
+            # does not exist: one error, PR011, before anything about the lease is told
+            *[
+                (sql, (aid, tok, *extra), "PR011")
+                for aid, tok in [
+                    (beta["analysis_id"], fake),
+                    (beta["analysis_id"], beta["lease_token"]),
+                    (fake, fake),
+                ]
+                for sql, extra in [
+                    ("SELECT * FROM parecer.extend_lease(%s, %s)", ()),
+                    ("SELECT * FROM parecer.mark_failed(%s, %s, 'x')", ()),
+                    ("SELECT * FROM parecer.release(%s, %s)", ()),
+                    ("SELECT * FROM parecer.mark_done(%s, %s, '{}', 'm', %s)", ("0" * 64,)),
+                ]
+            ],
             (
-                "SELECT * FROM parecer.mark_failed(%s, %s, 'x')",
-                (beta["analysis_id"], fake),
-                "PR006",
-            ),
-            ("SELECT * FROM parecer.release(%s, %s)", (beta["analysis_id"], fake), "PR006"),
-            (
-                "SELECT * FROM parecer.mark_done(%s, %s, '{}', 'm', %s)",
-                (beta["analysis_id"], fake, "0" * 64),
+                "SELECT * FROM parecer.leased_transcript(%s, %s)",
+                (beta["analysis_id"], beta["lease_token"]),
                 "PR006",
             ),
             ("SELECT * FROM parecer.session_transcript(%s)", (beta["session_id"],), "42501"),
@@ -563,18 +572,28 @@ def test_runner_bound_to_alpha_drains_alpha_only(world: World) -> None:
     from parecer.runner import RunnerConfig, run
 
     url = make_conninfo(world.url, user=world.roles["runner_a"])
-    with Standin(StandinConfig(latency_ms=(1, 5), seed=5)) as s:
-        stats = run(
-            RunnerConfig(
-                database_url=url,
-                api_key="test",
-                base_url=s.url,
-                concurrency=2,
-                once=True,
-                request_timeout=5.0,
-                poll_seconds=30.0,
+
+    def drain() -> Any:
+        with Standin(StandinConfig(latency_ms=(1, 5), seed=5)) as s:
+            return run(
+                RunnerConfig(
+                    database_url=url,
+                    api_key="test",
+                    base_url=s.url,
+                    concurrency=2,
+                    once=True,
+                    request_timeout=5.0,
+                    poll_seconds=30.0,
+                )
             )
-        )
+
+    # its limit key is bound to no client yet: PR025, a fatal pause (the item goes back, no attempt spent)
+    stats = drain()
+    assert stats.outcomes == {"released": 1} and stats.fatal is not None
+    assert "limit key key-9f86d081:gpt-5-mini" in stats.fatal
+    with db.connect(world.url) as su:
+        su.execute("SELECT * FROM parecer.bind_rate_limit('key-9f86d081:gpt-5-mini', '{alpha}')")
+    stats = drain()
     assert stats.outcomes.get("done") == 1
     with db.connect(world.url) as su:
         rows = su.execute(
