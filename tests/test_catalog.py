@@ -199,6 +199,13 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
         errors.PROMPT_HASH_MISMATCH,
     ),
     ("SELECT * FROM parecer.grant_client('t17_no_such_role', 'acme')", (), errors.UNKNOWN_ROLE),
+    (  # isolation on, then as a runner granted no client (both undone with the statement)
+        "SELECT parecer.set_setting('isolation', 'on') IS NOT NULL,"
+        " set_config('role', 'parecer_runner', true) IS NOT NULL,"
+        " (parecer.acquire_rate('small:m')).granted",
+        (),
+        errors.RATE_KEY_NOT_BOUND,
+    ),
 ]
 
 

@@ -1471,7 +1471,9 @@ def limits_set(
 @click.argument("clients", nargs=-1)
 @json_option
 @click.pass_context
-def limits_bind(ctx: click.Context, limit_key: str, clients: tuple[str, ...], as_json: bool) -> None:
+def limits_bind(
+    ctx: click.Context, limit_key: str, clients: tuple[str, ...], as_json: bool
+) -> None:
     """Bind LIMIT_KEY to the CLIENTS whose runners use it (none given: unbind). With the
     isolation setting on, a runner may use only keys bound to one of its clients."""
     with connection(ctx) as conn:

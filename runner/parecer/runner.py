@@ -1181,7 +1181,9 @@ class Runner:
                         " or the max_request_tokens setting",
                         retryable=False,
                     ) from None
-                if errors.sqlstate(exc) == errors.RATE_KEY_NOT_BOUND:  # isolation on: not the item's fault
+                if (
+                    errors.sqlstate(exc) == errors.RATE_KEY_NOT_BOUND
+                ):  # isolation on: not the item's fault
                     raise ProviderPause(
                         f"limit key {limit_key} is not bound to a client this role serves",
                         60.0,
