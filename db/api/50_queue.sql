@@ -39,15 +39,19 @@
 
 -- Check a lease and lock the item; PR011 unknown item, or (isolation on) an item
 -- of a client the caller does not serve (now: a role revoked mid-lease too), before
--- anything about its lease is told; PR006 wrong/expired lease.
+-- anything about its lease is told; PR006 wrong/expired lease. The client is
+-- checked in the WHERE: another client's item is not even locked (FOR UPDATE
+-- locks only the rows that pass it).
 CREATE OR REPLACE FUNCTION parecer._lease(p_analysis_id uuid, p_token uuid) RETURNS parecer.analyses
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_row parecer.analyses;
 BEGIN
-    SELECT * INTO v_row FROM parecer.analyses a WHERE a.analysis_id = p_analysis_id FOR UPDATE;
-    IF NOT FOUND OR NOT parecer._serves(v_row.client_id) THEN
+    SELECT * INTO v_row FROM parecer.analyses a
+    WHERE a.analysis_id = p_analysis_id AND parecer._serves(a.client_id)
+    FOR UPDATE;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown analysis %', COALESCE(p_analysis_id::text, 'NULL')
             USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim.';
     END IF;

@@ -1043,7 +1043,7 @@ body md5 b181474ea2bbf46b488cc610bad71cce
 ARGUMENTS p_analysis_id uuid, p_token uuid
 RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
-body md5 5ea081fdde0b09692acd197c4e2fcfa6
+body md5 4b6a2270863d92b171fed17160653d75
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
