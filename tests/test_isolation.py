@@ -656,6 +656,11 @@ def test_isolation_cannot_be_hijacked_through_search_path(world: World) -> None:
         with pytest.raises(psycopg.Error) as exc:
             su.execute("SELECT parecer.report_rate(%s, retry_after_seconds => 60)", (KEY["beta"],))
         assert exc.value.sqlstate == "PR025"
+        # an admin binds keys with the same path: the binding is what it says
+        su.execute(f"SET ROLE {world.roles['admin']}")
+        row = one(su, "SELECT * FROM parecer.bind_rate_limit(%s, '{alpha}')", (KEY["alpha"],))
+        assert row["client_slugs"] == ["alpha"]
+        su.execute(f"SET ROLE {world.roles['runner_a']}")
         # and a lease of beta's stays unknown to it, its token in hand
         beta = world.leased["beta"]
         with pytest.raises(psycopg.Error) as exc:
@@ -996,3 +1001,56 @@ def test_doctor_warns_about_isolation(world: World) -> None:
         got = check(su)
         assert (got["status"], got["fix"]) == ("ok", None)
         assert got["detail"].startswith("isolation off; ")
+
+
+def test_the_runner_drops_a_result_when_revoked_mid_call(world: World) -> None:
+    """The real runner, revoked while the model answers: its report is refused
+    (PR011, counted stale and dropped), the item is back in the queue, and with
+    nothing left it may claim, the --once runner stops."""
+    import threading
+    import time
+
+    from parecer.devkit.standin import Standin, StandinConfig
+    from parecer.runner import RunnerConfig, run
+
+    with db.connect(world.url) as su:
+        su.execute("SELECT * FROM parecer.bind_rate_limit('key-9f86d081:gpt-5-mini', '{alpha}')")
+        out: dict[str, Any] = {}
+        with Standin(StandinConfig(latency_ms=(3000, 3000), seed=5)) as s:
+            t = threading.Thread(
+                target=lambda: out.update(
+                    stats=run(
+                        RunnerConfig(
+                            database_url=make_conninfo(world.url, user=world.roles["runner_a"]),
+                            api_key="test",
+                            base_url=s.url,
+                            concurrency=1,
+                            once=True,
+                            request_timeout=10.0,
+                            poll_seconds=30.0,
+                        )
+                    )
+                )
+            )
+            t.start()
+            item = None
+            for _ in range(100):  # until the runner holds alpha's item and asked its prompt
+                item = su.execute(
+                    "SELECT analysis_id FROM parecer.analyses WHERE leased_to = %s"
+                    " AND status = 'processing' AND given_prompt_hash IS NOT NULL",
+                    (world.roles["runner_a"],),
+                ).fetchone()
+                if item:
+                    break
+                time.sleep(0.05)
+            assert item is not None
+            su.execute("SELECT parecer.revoke_client(%s, 'alpha')", (world.roles["runner_a"],))
+            t.join(60)
+        assert not t.is_alive()
+        assert out["stats"].outcomes == {"stale": 1}
+        row = one(
+            su,
+            "SELECT status, report IS NULL AS no_report FROM parecer.analyses WHERE analysis_id = %s",
+            (item["analysis_id"],),
+        )
+        assert row == {"status": "pending", "no_report": True}
