@@ -894,7 +894,13 @@ def test_revoked_while_isolation_was_off_is_refused_once_on(world: World) -> Non
 def test_rate_keys_are_bound_to_clients(world: World) -> None:
     """A runner of alpha can neither drain nor pause a key beta's runners use; a key
     bound to both is shared; isolation off: as before, any key."""
+    from .test_cli_errors import cli
+
     shared = "key-shared:m"
+    r = cli(world.url, "limits", "bind", shared, "beta", "alpha")
+    assert (r.exit_code, r.output) == (0, f"{shared}: bound to alpha, beta\n")
+    r = cli(world.url, "limits", "bind", shared, "nope")
+    assert r.exit_code == 1 and "[PR001]" in r.output
     with world.login("admin") as adm:
         row = one(adm, "SELECT * FROM parecer.bind_rate_limit(%s, %s)", (shared, list(CLIENTS)))
         assert row["client_slugs"] == list(CLIENTS)
