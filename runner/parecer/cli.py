@@ -1471,6 +1471,25 @@ def limits_set(
     )
 
 
+@limits_group.command("bind")
+@click.argument("limit_key")
+@click.argument("clients", nargs=-1)
+@json_option
+@click.pass_context
+def limits_bind(
+    ctx: click.Context, limit_key: str, clients: tuple[str, ...], as_json: bool
+) -> None:
+    """Bind LIMIT_KEY to the CLIENTS whose runners use it (none given: unbind). With the
+    isolation setting on, a runner may use only keys bound to one of its clients."""
+    with connection(ctx) as conn:
+        row = conn.execute(
+            "SELECT * FROM parecer.bind_rate_limit(%s, %s)", (limit_key, list(clients))
+        ).fetchone()
+    assert row is not None
+    slugs = ", ".join(row["client_slugs"] or []) or "no client"
+    emit_json(row) if as_json else click.echo(f"{row['limit_key']}: bound to {slugs}")
+
+
 @main.group("budgets", context_settings=CONTEXT)
 def budgets_group() -> None:
     """Spend budgets and claim priority per client."""

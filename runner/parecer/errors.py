@@ -25,6 +25,7 @@ DUPLICATE_SESSION = "PR015"
 PROMPT_TOO_LARGE = "PR016"
 PROMPT_HASH_MISMATCH = "PR017"
 UNKNOWN_ROLE = "PR018"
+RATE_KEY_NOT_BOUND = "PR025"
 NO_EXCHANGE_RATE = "PR030"
 BAD_METADATA_FILTER = "PR031"
 
@@ -48,6 +49,7 @@ CODES: dict[str, str] = {
     PROMPT_TOO_LARGE: "prompt too large: over max_input_tokens even truncated, or over the key's tokens per minute or max_request_tokens",
     PROMPT_HASH_MISMATCH: "prompt_hash is not the hash of the prompt given for this attempt",
     UNKNOWN_ROLE: "unknown role",
+    RATE_KEY_NOT_BOUND: "limit key not bound to a client you serve (isolation on)",
     NO_EXCHANGE_RATE: "no exchange rate for the currency (only USD and display_currency)",
     BAD_METADATA_FILTER: "invalid metadata filter",
 }

@@ -71,7 +71,9 @@
     waited bigint NOT NULL DEFAULT 0,
     rpd integer,
     day date,
-    day_requests integer NOT NULL DEFAULT 0
+    day_requests integer NOT NULL DEFAULT 0,
+    client_ids text[],
+    client_slugs text[]
 
 -- table: _settings
     name text NOT NULL,
@@ -706,8 +708,12 @@ UNION ALL
                FROM parecer._settings st
               WHERE st.name = 'budget_timezone'::text)))::date THEN day_requests
             ELSE 0
-        END AS requests_today
+        END AS requests_today,
+    client_slugs
    FROM parecer._rate_limits r
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR client_ids && (( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))
   ORDER BY limit_key;
 
 -- view: reports
@@ -885,6 +891,12 @@ RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 body md5 1333864aff7bb51fad5c8c2f550dbf4b
 
+-- function: parecer._check_rate_key(text)
+ARGUMENTS p_key text
+RETURNS void
+LANGUAGE plpgsql STABLE
+body md5 e683baa82ca01357b25836b98b986865
+
 -- function: parecer._check_unique_sessions(text[])
 ARGUMENTS p_session_ids text[]
 RETURNS void
@@ -1031,7 +1043,7 @@ body md5 b181474ea2bbf46b488cc610bad71cce
 ARGUMENTS p_analysis_id uuid, p_token uuid
 RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
-body md5 200e36021dfda95a1918a351392ace5f
+body md5 4b6a2270863d92b171fed17160653d75
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1153,6 +1165,12 @@ RETURNS parecer.scripts
 LANGUAGE plpgsql STABLE
 body md5 6783eec674b4b326ec0f591cac781a62
 
+-- function: parecer._role_serves(name,text)
+ARGUMENTS p_role name, p_client_id text
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+body md5 fad4c71ffa681318c3808acd3105f82f
+
 -- function: parecer._run_summary(bigint)
 ARGUMENTS p_run_id bigint
 RETURNS TABLE(run_id bigint, processed integer, failed integer, retrying integer, remaining integer, done_sample text[], failed_sample text[], total integer)
@@ -1176,6 +1194,12 @@ ARGUMENTS
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
 body md5 ae5ca001187142610e14bf76fdda9fba
+
+-- function: parecer._serves(text)
+ARGUMENTS p_client_id text
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+body md5 bdd8831a1eea96d0ea19066ec83565cb
 
 -- function: parecer._setting(text)
 ARGUMENTS p_name text
@@ -1242,7 +1266,7 @@ ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8afa1eb99c05c8b6bee2081a6d6ac07c
+body md5 eb36de3d175f9fd5969df402fb4c558e
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -1250,6 +1274,13 @@ RETURNS parecer.script_info
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 576bc10cfcbec8c2845e524b262907ee
+
+-- function: parecer.bind_rate_limit(text,text[])
+ARGUMENTS limit_key text, client_slugs text[]
+RETURNS SETOF parecer.rate_limits
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 c606bc234162d586ea4d0359e88f49ac
 
 -- function: parecer.check_adapter()
 ARGUMENTS 
@@ -1278,7 +1309,7 @@ ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
 RETURNS TABLE(check_name text, status text, detail text, fix text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 7c37d8c80d0a1b1ece759154a148c066
+body md5 bb2f6e30fb70f561e840167819b8a1b3
 
 -- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
 ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, metadata_filter jsonb DEFAULT NULL::jsonb
@@ -1342,7 +1373,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid
 RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at timestamp with time zone, media_type text, body text, transcription text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 6264ede79f063abc544c5ac5e31e5a21
+body md5 86e8a4e6b93815b066a1b6d1b7c4fa7e
 
 -- function: parecer.list_scripts(text,text,boolean)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, active_only boolean DEFAULT false
@@ -1356,7 +1387,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, report jsonb, model text, prompt_h
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1b05196acbbd2a28c3e4c87a4ffd87fe
+body md5 3e252c3d7454df152e31d9e863f8df8d
 
 -- function: parecer.mark_done_many(jsonb)
 ARGUMENTS items jsonb
@@ -1370,7 +1401,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, error text, retryable boolean DEFA
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 b65165da6e5ec59a2c9116376ccb9fe0
+body md5 31f9f655d200831292bbe11341277a91
 
 -- function: parecer.next_due(text)
 ARGUMENTS client_slug text DEFAULT NULL::text
@@ -1398,14 +1429,14 @@ ARGUMENTS analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, r
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 e35c902c0dab4798371c40bc42afea44
+body md5 78a1e289010ef2f9ea23d3b1b8f7dcd1
 
 -- function: parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
 ARGUMENTS limit_key text, retry_after_seconds double precision DEFAULT NULL::double precision, remaining_requests integer DEFAULT NULL::integer, remaining_tokens integer DEFAULT NULL::integer, reset_seconds double precision DEFAULT NULL::double precision, estimated_tokens integer DEFAULT NULL::integer, actual_tokens integer DEFAULT NULL::integer, reason text DEFAULT NULL::text
 RETURNS timestamp with time zone
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1507f0c120c86ce0fd390858eecb5aa0
+body md5 867f5749dc81909eb98f87bc36540c61
 
 -- function: parecer.resolve_script(text,text,integer)
 ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer
@@ -1426,7 +1457,7 @@ ARGUMENTS role name, client_slug text DEFAULT NULL::text
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 bb3d34a4d7a6e1a5b7f694b4ba277c12
+body md5 1c04e40c6e2bfde70f8f32c14c05223f
 
 -- function: parecer.run_summary(bigint)
 ARGUMENTS run_id bigint
@@ -1601,6 +1632,9 @@ postgres=X/postgres
 -- acl: parecer._check_extra_fields()
 postgres=X/postgres
 
+-- acl: parecer._check_rate_key(text)
+postgres=X/postgres
+
 -- acl: parecer._check_unique_sessions(text[])
 postgres=X/postgres
 
@@ -1733,6 +1767,9 @@ postgres=X/postgres
 -- acl: parecer._resolve_script(text,text,integer)
 postgres=X/postgres
 
+-- acl: parecer._role_serves(name,text)
+postgres=X/postgres
+
 -- acl: parecer._run_summary(bigint)
 postgres=X/postgres
 
@@ -1743,6 +1780,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._sentiments()
+postgres=X/postgres
+
+-- acl: parecer._serves(text)
 postgres=X/postgres
 
 -- acl: parecer._setting(text)
@@ -1779,6 +1819,9 @@ postgres=X/postgres
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.activate_script(text,text,integer,boolean)
+parecer_admin=X/postgres postgres=X/postgres
+
+-- acl: parecer.bind_rate_limit(text,text[])
 parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.check_adapter()
@@ -1931,6 +1974,12 @@ Latest sent_at of the session's messages when the item was marked done (fingerpr
 -- comment: column analysed_message_count of table parecer.analyses
 Messages the session had when the item was marked done (fingerprint; see parecer.stale_reports).
 
+-- comment: column client_ids of table parecer._rate_limits
+The clients whose runners may use the key when isolation is on (parecer.bind_rate_limit); NULL: none.
+
+-- comment: column client_slugs of table parecer._rate_limits
+The slugs of client_ids, as bound (for display).
+
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
@@ -1971,10 +2020,13 @@ Requests per day of the key (NULL: setting default_rpd; 0 there: no daily limit)
 Token usage of the attempt that finished the item (done), as mark_done received it.
 
 -- comment: function parecer.acquire_rate(text,integer)
-Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted).
+Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). With the isolation setting on, a caller that does not serve every client may use only a key bound to one of its clients (parecer.bind_rate_limit). Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted), PR025 key not bound to a client you serve.
 
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
+
+-- comment: function parecer.bind_rate_limit(text,text[])
+Bind a limit key to the clients whose runners use it, replacing its previous clients (NULL or empty: none); its limits and state stay. With the isolation setting on, a runner that does not serve every client may call acquire_rate and report_rate only on a key bound to one of its clients (else PR025); a key bound to several clients is shared by their runners (one provider key, one limit). With isolation off the binding is not checked. Errors: PR001 unknown client, PR010.
 
 -- comment: function parecer.check_adapter()
 Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), contract v2 rows (source_message_senders: a sender outside the six or two rows for a message; source_session_metadata: not an object or two rows for a session: warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
@@ -1986,7 +2038,7 @@ Claim up to max_items claimable items (status pending, next_retry_at NULL or pas
 Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
 -- comment: function parecer.doctor(text,integer)
-The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
+The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
 
 -- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
 Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before), with an agent reply (an agent, bot or supervisor; else from_me) and whose parecer.source_session_metadata contains metadata_filter, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010, PR031 invalid metadata_filter.
@@ -2040,7 +2092,7 @@ Retention: deletes attempts that ended before now() - older_than, done analyses 
 Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Each release is counted (releases); the release beyond the max_releases setting makes the item a terminal failure ("released N times without finishing"), as does a release of an item with no retry left (max_attempts lowered meanwhile). Errors: PR006, PR010, PR011.
 
 -- comment: function parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
-Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. Returns the pause end (NULL: not paused). Errors: PR010.
+Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. With the isolation setting on, a caller that does not serve every client may report only on a key bound to one of its clients (parecer.bind_rate_limit). Returns the pause end (NULL: not paused). Errors: PR010, PR025 key not bound to a client you serve.
 
 -- comment: function parecer.resolve_script(text,text,integer)
 The script version a run would use: script_version if given, else the highest active version. Errors: PR001 unknown client, PR002 unknown script/version, PR003 no active version.
@@ -2049,7 +2101,7 @@ The script version a run would use: script_version if given, else the highest ac
 Re-queue terminal failures (status failed) of a run, a client and/or whose error matches error_like (ILIKE), with a fresh attempt budget; returns how many. Errors: PR001, PR010 nothing chosen, PR012.
 
 -- comment: function parecer.revoke_client(name,text)
-Unbind a role from a client (client_slug NULL: from all its clients; a dropped role is named "#<oid>" as parecer.client_grants shows it); returns how many grants went. Leases the role holds run to their end or expiry; its next claim, prompt and read see the change. Errors: PR010.
+Unbind a role from a client (client_slug NULL: from all its clients; a dropped role is named "#<oid>" as parecer.client_grants shows it); returns how many grants went. With the isolation setting on, it takes effect at once: the role's next call on any item of the client, a lease it holds included, is refused as for an unknown item (PR011), and items of the client leased to a role that no longer serves it go back to the queue (released, no attempt spent; attempts shows why). Errors: PR010.
 
 -- comment: function parecer.run_summary(bigint)
 Progress of a run: processed (done), failed (terminal), retrying (pending again after a failure), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.
@@ -2124,7 +2176,7 @@ Model prices in USD per million tokens (input, cached input, output), with where
 The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.
 
 -- comment: view parecer.rate_limits
-Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day).
+Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day), client_slugs: the clients the key is bound to (parecer.bind_rate_limit). With the isolation setting on, a reader sees only keys bound to its clients.
 
 -- comment: view parecer.reports
 With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).
