@@ -38,6 +38,7 @@ ARGS: dict[str, list[str]] = {
     "insights": ["acme"],
     "limits show": [],
     "limits set": ["k:m", "--rpm", "10"],
+    "limits bind": ["k:m", "acme"],
     "budgets show": [],
     "budgets set": ["acme", "--daily", "1"],
     "budgets priority": ["acme", "2"],

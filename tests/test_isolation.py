@@ -25,6 +25,7 @@ from .helpers import one, table_checksum
 
 Conn = psycopg.Connection[dict[str, Any]]
 CLIENTS = ("alpha", "beta")
+KEY = {c: f"key-{c}:m" for c in CLIENTS}  # the limit key bound to each client
 USAGE = json.dumps({"input_tokens": 1000, "cached_input_tokens": 0, "output_tokens": 100})
 
 
@@ -117,6 +118,8 @@ def world(db_url: str) -> Iterator[World]:
                 ("reader_b", "beta"),
             ]:
                 c.execute("SELECT * FROM parecer.grant_client(%s, %s)", (roles[label], client))
+            for client in CLIENTS:  # each client's runners have a limit key of their own
+                c.execute("SELECT * FROM parecer.bind_rate_limit(%s, %s)", (KEY[client], [client]))
             c.execute("SELECT parecer.set_setting('isolation', 'on')")
             yield w
         finally:
@@ -147,6 +150,28 @@ def _claim_then(conn: Conn, client: str, sql: str) -> bool:
         if item is None:
             return False
         return bool(conn.execute(sql, (item["analysis_id"], item["lease_token"])).fetchall())
+    except psycopg.Error:
+        return False
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _claim_done(w: World, conn: Conn, client: str) -> bool:
+    """Claim an item of client as the caller, ask its prompt and report it."""
+    conn.execute("BEGIN")
+    try:
+        it = conn.execute(
+            "SELECT * FROM parecer.claim('w', client_slug => %s)", (client,)
+        ).fetchone()
+        if it is None:
+            return False
+        p = one(conn, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (it["analysis_id"],))
+        s = next(x for x in w.sessions[client] if x.session_id == it["session_id"])
+        row = conn.execute(
+            "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+            (it["analysis_id"], it["lease_token"], json.dumps(report_for(s)), p["prompt_hash"]),
+        ).fetchone()
+        return row is not None and row["status"] == "done"
     except psycopg.Error:
         return False
     finally:
@@ -184,11 +209,81 @@ def probes(w: World, conn: Conn, client: str) -> set[str]:
         "session_transcript": _ok(
             conn, "SELECT * FROM parecer.session_transcript(%s)", (s.session_id,)
         ),
+        "extend_lease (own lease)": _claim_then(
+            conn, client, "SELECT parecer.extend_lease(%s, %s) AS t"
+        ),
+        "mark_failed (own lease)": _claim_then(
+            conn, client, "SELECT * FROM parecer.mark_failed(%s, %s, 'x')"
+        ),
+        "release (own lease)": _claim_then(conn, client, "SELECT * FROM parecer.release(%s, %s)"),
+        "mark_done (own lease)": _claim_done(w, conn, client),
+        # another holder's item, its token in hand (leaked): within the caller's clients
+        # the token is the capability; outside them the item is unknown (PR011)
+        "extend_lease (its token)": _ok(
+            conn,
+            "SELECT parecer.extend_lease(%s, %s) AS t",
+            (other["analysis_id"], other["lease_token"]),
+        ),
+        "release (its token)": _ok(
+            conn,
+            "SELECT * FROM parecer.release(%s, %s)",
+            (other["analysis_id"], other["lease_token"]),
+        ),
+        "mark_failed (its token)": _ok(
+            conn,
+            "SELECT * FROM parecer.mark_failed(%s, %s, 'x')",
+            (other["analysis_id"], other["lease_token"]),
+        ),
+        "mark_done_many (its token)": _ok(
+            conn,
+            "SELECT * FROM parecer.mark_done_many(%s)",
+            (
+                json.dumps(
+                    [
+                        {
+                            "analysis_id": str(other["analysis_id"]),
+                            "lease_token": str(other["lease_token"]),
+                        }
+                    ]
+                ),
+            ),
+            lambda rows: rows[0]["outcome"] != "stale",  # reached the item (invalid report)
+        ),
         "next_due": _ok(
             conn,
             "SELECT parecer.next_due(%s) AS t",
             (client,),
             lambda rows: rows[0]["t"] is not None,
+        ),
+        # the client's limit key: take from it, pause it
+        "acquire_rate (its key)": _ok(
+            conn, "SELECT * FROM parecer.acquire_rate(%s, 10)", (KEY[client],)
+        ),
+        "report_rate (its key)": _ok(
+            conn,
+            "SELECT parecer.report_rate(%s, retry_after_seconds => 60) AS t",
+            (KEY[client],),
+            lambda rows: rows[0]["t"] is not None,
+        ),
+        "rate_limits (its key)": _ok(
+            conn,
+            "SELECT * FROM parecer.rate_limits WHERE limit_key = %s",
+            (KEY[client],),
+        ),
+        # an admin's calls, with the client's slug and ids
+        "list_scripts": _ok(conn, "SELECT * FROM parecer.list_scripts(%s)", (client,)),
+        "eligible_sessions": _ok(
+            conn, "SELECT * FROM parecer.eligible_sessions(%s, min_idle => '0')", (client,)
+        ),
+        "set_budget": _ok(conn, "SELECT * FROM parecer.set_budget(%s, 1)", (client,)),
+        "retry_failed": _ok(
+            conn, "SELECT * FROM parecer.retry_failed(client_slug => %s)", (client,), lambda r: True
+        ),
+        "bind_rate_limit": _ok(
+            conn, "SELECT * FROM parecer.bind_rate_limit(%s, %s)", (KEY[client], [client])
+        ),
+        "grant_client": _ok(
+            conn, "SELECT * FROM parecer.grant_client('parecer_runner', %s)", (client,)
         ),
         "run_summary": _ok(conn, "SELECT * FROM parecer.run_summary(%s)", (run,)),
         "insights": _ok(conn, "SELECT parecer.insights(%s) AS i", (client,)),
@@ -221,8 +316,19 @@ RUNNER = {
     "claim (any client)",
     "prompt_for (own lease)",
     "leased_transcript (own lease)",
-    "leased_transcript (its token)",  # the token is the capability, within its clients
+    "extend_lease (own lease)",
+    "mark_failed (own lease)",
+    "release (own lease)",
+    "mark_done (own lease)",
+    # the token is the capability, within its clients
+    "leased_transcript (its token)",
+    "extend_lease (its token)",
+    "release (its token)",
+    "mark_failed (its token)",
+    "mark_done_many (its token)",
     "next_due",
+    "acquire_rate (its key)",
+    "report_rate (its key)",
 }
 READER = {
     "run_summary",
@@ -238,8 +344,19 @@ READER = {
     "client_status",
     "stale_reports",
     "run_costs",
+    "rate_limits (its key)",
 }
-ADMIN = READER | {"prompt_for (another's lease)", "session_transcript"}
+# parecer_admin holds no runner privilege: it reads and manages every client, it works no item
+ADMIN = READER | {
+    "prompt_for (another's lease)",
+    "session_transcript",
+    "list_scripts",
+    "eligible_sessions",
+    "set_budget",
+    "retry_failed",
+    "bind_rate_limit",
+    "grant_client",
+}
 # role -> client -> what it may do with that client's data (docs/concepts.md, "Security")
 CLIENT_MATRIX: dict[str, dict[str, set[str]]] = {
     "runner_a": {"alpha": RUNNER, "beta": set()},
@@ -291,16 +408,25 @@ def test_runner_of_alpha_cannot_touch_beta(world: World) -> None:
                 "PR006",
             ),
             ("SELECT * FROM parecer.leased_transcript(%s, %s)", (fake, fake), "PR006"),
-            ("SELECT * FROM parecer.extend_lease(%s, %s)", (beta["analysis_id"], fake), "PR006"),
+            # beta's item, with a wrong token, with its own token (leaked), and an id that
+            # does not exist: one error, PR011, before anything about the lease is told
+            *[
+                (sql, (aid, tok, *extra), "PR011")
+                for aid, tok in [
+                    (beta["analysis_id"], fake),
+                    (beta["analysis_id"], beta["lease_token"]),
+                    (fake, fake),
+                ]
+                for sql, extra in [
+                    ("SELECT * FROM parecer.extend_lease(%s, %s)", ()),
+                    ("SELECT * FROM parecer.mark_failed(%s, %s, 'x')", ()),
+                    ("SELECT * FROM parecer.release(%s, %s)", ()),
+                    ("SELECT * FROM parecer.mark_done(%s, %s, '{}', 'm', %s)", ("0" * 64,)),
+                ]
+            ],
             (
-                "SELECT * FROM parecer.mark_failed(%s, %s, 'x')",
-                (beta["analysis_id"], fake),
-                "PR006",
-            ),
-            ("SELECT * FROM parecer.release(%s, %s)", (beta["analysis_id"], fake), "PR006"),
-            (
-                "SELECT * FROM parecer.mark_done(%s, %s, '{}', 'm', %s)",
-                (beta["analysis_id"], fake, "0" * 64),
+                "SELECT * FROM parecer.leased_transcript(%s, %s)",
+                (beta["analysis_id"], beta["lease_token"]),
                 "PR006",
             ),
             ("SELECT * FROM parecer.session_transcript(%s)", (beta["session_id"],), "42501"),
@@ -501,6 +627,10 @@ def _evil_path(conn: Conn) -> Iterator[None]:
         "CREATE FUNCTION evil.current_setting(text) RETURNS text LANGUAGE sql AS $$ SELECT 'none' $$"
     )
     conn.execute("CREATE TABLE evil._client_grants (role_oid oid, client_id text)")
+    conn.execute("CREATE TABLE evil._settings (name text, value text, default_value text)")
+    conn.execute("INSERT INTO evil._settings VALUES ('isolation', 'off', 'off')")
+    conn.execute("CREATE TABLE evil._rate_limits (limit_key text, client_ids text[])")
+    conn.execute("CREATE FUNCTION evil._serves(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'")
     conn.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
     conn.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA evil TO PUBLIC")
     conn.execute("SET search_path = evil, public")
@@ -521,6 +651,21 @@ def test_isolation_cannot_be_hijacked_through_search_path(world: World) -> None:
             (it["analysis_id"], it["lease_token"]),
         ).fetchall()
         assert rows and all(r["message_id"].startswith(it["session_id"]) for r in rows)
+        # the limit keys stay bound: alpha's runner takes from alpha's key, not beta's
+        assert one(su, "SELECT (parecer.acquire_rate(%s, 1)).granted AS g", (KEY["alpha"],))["g"]
+        with pytest.raises(psycopg.Error) as exc:
+            su.execute("SELECT parecer.report_rate(%s, retry_after_seconds => 60)", (KEY["beta"],))
+        assert exc.value.sqlstate == "PR025"
+        # an admin binds keys with the same path: the binding is what it says
+        su.execute(f"SET ROLE {world.roles['admin']}")
+        row = one(su, "SELECT * FROM parecer.bind_rate_limit(%s, '{alpha}')", (KEY["alpha"],))
+        assert row["client_slugs"] == ["alpha"]
+        su.execute(f"SET ROLE {world.roles['runner_a']}")
+        # and a lease of beta's stays unknown to it, its token in hand
+        beta = world.leased["beta"]
+        with pytest.raises(psycopg.Error) as exc:
+            su.execute("SELECT parecer.release(%s, %s)", (beta["analysis_id"], beta["lease_token"]))
+        assert exc.value.sqlstate == "PR011"
         su.execute("RESET ROLE")
 
 
@@ -563,18 +708,28 @@ def test_runner_bound_to_alpha_drains_alpha_only(world: World) -> None:
     from parecer.runner import RunnerConfig, run
 
     url = make_conninfo(world.url, user=world.roles["runner_a"])
-    with Standin(StandinConfig(latency_ms=(1, 5), seed=5)) as s:
-        stats = run(
-            RunnerConfig(
-                database_url=url,
-                api_key="test",
-                base_url=s.url,
-                concurrency=2,
-                once=True,
-                request_timeout=5.0,
-                poll_seconds=30.0,
+
+    def drain() -> Any:
+        with Standin(StandinConfig(latency_ms=(1, 5), seed=5)) as s:
+            return run(
+                RunnerConfig(
+                    database_url=url,
+                    api_key="test",
+                    base_url=s.url,
+                    concurrency=2,
+                    once=True,
+                    request_timeout=5.0,
+                    poll_seconds=30.0,
+                )
             )
-        )
+
+    # its limit key is bound to no client yet: PR025, a fatal pause (the item goes back, no attempt spent)
+    stats = drain()
+    assert stats.outcomes == {"released": 1} and stats.fatal is not None
+    assert "limit key key-9f86d081:gpt-5-mini" in stats.fatal
+    with db.connect(world.url) as su:
+        su.execute("SELECT * FROM parecer.bind_rate_limit('key-9f86d081:gpt-5-mini', '{alpha}')")
+    stats = drain()
     assert stats.outcomes.get("done") == 1
     with db.connect(world.url) as su:
         rows = su.execute(
@@ -597,3 +752,311 @@ def test_runner_bound_to_alpha_drains_alpha_only(world: World) -> None:
             {"status": "pending", "n": 1},
             {"status": "processing", "n": 1},
         ]
+
+
+def _lease_calls(it: dict[str, Any], report: str, prompt_hash: str) -> dict[str, tuple[str, Any]]:
+    """Every call a runner makes on an item it holds, with the item's own lease token."""
+    a, t = it["analysis_id"], it["lease_token"]
+    return {
+        "prompt_for": ("SELECT * FROM parecer.prompt_for(%s)", (a,)),
+        "leased_transcript": ("SELECT * FROM parecer.leased_transcript(%s, %s)", (a, t)),
+        "extend_lease": ("SELECT parecer.extend_lease(%s, %s)", (a, t)),
+        "mark_done": (
+            "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+            (a, t, report, prompt_hash),
+        ),
+        "mark_failed": ("SELECT * FROM parecer.mark_failed(%s, %s, 'x')", (a, t)),
+        "release": ("SELECT * FROM parecer.release(%s, %s)", (a, t)),
+    }
+
+
+def _refused(conn: Conn, calls: dict[str, tuple[str, Any]]) -> dict[str, str | None]:
+    """The SQLSTATE each call fails with (None: it succeeded), each rolled back."""
+    got: dict[str, str | None] = {}
+    for name, (sql, args) in calls.items():
+        conn.execute("BEGIN")
+        try:
+            conn.execute(sql, args).fetchall()
+            got[name] = None
+        except psycopg.Error as exc:
+            got[name] = exc.sqlstate
+        finally:
+            conn.execute("ROLLBACK")
+    return got
+
+
+REVOKED = {
+    "prompt_for": "PR011",
+    "leased_transcript": "PR006",
+    "extend_lease": "PR011",
+    "mark_done": "PR011",
+    "mark_failed": "PR011",
+    "release": "PR011",
+}
+
+
+def test_revoked_mid_lease_finishes_nothing_and_the_item_goes_back(world: World) -> None:
+    """Revoked while it holds a lease: every call on the item is refused as for an
+    unknown one, the item is back in the queue at once (no attempt spent), and a
+    runner still allowed finishes it."""
+    with world.login("runner_a") as c:
+        it = one(c, "SELECT * FROM parecer.claim('w')")
+        s = next(x for x in world.sessions["alpha"] if x.session_id == it["session_id"])
+        p = one(c, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (it["analysis_id"],))
+        calls = _lease_calls(it, json.dumps(report_for(s)), p["prompt_hash"])
+        assert set(_refused(c, calls).values()) == {None}  # all fine while granted
+        with world.login("admin") as adm:
+            assert one(
+                adm, "SELECT parecer.revoke_client(%s, 'alpha') AS n", (world.roles["runner_a"],)
+            ) == {"n": 1}
+        with db.connect(world.url) as su:
+            before = table_checksum(su)
+        assert _refused(c, calls) == REVOKED
+        out = c.execute(
+            "SELECT * FROM parecer.mark_done_many(%s)",
+            (
+                json.dumps(
+                    [
+                        {
+                            "analysis_id": str(it["analysis_id"]),
+                            "lease_token": str(it["lease_token"]),
+                            "report": report_for(s),
+                            "model": "m",
+                            "prompt_hash": p["prompt_hash"],
+                        }
+                    ]
+                ),
+            ),
+        ).fetchall()
+        assert [(r["outcome"], r["sqlstate"]) for r in out] == [("stale", "PR011")]
+    with db.connect(world.url) as su:
+        assert table_checksum(su) == before  # the refused calls changed nothing
+        row = one(
+            su,
+            "SELECT status, lease_token, retry_count, releases, claims FROM parecer.analyses"
+            " WHERE analysis_id = %s",
+            (it["analysis_id"],),
+        )
+        assert row == {
+            "status": "pending",
+            "lease_token": None,
+            "retry_count": 0,
+            "releases": 0,
+            "claims": 1,
+        }
+        att = one(
+            su,
+            "SELECT outcome, error FROM parecer.attempts WHERE analysis_id = %s",
+            (it["analysis_id"],),
+        )
+        assert att == {
+            "outcome": "released",
+            "error": f"released by revoke_client: {world.roles['runner_a']} no longer serves alpha",
+        }
+        # postgres's own lease of alpha (worker 'other') is untouched: it still serves alpha
+        other = world.leased["alpha"]
+        assert one(
+            su,
+            "SELECT lease_token FROM parecer.analyses WHERE analysis_id = %s",
+            (other["analysis_id"],),
+        ) == {"lease_token": other["lease_token"]}
+    with world.login("runner_g") as c:  # a runner still allowed takes it over at once
+        assert _claim_done(world, c, "alpha")
+
+
+def test_revoked_while_isolation_was_off_is_refused_once_on(world: World) -> None:
+    """The lease check itself, without the release: a grant revoked while isolation was
+    off leaves the lease in place; with isolation on again, the holder can finish
+    nothing and the lease runs out as usual."""
+    with world.login("runner_a") as c:
+        it = one(c, "SELECT * FROM parecer.claim('w')")
+        s = next(x for x in world.sessions["alpha"] if x.session_id == it["session_id"])
+        p = one(c, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (it["analysis_id"],))
+        with db.connect(world.url) as su:
+            su.execute("SELECT parecer.set_setting('isolation', 'off')")
+            su.execute("SELECT parecer.revoke_client(%s)", (world.roles["runner_a"],))
+            assert one(
+                su,
+                "SELECT status FROM parecer.analyses WHERE analysis_id = %s",
+                (it["analysis_id"],),
+            ) == {"status": "processing"}
+            su.execute("SELECT parecer.set_setting('isolation', 'on')")
+        calls = _lease_calls(it, json.dumps(report_for(s)), p["prompt_hash"])
+        assert _refused(c, calls) == REVOKED
+    with db.connect(world.url) as su:
+        assert one(
+            su,
+            "SELECT status, lease_token FROM parecer.analyses WHERE analysis_id = %s",
+            (it["analysis_id"],),
+        ) == {"status": "processing", "lease_token": it["lease_token"]}
+
+
+def test_rate_keys_are_bound_to_clients(world: World) -> None:
+    """A runner of alpha can neither drain nor pause a key beta's runners use; a key
+    bound to both is shared; isolation off: as before, any key."""
+    from .test_cli_errors import cli
+
+    shared = "key-shared:m"
+    r = cli(world.url, "limits", "bind", shared, "beta", "alpha")
+    assert (r.exit_code, r.output) == (0, f"{shared}: bound to alpha, beta\n")
+    r = cli(world.url, "limits", "bind", shared, "nope")
+    assert r.exit_code == 1 and "[PR001]" in r.output
+    with world.login("admin") as adm:
+        row = one(adm, "SELECT * FROM parecer.bind_rate_limit(%s, %s)", (shared, list(CLIENTS)))
+        assert row["client_slugs"] == list(CLIENTS)
+        with pytest.raises(psycopg.Error) as exc:
+            adm.execute("SELECT * FROM parecer.bind_rate_limit('k:m', '{no-such-client}')")
+        assert exc.value.sqlstate == "PR001"
+    with db.connect(world.url) as su:
+        before = su.execute("SELECT * FROM parecer._rate_limits ORDER BY limit_key").fetchall()
+    with world.login("runner_a") as c:
+        for key in (KEY["beta"], "key-unbound:m"):
+            for sql in (
+                "SELECT * FROM parecer.acquire_rate(%s, 100000)",
+                "SELECT parecer.report_rate(%s, retry_after_seconds => 3600)",
+            ):
+                with pytest.raises(psycopg.Error) as exc:
+                    c.execute(sql, (key,))
+                assert exc.value.sqlstate == "PR025", (sql, key)
+    with db.connect(world.url) as su:  # nothing changed, no key created
+        assert (
+            su.execute("SELECT * FROM parecer._rate_limits ORDER BY limit_key").fetchall() == before
+        )
+    with world.login("runner_a") as c:
+        for key in (KEY["alpha"], shared):
+            assert one(c, "SELECT (parecer.acquire_rate(%s, 10)).granted AS g", (key,)) == {
+                "g": True
+            }
+        assert one(
+            c,
+            "SELECT parecer.report_rate(%s, retry_after_seconds => 5) IS NOT NULL AS p",
+            (shared,),
+        ) == {"p": True}
+    with world.login("runner_none") as c:  # granted nothing: no key at all
+        with pytest.raises(psycopg.Error) as exc:
+            c.execute("SELECT * FROM parecer.acquire_rate(%s)", (shared,))
+        assert exc.value.sqlstate == "PR025"
+    for label, keys in [
+        ("reader_a", {KEY["alpha"], shared}),
+        ("reader_b", {KEY["beta"], shared}),
+    ]:
+        with world.login(label) as c:
+            got = {r["limit_key"] for r in c.execute("SELECT * FROM parecer.rate_limits")}
+            assert got == keys, label
+    with world.login("admin") as c:
+        got = {r["limit_key"] for r in c.execute("SELECT * FROM parecer.rate_limits")}
+        assert {KEY["alpha"], KEY["beta"], shared} <= got
+    with db.connect(world.url) as su:
+        su.execute("SELECT parecer.set_setting('isolation', 'off')")
+    with world.login("runner_a") as c:  # single tenant: every key, as before bindings existed
+        assert one(c, "SELECT (parecer.acquire_rate(%s, 10)).granted AS g", (KEY["beta"],)) == {
+            "g": True
+        }
+        c.execute("SELECT parecer.report_rate('key-unbound:m', retry_after_seconds => 1)")
+
+
+def test_prompt_hash_rule_holds_with_isolation_off(conn: Conn) -> None:
+    """Isolation off: once prompt_for gave the holder a prompt under the lease, only its
+    hash is accepted (PR017), as with isolation on."""
+    script = make_script(conn)
+    s = make_session(conn)
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", ([s.session_id], script["script_id"]))
+    conn.execute("SET ROLE parecer_runner")
+    it = one(conn, "SELECT * FROM parecer.claim('w')")
+    p = one(conn, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (it["analysis_id"],))
+    args = (it["analysis_id"], it["lease_token"], json.dumps(report_for(s)))
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute("SELECT parecer.mark_done(%s, %s, %s, 'm', %s)", (*args, "c" * 64))
+    assert exc.value.sqlstate == "PR017"
+    row = one(
+        conn, "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)", (*args, p["prompt_hash"])
+    )
+    assert row["status"] == "done"
+    conn.execute("RESET ROLE")
+
+
+def test_doctor_warns_about_isolation(world: World) -> None:
+    def check(c: Conn) -> dict[str, Any]:
+        return one(c, "SELECT * FROM parecer.doctor() WHERE check_name = 'isolation'")
+
+    with world.login("admin") as c:
+        got = check(c)
+        assert got["status"] == "warn"
+        # on, and a runner login granted nothing: it gets nothing (fail closed)
+        assert world.roles["runner_none"] in got["detail"]
+        assert world.roles["runner_a"] not in got["detail"]  # granted alpha
+        assert world.roles["runner_g"] not in got["detail"]  # through its group
+        assert world.roles["admin"] not in got["detail"]
+        assert "parecer access grant ROLE CLIENT" in got["fix"]
+    with db.connect(world.url) as su:
+        gone = f"t17_gone_{uuid.uuid4().hex[:8]}"
+        su.execute(f"CREATE ROLE {gone}")
+        su.execute("SELECT * FROM parecer.grant_client(%s, 'alpha')", (gone,))
+        oid = one(su, "SELECT oid::int AS o FROM pg_roles WHERE rolname = %s", (gone,))["o"]
+        su.execute(f"DROP ROLE {gone}")
+        got = check(su)
+        assert f"grants to dropped roles: #{oid} (alpha)" in got["detail"]
+        su.execute("SELECT parecer.revoke_client(%s)", (f"#{oid}",))
+        su.execute("SELECT parecer.set_setting('isolation', 'off')")
+        got = check(su)
+        assert got["status"] == "warn"
+        assert got["detail"] == (
+            "isolation is off while 2 clients have grants: every runner and reader serves every client"
+        )
+        su.execute("SELECT parecer.revoke_client(%s, 'beta')", (world.roles["reader_b"],))
+        got = check(su)
+        assert (got["status"], got["fix"]) == ("ok", None)
+        assert got["detail"].startswith("isolation off; ")
+
+
+def test_the_runner_drops_a_result_when_revoked_mid_call(world: World) -> None:
+    """The real runner, revoked while the model answers: its report is refused
+    (PR011, counted stale and dropped), the item is back in the queue, and with
+    nothing left it may claim, the --once runner stops."""
+    import threading
+    import time
+
+    from parecer.devkit.standin import Standin, StandinConfig
+    from parecer.runner import RunnerConfig, run
+
+    with db.connect(world.url) as su:
+        su.execute("SELECT * FROM parecer.bind_rate_limit('key-9f86d081:gpt-5-mini', '{alpha}')")
+        out: dict[str, Any] = {}
+        with Standin(StandinConfig(latency_ms=(3000, 3000), seed=5)) as s:
+            t = threading.Thread(
+                target=lambda: out.update(
+                    stats=run(
+                        RunnerConfig(
+                            database_url=make_conninfo(world.url, user=world.roles["runner_a"]),
+                            api_key="test",
+                            base_url=s.url,
+                            concurrency=1,
+                            once=True,
+                            request_timeout=10.0,
+                            poll_seconds=30.0,
+                        )
+                    )
+                )
+            )
+            t.start()
+            item = None
+            for _ in range(100):  # until the runner holds alpha's item and asked its prompt
+                item = su.execute(
+                    "SELECT analysis_id FROM parecer.analyses WHERE leased_to = %s"
+                    " AND status = 'processing' AND given_prompt_hash IS NOT NULL",
+                    (world.roles["runner_a"],),
+                ).fetchone()
+                if item:
+                    break
+                time.sleep(0.05)
+            assert item is not None
+            su.execute("SELECT parecer.revoke_client(%s, 'alpha')", (world.roles["runner_a"],))
+            t.join(60)
+        assert not t.is_alive()
+        assert out["stats"].outcomes == {"stale": 1}
+        row = one(
+            su,
+            "SELECT status, report IS NULL AS no_report FROM parecer.analyses WHERE analysis_id = %s",
+            (item["analysis_id"],),
+        )
+        assert row == {"status": "pending", "no_report": True}

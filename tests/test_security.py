@@ -49,6 +49,10 @@ def test_injection_through_text_arguments_is_literal(
         ("SELECT * FROM parecer.grant_client('parecer_runner', %s)", (evil + "-nope",)),
         ("SELECT * FROM parecer.revoke_client(%s, %s)", (evil, evil)),
         ("SELECT * FROM parecer.insights(%s)", (evil + "-nope",)),
+        ("SELECT * FROM parecer.bind_rate_limit(%s, '{acme}')", (evil,)),
+        ("SELECT * FROM parecer.bind_rate_limit('k:m', %s)", ([evil + "-nope"],)),
+        ("SELECT * FROM parecer.acquire_rate(%s)", (evil,)),
+        ("SELECT * FROM parecer.report_rate(%s, retry_after_seconds => 1)", (evil,)),
     ]:
         try:
             conn.execute(sql, args)

@@ -67,6 +67,15 @@ BEGIN
 END
 $$;
 
+-- Raise PR009 (invalid value for a setting) with a hint.
+CREATE OR REPLACE FUNCTION parecer._raise_invalid_setting(p_name text, p_value text, p_hint text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'invalid value for %: %', p_name, left(p_value, 100) USING ERRCODE = 'PR009', HINT = p_hint;
+END
+$$;
+
 -- Current value of a setting (the default when unset). PL/pgSQL, not SQL: a SQL
 -- helper with a FROM clause is never inlined and is planned on every call; here
 -- the plan is cached for the session.
@@ -152,9 +161,8 @@ BEGIN
                OR array_ndims(v_iv) <> 1           -- before array_position, which refuses 2-D arrays (0A000)
                OR array_position(v_iv, NULL) IS NOT NULL
                OR EXISTS (SELECT FROM unnest(v_iv) d WHERE d <= interval '0' OR d > interval '30 days') THEN
-                RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
-                    USING ERRCODE = 'PR009',
-                          HINT = 'Give a non-empty array of positive intervals up to 30 days, e.g. ''{1 minute,5 minutes,15 minutes}''.';
+                PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value,
+                    'Give a non-empty array of positive intervals up to 30 days, e.g. ''{1 minute,5 minutes,15 minutes}''.');
             END IF;
             -- Stored 1-based ('[0:1]={...}' would make _backoff index past the array and return NULL).
             set_setting.value := ARRAY(SELECT d FROM unnest(v_iv) WITH ORDINALITY u(d, o) ORDER BY o)::text;
@@ -168,11 +176,10 @@ BEGIN
                OR (v_def.kind = 'integer' AND v_num <> trunc(v_num))
                OR (v_def.min_value IS NOT NULL AND v_num < v_def.min_value)
                OR (v_def.max_value IS NOT NULL AND v_num > v_def.max_value) THEN
-                RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
-                    USING ERRCODE = 'PR009',
-                          HINT = pg_catalog.format('%s must be %s between %s and %s.', v_def.name,
-                                    CASE v_def.kind WHEN 'integer' THEN 'an integer' ELSE 'a number' END,
-                                    COALESCE(v_def.min_value::text, '-inf'), COALESCE(v_def.max_value::text, 'inf'));
+                PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value,
+                    pg_catalog.format('%s must be %s between %s and %s.', v_def.name,
+                                      CASE v_def.kind WHEN 'integer' THEN 'an integer' ELSE 'a number' END,
+                                      COALESCE(v_def.min_value::text, '-inf'), COALESCE(v_def.max_value::text, 'inf')));
             END IF;
             -- An integer is stored without a fractional part ('4.0' -> '4'): _setting_int casts it to integer.
             set_setting.value := CASE WHEN v_def.kind = 'integer' THEN trunc(v_num)::text ELSE v_num::text END;
@@ -186,27 +193,25 @@ BEGIN
             IF v_int IS NULL
                OR (v_def.min_value IS NOT NULL AND extract(epoch FROM v_int) < v_def.min_value)
                OR (v_def.max_value IS NOT NULL AND extract(epoch FROM v_int) > v_def.max_value) THEN
-                RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
-                    USING ERRCODE = 'PR009',
-                          HINT = pg_catalog.format('%s must be an interval between %s and %s, e.g. ''24 hours''.', v_def.name,
-                                    COALESCE(make_interval(secs => v_def.min_value)::text, '-inf'),
-                                    COALESCE(make_interval(secs => v_def.max_value)::text, 'inf'));
+                PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value,
+                    pg_catalog.format('%s must be an interval between %s and %s, e.g. ''24 hours''.', v_def.name,
+                                      COALESCE(make_interval(secs => v_def.min_value)::text, '-inf'),
+                                      COALESCE(make_interval(secs => v_def.max_value)::text, 'inf')));
             END IF;
             set_setting.value := v_int::text;
         ELSIF v_def.name = 'isolation' AND set_setting.value NOT IN ('on', 'off') THEN
-            RAISE EXCEPTION 'invalid value for isolation: %', left(set_setting.value, 100)
-                USING ERRCODE = 'PR009', HINT = 'isolation is on (multi-tenant) or off (single tenant).';
+            PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value,
+                                                   'isolation is on (multi-tenant) or off (single tenant).');
         ELSIF v_def.name IN ('single_tenant_slug', 'single_tenant_name')
               AND (btrim(set_setting.value) = '' OR length(set_setting.value) > 200) THEN
-            RAISE EXCEPTION 'invalid value for %: %', v_def.name, left(set_setting.value, 100)
-                USING ERRCODE = 'PR009', HINT = 'Give 1-200 characters, e.g. ''lia''.';
+            PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value, 'Give 1-200 characters, e.g. ''lia''.');
         ELSIF v_def.name = 'display_currency' AND set_setting.value !~ '^[A-Z]{3}$' THEN
-            RAISE EXCEPTION 'invalid value for display_currency: %', left(set_setting.value, 100)
-                USING ERRCODE = 'PR009', HINT = 'Use an ISO 4217 code in capitals, e.g. BRL, and set usd_exchange_rate to match.';
+            PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value,
+                                                   'Use an ISO 4217 code in capitals, e.g. BRL, and set usd_exchange_rate to match.');
         ELSIF v_def.name = 'budget_timezone'
               AND NOT EXISTS (SELECT FROM pg_catalog.pg_timezone_names z WHERE z.name = set_setting.value) THEN
-            RAISE EXCEPTION 'invalid value for budget_timezone: %', left(set_setting.value, 100)
-                USING ERRCODE = 'PR009', HINT = 'Use a time zone name from pg_timezone_names, e.g. UTC or America/Sao_Paulo.';
+            PERFORM parecer._raise_invalid_setting(v_def.name, set_setting.value,
+                                                   'Use a time zone name from pg_timezone_names, e.g. UTC or America/Sao_Paulo.');
         END IF;
     END IF;
 

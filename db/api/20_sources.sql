@@ -9,8 +9,6 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_n       bigint;
-    v_sample  text;
     v_plan    jsonb;
     v_seq     text;
     v_old     text := current_setting('enable_seqscan');
@@ -24,51 +22,53 @@ BEGIN
     RETURN QUERY SELECT 'messages', 'info', (SELECT count(*) FROM parecer.source_messages), 'rows in parecer.source_messages';
     RETURN QUERY SELECT 'contact_tags', 'info', (SELECT count(*) FROM parecer.source_contact_tags), 'rows in parecer.source_contact_tags';
 
-    -- one row per session id (PR015 otherwise)
-    SELECT count(*), string_agg(d.session_id, ', ') FILTER (WHERE d.rn <= 5)
-      INTO v_n, v_sample
-      FROM (SELECT s.session_id, row_number() OVER (ORDER BY s.session_id) AS rn
-            FROM parecer.source_sessions s GROUP BY s.session_id HAVING count(*) > 1) d;
-    RETURN QUERY SELECT 'duplicate_session_ids', CASE WHEN v_n > 0 THEN 'error' ELSE 'ok' END, v_n,
-        CASE WHEN v_n > 0 THEN 'session ids with more than one row (start_run and enqueue raise PR015): ' || v_sample
-             ELSE 'every session id has one row' END;
-
-    SELECT count(*), string_agg(f.session_id, ', ') FILTER (WHERE f.rn <= 5)
-      INTO v_n, v_sample
-      FROM (SELECT s.session_id, row_number() OVER (ORDER BY s.ended_at DESC) AS rn
-            FROM parecer.source_sessions s WHERE s.ended_at > now()) f;
-    RETURN QUERY SELECT 'future_ended_at', CASE WHEN v_n > 0 THEN 'warn' ELSE 'ok' END, v_n,
-        CASE WHEN v_n > 0 THEN 'sessions ending in the future (never eligible; time zone of a timestamp column?): ' || v_sample
-             ELSE 'no session ends in the future' END;
-
-    SELECT count(*), string_agg(o.message_id, ', ') FILTER (WHERE o.rn <= 5)
-      INTO v_n, v_sample
-      FROM (SELECT m.message_id, row_number() OVER (ORDER BY m.message_id) AS rn
-            FROM parecer.source_messages m
-            WHERE NOT EXISTS (SELECT FROM parecer.source_sessions s WHERE s.session_id = m.session_id)) o;
-    RETURN QUERY SELECT 'messages_without_session', CASE WHEN v_n > 0 THEN 'warn' ELSE 'ok' END, v_n,
-        CASE WHEN v_n > 0 THEN 'messages whose session_id is not in source_sessions (never analysed): ' || v_sample
-             ELSE 'every message belongs to a session' END;
-
-    -- contract v2 (optional views): senders from the list, one row per message; metadata objects, one per session
-    SELECT count(*), string_agg(x.message_id, ', ') FILTER (WHERE x.rn <= 5)
-      INTO v_n, v_sample
-      FROM (SELECT d.message_id, row_number() OVER (ORDER BY d.message_id) AS rn
-            FROM parecer.source_message_senders d
-            GROUP BY d.message_id, d.session_id
-            HAVING count(*) > 1 OR bool_or(d.sender IS NULL OR d.sender NOT IN ('customer', 'agent', 'bot', 'supervisor', 'system', 'note'))) x;
-    RETURN QUERY SELECT 'message_senders', CASE WHEN v_n > 0 THEN 'warn' ELSE 'ok' END, v_n,
-        CASE WHEN v_n > 0 THEN 'messages with more than one sender row or a sender outside customer, agent, bot, supervisor, system, note (labelled by from_me): ' || v_sample
-             ELSE 'every sender row is one of the six senders, one per message (or the view is empty)' END;
-    SELECT count(*), string_agg(x.session_id, ', ') FILTER (WHERE x.rn <= 5)
-      INTO v_n, v_sample
-      FROM (SELECT md.session_id, row_number() OVER (ORDER BY md.session_id) AS rn
-            FROM parecer.source_session_metadata md
-            GROUP BY md.session_id
-            HAVING count(*) > 1 OR bool_or(jsonb_typeof(md.metadata) IS DISTINCT FROM 'object')) x;
-    RETURN QUERY SELECT 'session_metadata', CASE WHEN v_n > 0 THEN 'warn' ELSE 'ok' END, v_n,
-        CASE WHEN v_n > 0 THEN 'sessions with more than one metadata row or metadata that is not a JSON object: ' || v_sample
-             ELSE 'one JSON object per session (or the view is empty)' END;
+    -- The data checks: each finds the offending ids (ordered for the sample); a check
+    -- with none is ok, else its level with the count and the first five ids.
+    RETURN QUERY
+    WITH checks (pos, name, level, problem, fine) AS (VALUES
+        (1, 'duplicate_session_ids', 'error',
+         'session ids with more than one row (start_run and enqueue raise PR015): ',
+         'every session id has one row'),
+        (2, 'future_ended_at', 'warn',
+         'sessions ending in the future (never eligible; time zone of a timestamp column?): ',
+         'no session ends in the future'),
+        (3, 'messages_without_session', 'warn',
+         'messages whose session_id is not in source_sessions (never analysed): ',
+         'every message belongs to a session'),
+        -- contract v2 (optional views): senders from the list, one row per message; metadata objects, one per session
+        (4, 'message_senders', 'warn',
+         'messages with more than one sender row or a sender outside customer, agent, bot, supervisor, system, note (labelled by from_me): ',
+         'every sender row is one of the six senders, one per message (or the view is empty)'),
+        (5, 'session_metadata', 'warn',
+         'sessions with more than one metadata row or metadata that is not a JSON object: ',
+         'one JSON object per session (or the view is empty)')
+    ), found (pos, id, rn) AS (
+        SELECT 1, s.session_id, row_number() OVER (ORDER BY s.session_id)
+        FROM parecer.source_sessions s GROUP BY s.session_id HAVING count(*) > 1
+        UNION ALL
+        SELECT 2, s.session_id, row_number() OVER (ORDER BY s.ended_at DESC)
+        FROM parecer.source_sessions s WHERE s.ended_at > now()
+        UNION ALL
+        SELECT 3, m.message_id, row_number() OVER (ORDER BY m.message_id)
+        FROM parecer.source_messages m
+        WHERE NOT EXISTS (SELECT FROM parecer.source_sessions s WHERE s.session_id = m.session_id)
+        UNION ALL
+        SELECT 4, d.message_id, row_number() OVER (ORDER BY d.message_id)
+        FROM parecer.source_message_senders d
+        GROUP BY d.message_id, d.session_id
+        HAVING count(*) > 1 OR bool_or(d.sender IS NULL OR d.sender NOT IN ('customer', 'agent', 'bot', 'supervisor', 'system', 'note'))
+        UNION ALL
+        SELECT 5, md.session_id, row_number() OVER (ORDER BY md.session_id)
+        FROM parecer.source_session_metadata md
+        GROUP BY md.session_id
+        HAVING count(*) > 1 OR bool_or(jsonb_typeof(md.metadata) IS DISTINCT FROM 'object')
+    )
+    SELECT c.name, CASE WHEN count(f.pos) > 0 THEN c.level ELSE 'ok' END, count(f.pos),
+           CASE WHEN count(f.pos) > 0 THEN c.problem || string_agg(f.id, ', ' ORDER BY f.rn) FILTER (WHERE f.rn <= 5)
+                ELSE c.fine END
+    FROM checks c LEFT JOIN found f ON f.pos = c.pos
+    GROUP BY c.pos, c.name, c.level, c.problem, c.fine
+    ORDER BY c.pos;
 
     -- Indexes: ask the planner, with sequential scans switched off, how it would
     -- look up the keys parecer filters by; a table it still scans whole has no

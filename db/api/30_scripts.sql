@@ -32,10 +32,20 @@ BEGIN
     ORDER BY c.client_id
     LIMIT 1;
     IF NOT FOUND OR client_id IS NULL THEN
-        RAISE EXCEPTION 'unknown client "%"', COALESCE(left(p_slug, 100), '<null>')
-            USING ERRCODE = 'PR001',
-                  HINT = 'SELECT slug, name FROM parecer.source_clients lists the clients your adapter exposes.';
+        PERFORM parecer._raise_unknown_client(p_slug);
     END IF;
+END
+$$;
+
+-- Raise PR001 (unknown client) for a slug: one that does not exist, or that the
+-- caller may not see (parecer._visible_client).
+CREATE OR REPLACE FUNCTION parecer._raise_unknown_client(p_slug text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+    RAISE EXCEPTION 'unknown client "%"', COALESCE(left(p_slug, 100), '<null>')
+        USING ERRCODE = 'PR001',
+              HINT = 'SELECT slug, name FROM parecer.source_clients lists the clients your adapter exposes.';
 END
 $$;
 

@@ -37,14 +37,20 @@
 -- oldest first; across clients, a weighted round-robin by priority; clients over
 -- budget get nothing (85_spend.sql). No transaction is held across a model call.
 
--- Check a lease and lock the item; PR011 unknown item, PR006 wrong/expired lease.
+-- Check a lease and lock the item; PR011 unknown item, or (isolation on) an item
+-- of a client the caller does not serve (now: a role revoked mid-lease too), before
+-- anything about its lease is told; PR006 wrong/expired lease. The client is
+-- checked in the WHERE: another client's item is not even locked (FOR UPDATE
+-- locks only the rows that pass it).
 CREATE OR REPLACE FUNCTION parecer._lease(p_analysis_id uuid, p_token uuid) RETURNS parecer.analyses
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_row parecer.analyses;
 BEGIN
-    SELECT * INTO v_row FROM parecer.analyses a WHERE a.analysis_id = p_analysis_id FOR UPDATE;
+    SELECT * INTO v_row FROM parecer.analyses a
+    WHERE a.analysis_id = p_analysis_id AND parecer._serves(a.client_id)
+    FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown analysis %', COALESCE(p_analysis_id::text, 'NULL')
             USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim.';
@@ -64,9 +70,10 @@ END
 $$;
 
 -- Raise the error that explains why an item is not leased to the caller:
--- PR011 unknown item, PR006 stale or expired lease. The functions that end an
--- attempt check the lease in their UPDATE's WHERE (one row visit); this runs
--- only when that UPDATE found nothing.
+-- PR011 unknown item (or not the caller's client), PR006 stale or expired lease.
+-- The functions that end an attempt check the lease in their UPDATE's WHERE (one
+-- row visit): `lease_token = <token> AND lease_expires_at >= now() AND
+-- parecer._serves(client_id)`; this runs only when that UPDATE found nothing.
 CREATE OR REPLACE FUNCTION parecer._lease_refused(p_analysis_id uuid, p_token uuid) RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -498,7 +505,7 @@ BEGIN
            error = v_error,
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = mark_failed.analysis_id   -- a lease token only while processing (analyses_state_check)
-       AND a.lease_token = mark_failed.lease_token AND a.lease_expires_at >= now()
+       AND a.lease_token = mark_failed.lease_token AND a.lease_expires_at >= now() AND parecer._serves(a.client_id)
     RETURNING a.* INTO v_a;
     IF NOT FOUND THEN
         PERFORM parecer._lease_refused(mark_failed.analysis_id, mark_failed.lease_token);
@@ -543,7 +550,7 @@ BEGIN
            releases = a.releases + 1,
            lease_token = NULL, lease_expires_at = NULL, updated_at = now()
      WHERE a.analysis_id = release.analysis_id   -- a lease token only while processing (analyses_state_check)
-       AND a.lease_token = release.lease_token AND a.lease_expires_at >= now()
+       AND a.lease_token = release.lease_token AND a.lease_expires_at >= now() AND parecer._serves(a.client_id)
     RETURNING a.* INTO v_a;
     IF NOT FOUND THEN
         PERFORM parecer._lease_refused(release.analysis_id, release.lease_token);

@@ -187,7 +187,7 @@ BEGIN
     FROM parecer.analyses a
     WHERE a.analysis_id = leased_transcript.analysis_id
       AND a.lease_token = leased_transcript.lease_token AND a.lease_expires_at >= now()
-      AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]));
+      AND parecer._serves(a.client_id);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'analysis % is not leased to you', COALESCE(leased_transcript.analysis_id::text, 'NULL')
             USING ERRCODE = 'PR006',
@@ -569,7 +569,7 @@ BEGIN
       INTO v_session, v_topics, v_language, v_budget, v_given
     FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
     WHERE a.analysis_id = mark_done.analysis_id
-      AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now();
+      AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now() AND parecer._serves(a.client_id);
     IF NOT FOUND THEN
         PERFORM parecer._lease_refused(mark_done.analysis_id, mark_done.lease_token);
     END IF;

@@ -6,6 +6,29 @@
 -- so everything in it is CREATE OR REPLACE (and GRANT/REVOKE, which are idempotent).
 -- It reads parecer.analyses directly: no column kept in sync by mark_done.
 
+-- The done reports of one client processed in [p_since, p_until), optionally of one
+-- script key, version and analysis tag (NULL: any): the reports insights,
+-- _insights_extra and insight_sessions read. Plain SQL without SET clauses, so the
+-- planner inlines it into their queries (indexes and plans as if written there).
+CREATE OR REPLACE FUNCTION parecer._window_reports(p_client_id text, p_script_key text, p_since timestamptz,
+                                                   p_until timestamptz, p_version integer, p_tag text)
+RETURNS TABLE (analysis_id uuid, session_id text, script_id bigint, processed_at timestamptz, cost_usd numeric,
+               report jsonb, script_key text, version integer, language text, extra_fields jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT a.analysis_id, a.session_id, a.script_id, a.processed_at, a.cost_usd, a.report,
+           s.script_key, s.version, s.language, s.extra_fields
+    FROM parecer.analyses a
+    JOIN parecer.scripts s ON s.script_id = a.script_id
+    WHERE a.client_id = p_client_id
+      AND a.status = 'done'
+      AND (p_script_key IS NULL OR s.script_key = p_script_key)
+      AND (p_version IS NULL OR s.version = p_version)
+      AND (p_tag IS NULL OR a.analysis_version_tag = p_tag)
+      AND (p_since IS NULL OR a.processed_at >= p_since)
+      AND (p_until IS NULL OR a.processed_at < p_until)
+$$;
+
 -- The figures of the done reports of one client in a window, as one jsonb document
 -- (whole window plus one entry per ISO week). See parecer.insights.
 CREATE OR REPLACE FUNCTION parecer._insights(p_client_id text, p_script_key text, p_since timestamptz,
@@ -26,17 +49,9 @@ WITH base AS MATERIALIZED (
            r.sentiment ->> 'end' AS s_end,
            r.insufficient_context AS insufficient,
            r.topics, r.flags
-    FROM parecer.analyses a
-    JOIN parecer.scripts s ON s.script_id = a.script_id
+    FROM parecer._window_reports(p_client_id, p_script_key, p_since, p_until, p_version, p_tag) a
     CROSS JOIN LATERAL jsonb_to_record(a.report)
         AS r(outcome jsonb, sentiment jsonb, topics jsonb, flags jsonb, insufficient_context boolean)
-    WHERE a.client_id = p_client_id
-      AND a.status = 'done'
-      AND (p_script_key IS NULL OR s.script_key = p_script_key)
-      AND (p_version IS NULL OR s.version = p_version)
-      AND (p_tag IS NULL OR a.analysis_version_tag = p_tag)
-      AND (p_since IS NULL OR a.processed_at >= p_since)
-      AND (p_until IS NULL OR a.processed_at < p_until)
 ),
 -- Everything is counted per ISO week (wk, the Monday, UTC) in one pass, then the
 -- weeks are summed into the whole window (GROUPING SETS: the row with wk NULL).
@@ -249,16 +264,9 @@ AS $$
 WITH vals AS MATERIALIZED (
     SELECT e.key AS name,
            CASE WHEN jsonb_typeof(e.value) = 'object' AND e.value ? 'value' THEN e.value -> 'value' ELSE e.value END AS v
-    FROM parecer.analyses a
-    JOIN parecer.scripts s ON s.script_id = a.script_id
+    FROM parecer._window_reports(p_client_id, p_script_key, p_since, p_until, p_version, p_tag) a
     CROSS JOIN LATERAL jsonb_each(a.report -> 'extra') e
-    WHERE a.client_id = p_client_id AND a.status = 'done' AND s.extra_fields IS NOT NULL
-      AND jsonb_typeof(a.report -> 'extra') = 'object'
-      AND (p_script_key IS NULL OR s.script_key = p_script_key)
-      AND (p_version IS NULL OR s.version = p_version)
-      AND (p_tag IS NULL OR a.analysis_version_tag = p_tag)
-      AND (p_since IS NULL OR a.processed_at >= p_since)
-      AND (p_until IS NULL OR a.processed_at < p_until)
+    WHERE a.extra_fields IS NOT NULL AND jsonb_typeof(a.report -> 'extra') = 'object'
 ), decl AS (
     SELECT DISTINCT ON (f ->> 'name') f ->> 'name' AS name, f ->> 'type' AS type
     FROM parecer.scripts s CROSS JOIN LATERAL jsonb_array_elements(s.extra_fields) f
@@ -384,19 +392,12 @@ BEGIN
 
     RETURN QUERY
     WITH page AS MATERIALIZED (
-        SELECT a.analysis_id, a.session_id, a.processed_at, s.script_key, s.version, s.language, a.report,
+        SELECT a.analysis_id, a.session_id, a.processed_at, a.script_key, a.version, a.language, a.report,
                a.cost_usd
-        FROM parecer.analyses a
-        JOIN parecer.scripts s ON s.script_id = a.script_id
-        WHERE a.client_id = v_client.client_id
-          AND a.status = 'done'
-          AND (insight_sessions.script_key IS NULL OR s.script_key = insight_sessions.script_key)
-          AND (insight_sessions.script_version IS NULL OR s.version = insight_sessions.script_version)
-          AND (insight_sessions.analysis_version_tag IS NULL
-               OR a.analysis_version_tag = insight_sessions.analysis_version_tag)
-          AND (insight_sessions.since IS NULL OR a.processed_at >= insight_sessions.since)
-          AND (insight_sessions.until IS NULL OR a.processed_at < insight_sessions.until)
-          AND (v_topic IS NULL OR a.report @> v_topic)
+        FROM parecer._window_reports(v_client.client_id, insight_sessions.script_key, insight_sessions.since,
+                                     insight_sessions.until, insight_sessions.script_version,
+                                     insight_sessions.analysis_version_tag) a
+        WHERE (v_topic IS NULL OR a.report @> v_topic)
           AND (v_flag IS NULL OR a.report @> v_flag)
           AND (insight_sessions.outcome IS NULL OR a.report -> 'outcome' ->> 'status' = insight_sessions.outcome)
           AND (insight_sessions.sentiment_end IS NULL

@@ -207,6 +207,18 @@ WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = AN
 GROUP BY a.client_slug, s.script_key, s.version, a.analysis_version_tag;
 COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.';
 
+-- Raise PR012 (unknown run) unless the run exists.
+CREATE OR REPLACE FUNCTION parecer._require_run(p_run_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = p_run_id) THEN
+        RAISE EXCEPTION 'unknown run %', COALESCE(p_run_id::text, 'NULL')
+            USING ERRCODE = 'PR012', HINT = 'SELECT run_id FROM parecer.runs_overview lists the runs.';
+    END IF;
+END
+$$;
+
 -- Re-queue terminal failures chosen by run, client and/or error text.
 CREATE OR REPLACE FUNCTION parecer.retry_failed(run_id bigint DEFAULT NULL, client_slug text DEFAULT NULL,
                                      error_like text DEFAULT NULL)
@@ -227,9 +239,8 @@ BEGIN
         PERFORM parecer._invalid('invalid error_like: the pattern ends with an escape character (\)',
                                  'error_like is an ILIKE pattern, where \ escapes the next character: write \\ for a literal backslash.');
     END IF;
-    IF retry_failed.run_id IS NOT NULL AND NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = retry_failed.run_id) THEN
-        RAISE EXCEPTION 'unknown run %', retry_failed.run_id
-            USING ERRCODE = 'PR012', HINT = 'SELECT run_id FROM parecer.runs_overview lists the runs.';
+    IF retry_failed.run_id IS NOT NULL THEN
+        PERFORM parecer._require_run(retry_failed.run_id);
     END IF;
     IF retry_failed.client_slug IS NOT NULL THEN
         PERFORM parecer._client(retry_failed.client_slug);
@@ -260,10 +271,7 @@ AS $$
 DECLARE
     v_n integer;
 BEGIN
-    IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = set_run_backlog.run_id) THEN
-        RAISE EXCEPTION 'unknown run %', COALESCE(set_run_backlog.run_id::text, 'NULL')
-            USING ERRCODE = 'PR012', HINT = 'SELECT run_id FROM parecer.runs_overview lists the runs.';
-    END IF;
+    PERFORM parecer._require_run(set_run_backlog.run_id);
     UPDATE parecer.analyses a SET backlog = COALESCE(set_run_backlog.backlog, true), updated_at = now()
       FROM parecer.run_items ri
      WHERE ri.run_id = set_run_backlog.run_id AND a.analysis_id = ri.analysis_id

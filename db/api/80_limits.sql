@@ -14,6 +14,31 @@ BEGIN
 END
 $$;
 
+-- Tenant isolation for the shared limiter: with the isolation setting on, a
+-- caller that does not serve every client may take from or pause only a key an
+-- admin bound to one of its clients (parecer.bind_rate_limit), so a runner of
+-- client A can neither drain nor pause a key client B's runners use. Any other
+-- key, bound elsewhere, unbound or not there at all, gets the same PR025, and
+-- nothing changes. With isolation off: one lookup of the setting, no check.
+CREATE OR REPLACE FUNCTION parecer._check_rate_key(p_key text) RETURNS void
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    v_ids text[];
+BEGIN
+    IF (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st WHERE st.name = 'isolation') = 'off' THEN
+        RETURN;
+    END IF;
+    v_ids := parecer._caller_clients();
+    IF v_ids IS NOT NULL AND NOT EXISTS (SELECT FROM parecer._rate_limits r
+                                         WHERE r.limit_key = p_key AND r.client_ids && v_ids) THEN
+        RAISE EXCEPTION 'limit key "%" is not bound to a client you serve', p_key
+            USING ERRCODE = 'PR025',
+                  HINT = 'With isolation on, an admin binds each limit key to the clients whose runners use it: SELECT * FROM parecer.bind_rate_limit(''<key>'', ARRAY[''<client_slug>'']); (CLI: parecer limits bind KEY CLIENT...).';
+    END IF;
+END
+$$;
+
 -- The requests-per-day limit of a key (rpd, else setting default_rpd; 0: none),
 -- counted per budget_timezone day in the key's row, which the caller holds
 -- locked. When today's requests have reached the limit: the seconds until the
@@ -61,6 +86,7 @@ BEGIN
         PERFORM parecer._invalid(pg_catalog.format('invalid tokens: %s', COALESCE(tokens::text, 'NULL')),
                                  'tokens is the estimated size of the call (prompt + output), 0..10000000.');
     END IF;
+    PERFORM parecer._check_rate_key(v_key);
     INSERT INTO parecer._rate_limits AS r (limit_key, refilled_at)
     VALUES (v_key, v_now)
     ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
@@ -113,7 +139,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.acquire_rate(text, integer) IS
-'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). Errors: PR010, PR016 tokens above the key''s tokens per minute or the max_request_tokens setting (the request can never be granted).';
+'Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. ''default:gpt-5-mini''), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). With the isolation setting on, a caller that does not serve every client may use only a key bound to one of its clients (parecer.bind_rate_limit). Errors: PR010, PR016 tokens above the key''s tokens per minute or the max_request_tokens setting (the request can never be granted), PR025 key not bound to a client you serve.';
 
 -- Feed back what the provider said: 429 Retry-After pauses every runner of the key; remaining headers; actual tokens.
 CREATE OR REPLACE FUNCTION parecer.report_rate(
@@ -139,6 +165,7 @@ BEGIN
     IF retry_after_seconds < 0 OR retry_after_seconds > 86400 OR reset_seconds < 0 OR reset_seconds > 86400 THEN
         PERFORM parecer._invalid('retry_after_seconds and reset_seconds must be between 0 and 86400', 'Pass the provider''s Retry-After in seconds.');
     END IF;
+    PERFORM parecer._check_rate_key(v_key);
     INSERT INTO parecer._rate_limits AS r (limit_key) VALUES (v_key) ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO NOTHING;
     -- One call pauses the key for at most max_pause_seconds (a runner cannot stop the others for a day).
     IF retry_after_seconds IS NOT NULL THEN
@@ -165,10 +192,11 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.report_rate(text, double precision, integer, integer, double precision, integer, integer, text) IS
-'Feed back the provider''s answer for limit_key: a 429''s Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. Returns the pause end (NULL: not paused). Errors: PR010.';
+'Feed back the provider''s answer for limit_key: a 429''s Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. With the isolation setting on, a caller that does not serve every client may report only on a key bound to one of its clients (parecer.bind_rate_limit). Returns the pause end (NULL: not paused). Errors: PR010, PR025 key not bound to a client you serve.';
 
 -- The shared limits, as runners see them.
-CREATE OR REPLACE VIEW parecer.rate_limits AS
+-- security_barrier, filtered by the caller's clients as the other reader views.
+CREATE OR REPLACE VIEW parecer.rate_limits WITH (security_barrier = true) AS
 SELECT r.limit_key,
        COALESCE(r.rpm, (SELECT COALESCE(st.value, st.default_value)::integer FROM parecer._settings st
                         WHERE st.name = 'default_rpm')) AS rpm,
@@ -183,10 +211,12 @@ SELECT r.limit_key,
                         WHERE st.name = 'default_rpd')) AS rpd,
        CASE WHEN r.day = (clock_timestamp() AT TIME ZONE (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st
                                                           WHERE st.name = 'budget_timezone'))::date
-            THEN r.day_requests ELSE 0 END AS requests_today
+            THEN r.day_requests ELSE 0 END AS requests_today,
+       r.client_slugs
 FROM parecer._rate_limits r
+WHERE (SELECT sc.all_clients FROM parecer._caller_scope sc) OR r.client_ids && (SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]
 ORDER BY r.limit_key;
-COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day).';
+COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day), client_slugs: the clients the key is bound to (parecer.bind_rate_limit). With the isolation setting on, a reader sees only keys bound to its clients.';
 
 -- Set (or with NULLs reset to the defaults) the limits of a key + model.
 CREATE OR REPLACE FUNCTION parecer.set_rate_limit(limit_key text, rpm integer DEFAULT NULL, tpm integer DEFAULT NULL,
@@ -212,3 +242,34 @@ END
 $$;
 COMMENT ON FUNCTION parecer.set_rate_limit(text, integer, integer, integer) IS
 'Configure requests and tokens per minute and requests per day (budget_timezone day) for a provider key label + model (NULL: the default_rpm / default_tpm / default_rpd settings). Errors: PR010.';
+
+-- Bind a key to the clients whose runners use it (isolation on: only their
+-- runners may take from or pause it).
+CREATE OR REPLACE FUNCTION parecer.bind_rate_limit(limit_key text, client_slugs text[])
+RETURNS SETOF parecer.rate_limits
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_key   text := parecer._limit_key(bind_rate_limit.limit_key);
+    v_ids   text[];
+    v_slugs text[];
+BEGIN
+    IF bind_rate_limit.client_slugs IS NOT NULL
+       AND (array_ndims(bind_rate_limit.client_slugs) > 1 OR array_position(bind_rate_limit.client_slugs, NULL) IS NOT NULL) THEN
+        PERFORM parecer._invalid('client_slugs must be a one-dimensional array without NULLs',
+                                 'Pass e.g. ARRAY[''acme''] (NULL or an empty array: bound to no client).');
+    END IF;
+    SELECT array_agg(c.client_id ORDER BY c.client_slug), array_agg(c.client_slug ORDER BY c.client_slug)
+      INTO v_ids, v_slugs
+    FROM (SELECT DISTINCT x FROM unnest(bind_rate_limit.client_slugs) x) u
+    CROSS JOIN LATERAL parecer._client(u.x) c;   -- PR001 for an unknown slug
+    INSERT INTO parecer._rate_limits AS r (limit_key, client_ids, client_slugs) VALUES (v_key, v_ids, v_slugs)
+    ON CONFLICT ON CONSTRAINT _rate_limits_pkey DO UPDATE
+        SET client_ids = EXCLUDED.client_ids, client_slugs = EXCLUDED.client_slugs, updated_at = now();
+    RETURN QUERY SELECT * FROM parecer.rate_limits l WHERE l.limit_key = v_key;
+END
+$$;
+COMMENT ON FUNCTION parecer.bind_rate_limit(text, text[]) IS
+'Bind a limit key to the clients whose runners use it, replacing its previous clients (NULL or empty: none); its limits and state stay. With the isolation setting on, a runner that does not serve every client may call acquire_rate and report_rate only on a key bound to one of its clients (else PR025); a key bound to several clients is shared by their runners (one provider key, one limit). With isolation off the binding is not checked. Errors: PR001 unknown client, PR010.';

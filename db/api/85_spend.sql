@@ -221,6 +221,8 @@ END
 $$;
 
 -- Raise budget alerts (NOTIFY parecer_budget, once per client, period and threshold) at 80% and 100%.
+-- The client id '*' stands for the installation (parecer._global_budget_alerts_check):
+-- its spend is every client's, its notification says "client": null, "scope": "installation".
 CREATE OR REPLACE FUNCTION parecer._budget_alerts_check(p_client_id text, p_client_slug text, p_day date,
                                              p_daily numeric, p_monthly numeric) RETURNS void
 LANGUAGE plpgsql
@@ -236,17 +238,23 @@ BEGIN
         v_budget := CASE v_period WHEN 'day' THEN p_daily ELSE p_monthly END;
         CONTINUE WHEN v_budget IS NULL;
         v_start := CASE v_period WHEN 'day' THEN p_day ELSE date_trunc('month', p_day)::date END;
-        SELECT COALESCE(sum(s.cost_usd), 0) INTO v_spent FROM parecer._spend s
-         WHERE s.client_id = p_client_id AND s.day >= v_start AND s.day <= p_day;
+        IF p_client_id = '*' THEN
+            SELECT COALESCE(sum(s.cost_usd), 0) INTO v_spent FROM parecer._spend s WHERE s.day >= v_start AND s.day <= p_day;
+        ELSE
+            SELECT COALESCE(sum(s.cost_usd), 0) INTO v_spent FROM parecer._spend s
+             WHERE s.client_id = p_client_id AND s.day >= v_start AND s.day <= p_day;
+        END IF;
         FOREACH v_pct IN ARRAY ARRAY[80, 100] LOOP
             IF v_spent >= v_budget * v_pct / 100.0 THEN
                 INSERT INTO parecer._budget_alerts (client_id, period, period_start, threshold, spent_usd, budget_usd)
                 VALUES (p_client_id, v_period, v_start, v_pct, v_spent, v_budget)
                 ON CONFLICT DO NOTHING;
                 IF FOUND THEN
-                    PERFORM pg_notify('parecer_budget', json_build_object(
+                    PERFORM pg_notify('parecer_budget', (CASE WHEN p_client_id = '*' THEN json_build_object(
+                        'client', NULL, 'scope', 'installation', 'period', v_period, 'threshold', v_pct,
+                        'spent_usd', round(v_spent, 4), 'budget_usd', v_budget) ELSE json_build_object(
                         'client', p_client_slug, 'period', v_period, 'threshold', v_pct,
-                        'spent_usd', round(v_spent, 4), 'budget_usd', v_budget)::text);
+                        'spent_usd', round(v_spent, 4), 'budget_usd', v_budget) END)::text);
                 END IF;
             END IF;
         END LOOP;
@@ -408,35 +416,13 @@ CREATE OR REPLACE FUNCTION parecer._global_budget_alerts_check(p_day date) RETUR
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_b      parecer._global_budget;
-    v_period text;
-    v_budget numeric;
-    v_start  date;
-    v_spent  numeric;
-    v_pct    integer;
+    v_b parecer._global_budget;
 BEGIN
     SELECT * INTO v_b FROM parecer._global_budget;
     IF v_b.daily_budget_usd IS NULL AND v_b.monthly_budget_usd IS NULL THEN
         RETURN;
     END IF;
-    FOREACH v_period IN ARRAY ARRAY['day', 'month'] LOOP
-        v_budget := CASE v_period WHEN 'day' THEN v_b.daily_budget_usd ELSE v_b.monthly_budget_usd END;
-        CONTINUE WHEN v_budget IS NULL;
-        v_start := CASE v_period WHEN 'day' THEN p_day ELSE date_trunc('month', p_day)::date END;
-        SELECT COALESCE(sum(s.cost_usd), 0) INTO v_spent FROM parecer._spend s WHERE s.day >= v_start AND s.day <= p_day;
-        FOREACH v_pct IN ARRAY ARRAY[80, 100] LOOP
-            IF v_spent >= v_budget * v_pct / 100.0 THEN
-                INSERT INTO parecer._budget_alerts (client_id, period, period_start, threshold, spent_usd, budget_usd)
-                VALUES ('*', v_period, v_start, v_pct, v_spent, v_budget)
-                ON CONFLICT DO NOTHING;
-                IF FOUND THEN
-                    PERFORM pg_notify('parecer_budget', json_build_object(
-                        'client', NULL, 'scope', 'installation', 'period', v_period, 'threshold', v_pct,
-                        'spent_usd', round(v_spent, 4), 'budget_usd', v_budget)::text);
-                END IF;
-            END IF;
-        END LOOP;
-    END LOOP;
+    PERFORM parecer._budget_alerts_check('*', NULL, p_day, v_b.daily_budget_usd, v_b.monthly_budget_usd);
 END
 $$;
 

@@ -53,6 +53,8 @@ DECLARE
     v_alive    boolean;
     v_failed   bigint;
     v_paused   text;
+    v_iso      text;
+    v_fixes    text[];
 BEGIN
     IF active_minutes IS NULL OR active_minutes NOT BETWEEN 1 AND 10080 THEN
         PERFORM parecer._invalid('active_minutes must be between 1 and 10080', 'Pass e.g. active_minutes => 10.');
@@ -104,6 +106,47 @@ BEGIN
             RETURN QUERY SELECT 'role ' || v_role, 'ok'::text, 'held by ' || v_members, NULL::text;
         END IF;
     END LOOP;
+
+    -- tenant isolation: roles that get nothing, grants that bind nobody, grants that do nothing
+    v_iso := parecer._setting('isolation');
+    v_bad := '{}';
+    v_fixes := '{}';
+    SELECT string_agg(pg_catalog.format('%s (%s)', cg.role_name, cg.client_slug), ', ' ORDER BY cg.role_name, cg.client_slug)
+      INTO v_members FROM parecer.client_grants cg WHERE NOT cg.role_exists;
+    IF v_members IS NOT NULL THEN
+        v_bad := v_bad || ('grants to dropped roles: ' || v_members);
+        v_fixes := v_fixes || '`parecer access revoke ''#OID''` for each (as `parecer access list` names them)'::text;
+    END IF;
+    IF v_iso = 'on' THEN
+        SELECT string_agg(u.rolname, ', ' ORDER BY u.rolname) INTO v_members
+        FROM pg_catalog.pg_roles u
+        WHERE u.rolcanlogin AND NOT u.rolsuper
+          AND EXISTS (SELECT FROM pg_catalog.pg_roles g WHERE g.rolname IN ('parecer_runner', 'parecer_reader')
+                      AND pg_catalog.pg_has_role(u.oid, g.oid, 'MEMBER'))
+          AND NOT parecer._role_serves(u.rolname, NULL);
+        IF v_members IS NOT NULL THEN
+            v_bad := v_bad || ('isolation is on and these runner/reader login roles have no client grant, so they get nothing: ' || v_members);
+            v_fixes := v_fixes || '`parecer access grant ROLE CLIENT` (or remove the role from parecer_runner / parecer_reader)'::text;
+        END IF;
+        SELECT string_agg(r.limit_key, ', ' ORDER BY r.limit_key) INTO v_members
+        FROM parecer._rate_limits r WHERE COALESCE(cardinality(r.client_ids), 0) = 0;
+        IF v_members IS NOT NULL THEN
+            v_bad := v_bad || ('isolation is on and these limit keys are bound to no client, so runners bound to clients get PR025 on them: ' || v_members);
+            v_fixes := v_fixes || '`parecer limits bind KEY CLIENT...`'::text;
+        END IF;
+    ELSIF (SELECT count(DISTINCT cg.client_id) FROM parecer.client_grants cg WHERE cg.role_exists) > 1 THEN
+        v_bad := v_bad || (SELECT pg_catalog.format('isolation is off while %s clients have grants: every runner and reader serves every client',
+                                                    count(DISTINCT cg.client_id))
+                           FROM parecer.client_grants cg WHERE cg.role_exists);
+        v_fixes := v_fixes || 'probably meant: SELECT parecer.set_setting(''isolation'', ''on''); (docs/operations.md, Multi-tenant setup)'::text;
+    END IF;
+    RETURN QUERY SELECT 'isolation'::text,
+        CASE WHEN cardinality(v_bad) = 0 THEN 'ok' ELSE 'warn' END,
+        CASE WHEN cardinality(v_bad) = 0
+             THEN pg_catalog.format('isolation %s; %s client grant(s)', v_iso, (SELECT count(*) FROM parecer._client_grants))
+             ELSE array_to_string(v_bad, '; ') END,
+        CASE WHEN cardinality(v_bad) = 0 THEN NULL ELSE array_to_string(v_fixes, '; ') END;
+    v_bad := '{}';
 
     -- settings: every stored value parses as its kind and lies within its bounds
     FOR v_set IN SELECT s.name, COALESCE(s.value, s.default_value) AS v, s.kind, s.min_value, s.max_value
@@ -181,7 +224,7 @@ BEGIN
              ELSE 'read the errors in parecer.attempts, fix the cause, then `parecer retry --client CLIENT`' END;
 END
 $$;
-COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.';
+COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.';
 
 -- Retention: delete what is older than older_than and no longer needed, one
 -- batch per kind per call (short transactions, row locks only on old rows; the

@@ -78,6 +78,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.session_transcript(text),
     parecer.prompt_for(uuid),
     parecer.set_rate_limit(text, integer, integer, integer),
+    parecer.bind_rate_limit(text, text[]),
     parecer.set_model_price(text, numeric, numeric, numeric, text, date, numeric),
     parecer.set_budget(text, numeric, numeric),
     parecer.set_global_budget(numeric, numeric),

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -202,6 +202,21 @@ def connection(ctx: click.Context) -> Iterator[psycopg.Connection[dict[str, Any]
         yield conn
 
 
+def fetch_one(ctx: click.Context, query: str, params: Sequence[Any] = ()) -> dict[str, Any]:
+    """The one row a statement returns (a parecer function or view with one row), on its own
+    connection: the body of most commands that change something."""
+    with connection(ctx) as conn:
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row
+
+
+def fetch_all(ctx: click.Context, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Every row a statement returns, on its own connection."""
+    with connection(ctx) as conn:
+        return conn.execute(query, params).fetchall()
+
+
 def preflight(ctx: click.Context) -> None:
     """Before a long-running command: the database is reachable and parecer is installed."""
     with connection(ctx) as conn:
@@ -249,6 +264,11 @@ class ParecerGroup(click.Group):
 
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def usd_option(name: str, help: str) -> Callable[[F], F]:
+    """An optional amount in USD (a budget): omitted, it is None."""
+    return click.option(name, type=click.FloatRange(0, 1e12), default=None, help=help)
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -411,8 +431,7 @@ def db_check_adapter(ctx: click.Context, as_json: bool) -> None:
     Duplicate session ids, sessions ending in the future, messages without a
     session, lookups without an index, row counts. Exits 5 when a check is an error.
     """
-    with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.check_adapter()").fetchall()
+    rows = fetch_all(ctx, "SELECT * FROM parecer.check_adapter()")
     if as_json:
         emit_json(rows)
     else:
@@ -503,24 +522,23 @@ def scripts_create(
             json.loads(extra)  # the database validates the declaration (PR013)
         except ValueError as exc:
             raise click.BadParameter("not JSON", param_hint="--extra-fields") from exc
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
-            " topics => %s, language => %s, model => %s, activate => %s, metadata_keys => %s,"
-            " extra_fields => %s::jsonb)",
-            (
-                client,
-                key,
-                file_.read(),
-                list(topics),
-                language,
-                model,
-                activate,
-                list(metadata_keys),
-                extra,
-            ),
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(
+        ctx,
+        "SELECT * FROM parecer.create_script_version(client_slug => %s, script_key => %s, script_text => %s,"
+        " topics => %s, language => %s, model => %s, activate => %s, metadata_keys => %s,"
+        " extra_fields => %s::jsonb)",
+        (
+            client,
+            key,
+            file_.read(),
+            list(topics),
+            language,
+            model,
+            activate,
+            list(metadata_keys),
+            extra,
+        ),
+    )
     if as_json:
         emit_json(row)
     else:
@@ -540,10 +558,9 @@ def scripts_list(
     ctx: click.Context, client: str, key: str | None, active_only: bool, as_json: bool
 ) -> None:
     """List CLIENT's script versions."""
-    with connection(ctx) as conn:
-        rows = conn.execute(
-            "SELECT * FROM parecer.list_scripts(%s, %s, %s)", (client, key, active_only)
-        ).fetchall()
+    rows = fetch_all(
+        ctx, "SELECT * FROM parecer.list_scripts(%s, %s, %s)", (client, key, active_only)
+    )
     emit_json(rows) if as_json else emit_table(rows, SCRIPT_COLUMNS)
 
 
@@ -563,11 +580,7 @@ def scripts_show(
     ctx: click.Context, client: str, key: str, version: int | None, as_json: bool
 ) -> None:
     """Show a script version (default: the one a run would use)."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.resolve_script(%s, %s, %s)", (client, key, version)
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(ctx, "SELECT * FROM parecer.resolve_script(%s, %s, %s)", (client, key, version))
     if as_json:
         emit_json(row)
     else:
@@ -587,12 +600,11 @@ def scripts_activate(
     ctx: click.Context, client: str, key: str, version: int, keep_others: bool, as_json: bool
 ) -> None:
     """Activate VERSION of CLIENT's script KEY."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.activate_script(%s, %s, %s, %s)",
-            (client, key, version, not keep_others),
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(
+        ctx,
+        "SELECT * FROM parecer.activate_script(%s, %s, %s, %s)",
+        (client, key, version, not keep_others),
+    )
     emit_json(row) if as_json else click.echo(f"activated {client}/{key} v{version}")
 
 
@@ -1146,9 +1158,7 @@ def prompt_cmd(ctx: click.Context, analysis_id: str, as_json: bool) -> None:
         UUID(analysis_id)
     except ValueError:
         raise click.BadParameter("not a uuid", param_hint="ANALYSIS_ID") from None
-    with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.prompt_for(%s)", (analysis_id,)).fetchone()
-    assert row is not None
+    row = fetch_one(ctx, "SELECT * FROM parecer.prompt_for(%s)", (analysis_id,))
     if as_json:
         emit_json(row)
         return
@@ -1180,11 +1190,9 @@ def retry_cmd(
     as_json: bool,
 ) -> None:
     """Re-queue terminal failures (parecer.retry_failed)."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT parecer.retry_failed(%s, %s, %s) AS requeued", (run_id, client, error_like)
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(
+        ctx, "SELECT parecer.retry_failed(%s, %s, %s) AS requeued", (run_id, client, error_like)
+    )
     emit_json(row) if as_json else click.echo(f"re-queued {row['requeued']} item(s)")
 
 
@@ -1420,8 +1428,7 @@ def limits_group() -> None:
 def limits_show(ctx: click.Context, as_json: bool) -> None:
     """Configured limits, current pauses, requests granted, 429s reported (throttled) and
     requests the shared limiter made wait (waited)."""
-    with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.rate_limits").fetchall()
+    rows = fetch_all(ctx, "SELECT * FROM parecer.rate_limits")
     emit_json(rows) if as_json else emit_table(rows, title="rate limits")
 
 
@@ -1456,15 +1463,32 @@ def limits_set(
     as_json: bool,
 ) -> None:
     """Set LIMIT_KEY's limits: '<key label>:<model>', as `parecer limits show` lists them."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.set_rate_limit(%s, %s, %s, %s)", (limit_key, rpm, tpm, rpd)
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(
+        ctx, "SELECT * FROM parecer.set_rate_limit(%s, %s, %s, %s)", (limit_key, rpm, tpm, rpd)
+    )
     per_day = f"{row['rpd']} rpd" if row["rpd"] else "no daily limit"
     emit_json(row) if as_json else click.echo(
         f"{row['limit_key']}: {row['rpm']} rpm, {row['tpm']} tpm, {per_day}"
     )
+
+
+@limits_group.command("bind")
+@click.argument("limit_key")
+@click.argument("clients", nargs=-1)
+@json_option
+@click.pass_context
+def limits_bind(
+    ctx: click.Context, limit_key: str, clients: tuple[str, ...], as_json: bool
+) -> None:
+    """Bind LIMIT_KEY to the CLIENTS whose runners use it (none given: unbind). With the
+    isolation setting on, a runner may use only keys bound to one of its clients."""
+    with connection(ctx) as conn:
+        row = conn.execute(
+            "SELECT * FROM parecer.bind_rate_limit(%s, %s)", (limit_key, list(clients))
+        ).fetchone()
+    assert row is not None
+    slugs = ", ".join(row["client_slugs"] or []) or "no client"
+    emit_json(row) if as_json else click.echo(f"{row['limit_key']}: bound to {slugs}")
 
 
 @main.group("budgets", context_settings=CONTEXT)
@@ -1477,53 +1501,33 @@ def budgets_group() -> None:
 @click.pass_context
 def budgets_show(ctx: click.Context, as_json: bool) -> None:
     """Budgets, spend so far and why a client is held back."""
-    with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.budgets").fetchall()
+    rows = fetch_all(ctx, "SELECT * FROM parecer.budgets")
     emit_json(rows) if as_json else emit_table(rows, title="budgets (USD)")
 
 
 @budgets_group.command("set")
 @click.argument("client")
-@click.option(
-    "--daily",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="Daily budget in USD (omit: none).",
-)
-@click.option(
-    "--monthly",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="Monthly budget in USD (omit: none).",
-)
+@usd_option("--daily", help="Daily budget in USD (omit: none).")
+@usd_option("--monthly", help="Monthly budget in USD (omit: none).")
 @json_option
 @click.pass_context
 def budgets_set(
     ctx: click.Context, client: str, daily: float | None, monthly: float | None, as_json: bool
 ) -> None:
     """Set CLIENT's budgets; claim hands out no work past them (fail-closed)."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.set_budget(%s, %s::numeric, %s::numeric)",
-            (client, daily, monthly),
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(
+        ctx,
+        "SELECT * FROM parecer.set_budget(%s, %s::numeric, %s::numeric)",
+        (client, daily, monthly),
+    )
     emit_json(row) if as_json else emit_record(row)
 
 
 @budgets_group.command("global")
-@click.option(
-    "--daily",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="The installation's daily budget in USD, all clients together (omit: none).",
+@usd_option(
+    "--daily", help="The installation's daily budget in USD, all clients together (omit: none)."
 )
-@click.option(
-    "--monthly",
-    type=click.FloatRange(0, 1e12),
-    default=None,
-    help="The installation's monthly budget in USD (omit: none).",
-)
+@usd_option("--monthly", help="The installation's monthly budget in USD (omit: none).")
 @click.option("--show", is_flag=True, help="Only show the installation's budget and spend.")
 @json_option
 @click.pass_context
@@ -1531,15 +1535,14 @@ def budgets_global(
     ctx: click.Context, daily: float | None, monthly: float | None, show: bool, as_json: bool
 ) -> None:
     """Set the installation's budgets; claim hands out no work to anyone past them."""
-    with connection(ctx) as conn:
-        if show:
-            row = conn.execute("SELECT * FROM parecer.global_budget").fetchone()
-        else:
-            row = conn.execute(
-                "SELECT * FROM parecer.set_global_budget(%s::numeric, %s::numeric)",
-                (daily, monthly),
-            ).fetchone()
-    assert row is not None
+    if show:
+        row = fetch_one(ctx, "SELECT * FROM parecer.global_budget")
+    else:
+        row = fetch_one(
+            ctx,
+            "SELECT * FROM parecer.set_global_budget(%s::numeric, %s::numeric)",
+            (daily, monthly),
+        )
     emit_json(row) if as_json else emit_record(row)
 
 
@@ -1550,11 +1553,7 @@ def budgets_global(
 @click.pass_context
 def budgets_priority(ctx: click.Context, client: str, priority: int, as_json: bool) -> None:
     """Set CLIENT's weight in claim's round-robin (1..100; VIP first)."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.set_client_priority(%s, %s)", (client, priority)
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(ctx, "SELECT * FROM parecer.set_client_priority(%s, %s)", (client, priority))
     emit_json(row) if as_json else click.echo(f"{client}: priority {row['priority']}")
 
 
@@ -1570,8 +1569,7 @@ def access_group() -> None:
 @click.pass_context
 def access_grant(ctx: click.Context, role: str, client: str, as_json: bool) -> None:
     """Let ROLE (and its members) serve and see CLIENT (parecer.grant_client)."""
-    with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.grant_client(%s, %s)", (role, client)).fetchall()
+    rows = fetch_all(ctx, "SELECT * FROM parecer.grant_client(%s, %s)", (role, client))
     emit_json(rows) if as_json else emit_table(rows, title=f"clients of {role}")
 
 
@@ -1582,11 +1580,7 @@ def access_grant(ctx: click.Context, role: str, client: str, as_json: bool) -> N
 @click.pass_context
 def access_revoke(ctx: click.Context, role: str, client: str | None, as_json: bool) -> None:
     """Take CLIENT (omitted: every client) from ROLE (parecer.revoke_client)."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT parecer.revoke_client(%s, %s) AS revoked", (role, client)
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(ctx, "SELECT parecer.revoke_client(%s, %s) AS revoked", (role, client))
     emit_json(row) if as_json else click.echo(f"{role}: {row['revoked']} grant(s) revoked")
 
 
@@ -1615,8 +1609,7 @@ def prices_group() -> None:
 @click.pass_context
 def prices_show(ctx: click.Context, as_json: bool) -> None:
     """Prices in USD per million tokens, with their source and date."""
-    with connection(ctx) as conn:
-        rows = conn.execute("SELECT * FROM parecer.model_prices").fetchall()
+    rows = fetch_all(ctx, "SELECT * FROM parecer.model_prices")
     emit_json(rows) if as_json else emit_table(rows, title="model prices (USD / 1M tokens)")
 
 
@@ -1652,12 +1645,11 @@ def prices_set(
     as_json: bool,
 ) -> None:
     """Add or change MODEL's price (matched by prefix)."""
-    with connection(ctx) as conn:
-        row = conn.execute(
-            "SELECT * FROM parecer.set_model_price(%s, %s::numeric, %s::numeric, %s::numeric, %s)",
-            (model, input_, cached, output, source),
-        ).fetchone()
-    assert row is not None
+    row = fetch_one(
+        ctx,
+        "SELECT * FROM parecer.set_model_price(%s, %s::numeric, %s::numeric, %s::numeric, %s)",
+        (model, input_, cached, output, source),
+    )
     emit_json(row) if as_json else emit_record(row)
 
 
@@ -1881,9 +1873,7 @@ def _doctor_report(checks: list[dict[str, Any]], as_json: bool) -> None:
 @click.pass_context
 def metrics_cmd(ctx: click.Context, as_json: bool) -> None:
     """Queue-wide gauges (parecer.metrics) in the Prometheus text format, as a runner's /metrics has them."""
-    with connection(ctx) as conn:
-        row = conn.execute("SELECT * FROM parecer.metrics").fetchone()
-    assert row is not None
+    row = fetch_one(ctx, "SELECT * FROM parecer.metrics")
     if as_json:
         emit_json(row)
         return

@@ -28,6 +28,7 @@ UNKNOWN_ROLE = "PR018"
 UNKNOWN_BATCH = "PR019"
 BATCH_STATE = "PR020"
 NOT_BACKLOG_RUN = "PR021"
+RATE_KEY_NOT_BOUND = "PR025"
 NO_EXCHANGE_RATE = "PR030"
 BAD_METADATA_FILTER = "PR031"
 
@@ -54,6 +55,7 @@ CODES: dict[str, str] = {
     UNKNOWN_BATCH: "unknown batch (or another client's)",
     BATCH_STATE: "the batch is not in a state this step may follow",
     NOT_BACKLOG_RUN: "the run is not a backlog run (batch mode is for backlog runs)",
+    RATE_KEY_NOT_BOUND: "limit key not bound to a client you serve (isolation on)",
     NO_EXCHANGE_RATE: "no exchange rate for the currency (only USD and display_currency)",
     BAD_METADATA_FILTER: "invalid metadata filter",
 }

@@ -869,7 +869,7 @@ class Runner:
                 left = (lease.expires_at - lease.db_now).total_seconds()
                 metrics.LEASE_EXTENSIONS.inc()
             except psycopg.Error as exc:
-                if errors.sqlstate(exc) == errors.STALE_LEASE:
+                if errors.sqlstate(exc) in (errors.STALE_LEASE, errors.UNKNOWN_ANALYSIS):
                     if not flight.reporting:
                         event(log, "lease lost", logging.WARNING, analysis=str(item.analysis_id))
                     return
@@ -1187,7 +1187,8 @@ class Runner:
         try:
             return await self._one(ItemOutcome, sql, (item.analysis_id, item.lease_token, *args))
         except psycopg.Error as exc:
-            if errors.sqlstate(exc) != errors.STALE_LEASE:
+            # PR011: the item is not (or no longer) one of this role's clients' (revoked)
+            if errors.sqlstate(exc) not in (errors.STALE_LEASE, errors.UNKNOWN_ANALYSIS):
                 raise
         self._stale(fields, stale_reason)
         return None
@@ -1237,6 +1238,15 @@ class Runner:
                         f"{PROMPT_TOO_LARGE}: {tokens} tokens exceed the tokens per minute of {limit_key}"
                         " or the max_request_tokens setting",
                         retryable=False,
+                    ) from None
+                if (
+                    errors.sqlstate(exc) == errors.RATE_KEY_NOT_BOUND
+                ):  # isolation on: not the item's fault
+                    raise ProviderPause(
+                        f"limit key {limit_key} is not bound to a client this role serves",
+                        60.0,
+                        loud=True,
+                        fix=f"an admin runs `parecer limits bind {limit_key} CLIENT...`",
                     ) from None
                 raise
             if g.granted:

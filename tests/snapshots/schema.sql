@@ -100,7 +100,9 @@
     waited bigint NOT NULL DEFAULT 0,
     rpd integer,
     day date,
-    day_requests integer NOT NULL DEFAULT 0
+    day_requests integer NOT NULL DEFAULT 0,
+    client_ids text[],
+    client_slugs text[]
 
 -- table: _settings
     name text NOT NULL,
@@ -830,8 +832,12 @@ UNION ALL
                FROM parecer._settings st
               WHERE st.name = 'budget_timezone'::text)))::date THEN day_requests
             ELSE 0
-        END AS requests_today
+        END AS requests_today,
+    client_slugs
    FROM parecer._rate_limits r
+  WHERE ( SELECT sc.all_clients
+           FROM parecer._caller_scope sc) OR client_ids && (( SELECT sc.client_ids
+           FROM parecer._caller_scope sc))
   ORDER BY limit_key;
 
 -- view: reports
@@ -994,7 +1000,7 @@ body md5 8fcf33c62bf6be96cb6cd1d4c8b08b42
 ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_daily numeric, p_monthly numeric
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 dacff213f4432802d45a757c786a57ab
+body md5 971af0aab89bbeb05c61439da0a515a1
 
 -- function: parecer._budget_day(timestamp with time zone)
 ARGUMENTS p_ts timestamp with time zone DEFAULT now()
@@ -1021,6 +1027,12 @@ RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 body md5 1333864aff7bb51fad5c8c2f550dbf4b
 
+-- function: parecer._check_rate_key(text)
+ARGUMENTS p_key text
+RETURNS void
+LANGUAGE plpgsql STABLE
+body md5 e683baa82ca01357b25836b98b986865
+
 -- function: parecer._check_unique_sessions(text[])
 ARGUMENTS p_session_ids text[]
 RETURNS void
@@ -1031,7 +1043,7 @@ body md5 470537dde76d4ae164a438697bcf864b
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
 LANGUAGE plpgsql STABLE
-body md5 886586ceb90037de239f0e71bf626631
+body md5 5eba161d065427a5dfe7e6e86c0a39b0
 
 -- function: parecer._cost(text,jsonb)
 ARGUMENTS p_model text, p_usage jsonb
@@ -1097,7 +1109,7 @@ body md5 00e9984b6aea5450f24f51c495500a90
 ARGUMENTS p_day date
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 7a41b872ffea262bd9fe3428b6a52ac2
+body md5 01cde9e62565112a36dbd299a369fbe5
 
 -- function: parecer._grounding(jsonb,text)
 ARGUMENTS p_report jsonb, p_session_id text
@@ -1117,7 +1129,7 @@ RETURNS jsonb
 LANGUAGE sql STABLE
 SET jit=off
 SET search_path=pg_catalog, pg_temp
-body md5 05c4a14d28dce6893ee6cdf6e8302a46
+body md5 b814c0201df0969593caed8aec354880
 
 -- function: parecer._insights_check(text,text,text,integer,timestamp with time zone,timestamp with time zone)
 ARGUMENTS p_client_id text, p_client_slug text, p_script_key text, p_version integer, p_since timestamp with time zone, p_until timestamp with time zone
@@ -1131,7 +1143,7 @@ ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone,
 RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path=pg_catalog, pg_temp
-body md5 e1609d15209d2ce810797f896c3ab068
+body md5 1644bd896a7a21c2ff84d33bd4a3b9eb
 
 -- function: parecer._instructions(text,text,integer,text,text[],text)
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer, p_script_text text, p_topics text[], p_language text
@@ -1167,7 +1179,7 @@ body md5 b181474ea2bbf46b488cc610bad71cce
 ARGUMENTS p_analysis_id uuid, p_token uuid
 RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
-body md5 200e36021dfda95a1918a351392ace5f
+body md5 4b6a2270863d92b171fed17160653d75
 
 -- function: parecer._lease_items(uuid[],text,integer,name)
 ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
@@ -1248,6 +1260,18 @@ RETURNS TABLE(analysis_id uuid)
 LANGUAGE sql STABLE
 body md5 6051b7958ed7c4e73def095c814034bd
 
+-- function: parecer._raise_invalid_setting(text,text,text)
+ARGUMENTS p_name text, p_value text, p_hint text
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+body md5 1c4f996b4de47f1c88bc4be981abad41
+
+-- function: parecer._raise_unknown_client(text)
+ARGUMENTS p_slug text
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+body md5 d8aa7fca601c4ae86679e839b54a4022
+
 -- function: parecer._rate_day_take(parecer._rate_limits,timestamp with time zone,boolean)
 ARGUMENTS p_row parecer._rate_limits, p_now timestamp with time zone, p_grant boolean
 RETURNS double precision
@@ -1272,11 +1296,23 @@ RETURNS json
 LANGUAGE sql IMMUTABLE
 body md5 74b7b8cebdb879a788d0070cd055cfdb
 
+-- function: parecer._require_run(bigint)
+ARGUMENTS p_run_id bigint
+RETURNS void
+LANGUAGE plpgsql STABLE
+body md5 82870b18a867303225760abf8bb15e09
+
 -- function: parecer._resolve_script(text,text,integer)
 ARGUMENTS p_client_slug text, p_script_key text, p_version integer
 RETURNS parecer.scripts
 LANGUAGE plpgsql STABLE
 body md5 6783eec674b4b326ec0f591cac781a62
+
+-- function: parecer._role_serves(name,text)
+ARGUMENTS p_role name, p_client_id text
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+body md5 fad4c71ffa681318c3808acd3105f82f
 
 -- function: parecer._run_summary(bigint)
 ARGUMENTS p_run_id bigint
@@ -1301,6 +1337,12 @@ ARGUMENTS
 RETURNS text[]
 LANGUAGE sql IMMUTABLE
 body md5 ae5ca001187142610e14bf76fdda9fba
+
+-- function: parecer._serves(text)
+ARGUMENTS p_client_id text
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+body md5 bdd8831a1eea96d0ea19066ec83565cb
 
 -- function: parecer._setting(text)
 ARGUMENTS p_name text
@@ -1354,7 +1396,13 @@ body md5 b8db65b6c1809b2fa368b8f2047794ff
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
 LANGUAGE plpgsql STABLE
-body md5 7505d7afe5c11f6aedf225a85c9e6a4f
+body md5 1a2c5c100361210896701298f826a92b
+
+-- function: parecer._window_reports(text,text,timestamp with time zone,timestamp with time zone,integer,text)
+ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone, p_until timestamp with time zone, p_version integer, p_tag text
+RETURNS TABLE(analysis_id uuid, session_id text, script_id bigint, processed_at timestamp with time zone, cost_usd numeric, report jsonb, script_key text, version integer, language text, extra_fields jsonb)
+LANGUAGE sql STABLE
+body md5 c4ed87b80e874a124d883a1d9dd4ffaf
 
 -- function: parecer._with_extra(json,json)
 ARGUMENTS p_schema json, p_extra json
@@ -1367,7 +1415,7 @@ ARGUMENTS limit_key text, tokens integer DEFAULT 1000
 RETURNS parecer.rate_grant
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 8afa1eb99c05c8b6bee2081a6d6ac07c
+body md5 eb36de3d175f9fd5969df402fb4c558e
 
 -- function: parecer.activate_script(text,text,integer,boolean)
 ARGUMENTS client_slug text, script_key text, script_version integer, deactivate_others boolean DEFAULT true
@@ -1404,12 +1452,19 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 3864e664559d4bcc465e21439e0cc791
 
+-- function: parecer.bind_rate_limit(text,text[])
+ARGUMENTS limit_key text, client_slugs text[]
+RETURNS SETOF parecer.rate_limits
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 c606bc234162d586ea4d0359e88f49ac
+
 -- function: parecer.check_adapter()
 ARGUMENTS 
 RETURNS TABLE(check_name text, status text, count bigint, detail text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 719e1667c110a95fce8ca93789a85831
+body md5 b10cedd97e1a8dff35e1953b7cb55fff
 
 -- function: parecer.claim(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
@@ -1431,7 +1486,7 @@ ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
 RETURNS TABLE(check_name text, status text, detail text, fix text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 7c37d8c80d0a1b1ece759154a148c066
+body md5 bb2f6e30fb70f561e840167819b8a1b3
 
 -- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
 ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, metadata_filter jsonb DEFAULT NULL::jsonb
@@ -1488,7 +1543,7 @@ RETURNS SETOF parecer.insight_session
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET jit=off
 SET search_path=pg_catalog, pg_temp
-body md5 48577fc8785cf7f27319d3e2e81025b0
+body md5 71297d96ef4dc614da817fd09763c4f3
 
 -- function: parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, script_version integer DEFAULT NULL::integer, analysis_version_tag text DEFAULT NULL::text
@@ -1502,7 +1557,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid
 RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at timestamp with time zone, media_type text, body text, transcription text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 6264ede79f063abc544c5ac5e31e5a21
+body md5 86e8a4e6b93815b066a1b6d1b7c4fa7e
 
 -- function: parecer.list_batches(bigint,boolean)
 ARGUMENTS run_id bigint DEFAULT NULL::bigint, open_only boolean DEFAULT true
@@ -1523,7 +1578,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, report jsonb, model text, prompt_h
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1b05196acbbd2a28c3e4c87a4ffd87fe
+body md5 3e252c3d7454df152e31d9e863f8df8d
 
 -- function: parecer.mark_done_many(jsonb)
 ARGUMENTS items jsonb
@@ -1537,7 +1592,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, error text, retryable boolean DEFA
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 b65165da6e5ec59a2c9116376ccb9fe0
+body md5 31f9f655d200831292bbe11341277a91
 
 -- function: parecer.next_due(text)
 ARGUMENTS client_slug text DEFAULT NULL::text
@@ -1572,14 +1627,14 @@ ARGUMENTS analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, r
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 e35c902c0dab4798371c40bc42afea44
+body md5 78a1e289010ef2f9ea23d3b1b8f7dcd1
 
 -- function: parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
 ARGUMENTS limit_key text, retry_after_seconds double precision DEFAULT NULL::double precision, remaining_requests integer DEFAULT NULL::integer, remaining_tokens integer DEFAULT NULL::integer, reset_seconds double precision DEFAULT NULL::double precision, estimated_tokens integer DEFAULT NULL::integer, actual_tokens integer DEFAULT NULL::integer, reason text DEFAULT NULL::text
 RETURNS timestamp with time zone
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 1507f0c120c86ce0fd390858eecb5aa0
+body md5 867f5749dc81909eb98f87bc36540c61
 
 -- function: parecer.resolve_script(text,text,integer)
 ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL::integer
@@ -1593,14 +1648,14 @@ ARGUMENTS run_id bigint DEFAULT NULL::bigint, client_slug text DEFAULT NULL::tex
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 541373409bb46954bff959e4cf9758d2
+body md5 ab873d5647ea35f9b76060e5326435e8
 
 -- function: parecer.revoke_client(name,text)
 ARGUMENTS role name, client_slug text DEFAULT NULL::text
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 bb3d34a4d7a6e1a5b7f694b4ba277c12
+body md5 1c04e40c6e2bfde70f8f32c14c05223f
 
 -- function: parecer.run_summary(bigint)
 ARGUMENTS run_id bigint
@@ -1656,14 +1711,14 @@ ARGUMENTS run_id bigint, backlog boolean DEFAULT true
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 7c264ef4cc966bb3dce76cebf0d5a80a
+body md5 50b5aa8002fcfb0370bc185d23fb9bbd
 
 -- function: parecer.set_setting(text,text)
 ARGUMENTS name text, value text
 RETURNS SETOF parecer.settings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 2a8d92365f4829108bc33e0cc26fa062
+body md5 ca32dbd077c8f52919eec902967d479f
 
 -- function: parecer.spend_projection(text)
 ARGUMENTS currency text DEFAULT NULL::text
@@ -1790,6 +1845,9 @@ postgres=X/postgres
 -- acl: parecer._check_extra_fields()
 postgres=X/postgres
 
+-- acl: parecer._check_rate_key(text)
+postgres=X/postgres
+
 -- acl: parecer._check_unique_sessions(text[])
 postgres=X/postgres
 
@@ -1901,6 +1959,12 @@ postgres=X/postgres
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
 postgres=X/postgres
 
+-- acl: parecer._raise_invalid_setting(text,text,text)
+postgres=X/postgres
+
+-- acl: parecer._raise_unknown_client(text)
+postgres=X/postgres
+
 -- acl: parecer._rate_day_take(parecer._rate_limits,timestamp with time
 postgres=X/postgres
 
@@ -1913,7 +1977,13 @@ postgres=X/postgres
 -- acl: parecer._report_schema(text[])
 postgres=X/postgres
 
+-- acl: parecer._require_run(bigint)
+postgres=X/postgres
+
 -- acl: parecer._resolve_script(text,text,integer)
+postgres=X/postgres
+
+-- acl: parecer._role_serves(name,text)
 postgres=X/postgres
 
 -- acl: parecer._run_summary(bigint)
@@ -1926,6 +1996,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._sentiments()
+postgres=X/postgres
+
+-- acl: parecer._serves(text)
 postgres=X/postgres
 
 -- acl: parecer._setting(text)
@@ -1955,6 +2028,9 @@ postgres=X/postgres
 -- acl: parecer._visible_client(text)
 postgres=X/postgres
 
+-- acl: parecer._window_reports(text,text,timestamp with time zone,time
+postgres=X/postgres
+
 -- acl: parecer._with_extra(json,json)
 postgres=X/postgres
 
@@ -1975,6 +2051,9 @@ parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.batch_uploaded(bigint,text)
 parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.bind_rate_limit(text,text[])
+parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.check_adapter()
 parecer_admin=X/postgres postgres=X/postgres
@@ -2138,6 +2217,12 @@ Messages the session had when the item was marked done (fingerprint; see parecer
 -- comment: column batch_price_factor of table parecer._model_prices
 The Batch API price as a fraction of this row's standard prices (OpenAI: 0.5, half price, for every model).
 
+-- comment: column client_ids of table parecer._rate_limits
+The clients whose runners may use the key when isolation is on (parecer.bind_rate_limit); NULL: none.
+
+-- comment: column client_slugs of table parecer._rate_limits
+The slugs of client_ids, as bound (for display).
+
 -- comment: column cost_usd of table parecer.analyses
 Cost in USD of the attempt that finished the item (done), from its usage and the price table; NULL without usage or for an unpriced model.
 
@@ -2178,7 +2263,7 @@ Requests per day of the key (NULL: setting default_rpd; 0 there: no daily limit)
 Token usage of the attempt that finished the item (done), as mark_done received it.
 
 -- comment: function parecer.acquire_rate(text,integer)
-Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted).
+Shared rate limiter: take one request and `tokens` tokens from the buckets of limit_key (e.g. 'default:gpt-5-mini'), or learn how long to wait. Every runner on every machine consults the same row, so together they never exceed rpm/tpm, nor rpd requests per budget_timezone day (then the wait lasts until the next day begins). With the isolation setting on, a caller that does not serve every client may use only a key bound to one of its clients (parecer.bind_rate_limit). Errors: PR010, PR016 tokens above the key's tokens per minute or the max_request_tokens setting (the request can never be granted), PR025 key not bound to a client you serve.
 
 -- comment: function parecer.activate_script(text,text,integer,boolean)
 Activate a script version; deactivate_others => true (default) leaves it the only active version of its key. Errors: PR001, PR002, PR010.
@@ -2195,6 +2280,9 @@ Record the provider's batch id of an uploaded batch (status submitted); recordin
 -- comment: function parecer.batch_uploaded(bigint,text)
 Record the provider file id of a preparing batch's uploaded input (status uploaded). Errors: PR010, PR019 unknown batch, PR020 not preparing.
 
+-- comment: function parecer.bind_rate_limit(text,text[])
+Bind a limit key to the clients whose runners use it, replacing its previous clients (NULL or empty: none); its limits and state stay. With the isolation setting on, a runner that does not serve every client may call acquire_rate and report_rate only on a key bound to one of its clients (else PR025); a key bound to several clients is shared by their runners (one provider key, one limit). With isolation off the binding is not checked. Errors: PR001 unknown client, PR010.
+
 -- comment: function parecer.check_adapter()
 Check the installed adapter against this host's data: row counts of the four source views (info), duplicate session ids (error: start_run raises PR015), sessions ending in the future and messages without a session (warn), contract v2 rows (source_message_senders: a sender outside the six or two rows for a message; source_session_metadata: not an object or two rows for a session: warn), and whether the planner can look up source_sessions.session_id, source_messages.session_id and source_contact_tags.contact_id through an index (warn: a table it scans whole). Reads every source row: run it when installing or changing an adapter, not in a loop.
 
@@ -2205,7 +2293,7 @@ Claim up to max_items claimable items (status pending, next_retry_at NULL or pas
 Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
 -- comment: function parecer.doctor(text,integer)
-The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
+The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
 
 -- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
 Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before), with an agent reply (an agent, bot or supervisor; else from_me) and whose parecer.source_session_metadata contains metadata_filter, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010, PR031 invalid metadata_filter.
@@ -2268,7 +2356,7 @@ Retention: deletes attempts that ended before now() - older_than, done analyses 
 Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Each release is counted (releases); the release beyond the max_releases setting makes the item a terminal failure ("released N times without finishing"), as does a release of an item with no retry left (max_attempts lowered meanwhile). Errors: PR006, PR010, PR011.
 
 -- comment: function parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
-Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. Returns the pause end (NULL: not paused). Errors: PR010.
+Feed back the provider's answer for limit_key: a 429's Retry-After pauses every runner of the key (then the rate ramps back), x-ratelimit-remaining-* = 0 pauses until reset, actual vs estimated tokens corrects the token bucket. A pause lasts at most the max_pause_seconds setting. With the isolation setting on, a caller that does not serve every client may report only on a key bound to one of its clients (parecer.bind_rate_limit). Returns the pause end (NULL: not paused). Errors: PR010, PR025 key not bound to a client you serve.
 
 -- comment: function parecer.resolve_script(text,text,integer)
 The script version a run would use: script_version if given, else the highest active version. Errors: PR001 unknown client, PR002 unknown script/version, PR003 no active version.
@@ -2277,7 +2365,7 @@ The script version a run would use: script_version if given, else the highest ac
 Re-queue terminal failures (status failed) of a run, a client and/or whose error matches error_like (ILIKE), with a fresh attempt budget; returns how many. Errors: PR001, PR010 nothing chosen, PR012.
 
 -- comment: function parecer.revoke_client(name,text)
-Unbind a role from a client (client_slug NULL: from all its clients; a dropped role is named "#<oid>" as parecer.client_grants shows it); returns how many grants went. Leases the role holds run to their end or expiry; its next claim, prompt and read see the change. Errors: PR010.
+Unbind a role from a client (client_slug NULL: from all its clients; a dropped role is named "#<oid>" as parecer.client_grants shows it); returns how many grants went. With the isolation setting on, it takes effect at once: the role's next call on any item of the client, a lease it holds included, is refused as for an unknown item (PR011), and items of the client leased to a role that no longer serves it go back to the queue (released, no attempt spent; attempts shows why). Errors: PR010.
 
 -- comment: function parecer.run_summary(bigint)
 Progress of a run: processed (done), failed (terminal), retrying (pending again after a failure), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.
@@ -2355,7 +2443,7 @@ Model prices in USD per million tokens (input, cached input, output), with where
 The queue by client x script version x tag: pending (never failed), retrying (pending again after a failure), processing, done, failed (terminal), oldest pending, done in the last hour.
 
 -- comment: view parecer.rate_limits
-Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day).
+Shared rate limits per provider key label + model: configured rpm/tpm/rpd (rpd 0: no daily limit), current pause, requests granted, 429s reported (throttled), requests the limiter made wait (waited), requests granted today (budget_timezone day), client_slugs: the clients the key is bound to (parecer.bind_rate_limit). With the isolation setting on, a reader sees only keys bound to its clients.
 
 -- comment: view parecer.reports
 With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message's role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).

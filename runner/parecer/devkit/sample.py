@@ -150,18 +150,6 @@ def _read_data() -> dict[str, Any]:
 
 _DATA = _read_data()
 _LINES: dict[str, tuple[str, ...]] = {k: _alts(v) for k, v in _DATA["lines"].items()}
-_CLIENT_GREETINGS = _LINES["client_greetings"]
-_AGENT_GREETINGS = _LINES["agent_greetings"]
-_CLIENT_THANKS = _LINES["client_thanks"]
-_AGENT_FAREWELL = _LINES["agent_farewell"]
-_CLIENT_ESCALATION_REACTION = _LINES["client_escalation_reaction"]
-_AGENT_AFTER_ESCALATION = _LINES["agent_after_escalation"]
-_AGENT_PENDING_QUESTION = _LINES["agent_pending_question"]
-_AGENT_STILL_THERE = _LINES["agent_still_there"]
-_AGENT_CLOSE_SILENT = _LINES["agent_close_silent"]
-_CLIENT_NO_REPLY = _LINES["client_no_reply"]
-_AGENT_FILLER = _LINES["agent_filler"]
-_CLIENT_FILLER = _LINES["client_filler"]
 
 _SHARED_FILLER_STEPS = tuple(_step(st) for st in _DATA["shared_filler_steps"])
 _TELECOM = _family("telecom", _DATA["families"]["telecom"], _SHARED_FILLER_STEPS)
@@ -216,6 +204,12 @@ _EXTERNAL = 0.90  # messages with created_at_external
 _AUDIO_C, _AUDIO_A = 0.10, 0.04  # customer / agent: ~7% overall
 _MEDIA_C, _MEDIA_A = 0.135, 0.065  # + image/document: ~3% overall
 _EDITED = 0.89  # draws above this are edited (updated_at_external), when external
+
+# The closing lines after the agent's: the customer's answer, the agent's last word.
+_CLOSING_LINES = {
+    "resolved": ("client_thanks", "agent_farewell"),
+    "escalated": ("client_escalation_reaction", "agent_after_escalation"),
+}
 
 
 @dataclass(frozen=True)
@@ -471,42 +465,41 @@ def _script(
             break
     opening = _pick(rnd, scenario.opening)
     if no_agent:
-        lines = [(False, _pick(rnd, _CLIENT_GREETINGS)), (False, opening)]
-        lines += [(False, _pick(rnd, _CLIENT_NO_REPLY)) for _ in range(n - 2)]
+        lines = [(False, _pick(rnd, _LINES["client_greetings"])), (False, opening)]
+        lines += [(False, _pick(rnd, _LINES["client_no_reply"])) for _ in range(n - 2)]
         return lines, "open" if is_open else "closed"
 
     long_form = n >= 8
     if long_form:
         head = [
-            (False, _pick(rnd, _CLIENT_GREETINGS)),
-            (True, _pick(rnd, _AGENT_GREETINGS)),
+            (False, _pick(rnd, _LINES["client_greetings"])),
+            (True, _pick(rnd, _LINES["agent_greetings"])),
             (False, opening),
         ]
     else:  # short sessions: greeting and problem in one message
-        head = [(False, f"{_pick(rnd, _CLIENT_GREETINGS)}! {opening}")]
+        head = [(False, f"{_pick(rnd, _LINES['client_greetings'])}! {opening}")]
 
     closing: list[tuple[bool, str]] = []
     v = rnd()
     if is_open:
         status = "open"  # still going: no closing lines yet
-    elif v < _RESOLVED:
-        status = "resolved"
-        closing = [(True, _pick(rnd, scenario.resolved)), (False, _pick(rnd, _CLIENT_THANKS))]
-        if long_form:
-            closing.append((True, _pick(rnd, _AGENT_FAREWELL)))
     elif v < _ESCALATED:
-        status = "escalated"
-        closing = [
-            (True, _pick(rnd, scenario.escalated)),
-            (False, _pick(rnd, _CLIENT_ESCALATION_REACTION)),
-        ]
+        # the agent's resolution or hand-over, the customer's answer, in a long
+        # session the agent's last word
+        status = "resolved" if v < _RESOLVED else "escalated"
+        agent_line = scenario.resolved if status == "resolved" else scenario.escalated
+        answer, last_word = _CLOSING_LINES[status]
+        closing = [(True, _pick(rnd, agent_line)), (False, _pick(rnd, _LINES[answer]))]
         if long_form:
-            closing.append((True, _pick(rnd, _AGENT_AFTER_ESCALATION)))
+            closing.append((True, _pick(rnd, _LINES[last_word])))
     else:
         status = "closed"  # the customer went silent
-        closing = [(True, _pick(rnd, _AGENT_STILL_THERE)), (True, _pick(rnd, _AGENT_CLOSE_SILENT))]
+        closing = [
+            (True, _pick(rnd, _LINES["agent_still_there"])),
+            (True, _pick(rnd, _LINES["agent_close_silent"])),
+        ]
         if long_form:
-            closing.insert(0, (True, _pick(rnd, _AGENT_PENDING_QUESTION)))
+            closing.insert(0, (True, _pick(rnd, _LINES["agent_pending_question"])))
 
     # Middle: the scenario's steps (the first one first, the others shuffled), then
     # generic steps, each added whole while it fits; single filler lines pad the rest.
@@ -526,7 +519,7 @@ def _script(
     last_me = middle[-1][0] if middle else head[-1][0]
     for _ in range(room):
         me = not last_me if rnd() < 0.85 else last_me
-        middle.append((me, _pick(rnd, _AGENT_FILLER if me else _CLIENT_FILLER)))
+        middle.append((me, _pick(rnd, _LINES["agent_filler"] if me else _LINES["client_filler"])))
         last_me = me
     return head + middle + closing, status
 
