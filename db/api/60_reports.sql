@@ -52,7 +52,8 @@ BEGIN
                    '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
                                    ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
-                || COALESCE(parecer._sender_label(p_language, sd.sender), CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
+                || COALESCE(CASE WHEN sd.sender IS NOT NULL THEN parecer._sender_label(p_language, sd.sender) END,  -- a call only for a sender
+                            CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
                 || parecer._one_line(
                      CASE
                        WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
@@ -208,6 +209,7 @@ RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, rep
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
                sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
+SET plan_cache_mode = force_generic_plan   -- as _store_reports: one plan for any batch
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -615,6 +617,9 @@ CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[],
                                                   p_hashes text[], p_usages jsonb[])
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql
+-- Generic plans: the same plans are right for any batch, and planning these
+-- statements anew for each call's arrays cost about as much as running them.
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -868,13 +873,16 @@ BEGIN
                      array_agg(e.x ->> 'model' ORDER BY e.o) AS models,
                      array_agg(e.x ->> 'prompt_hash' ORDER BY e.o) AS hashes,
                      array_agg(CASE WHEN jsonb_typeof(e.x -> 'usage') = 'null' THEN NULL ELSE e.x -> 'usage' END
-                               ORDER BY e.o) AS usages,
+                               ORDER BY e.o) AS usages
               FROM jsonb_array_elements(items) WITH ORDINALITY e(x, o)
               HAVING count(DISTINCT (e.x ->> 'analysis_id')::uuid) = count(*)) b   -- an analysis once
         CROSS JOIN LATERAL parecer._store_reports(b.ids, b.tokens, b.reports, b.models, b.hashes, b.usages) r
         CROSS JOIN LATERAL (SELECT b.ids[r.ord] AS id) x;
-    EXCEPTION WHEN OTHERS THEN
-        v_set := false;   -- nothing of it stays: one item at a time below
+    EXCEPTION
+        WHEN syntax_error_or_access_rule_violation THEN
+            RAISE;   -- a bug or a missing grant, not an item's fault
+        WHEN OTHERS THEN
+            v_set := false;   -- nothing of it stays: one item at a time below
     END;
     IF v_set THEN
         RETURN QUERY
@@ -904,4 +912,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.mark_done_many(jsonb) IS
-'Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each goes through parecer.mark_done on its own (same checks, same errors), a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.';
+'Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each is checked as parecer.mark_done checks it (the same checks, the same errors) and the good ones are stored together, a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.';
