@@ -131,7 +131,7 @@ def test_a_batch_refuses_each_item_as_mark_done_would(conn: Conn) -> None:
             "lease_token": str(items[0]["lease_token"]),
         },
     ]
-    alone = []
+    alone: list[tuple[str | None, str | None]] = []
     for it in batch:
         try:
             with conn.transaction(force_rollback=True):
