@@ -54,21 +54,26 @@ BEGIN
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
                 || COALESCE(CASE WHEN sd.sender IS NOT NULL THEN parecer._sender_label(p_language, sd.sender) END,  -- a call only for a sender
                             CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
-                || parecer._one_line(
-                     CASE
-                       WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
-                         CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
-                              THEN l.audio_transcribed || ' ' || btrim(m.transcription)
-                              ELSE l.audio_missing END
-                       WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
-                         COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
-                       ELSE
-                         '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
-                     END)
+                || parecer._one_line(c.content)
                  ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
         FROM parecer.source_messages m
         CROSS JOIN parecer._labels(p_language) l
         LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = p_session_id  -- contract v2 (0009)
+        -- the content as a column of its own (OFFSET 0 keeps it one), so that _one_line,
+        -- which reads its argument several times, is inlined instead of called per message
+        CROSS JOIN LATERAL (
+            SELECT CASE
+                     WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
+                       CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
+                            THEN l.audio_transcribed || ' ' || btrim(m.transcription)
+                            ELSE l.audio_missing END
+                     WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
+                       COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
+                     ELSE
+                       '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
+                   END AS content
+            OFFSET 0
+        ) c
         WHERE m.session_id = p_session_id
     );
 END
@@ -670,12 +675,13 @@ BEGIN
                -- the hash it gave, else prompt_for's own function, recomputed
                CASE WHEN g.grounding IS NOT NULL
                     THEN COALESCE(CASE WHEN a.given_prompt_hash IS NOT NULL THEN a.omitted_messages END,
-                                  parecer._omitted_messages(a.session_id, a.language, a.budget)) END AS omitted
+                                  parecer._omitted_messages(a.session_id, a.language,
+                                                            parecer._input_budget_chars(a.instructions, a.report_schema))) END AS omitted
         FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages)
              WITH ORDINALITY i(id, token, report, model, hash, usage, o)
         LEFT JOIN LATERAL (
-            SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language,
-                   parecer._input_budget_chars(s.instructions, s.report_schema) AS budget
+            SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language, s.instructions,
+                   s.report_schema
             FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
             WHERE a.analysis_id = i.id AND a.lease_token = i.token AND a.lease_expires_at >= now()
         ) a ON true
