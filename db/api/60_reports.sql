@@ -214,7 +214,6 @@ RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, rep
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
                sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
-SET plan_cache_mode = force_generic_plan   -- as _store_reports: one plan for any batch
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -622,9 +621,6 @@ CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[],
                                                   p_hashes text[], p_usages jsonb[])
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql
--- Generic plans: the same plans are right for any batch, and planning these
--- statements anew for each call's arrays cost about as much as running them.
-SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -642,10 +638,7 @@ DECLARE
     v_slugs   text[];
     v_usages  jsonb[];
     v_costs   numeric[];
-    v_day     date;
-    v_c       record;
     v_i       integer;
-    v_k       integer;
     v_state   text;
     v_text    text;
     v_more    text;
@@ -763,46 +756,35 @@ BEGIN
                array_agg(u.usage), array_agg(u.cost_usd)
           INTO v_os, v_retries, v_clients, v_slugs, v_usages, v_costs
         FROM u;
-        v_day := parecer._budget_day();
-        FOR v_c IN
-            SELECT x.client_id, x.client_slug, array_agg(x.usage) AS usages, sum(x.cost) AS cost
-            FROM unnest(v_clients, v_slugs, v_usages, v_costs) x(client_id, client_slug, usage, cost)
-            WHERE x.usage IS NOT NULL
-            GROUP BY x.client_id, x.client_slug
-            ORDER BY x.client_id, x.client_slug
-        LOOP
-            PERFORM parecer._add_spend(v_c.client_id, v_c.client_slug, v_day, v_c.usages, v_c.cost);
-        END LOOP;
+        -- each client's attempts at once, clients in order
+        PERFORM parecer._add_spend(x.client_id, x.client_slug, parecer._budget_day(), x.usages, x.cost)
+        FROM (SELECT c.client_id, c.client_slug, array_agg(c.usage) AS usages, sum(c.cost) AS cost
+              FROM unnest(v_clients, v_slugs, v_usages, v_costs) c(client_id, client_slug, usage, cost)
+              WHERE c.usage IS NOT NULL
+              GROUP BY c.client_id, c.client_slug
+              ORDER BY c.client_id, c.client_slug) x;
     END IF;
 
+    -- Not leased to the caller, or lost its lease before the UPDATE: the error that
+    -- explains it.
     FOR v_i IN 1 .. v_n LOOP
-        ord := v_i;
-        retry_count := NULL;
-        v_state := v_code[v_i];
-        v_text := v_msg[v_i];
-        v_more := v_detail[v_i];
-        v_help := v_hint[v_i];
-        IF v_state IS NULL THEN
-            v_k := array_position(v_os, v_i::bigint);
-            IF v_k IS NOT NULL THEN
-                retry_count := v_retries[v_k];
-            ELSE
-                -- Not leased to the caller, or lost its lease before the UPDATE: the error
-                -- that explains it.
-                BEGIN
-                    PERFORM parecer._lease_refused(p_ids[v_i], p_tokens[v_i]);
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT,
-                                            v_more = PG_EXCEPTION_DETAIL, v_help = PG_EXCEPTION_HINT;
-                END;
-            END IF;
-        END IF;
-        sqlstate := v_state;
-        message := v_text;
-        detail := NULLIF(v_more, '');
-        hint := NULLIF(v_help, '');
-        RETURN NEXT;
+        CONTINUE WHEN v_code[v_i] IS NOT NULL OR v_i::bigint = ANY (COALESCE(v_os, '{}'));
+        BEGIN
+            PERFORM parecer._lease_refused(p_ids[v_i], p_tokens[v_i]);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT,
+                                    v_more = PG_EXCEPTION_DETAIL, v_help = PG_EXCEPTION_HINT;
+            v_code[v_i] := v_state;
+            v_msg[v_i] := v_text;
+            v_detail[v_i] := NULLIF(v_more, '');
+            v_hint[v_i] := NULLIF(v_help, '');
+        END;
     END LOOP;
+    RETURN QUERY
+    SELECT e.o::integer, d.retry_count, e.code, e.msg, e.detail, e.hint
+    FROM unnest(v_code, v_msg, v_detail, v_hint) WITH ORDINALITY e(code, msg, detail, hint, o)
+    LEFT JOIN unnest(v_os, v_retries) d(o, retry_count) ON d.o = e.o
+    ORDER BY e.o;
 END
 $$;
 

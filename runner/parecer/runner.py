@@ -1,8 +1,8 @@
 """The runner: claims work from PostgreSQL, calls the model, reports the outcome.
 
 It owns no queue logic. Every decision about an item is a ``parecer.`` SQL function
-(claim, prompt_for, extend_lease, mark_done, mark_failed, release); the runner keeps
-the model busy, safely:
+(claim, prompts_for / prompt_for, extend_lease, mark_done_many / mark_done, mark_failed,
+release); the runner keeps the model busy, safely:
 
 * wakes on ``NOTIFY parecer_work`` (a dedicated autocommit LISTEN connection) and
   polls as a backstop, at the latest when ``parecer.next_due()`` says a retry falls due;
