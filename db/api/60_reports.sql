@@ -214,6 +214,9 @@ RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, rep
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
                sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
+-- Generic plans: one plan is right for any list of ids, and planning this
+-- statement anew for each call cost more than running it.
+SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -621,6 +624,7 @@ CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[],
                                                   p_hashes text[], p_usages jsonb[])
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan   -- as _prompts: one plan for any batch
 AS $$
 #variable_conflict use_column
 DECLARE

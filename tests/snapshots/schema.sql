@@ -1103,6 +1103,7 @@ body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 ARGUMENTS p_ids uuid[]
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
 body md5 37e6c60cfc9c723b4ea6995e55ad0cb4
 
 -- function: parecer._purgeable_analyses(timestamp with time zone)
@@ -1193,6 +1194,7 @@ body md5 8ad81007e882f8c329b8c41e2e94b279
 ARGUMENTS p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[], p_hashes text[], p_usages jsonb[]
 RETURNS TABLE(ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
 body md5 13912ddf2493825b4d0dafdff8171a57
 
 -- function: parecer._tag_filter(jsonb)
