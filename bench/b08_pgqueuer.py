@@ -47,6 +47,8 @@ import common as C
 from b01_queue import USAGE, grounded_reports
 
 ENTRYPOINT = "parecer_bench_noop"
+# parecer.prompts_for exists (set by run_async): the claimed items' prompts in one call
+PROMPTS_FOR = True
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,10 +65,29 @@ class Drain:
         return self.items / self.seconds if self.seconds else 0.0
 
 
-def server_cpu_seconds() -> float | None:
-    """utime + stime of every process named postgres on this host (None: none visible)."""
+async def server_pids(conn: psycopg.AsyncConnection[Any]) -> set[int]:
+    """The server processes that work for this benchmark: the backends of its database and
+    the cluster's own processes (WAL writer, checkpointer, ...), not the backends of other
+    databases nor other PostgreSQL servers on the host (tests running beside it)."""
+    cur = await conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " OR (datname IS NULL AND backend_type <> 'client backend')"
+    )
+    return {int(r[0]) for r in await cur.fetchall()} | {_postmaster(conn)}
+
+
+def _postmaster(conn: psycopg.AsyncConnection[Any]) -> int:
+    """The postmaster's pid: the parent of this connection's backend."""
+    with open(f"/proc/{conn.info.backend_pid}/stat", encoding="ascii", errors="replace") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def server_cpu_seconds(pids: set[int] | None = None) -> float | None:
+    """utime + stime of the processes ``pids`` (default: every process named postgres on
+    this host); None: none visible."""
     total, seen = 0, False
-    for pid in os.listdir("/proc"):
+    for pid in os.listdir("/proc") if pids is None else map(str, pids):
         if not pid.isdigit():
             continue
         try:
@@ -154,8 +175,8 @@ async def parecer_worker(
     limit: int | None,
     batched: bool = True,
 ) -> int:
-    """claim 10, prompt_for each, one mark_done_many (``batched``) or one mark_done per item;
-    until the queue is empty (or ``limit`` items)."""
+    """claim 10, their prompts in one prompts_for call, one mark_done_many (``batched``) or
+    one mark_done per item; until the queue is empty (or ``limit`` items)."""
     done = 0
     cur = conn.cursor(row_factory=dict_row)
     while limit is None or done < limit:
@@ -168,21 +189,34 @@ async def parecer_worker(
         claimed = await cur.fetchall()
         if not claimed:
             break
-        items = []
-        for r in claimed:
-            await cur.execute("SELECT prompt_hash FROM parecer.prompt_for(%s)", (r["analysis_id"],))
-            p = await cur.fetchone()
-            assert p is not None
-            items.append(
-                {
-                    "analysis_id": str(r["analysis_id"]),
-                    "lease_token": str(r["lease_token"]),
-                    "report": reports[r["session_id"]],
-                    "model": "bench-noop",
-                    "prompt_hash": p["prompt_hash"],
-                    "usage": json.loads(USAGE),
-                }
+        if PROMPTS_FOR:
+            await cur.execute(
+                "SELECT prompt_hash, sqlstate FROM parecer.prompts_for(%s)",
+                ([r["analysis_id"] for r in claimed],),
             )
+            prompts = await cur.fetchall()
+            if any(p["sqlstate"] for p in prompts):
+                raise RuntimeError(f"prompts_for refused items: {prompts}")
+        else:  # an installation without prompts_for (before issue 18's part 3): one call each
+            prompts = []
+            for r in claimed:
+                await cur.execute(
+                    "SELECT prompt_hash FROM parecer.prompt_for(%s)", (r["analysis_id"],)
+                )
+                p = await cur.fetchone()
+                assert p is not None
+                prompts.append(p)
+        items = [
+            {
+                "analysis_id": str(r["analysis_id"]),
+                "lease_token": str(r["lease_token"]),
+                "report": reports[r["session_id"]],
+                "model": "bench-noop",
+                "prompt_hash": p["prompt_hash"],
+                "usage": json.loads(USAGE),
+            }
+            for r, p in zip(claimed, prompts, strict=True)
+        ]
         if batched:
             await cur.execute(
                 "SELECT outcome FROM parecer.mark_done_many(%s)", (json.dumps(items),)
@@ -245,7 +279,8 @@ async def measure(
     query that is true once every item is acknowledged), as soon as it turns true: a
     pgqueuer QueueManager in drain mode waits for its dequeue timeout and flushes before
     it returns, time that is not queue work."""
-    cpu0 = server_cpu_seconds()
+    pids = await server_pids(meter)
+    cpu0 = server_cpu_seconds(pids)
     wal0 = await wal_lsn(meter)
     me0 = os.times()
     t0 = time.perf_counter()
@@ -264,7 +299,7 @@ async def measure(
     secs = time.perf_counter() - t0
     me1 = os.times()
     wal1 = await wal_lsn(meter)
-    cpu1 = server_cpu_seconds()
+    cpu1 = server_cpu_seconds(pids | await server_pids(meter))  # and those started meanwhile
     counts = await asyncio.gather(*tasks)
     items = sum(counts)
     if items != expected:
@@ -290,8 +325,14 @@ async def run_async(
     from pgqueuer.db import PsycopgDriver
     from pgqueuer.queries import Queries
 
+    global PROMPTS_FOR
     meter = await connect(url)
     await Queries(PsycopgDriver(meter)).install()
+    cur = await meter.execute("SELECT to_regprocedure('parecer.prompts_for(uuid[])') IS NOT NULL")
+    PROMPTS_FOR = bool((await cur.fetchone() or [False])[0])
+    C.say(
+        f"   b08 prompts: {'one prompts_for call per claim' if PROMPTS_FOR else 'prompt_for per item'}"
+    )
     with C.connect(url) as c:
         script = C.make_script(c, client=client)
         sessions = C.client_sessions(c, client, limit=items)

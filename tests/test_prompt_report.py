@@ -7,6 +7,7 @@ import hashlib
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -225,3 +226,63 @@ def test_bad_reports_are_rejected_and_change_nothing(conn: psycopg.Connection[An
         assert errors.sqlstate(exc.value) == code, name
         assert exc.value.diag.message_hint, name
         assert table_checksum(conn) == before, name
+
+
+def test_prompts_for_gives_each_item_what_prompt_for_gives(conn: psycopg.Connection[Any]) -> None:
+    script = make_script(conn)
+    sessions = [make_session(conn), make_session(conn, messages=300)]
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([s.session_id for s in sessions], script["script_id"]),
+    )
+    items = conn.execute("SELECT * FROM parecer.claim('w', 2)").fetchall()
+    conn.execute("SELECT parecer.set_setting('max_input_tokens', %s)", ("3000",))
+    unknown = "00000000-0000-0000-0000-000000000000"
+    ids = [items[0]["analysis_id"], UUID(unknown), items[1]["analysis_id"]]
+    rows = conn.execute("SELECT * FROM parecer.prompts_for(%s::uuid[])", (ids,)).fetchall()
+    assert [r["analysis_id"] for r in rows] == [
+        items[0]["analysis_id"],
+        UUID(unknown),
+        items[1]["analysis_id"],
+    ]
+    assert (rows[1]["sqlstate"], rows[1]["message"], rows[1]["prompt_hash"]) == (
+        "PR011",
+        f"unknown analysis {unknown}",
+        None,
+    )
+    recorded = {
+        r["analysis_id"]: (r["given_prompt_hash"], r["omitted_messages"])
+        for r in conn.execute(
+            "SELECT analysis_id, given_prompt_hash, omitted_messages FROM parecer.analyses"
+        )
+    }
+    for r in (rows[0], rows[2]):
+        assert r["sqlstate"] is None and r["message"] is None
+        assert recorded[r["analysis_id"]] == (r["prompt_hash"], r["omitted_messages"])
+        single = one(conn, "SELECT * FROM parecer.prompt_for(%s)", (r["analysis_id"],))
+        assert single == {
+            k: v for k, v in r.items() if k not in ("analysis_id", "sqlstate", "message")
+        }
+    assert rows[2]["omitted_messages"] > 0  # the long session went through the size policy
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute(
+            "SELECT * FROM parecer.prompts_for(ARRAY[ARRAY[%s]]::uuid[])", (UUID(unknown),)
+        )
+    assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT
+    assert conn.execute("SELECT * FROM parecer.prompts_for('{}'::uuid[])").fetchall() == []
+
+
+def test_mark_done_stores_the_omitted_count_prompt_for_gave(conn: psycopg.Connection[Any]) -> None:
+    item, s = one_item(conn, messages=300)
+    conn.execute("SELECT parecer.set_setting('max_input_tokens', %s)", ("3000",))
+    p = one(conn, "SELECT * FROM parecer.prompt_for(%s)", (item["analysis_id"],))
+    assert p["omitted_messages"] > 0
+    # the setting changes before the report comes back: the report keeps what its prompt left out
+    conn.execute("SELECT parecer.set_setting('max_input_tokens', NULL)")
+    conn.execute(
+        "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+        (item["analysis_id"], item["lease_token"], json.dumps(report_for(s)), p["prompt_hash"]),
+    )
+    assert one(conn, "SELECT omitted_messages FROM parecer.reports") == {
+        "omitted_messages": p["omitted_messages"]
+    }

@@ -76,6 +76,24 @@ BEGIN
 END
 $$;
 
+-- Raise an error given as data: the error a batch function recorded for one of
+-- its items (sqlstate, message, detail and hint, both may be NULL), raised by the
+-- function's single form exactly as it would have raised it itself.
+CREATE OR REPLACE FUNCTION parecer._raise(p_sqlstate text, p_message text, p_detail text, p_hint text) RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF p_detail IS NOT NULL AND p_hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail, HINT = p_hint;
+    ELSIF p_detail IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail;
+    ELSIF p_hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, HINT = p_hint;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message;
+END
+$$;
+
 -- Current value of a setting (the default when unset). PL/pgSQL, not SQL: a SQL
 -- helper with a FROM clause is never inlined and is planned on every call; here
 -- the plan is cached for the session.

@@ -317,7 +317,7 @@ BEGIN
                next_retry_at = NULL,
                started_at = now(),
                updated_at = now(),
-               leased_to = p_who, given_prompt_hash = NULL, prompt_given_at = NULL
+               leased_to = p_who, given_prompt_hash = NULL, prompt_given_at = NULL, omitted_messages = NULL
          WHERE a.analysis_id = ANY (p_ids)
         RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
                   a.lease_expires_at, a.retry_count
@@ -477,7 +477,7 @@ BEGIN
     VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
             p_outcome, p_error, p_model, p_prompt_hash, p_usage, v_cost);
     IF v_spent THEN
-        PERFORM parecer._add_spend(p_client_id, p_client_slug, parecer._budget_day(), p_usage, v_cost);
+        PERFORM parecer._add_spend(p_client_id, p_client_slug, parecer._budget_day(), ARRAY[p_usage], v_cost);
     END IF;
 END
 $$;

@@ -52,22 +52,28 @@ BEGIN
                    '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
                                    ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
                 || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
-                || COALESCE(parecer._sender_label(p_language, sd.sender), CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
-                || parecer._one_line(
-                     CASE
-                       WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
-                         CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
-                              THEN l.audio_transcribed || ' ' || btrim(m.transcription)
-                              ELSE l.audio_missing END
-                       WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
-                         COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
-                       ELSE
-                         '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
-                     END)
+                || COALESCE(CASE WHEN sd.sender IS NOT NULL THEN parecer._sender_label(p_language, sd.sender) END,  -- a call only for a sender
+                            CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
+                || parecer._one_line(c.content)
                  ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
         FROM parecer.source_messages m
         CROSS JOIN parecer._labels(p_language) l
         LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = p_session_id  -- contract v2 (0009)
+        -- the content as a column of its own (OFFSET 0 keeps it one), so that _one_line,
+        -- which reads its argument several times, is inlined instead of called per message
+        CROSS JOIN LATERAL (
+            SELECT CASE
+                     WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
+                       CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
+                            THEN l.audio_transcribed || ' ' || btrim(m.transcription)
+                            ELSE l.audio_missing END
+                     WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
+                       COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
+                     ELSE
+                       '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
+                   END AS content
+            OFFSET 0
+        ) c
         WHERE m.session_id = p_session_id
     );
 END
@@ -199,7 +205,85 @@ $$;
 COMMENT ON FUNCTION parecer.leased_transcript(uuid, uuid) IS
 'The messages of the session of an item you hold (analysis_id + lease_token from parecer.claim, lease live), as parecer.session_transcript gives them. Unknown item, wrong or expired lease and (isolation on) a client not granted to you give the same error. Errors: PR006 not leased to you.';
 
--- Exactly what the model is sent for an analysis, under the size policy.
+-- What the model is sent for each of several analyses, under the size policy:
+-- one row per id, in order, with the prompt or the error prompt_for raises for
+-- it (sqlstate, message, hint). The prompts given to the caller as lease holder
+-- are recorded (hash, omitted messages) by one UPDATE.
+CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[])
+RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
+               model text, omitted_messages integer, input_tokens integer, repair_calls integer,
+               sqlstate text, message text, hint text)
+LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
+-- Generic plans: one plan is right for any list of ids, and planning this
+-- statement anew for each call cost more than running it.
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_sc      parecer._caller_scope;
+    v_repair  integer := parecer._setting_int('repair_calls');
+    v_holders boolean;
+BEGIN
+    SELECT * INTO v_sc FROM parecer._caller_scope;
+    -- What the lease holder is given, for mark_done to check its prompt_hash against
+    -- (and to store the omitted count with the report). Not worth a WAL flush: lost
+    -- in a server crash, the holder's mark_done gets PR017 and the item is retried,
+    -- as a claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
+    SELECT bool_or(a.status = 'processing' AND a.lease_expires_at >= now() AND a.leased_to = v_sc.who) INTO v_holders
+    FROM parecer.analyses a WHERE a.analysis_id = ANY (p_ids);
+    IF v_holders THEN
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+    END IF;
+    RETURN QUERY
+    WITH p AS MATERIALIZED (
+        SELECT i.o, i.id, a.lease_token, x.holder, s.instructions, s.report_schema, s.model, f.omitted,
+               CASE WHEN f.input IS NOT NULL
+                    THEN parecer._metadata_line(a.session_id, s.metadata_keys, s.language) || f.input END AS input,  -- contract v2 (30_scripts.sql)
+               CASE WHEN NOT x.visible THEN 'PR011' WHEN f.input IS NULL THEN 'PR016' END AS code,
+               CASE WHEN NOT x.visible THEN 'unknown analysis ' || COALESCE(i.id::text, 'NULL')
+                    WHEN f.input IS NULL
+                    THEN pg_catalog.format('prompt too large: not one message of session %s fits in max_input_tokens (%s)',
+                                           left(a.session_id, 100), parecer._setting_int('max_input_tokens')) END AS msg,
+               CASE WHEN NOT x.visible THEN 'analysis_id comes from parecer.claim or parecer.reports.'
+                    WHEN f.input IS NULL
+                    THEN 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.' END AS hint
+        FROM unnest(p_ids) WITH ORDINALITY i(id, o)
+        LEFT JOIN parecer.analyses a ON a.analysis_id = i.id
+        LEFT JOIN parecer.scripts s ON s.script_id = a.script_id
+        CROSS JOIN LATERAL (
+            SELECT COALESCE(a.status = 'processing' AND a.lease_expires_at >= now() AND a.leased_to = v_sc.who, false) AS holder
+        ) h
+        -- Isolation on: a caller that does not see every client reads only an item of
+        -- its clients that it holds a live lease on; any other id is unknown to it.
+        CROSS JOIN LATERAL (
+            SELECT h.holder,
+                   a.analysis_id IS NOT NULL
+                   AND (v_sc.all_clients OR (h.holder AND a.client_id = ANY (v_sc.client_ids))) IS NOT FALSE AS visible
+        ) x
+        LEFT JOIN LATERAL (
+            SELECT t.input, t.omitted
+            FROM parecer._transcript_fit(a.session_id, s.language, parecer._input_budget_chars(s.instructions, s.report_schema)) t
+            WHERE x.visible   -- not built for an id the caller may not see
+            OFFSET 0
+        ) f ON true
+    ), h AS MATERIALIZED (
+        SELECT p.*, encode(sha256(convert_to(p.instructions || E'\n\n' || p.input, 'UTF8')), 'hex') AS hash
+        FROM p
+    ), u AS (
+        UPDATE parecer.analyses a SET given_prompt_hash = h.hash, omitted_messages = h.omitted, prompt_given_at = now()
+          FROM h
+         WHERE a.analysis_id = h.id AND a.analysis_id = ANY (p_ids)   -- by primary key, never a scan
+           AND a.lease_token = h.lease_token AND h.holder AND h.code IS NULL
+    )
+    SELECT h.o::integer, h.id, h.instructions, h.input, h.report_schema, h.hash, h.model, h.omitted,
+           ceil((length(h.instructions) + length(h.report_schema::text) + length(h.input)) / 3.0)::integer,
+           v_repair, h.code, h.msg, h.hint
+    FROM h
+    ORDER BY h.o;
+END
+$$;
+
+-- Exactly what the model is sent for an analysis, under the size policy (_prompts, for one id).
 CREATE OR REPLACE FUNCTION parecer.prompt_for(analysis_id uuid)
 RETURNS TABLE (instructions text, input text, report_schema json, prompt_hash text, model text,
                omitted_messages integer, input_tokens integer, repair_calls integer)
@@ -209,53 +293,42 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_id      uuid := prompt_for.analysis_id;
-    v_a       parecer.analyses;
-    v_s       parecer.scripts;
-    v_input   text;
-    v_omitted integer;
-    v_hash    text;
-    v_sc      parecer._caller_scope;
-    v_holder  boolean;
+    v record;
 BEGIN
-    SELECT * INTO v_sc FROM parecer._caller_scope;
-    SELECT * INTO v_a FROM parecer.analyses a WHERE a.analysis_id = v_id;
-    v_holder := COALESCE(FOUND AND v_a.status = 'processing' AND v_a.lease_expires_at >= now() AND v_a.leased_to = v_sc.who, false);
-    -- Isolation on: a caller that does not see every client reads only an item of
-    -- its clients that it holds a live lease on; any other id is unknown to it.
-    IF NOT FOUND OR NOT (v_sc.all_clients OR (v_holder AND v_a.client_id = ANY (v_sc.client_ids))) THEN
-        RAISE EXCEPTION 'unknown analysis %', COALESCE(v_id::text, 'NULL')
-            USING ERRCODE = 'PR011', HINT = 'analysis_id comes from parecer.claim or parecer.reports.';
+    SELECT * INTO v FROM parecer._prompts(ARRAY[prompt_for.analysis_id]);
+    IF v.sqlstate IS NOT NULL THEN
+        PERFORM parecer._raise(v.sqlstate, v.message, NULL, v.hint);
     END IF;
-    SELECT * INTO v_s FROM parecer.scripts s WHERE s.script_id = v_a.script_id;
-    SELECT f.input, f.omitted INTO v_input, v_omitted
-    FROM parecer._transcript_fit(v_a.session_id, v_s.language,
-                                 parecer._input_budget_chars(v_s.instructions, v_s.report_schema)) f;
-    IF v_input IS NULL THEN
-        RAISE EXCEPTION 'prompt too large: not one message of session % fits in max_input_tokens (%)',
-                        left(v_a.session_id, 100), parecer._setting_int('max_input_tokens')
-            USING ERRCODE = 'PR016',
-                  HINT = 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.';
-    END IF;
-    v_input := parecer._metadata_line(v_a.session_id, v_s.metadata_keys, v_s.language) || v_input;  -- contract v2 (30_scripts.sql)
-    v_hash := encode(sha256(convert_to(v_s.instructions || E'\n\n' || v_input, 'UTF8')), 'hex');
-    -- What the lease holder was given, for mark_done to check its prompt_hash against.
-    -- Not worth a WAL flush (it doubled prompt_for's time in bench/b01): lost in a
-    -- server crash, the holder's mark_done gets PR017 and the item is retried, as a
-    -- claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
-    IF v_holder THEN
-        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
-        UPDATE parecer.analyses a SET given_prompt_hash = v_hash, prompt_given_at = now()
-         WHERE a.analysis_id = v_id AND a.lease_token = v_a.lease_token;
-    END IF;
-    RETURN QUERY SELECT v_s.instructions, v_input, v_s.report_schema, v_hash,
-        v_s.model, v_omitted,
-        ceil((length(v_s.instructions) + length(v_s.report_schema::text) + length(v_input)) / 3.0)::integer,
-        parecer._setting_int('repair_calls');
+    RETURN QUERY SELECT v.instructions, v.input, v.report_schema, v.prompt_hash, v.model, v.omitted_messages,
+                        v.input_tokens, v.repair_calls;
 END
 $$;
 COMMENT ON FUNCTION parecer.prompt_for(uuid) IS
 'Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E''\n\n'' || input, the script''s model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Called by the role holding the item''s live lease, it records prompt_hash on the item: mark_done then requires the same hash (PR017). With the isolation setting on, a role that does not see every client gets only items of its clients it holds a live lease on (admins: any). Errors: PR011 unknown analysis (or not yours), PR016 prompt too large (not one message fits).';
+
+-- prompt_for for several items at once (the items a claim gave you): one call, one row per id.
+CREATE OR REPLACE FUNCTION parecer.prompts_for(analysis_ids uuid[])
+RETURNS TABLE (analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text,
+               omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text)
+LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF analysis_ids IS NULL OR array_ndims(analysis_ids) > 1 OR cardinality(analysis_ids) > 1000 THEN
+        PERFORM parecer._invalid('analysis_ids must be a one-dimensional array of at most 1000 ids',
+                                 'Pass the analysis_id of each item parecer.claim gave you, e.g. ARRAY[...]::uuid[].');
+    END IF;
+    RETURN QUERY
+    SELECT p.analysis_id, p.instructions, p.input, p.report_schema, p.prompt_hash, p.model, p.omitted_messages,
+           p.input_tokens, p.repair_calls, p.sqlstate, p.message
+    FROM parecer._prompts(analysis_ids) p
+    ORDER BY p.ord;
+END
+$$;
+COMMENT ON FUNCTION parecer.prompts_for(uuid[]) IS
+'parecer.prompt_for for several analyses in one call (e.g. every item a claim gave you): one row per id, in order, with the same columns and, when prompt_for would raise for that id, its sqlstate (PR011 unknown analysis or not yours, PR016 prompt too large) and message instead of a prompt; a bad id does not fail the others. The prompts given to the lease holder are recorded as prompt_for records them. Errors: PR010 analysis_ids not a one-dimensional array of at most 1000.';
 
 -- What is wrong with a report's shape (parecer.report.v1 for these topics), or
 -- NULL when nothing is: the one check of a report, for mark_done's decision and
@@ -538,8 +611,191 @@ CREATE OR REPLACE FUNCTION parecer._is_sha256_hex(p text) RETURNS boolean
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT length(p) = 64 AND ltrim(p, '0123456789abcdef') = '' $$;
 
--- Store the report of an item you hold, once it passes every check. The item's
--- row is the done attempt: its model, prompt hash, usage and cost stay there.
+-- mark_done's checks and its write, for a batch of items given as parallel arrays
+-- (mark_done is a batch of one, mark_done_many a batch of distinct items): one
+-- row per item, in order, with its retry_count when stored or the error
+-- mark_done raises for it (sqlstate, message, detail, hint). Every item is
+-- checked in one query, in mark_done's order: lease, usage, prompt_hash, model,
+-- the hash given (PR017), report (PR007), grounding (PR008). The items that pass
+-- are stored by one UPDATE whose WHERE checks the lease again (a refused item
+-- changes nothing, an item is written once), and each client's spend is added
+-- once, clients in order: two batches never take spend rows in opposite orders.
+CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[],
+                                                  p_hashes text[], p_usages jsonb[])
+RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan   -- as _prompts: one plan for any batch
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_n       integer := COALESCE(cardinality(p_ids), 0);
+    v_code    text[];
+    v_msg     text[];
+    v_detail  text[];
+    v_hint    text[];
+    v_ground  jsonb[];
+    v_omitted integer[];
+    v_retries integer[];
+    v_any     boolean;
+    v_os      bigint[];
+    v_clients text[];
+    v_slugs   text[];
+    v_usages  jsonb[];
+    v_costs   numeric[];
+    v_i       integer;
+    v_state   text;
+    v_text    text;
+    v_more    text;
+    v_help    text;
+BEGIN
+    -- Check every item. A NULL code with no grounding: the lease is not live.
+    SELECT array_agg(c.code ORDER BY c.o), array_agg(c.msg ORDER BY c.o), array_agg(c.detail ORDER BY c.o),
+           array_agg(c.hint ORDER BY c.o), array_agg(c.grounding ORDER BY c.o), array_agg(c.omitted ORDER BY c.o),
+           COALESCE(bool_or(c.code IS NULL AND c.grounding IS NOT NULL), false)
+      INTO v_code, v_msg, v_detail, v_hint, v_ground, v_omitted, v_any
+    FROM (
+        SELECT i.o,
+               CASE WHEN r.refusal IS NOT NULL THEN r.code WHEN p.problem IS NOT NULL THEN 'PR007'
+                    WHEN jsonb_array_length(b.bad) > 0 THEN 'PR008' END AS code,
+               CASE WHEN r.refusal IS NOT NULL THEN r.refusal WHEN p.problem IS NOT NULL THEN 'invalid report: ' || p.problem
+                    WHEN jsonb_array_length(b.bad) > 0
+                    THEN pg_catalog.format('ungrounded evidence: %s problem(s), first at %s: %s', jsonb_array_length(b.bad),
+                                           b.bad -> 0 ->> 'path', b.bad -> 0 ->> 'problem') END AS msg,
+               CASE WHEN r.refusal IS NULL AND p.problem IS NULL AND jsonb_array_length(b.bad) > 0 THEN b.bad::text END AS detail,
+               CASE WHEN r.refusal IS NOT NULL THEN r.hint
+                    WHEN p.problem IS NOT NULL THEN 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.'
+                    WHEN jsonb_array_length(b.bad) > 0
+                    THEN 'Every evidence must cite a message_id of this session and an excerpt that occurs in that message''s body or transcription; verdicts need evidence. DETAIL lists the problems as JSON.'
+                    END AS hint,
+               g.grounding,
+               -- what the size policy left out of the prompt: as prompt_for recorded it with
+               -- the hash it gave, else prompt_for's own function, recomputed
+               CASE WHEN g.grounding IS NOT NULL
+                    THEN COALESCE(CASE WHEN a.given_prompt_hash IS NOT NULL THEN a.omitted_messages END,
+                                  parecer._omitted_messages(a.session_id, a.language,
+                                                            parecer._input_budget_chars(a.instructions, a.report_schema))) END AS omitted
+        FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages)
+             WITH ORDINALITY i(id, token, report, model, hash, usage, o)
+        LEFT JOIN LATERAL (
+            SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language, s.instructions,
+                   s.report_schema
+            FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
+            WHERE a.analysis_id = i.id AND a.lease_token = i.token AND a.lease_expires_at >= now()
+              AND parecer._serves(a.client_id)   -- the caller still serves the client (15_access.sql)
+        ) a ON true
+        CROSS JOIN LATERAL (
+            SELECT CASE
+                     WHEN a.session_id IS NULL THEN NULL
+                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage) THEN 'PR010'
+                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'PR010'
+                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200 THEN 'PR010'
+                     -- The report must come from the prompt prompt_for gave the lease holder in
+                     -- this attempt (with isolation off, an attempt that never asked keeps the
+                     -- hash it reports).
+                     WHEN a.given_prompt_hash IS DISTINCT FROM i.hash
+                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on') THEN 'PR017'
+                   END AS code,
+                   CASE
+                     WHEN a.session_id IS NULL THEN NULL
+                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage)
+                       THEN 'usage must be a JSON object with non-negative integer token counts, or NULL'
+                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'prompt_hash must be a sha256 hex digest'
+                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200
+                       THEN 'model must name the model that answered'
+                     WHEN a.given_prompt_hash IS DISTINCT FROM i.hash
+                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on')
+                       THEN pg_catalog.format('prompt_hash %s is not the hash of the prompt given for this attempt (%s)',
+                                              left(i.hash, 64), COALESCE(a.given_prompt_hash, 'none given'))
+                   END AS refusal,
+                   CASE
+                     WHEN a.session_id IS NULL THEN NULL
+                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage)
+                       THEN 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}'
+                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'Use prompt_hash from parecer.prompt_for.'
+                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200
+                       THEN 'Pass the model from the provider''s response.'
+                     ELSE 'Report prompt_hash exactly as parecer.prompt_for returned it to you under this lease; call prompt_for after claim and send what it returns.'
+                   END AS hint
+            OFFSET 0
+        ) r
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN a.session_id IS NOT NULL AND r.refusal IS NULL
+                        THEN CASE WHEN i.report IS NULL THEN 'report must be an object'
+                                  ELSE parecer._report_problem(i.report, a.topics) END END AS problem
+            OFFSET 0
+        ) p
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN a.session_id IS NOT NULL AND r.refusal IS NULL AND p.problem IS NULL
+                        THEN parecer._grounding(i.report, a.session_id) END AS grounding
+            OFFSET 0
+        ) g
+        CROSS JOIN LATERAL (
+            SELECT jsonb_path_query_array(g.grounding, '$[*] ? (exists(@.problem))') AS bad
+            OFFSET 0
+        ) b
+    ) c;
+
+    -- Store the items that passed, the lease checked again, the cost priced.
+    IF v_any THEN
+        WITH ok AS (
+            SELECT i.id, i.token, i.report, i.model, i.hash, i.usage, i.grounding, i.omitted, i.o
+            FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages, v_ground, v_omitted, v_code)
+                 WITH ORDINALITY i(id, token, report, model, hash, usage, grounding, omitted, code, o)
+            WHERE i.grounding IS NOT NULL AND i.code IS NULL
+        ), u AS (
+            UPDATE parecer.analyses a
+               SET status = 'done', report = ok.report, grounding = ok.grounding, model = ok.model,
+                   omitted_messages = ok.omitted,
+                   prompt_hash = ok.hash, usage = ok.usage, error = NULL,
+                   cost_usd = CASE WHEN ok.usage IS NOT NULL
+                                   THEN parecer._cost(COALESCE(ok.model, ok.usage ->> 'model', ''), ok.usage) END,
+                   next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
+                   processed_at = now(), updated_at = now()
+              FROM ok
+             WHERE a.analysis_id = ok.id
+               AND a.analysis_id = ANY (ARRAY(SELECT ok.id FROM ok))   -- by primary key, never a scan
+               AND a.lease_token = ok.token AND a.lease_expires_at >= now()
+            RETURNING ok.o, a.retry_count, a.client_id, a.client_slug, a.usage, a.cost_usd
+        )
+        SELECT array_agg(u.o), array_agg(u.retry_count), array_agg(u.client_id), array_agg(u.client_slug),
+               array_agg(u.usage), array_agg(u.cost_usd)
+          INTO v_os, v_retries, v_clients, v_slugs, v_usages, v_costs
+        FROM u;
+        -- each client's attempts at once, clients in order
+        PERFORM parecer._add_spend(x.client_id, x.client_slug, parecer._budget_day(), x.usages, x.cost)
+        FROM (SELECT c.client_id, c.client_slug, array_agg(c.usage) AS usages, sum(c.cost) AS cost
+              FROM unnest(v_clients, v_slugs, v_usages, v_costs) c(client_id, client_slug, usage, cost)
+              WHERE c.usage IS NOT NULL
+              GROUP BY c.client_id, c.client_slug
+              ORDER BY c.client_id, c.client_slug) x;
+    END IF;
+
+    -- Not leased to the caller, or lost its lease before the UPDATE: the error that
+    -- explains it.
+    FOR v_i IN 1 .. v_n LOOP
+        CONTINUE WHEN v_code[v_i] IS NOT NULL OR v_i::bigint = ANY (COALESCE(v_os, '{}'));
+        BEGIN
+            PERFORM parecer._lease_refused(p_ids[v_i], p_tokens[v_i]);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT,
+                                    v_more = PG_EXCEPTION_DETAIL, v_help = PG_EXCEPTION_HINT;
+            v_code[v_i] := v_state;
+            v_msg[v_i] := v_text;
+            v_detail[v_i] := NULLIF(v_more, '');
+            v_hint[v_i] := NULLIF(v_help, '');
+        END;
+    END LOOP;
+    RETURN QUERY
+    SELECT e.o::integer, d.retry_count, e.code, e.msg, e.detail, e.hint
+    FROM unnest(v_code, v_msg, v_detail, v_hint) WITH ORDINALITY e(code, msg, detail, hint, o)
+    LEFT JOIN unnest(v_os, v_retries) d(o, retry_count) ON d.o = e.o
+    ORDER BY e.o;
+END
+$$;
+
+-- Store the report of an item you hold, once it passes every check
+-- (_store_reports, a batch of one). The item's row is the done attempt: its
+-- model, prompt hash, usage and cost stay there.
 CREATE OR REPLACE FUNCTION parecer.mark_done(analysis_id uuid, lease_token uuid, report jsonb, model text,
                                              prompt_hash text, usage jsonb DEFAULT NULL)
 RETURNS parecer.item_outcome
@@ -548,85 +804,15 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_session text;
-    v_topics  text[];
-    v_retries integer;
-    v_client  text;
-    v_slug    text;
-    v_cost    numeric;
-    v_problem text;
-    v_grounding jsonb;
-    v_bad     jsonb;
-    v_language text;
-    v_budget  bigint;
-    v_given   text;
+    v record;
 BEGIN
-    -- The lease is checked by the WHERE of both statements below (a lease token exists
-    -- only while the item is processing: analyses_state_check); a refused report
-    -- changes nothing, and the item is written once.
-    SELECT a.session_id, s.topics, s.language, parecer._input_budget_chars(s.instructions, s.report_schema),
-           a.given_prompt_hash
-      INTO v_session, v_topics, v_language, v_budget, v_given
-    FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
-    WHERE a.analysis_id = mark_done.analysis_id
-      AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now() AND parecer._serves(a.client_id);
-    IF NOT FOUND THEN
-        PERFORM parecer._lease_refused(mark_done.analysis_id, mark_done.lease_token);
+    SELECT * INTO v
+    FROM parecer._store_reports(ARRAY[mark_done.analysis_id], ARRAY[mark_done.lease_token], ARRAY[mark_done.report],
+                                ARRAY[mark_done.model], ARRAY[mark_done.prompt_hash], ARRAY[mark_done.usage]);
+    IF v.sqlstate IS NOT NULL THEN
+        PERFORM parecer._raise(v.sqlstate, v.message, v.detail, v.hint);
     END IF;
-
-    IF mark_done.usage IS NOT NULL AND NOT parecer._usage_ok(mark_done.usage) THEN
-        PERFORM parecer._invalid('usage must be a JSON object with non-negative integer token counts, or NULL',
-                                 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}');
-    ELSIF mark_done.prompt_hash IS NULL OR NOT parecer._is_sha256_hex(mark_done.prompt_hash) THEN
-        PERFORM parecer._invalid('prompt_hash must be a sha256 hex digest', 'Use prompt_hash from parecer.prompt_for.');
-    ELSIF mark_done.model IS NULL OR btrim(mark_done.model) = '' OR length(mark_done.model) > 200 THEN
-        PERFORM parecer._invalid('model must name the model that answered', 'Pass the model from the provider''s response.');
-    ELSIF v_given IS DISTINCT FROM mark_done.prompt_hash
-          AND (v_given IS NOT NULL OR parecer._setting('isolation') = 'on') THEN
-        -- The report must come from the prompt prompt_for gave the lease holder in
-        -- this attempt (with isolation off, an attempt that never asked keeps the
-        -- hash it reports).
-        RAISE EXCEPTION 'prompt_hash % is not the hash of the prompt given for this attempt (%)',
-                        left(mark_done.prompt_hash, 64), COALESCE(v_given, 'none given')
-            USING ERRCODE = 'PR017',
-                  HINT = 'Report prompt_hash exactly as parecer.prompt_for returned it to you under this lease; call prompt_for after claim and send what it returns.';
-    END IF;
-    v_problem := CASE WHEN mark_done.report IS NULL THEN 'report must be an object'
-                      ELSE parecer._report_problem(mark_done.report, v_topics) END;
-    IF v_problem IS NOT NULL THEN
-        RAISE EXCEPTION 'invalid report: %', v_problem
-            USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
-    END IF;
-    v_grounding := parecer._grounding(mark_done.report, v_session);
-    v_bad := jsonb_path_query_array(v_grounding, '$[*] ? (exists(@.problem))');
-    IF jsonb_array_length(v_bad) > 0 THEN
-        RAISE EXCEPTION 'ungrounded evidence: % problem(s), first at %: %', jsonb_array_length(v_bad),
-                        v_bad -> 0 ->> 'path', v_bad -> 0 ->> 'problem'
-            USING ERRCODE = 'PR008', DETAIL = v_bad::text,
-                  HINT = 'Every evidence must cite a message_id of this session and an excerpt that occurs in that message''s body or transcription; verdicts need evidence. DETAIL lists the problems as JSON.';
-    END IF;
-
-    UPDATE parecer.analyses a
-       SET status = 'done', report = mark_done.report, grounding = v_grounding, model = mark_done.model,
-           -- what the size policy left out of the prompt (prompt_for's own function, recomputed)
-           omitted_messages = parecer._omitted_messages(v_session, v_language, v_budget),
-           prompt_hash = mark_done.prompt_hash, usage = mark_done.usage, error = NULL,
-           cost_usd = CASE WHEN mark_done.usage IS NOT NULL
-                           THEN parecer._cost(COALESCE(mark_done.model, mark_done.usage ->> 'model', ''), mark_done.usage) END,
-           next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
-           processed_at = now(), updated_at = now()
-     WHERE a.analysis_id = mark_done.analysis_id
-       AND a.lease_token = mark_done.lease_token AND a.lease_expires_at >= now()
-    RETURNING a.retry_count, a.client_id, a.client_slug, a.cost_usd
-         INTO v_retries, v_client, v_slug, v_cost;
-    IF NOT FOUND THEN
-        PERFORM parecer._lease_refused(mark_done.analysis_id, mark_done.lease_token);
-    END IF;
-
-    IF mark_done.usage IS NOT NULL THEN
-        PERFORM parecer._add_spend(v_client, v_slug, parecer._budget_day(), mark_done.usage, v_cost);
-    END IF;
-    RETURN ROW('done', v_retries, NULL)::parecer.item_outcome;
+    RETURN ROW('done', v.retry_count, NULL)::parecer.item_outcome;
 END
 $$;
 COMMENT ON FUNCTION parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb) IS
@@ -644,8 +830,11 @@ WHERE a.status = 'done' AND ((SELECT sc.all_clients FROM parecer._caller_scope s
 COMMENT ON VIEW parecer.reports IS 'With the isolation setting on, only the clients granted to the reader. Checked, grounded reports: one row per done analysis, with the usage and cost of the attempt that produced it, and grounding: per evidence item its path, message_id, the cited message''s role (customer/agent) and how the excerpt matched (exact, normalised, fragments); omitted_messages: messages the size policy left out of the prompt (0: none).';
 
 -- Store several reports in one call (one transaction, one commit to wait for):
--- each item goes through parecer.mark_done itself, in a subtransaction of its
--- own, so a bad item changes nothing and does not fail the others.
+-- the items go through mark_done's checks and write together (_store_reports),
+-- each refused on its own: a bad item changes nothing and does not fail the
+-- others. A batch that cannot go as one set (an item that does not parse, an
+-- analysis twice, an unexpected error) goes one item at a time, each through
+-- parecer.mark_done in a subtransaction of its own.
 CREATE OR REPLACE FUNCTION parecer.mark_done_many(items jsonb)
 RETURNS TABLE (analysis_id uuid, outcome text, sqlstate text, message text)
 LANGUAGE plpgsql
@@ -654,14 +843,46 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_item jsonb;
-    v_id   uuid;
-    v_code text;
-    v_msg  text;
+    v_item  jsonb;
+    v_id    uuid;
+    v_code  text;
+    v_msg   text;
+    v_ids   uuid[];
+    v_codes text[];
+    v_msgs  text[];
+    v_set   boolean := false;
 BEGIN
     IF jsonb_typeof(items) IS DISTINCT FROM 'array' OR jsonb_array_length(items) > 1000 THEN
         PERFORM parecer._invalid('items must be a JSON array of at most 1000 objects',
                                  'e.g. [{"analysis_id": "...", "lease_token": "...", "report": {...}, "model": "...", "prompt_hash": "...", "usage": {...}}]');
+    END IF;
+    BEGIN
+        SELECT array_agg(r.ord ORDER BY r.ord) IS NOT NULL, array_agg(x.id ORDER BY r.ord),
+               array_agg(r.sqlstate ORDER BY r.ord), array_agg(r.message ORDER BY r.ord)
+          INTO v_set, v_ids, v_codes, v_msgs
+        FROM (SELECT array_agg((e.x ->> 'analysis_id')::uuid ORDER BY e.o) AS ids,
+                     array_agg((e.x ->> 'lease_token')::uuid ORDER BY e.o) AS tokens,
+                     array_agg(e.x -> 'report' ORDER BY e.o) AS reports,
+                     array_agg(e.x ->> 'model' ORDER BY e.o) AS models,
+                     array_agg(e.x ->> 'prompt_hash' ORDER BY e.o) AS hashes,
+                     array_agg(CASE WHEN jsonb_typeof(e.x -> 'usage') = 'null' THEN NULL ELSE e.x -> 'usage' END
+                               ORDER BY e.o) AS usages
+              FROM jsonb_array_elements(items) WITH ORDINALITY e(x, o)
+              HAVING count(DISTINCT (e.x ->> 'analysis_id')::uuid) = count(*)) b   -- an analysis once
+        CROSS JOIN LATERAL parecer._store_reports(b.ids, b.tokens, b.reports, b.models, b.hashes, b.usages) r
+        CROSS JOIN LATERAL (SELECT b.ids[r.ord] AS id) x;
+    EXCEPTION
+        WHEN syntax_error_or_access_rule_violation THEN
+            RAISE;   -- a bug or a missing grant, not an item's fault
+        WHEN OTHERS THEN
+            v_set := false;   -- nothing of it stays: one item at a time below
+    END;
+    IF v_set THEN
+        RETURN QUERY
+        SELECT i.id, CASE WHEN i.code IS NULL THEN 'done' WHEN i.code IN ('PR006', 'PR011') THEN 'stale' ELSE 'invalid' END,
+               i.code, i.msg
+        FROM unnest(v_ids, v_codes, v_msgs) i(id, code, msg);
+        RETURN;
     END IF;
     FOR v_item IN SELECT x FROM jsonb_array_elements(items) x LOOP
         v_id := NULL;
@@ -684,4 +905,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.mark_done_many(jsonb) IS
-'Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each goes through parecer.mark_done on its own (same checks, same errors), a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.';
+'Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each is checked as parecer.mark_done checks it (the same checks, the same errors) and the good ones are stored together, a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.';

@@ -81,25 +81,36 @@ BEGIN
 END
 $$;
 
--- Add an attempt's usage and cost to its client's spend of the day, and raise the
--- budget alerts when the client has a budget.
-CREATE OR REPLACE FUNCTION parecer._add_spend(p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric)
+-- Add attempts' usages and their total cost to their client's spend of the day
+-- (one attempt per usage), and raise the budget alerts when the client has a
+-- budget. A batch of one client's attempts is added in one update.
+CREATE OR REPLACE FUNCTION parecer._add_spend(p_client_id text, p_client_slug text, p_day date, p_usages jsonb[],
+                                              p_cost numeric)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_shard   smallint := pg_backend_pid() % 16;
+    v_n       integer;
+    v_in      bigint;
+    v_cached  bigint;
+    v_out     bigint;
     v_daily   numeric;
     v_monthly numeric;
 BEGIN
+    SELECT count(*), COALESCE(sum(COALESCE((u ->> 'input_tokens')::bigint, 0)), 0),
+           COALESCE(sum(COALESCE((u ->> 'cached_input_tokens')::bigint, 0)), 0),
+           COALESCE(sum(COALESCE((u ->> 'output_tokens')::bigint, 0)), 0)
+      INTO v_n, v_in, v_cached, v_out
+    FROM unnest(p_usages) u;
     -- Counters are sharded by backend so that concurrent calls for one client do not
     -- serialise on one row; readers sum the shards. A plain UPDATE first: the upsert's
     -- conflict path locks the row and writes one more WAL record per attempt.
     UPDATE parecer._spend s
-       SET attempts = s.attempts + 1,
-           input_tokens = s.input_tokens + COALESCE((p_usage ->> 'input_tokens')::bigint, 0),
-           cached_input_tokens = s.cached_input_tokens + COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
-           output_tokens = s.output_tokens + COALESCE((p_usage ->> 'output_tokens')::bigint, 0),
+       SET attempts = s.attempts + v_n,
+           input_tokens = s.input_tokens + v_in,
+           cached_input_tokens = s.cached_input_tokens + v_cached,
+           output_tokens = s.output_tokens + v_out,
            cost_usd = s.cost_usd + COALESCE(p_cost, 0)
      WHERE s.client_id = p_client_id AND s.day = p_day AND s.shard = v_shard
     RETURNING (SELECT pol.daily_budget_usd FROM parecer._client_policy pol WHERE pol.client_id = p_client_id),
@@ -108,11 +119,9 @@ BEGIN
     IF NOT FOUND THEN
         INSERT INTO parecer._spend AS s (client_id, client_slug, day, shard, attempts, input_tokens,
                                          cached_input_tokens, output_tokens, cost_usd)
-        VALUES (p_client_id, p_client_slug, p_day, v_shard, 1,
-                COALESCE((p_usage ->> 'input_tokens')::bigint, 0), COALESCE((p_usage ->> 'cached_input_tokens')::bigint, 0),
-                COALESCE((p_usage ->> 'output_tokens')::bigint, 0), COALESCE(p_cost, 0))
+        VALUES (p_client_id, p_client_slug, p_day, v_shard, v_n, v_in, v_cached, v_out, COALESCE(p_cost, 0))
         ON CONFLICT (client_id, day, shard) DO UPDATE
-            SET attempts = s.attempts + 1, input_tokens = s.input_tokens + EXCLUDED.input_tokens,
+            SET attempts = s.attempts + EXCLUDED.attempts, input_tokens = s.input_tokens + EXCLUDED.input_tokens,
                 cached_input_tokens = s.cached_input_tokens + EXCLUDED.cached_input_tokens,
                 output_tokens = s.output_tokens + EXCLUDED.output_tokens, cost_usd = s.cost_usd + EXCLUDED.cost_usd;
         SELECT pol.daily_budget_usd, pol.monthly_budget_usd INTO v_daily, v_monthly

@@ -40,6 +40,7 @@ TO parecer_reader;
 GRANT EXECUTE ON FUNCTION
     parecer.claim(text, integer, integer, text, boolean),
     parecer.prompt_for(uuid),
+    parecer.prompts_for(uuid[]),
     parecer.leased_transcript(uuid, uuid),
     parecer.extend_lease(uuid, uuid, integer),
     parecer.mark_done(uuid, uuid, jsonb, text, text, jsonb),
@@ -77,6 +78,7 @@ GRANT EXECUTE ON FUNCTION
     parecer.estimate_cost(bigint, integer),
     parecer.session_transcript(text),
     parecer.prompt_for(uuid),
+    parecer.prompts_for(uuid[]),
     parecer.set_rate_limit(text, integer, integer, integer),
     parecer.bind_rate_limit(text, text[]),
     parecer.set_model_price(text, numeric, numeric, numeric, text, date, numeric),

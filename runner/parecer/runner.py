@@ -1,8 +1,8 @@
 """The runner: claims work from PostgreSQL, calls the model, reports the outcome.
 
 It owns no queue logic. Every decision about an item is a ``parecer.`` SQL function
-(claim, prompt_for, extend_lease, mark_done, mark_failed, release); the runner keeps
-the model busy, safely:
+(claim, prompts_for / prompt_for, extend_lease, mark_done_many / mark_done, mark_failed,
+release); the runner keeps the model busy, safely:
 
 * wakes on ``NOTIFY parecer_work`` (a dedicated autocommit LISTEN connection) and
   polls as a backstop, at the latest when ``parecer.next_due()`` says a retry falls due;
@@ -94,6 +94,48 @@ class Prompt:
     omitted_messages: int  # messages the size policy left out (max_input_tokens)
     input_tokens: int  # the database's estimate of the input: ceil(characters / 3)
     repair_calls: int  # corrective calls allowed after PR008 (setting repair_calls)
+
+
+@dataclass(frozen=True)
+class ClaimedPrompt:
+    """A row of ``parecer.prompts_for``: one claimed item's prompt, or (``sqlstate``) the
+    error ``prompt_for`` raises for it."""
+
+    analysis_id: UUID
+    instructions: str | None
+    input: str | None
+    report_schema: dict[str, Any] | None
+    prompt_hash: str | None
+    model: str | None
+    omitted_messages: int | None
+    input_tokens: int | None
+    repair_calls: int | None
+    sqlstate: str | None
+    message: str | None
+
+    def prompt(self) -> Prompt | None:
+        """The prompt, None when prompt_for would raise (the item asks it on its own)."""
+        if (
+            self.sqlstate is not None
+            or self.instructions is None
+            or self.input is None
+            or self.report_schema is None
+            or self.prompt_hash is None
+            or self.omitted_messages is None
+            or self.input_tokens is None
+            or self.repair_calls is None
+        ):
+            return None
+        return Prompt(
+            self.instructions,
+            self.input,
+            self.report_schema,
+            self.prompt_hash,
+            self.model,
+            self.omitted_messages,
+            self.input_tokens,
+            self.repair_calls,
+        )
 
 
 @dataclass(frozen=True)
@@ -206,6 +248,7 @@ class InFlight:
 
     item: ClaimedItem
     reporting: bool = False
+    prompt: Prompt | None = None  # from parecer.prompts_for right after the claim
 
 
 Row = TypeVar("Row")
@@ -774,8 +817,9 @@ class Runner:
                     continue
                 claimed = len(items)
                 self.stats.claimed += claimed
+                prompts = await self._claimed_prompts(items)
                 for item in items:
-                    flight = InFlight(item)
+                    flight = InFlight(item, prompt=prompts.get(item.analysis_id))
                     task = asyncio.create_task(self._process(flight))
                     self._inflight[task] = flight
                 if claimed == free:
@@ -786,6 +830,24 @@ class Runner:
                 if cfg.run_id is not None and await self._run_settled():
                     return
             await self._sleep(await self._poll_timeout())
+
+    async def _claimed_prompts(self, items: list[ClaimedItem]) -> dict[UUID, Prompt]:
+        """The prompts of the items just claimed, in one parecer.prompts_for call. An item
+        without one here (prompt_for would raise for it, or this call failed) asks
+        parecer.prompt_for on its own, which raises what it raises."""
+        if not items:
+            return {}
+        try:
+            rows = await self._rows(
+                ClaimedPrompt,
+                "SELECT * FROM parecer.prompts_for(%s)",
+                ([i.analysis_id for i in items],),
+                attempts=1,
+            )
+        except psycopg.Error as exc:
+            log.debug("prompts_for failed: each item asks prompt_for", exc_info=exc)
+            return {}
+        return {r.analysis_id: p for r in rows if (p := r.prompt()) is not None}
 
     async def _run_settled(self) -> bool:
         rows = await self._rows(
@@ -920,9 +982,11 @@ class Runner:
     ) -> None:
         cfg, item = self.cfg, flight.item
         try:
-            prompt = await self._one(
-                Prompt, "SELECT * FROM parecer.prompt_for(%s)", (item.analysis_id,)
-            )
+            prompt = flight.prompt
+            if prompt is None:
+                prompt = await self._one(
+                    Prompt, "SELECT * FROM parecer.prompt_for(%s)", (item.analysis_id,)
+                )
         except psycopg.Error as exc:
             if errors.sqlstate(exc) == errors.PROMPT_TOO_LARGE:
                 raise ItemFailure(

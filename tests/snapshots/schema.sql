@@ -966,11 +966,11 @@ UNION ALL
            FROM parecer._caller_scope sc) OR (a.client_id = ANY ((( SELECT sc.client_ids
            FROM parecer._caller_scope sc))::text[]))) AND a.analysed_message_count IS NOT NULL AND (a.analysed_message_count IS DISTINCT FROM f.message_count OR a.analysed_last_message_at IS DISTINCT FROM f.last_message_at);
 
--- function: parecer._add_spend(text,text,date,jsonb,numeric)
-ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usage jsonb, p_cost numeric
+-- function: parecer._add_spend(text,text,date,jsonb[],numeric)
+ARGUMENTS p_client_id text, p_client_slug text, p_day date, p_usages jsonb[], p_cost numeric
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 1e184ac0f582c32fe81b55afeb999be2
+body md5 d27343522baa1824ab229d4674830f73
 
 -- function: parecer._backoff(integer)
 ARGUMENTS p_failures integer
@@ -1055,7 +1055,7 @@ body md5 6b30487b922a9bbd9210a33d19b352ad
 ARGUMENTS p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid, p_claimed_at timestamp with time zone, p_outcome text, p_error text, p_model text, p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 3bf83d7a71e9dddf4d71995d1dba3c66
+body md5 ad80c7062487bd86fa45a7a7ab2b0207
 
 -- function: parecer._evidence_lists(jsonb)
 ARGUMENTS p_report jsonb
@@ -1186,7 +1186,7 @@ ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 f90e34501862b80a22a9772f1ebe35d3
+body md5 fafce49e6c8e6dccea6bceaaaaf1fafb
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1254,11 +1254,24 @@ RETURNS TABLE(role_intro text, script_title text, client_word text, script_word 
 LANGUAGE sql IMMUTABLE
 body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 
+-- function: parecer._prompts(uuid[])
+ARGUMENTS p_ids uuid[]
+RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
+body md5 37e6c60cfc9c723b4ea6995e55ad0cb4
+
 -- function: parecer._purgeable_analyses(timestamp with time zone)
 ARGUMENTS p_cutoff timestamp with time zone
 RETURNS TABLE(analysis_id uuid)
 LANGUAGE sql STABLE
 body md5 6051b7958ed7c4e73def095c814034bd
+
+-- function: parecer._raise(text,text,text,text)
+ARGUMENTS p_sqlstate text, p_message text, p_detail text, p_hint text
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+body md5 c3ab19c82184e8442b3687ca8d09d143
 
 -- function: parecer._raise_invalid_setting(text,text,text)
 ARGUMENTS p_name text, p_value text, p_hint text
@@ -1362,6 +1375,13 @@ RETURNS interval
 LANGUAGE plpgsql STABLE
 body md5 8ad81007e882f8c329b8c41e2e94b279
 
+-- function: parecer._store_reports(uuid[],uuid[],jsonb[],text[],text[],jsonb[])
+ARGUMENTS p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[], p_hashes text[], p_usages jsonb[]
+RETURNS TABLE(ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
+body md5 9b2f54a78be394959dd0cda75f9bdf3e
+
 -- function: parecer._tag_filter(jsonb)
 ARGUMENTS p_filter jsonb, OUT mode text, OUT tags text[]
 RETURNS record
@@ -1378,7 +1398,7 @@ body md5 0bb6098a629a5c868e8342b1dd521ca8
 ARGUMENTS p_session_id text, p_language text
 RETURNS text[]
 LANGUAGE plpgsql STABLE
-body md5 9e80a57eba1236efe968e43d5cbbe106
+body md5 a904502b9fd15e267793845322e3aca8
 
 -- function: parecer._usage_ok(jsonb)
 ARGUMENTS p_usage jsonb
@@ -1578,14 +1598,14 @@ ARGUMENTS analysis_id uuid, lease_token uuid, report jsonb, model text, prompt_h
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3e252c3d7454df152e31d9e863f8df8d
+body md5 28c5a60ad7d5ad78a5eea9f90cfb09b0
 
 -- function: parecer.mark_done_many(jsonb)
 ARGUMENTS items jsonb
 RETURNS TABLE(analysis_id uuid, outcome text, sqlstate text, message text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 120ee2aa452e2431b1ae0c4167e49a60
+body md5 d05a3ba2896a337ba8262916026b8071
 
 -- function: parecer.mark_failed(uuid,uuid,text,boolean,jsonb)
 ARGUMENTS analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true, usage jsonb DEFAULT NULL::jsonb
@@ -1613,7 +1633,14 @@ ARGUMENTS analysis_id uuid
 RETURNS TABLE(instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 82a87d4cc2b763fea9e18144bbfb9335
+body md5 fdf92608cb87d86d2f28b85935595b73
+
+-- function: parecer.prompts_for(uuid[])
+ARGUMENTS analysis_ids uuid[]
+RETURNS TABLE(analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 221efdde60ebadce1d7708c89ecf06c8
 
 -- function: parecer.purge(interval,boolean,integer)
 ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer DEFAULT 5000
@@ -1815,7 +1842,7 @@ parecer_reader=r/postgres postgres=arwdDxt/postgres
 -- acl: model_prices
 parecer_reader=r/postgres postgres=arwdDxt/postgres
 
--- acl: parecer._add_spend(text,text,date,jsonb,numeric)
+-- acl: parecer._add_spend(text,text,date,jsonb[],numeric)
 postgres=X/postgres
 
 -- acl: parecer._backoff(integer)
@@ -1956,7 +1983,13 @@ postgres=X/postgres
 -- acl: parecer._phrases(text)
 postgres=X/postgres
 
+-- acl: parecer._prompts(uuid[])
+postgres=X/postgres
+
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
+postgres=X/postgres
+
+-- acl: parecer._raise(text,text,text,text)
 postgres=X/postgres
 
 -- acl: parecer._raise_invalid_setting(text,text,text)
@@ -2008,6 +2041,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._setting_interval(text)
+postgres=X/postgres
+
+-- acl: parecer._store_reports(uuid[],uuid[],jsonb[],text[],text[],json
 postgres=X/postgres
 
 -- acl: parecer._tag_filter(jsonb)
@@ -2119,6 +2155,9 @@ parecer_runner=X/postgres postgres=X/postgres
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.prompt_for(uuid)
+parecer_admin=X/postgres parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.prompts_for(uuid[])
 parecer_admin=X/postgres parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.purge(interval,boolean,integer)
@@ -2248,7 +2287,7 @@ The role that claimed the item (SET ROLE role, else the login role); prompt_for 
 Keys of parecer.source_session_metadata shown to the model in this version's prompts, in this order.
 
 -- comment: column omitted_messages of table parecer.analyses
-Messages the size policy left out of the prompt of the stored report (0: the whole session was sent), as mark_done recomputed it.
+Messages the size policy left out of the prompt (0: the whole session was sent): of the stored report's prompt once done; while processing, of the prompt prompt_for last gave the lease holder (given_prompt_hash).
 
 -- comment: column prompt_given_at of table parecer.analyses
 When prompt_for last gave the lease holder the prompt of this attempt.
@@ -2335,7 +2374,7 @@ List a client's script versions (newest first per key), optionally one key and o
 Store the report of an item you hold, after checking it against the report schema and grounding every evidence in the session's messages; its usage and cost stay in the item's row (parecer.reports, parecer.attempts). A failing report changes nothing. prompt_hash must be the hash prompt_for gave the lease holder in this attempt (with isolation off, an attempt that never called prompt_for is taken at its word). Errors: PR006 stale lease, PR007 invalid report, PR008 ungrounded evidence, PR010, PR011, PR017 prompt hash not the one given.
 
 -- comment: function parecer.mark_done_many(jsonb)
-Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each goes through parecer.mark_done on its own (same checks, same errors), a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.
+Store up to 1000 reports in one call: items is a JSON array of {analysis_id, lease_token, report, model, prompt_hash, usage}; each is checked as parecer.mark_done checks it (the same checks, the same errors) and the good ones are stored together, a bad item does not fail the others. One row per item: analysis_id, outcome done / stale (PR006, PR011: drop the result) / invalid (any other error: mark_failed it), sqlstate, message. Errors: PR010 items not an array of at most 1000.
 
 -- comment: function parecer.mark_failed(uuid,uuid,text,boolean,jsonb)
 Record a failed attempt of an item you hold (usage: tokens the failed call cost, if any): retry_count + 1, pending again at next_retry_at = now() + backoff_schedule[retry_count]; status failed (terminal) after max_attempts or at once with retryable => false. Errors: PR006, PR011.
@@ -2348,6 +2387,9 @@ Claim up to max_items (default and cap: setting batch_max_items) claimable items
 
 -- comment: function parecer.prompt_for(uuid)
 Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, the script's model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Called by the role holding the item's live lease, it records prompt_hash on the item: mark_done then requires the same hash (PR017). With the isolation setting on, a role that does not see every client gets only items of its clients it holds a live lease on (admins: any). Errors: PR011 unknown analysis (or not yours), PR016 prompt too large (not one message fits).
+
+-- comment: function parecer.prompts_for(uuid[])
+parecer.prompt_for for several analyses in one call (e.g. every item a claim gave you): one row per id, in order, with the same columns and, when prompt_for would raise for that id, its sqlstate (PR011 unknown analysis or not yours, PR016 prompt too large) and message instead of a prompt; a bad id does not fail the others. The prompts given to the lease holder are recorded as prompt_for records them. Errors: PR010 analysis_ids not a one-dimensional array of at most 1000.
 
 -- comment: function parecer.purge(interval,boolean,integer)
 Retention: deletes attempts that ended before now() - older_than, done analyses processed before it whose tag is not the newest of their client's script key, and spend days and budget alerts before it and before the current budget month; at most batch_size rows per kind per call (call again until every count is 0). dry_run (the default) counts all it would delete. `parecer purge --older-than 180d` loops.
