@@ -22,6 +22,7 @@ from parecer.runner import RunnerConfig
 from .factories import make_script, make_session
 from .helpers import one, table_checksum
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk" + "-test-batch-NEVER-LOG-0123456789"  # fake
 
 
@@ -225,12 +226,12 @@ def cli(
         "OPENAI_BASE_URL": s.url,
         "PARECER_LOG_FORMAT": "json",
     }
-    env.pop(batch.CRASH_ENV, None)
-    if crash:
-        env[batch.CRASH_ENV] = crash
+    # Killed at a step: the CLI run by tests/crash_cli.py, which sets batch.checkpoint_hook.
+    cmd = ["-m", "tests.crash_cli", crash] if crash else ["-m", "parecer.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "parecer.cli", "--database-url", db_url, "batch", *args],
+        [sys.executable, *cmd, "--database-url", db_url, "batch", *args],
         env=env,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -493,3 +494,157 @@ def test_batch_cancel_at_the_provider_or_before_it_was_sent(db_url: str) -> None
         assert p.returncode == 1 and "has ended (cancelled)" in p.stderr
         p = cli(db_url, s, "cancel", "999")
         assert p.returncode == 1 and "[PR019]" in p.stderr
+
+
+# ---- an expired batch's partial output; error-file lines
+
+
+def test_an_expired_batch_stores_the_lines_it_ran_and_releases_the_rest(db_url: str) -> None:
+    config = StandinConfig(
+        seed=7,
+        batch_outcome="expired",
+        batch_expired_done=0.5,
+        batch_line_fault_rate=0.4,
+        batch_line_faults=("server_error", "ungrounded_once"),
+    )
+    with Standin(config) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 40)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        faults = s.stats()["faults"]
+        assert faults["server_error"] > 0 and faults["ungrounded_once"] > 0
+        # Both files: the lines run before expiry (results, and a 500 per server_error)
+        # and the 20 lines never run (batch_expired, in the error file).
+        assert b.output_file_id is not None and b.error_file_id is not None
+        assert (b.status, b.provider_status) == ("expired", "expired")
+        assert (b.request_total, b.request_failed) == (40, 20 + faults["server_error"])
+        # The 20 run lines through mark_done's checks: a 500 is mark_failed, an ungrounded
+        # or malformed answer gets the repair call; the 20 not run are released.
+        assert (b.done, b.failed, b.released, b.in_flight) == (
+            20 - faults["server_error"],
+            faults["server_error"],
+            20,
+            0,
+        )
+        assert s.stats()["repair_requests"] == faults["ungrounded_once"]
+        assert stats.outcomes["done"] == b.done
+        assert statuses(c, run_id) == {"done": b.done, "pending": 40 - b.done}
+        rows = c.execute(
+            "SELECT a.retry_count, a.releases, a.error FROM parecer.analyses a WHERE status = 'pending'"
+        ).fetchall()
+        assert sorted((r["retry_count"], r["releases"], r["error"]) for r in rows) == sorted(
+            [(0, 1, None)] * 20
+            + [(1, 0, "batch line: provider error 500")] * faults["server_error"]
+        )
+        # Only the completed lines are billed, at the batch price.
+        cost = one(
+            c,
+            "SELECT count(*) FILTER (WHERE usage ? 'batch') AS billed, sum(cost_usd) AS usd"
+            " FROM parecer.analyses",
+        )
+        assert cost["billed"] == b.done and cost["usd"] == b.cost_usd > 0
+
+
+def test_poll_killed_while_storing_an_expired_batch_loses_nothing(db_url: str) -> None:
+    config = StandinConfig(batch_outcome="expired", batch_expired_done=0.5)
+    with Standin(config) as s:
+        with db.connect(db_url) as c:
+            run_id = backlog_run(c, 60)
+        assert cli(db_url, s, "submit", str(run_id)).returncode == 0
+        p = cli(db_url, s, "poll", str(run_id), crash="mid_ingest:10")
+        assert p.returncode == -9, p.stderr
+        with db.connect(db_url) as c:
+            mid = statuses(c, run_id)
+            assert 10 <= mid.get("done", 0) < 30 and mid.get("processing", 0) == 60 - mid["done"]
+            assert one(c, "SELECT status FROM parecer.batches")["status"] == "ingesting"
+        p = cli(db_url, s, "poll", str(run_id), "--json")
+        assert p.returncode == 0, p.stderr
+        assert s.stats()["batch_lines"] == 60  # the provider ran each line at most once
+        with db.connect(db_url) as c:
+            b = one(c, "SELECT * FROM parecer.batches")
+            assert (b["status"], b["done"], b["released"], b["failed"]) == ("expired", 30, 30, 0)
+            assert statuses(c, run_id) == {"done": 30, "pending": 30}
+            r = one(
+                c,
+                "SELECT max(claims) AS claims, count(*) FILTER (WHERE status = 'done' AND claims = 1) AS once,"
+                " (SELECT count(*) FROM parecer.reports) AS reports FROM parecer.analyses",
+            )
+            assert (r["claims"], r["once"], r["reports"]) == (1, 30, 30)
+
+
+def test_an_error_file_alone_is_read(db_url: str) -> None:
+    """Every line an error (no output file): each judged from the error file."""
+    config = StandinConfig(seed=3, batch_line_fault_rate=1.0, batch_line_faults=("server_error",))
+    with Standin(config) as s, db.connect(db_url) as c:
+        run_id = backlog_run(c, 5)
+        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+        [b], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        assert b.output_file_id is None and b.error_file_id is not None
+        assert (b.status, b.failed, b.done, b.released) == ("completed", 5, 0, 0)
+
+
+# ---- the SDK surface batch.py relies on: fails loudly when an SDK upgrade changes it
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "code"),
+    [
+        (400, "BadRequestError", "context_length_exceeded"),
+        (401, "AuthenticationError", "invalid_api_key"),
+        (403, "PermissionDeniedError", None),
+        (404, "NotFoundError", None),
+        (429, "RateLimitError", "insufficient_quota"),
+        (500, "InternalServerError", None),
+        (503, "InternalServerError", None),
+        (418, "APIStatusError", None),
+    ],
+)
+def test_status_error_is_the_sdks_own_exception(status: int, cls: str, code: str | None) -> None:
+    import httpx2
+    import openai
+
+    body = {"error": {"message": "m", "type": "t", "param": None, "code": code}}
+    e = batch.status_error(status, body, "http://127.0.0.1:1/v1/responses")
+    assert type(e) is getattr(openai, cls)
+    assert (e.status_code, e.code, e.message, e.body) == (
+        status,
+        code,
+        f"Error code: {status} - m",
+        body["error"],
+    )
+    # What the SDK's client raises for the same answer (its private mapping): the same.
+    client = openai.OpenAI(api_key=KEY, base_url="http://127.0.0.1:1/v1")
+    response = httpx2.Response(
+        status, json=body, request=httpx2.Request("POST", "http://127.0.0.1:1/v1/responses")
+    )
+    sdk = client._make_status_error_from_response(response)
+    assert (type(sdk), sdk.code, sdk.message, sdk.body) == (type(e), e.code, e.message, e.body)
+    client.close()
+
+
+def test_parse_response_builds_the_sdk_models_leniently() -> None:
+    from openai.types.responses import ResponseOutputMessage
+
+    body = {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "model": "gpt-x",
+        "status": "completed",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "{}", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10},
+        "a_field_from_a_newer_api": {"x": 1},
+    }
+    r = batch.parse_response(body)
+    assert r is not None
+    assert isinstance(r.output[0], ResponseOutputMessage)  # nested objects built
+    assert (r.output_text, r.usage and r.usage.input_tokens) == ("{}", 7)
+    assert batch.parse_response({"id": "resp_2", "output": None}) is None

@@ -32,18 +32,16 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-import httpx2
+import httpx2  # the SDK's HTTP layer: its public exceptions take an httpx2.Response
 import openai
 import psycopg
-from openai._models import construct_type
 from openai.types.responses import Response
 from psycopg.rows import class_row
 
@@ -71,9 +69,11 @@ METADATA_KEY = "parecer_batch_id"  # the batch row's id, in the provider batch's
 OPEN = ("preparing", "uploaded", "submitted", "ingesting")
 # Error lines that are not the item's fault: the batch ended before running them.
 NOT_RUN = ("batch_expired", "batch_cancelled")
-# Fault injection for the crash tests (tests/test_batch.py): when this variable names a
-# point the process kills itself there (SIGKILL: no cleanup, like a crash). Unset: nothing.
-CRASH_ENV = "PARECER_BATCH_CRASH_AT"
+# A test seam, not a setting: called with the name of each step just recorded
+# ("after_upload", "after_upload_recorded", "after_create", "mid_ingest:<n stored>").
+# None in production; the crash tests set it in a subprocess (tests/crash_cli.py) to
+# kill the process there with SIGKILL, so a real process dies mid-way.
+checkpoint_hook: Callable[[str], None] | None = None
 # One process works on a batch at a time (two polls from an overlapping cron, a poll
 # beside a submit): a session advisory lock (LOCK_CLASS, batch_id), held by the batch
 # driver's connection, so a killed process lets go of it at once. The other skips it.
@@ -88,9 +88,47 @@ class BatchDone(Exception):
     """The batch has ended (or its results wait for a poll): nothing to cancel."""
 
 
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+def _checkpoint(name: str) -> None:
+    if checkpoint_hook is not None:
+        checkpoint_hook(name)
+
+
+# The SDK's exception class for each HTTP status, as its clients map a status error
+# (openai's public exception classes; the mapping itself is private in the SDK).
+_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+
+
+def status_error(status: int, body: dict[str, Any], url: str) -> openai.APIStatusError:
+    """The exception the SDK raises for a call answered with this status and body, built
+    with its public constructors. httpx2 only because APIStatusError takes the HTTP response
+    it came with: a response built here, with the line's status and body."""
+    response = httpx2.Response(status, json=body, request=httpx2.Request("POST", url))
+    error = body.get("error", body)
+    message = error.get("message") if isinstance(error, dict) else None
+    text = f"Error code: {status}" + (
+        f" - {message}" if isinstance(message, str) and message else ""
+    )
+    cls = _STATUS_ERRORS.get(status) or (
+        openai.InternalServerError if status >= 500 else openai.APIStatusError
+    )
+    return cls(text, response=response, body=error)
+
+
+def parse_response(body: dict[str, Any]) -> Response | None:
+    """A batch line's body as the SDK's Response: ``model_construct`` (the SDK models' public,
+    lenient constructor: fields a newer API adds are kept, nested objects are built), as
+    lenient as the SDK is with a synchronous answer. None unless it has an output list."""
+    if not isinstance(body.get("output"), list):
+        return None
+    return Response.model_construct(**body)
 
 
 @dataclass(frozen=True)
@@ -392,12 +430,12 @@ class BatchDriver:
             sha256=hashlib.sha256(data).hexdigest(),
             file=file.id,
         )
-        _crash_point("after_upload")
+        _checkpoint("after_upload")
         up = await self._batch(
             "SELECT * FROM parecer.batch_uploaded(%s, %s)", (b.batch_id, file.id)
         )
         assert up is not None
-        _crash_point("after_upload_recorded")
+        _checkpoint("after_upload_recorded")
         return up
 
     async def _find(self, b: BatchRow) -> Any:
@@ -426,7 +464,7 @@ class BatchDriver:
                 metadata={METADATA_KEY: str(b.batch_id), "parecer_run_id": str(b.run_id)},
             )
             event(log, "batch created", batch=b.batch_id, provider_batch=pb.id)
-        _crash_point("after_create")
+        _checkpoint("after_create")
         return await self._record(b, pb)
 
     async def _record(self, b: BatchRow, pb: Any) -> BatchRow:
@@ -485,7 +523,6 @@ class BatchDriver:
         runner = Runner(self.cfg, self.client)  # a client it does not own: not closed with it
         await runner.open()
         limit = asyncio.Semaphore(self.cfg.concurrency)
-        crash_after = os.environ.get(CRASH_ENV, "")
         settled = 0
 
         async def one(it: BatchItem) -> None:
@@ -497,8 +534,7 @@ class BatchDriver:
             async with limit:
                 await runner.settle(it.claimed(), self._answer(it, line))
             settled += 1
-            if crash_after == f"mid_ingest:{settled}":
-                _crash_point(crash_after)
+            _checkpoint(f"mid_ingest:{settled}")
 
         try:
             await asyncio.gather(*(one(it) for it in items))
@@ -526,10 +562,7 @@ class BatchDriver:
         """An error line, judged as the runner judges the same answer to a synchronous call:
         the SDK's exception for that status and body, through runner.classify (a 429 or a
         refused key releases the item; context length is terminal; a 5xx is a retry)."""
-        response = httpx2.Response(
-            status, json=body, request=httpx2.Request("POST", f"{self.client.base_url}responses")
-        )
-        verdict = classify(self.client._make_status_error_from_response(response))
+        verdict = classify(status_error(status, body, f"{self.client.base_url}responses"))
         if isinstance(verdict, ItemFailure):
             verdict.reason = f"batch line: {verdict.reason}"
         return verdict
@@ -549,10 +582,8 @@ class BatchDriver:
             if status != 200 or not isinstance(body, dict):
                 err = line.get("error") or {}
                 raise ItemFailure(f"batch line: {err.get('code') or 'no response'}")
-            # Parsed as the SDK parses a synchronous answer (construct_type: lenient about
-            # fields a newer API adds or an older one lacks), so both paths read the same.
-            resp = construct_type(type_=Response, value=body)
-            if not isinstance(resp, Response) or not isinstance(body.get("output"), list):
+            resp = parse_response(body)
+            if resp is None:
                 raise ItemFailure("batch output line is not a Responses API object")
             return resp, _batch_usage(resp, model)
 

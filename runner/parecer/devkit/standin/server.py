@@ -91,12 +91,15 @@ class StandinConfig:
     quote_slips: float = 0.0  # fraction of evidence excerpts given a realistic slip
     # Batch API (Files + Batches endpoints): a batch answers in_progress until it has been
     # retrieved batch_polls times, then ends as batch_outcome (completed, failed: the whole
-    # batch refused, expired: no line run); batch_line_fault_rate of its lines draw a fault
+    # batch refused, expired: the window ran out after batch_expired_done of its lines ran,
+    # the rest are error-file lines batch_expired, as the real API returns them);
+    # batch_line_fault_rate of its lines draw a fault
     # from batch_line_faults (server_error, timeout, rate_limit, quota, auth, context_length:
     # an error line with the status and body the endpoint would answer; ungrounded_once,
     # malformed, ...: a 200 line whose answer has that fault).
     batch_polls: int = 1
     batch_outcome: str = "completed"
+    batch_expired_done: float = 0.0  # fraction of an expired batch's lines run before expiry
     batch_line_fault_rate: float = 0.0
     batch_line_faults: tuple[str, ...] = ("server_error",)
     log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
@@ -124,6 +127,8 @@ class StandinConfig:
             raise ValueError("batch_polls must be >= 1")
         if self.batch_outcome not in ("completed", "failed", "expired"):
             raise ValueError("batch_outcome must be completed, failed or expired")
+        if not 0.0 <= self.batch_expired_done <= 1.0:
+            raise ValueError("batch_expired_done must be within [0, 1]")
         if not 0.0 <= self.batch_line_fault_rate <= 1.0:
             raise ValueError("batch_line_fault_rate must be within [0, 1]")
         unknown = [f for f in self.batch_line_faults if f not in FAULT_KINDS]
@@ -340,8 +345,11 @@ class _State:
             return
         out: list[str] = []
         err: list[str] = []
+        # An expired batch ran its first lines before the window closed: their results are
+        # in the output (and error) file like a completed batch's, the rest batch_expired.
+        ran = round(len(lines) * self.config.batch_expired_done) if end == "expired" else 0
         for n, line in enumerate(lines, 1):
-            row = self._batch_line(line, n, end)
+            row = self._batch_line(line, n, "completed" if n <= ran else end)
             (
                 out
                 if row["response"] is not None and row["response"]["status_code"] == 200
