@@ -648,3 +648,67 @@ def test_parse_response_builds_the_sdk_models_leniently() -> None:
     assert isinstance(r.output[0], ResponseOutputMessage)  # nested objects built
     assert (r.output_text, r.usage and r.usage.input_tokens) == ("{}", 7)
     assert batch.parse_response({"id": "resp_2", "output": None}) is None
+
+
+# ---- operating it: doctor, metrics, status
+
+
+def test_doctor_metrics_and_status_show_batches_left_behind(db_url: str) -> None:
+    from parecer import metrics
+
+    from .test_operations import cli as parecer_cli
+
+    def check(c: psycopg.Connection[Any]) -> dict[str, Any]:
+        return one(c, "SELECT * FROM parecer.doctor() WHERE check_name = 'batches'")
+
+    with db.connect(db_url) as c:
+        run_id = backlog_run(c, 6)
+        assert check(c) == {
+            "check_name": "batches",
+            "status": "ok",
+            "detail": "0 open batch(es)",
+            "fix": None,
+        }
+        crashed = one(c, "SELECT * FROM parecer.open_batch(%s, 'killed-submit', 3)", (run_id,))
+        sent = one(c, "SELECT * FROM parecer.open_batch(%s, 'w', 3)", (run_id,))
+        one(c, "SELECT * FROM parecer.batch_uploaded(%s, 'file-1')", (sent["batch_id"],))
+        one(c, "SELECT * FROM parecer.batch_submitted(%s, 'batch_1')", (sent["batch_id"],))
+        assert check(c)["detail"] == "2 open batch(es)"  # fresh: a submit may still be at it
+        c.execute(
+            "UPDATE parecer._batches SET updated_at = now() - interval '20 minutes 5 seconds'"
+            " WHERE batch_id = %s",
+            (crashed["batch_id"],),
+        )
+        c.execute(
+            "UPDATE parecer._batches SET submitted_at = now() - interval '25 hours'"
+            " WHERE batch_id = %s",
+            (sent["batch_id"],),
+        )
+        r = check(c)
+        assert r["status"] == "warn"
+        assert r["detail"] == (
+            f"no process works on batch {crashed['batch_id']} preparing for 20 min;"
+            f" past the 24-hour window: batch {sent['batch_id']} submitted 25 h ago"
+        )
+        assert "parecer batch poll" in r["fix"]
+        # A process holding the batch (the driver's advisory lock) is working on it.
+        with db.connect(db_url) as other:
+            other.execute(
+                "SELECT pg_advisory_lock(%s, %s)", (batch.LOCK_CLASS, crashed["batch_id"])
+            )
+            assert check(c)["detail"] == (
+                f"past the 24-hour window: batch {sent['batch_id']} submitted 25 h ago"
+            )
+        # metrics: open batches by status; status: one line
+        m = one(c, "SELECT open_batches FROM parecer.metrics")
+        assert m["open_batches"] == {"preparing": 1, "uploaded": 0, "submitted": 1, "ingesting": 0}
+        text = metrics.queue_text(m)
+        assert 'parecer_queue_open_batches{status="submitted"} 1.0' in text
+        assert 'parecer_queue_open_batches{status="ingesting"} 0.0' in text
+        out = parecer_cli(db_url, "status").output
+        assert "batches open: 1 preparing, 1 submitted (`parecer batch poll`)" in out
+        one(c, "SELECT * FROM parecer.finish_batch(%s)", (crashed["batch_id"],))
+        one(c, "SELECT * FROM parecer.batch_progress(%s, 'expired')", (sent["batch_id"],))
+        one(c, "SELECT * FROM parecer.finish_batch(%s)", (sent["batch_id"],))
+        assert (check(c)["status"], check(c)["detail"]) == ("ok", "0 open batch(es)")
+        assert "batches open" not in parecer_cli(db_url, "status").output

@@ -27,9 +27,16 @@ SELECT q.pending, q.retrying, q.processing, q.failed_terminal,
         WHERE sp.day = cal.today AND (sc.all_clients OR sp.client_id = ANY (sc.client_ids))) AS spend_today_usd,
        q.workers_with_leases,
        extract(epoch FROM now() - (SELECT max(d.processed_at) FROM parecer.analyses d, sc
-                                   WHERE d.status = 'done' AND (sc.all_clients OR d.client_id = ANY (sc.client_ids))))::float8 AS last_done_age_seconds
+                                   WHERE d.status = 'done' AND (sc.all_clients OR d.client_id = ANY (sc.client_ids))))::float8 AS last_done_age_seconds,
+       (SELECT jsonb_build_object('preparing', count(*) FILTER (WHERE b.status = 'preparing'),
+                                  'uploaded', count(*) FILTER (WHERE b.status = 'uploaded'),
+                                  'submitted', count(*) FILTER (WHERE b.status = 'submitted'),
+                                  'ingesting', count(*) FILTER (WHERE b.status = 'ingesting'))
+        FROM parecer._batches b, sc
+        WHERE b.status IN ('preparing', 'uploaded', 'submitted', 'ingesting')
+          AND (sc.all_clients OR b.client_id = ANY (sc.client_ids))) AS open_batches
 FROM q;
-COMMENT ON VIEW parecer.metrics IS 'Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.';
+COMMENT ON VIEW parecer.metrics IS 'Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report), open_batches (Batch API batches not finished, by status: {"preparing": n, "uploaded": n, "submitted": n, "ingesting": n}). `parecer metrics` prints them in the Prometheus text format.';
 
 -- The doctor's checks that the database can answer: adapter views, roles,
 -- settings, prices and limits of the models in use, runners alive, terminal
@@ -222,9 +229,40 @@ BEGIN
         pg_catalog.format('%s item(s) failed terminally', v_failed),
         CASE WHEN v_failed = 0 THEN NULL
              ELSE 'read the errors in parecer.attempts, fix the cause, then `parecer retry --client CLIENT`' END;
+
+    -- Batch API batches left behind: one no process works on (it holds the batch driver's
+    -- advisory lock, class 7040118, while it does) and that has not moved for active_minutes
+    -- (preparing or uploaded: a killed submit; ingesting: a killed poll); one still
+    -- submitted past the 24-hour completion window by more than active_minutes (nothing
+    -- polls it: its results wait, and its items are redone when the batch lease runs out).
+    SELECT string_agg(pg_catalog.format('batch %s %s for %s min', b.batch_id, b.status,
+                                        floor(extract(epoch FROM now() - b.updated_at) / 60)), ', ' ORDER BY b.batch_id)
+      INTO v_members
+    FROM parecer._batches b
+    WHERE b.status IN ('preparing', 'uploaded', 'ingesting')
+      AND b.updated_at < now() - make_interval(mins => active_minutes)
+      AND NOT EXISTS (SELECT FROM pg_catalog.pg_locks l
+                      WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 7040118::oid
+                        AND l.objid = (b.batch_id % 2147483648)::oid AND l.objsubid = 2
+                        AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = current_database()));
+    SELECT string_agg(pg_catalog.format('batch %s submitted %s h ago', b.batch_id,
+                                        floor(extract(epoch FROM now() - b.submitted_at) / 3600)), ', ' ORDER BY b.batch_id)
+      INTO v_paused
+    FROM parecer._batches b
+    WHERE b.status = 'submitted'
+      AND b.submitted_at < now() - interval '24 hours' - make_interval(mins => active_minutes);
+    RETURN QUERY SELECT 'batches'::text,
+        CASE WHEN v_members IS NULL AND v_paused IS NULL THEN 'ok' ELSE 'warn' END,
+        CASE WHEN v_members IS NULL AND v_paused IS NULL
+             THEN (SELECT pg_catalog.format('%s open batch(es)', count(*)) FROM parecer._batches b
+                   WHERE b.status IN ('preparing', 'uploaded', 'submitted', 'ingesting'))
+             ELSE concat_ws('; ', 'no process works on ' || v_members,
+                            'past the 24-hour window: ' || v_paused) END,
+        CASE WHEN v_members IS NULL AND v_paused IS NULL THEN NULL
+             ELSE '`parecer batch poll` resumes and finishes them (run it from cron); `parecer batch cancel BATCH_ID` gives a batch''s items back' END;
 END
 $$;
-COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.';
+COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures, Batch API batches left behind (preparing, uploaded or ingesting, unchanged for active_minutes and held by no process: a killed submit or poll; submitted more than 24 hours and active_minutes ago). `parecer doctor` adds connection, migrations and API-file checks.';
 
 -- Retention: delete what is older than older_than and no longer needed, one
 -- batch per kind per call (short transactions, row locks only on old rows; the

@@ -1077,6 +1077,9 @@ def _wrap_parts(parts: list[str], width: int, indent: str = "  ") -> list[str]:
     return lines
 
 
+BATCH_ORDER = ("preparing", "uploaded", "submitted", "ingesting")  # open batch statuses
+
+
 def _status_lines(data: dict[str, Any], width: int) -> list[str]:
     t = data["totals"]
     out = [
@@ -1085,6 +1088,13 @@ def _status_lines(data: dict[str, Any], width: int) -> list[str]:
         f"done last hour {t['done_last_hour']}; oldest pending {_age(t['oldest_pending_age_seconds'])};"
         f" spend today US$ {_money(t['spend_today_usd'])}",
     ]
+    batches = {k: v for k, v in (t.get("open_batches") or {}).items() if v}
+    if batches:
+        out.append(
+            "batches open: "
+            + ", ".join(f"{batches[k]} {k}" for k in BATCH_ORDER if k in batches)
+            + " (`parecer batch poll`)"
+        )
     clients = {c["client_slug"]: c for c in data["clients"]}
     for slug in sorted({q["client_slug"] for q in data["queue"]} | set(clients)):
         c = clients.get(slug, {})

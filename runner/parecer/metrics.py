@@ -111,6 +111,10 @@ class QueueCollector(Collector):
         yield from queue_families(self.row)
 
 
+#: parecer.metrics.open_batches: Batch API batches not finished, by status.
+BATCH_STATUSES = ("preparing", "uploaded", "submitted", "ingesting")
+
+
 def queue_families(row: Mapping[str, Any] | None) -> Iterable[GaugeMetricFamily]:
     for column, help_text in QUEUE_GAUGES.items():
         family = GaugeMetricFamily(f"parecer_queue_{column}", help_text)
@@ -118,6 +122,16 @@ def queue_families(row: Mapping[str, Any] | None) -> Iterable[GaugeMetricFamily]
         if value is not None:
             family.add_metric([], float(value))
         yield family
+    batches = GaugeMetricFamily(
+        "parecer_queue_open_batches",
+        "Batch API batches not finished, by status (`parecer batch poll` moves them along).",
+        labels=["status"],
+    )
+    counts = None if row is None else row.get("open_batches")
+    if isinstance(counts, Mapping):
+        for status in BATCH_STATUSES:
+            batches.add_metric([status], float(counts.get(status) or 0))
+    yield batches
 
 
 QUEUE = QueueCollector()

@@ -767,7 +767,11 @@ UNION ALL
     EXTRACT(epoch FROM now() - (( SELECT max(d.processed_at) AS max
            FROM parecer.analyses d,
             sc
-          WHERE d.status = 'done'::text AND (sc.all_clients OR (d.client_id = ANY (sc.client_ids))))))::double precision AS last_done_age_seconds
+          WHERE d.status = 'done'::text AND (sc.all_clients OR (d.client_id = ANY (sc.client_ids))))))::double precision AS last_done_age_seconds,
+    ( SELECT jsonb_build_object('preparing', count(*) FILTER (WHERE b.status = 'preparing'::text), 'uploaded', count(*) FILTER (WHERE b.status = 'uploaded'::text), 'submitted', count(*) FILTER (WHERE b.status = 'submitted'::text), 'ingesting', count(*) FILTER (WHERE b.status = 'ingesting'::text)) AS jsonb_build_object
+           FROM parecer._batches b,
+            sc
+          WHERE (b.status = ANY (ARRAY['preparing'::text, 'uploaded'::text, 'submitted'::text, 'ingesting'::text])) AND (sc.all_clients OR (b.client_id = ANY (sc.client_ids)))) AS open_batches
    FROM q;
 
 -- view: model_prices
@@ -1506,7 +1510,7 @@ ARGUMENTS model text DEFAULT NULL::text, active_minutes integer DEFAULT 10
 RETURNS TABLE(check_name text, status text, detail text, fix text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 bb2f6e30fb70f561e840167819b8a1b3
+body md5 eece221cb4e14be505ae67c1d6657a33
 
 -- function: parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
 ARGUMENTS client_slug text, min_messages integer DEFAULT 20, tag_filter jsonb DEFAULT '{"mode": "none"}'::jsonb, ended_after timestamp with time zone DEFAULT NULL::timestamp with time zone, ended_before timestamp with time zone DEFAULT NULL::timestamp with time zone, require_agent_reply boolean DEFAULT false, min_idle interval DEFAULT NULL::interval, metadata_filter jsonb DEFAULT NULL::jsonb
@@ -2332,7 +2336,7 @@ Claim up to max_items claimable items (status pending, next_retry_at NULL or pas
 Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
 
 -- comment: function parecer.doctor(text,integer)
-The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures. `parecer doctor` adds connection, migrations and API-file checks.
+The database's health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures, Batch API batches left behind (preparing, uploaded or ingesting, unchanged for active_minutes and held by no process: a killed submit or poll; submitted more than 24 hours and active_minutes ago). `parecer doctor` adds connection, migrations and API-file checks.
 
 -- comment: function parecer.eligible_sessions(text,integer,jsonb,timestamp with time zone,timestamp with time zone,boolean,interval,jsonb)
 Ended sessions of a client with at least min_messages messages whose contact passes tag_filter ({"mode":"none"} = contact without tags), optionally ended in [ended_after, ended_before), with an agent reply (an agent, bot or supervisor; else from_me) and whose parecer.source_session_metadata contains metadata_filter, and idle for min_idle (NULL: the min_idle setting, 24 hours by default; seed 003's rule) since the later of ended_at and the last message; an ended_at in the future is never eligible. Newest first. Errors: PR001, PR004, PR010, PR031 invalid metadata_filter.
@@ -2476,7 +2480,7 @@ Per client: queue counts, spend today and this month against budgets, and why cl
 The installation's daily and monthly budget (all clients together, USD), spend so far (budget_timezone calendar; summed only while a budget is set, else 0), and why claim hands out no work at all (blocked_reason).
 
 -- comment: view parecer.metrics
-Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report). `parecer metrics` prints them in the Prometheus text format.
+Queue-wide gauges in one row: pending (never failed), retrying, processing, failed_terminal, oldest_pending_age_seconds, done_last_hour, spend_today_usd (budget_timezone day), workers_with_leases, last_done_age_seconds (NULL before the first report), open_batches (Batch API batches not finished, by status: {"preparing": n, "uploaded": n, "submitted": n, "ingesting": n}). `parecer metrics` prints them in the Prometheus text format.
 
 -- comment: view parecer.model_prices
 Model prices in USD per million tokens (input, cached input, output), with where and when they were taken; batch_price_factor: the Batch API price as a fraction of these (0.5: half price).
