@@ -31,6 +31,7 @@ import b04_wakeup  # noqa: E402
 import b05_memory  # noqa: E402
 import b07_quote_slips  # noqa: E402
 import b08_pgqueuer  # noqa: E402
+import b09_batch  # noqa: E402
 import common as C  # noqa: E402
 
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             ("b05", lambda: b05_memory.run(srv, seed=a.seed)),
             ("b07", lambda: b07_quote_slips.run_bench(srv, seed=a.seed)),
             ("b08", lambda: b08_pgqueuer.run(srv, seed=a.seed)),
+            ("b09", lambda: b09_batch.run_bench(srv, seed=a.seed)),
         ]
         results: list[C.Result] = []
         failed: list[str] = []
