@@ -1301,7 +1301,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 cdb8bf881a59b8fdebd3d170f2cb9103
+body md5 dcb2e1930e39e154c7e2c43e073f3737
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
