@@ -1061,7 +1061,7 @@ body md5 ad80c7062487bd86fa45a7a7ab2b0207
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
 LANGUAGE plpgsql IMMUTABLE
-body md5 be6b2bb01c08f6190bbfff2c20fd2305
+body md5 0d4442eee4680175029e828b8f712b20
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
@@ -1301,7 +1301,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 dcb2e1930e39e154c7e2c43e073f3737
+body md5 64a921f3aa9568148cb2dcc4572e0654
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
