@@ -385,8 +385,9 @@ BEGIN
     IF jsonb_typeof(p_report -> 'topics') <> 'array' THEN
         RETURN 'topics must be an array';
     END IF;
-    FOR i IN 0 .. jsonb_array_length(p_report -> 'topics') - 1 LOOP   -- simple expressions: no query to start
-        v := p_report -> 'topics' -> i;
+    v_list := p_report -> 'topics';   -- taken out once: each element by index, in simple expressions
+    FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
+        v := v_list -> i;
         v_problem := parecer._keys_problem(v, k_topic, 'topics[]');
         IF v_problem IS NOT NULL THEN
             RETURN v_problem;
@@ -405,8 +406,9 @@ BEGIN
     IF jsonb_typeof(p_report -> 'flags') <> 'array' THEN
         RETURN 'flags must be an array';
     END IF;
-    FOR i IN 0 .. jsonb_array_length(p_report -> 'flags') - 1 LOOP
-        v := p_report -> 'flags' -> i;
+    v_list := p_report -> 'flags';
+    FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
+        v := v_list -> i;
         v_problem := parecer._keys_problem(v, k_flag, 'flags[]');
         IF v_problem IS NOT NULL THEN
             RETURN v_problem;
