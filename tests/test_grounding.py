@@ -212,3 +212,62 @@ def test_the_transcript_has_one_line_per_message_whatever_the_messages_hold(conn
         (item["analysis_id"], item["lease_token"], json.dumps(doc), p["prompt_hash"]),
     ).fetchone()
     assert out is not None and out["status"] == "done"
+
+
+def test_evidence_lists_and_their_first_problem_in_report_order(conn: Conn) -> None:
+    """The evidence lists are walked in one order (outcome, sentiment, topics, flags, custom
+    fields) and the first problem found in that order, first item first, is the one reported."""
+    ok = [{"message_id": "m1", "excerpt": "quero o reembolso"}]
+    doc: dict[str, Any] = {
+        "outcome": {"evidence": ok},
+        "sentiment": {"evidence": []},
+        "topics": [{"evidence": ok}, {"evidence": "no"}, 3, [1]],
+        "flags": [{"evidence": [ok[0], {"message_id": "m1"}]}],
+        "extra": {"b": {"evidence": []}, "a": {"evidence": 5}, "c": {"value": 1}, "d": 7},
+    }
+    rows = conn.execute(
+        "SELECT k, ev FROM parecer._evidence_lists(%s::jsonb)", (json.dumps(doc),)
+    ).fetchall()
+    assert [(r["k"], r["ev"]) for r in rows] == [
+        ("outcome.evidence", ok),
+        ("sentiment.evidence", []),
+        ("topics[0].evidence", ok),
+        ("topics[1].evidence", "no"),
+        ("topics[2].evidence", None),
+        ("topics[3].evidence", None),
+        ("flags[0].evidence", [ok[0], {"message_id": "m1"}]),
+        ("extra.a.evidence", 5),  # jsonb key order: shorter keys first, then bytewise
+        ("extra.b.evidence", []),
+    ]
+    lists = conn.execute(
+        "SELECT count(*) AS n FROM parecer._evidence_lists(%s::jsonb)",
+        (json.dumps({"topics": {"x": 1}, "flags": "no", "extra": [1]}),),
+    ).fetchone()
+    assert lists is not None and lists["n"] == 2  # outcome and sentiment only
+    report: dict[str, Any] = {
+        "schema_version": "parecer.report.v1",
+        "summary": "s",
+        "outcome": {"evidence": ok, "status": "resolved"},
+        "sentiment": {"evidence": [], "start": "neutral", "end": "neutral"},
+        "topics": [{"topic": "internet", "evidence": ok, "present": True, "confidence": 0.5}],
+        "flags": [{"flag": "complaint", "evidence": [ok[0], {"message_id": "m1"}, 5]}],
+        "insufficient_context": False,
+        "next_action": None,
+    }
+
+    def problem(r: dict[str, Any]) -> str | None:
+        row = conn.execute(
+            "SELECT parecer._report_problem(%s::jsonb, ARRAY['internet']) AS p", (json.dumps(r),)
+        ).fetchone()
+        assert row is not None
+        return row["p"]  # type: ignore[no-any-return]
+
+    assert problem(report) == "flags[0].evidence[] lacks excerpt"
+    report["topics"][0]["evidence"] = [{"message_id": "m1", "excerpt": " \t"}]
+    assert problem(report) == (
+        "topics[0].evidence[] needs a message_id string and a non-empty excerpt of at most 500 characters"
+    )
+    report["sentiment"]["evidence"] = {}
+    assert problem(report) == "sentiment.evidence must be an array"
+    report["topics"].append(dict(report["topics"][0], evidence=[]))
+    assert problem(report) == "topics must hold exactly one entry per script topic"

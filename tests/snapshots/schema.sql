@@ -1065,7 +1065,7 @@ body md5 ad80c7062487bd86fa45a7a7ab2b0207
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
 LANGUAGE plpgsql IMMUTABLE
-body md5 be6b2bb01c08f6190bbfff2c20fd2305
+body md5 0d4442eee4680175029e828b8f712b20
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
@@ -1305,7 +1305,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 cdb8bf881a59b8fdebd3d170f2cb9103
+body md5 292704cfc92e1a1d234d35563d5e3ab1
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
