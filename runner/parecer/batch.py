@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
 
 import httpx2  # the SDK's HTTP layer: its public exceptions take an httpx2.Response
 import openai
@@ -59,6 +58,7 @@ from .runner import (
     Usage,
     _usage,
     classify,
+    provider_client,
     request_body,
 )
 
@@ -163,38 +163,10 @@ class BatchRow:
 
 
 @dataclass(frozen=True)
-class BatchItem:
-    """A row of ``parecer.batch_items`` plus the database's clock."""
+class BatchItem(ClaimedItem):
+    """A row of ``parecer.batch_items``: a claimed item and the prompt it was sent."""
 
-    analysis_id: UUID
-    lease_token: UUID
-    attempt: int
-    client_slug: str
-    session_id: str
-    script_id: int
-    script_key: str
-    script_version: int
-    model: str | None
-    lease_expires_at: datetime
-    retry_count: int
     prompt_hash: str | None  # what prompt_for gave under this lease (what the line was built from)
-    db_now: datetime
-
-    def claimed(self) -> ClaimedItem:
-        return ClaimedItem(
-            analysis_id=self.analysis_id,
-            lease_token=self.lease_token,
-            attempt=self.attempt,
-            client_slug=self.client_slug,
-            session_id=self.session_id,
-            script_id=self.script_id,
-            script_key=self.script_key,
-            script_version=self.script_version,
-            model=self.model,
-            lease_expires_at=self.lease_expires_at,
-            retry_count=self.retry_count,
-            db_now=self.db_now,
-        )
 
 
 def _batch_usage(resp: Response, model: str) -> Usage:
@@ -216,18 +188,7 @@ class BatchDriver:
     def __init__(self, config: RunnerConfig, client: openai.AsyncOpenAI | None = None) -> None:
         self.cfg = config
         self._owns_client = client is None
-        if client is None:
-            if not (config.api_key or config.base_url):
-                raise RuntimeError(
-                    "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
-                )
-            client = openai.AsyncOpenAI(
-                api_key=config.api_key or "not-needed",
-                base_url=config.base_url,
-                max_retries=2,
-                timeout=config.request_timeout,
-            )
-        self.client = client
+        self.client = client or provider_client(config, max_retries=2)
         self.stats = RunnerStats()
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
@@ -532,7 +493,7 @@ class BatchDriver:
             if line is None or (line.get("response") is None and err.get("code") in NOT_RUN):
                 return  # not run: finish_batch releases it
             async with limit:
-                await runner.settle(it.claimed(), self._answer(it, line))
+                await runner.settle(it, self._answer(it, line))
             settled += 1
             _checkpoint(f"mid_ingest:{settled}")
 

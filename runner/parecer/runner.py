@@ -520,24 +520,28 @@ def parse_report(resp: Response) -> dict[str, Any]:
     return report
 
 
+def provider_client(config: RunnerConfig, max_retries: int) -> openai.AsyncOpenAI:
+    """The SDK client for the configured key or endpoint; RuntimeError when there is neither."""
+    if not (config.api_key or config.base_url):
+        raise RuntimeError(
+            "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
+        )
+    return openai.AsyncOpenAI(
+        api_key=config.api_key or "not-needed",
+        base_url=config.base_url,
+        max_retries=max_retries,
+        timeout=config.request_timeout,
+    )
+
+
 class Runner:
     """One runner process: up to ``concurrency`` items in flight."""
 
     def __init__(self, config: RunnerConfig, client: openai.AsyncOpenAI | None = None) -> None:
         self.cfg = config
         self._owns_client = client is None
-        if client is None:
-            if not (config.api_key or config.base_url):
-                raise RuntimeError(
-                    "OPENAI_API_KEY is not set (or give OPENAI_BASE_URL for an OpenAI-compatible endpoint)"
-                )
-            client = openai.AsyncOpenAI(
-                api_key=config.api_key or "not-needed",
-                base_url=config.base_url,
-                max_retries=0,
-                timeout=config.request_timeout,
-            )
-        self.client = client
+        # The runner retries through the queue (backoff decided in the database), not in the SDK.
+        self.client = client or provider_client(config, max_retries=0)
         self.stats = RunnerStats()
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._wake = asyncio.Event()
