@@ -462,6 +462,7 @@ LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
     v_list jsonb;
+    v_name text;
 BEGIN
     k := 'outcome.evidence';
     ev := p_report #> '{outcome,evidence}';
@@ -469,17 +470,13 @@ BEGIN
     k := 'sentiment.evidence';
     ev := p_report #> '{sentiment,evidence}';
     RETURN NEXT;
-    v_list := CASE WHEN jsonb_typeof(p_report -> 'topics') = 'array' THEN p_report -> 'topics' END;
-    FOR i IN 0 .. COALESCE(jsonb_array_length(v_list), 0) - 1 LOOP
-        k := pg_catalog.format('topics[%s].evidence', i);
-        ev := v_list -> i -> 'evidence';
-        RETURN NEXT;
-    END LOOP;
-    v_list := CASE WHEN jsonb_typeof(p_report -> 'flags') = 'array' THEN p_report -> 'flags' END;
-    FOR i IN 0 .. COALESCE(jsonb_array_length(v_list), 0) - 1 LOOP
-        k := pg_catalog.format('flags[%s].evidence', i);
-        ev := v_list -> i -> 'evidence';
-        RETURN NEXT;
+    FOREACH v_name IN ARRAY ARRAY['topics', 'flags'] LOOP
+        v_list := CASE WHEN jsonb_typeof(p_report -> v_name) = 'array' THEN p_report -> v_name END;
+        FOR i IN 0 .. COALESCE(jsonb_array_length(v_list), 0) - 1 LOOP
+            k := pg_catalog.format('%s[%s].evidence', v_name, i);
+            ev := v_list -> i -> 'evidence';
+            RETURN NEXT;
+        END LOOP;
     END LOOP;
     IF jsonb_typeof(p_report -> 'extra') = 'object' THEN   -- custom fields declared with evidence (0010)
         RETURN QUERY

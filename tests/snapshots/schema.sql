@@ -1065,7 +1065,7 @@ body md5 ad80c7062487bd86fa45a7a7ab2b0207
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
 LANGUAGE plpgsql IMMUTABLE
-body md5 0d4442eee4680175029e828b8f712b20
+body md5 19b6a263505eac88c28a27665acb71eb
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
