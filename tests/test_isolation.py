@@ -127,42 +127,45 @@ def world(db_url: str) -> Iterator[World]:
                 c.execute(f"DROP ROLE IF EXISTS {r}")
 
 
+def _rolled_back(conn: Conn, body: Callable[[], bool]) -> bool:
+    """Whether body succeeds (False on a database error), in a transaction rolled back either way."""
+    conn.execute("BEGIN")
+    try:
+        return body()
+    except psycopg.Error:
+        return False
+    finally:
+        conn.execute("ROLLBACK")
+
+
 def _ok(
     conn: Conn, sql: str, args: Any = None, test: Callable[[list[dict[str, Any]]], bool] = bool
 ) -> bool:
     """Whether the call succeeds and its rows pass `test`; rolled back either way."""
-    conn.execute("BEGIN")
-    try:
-        return test(conn.execute(sql, args).fetchall())
-    except psycopg.Error:
-        return False
-    finally:
-        conn.execute("ROLLBACK")
+    return _rolled_back(conn, lambda: test(conn.execute(sql, args).fetchall()))
+
+
+def _claimed(conn: Conn, client: str) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM parecer.claim('w', client_slug => %s)", (client,)).fetchone()
 
 
 def _claim_then(conn: Conn, client: str, sql: str) -> bool:
     """Claim an item of client as the caller, then run sql on it (analysis_id, lease_token)."""
-    conn.execute("BEGIN")
-    try:
-        item = conn.execute(
-            "SELECT * FROM parecer.claim('w', client_slug => %s)", (client,)
-        ).fetchone()
-        if item is None:
-            return False
-        return bool(conn.execute(sql, (item["analysis_id"], item["lease_token"])).fetchall())
-    except psycopg.Error:
-        return False
-    finally:
-        conn.execute("ROLLBACK")
+
+    def body() -> bool:
+        item = _claimed(conn, client)
+        return item is not None and bool(
+            conn.execute(sql, (item["analysis_id"], item["lease_token"])).fetchall()
+        )
+
+    return _rolled_back(conn, body)
 
 
 def _claim_done(w: World, conn: Conn, client: str) -> bool:
     """Claim an item of client as the caller, ask its prompt and report it."""
-    conn.execute("BEGIN")
-    try:
-        it = conn.execute(
-            "SELECT * FROM parecer.claim('w', client_slug => %s)", (client,)
-        ).fetchone()
+
+    def body() -> bool:
+        it = _claimed(conn, client)
         if it is None:
             return False
         p = one(conn, "SELECT prompt_hash FROM parecer.prompt_for(%s)", (it["analysis_id"],))
@@ -172,10 +175,8 @@ def _claim_done(w: World, conn: Conn, client: str) -> bool:
             (it["analysis_id"], it["lease_token"], json.dumps(report_for(s)), p["prompt_hash"]),
         ).fetchone()
         return row is not None and row["status"] == "done"
-    except psycopg.Error:
-        return False
-    finally:
-        conn.execute("ROLLBACK")
+
+    return _rolled_back(conn, body)
 
 
 def _has_client(client: str) -> Callable[[list[dict[str, Any]]], bool]:
