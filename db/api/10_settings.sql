@@ -1,59 +1,15 @@
 -- Settings: the knobs an operator turns, and the helpers every other file reads them with.
 --
 -- A setting is a row of parecer._settings; value NULL means "the default applies".
--- The catalogue below is the one place a knob is declared: applying this file
--- adds new knobs and refreshes defaults, bounds and descriptions, and keeps every
--- value an operator set.
+-- The catalogue, db/api/settings.json (name, kind, default, bounds, description),
+-- is the one place a knob is declared: applying this file adds new knobs and
+-- refreshes defaults, bounds and descriptions, and keeps every value an operator set.
 
-INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_value, description) VALUES
-    ('backoff_schedule', '{"1 minute","5 minutes","15 minutes"}', 'interval[]', NULL, NULL,
-     'Delay before retry n after the n-th failed attempt (1-based); the last entry repeats.'),
-    ('max_attempts', '4', 'integer', 1, 100,
-     'Attempts an item gets before it fails terminally (seed 000: 4).'),
-    ('max_sessions_cap', '500', 'integer', 1, 1000000,
-     'Upper bound for start_run(max_sessions => ...).'),
-    ('lease_seconds', '300', 'integer', 5, 86400,
-     'Default lease a claim hands out; heartbeats extend it. An expired lease makes the item claimable again.'),
-    ('default_rpm', '400', 'integer', 1, 1000000,
-     'Requests per minute for a provider key + model without its own limit (seed 003: 80% of 500).'),
-    ('default_tpm', '160000', 'integer', 100, 1000000000,
-     'Tokens per minute for a provider key + model without its own limit (80% of 200k).'),
-    ('default_rpd', '0', 'integer', 0, 100000000,
-     'Requests per day (budget_timezone day) for a provider key + model without its own limit; 0: no daily limit. Seed 003 ran 160 (80% of 200), later 1000: set your key''s figure, e.g. with parecer.set_rate_limit(key, rpd => 1000).'),
-    ('rate_burst_seconds', '6', 'integer', 1, 60,
-     'Bucket size in seconds of the rate: a burst never exceeds this many seconds of the limit.'),
-    ('budget_timezone', 'UTC', 'text', NULL, NULL,
-     'Time zone whose calendar days and months budgets and spend are counted in (e.g. America/Sao_Paulo).'),
-    ('display_currency', 'USD', 'text', NULL, NULL,
-     'Currency parecer spend shows costs in (ISO 4217 code, e.g. BRL); prices, spend and budgets stay in USD, as the provider bills.'),
-    ('usd_exchange_rate', '1', 'numeric', 0.000001, 1000000,
-     'Units of display_currency per US dollar (e.g. 5.40 for BRL), set by the operator: parecer fetches no rates.'),
-    ('min_idle', '24 hours', 'interval', 0, 31536000,
-     'Seed 003''s 24-hour rule: a session is eligible only once its end and its last message are at least this long ago (a run may ask for less with min_idle => ...; its dry run says so).'),
-    ('single_tenant_slug', 'default', 'text', NULL, NULL,
-     'Client slug that single-tenant adapters (e.g. lia-cortex) give the one client of their host.'),
-    ('single_tenant_name', 'Default', 'text', NULL, NULL,
-     'Client name that single-tenant adapters give the one client of their host.'),
-    ('max_input_tokens', '100000', 'integer', 1000, 10000000,
-     'Input tokens a prompt may have, estimated as ceil(characters / 3) of instructions, report schema and transcript; a longer session keeps its start and end with a "[… N mensagens omitidas …]" line, and one that cannot fit even so fails terminally (prompt too large).'),
-    ('max_releases', '20', 'integer', 1, 10000,
-     'Releases (give-backs that spend no attempt) an item may have; the next one makes it a terminal failure, so nothing loops forever. Reset by enqueue(force_reprocess) and retry_failed.'),
-    ('repair_calls', '1', 'integer', 0, 3,
-     'Corrective model calls a runner makes within one attempt when mark_done finds ungrounded evidence (PR008): the original input, the answer and the failing citations; 0 turns repair off. Each one is a paid call, counted in the attempt''s usage.'),
-    ('isolation', 'off', 'text', NULL, NULL,
-     'Tenant isolation: off (single tenant: every runner and reader serves every client) or on (multi-tenant: a role serves and sees only the clients granted to it with parecer.grant_client, or to a role it is a member of; a role granted none gets nothing; admins see all).'),
-    ('max_claim_items', '100', 'integer', 1, 1000,
-     'Most items one claim hands out, whatever max_items asks (a runner cannot hoard the queue).'),
-    ('max_lease_seconds', '3600', 'integer', 5, 86400,
-     'Longest lease claim and extend_lease grant; a longer lease_seconds is refused (PR010).'),
-    ('max_pause_seconds', '3600', 'integer', 1, 86400,
-     'Longest pause one report_rate call may impose on a shared key; a longer Retry-After or reset pauses this long.'),
-    ('max_request_tokens', '400000', 'integer', 1000, 10000000,
-     'Largest request (tokens) acquire_rate grants; a larger one is the item''s failure (PR016), like one above the key''s tokens per minute.'),
-    ('batch_lease_seconds', '93600', 'integer', 3600, 604800,
-     'Lease parecer.open_batch gives the items of a Batch API batch: the 24-hour completion window plus a margin (26 hours). An item whose batch lease runs out is released, not failed. Not capped by max_lease_seconds.'),
-    ('batch_max_items', '50000', 'integer', 1, 50000,
-     'Most items one parecer.open_batch claims into a batch (the Batch API takes at most 50000 requests per batch).')
+INSERT INTO parecer._settings AS s (name, default_value, kind, min_value, max_value, description)
+SELECT c.name, c."default", c.kind, c.min, c.max, c.description
+-- db/api/settings.json, which parecer db migrate passes in as this setting
+FROM jsonb_to_recordset(pg_catalog.current_setting('parecer.settings_catalogue')::jsonb)
+     AS c(name text, "default" text, kind text, min numeric, max numeric, description text)
 ON CONFLICT (name) DO UPDATE
     SET default_value = EXCLUDED.default_value, kind = EXCLUDED.kind, min_value = EXCLUDED.min_value,
         max_value = EXCLUDED.max_value, description = EXCLUDED.description;

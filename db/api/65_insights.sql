@@ -224,9 +224,8 @@ DECLARE
     v_doc    jsonb;
     v_lang   text;
 BEGIN
-    v_client := parecer._visible_client(insights.client_slug);
-    PERFORM parecer._insights_check(v_client.client_id, v_client.client_slug, insights.script_key,
-                                    insights.script_version, insights.since, insights.until);
+    v_client := parecer._insights_client(insights.client_slug, insights.script_key, insights.script_version,
+                                         insights.since, insights.until);
     v_doc := parecer._insights(v_client.client_id, insights.script_key, insights.since, insights.until,
                                insights.script_version, insights.analysis_version_tag);
     IF v_doc ->> 'language' IS NULL THEN
@@ -299,21 +298,23 @@ SELECT CASE WHEN count(*) = 0 THEN '{}'::jsonb
 FROM per
 $$;
 
--- Check the filters shared by insights and insight_sessions: PR002 for a script
--- (or version) the client does not have, PR010 for an empty time window.
-CREATE OR REPLACE FUNCTION parecer._insights_check(p_client_id text, p_client_slug text, p_script_key text,
-                                                   p_version integer, p_since timestamptz, p_until timestamptz)
-RETURNS void
+-- The client insights and insight_sessions read, after the checks of the filters
+-- they share: PR001 for a client the caller may not see, PR002 for a script (or
+-- version) the client does not have, PR010 for an empty time window.
+CREATE OR REPLACE FUNCTION parecer._insights_client(p_slug text, p_script_key text, p_version integer,
+                                                    p_since timestamptz, p_until timestamptz,
+                                                    OUT client_id text, OUT client_slug text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    SELECT v.client_id, v.client_slug INTO client_id, client_slug FROM parecer._visible_client(p_slug) v;
     IF p_script_key IS NOT NULL AND NOT EXISTS (
         SELECT FROM parecer.scripts s
-        WHERE s.client_id = p_client_id AND s.script_key = p_script_key
+        WHERE s.client_id = _insights_client.client_id AND s.script_key = p_script_key
           AND (p_version IS NULL OR s.version = p_version)) THEN
         RAISE EXCEPTION 'unknown script "%"% for client "%"', left(p_script_key, 100),
-                        COALESCE(' version ' || p_version, ''), p_client_slug
+                        COALESCE(' version ' || p_version, ''), _insights_client.client_slug
             USING ERRCODE = 'PR002',
                   HINT = 'SELECT * FROM parecer.list_scripts(client_slug) lists the client''s scripts.';
     END IF;
@@ -356,9 +357,9 @@ DECLARE
     v_topic  jsonb;
     v_flag   jsonb;
 BEGIN
-    v_client := parecer._visible_client(insight_sessions.client_slug);
-    PERFORM parecer._insights_check(v_client.client_id, v_client.client_slug, insight_sessions.script_key,
-                                    insight_sessions.script_version, insight_sessions.since, insight_sessions.until);
+    v_client := parecer._insights_client(insight_sessions.client_slug, insight_sessions.script_key,
+                                         insight_sessions.script_version, insight_sessions.since,
+                                         insight_sessions.until);
     IF insight_sessions.outcome IS NOT NULL
        AND insight_sessions.outcome NOT IN ('resolved', 'unresolved', 'escalated', 'abandoned', 'unknown') THEN
         PERFORM parecer._invalid(format('invalid outcome %L', left(insight_sessions.outcome, 100)),

@@ -55,8 +55,9 @@ ORDER BY b.batch_id;
 COMMENT ON VIEW parecer.batches IS
 'Batch API batches of backlog runs (parecer.open_batch): status (preparing, uploaded, submitted, ingesting, then completed, failed, expired or cancelled), the provider''s batch id, status, request counts and files, and the items'' outcomes (in_flight, done, failed, released) and cost_usd at the batch price. With the isolation setting on, only the caller''s clients.';
 
--- A batch the caller may act on, locked; PR019 when unknown or another client's.
-CREATE OR REPLACE FUNCTION parecer._batch(p_batch_id bigint) RETURNS parecer._batches
+-- A batch the caller may act on, locked, in a state the step may follow: PR019
+-- when unknown or another client's, PR020 when not in p_allowed (NULL: any state).
+CREATE OR REPLACE FUNCTION parecer._batch(p_batch_id bigint, p_allowed text[], p_step text) RETURNS parecer._batches
 LANGUAGE plpgsql
 AS $$
 DECLARE
@@ -68,19 +69,24 @@ BEGIN
         RAISE EXCEPTION 'unknown batch %', COALESCE(p_batch_id::text, 'NULL')
             USING ERRCODE = 'PR019', HINT = 'SELECT batch_id, run_id, status FROM parecer.list_batches() lists the batches you may act on.';
     END IF;
+    IF NOT (v_b.status = ANY (COALESCE(p_allowed, ARRAY[v_b.status]))) THEN
+        RAISE EXCEPTION 'batch % is %: % needs %', v_b.batch_id, v_b.status, p_step, array_to_string(p_allowed, ' or ')
+            USING ERRCODE = 'PR020',
+                  HINT = 'parecer batch poll (or parecer.list_batches()) shows where each batch is; it resumes every step in order.';
+    END IF;
     RETURN v_b;
 END
 $$;
 
--- PR020: the batch is not in a state this step may follow.
-CREATE OR REPLACE FUNCTION parecer._batch_state(p_b parecer._batches, p_allowed text[], p_step text) RETURNS void
-LANGUAGE plpgsql
+-- PR010 unless p_value looks like an id the provider gave (a file or a batch).
+CREATE OR REPLACE FUNCTION parecer._check_provider_id(p_value text, p_name text, p_kind text, p_example text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
 AS $$
 BEGIN
-    IF NOT (p_b.status = ANY (p_allowed)) THEN
-        RAISE EXCEPTION 'batch % is %: % needs %', p_b.batch_id, p_b.status, p_step, array_to_string(p_allowed, ' or ')
-            USING ERRCODE = 'PR020',
-                  HINT = 'parecer batch poll (or parecer.list_batches()) shows where each batch is; it resumes every step in order.';
+    IF p_value IS NULL OR btrim(p_value) = '' OR length(p_value) > 200 THEN
+        PERFORM parecer._invalid(pg_catalog.format('%s must be the provider''s %s id', p_name, p_kind),
+                                 pg_catalog.format('Pass the id the %s API returned, e.g. %L.',
+                                                   CASE p_kind WHEN 'file' THEN 'Files' ELSE 'Batches' END, p_example));
     END IF;
 END
 $$;
@@ -156,7 +162,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM parecer._batch(batch_items.batch_id);
+    PERFORM parecer._batch(batch_items.batch_id, NULL, 'batch_items');
     RETURN QUERY
     SELECT a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
            s.script_key, s.version, s.model, a.lease_expires_at, a.retry_count, a.given_prompt_hash
@@ -179,12 +185,9 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_b parecer._batches := parecer._batch(batch_uploaded.batch_id);
+    v_b parecer._batches := parecer._batch(batch_uploaded.batch_id, '{preparing}', 'batch_uploaded');
 BEGIN
-    PERFORM parecer._batch_state(v_b, '{preparing}', 'batch_uploaded');
-    IF input_file_id IS NULL OR btrim(input_file_id) = '' OR length(input_file_id) > 200 THEN
-        PERFORM parecer._invalid('input_file_id must be the provider''s file id', 'Pass the id the Files API returned, e.g. ''file-abc123''.');
-    END IF;
+    PERFORM parecer._check_provider_id(input_file_id, 'input_file_id', 'file', 'file-abc123');
     UPDATE parecer._batches b SET status = 'uploaded', input_file_id = batch_uploaded.input_file_id, updated_at = now()
      WHERE b.batch_id = v_b.batch_id;
     RETURN QUERY SELECT * FROM parecer.batches b WHERE b.batch_id = v_b.batch_id;
@@ -201,16 +204,14 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_b parecer._batches := parecer._batch(batch_submitted.batch_id);
+    v_b parecer._batches := parecer._batch(batch_submitted.batch_id, NULL, 'batch_submitted');
 BEGIN
     IF v_b.status = 'submitted' AND v_b.provider_batch_id = batch_submitted.provider_batch_id THEN
         RETURN QUERY SELECT * FROM parecer.batches b WHERE b.batch_id = v_b.batch_id;   -- recorded already
         RETURN;
     END IF;
-    PERFORM parecer._batch_state(v_b, '{uploaded}', 'batch_submitted');
-    IF provider_batch_id IS NULL OR btrim(provider_batch_id) = '' OR length(provider_batch_id) > 200 THEN
-        PERFORM parecer._invalid('provider_batch_id must be the provider''s batch id', 'Pass the id the Batches API returned, e.g. ''batch_abc123''.');
-    END IF;
+    PERFORM parecer._batch(v_b.batch_id, '{uploaded}', 'batch_submitted');
+    PERFORM parecer._check_provider_id(provider_batch_id, 'provider_batch_id', 'batch', 'batch_abc123');
     UPDATE parecer._batches b
        SET status = 'submitted', provider_batch_id = batch_submitted.provider_batch_id,
            provider_status = left(batch_submitted.provider_status, 50), submitted_at = now(), updated_at = now()
@@ -232,9 +233,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_b parecer._batches := parecer._batch(batch_progress.batch_id);
+    v_b parecer._batches := parecer._batch(batch_progress.batch_id, '{submitted,ingesting}', 'batch_progress');
 BEGIN
-    PERFORM parecer._batch_state(v_b, '{submitted,ingesting}', 'batch_progress');
     IF provider_status IS NULL OR provider_status NOT IN ('validating', 'failed', 'in_progress', 'finalizing', 'completed',
                                                           'expired', 'cancelling', 'cancelled') THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid provider_status: %s', COALESCE(left(provider_status, 50), 'NULL')),
@@ -269,13 +269,12 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_b      parecer._batches := parecer._batch(finish_batch.batch_id);
+    -- Ingested, or never sent: a submitted batch is still the provider's (its results would be lost).
+    v_b      parecer._batches := parecer._batch(finish_batch.batch_id, '{preparing,uploaded,ingesting}', 'finish_batch');
     v_status text;
     v_reason text;
     v_i      record;
 BEGIN
-    -- Ingested, or never sent: a submitted batch is still the provider's (its results would be lost).
-    PERFORM parecer._batch_state(v_b, '{preparing,uploaded,ingesting}', 'finish_batch');
     v_status := CASE WHEN v_b.status = 'ingesting' AND v_b.provider_status IN ('failed', 'expired', 'cancelled')
                      THEN v_b.provider_status
                      WHEN v_b.status = 'ingesting' THEN 'completed'

@@ -264,6 +264,25 @@ END
 $$;
 COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health checks, one row each (check_name, status ok|warn|fail, detail, fix): adapter views answer with data, roles exist and are held, tenant isolation (isolation on: runner/reader login roles without a client grant, limit keys bound to no client; grants to dropped roles; isolation off while several clients have grants), settings valid, models in use priced, rate-limit pauses, runners active in the last active_minutes when work is due, terminal failures, Batch API batches left behind (preparing, uploaded or ingesting, unchanged for active_minutes and held by no process: a killed submit or poll; submitted more than 24 hours and active_minutes ago). `parecer doctor` adds connection, migrations and API-file checks.';
 
+-- One kind of purge: the rows of p_table matching p_where, at most p_limit of them
+-- deleted (one statement: the rows are read and deleted under one snapshot), or
+-- with p_dry_run all of them counted. p_where is built by purge with %L literals.
+CREATE OR REPLACE FUNCTION parecer._purge_rows(p_table regclass, p_where text, p_dry_run boolean, p_limit integer)
+RETURNS bigint
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    EXECUTE pg_catalog.format(
+        'WITH c AS (SELECT t.ctid FROM %1$s t WHERE %2$s LIMIT $1),'
+        ' d AS (DELETE FROM %1$s x WHERE NOT $2 AND x.ctid = ANY (ARRAY(SELECT c.ctid FROM c)) RETURNING 1)'
+        ' SELECT CASE WHEN $2 THEN (SELECT count(*) FROM c) ELSE (SELECT count(*) FROM d) END', p_table, p_where)
+    INTO v_n USING CASE WHEN p_dry_run THEN NULL ELSE p_limit END, p_dry_run;
+    RETURN v_n;
+END
+$$;
+
 -- Retention: delete what is older than older_than and no longer needed, one
 -- batch per kind per call (short transactions, row locks only on old rows; the
 -- CLI calls it until nothing is left). dry_run only counts everything it would
@@ -279,7 +298,6 @@ AS $$
 DECLARE
     v_cutoff timestamptz;
     v_month  date;
-    v_n      bigint;
 BEGIN
     IF older_than IS NULL OR older_than < interval '1 day' THEN
         PERFORM parecer._invalid(pg_catalog.format('older_than must be at least 1 day, not %s', COALESCE(older_than::text, 'NULL')),
@@ -290,50 +308,20 @@ BEGIN
     END IF;
     v_cutoff := now() - older_than;
     v_month := date_trunc('month', parecer._budget_day())::date;
-
-    -- attempts that ended before the cutoff (the done attempt of a done item is the item's row)
-    IF dry_run THEN
-        SELECT count(*) INTO v_n FROM parecer._attempts t WHERE t.finished_at < v_cutoff;
-    ELSE
-        DELETE FROM parecer._attempts t
-        WHERE (t.analysis_id, t.attempt) IN (SELECT x.analysis_id, x.attempt FROM parecer._attempts x
-                                             WHERE x.finished_at < v_cutoff LIMIT batch_size);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-    END IF;
-    RETURN QUERY SELECT 'attempts'::text, v_n;
-
-    -- done analyses of past generations: every tag but the newest of its client's script key
-    IF dry_run THEN
-        SELECT count(*) INTO v_n FROM parecer._purgeable_analyses(v_cutoff) p;
-    ELSE
-        DELETE FROM parecer.analyses a
-        WHERE a.analysis_id IN (SELECT p.analysis_id FROM parecer._purgeable_analyses(v_cutoff) p LIMIT batch_size);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-    END IF;
-    RETURN QUERY SELECT 'analyses of past generations'::text, v_n;
-
-    -- spend rows before the cutoff and before the current budget month (budgets read that month)
-    IF dry_run THEN
-        SELECT count(*) INTO v_n FROM parecer._spend s WHERE s.day < v_cutoff::date AND s.day < v_month;
-    ELSE
-        DELETE FROM parecer._spend s
-        WHERE (s.client_id, s.day, s.shard) IN (SELECT x.client_id, x.day, x.shard FROM parecer._spend x
-                                                WHERE x.day < v_cutoff::date AND x.day < v_month LIMIT batch_size);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-    END IF;
-    RETURN QUERY SELECT 'spend days'::text, v_n;
-
-    IF dry_run THEN
-        SELECT count(*) INTO v_n FROM parecer._budget_alerts b WHERE b.period_start < v_cutoff::date AND b.period_start < v_month;
-    ELSE
-        DELETE FROM parecer._budget_alerts b
-        WHERE b.period_start < v_cutoff::date AND b.period_start < v_month
-          AND (b.client_id, b.period, b.period_start, b.threshold) IN (
-              SELECT x.client_id, x.period, x.period_start, x.threshold FROM parecer._budget_alerts x
-              WHERE x.period_start < v_cutoff::date AND x.period_start < v_month LIMIT batch_size);
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-    END IF;
-    RETURN QUERY SELECT 'budget alerts'::text, v_n;
+    RETURN QUERY
+    SELECT k.kind, parecer._purge_rows(k.tbl, k.cond, dry_run, batch_size)
+    FROM (VALUES
+        -- attempts that ended before the cutoff (the done attempt of a done item is the item's row)
+        (1, 'attempts', 'parecer._attempts'::regclass, pg_catalog.format('finished_at < %L', v_cutoff)),
+        -- done analyses of past generations: every tag but the newest of its client's script key
+        (2, 'analyses of past generations', 'parecer.analyses'::regclass,
+         pg_catalog.format('analysis_id IN (SELECT p.analysis_id FROM parecer._purgeable_analyses(%L) p)', v_cutoff)),
+        -- spend rows before the cutoff and before the current budget month (budgets read that month)
+        (3, 'spend days', 'parecer._spend'::regclass, pg_catalog.format('day < %L AND day < %L', v_cutoff::date, v_month)),
+        (4, 'budget alerts', 'parecer._budget_alerts'::regclass,
+         pg_catalog.format('period_start < %L AND period_start < %L', v_cutoff::date, v_month))
+    ) k(o, kind, tbl, cond)
+    ORDER BY k.o;
 END
 $$;
 COMMENT ON FUNCTION parecer.purge(interval, boolean, integer) IS 'Retention: deletes attempts that ended before now() - older_than, done analyses processed before it whose tag is not the newest of their client''s script key, and spend days and budget alerts before it and before the current budget month; at most batch_size rows per kind per call (call again until every count is 0). dry_run (the default) counts all it would delete. `parecer purge --older-than 180d` loops.';

@@ -111,6 +111,9 @@ def apply_api_in(conn: psycopg.Connection[Any]) -> None:
     # As pg_dump does: SQL function bodies may name objects of a later file.
     conn.execute("SET LOCAL check_function_bodies = off")
     conn.execute("SET LOCAL client_min_messages = warning")
+    # The settings catalogue is data (db/api/settings.json): 10_settings.sql reads it from here.
+    catalogue = paths.sql_path("api", "settings.json").read_text(encoding="utf-8")
+    conn.execute("SELECT pg_catalog.set_config('parecer.settings_catalogue', %s, true)", [catalogue])
     for path in api_files():
         conn.execute(path.read_bytes())  # bytes: no client-side placeholders
 
