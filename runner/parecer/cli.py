@@ -266,6 +266,17 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
 
 
+def view_command(group: click.Group, view: str, title: str, doc: str) -> None:
+    """Add ``show`` to ``group``: the rows of ``view`` as a table, or JSON with --json."""
+
+    @group.command("show", help=doc)
+    @json_option
+    @click.pass_context
+    def show(ctx: click.Context, as_json: bool) -> None:
+        rows = fetch_all(ctx, f"SELECT * FROM {view}")
+        emit_json(rows) if as_json else emit_table(rows, title=title)
+
+
 def usd_option(name: str, help: str) -> Callable[[F], F]:
     """An optional amount in USD (a budget): omitted, it is None."""
     return click.option(name, type=click.FloatRange(0, 1e12), default=None, help=help)
@@ -1432,14 +1443,13 @@ def limits_group() -> None:
     """Shared rate limits per provider key label + model (all runners obey them)."""
 
 
-@limits_group.command("show")
-@json_option
-@click.pass_context
-def limits_show(ctx: click.Context, as_json: bool) -> None:
+view_command(
+    limits_group,
+    "parecer.rate_limits",
+    "rate limits",
     """Configured limits, current pauses, requests granted, 429s reported (throttled) and
-    requests the shared limiter made wait (waited)."""
-    rows = fetch_all(ctx, "SELECT * FROM parecer.rate_limits")
-    emit_json(rows) if as_json else emit_table(rows, title="rate limits")
+    requests the shared limiter made wait (waited).""",
+)
 
 
 @limits_group.command("set")
@@ -1506,13 +1516,12 @@ def budgets_group() -> None:
     """Spend budgets and claim priority per client."""
 
 
-@budgets_group.command("show")
-@json_option
-@click.pass_context
-def budgets_show(ctx: click.Context, as_json: bool) -> None:
-    """Budgets, spend so far and why a client is held back."""
-    rows = fetch_all(ctx, "SELECT * FROM parecer.budgets")
-    emit_json(rows) if as_json else emit_table(rows, title="budgets (USD)")
+view_command(
+    budgets_group,
+    "parecer.budgets",
+    "budgets (USD)",
+    "Budgets, spend so far and why a client is held back.",
+)
 
 
 @budgets_group.command("set")
@@ -1614,13 +1623,12 @@ def prices_group() -> None:
     """Model prices used for cost accounting."""
 
 
-@prices_group.command("show")
-@json_option
-@click.pass_context
-def prices_show(ctx: click.Context, as_json: bool) -> None:
-    """Prices in USD per million tokens, with their source and date."""
-    rows = fetch_all(ctx, "SELECT * FROM parecer.model_prices")
-    emit_json(rows) if as_json else emit_table(rows, title="model prices (USD / 1M tokens)")
+view_command(
+    prices_group,
+    "parecer.model_prices",
+    "model prices (USD / 1M tokens)",
+    "Prices in USD per million tokens, with their source and date.",
+)
 
 
 @prices_group.command("set")

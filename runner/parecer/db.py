@@ -113,7 +113,9 @@ def apply_api_in(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET LOCAL client_min_messages = warning")
     # The settings catalogue is data (db/api/settings.json): 10_settings.sql reads it from here.
     catalogue = paths.sql_path("api", "settings.json").read_text(encoding="utf-8")
-    conn.execute("SELECT pg_catalog.set_config('parecer.settings_catalogue', %s, true)", [catalogue])
+    conn.execute(
+        "SELECT pg_catalog.set_config('parecer.settings_catalogue', %s, true)", [catalogue]
+    )
     for path in api_files():
         conn.execute(path.read_bytes())  # bytes: no client-side placeholders
 

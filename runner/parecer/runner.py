@@ -343,6 +343,23 @@ def _retry_after(exc: openai.APIStatusError, default: float) -> float:
 
 PROMPT_TOO_LARGE = "prompt too large"  # the reason of an item that can never be sent
 
+# Provider answers that say this runner is set up wrong: every call would get the
+# same, so the runner pauses loudly (what, and the fix) instead of failing items.
+_SETUP_ERRORS: tuple[
+    tuple[type[openai.APIStatusError] | tuple[type[openai.APIStatusError], ...], str, str], ...
+] = (
+    (
+        (openai.AuthenticationError, openai.PermissionDeniedError),
+        "provider refused the credentials",
+        "set a valid OPENAI_API_KEY with access to the model (and OPENAI_BASE_URL, if any)",
+    ),
+    (
+        openai.NotFoundError,
+        "model or endpoint not found",
+        "check the model name (--model / the script's model) and OPENAI_BASE_URL",
+    ),
+)
+
 
 def classify(exc: Exception) -> ProviderPause | ItemFailure:
     """Whose fault is a model-call exception, and what happens next."""
@@ -363,20 +380,9 @@ def classify(exc: Exception) -> ProviderPause | ItemFailure:
                 retryable=False,
             )
         return ProviderPause("rate limited (429)", _retry_after(exc, 5.0))
-    if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return ProviderPause(
-            f"provider refused the credentials ({exc.status_code})",
-            60.0,
-            loud=True,
-            fix="set a valid OPENAI_API_KEY with access to the model (and OPENAI_BASE_URL, if any)",
-        )
-    if isinstance(exc, openai.NotFoundError):
-        return ProviderPause(
-            f"model or endpoint not found ({exc.status_code})",
-            60.0,
-            loud=True,
-            fix="check the model name (--model / the script's model) and OPENAI_BASE_URL",
-        )
+    for kinds, what, fix in _SETUP_ERRORS:
+        if isinstance(exc, kinds):
+            return ProviderPause(f"{what} ({exc.status_code})", 60.0, loud=True, fix=fix)
     if isinstance(exc, openai.BadRequestError):
         if exc.code == "context_length_exceeded":
             return ItemFailure("context length exceeded", retryable=False)

@@ -45,14 +45,6 @@ from .report import apply_slips, build_report, ungrounded
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs 3.11
 
-__all__ = [
-    "FAULT_HEADER",
-    "FAULT_KINDS",
-    "STANDIN_MODEL",
-    "Standin",
-    "StandinConfig",
-    "serve_forever",
-]
 
 STANDIN_MODEL = "parecer-standin"
 FAULT_HEADER = "x-standin-fault"
