@@ -172,7 +172,7 @@ def bench_database(server_url: str, name: str, *, keep: bool = False) -> Iterato
     url = make_conninfo(server_url, dbname=dbname)
     try:
         db.migrate(url)
-        db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+        db.install_sql(url, paths.host_chat_schema())
         db.install_adapter(url, "reference")
         yield url
     finally:

@@ -59,7 +59,7 @@ def template_db(pg_server_url: str) -> Iterator[str]:
     janitor.init()
     url = _url_for(pg_server_url, name)
     db.migrate(url)
-    db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+    db.install_sql(url, paths.host_chat_schema())
     db.install_adapter(url, "reference")
     # The stand-in is no provider to protect: tests that exercise the shared
     # limiter set their own limits (tests/test_limits.py).

@@ -38,7 +38,7 @@ def test_ten_runners_concurrency_16_fit_in_50_connections() -> None:
             with db.connect(url) as c:
                 assert one(c, "SHOW max_connections")["max_connections"] == "50"
             db.migrate(url)
-            db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+            db.install_sql(url, paths.host_chat_schema())
             db.install_adapter(url, "reference")
             with db.connect(url) as c:
                 c.execute("SELECT parecer.set_setting('default_rpm', '1000000')")

@@ -456,7 +456,7 @@ def db_check_adapter(ctx: click.Context, as_json: bool) -> None:
 def db_reference(ctx: click.Context) -> None:
     """Create the reference chat schema ("chat") and install its adapter."""
     url = need_url(ctx)
-    db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+    db.install_sql(url, paths.host_chat_schema())
     db.install_adapter(url, "reference")
     click.echo("reference chat schema and adapter installed")
 
@@ -2425,7 +2425,7 @@ def sample_load(ctx: click.Context, sessions: int, seed: int, as_json: bool) -> 
     from .devkit.sample import load_sample
 
     url = need_url(ctx)
-    db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+    db.install_sql(url, paths.host_chat_schema())
     with connection(ctx) as conn:
         stats = _with_progress(
             "loading sample",

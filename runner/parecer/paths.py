@@ -19,6 +19,12 @@ def sql_path(*parts: str) -> Path:
     return sql_root().joinpath(*parts)
 
 
+def host_chat_schema() -> Path:
+    """The reference host's chat tables (schema ``chat``): what the demo, the sample,
+    the tests and the benchmarks analyse; a real host plugs in through an adapter."""
+    return sql_path("reference", "host_chat_schema.sql")
+
+
 def migrations_dir() -> Path:
     return sql_path("migrations")
 

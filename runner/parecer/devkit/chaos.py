@@ -159,7 +159,7 @@ def fresh_database(
         url = make_conninfo(server_url, dbname=name)
         try:
             db.migrate(url)
-            db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+            db.install_sql(url, paths.host_chat_schema())
             db.install_adapter(url, "reference")
             yield url
         finally:

@@ -61,7 +61,7 @@ def run_demo(
 
         applied = db.migrate(url)
         say(f"migrations: {len(applied)} applied" if applied else "migrations: up to date")
-        db.install_sql(url, paths.sql_path("reference", "schema.sql"))
+        db.install_sql(url, paths.host_chat_schema())
         db.install_adapter(url, "reference")
 
         with db.connect(url) as conn:

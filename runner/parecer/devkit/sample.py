@@ -1,6 +1,6 @@
 """Deterministic sample data: Brazilian-Portuguese support chats in the reference schema.
 
-``load_sample`` fills the ``chat`` schema (db/reference/schema.sql) with realistic
+``load_sample`` fills the ``chat`` schema (db/reference/host_chat_schema.sql) with realistic
 customer-support sessions for two kinds of business: an internet/phone provider and
 a health clinic. Everything is derived from ``(seed, client slug, ordinal)``, so the
 same arguments always give the same ids and the same text, and a larger ``sessions``
@@ -674,7 +674,7 @@ def _commit(conn: psycopg.Connection) -> None:
 def _ensure_schema(conn: psycopg.Connection) -> None:
     row = conn.execute("SELECT to_regclass('chat.messages') IS NOT NULL").fetchone()
     if row is None or not row[0]:
-        conn.execute(paths.sql_path("reference", "schema.sql").read_text(encoding="utf-8"))
+        conn.execute(paths.host_chat_schema().read_text(encoding="utf-8"))
     _commit(conn)
 
 

@@ -1,4 +1,4 @@
--- parecer reference chat schema (schema "chat"): the layout seed 000 describes.
+-- The reference host's chat tables (schema "chat"): the layout seed 000 describes.
 -- clients -> contacts -> tickets -> sessions -> messages; tags hang off contacts.
 -- Used by the demo and the tests; your own host schema plugs in through an adapter.
 -- Ids are text, so the source-contract views compare them without casts and the
