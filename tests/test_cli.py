@@ -143,7 +143,7 @@ def test_run_dry_real_status_prompt_export_retry(seeded: str) -> None:
         (["run", "acme", "qa", "--dry-run", "--tag-filter", '{"mode":"maybe"}'], "[PR004] — hint:"),
         (
             ["run", "acme", "qa", "--max-sessions", "100000"],
-            "outside 1..500 [PR005] — hint: pass a smaller --max-sessions",
+            "outside 1..500 [PR005] — hint: pass --max-sessions between 1 and the setting",
         ),
         (["run", "acme", "missing", "--dry-run"], "[PR002]"),
         (["retry"], "[PR010]"),

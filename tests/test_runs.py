@@ -205,7 +205,7 @@ def test_max_sessions_cap(conn: psycopg.Connection[Any]) -> None:
     before = table_checksum(conn)
     with pytest.raises(psycopg.Error) as exc:
         conn.execute("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 501)")
-    assert errors.sqlstate(exc.value) == errors.CAP_EXCEEDED
+    assert errors.sqlstate(exc.value) == errors.MAX_SESSIONS_OUT_OF_RANGE
     assert exc.value.diag.message_hint and "max_sessions_cap" in exc.value.diag.message_hint
     assert table_checksum(conn) == before
 

@@ -37,7 +37,7 @@ BEGIN
     IF max_sessions IS NULL OR max_sessions < 1 OR max_sessions > v_cap THEN
         RAISE EXCEPTION 'max_sessions % is outside 1..%', COALESCE(max_sessions::text, 'NULL'), v_cap
             USING ERRCODE = 'PR005',
-                  HINT = pg_catalog.format('Use at most %s sessions per run (setting max_sessions_cap; raise it with parecer.set_setting(''max_sessions_cap'', ''N'')) or start several runs.', v_cap);
+                  HINT = pg_catalog.format('Pass max_sessions between 1 and %s (setting max_sessions_cap; raise it with parecer.set_setting(''max_sessions_cap'', ''N'')), or start several runs.', v_cap);
     END IF;
     IF analysis_version_tag IS NULL OR analysis_version_tag !~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$' THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid analysis_version_tag "%s"', COALESCE(left(analysis_version_tag, 50), 'NULL')),
@@ -127,7 +127,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text, boolean, boolean, integer, timestamptz, timestamptz, boolean, boolean, interval, boolean, jsonb) IS
-'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.';
+'Select a client''s eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions outside 1..max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.';
 
 -- The summary itself (see parecer.run_summary).
 CREATE OR REPLACE FUNCTION parecer._run_summary(p_run_id bigint)

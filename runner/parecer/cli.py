@@ -134,8 +134,8 @@ CLI_HINTS: dict[str, str] = {
     errors.UNKNOWN_SCRIPT: "`parecer scripts list CLIENT` lists the client's scripts",
     errors.NO_ACTIVE_SCRIPT: "activate one with `parecer scripts activate CLIENT KEY VERSION`, "
     "or pass --script-version",
-    errors.CAP_EXCEEDED: "pass a smaller --max-sessions or start several runs "
-    "(the cap is the setting max_sessions_cap)",
+    errors.MAX_SESSIONS_OUT_OF_RANGE: "pass --max-sessions between 1 and the setting "
+    "max_sessions_cap, or start several runs",
     errors.UNKNOWN_ANALYSIS: "`parecer reports export CLIENT` lists analysis ids",
     errors.UNKNOWN_RUN: "`parecer status --json` lists the runs with work",
 }

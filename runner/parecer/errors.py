@@ -11,7 +11,7 @@ UNKNOWN_CLIENT = "PR001"
 UNKNOWN_SCRIPT = "PR002"
 NO_ACTIVE_SCRIPT = "PR003"
 BAD_TAG_FILTER = "PR004"
-CAP_EXCEEDED = "PR005"
+MAX_SESSIONS_OUT_OF_RANGE = "PR005"
 STALE_LEASE = "PR006"
 INVALID_REPORT = "PR007"
 UNGROUNDED_REPORT = "PR008"
@@ -38,7 +38,7 @@ CODES: dict[str, str] = {
     UNKNOWN_SCRIPT: "unknown script, version or script_id",
     NO_ACTIVE_SCRIPT: "script has no active version",
     BAD_TAG_FILTER: "invalid tag filter",
-    CAP_EXCEEDED: "max_sessions outside 1..max_sessions_cap",
+    MAX_SESSIONS_OUT_OF_RANGE: "max_sessions outside 1..max_sessions_cap",
     STALE_LEASE: "wrong or expired lease token",
     INVALID_REPORT: "report does not follow the report schema",
     UNGROUNDED_REPORT: "report evidence not found in the session's messages",
