@@ -457,11 +457,12 @@ $$;
 COMMENT ON FUNCTION parecer.extend_lease(uuid, uuid, integer) IS
 'Heartbeat: extend the lease of an item you hold to now() + lease_seconds (at most the max_lease_seconds setting); returns the new expiry. Errors: PR006 stale lease, PR010, PR011.';
 
--- Write the row of an attempt that ended without finishing its item and, when it
--- reports usage, its cost (model price table) into the row and the client's spend.
-CREATE OR REPLACE FUNCTION parecer._end_attempt(p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid,
-                                                p_claimed_at timestamptz, p_outcome text, p_error text, p_model text,
-                                                p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text)
+-- The end of an attempt that did not finish its item (mark_failed, release):
+-- p_a is the item as their UPDATE left it, NULL when the lease did not match (the
+-- error that explains it is raised). Writes the attempt's row and, when it reports
+-- usage, its cost (model price table) into the row and the client's spend.
+CREATE OR REPLACE FUNCTION parecer._end_attempt(p_a parecer.analyses, p_analysis_id uuid, p_token uuid,
+                                                p_outcome text, p_error text, p_usage jsonb)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -469,15 +470,18 @@ DECLARE
     v_spent boolean := jsonb_typeof(p_usage) = 'object';
     v_cost  numeric;
 BEGIN
+    IF p_a.analysis_id IS NULL THEN
+        PERFORM parecer._lease_refused(p_analysis_id, p_token);
+    END IF;
     IF v_spent THEN
-        v_cost := parecer._cost(COALESCE(p_model, p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage);
+        v_cost := parecer._cost(COALESCE(p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage);
     END IF;
     INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
-                                   error, model, prompt_hash, usage, cost_usd)
-    VALUES (p_analysis_id, p_attempt, COALESCE(p_worker, '?'), p_token, COALESCE(p_claimed_at, now()), now(),
-            p_outcome, p_error, p_model, p_prompt_hash, p_usage, v_cost);
+                                   error, usage, cost_usd)
+    VALUES (p_a.analysis_id, p_a.claims, COALESCE(p_a.worker, '?'), p_token, COALESCE(p_a.started_at, now()), now(),
+            p_outcome, p_error, p_usage, v_cost);
     IF v_spent THEN
-        PERFORM parecer._add_spend(p_client_id, p_client_slug, parecer._budget_day(), ARRAY[p_usage], v_cost);
+        PERFORM parecer._add_spend(p_a.client_id, p_a.client_slug, parecer._budget_day(), ARRAY[p_usage], v_cost);
     END IF;
 END
 $$;
@@ -494,7 +498,7 @@ AS $$
 DECLARE
     v_max   integer := parecer._setting_int('max_attempts');
     v_error text := left(COALESCE(NULLIF(btrim(mark_failed.error), ''), 'unspecified error'), 1000);
-    v_a     record;   -- the item as the UPDATE left it
+    v_a     parecer.analyses;   -- the item as the UPDATE left it (NULL: the lease did not match)
 BEGIN
     UPDATE parecer.analyses a
        SET status = CASE WHEN NOT COALESCE(retryable, true) OR a.retry_count + 1 >= v_max THEN 'failed'
@@ -507,13 +511,8 @@ BEGIN
      WHERE a.analysis_id = mark_failed.analysis_id   -- a lease token only while processing (analyses_state_check)
        AND a.lease_token = mark_failed.lease_token AND a.lease_expires_at >= now() AND parecer._serves(a.client_id)
     RETURNING a.* INTO v_a;
-    IF NOT FOUND THEN
-        PERFORM parecer._lease_refused(mark_failed.analysis_id, mark_failed.lease_token);
-    END IF;
-    PERFORM parecer._end_attempt(v_a.analysis_id, v_a.claims, v_a.worker, mark_failed.lease_token, v_a.started_at,
-                                 'failed', v_error, NULL, NULL,
-                                 CASE WHEN parecer._usage_ok(mark_failed.usage) THEN mark_failed.usage END,
-                                 v_a.client_id, v_a.client_slug);
+    PERFORM parecer._end_attempt(v_a, mark_failed.analysis_id, mark_failed.lease_token, 'failed', v_error,
+                                 CASE WHEN parecer._usage_ok(mark_failed.usage) THEN mark_failed.usage END);
     RETURN ROW(v_a.status, v_a.retry_count, v_a.next_retry_at)::parecer.item_outcome;
 END
 $$;
@@ -532,7 +531,7 @@ DECLARE
     v_max_rel integer := parecer._setting_int('max_releases');
     v_delay  integer := COALESCE(release.delay_seconds, 0);
     v_reason text := left(COALESCE(NULLIF(btrim(release.reason), ''), 'released'), 1000);
-    v_a      record;   -- the item as the UPDATE left it
+    v_a      parecer.analyses;   -- the item as the UPDATE left it (NULL: the lease did not match)
 BEGIN
     IF v_delay < 0 OR v_delay > 86400 THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid delay_seconds: %s', v_delay), 'delay_seconds must be between 0 and 86400.');
@@ -552,11 +551,7 @@ BEGIN
      WHERE a.analysis_id = release.analysis_id   -- a lease token only while processing (analyses_state_check)
        AND a.lease_token = release.lease_token AND a.lease_expires_at >= now() AND parecer._serves(a.client_id)
     RETURNING a.* INTO v_a;
-    IF NOT FOUND THEN
-        PERFORM parecer._lease_refused(release.analysis_id, release.lease_token);
-    END IF;
-    PERFORM parecer._end_attempt(v_a.analysis_id, v_a.claims, v_a.worker, release.lease_token, v_a.started_at,
-                                 'released', v_reason, NULL, NULL, NULL, v_a.client_id, v_a.client_slug);
+    PERFORM parecer._end_attempt(v_a, release.analysis_id, release.lease_token, 'released', v_reason, NULL);
     RETURN ROW(v_a.status, v_a.retry_count, v_a.next_retry_at)::parecer.item_outcome;
 END
 $$;
