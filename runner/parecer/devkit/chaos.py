@@ -650,6 +650,17 @@ def _do_action(
         if any(q.stopped_until is not None for q in fleet.slots if q is not None):
             return False  # one stopped runner at a time: try again a little later
         p.popen.send_signal(signal.SIGSTOP)
+        # The leases were counted before the signal: a runner that finished its last
+        # item in between holds nothing to lose. Thaw it and try again a little later.
+        live = _one(
+            conn,
+            "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing' "
+            "AND worker = %s AND lease_expires_at > now()",
+            (p.worker,),
+        )
+        if live["n"] == 0:
+            p.popen.send_signal(signal.SIGCONT)
+            return False
         p.stop_windows.append([_db_now(conn), None])
         until = now + cfg.lease_seconds + rng.uniform(*cfg.stop_extra_s)
         p.stopped_until = until
