@@ -16,8 +16,7 @@ ON CONFLICT (name) DO UPDATE
 
 -- Raise PR010 (invalid argument) with a hint.
 CREATE OR REPLACE FUNCTION parecer._invalid(p_message text, p_hint text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     RAISE EXCEPTION '%', p_message USING ERRCODE = 'PR010', HINT = p_hint;
 END
@@ -25,8 +24,7 @@ $$;
 
 -- Raise PR009 (invalid value for a setting) with a hint.
 CREATE OR REPLACE FUNCTION parecer._raise_invalid_setting(p_name text, p_value text, p_hint text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     RAISE EXCEPTION 'invalid value for %: %', p_name, left(p_value, 100) USING ERRCODE = 'PR009', HINT = p_hint;
 END
@@ -36,8 +34,7 @@ $$;
 -- its items (sqlstate, message, detail and hint, both may be NULL), raised by the
 -- function's single form exactly as it would have raised it itself.
 CREATE OR REPLACE FUNCTION parecer._raise(p_sqlstate text, p_message text, p_detail text, p_hint text) RETURNS void
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     IF p_detail IS NOT NULL AND p_hint IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail, HINT = p_hint;
@@ -54,8 +51,7 @@ $$;
 -- helper with a FROM clause is never inlined and is planned on every call; here
 -- the plan is cached for the session.
 CREATE OR REPLACE FUNCTION parecer._setting(p_name text) RETURNS text
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name);
 END
@@ -63,8 +59,7 @@ $$;
 
 -- An interval setting.
 CREATE OR REPLACE FUNCTION parecer._setting_interval(p_name text) RETURNS interval
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name)::interval;
 END
@@ -72,8 +67,7 @@ $$;
 
 -- An integer setting.
 CREATE OR REPLACE FUNCTION parecer._setting_int(p_name text) RETURNS integer
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name)::integer;
 END
@@ -81,8 +75,7 @@ $$;
 
 -- Backoff after the n-th failure: backoff_schedule[n], the last entry repeating.
 CREATE OR REPLACE FUNCTION parecer._backoff(p_failures integer) RETURNS interval
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     sched interval[] := parecer._setting('backoff_schedule')::interval[];
 BEGIN
@@ -107,10 +100,7 @@ COMMENT ON VIEW parecer.settings IS 'parecer settings: name, current value, defa
 -- Change a setting (NULL value: back to the default). Raises PR009 on an unknown name or a bad value.
 CREATE OR REPLACE FUNCTION parecer.set_setting(name text, value text)
 RETURNS SETOF parecer.settings
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_def parecer._settings;
     v_iv  interval[];

@@ -4,10 +4,7 @@
 -- ends, orphan messages, missing indexes, and how much data there is.
 CREATE OR REPLACE FUNCTION parecer.check_adapter()
 RETURNS TABLE (check_name text, status text, count bigint, detail text)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_plan    jsonb;
     v_seq     text;

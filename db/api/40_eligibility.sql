@@ -1,7 +1,6 @@
 -- Validate a tag filter; returns (mode, tags). PR004 on any other shape.
 CREATE OR REPLACE FUNCTION parecer._tag_filter(p_filter jsonb, OUT mode text, OUT tags text[])
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_hint constant text := 'Use {"mode":"none"} (contacts without tags), {"mode":"ignore"} (tags do not matter), or {"mode":"any_of"|"all_of"|"none_of","tags":["tag", ...]} with 1-1000 non-empty tags.';
 BEGIN
@@ -34,8 +33,7 @@ $$;
 -- values are strings, numbers or booleans; a session matches when its metadata
 -- contains it (jsonb @>: every key equal). Passed as a parameter, never spliced.
 CREATE OR REPLACE FUNCTION parecer._metadata_filter(p_filter jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_filter IS NULL THEN
         RETURN NULL;
@@ -55,8 +53,7 @@ $$;
 
 -- The idle rule a run applies: the min_idle setting unless the run names its own.
 CREATE OR REPLACE FUNCTION parecer._min_idle(p_min_idle interval) RETURNS interval
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v interval := COALESCE(p_min_idle, parecer._setting_interval('min_idle'));
 BEGIN
@@ -79,10 +76,7 @@ CREATE OR REPLACE FUNCTION parecer.eligible_sessions(
     min_idle            interval DEFAULT NULL,
     metadata_filter     jsonb DEFAULT NULL
 ) RETURNS TABLE (session_id text, ended_at timestamptz, message_count bigint, last_message_at timestamptz)
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_client record;
     v_filter record;
@@ -135,8 +129,7 @@ COMMENT ON FUNCTION parecer.eligible_sessions(text, integer, jsonb, timestamptz,
 -- joining to a table with several rows per session): PR015 names them, where the
 -- queue would otherwise fail with 21000 or count the session's messages twice.
 CREATE OR REPLACE FUNCTION parecer._check_unique_sessions(p_session_ids text[]) RETURNS void
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_dups text[];
 BEGIN

@@ -14,8 +14,7 @@ CREATE OR REPLACE FUNCTION parecer._window_reports(p_client_id text, p_script_ke
                                                    p_until timestamptz, p_version integer, p_tag text)
 RETURNS TABLE (analysis_id uuid, session_id text, script_id bigint, processed_at timestamptz, cost_usd numeric,
                report jsonb, script_key text, version integer, language text, extra_fields jsonb)
-LANGUAGE sql STABLE
-AS $$
+LANGUAGE sql STABLE AS $$
     SELECT a.analysis_id, a.session_id, a.script_id, a.processed_at, a.cost_usd, a.report,
            s.script_key, s.version, s.language, s.extra_fields
     FROM parecer.analyses a
@@ -34,11 +33,8 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._insights(p_client_id text, p_script_key text, p_since timestamptz,
                                              p_until timestamptz, p_version integer, p_tag text)
 RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
 -- JIT compiling this many expressions takes longer (~0.8 s) than running them.
-SET jit = off
-AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 WITH base AS MATERIALIZED (
     -- One pass over the reports: jsonb_to_record detoasts each report once and
     -- pulls out the parts the figures need.
@@ -215,10 +211,7 @@ CREATE OR REPLACE FUNCTION parecer.insights(client_slug text, script_key text DE
                                             script_version integer DEFAULT NULL,
                                             analysis_version_tag text DEFAULT NULL)
 RETURNS jsonb
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_client record;
     v_doc    jsonb;
@@ -257,9 +250,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._insights_extra(p_client_id text, p_script_key text, p_since timestamptz,
                                                    p_until timestamptz, p_version integer, p_tag text)
 RETURNS jsonb
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 WITH vals AS MATERIALIZED (
     SELECT e.key AS name,
            CASE WHEN jsonb_typeof(e.value) = 'object' AND e.value ? 'value' THEN e.value -> 'value' ELSE e.value END AS v
@@ -304,9 +295,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._insights_client(p_slug text, p_script_key text, p_version integer,
                                                     p_since timestamptz, p_until timestamptz,
                                                     OUT client_id text, OUT client_slug text)
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     SELECT v.client_id, v.client_slug INTO client_id, client_slug FROM parecer._visible_client(p_slug) v;
     IF p_script_key IS NOT NULL AND NOT EXISTS (
@@ -345,13 +334,9 @@ CREATE OR REPLACE FUNCTION parecer.insight_sessions(
     before_processed_at timestamptz DEFAULT NULL,
     before_analysis_id uuid DEFAULT NULL)
 RETURNS SETOF parecer.insight_session
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 -- The planner overestimates the per-row evidence subqueries; JIT would then spend
 -- ~0.4 s compiling a query that runs in milliseconds.
-SET jit = off
-AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     v_client record;
     v_topic  jsonb;

@@ -17,10 +17,7 @@ CREATE OR REPLACE FUNCTION parecer.start_run(
     reanalyse_changed    boolean DEFAULT false,
     metadata_filter      jsonb DEFAULT NULL
 ) RETURNS parecer.run_result
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_script   parecer.scripts;
     v_cap      integer := parecer._setting_int('max_sessions_cap');
@@ -133,8 +130,7 @@ COMMENT ON FUNCTION parecer.start_run(text, text, integer, integer, jsonb, text,
 CREATE OR REPLACE FUNCTION parecer._run_summary(p_run_id bigint)
 RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
                done_sample text[], failed_sample text[], total integer)
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 #variable_conflict use_column
 DECLARE
     v_run bigint := p_run_id;
@@ -168,10 +164,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.run_summary(run_id bigint)
 RETURNS TABLE (run_id bigint, processed integer, failed integer, retrying integer, remaining integer,
                done_sample text[], failed_sample text[], total integer)
-LANGUAGE sql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT * FROM parecer._run_summary($1) $$;
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT * FROM parecer._run_summary($1) $$;
 COMMENT ON FUNCTION parecer.run_summary(bigint) IS
 'Progress of a run: processed (done), failed (terminal), retrying (pending again after a failure), remaining (pending + processing + retrying), up to 20 sample session ids each, total. Errors: PR012 unknown run.';
 
@@ -209,8 +202,7 @@ COMMENT ON VIEW parecer.queue_status IS 'The queue by client x script version x 
 
 -- Raise PR012 (unknown run) unless the run exists.
 CREATE OR REPLACE FUNCTION parecer._require_run(p_run_id bigint) RETURNS void
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM parecer.runs r WHERE r.run_id = p_run_id) THEN
         RAISE EXCEPTION 'unknown run %', COALESCE(p_run_id::text, 'NULL')
@@ -223,10 +215,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.retry_failed(run_id bigint DEFAULT NULL, client_slug text DEFAULT NULL,
                                      error_like text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_n integer;
 BEGIN
@@ -264,10 +253,7 @@ COMMENT ON FUNCTION parecer.retry_failed(bigint, text, text) IS
 
 -- Mark a run's waiting items as backlog (lower priority, oldest first) or back to fresh.
 CREATE OR REPLACE FUNCTION parecer.set_run_backlog(run_id bigint, backlog boolean DEFAULT true) RETURNS integer
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_n integer;
 BEGIN

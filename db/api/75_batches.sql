@@ -58,8 +58,7 @@ COMMENT ON VIEW parecer.batches IS
 -- A batch the caller may act on, locked, in a state the step may follow: PR019
 -- when unknown or another client's, PR020 when not in p_allowed (NULL: any state).
 CREATE OR REPLACE FUNCTION parecer._batch(p_batch_id bigint, p_allowed text[], p_step text) RETURNS parecer._batches
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_b   parecer._batches;
     v_ids text[] := parecer._caller_clients();
@@ -80,8 +79,7 @@ $$;
 
 -- PR010 unless p_value looks like an id the provider gave (a file or a batch).
 CREATE OR REPLACE FUNCTION parecer._check_provider_id(p_value text, p_name text, p_kind text, p_example text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_value IS NULL OR btrim(p_value) = '' OR length(p_value) > 200 THEN
         PERFORM parecer._invalid(pg_catalog.format('%s must be the provider''s %s id', p_name, p_kind),
@@ -94,10 +92,7 @@ $$;
 -- Claim the claimable items of a backlog run into a new batch.
 CREATE OR REPLACE FUNCTION parecer.open_batch(run_id bigint, worker text, max_items integer DEFAULT NULL)
 RETURNS SETOF parecer.batches
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_run   parecer.runs;
     v_scope text[] := parecer._caller_clients();
@@ -156,10 +151,7 @@ CREATE OR REPLACE FUNCTION parecer.batch_items(batch_id bigint)
 RETURNS TABLE (analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text,
                script_id bigint, script_key text, script_version integer, model text,
                lease_expires_at timestamptz, retry_count integer, prompt_hash text)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM parecer._batch(batch_items.batch_id, NULL, 'batch_items');
@@ -180,10 +172,7 @@ COMMENT ON FUNCTION parecer.batch_items(bigint) IS
 -- Record the uploaded input file (step 2).
 CREATE OR REPLACE FUNCTION parecer.batch_uploaded(batch_id bigint, input_file_id text)
 RETURNS SETOF parecer.batches
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_b parecer._batches := parecer._batch(batch_uploaded.batch_id, '{preparing}', 'batch_uploaded');
 BEGIN
@@ -199,10 +188,7 @@ COMMENT ON FUNCTION parecer.batch_uploaded(bigint, text) IS
 -- Record the provider's batch (step 3).
 CREATE OR REPLACE FUNCTION parecer.batch_submitted(batch_id bigint, provider_batch_id text, provider_status text DEFAULT NULL)
 RETURNS SETOF parecer.batches
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_b parecer._batches := parecer._batch(batch_submitted.batch_id, NULL, 'batch_submitted');
 BEGIN
@@ -228,10 +214,7 @@ CREATE OR REPLACE FUNCTION parecer.batch_progress(batch_id bigint, provider_stat
                                                   output_file_id text DEFAULT NULL, error_file_id text DEFAULT NULL,
                                                   error text DEFAULT NULL)
 RETURNS SETOF parecer.batches
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_b parecer._batches := parecer._batch(batch_progress.batch_id, '{submitted,ingesting}', 'batch_progress');
 BEGIN
@@ -264,10 +247,7 @@ COMMENT ON FUNCTION parecer.batch_progress(bigint, text, integer, integer, integ
 -- End a batch: release what it still holds (step 5).
 CREATE OR REPLACE FUNCTION parecer.finish_batch(batch_id bigint, reason text DEFAULT NULL)
 RETURNS SETOF parecer.batches
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- Ingested, or never sent: a submitted batch is still the provider's (its results would be lost).
     v_b      parecer._batches := parecer._batch(finish_batch.batch_id, '{preparing,uploaded,ingesting}', 'finish_batch');
@@ -303,10 +283,7 @@ COMMENT ON FUNCTION parecer.finish_batch(bigint, text) IS
 -- The batches a process may resume or poll.
 CREATE OR REPLACE FUNCTION parecer.list_batches(run_id bigint DEFAULT NULL, open_only boolean DEFAULT true)
 RETURNS SETOF parecer.batches
-LANGUAGE sql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT b.* FROM parecer.batches b
     WHERE (list_batches.run_id IS NULL OR b.run_id = list_batches.run_id)
       AND (NOT COALESCE(list_batches.open_only, true) OR b.status IN ('preparing', 'uploaded', 'submitted', 'ingesting'))

@@ -1,7 +1,6 @@
 -- Validate a limit key (a label and a model, never an API key).
 CREATE OR REPLACE FUNCTION parecer._limit_key(p_key text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF p_key IS NULL OR p_key !~ '^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$' THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid limit_key "%s"', COALESCE(left(p_key, 50), 'NULL')),
@@ -21,8 +20,7 @@ $$;
 -- key, bound elsewhere, unbound or not there at all, gets the same PR025, and
 -- nothing changes. With isolation off: one lookup of the setting, no check.
 CREATE OR REPLACE FUNCTION parecer._check_rate_key(p_key text) RETURNS void
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_ids text[];
 BEGIN
@@ -46,8 +44,7 @@ $$;
 -- and when p_grant (the minute buckets grant the request) one more request today.
 CREATE OR REPLACE FUNCTION parecer._rate_day_take(p_row parecer._rate_limits, p_now timestamptz, p_grant boolean)
 RETURNS double precision
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_rpd   integer := COALESCE(p_row.rpd, parecer._setting_int('default_rpd'));
     v_today date := parecer._budget_day(p_now);
@@ -66,10 +63,7 @@ $$;
 -- Ask for one request of about `tokens` tokens under a shared limit.
 CREATE OR REPLACE FUNCTION parecer.acquire_rate(limit_key text, tokens integer DEFAULT 1000)
 RETURNS parecer.rate_grant
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_key   text := parecer._limit_key(acquire_rate.limit_key);
     v_row   parecer._rate_limits;
@@ -152,10 +146,7 @@ CREATE OR REPLACE FUNCTION parecer.report_rate(
     actual_tokens       integer DEFAULT NULL,
     reason              text DEFAULT NULL
 ) RETURNS timestamptz
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_key   text := parecer._limit_key(report_rate.limit_key);
     v_now   timestamptz := clock_timestamp();
@@ -222,10 +213,7 @@ COMMENT ON VIEW parecer.rate_limits IS 'Shared rate limits per provider key labe
 CREATE OR REPLACE FUNCTION parecer.set_rate_limit(limit_key text, rpm integer DEFAULT NULL, tpm integer DEFAULT NULL,
                                                   rpd integer DEFAULT NULL)
 RETURNS SETOF parecer.rate_limits
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_key text := parecer._limit_key(set_rate_limit.limit_key);
 BEGIN
@@ -247,10 +235,7 @@ COMMENT ON FUNCTION parecer.set_rate_limit(text, integer, integer, integer) IS
 -- runners may take from or pause it).
 CREATE OR REPLACE FUNCTION parecer.bind_rate_limit(limit_key text, client_slugs text[])
 RETURNS SETOF parecer.rate_limits
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_key   text := parecer._limit_key(bind_rate_limit.limit_key);
     v_ids   text[];

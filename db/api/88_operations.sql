@@ -43,10 +43,7 @@ COMMENT ON VIEW parecer.metrics IS 'Queue-wide gauges in one row: pending (never
 -- failures. One row per check: ok, warn or fail, and the fix as a CLI command.
 CREATE OR REPLACE FUNCTION parecer.doctor(model text DEFAULT NULL, active_minutes integer DEFAULT 10)
 RETURNS TABLE (check_name text, status text, detail text, fix text)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_clients  bigint;
     v_sessions bigint;
@@ -269,8 +266,7 @@ COMMENT ON FUNCTION parecer.doctor(text, integer) IS 'The database''s health che
 -- with p_dry_run all of them counted. p_where is built by purge with %L literals.
 CREATE OR REPLACE FUNCTION parecer._purge_rows(p_table regclass, p_where text, p_dry_run boolean, p_limit integer)
 RETURNS bigint
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_n bigint;
 BEGIN
@@ -291,10 +287,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.purge(older_than interval, dry_run boolean DEFAULT true,
                                          batch_size integer DEFAULT 5000)
 RETURNS TABLE (kind text, deleted bigint)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_cutoff timestamptz;
     v_month  date;
@@ -330,8 +323,7 @@ COMMENT ON FUNCTION parecer.purge(interval, boolean, integer) IS 'Retention: del
 -- newest of its client's script key (newest: the tag of the latest created item).
 CREATE OR REPLACE FUNCTION parecer._purgeable_analyses(p_cutoff timestamptz)
 RETURNS TABLE (analysis_id uuid)
-LANGUAGE sql STABLE
-AS $$
+LANGUAGE sql STABLE AS $$
     WITH newest AS (
         SELECT DISTINCT ON (a.client_id, s.script_key) a.client_id, s.script_key, a.analysis_version_tag
         FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
