@@ -131,7 +131,11 @@ ERROR_CASES: list[tuple[str, tuple[Any, ...], str]] = [
         (),
         errors.BAD_TAG_FILTER,
     ),
-    ("SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 0)", (), errors.MAX_SESSIONS_OUT_OF_RANGE),
+    (
+        "SELECT * FROM parecer.start_run('acme', 'qa', max_sessions => 0)",
+        (),
+        errors.MAX_SESSIONS_OUT_OF_RANGE,
+    ),
     ("SELECT * FROM parecer.mark_failed(%s, %s, 'e')", ("ITEM", X), errors.STALE_LEASE),
     ("SELECT * FROM parecer.set_setting('nope', '1')", (), errors.BAD_SETTING),
     ("SELECT * FROM parecer.set_setting('max_attempts', '0')", (), errors.BAD_SETTING),

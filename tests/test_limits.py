@@ -168,6 +168,31 @@ def test_fair_claim_round_robin_weighted_by_priority(conn: psycopg.Connection[An
     assert sorted(got) == ["big", "big", "small"]
 
 
+def test_budgets_and_priority_are_set_apart(conn: psycopg.Connection[Any]) -> None:
+    """set_budget keeps the priority, set_client_priority keeps the budgets, for a client
+    with no policy row yet (no work queued) as for one that has it; a bad value changes nothing."""
+    make_session(conn, "fresh")  # a client of the source, never queued
+    row = one(conn, "SELECT * FROM parecer.set_client_priority('fresh', 3)")
+    assert (row["priority"], row["daily_budget_usd"]) == (3, None)
+    row = one(conn, "SELECT * FROM parecer.set_budget('fresh', daily_usd => 2, monthly_usd => 40)")
+    assert (row["priority"], row["daily_budget_usd"], row["monthly_budget_usd"]) == (3, 2, 40)
+    row = one(conn, "SELECT * FROM parecer.set_client_priority('fresh', 5)")
+    assert (row["priority"], row["daily_budget_usd"], row["monthly_budget_usd"]) == (5, 2, 40)
+    make_session(conn, "other")
+    row = one(conn, "SELECT * FROM parecer.set_budget('other', daily_usd => 1)")
+    assert (row["priority"], row["daily_budget_usd"], row["monthly_budget_usd"]) == (1, 1, None)
+    for sql, code in (
+        ("SELECT parecer.set_budget('fresh', daily_usd => -1)", errors.INVALID_ARGUMENT),
+        ("SELECT parecer.set_client_priority('fresh', 0)", errors.INVALID_ARGUMENT),
+        ("SELECT parecer.set_client_priority('nobody', 2)", errors.UNKNOWN_CLIENT),
+    ):
+        with pytest.raises(psycopg.Error) as exc, conn.transaction():
+            conn.execute(sql)
+        assert errors.sqlstate(exc.value) == code
+    row = one(conn, "SELECT * FROM parecer.budgets WHERE client_slug = 'fresh'")
+    assert (row["priority"], row["daily_budget_usd"], row["monthly_budget_usd"]) == (5, 2, 40)
+
+
 def test_backlog_run_waits_for_fresh_work_and_goes_oldest_first(
     conn: psycopg.Connection[Any],
 ) -> None:

@@ -61,7 +61,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._setting_interval(p_name text) RETURNS interval
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name)::interval;
+    RETURN parecer._setting(p_name)::interval;
 END
 $$;
 
@@ -69,7 +69,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._setting_int(p_name text) RETURNS integer
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN (SELECT COALESCE(s.value, s.default_value) FROM parecer._settings s WHERE s.name = p_name)::integer;
+    RETURN parecer._setting(p_name)::integer;
 END
 $$;
 

@@ -298,25 +298,37 @@ WHERE ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR s.client_id = AN
 GROUP BY 1, 2 ORDER BY 2 DESC, 1;
 COMMENT ON VIEW parecer.spend_monthly IS 'Tokens and cost per client and month.';
 
+-- Write a client's policy row (parecer.budgets shows it): its budgets when
+-- p_budgets, else its priority. For set_budget and set_client_priority, which
+-- check the same way: PR001 for an unknown client, then PR010 for a bad value.
+CREATE OR REPLACE FUNCTION parecer._set_client_policy(p_slug text, p_budgets boolean, p_daily numeric,
+                                                      p_monthly numeric, p_priority integer)
+RETURNS SETOF parecer.budgets
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_client record := parecer._client(p_slug);
+BEGIN
+    IF p_budgets AND (p_daily < 0 OR p_monthly < 0 OR p_daily > 1e9 OR p_monthly > 1e9) THEN
+        PERFORM parecer._invalid('budgets must be between 0 and 1e9 USD', 'e.g. daily_usd => 5, monthly_usd => 100 (seed 003''s thresholds); NULL for none.');
+    ELSIF NOT p_budgets AND (p_priority IS NULL OR p_priority < 1 OR p_priority > 100) THEN
+        PERFORM parecer._invalid('priority must be between 1 and 100', 'The weight of the client in claim''s round-robin: 2 gets twice the share of 1 (VIP first).');
+    END IF;
+    INSERT INTO parecer._client_policy AS p (client_id, client_slug, daily_budget_usd, monthly_budget_usd, priority)
+    VALUES (v_client.client_id, v_client.client_slug, p_daily, p_monthly, COALESCE(p_priority, 1))   -- 1: the column's default
+    ON CONFLICT (client_id) DO UPDATE
+        SET daily_budget_usd = CASE WHEN p_budgets THEN EXCLUDED.daily_budget_usd ELSE p.daily_budget_usd END,
+            monthly_budget_usd = CASE WHEN p_budgets THEN EXCLUDED.monthly_budget_usd ELSE p.monthly_budget_usd END,
+            priority = CASE WHEN p_budgets THEN p.priority ELSE EXCLUDED.priority END,
+            updated_at = now();
+    RETURN QUERY SELECT * FROM parecer.budgets b WHERE b.client_slug = v_client.client_slug;
+END
+$$;
+
 -- Set a client's daily / monthly budget in USD (NULL: none).
 CREATE OR REPLACE FUNCTION parecer.set_budget(client_slug text, daily_usd numeric DEFAULT NULL, monthly_usd numeric DEFAULT NULL)
 RETURNS SETOF parecer.budgets
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_client record := parecer._client(set_budget.client_slug);
-BEGIN
-    IF daily_usd < 0 OR monthly_usd < 0 OR daily_usd > 1e9 OR monthly_usd > 1e9 THEN
-        PERFORM parecer._invalid('budgets must be between 0 and 1e9 USD', 'e.g. daily_usd => 5, monthly_usd => 100 (seed 003''s thresholds); NULL for none.');
-    END IF;
-    INSERT INTO parecer._client_policy AS p (client_id, client_slug, daily_budget_usd, monthly_budget_usd)
-    VALUES (v_client.client_id, v_client.client_slug, daily_usd, monthly_usd)
-    ON CONFLICT (client_id) DO UPDATE SET daily_budget_usd = EXCLUDED.daily_budget_usd,
-        monthly_budget_usd = EXCLUDED.monthly_budget_usd, updated_at = now();
-    RETURN QUERY SELECT * FROM parecer.budgets b WHERE b.client_slug = v_client.client_slug;
-END
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM parecer._set_client_policy(set_budget.client_slug, true, set_budget.daily_usd, set_budget.monthly_usd, NULL)
 $$;
 COMMENT ON FUNCTION parecer.set_budget(text, numeric, numeric) IS
 'Set a client''s daily and monthly budget in USD (NULL: no limit). A client at or over budget gets no work from claim (fail-closed) until the period turns; alerts at 80% and 100% (NOTIFY parecer_budget). Errors: PR001, PR010.';
@@ -324,21 +336,8 @@ COMMENT ON FUNCTION parecer.set_budget(text, numeric, numeric) IS
 -- Set a client's claim priority (weight in the round-robin: 2 gets twice the share of 1).
 CREATE OR REPLACE FUNCTION parecer.set_client_priority(client_slug text, priority integer)
 RETURNS SETOF parecer.budgets
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_client record := parecer._client(set_client_priority.client_slug);
-BEGIN
-    IF priority IS NULL OR priority < 1 OR priority > 100 THEN
-        PERFORM parecer._invalid('priority must be between 1 and 100', 'The weight of the client in claim''s round-robin: 2 gets twice the share of 1 (VIP first).');
-    END IF;
-    INSERT INTO parecer._client_policy AS p (client_id, client_slug, priority)
-    VALUES (v_client.client_id, v_client.client_slug, priority)
-    ON CONFLICT (client_id) DO UPDATE SET priority = EXCLUDED.priority, updated_at = now();
-    RETURN QUERY SELECT * FROM parecer.budgets b WHERE b.client_slug = v_client.client_slug;
-END
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM parecer._set_client_policy(set_client_priority.client_slug, false, NULL, NULL, set_client_priority.priority)
 $$;
 COMMENT ON FUNCTION parecer.set_client_priority(text, integer) IS
 'Set a client''s weight in claim''s round-robin (1..100, default 1): with weights 2 and 1, two items of the first per item of the second. Errors: PR001, PR010.';
