@@ -57,21 +57,11 @@ BEGIN
 END
 $$;
 
--- An interval setting.
+-- A setting as an interval, as an integer (SQL: inlined, the cost of _setting alone).
 CREATE OR REPLACE FUNCTION parecer._setting_interval(p_name text) RETURNS interval
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN parecer._setting(p_name)::interval;
-END
-$$;
-
--- An integer setting.
+LANGUAGE sql STABLE AS $$ SELECT parecer._setting(p_name)::interval $$;
 CREATE OR REPLACE FUNCTION parecer._setting_int(p_name text) RETURNS integer
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN parecer._setting(p_name)::integer;
-END
-$$;
+LANGUAGE sql STABLE AS $$ SELECT parecer._setting(p_name)::integer $$;
 
 -- Backoff after the n-th failure: backoff_schedule[n], the last entry repeating.
 CREATE OR REPLACE FUNCTION parecer._backoff(p_failures integer) RETURNS interval
