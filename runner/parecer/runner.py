@@ -341,6 +341,14 @@ def _retry_after(exc: openai.APIStatusError, default: float) -> float:
     return default
 
 
+def _db_lost(what: str, exc: psycopg.OperationalError, failures: int) -> float:
+    """Log that the database went away (the error's kind, never its text) and return how
+    long to wait before the next try: 1, 2, 4 ... up to 30 seconds for the failures in a row."""
+    delay = min(0.5 * 2.0**failures, 30.0)
+    event(log, what, logging.WARNING, error=type(exc).__name__, retry_in=delay)
+    return delay
+
+
 PROMPT_TOO_LARGE = "prompt too large"  # the reason of an item that can never be sent
 
 # Provider answers that say this runner is set up wrong: every call would get the
@@ -665,7 +673,7 @@ class Runner:
 
     async def _listen(self) -> None:
         """Dedicated LISTEN connection; reconnects with capped backoff."""
-        delay = 0.5
+        failures = 0
         while not self._stopping.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -673,7 +681,7 @@ class Runner:
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     await conn.execute(f"LISTEN {BUDGET_CHANNEL}")
-                    delay = 0.5
+                    failures = 0
                     self._wake.set()  # we may have missed notifications while away
                     async for n in conn.notifies():
                         if n.channel == BUDGET_CHANNEL:
@@ -700,15 +708,8 @@ class Runner:
                         else:
                             self._wake.set()
             except psycopg.OperationalError as exc:
-                event(
-                    log,
-                    "listen connection lost",
-                    logging.WARNING,
-                    error=type(exc).__name__,
-                    retry_in=delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                failures += 1
+                await asyncio.sleep(_db_lost("listen connection lost", exc, failures))
 
     async def _refresh_queue_metrics(self) -> None:
         """Queue gauges for /metrics from parecer.metrics, through the pool (a scrape opens no connection)."""
@@ -815,15 +816,7 @@ class Runner:
                     self._db_failures = 0
                 except psycopg.OperationalError as exc:
                     self._db_failures += 1
-                    backoff = min(0.5 * 2**self._db_failures, 30.0)
-                    event(
-                        log,
-                        "database unreachable",
-                        logging.WARNING,
-                        error=type(exc).__name__,
-                        retry_in=backoff,
-                    )
-                    await self._sleep(backoff)
+                    await self._sleep(_db_lost("database unreachable", exc, self._db_failures))
                     continue
                 claimed = len(items)
                 self.stats.claimed += claimed
