@@ -272,6 +272,60 @@ def test_prompts_for_gives_each_item_what_prompt_for_gives(conn: psycopg.Connect
     assert conn.execute("SELECT * FROM parecer.prompts_for('{}'::uuid[])").fetchall() == []
 
 
+def test_prompts_for_builds_a_batch_of_several_scripts_as_prompt_for_does(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """One statement builds the batch (each script's texts and budget once, the
+    transcripts inlined): items of two scripts in two languages, a session the size
+    policy cuts and one too large to send get, each, what prompt_for gives them; only a
+    call that records a prompt switches its transaction's synchronous_commit off."""
+    pt = make_script(conn)
+    en = one(
+        conn,
+        "SELECT script_id FROM parecer.create_script_version('acme', 'en', 'Rate it.',"
+        " topics => '{internet}', language => 'en')",
+    )
+    short, long_ = make_session(conn), make_session(conn, messages=300)
+    huge = make_session(conn, messages=0)  # its one message never fits: PR016
+    conn.execute(
+        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
+        " created_at_external) VALUES (%s, %s, false, 'text', %s, now(), now())",
+        (huge.session_id + "-big", huge.session_id, "z" * 20_000),
+    )
+    for sid in (pt["script_id"], en["script_id"]):
+        conn.execute(
+            "SELECT * FROM parecer.enqueue(%s, %s)",
+            ([short.session_id, long_.session_id, huge.session_id], sid),
+        )
+    conn.execute("SELECT parecer.set_setting('max_input_tokens', %s)", ("5000",))
+    ids = [r["analysis_id"] for r in conn.execute("SELECT * FROM parecer.claim('w', 6)")]
+    assert len(ids) == 6
+    rows = conn.execute("SELECT * FROM parecer.prompts_for(%s::uuid[])", (ids,)).fetchall()
+    assert [r["analysis_id"] for r in rows] == ids
+    assert {r["sqlstate"] for r in rows} == {None, "PR016"}
+    assert any(r["omitted_messages"] for r in rows), "the size policy cut a session"
+    for r in rows:
+        if r["sqlstate"] is None:
+            single = one(conn, "SELECT * FROM parecer.prompt_for(%s)", (r["analysis_id"],))
+            assert single == {
+                k: v for k, v in r.items() if k not in ("analysis_id", "sqlstate", "message")
+            }
+        else:
+            with pytest.raises(psycopg.Error) as exc:
+                conn.execute("SELECT * FROM parecer.prompt_for(%s)", (r["analysis_id"],))
+            assert (errors.sqlstate(exc.value), exc.value.diag.message_primary) == (
+                r["sqlstate"],
+                r["message"],
+            )
+    before = one(conn, "SHOW synchronous_commit")["synchronous_commit"]
+    with conn.transaction():
+        conn.execute("SELECT * FROM parecer.prompts_for(%s::uuid[])", ([UUID(int=0)],))
+        assert one(conn, "SHOW synchronous_commit")["synchronous_commit"] == before
+        conn.execute("SELECT * FROM parecer.prompts_for(%s::uuid[])", (ids,))
+        assert one(conn, "SHOW synchronous_commit")["synchronous_commit"] == "off"
+    assert one(conn, "SHOW synchronous_commit")["synchronous_commit"] == before
+
+
 def test_mark_done_stores_the_omitted_count_prompt_for_gave(conn: psycopg.Connection[Any]) -> None:
     item, s = one_item(conn, messages=300)
     conn.execute("SELECT parecer.set_setting('max_input_tokens', %s)", ("3000",))

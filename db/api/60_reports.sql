@@ -41,42 +41,40 @@ $fn$;
 -- A session's transcript as the model reads it, one element per message:
 -- "[msg <id>] <UTC time> <ROLE>: <content>", ROLE from the message's sender when
 -- the adapter gives one (_sender_label), else from from_me. An id with a space, a bracket, a
--- quote or a control character is shown as a JSON string. (PL/pgSQL rather than
--- SQL: its plan is cached for the session.)
-CREATE OR REPLACE FUNCTION parecer._transcript_lines(p_session_id text, p_language text) RETURNS text[]
-LANGUAGE plpgsql STABLE
+-- quote or a control character is shown as a JSON string. (SQL, one SELECT, one
+-- row: called in a FROM clause it is inlined into the caller's statement, so the
+-- prompts of a batch build their transcripts in one statement, planned once.)
+CREATE OR REPLACE FUNCTION parecer._transcript_lines(p_session_id text, p_language text)
+RETURNS TABLE (lines text[])
+LANGUAGE sql STABLE
 AS $fn$
-BEGIN
-    RETURN (
-        SELECT COALESCE(array_agg(
-                   '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
-                                   ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
-                || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
-                || COALESCE(CASE WHEN sd.sender IS NOT NULL THEN parecer._sender_label(p_language, sd.sender) END,  -- a call only for a sender
-                            CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
-                || parecer._one_line(c.content)
-                 ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
-        FROM parecer.source_messages m
-        CROSS JOIN parecer._labels(p_language) l
-        LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = p_session_id  -- contract v2 (0009)
-        -- the content as a column of its own (OFFSET 0 keeps it one), so that _one_line,
-        -- which reads its argument several times, is inlined instead of called per message
-        CROSS JOIN LATERAL (
-            SELECT CASE
-                     WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
-                       CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
-                            THEN l.audio_transcribed || ' ' || btrim(m.transcription)
-                            ELSE l.audio_missing END
-                     WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
-                       COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
-                     ELSE
-                       '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
-                   END AS content
-            OFFSET 0
-        ) c
-        WHERE m.session_id = p_session_id
-    );
-END
+SELECT COALESCE(array_agg(
+           '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
+                           ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
+        || COALESCE(to_char(m.sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '????-??-??T??:??:??Z') || ' '
+        || COALESCE(CASE WHEN sd.sender IS NOT NULL THEN parecer._sender_label(p_language, sd.sender) END,  -- a call only for a sender
+                    CASE WHEN m.from_me THEN l.agent ELSE l.customer END) || ': '
+        || parecer._one_line(c.content)
+         ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), '{}')
+FROM parecer.source_messages m
+CROSS JOIN parecer._labels(p_language) l
+LEFT JOIN parecer.source_message_senders sd ON sd.message_id = m.message_id AND sd.session_id = p_session_id  -- contract v2 (0009)
+-- the content as a column of its own (OFFSET 0 keeps it one), so that _one_line,
+-- which reads its argument several times, is inlined instead of called per message
+CROSS JOIN LATERAL (
+    SELECT CASE
+             WHEN lower(COALESCE(m.media_type, 'text')) IN ('audio', 'ptt', 'voice') THEN
+               CASE WHEN NULLIF(btrim(m.transcription), '') IS NOT NULL
+                    THEN l.audio_transcribed || ' ' || btrim(m.transcription)
+                    ELSE l.audio_missing END
+             WHEN lower(COALESCE(m.media_type, 'text')) IN ('text', 'chat', 'conversation', '') THEN
+               COALESCE(NULLIF(btrim(m.body), ''), l.empty_message)
+             ELSE
+               '[' || lower(m.media_type) || ']' || COALESCE(' ' || NULLIF(btrim(m.body), ''), '')
+           END AS content
+    OFFSET 0
+) c
+WHERE m.session_id = p_session_id
 $fn$;
 
 -- The line that stands for the messages the size policy leaves out, in the
@@ -91,51 +89,68 @@ SELECT '[… ' || p_omitted || ' ' || CASE p_language
        END || ' …]'
 $$;
 
--- The size policy: the transcript (lines joined by line feeds) when it has at
--- most p_budget_chars characters; otherwise the first messages that fit in half
--- the budget, the omission line, and the last messages that fit in what is
--- left, whole messages only. omitted: how many messages were left out; input
--- NULL when not one message fits (the caller raises PR016).
-CREATE OR REPLACE FUNCTION parecer._transcript_fit(p_session_id text, p_language text, p_budget_chars bigint)
+-- The size policy for a transcript longer than p_budget_chars (_transcript_fit
+-- decides that): the first messages that fit in half the budget, the omission
+-- line, and the last messages that fit in what is left, whole messages only.
+-- omitted: how many messages were left out; input NULL when not one message
+-- fits (the caller raises PR016).
+CREATE OR REPLACE FUNCTION parecer._transcript_cut(p_lines text[], p_language text, p_budget_chars bigint)
 RETURNS TABLE (input text, omitted integer)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql IMMUTABLE
+ROWS 1
 AS $fn$
 DECLARE
-    v_lines text[] := parecer._transcript_lines(p_session_id, p_language);
-    v_n     integer := cardinality(v_lines);
+    v_n     integer := cardinality(p_lines);
     v_room  bigint;
     v_head  integer;
     v_used  bigint;
     v_tail  integer;
 BEGIN
-    input := array_to_string(v_lines, E'\n');
-    IF length(input) <= p_budget_chars THEN
-        omitted := 0;
-        RETURN NEXT;
-        RETURN;
-    END IF;
     -- room for messages: the budget less the omission line (counted at its longest)
     v_room := p_budget_chars - length(parecer._omission_line(p_language, v_n)) - 1;
     WITH l AS (
         SELECT u.n, sum(length(u.line) + 1) OVER (ORDER BY u.n) AS from_start
-        FROM unnest(v_lines) WITH ORDINALITY u(line, n)
+        FROM unnest(p_lines) WITH ORDINALITY u(line, n)
     )
     SELECT COALESCE(max(l.n), 0), COALESCE(max(l.from_start), 0) INTO v_head, v_used
     FROM l WHERE l.from_start <= v_room / 2;
     WITH l AS (
         SELECT u.n, sum(length(u.line) + 1) OVER (ORDER BY u.n DESC) AS from_end
-        FROM unnest(v_lines) WITH ORDINALITY u(line, n)
+        FROM unnest(p_lines) WITH ORDINALITY u(line, n)
     )
     SELECT count(*) INTO v_tail FROM l WHERE l.n > v_head AND l.from_end <= v_room - v_used;
     omitted := v_n - v_head - v_tail;
     IF v_head + v_tail = 0 THEN
         input := NULL;
     ELSE
-        input := array_to_string(v_lines[1:v_head] || parecer._omission_line(p_language, omitted)
-                                 || v_lines[v_n - v_tail + 1:v_n], E'\n');
+        input := array_to_string(p_lines[1:v_head] || parecer._omission_line(p_language, omitted)
+                                 || p_lines[v_n - v_tail + 1:v_n], E'\n');
     END IF;
     RETURN NEXT;
 END
+$fn$;
+
+-- The size policy: the transcript (lines joined by line feeds) when it has at
+-- most p_budget_chars characters, else what _transcript_cut keeps of it.
+-- omitted: how many messages were left out; input NULL when not one message
+-- fits (the caller raises PR016). (SQL, one SELECT: inlined into a caller that
+-- names it in FROM, with _transcript_lines; a transcript that fits costs no call.)
+CREATE OR REPLACE FUNCTION parecer._transcript_fit(p_session_id text, p_language text, p_budget_chars bigint)
+RETURNS TABLE (input text, omitted integer)
+LANGUAGE sql STABLE
+AS $fn$
+SELECT CASE WHEN w.fits THEN w.whole ELSE c.input END, CASE WHEN w.fits THEN 0 ELSE c.omitted END
+FROM parecer._transcript_lines(p_session_id, p_language) t
+CROSS JOIN LATERAL (
+    SELECT x.whole, length(x.whole) <= p_budget_chars AS fits
+    FROM (SELECT array_to_string(t.lines, E'\n') AS whole OFFSET 0) x
+    OFFSET 0
+) w
+LEFT JOIN LATERAL (
+    SELECT k.input, k.omitted FROM parecer._transcript_cut(t.lines, p_language, p_budget_chars) k
+    WHERE NOT w.fits   -- called only for a transcript over the budget
+    OFFSET 0
+) c ON true
 $fn$;
 
 -- The character budget of a session's transcript under max_input_tokens: the
@@ -208,7 +223,9 @@ COMMENT ON FUNCTION parecer.leased_transcript(uuid, uuid) IS
 -- What the model is sent for each of several analyses, under the size policy:
 -- one row per id, in order, with the prompt or the error prompt_for raises for
 -- it (sqlstate, message, hint). The prompts given to the caller as lease holder
--- are recorded (hash, omitted messages) by one UPDATE.
+-- are recorded (hash, omitted messages) by the same statement. One statement for
+-- the batch: each script's texts, lengths and budget once, the transcripts
+-- through the inlined _transcript_fit.
 CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[])
 RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
@@ -222,34 +239,13 @@ AS $$
 DECLARE
     v_sc      parecer._caller_scope;
     v_repair  integer := parecer._setting_int('repair_calls');
-    v_holders boolean;
 BEGIN
     SELECT * INTO v_sc FROM parecer._caller_scope;
-    -- What the lease holder is given, for mark_done to check its prompt_hash against
-    -- (and to store the omitted count with the report). Not worth a WAL flush: lost
-    -- in a server crash, the holder's mark_done gets PR017 and the item is retried,
-    -- as a claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
-    SELECT bool_or(a.status = 'processing' AND a.lease_expires_at >= now() AND a.leased_to = v_sc.who) INTO v_holders
-    FROM parecer.analyses a WHERE a.analysis_id = ANY (p_ids);
-    IF v_holders THEN
-        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
-    END IF;
     RETURN QUERY
     WITH p AS MATERIALIZED (
-        SELECT i.o, i.id, a.lease_token, x.holder, s.instructions, s.report_schema, s.model, f.omitted,
-               CASE WHEN f.input IS NOT NULL
-                    THEN parecer._metadata_line(a.session_id, s.metadata_keys, s.language) || f.input END AS input,  -- contract v2 (30_scripts.sql)
-               CASE WHEN NOT x.visible THEN 'PR011' WHEN f.input IS NULL THEN 'PR016' END AS code,
-               CASE WHEN NOT x.visible THEN 'unknown analysis ' || COALESCE(i.id::text, 'NULL')
-                    WHEN f.input IS NULL
-                    THEN pg_catalog.format('prompt too large: not one message of session %s fits in max_input_tokens (%s)',
-                                           left(a.session_id, 100), parecer._setting_int('max_input_tokens')) END AS msg,
-               CASE WHEN NOT x.visible THEN 'analysis_id comes from parecer.claim or parecer.reports.'
-                    WHEN f.input IS NULL
-                    THEN 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.' END AS hint
+        SELECT i.o, i.id, a.lease_token, a.session_id, a.script_id, x.holder, x.visible
         FROM unnest(p_ids) WITH ORDINALITY i(id, o)
         LEFT JOIN parecer.analyses a ON a.analysis_id = i.id
-        LEFT JOIN parecer.scripts s ON s.script_id = a.script_id
         CROSS JOIN LATERAL (
             SELECT COALESCE(a.status = 'processing' AND a.lease_expires_at >= now() AND a.leased_to = v_sc.who, false) AS holder
         ) h
@@ -260,23 +256,54 @@ BEGIN
                    a.analysis_id IS NOT NULL
                    AND (v_sc.all_clients OR (h.holder AND a.client_id = ANY (v_sc.client_ids))) IS NOT FALSE AS visible
         ) x
+    ), sc AS MATERIALIZED (   -- each script of the batch once
+        SELECT s.*, parecer._input_budget_chars(s.instructions, s.report_schema) AS budget,
+               length(s.instructions) + length(s.report_schema::text) AS fixed_chars
+        FROM (
+            -- instructions || '': a plain copy, read once (the column is compressed and
+            -- may be stored out of line; every item's hash reads it)
+            SELECT s.script_id, s.instructions || '' AS instructions, s.report_schema, s.model, s.language, s.metadata_keys
+            FROM parecer.scripts s
+            WHERE s.script_id IN (SELECT p.script_id FROM p)
+            OFFSET 0
+        ) s
+    ), f AS MATERIALIZED (
+        SELECT p.o, p.id, p.lease_token, p.holder, sc.instructions, sc.report_schema, sc.model, sc.fixed_chars, t.omitted,
+               CASE WHEN t.input IS NOT NULL
+                    THEN parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END AS input,  -- contract v2 (30_scripts.sql)
+               CASE WHEN NOT p.visible THEN 'PR011' WHEN t.input IS NULL THEN 'PR016' END AS code,
+               CASE WHEN NOT p.visible THEN 'unknown analysis ' || COALESCE(p.id::text, 'NULL')
+                    WHEN t.input IS NULL
+                    THEN pg_catalog.format('prompt too large: not one message of session %s fits in max_input_tokens (%s)',
+                                           left(p.session_id, 100), parecer._setting_int('max_input_tokens')) END AS msg,
+               CASE WHEN NOT p.visible THEN 'analysis_id comes from parecer.claim or parecer.reports.'
+                    WHEN t.input IS NULL
+                    THEN 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.' END AS hint
+        FROM p
+        LEFT JOIN sc ON sc.script_id = p.script_id
         LEFT JOIN LATERAL (
             SELECT t.input, t.omitted
-            FROM parecer._transcript_fit(a.session_id, s.language, parecer._input_budget_chars(s.instructions, s.report_schema)) t
-            WHERE x.visible   -- not built for an id the caller may not see
+            FROM parecer._transcript_fit(p.session_id, sc.language, sc.budget) t
+            WHERE p.visible   -- not built for an id the caller may not see
             OFFSET 0
-        ) f ON true
+        ) t ON true
     ), h AS MATERIALIZED (
-        SELECT p.*, encode(sha256(convert_to(p.instructions || E'\n\n' || p.input, 'UTF8')), 'hex') AS hash
-        FROM p
+        SELECT f.*, encode(sha256(convert_to(f.instructions || E'\n\n' || f.input, 'UTF8')), 'hex') AS hash
+        FROM f
+    ), g AS MATERIALIZED (   -- given to the lease holder (narrow: the UPDATE keeps a copy of each row)
+        SELECT h.id, h.lease_token, h.hash, h.omitted FROM h WHERE h.holder AND h.code IS NULL
     ), u AS (
-        UPDATE parecer.analyses a SET given_prompt_hash = h.hash, omitted_messages = h.omitted, prompt_given_at = now()
-          FROM h
-         WHERE a.analysis_id = h.id AND a.analysis_id = ANY (p_ids)   -- by primary key, never a scan
-           AND a.lease_token = h.lease_token AND h.holder AND h.code IS NULL
+        -- What the lease holder is given, for mark_done to check its prompt_hash against
+        -- (and to store the omitted count with the report). Not worth a WAL flush: lost
+        -- in a server crash, the holder's mark_done gets PR017 and the item is retried,
+        -- as a claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
+        UPDATE parecer.analyses a SET given_prompt_hash = g.hash, omitted_messages = g.omitted, prompt_given_at = now()
+          FROM g
+         WHERE a.analysis_id = g.id AND a.lease_token = g.lease_token
+        RETURNING pg_catalog.set_config('synchronous_commit', 'off', true)
     )
     SELECT h.o::integer, h.id, h.instructions, h.input, h.report_schema, h.hash, h.model, h.omitted,
-           ceil((length(h.instructions) + length(h.report_schema::text) + length(h.input)) / 3.0)::integer,
+           ceil((h.fixed_chars + length(h.input)) / 3.0)::integer,
            v_repair, h.code, h.msg, h.hint
     FROM h
     ORDER BY h.o;

@@ -1263,7 +1263,7 @@ ARGUMENTS p_ids uuid[]
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 37e6c60cfc9c723b4ea6995e55ad0cb4
+body md5 e7e4bc2db7f40fdf15ff73f41674d2e5
 
 -- function: parecer._purgeable_analyses(timestamp with time zone)
 ARGUMENTS p_cutoff timestamp with time zone
@@ -1392,17 +1392,23 @@ RETURNS record
 LANGUAGE plpgsql IMMUTABLE
 body md5 97d2d28c2f370ff7c2995d13eb9a8b96
 
+-- function: parecer._transcript_cut(text[],text,bigint)
+ARGUMENTS p_lines text[], p_language text, p_budget_chars bigint
+RETURNS TABLE(input text, omitted integer)
+LANGUAGE plpgsql IMMUTABLE
+body md5 6680785e00bb079fc731ed7351ee161a
+
 -- function: parecer._transcript_fit(text,text,bigint)
 ARGUMENTS p_session_id text, p_language text, p_budget_chars bigint
 RETURNS TABLE(input text, omitted integer)
-LANGUAGE plpgsql STABLE
-body md5 0bb6098a629a5c868e8342b1dd521ca8
+LANGUAGE sql STABLE
+body md5 34c6b269b79da4a1a6c6578f70e6440e
 
 -- function: parecer._transcript_lines(text,text)
 ARGUMENTS p_session_id text, p_language text
-RETURNS text[]
-LANGUAGE plpgsql STABLE
-body md5 a904502b9fd15e267793845322e3aca8
+RETURNS TABLE(lines text[])
+LANGUAGE sql STABLE
+body md5 49e50637569dcfb8d157c5eb5f3f57ea
 
 -- function: parecer._usage_ok(jsonb)
 ARGUMENTS p_usage jsonb
@@ -2051,6 +2057,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._tag_filter(jsonb)
+postgres=X/postgres
+
+-- acl: parecer._transcript_cut(text[],text,bigint)
 postgres=X/postgres
 
 -- acl: parecer._transcript_fit(text,text,bigint)
