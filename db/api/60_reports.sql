@@ -385,17 +385,25 @@ BEGIN
     IF jsonb_typeof(p_report -> 'topics') <> 'array' THEN
         RETURN 'topics must be an array';
     END IF;
+    -- The first of: an entry of the wrong shape, a topic named twice (both in list
+    -- order), a list that is not the script's topics. A topic named twice is looked
+    -- for only when an entry of the wrong shape follows it (one sort of the topics
+    -- before that entry): otherwise the last test refuses it with the same words,
+    -- the script's topics being distinct. (array_position per entry was quadratic:
+    -- 4.5 s for 20,000 entries.)
     v_list := p_report -> 'topics';   -- taken out once: each element by index, in simple expressions
     FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
         v := v_list -> i;
         v_problem := parecer._keys_problem(v, k_topic, 'topics[]');
+        IF v_problem IS NULL AND (jsonb_typeof(v -> 'topic') <> 'string' OR jsonb_typeof(v -> 'present') <> 'boolean'
+              OR jsonb_typeof(v -> 'confidence') <> 'number' OR (v ->> 'confidence')::numeric NOT BETWEEN 0 AND 1) THEN
+            v_problem := 'topics[] needs topic (string), present (boolean), confidence (0..1)';
+        END IF;
         IF v_problem IS NOT NULL THEN
+            IF i > 1 AND (SELECT count(DISTINCT t) FROM unnest(v_topics) t) < i THEN
+                RETURN 'topics must hold exactly one entry per script topic';
+            END IF;
             RETURN v_problem;
-        ELSIF jsonb_typeof(v -> 'topic') <> 'string' OR jsonb_typeof(v -> 'present') <> 'boolean'
-              OR jsonb_typeof(v -> 'confidence') <> 'number' OR (v ->> 'confidence')::numeric NOT BETWEEN 0 AND 1 THEN
-            RETURN 'topics[] needs topic (string), present (boolean), confidence (0..1)';
-        ELSIF array_position(v_topics, v ->> 'topic') IS NOT NULL THEN
-            RETURN 'topics must hold exactly one entry per script topic';
         END IF;
         v_topics := v_topics || (v ->> 'topic');
     END LOOP;

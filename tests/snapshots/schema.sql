@@ -1305,7 +1305,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 292704cfc92e1a1d234d35563d5e3ab1
+body md5 404e015c57350dd197c0d5727724b5db
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
