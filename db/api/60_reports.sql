@@ -568,44 +568,52 @@ $$;
 -- (customer or agent) and how the excerpt matched, plus a "problem" for each
 -- item that is not grounded and for each verdict that needs evidence and has
 -- none (an outcome other than unknown, unless insufficient_context; any flag).
+-- One row. A SQL function returning a set, so that the planner inlines it into
+-- the query that reads it: _store_reports grounds a batch's reports in its check
+-- query (a subplan started once, not a function and a query per report).
+CREATE OR REPLACE FUNCTION parecer._grounding_set(p_report jsonb, p_session_id text) RETURNS TABLE (grounding jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
+    FROM (
+        SELECT l.ord, e.i,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'path', l.k || '[' || (e.i - 1) || ']',
+                   'message_id', e.x ->> 'message_id',
+                   'role', m.role,
+                   'match', m.match,
+                   'problem', CASE WHEN m.match IS NOT NULL THEN NULL
+                                   WHEN m.role IS NOT NULL THEN 'not found in the cited message'
+                                   ELSE 'no such message in this session' END)) AS item
+        FROM parecer._evidence_lists(p_report) WITH ORDINALITY l(k, ev, ord)
+        CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
+        LEFT JOIN LATERAL (
+            SELECT CASE WHEN sm.from_me THEN 'agent' ELSE 'customer' END AS role,
+                   COALESCE(parecer._match(sm.body, e.x ->> 'excerpt'),
+                            parecer._match(sm.transcription, e.x ->> 'excerpt')) AS match
+            FROM parecer.source_messages sm
+            WHERE sm.message_id = e.x ->> 'message_id' AND sm.session_id = p_session_id
+            ORDER BY 2 NULLS LAST
+            LIMIT 1) m ON true
+        UNION ALL
+        SELECT 0, 0, jsonb_build_object('path', 'outcome.evidence', 'problem', 'a verdict needs evidence: outcome.status '
+                                        || (p_report #>> '{outcome,status}') || ' cites no message')
+        WHERE p_report #>> '{outcome,status}' <> 'unknown' AND NOT (p_report -> 'insufficient_context')::boolean
+          AND jsonb_array_length(p_report #> '{outcome,evidence}') = 0
+        UNION ALL
+        SELECT 1000 + f.i, 0, jsonb_build_object('path', pg_catalog.format('flags[%s].evidence', f.i - 1),
+                                                 'problem', 'a flag needs evidence: ' || (f.x ->> 'flag') || ' cites no message')
+        FROM jsonb_array_elements(p_report -> 'flags') WITH ORDINALITY f(x, i)
+        WHERE jsonb_array_length(f.x -> 'evidence') = 0
+    ) g
+$$;
+
+-- _grounding_set's one row, for one report.
 CREATE OR REPLACE FUNCTION parecer._grounding(p_report jsonb, p_session_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
-        FROM (
-            SELECT l.ord, e.i,
-                   jsonb_strip_nulls(jsonb_build_object(
-                       'path', l.k || '[' || (e.i - 1) || ']',
-                       'message_id', e.x ->> 'message_id',
-                       'role', m.role,
-                       'match', m.match,
-                       'problem', CASE WHEN m.match IS NOT NULL THEN NULL
-                                       WHEN m.role IS NOT NULL THEN 'not found in the cited message'
-                                       ELSE 'no such message in this session' END)) AS item
-            FROM parecer._evidence_lists(p_report) WITH ORDINALITY l(k, ev, ord)
-            CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
-            LEFT JOIN LATERAL (
-                SELECT CASE WHEN sm.from_me THEN 'agent' ELSE 'customer' END AS role,
-                       COALESCE(parecer._match(sm.body, e.x ->> 'excerpt'),
-                                parecer._match(sm.transcription, e.x ->> 'excerpt')) AS match
-                FROM parecer.source_messages sm
-                WHERE sm.message_id = e.x ->> 'message_id' AND sm.session_id = p_session_id
-                ORDER BY 2 NULLS LAST
-                LIMIT 1) m ON true
-            UNION ALL
-            SELECT 0, 0, jsonb_build_object('path', 'outcome.evidence', 'problem', 'a verdict needs evidence: outcome.status '
-                                            || (p_report #>> '{outcome,status}') || ' cites no message')
-            WHERE p_report #>> '{outcome,status}' <> 'unknown' AND NOT (p_report -> 'insufficient_context')::boolean
-              AND jsonb_array_length(p_report #> '{outcome,evidence}') = 0
-            UNION ALL
-            SELECT 1000 + f.i, 0, jsonb_build_object('path', pg_catalog.format('flags[%s].evidence', f.i - 1),
-                                                     'problem', 'a flag needs evidence: ' || (f.x ->> 'flag') || ' cites no message')
-            FROM jsonb_array_elements(p_report -> 'flags') WITH ORDINALITY f(x, i)
-            WHERE jsonb_array_length(f.x -> 'evidence') = 0
-        ) g
-    );
+    RETURN (SELECT g.grounding FROM parecer._grounding_set(p_report, p_session_id) g);
 END
 $$;
 
@@ -644,6 +652,7 @@ CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[],
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan   -- as _prompts: one plan for any batch
+SET jit = off   -- the inlined grounding's row estimates would make each check a 40 ms compile
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -744,8 +753,9 @@ BEGIN
             OFFSET 0
         ) p
         CROSS JOIN LATERAL (
+            -- _grounding, inlined: one subplan for the batch (and only for a well-formed report)
             SELECT CASE WHEN a.session_id IS NOT NULL AND r.refusal IS NULL AND p.problem IS NULL
-                        THEN parecer._grounding(i.report, a.session_id) END AS grounding
+                        THEN (SELECT gs.grounding FROM parecer._grounding_set(i.report, a.session_id) gs) END AS grounding
             OFFSET 0
         ) g
         CROSS JOIN LATERAL (
@@ -757,19 +767,22 @@ BEGIN
     -- Store the items that passed, the lease checked again, the cost priced.
     IF v_any THEN
         WITH ok AS (
-            SELECT i.id, i.token, i.report, i.model, i.hash, i.usage, i.grounding, i.omitted, i.o
+            SELECT i.id, i.token, i.report, i.model, i.hash, i.usage, i.grounding, i.omitted, i.o, c.cost_usd
             FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages, v_ground, v_omitted, v_code)
                  WITH ORDINALITY i(id, token, report, model, hash, usage, grounding, omitted, code, o)
+            LEFT JOIN LATERAL parecer._cost_set(COALESCE(i.model, i.usage ->> 'model', ''), i.usage) c   -- _cost, inlined
+                   ON i.usage IS NOT NULL
             WHERE i.grounding IS NOT NULL AND i.code IS NULL
         ), u AS (
             UPDATE parecer.analyses a
                SET status = 'done', report = ok.report, grounding = ok.grounding, model = ok.model,
                    omitted_messages = ok.omitted,
-                   prompt_hash = ok.hash, usage = ok.usage, error = NULL,
-                   cost_usd = CASE WHEN ok.usage IS NOT NULL
-                                   THEN parecer._cost(COALESCE(ok.model, ok.usage ->> 'model', ''), ok.usage) END,
+                   prompt_hash = ok.hash, usage = ok.usage, error = NULL, cost_usd = ok.cost_usd,
                    next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
-                   processed_at = now(), updated_at = now()
+                   processed_at = now(), updated_at = now(),
+                   -- what was analysed: the session's fingerprint (68_changes.sql) as the source is now
+                   (analysed_message_count, analysed_last_message_at) =
+                       (SELECT count(*), max(m.sent_at) FROM parecer.source_messages m WHERE m.session_id = a.session_id)
               FROM ok
              WHERE a.analysis_id = ok.id
                AND a.analysis_id = ANY (ARRAY(SELECT ok.id FROM ok))   -- by primary key, never a scan
