@@ -704,44 +704,44 @@ BEGIN
                                                             parecer._input_budget_chars(a.instructions, a.report_schema))) END AS omitted
         FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages)
              WITH ORDINALITY i(id, token, report, model, hash, usage, o)
+        -- the clients of the batch the caller serves: _serves (15_access.sql) once per client
+        CROSS JOIN (SELECT ARRAY(SELECT x.client_id
+                                 FROM (SELECT DISTINCT a.client_id FROM parecer.analyses a WHERE a.analysis_id = ANY (p_ids)) x
+                                 WHERE parecer._serves(x.client_id)) AS clients) sv
         LEFT JOIN LATERAL (
             SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language, s.instructions,
                    s.report_schema
             FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
             WHERE a.analysis_id = i.id AND a.lease_token = i.token AND a.lease_expires_at >= now()
-              AND parecer._serves(a.client_id)   -- the caller still serves the client (15_access.sql)
+              AND a.client_id = ANY (sv.clients)   -- the caller still serves the client
         ) a ON true
-        CROSS JOIN LATERAL (
+        CROSS JOIN LATERAL (   -- which of these checks refuses the item first, decided once
             SELECT CASE
                      WHEN a.session_id IS NULL THEN NULL
-                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage) THEN 'PR010'
-                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'PR010'
-                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200 THEN 'PR010'
+                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage) THEN 1
+                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 2
+                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200 THEN 3
                      -- The report must come from the prompt prompt_for gave the lease holder in
                      -- this attempt (with isolation off, an attempt that never asked keeps the
                      -- hash it reports).
                      WHEN a.given_prompt_hash IS DISTINCT FROM i.hash
-                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on') THEN 'PR017'
-                   END AS code,
-                   CASE
-                     WHEN a.session_id IS NULL THEN NULL
-                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage)
-                       THEN 'usage must be a JSON object with non-negative integer token counts, or NULL'
-                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'prompt_hash must be a sha256 hex digest'
-                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200
-                       THEN 'model must name the model that answered'
-                     WHEN a.given_prompt_hash IS DISTINCT FROM i.hash
-                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on')
-                       THEN pg_catalog.format('prompt_hash %s is not the hash of the prompt given for this attempt (%s)',
-                                              left(i.hash, 64), COALESCE(a.given_prompt_hash, 'none given'))
+                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on') THEN 4
+                   END AS k
+            OFFSET 0
+        ) k
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN k.k = 4 THEN 'PR017' WHEN k.k IS NOT NULL THEN 'PR010' END AS code,
+                   CASE k.k
+                     WHEN 1 THEN 'usage must be a JSON object with non-negative integer token counts, or NULL'
+                     WHEN 2 THEN 'prompt_hash must be a sha256 hex digest'
+                     WHEN 3 THEN 'model must name the model that answered'
+                     WHEN 4 THEN pg_catalog.format('prompt_hash %s is not the hash of the prompt given for this attempt (%s)',
+                                                   left(i.hash, 64), COALESCE(a.given_prompt_hash, 'none given'))
                    END AS refusal,
-                   CASE
-                     WHEN a.session_id IS NULL THEN NULL
-                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage)
-                       THEN 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}'
-                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'Use prompt_hash from parecer.prompt_for.'
-                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200
-                       THEN 'Pass the model from the provider''s response.'
+                   CASE k.k
+                     WHEN 1 THEN 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}'
+                     WHEN 2 THEN 'Use prompt_hash from parecer.prompt_for.'
+                     WHEN 3 THEN 'Pass the model from the provider''s response.'
                      ELSE 'Report prompt_hash exactly as parecer.prompt_for returned it to you under this lease; call prompt_for after claim and send what it returns.'
                    END AS hint
             OFFSET 0
