@@ -706,7 +706,8 @@ BEGIN
              WITH ORDINALITY i(id, token, report, model, hash, usage, o)
         -- the clients of the batch the caller serves: _serves (15_access.sql) once per client
         CROSS JOIN (SELECT ARRAY(SELECT x.client_id
-                                 FROM (SELECT DISTINCT a.client_id FROM parecer.analyses a WHERE a.analysis_id = ANY (p_ids)) x
+                                 FROM (SELECT DISTINCT a.client_id FROM parecer.analyses a WHERE a.analysis_id = ANY (p_ids)
+                                       OFFSET 0) x   -- not pushed below the DISTINCT
                                  WHERE parecer._serves(x.client_id)) AS clients) sv
         LEFT JOIN LATERAL (
             SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language, s.instructions,

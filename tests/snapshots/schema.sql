@@ -1391,7 +1391,7 @@ RETURNS TABLE(ord integer, retry_count integer, sqlstate text, message text, det
 LANGUAGE plpgsql VOLATILE
 SET jit=off
 SET plan_cache_mode=force_generic_plan
-body md5 ab1285fef441047a4e571871004c8e66
+body md5 83a64f3fc2b83ac9f316a2f6318aae59
 
 -- function: parecer._tag_filter(jsonb)
 ARGUMENTS p_filter jsonb, OUT mode text, OUT tags text[]
