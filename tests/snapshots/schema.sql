@@ -1311,7 +1311,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 404e015c57350dd197c0d5727724b5db
+body md5 9e392762a68d436e7acc6a99a4c3805d
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
