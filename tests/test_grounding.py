@@ -271,3 +271,45 @@ def test_evidence_lists_and_their_first_problem_in_report_order(conn: Conn) -> N
     assert problem(report) == "sentiment.evidence must be an array"
     report["topics"].append(dict(report["topics"][0], evidence=[]))
     assert problem(report) == "topics must hold exactly one entry per script topic"
+
+
+def test_a_topic_named_twice_before_a_bad_entry_is_reported_first(conn: Conn) -> None:
+    """The topics list's first problem in list order: a topic named twice before an entry of
+    the wrong shape is the duplicate, after it the shape; a list of 20,000 entries gets the
+    same answer as a short one (the duplicate search is a sort, not a scan per entry)."""
+    script = ["internet", "billing", "support"]
+
+    def topic(name: str) -> dict[str, Any]:
+        return {"topic": name, "evidence": [], "present": False, "confidence": 0.5}
+
+    def problem(topics: list[Any]) -> str | None:
+        doc = {
+            "schema_version": "parecer.report.v1",
+            "summary": "s",
+            "outcome": {"evidence": [], "status": "unknown"},
+            "sentiment": {"evidence": [], "start": "neutral", "end": "neutral"},
+            "topics": topics,
+            "flags": [],
+            "insufficient_context": True,
+            "next_action": None,
+        }
+        row = conn.execute(
+            "SELECT parecer._report_problem(%s::jsonb, %s::text[]) AS p", (json.dumps(doc), script)
+        ).fetchone()
+        assert row is not None
+        return row["p"]  # type: ignore[no-any-return]
+
+    twice = "topics must hold exactly one entry per script topic"
+    shape = "topics[] needs topic (string), present (boolean), confidence (0..1)"
+    bad = dict(topic("x"), confidence=2)
+    assert problem([topic(t) for t in script]) is None
+    assert problem([topic("internet"), topic("billing"), topic("internet"), bad]) == twice
+    assert problem([topic("internet"), topic("billing"), bad, topic("internet")]) == shape
+    assert problem([topic("internet"), bad]) == shape
+    assert problem([topic("internet"), 5]) == "topics[] must be an object"
+    assert problem([topic("a"), topic("a"), 5]) == twice
+    assert problem([topic("support"), topic("billing"), topic("support")]) == twice
+    many = [topic(f"t{i}") for i in range(20000)]
+    assert problem(many) == twice
+    assert problem([*many, topic("t7"), bad]) == twice
+    assert problem([*many, bad]) == shape

@@ -195,3 +195,40 @@ def test_changed_sessions_are_listed_and_reanalysed(conn: psycopg.Connection[Any
     assert state["status"] == "pending"
     _done(conn, ss)
     assert conn.execute("SELECT * FROM parecer.stale_reports").fetchall() == []
+
+
+def test_a_batch_of_reports_records_each_session_as_analysed(conn: psycopg.Connection[Any]) -> None:
+    """mark_done_many records every item's fingerprint as mark_done does: each session's own
+    message count and last message time, from the one UPDATE that stores the batch."""
+    make_script(conn)
+    ss = {s.session_id: s for s in (make_session(conn, messages=n) for n in (20, 23, 27))}
+    conn.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
+    items = conn.execute("SELECT * FROM parecer.claim('w', 10)").fetchall()
+    assert len(items) == 3
+    out = conn.execute(
+        "SELECT outcome FROM parecer.mark_done_many(%s)",
+        (
+            json.dumps(
+                [
+                    {
+                        "analysis_id": str(i["analysis_id"]),
+                        "lease_token": str(i["lease_token"]),
+                        "report": report_for(ss[i["session_id"]]),
+                        "model": "m",
+                        "prompt_hash": "a" * 64,
+                    }
+                    for i in items
+                ]
+            ),
+        ),
+    ).fetchall()
+    assert [o["outcome"] for o in out] == ["done"] * 3
+    rows = conn.execute(
+        "SELECT a.analysed_message_count AS n, a.analysed_last_message_at AS last,"
+        " (SELECT count(*) FROM parecer.source_messages m WHERE m.session_id = a.session_id) AS source_n,"
+        " (SELECT max(m.sent_at) FROM parecer.source_messages m WHERE m.session_id = a.session_id)"
+        " AS source_last FROM parecer.analyses a"
+    ).fetchall()
+    assert sorted(r["n"] for r in rows) == [20, 23, 27]
+    assert all(r["n"] == r["source_n"] and r["last"] == r["source_last"] for r in rows)
+    assert conn.execute("SELECT * FROM parecer.stale_reports").fetchall() == []

@@ -377,9 +377,12 @@ DECLARE
     v_problem text;
     v_topics  text[] := '{}';
 BEGIN
-    -- "extra" (a version's custom fields) is _check_extra_fields' (30_scripts.sql)
-    v_problem := parecer._keys_problem(CASE WHEN jsonb_typeof(p_report) = 'object' THEN p_report - 'extra' ELSE p_report END,
-                                       k_report, 'report');
+    -- "extra" (a version's custom fields) is _check_extra_fields' (30_scripts.sql). The
+    -- usual case in one expression that copies nothing (report - 'extra' copies the report).
+    IF (jsonb_typeof(p_report) = 'object' AND p_report ?& k_report AND (p_report - k_report - 'extra') = '{}') IS NOT TRUE THEN
+        v_problem := parecer._keys_problem(CASE WHEN jsonb_typeof(p_report) = 'object' THEN p_report - 'extra' ELSE p_report END,
+                                           k_report, 'report');
+    END IF;
     IF v_problem IS NOT NULL THEN
         RETURN v_problem;
     ELSIF jsonb_typeof(p_report -> 'schema_version') <> 'string' OR p_report ->> 'schema_version' <> 'parecer.report.v1' THEN
@@ -412,17 +415,25 @@ BEGIN
     IF jsonb_typeof(p_report -> 'topics') <> 'array' THEN
         RETURN 'topics must be an array';
     END IF;
+    -- The first of: an entry of the wrong shape, a topic named twice (both in list
+    -- order), a list that is not the script's topics. A topic named twice is looked
+    -- for only when an entry of the wrong shape follows it (one sort of the topics
+    -- before that entry): otherwise the last test refuses it with the same words,
+    -- the script's topics being distinct. (array_position per entry was quadratic:
+    -- 4.5 s for 20,000 entries.)
     v_list := p_report -> 'topics';   -- taken out once: each element by index, in simple expressions
     FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
         v := v_list -> i;
         v_problem := parecer._keys_problem(v, k_topic, 'topics[]');
+        IF v_problem IS NULL AND (jsonb_typeof(v -> 'topic') <> 'string' OR jsonb_typeof(v -> 'present') <> 'boolean'
+              OR jsonb_typeof(v -> 'confidence') <> 'number' OR (v ->> 'confidence')::numeric NOT BETWEEN 0 AND 1) THEN
+            v_problem := 'topics[] needs topic (string), present (boolean), confidence (0..1)';
+        END IF;
         IF v_problem IS NOT NULL THEN
+            IF i > 1 AND (SELECT count(DISTINCT t) FROM unnest(v_topics) t) < i THEN
+                RETURN 'topics must hold exactly one entry per script topic';
+            END IF;
             RETURN v_problem;
-        ELSIF jsonb_typeof(v -> 'topic') <> 'string' OR jsonb_typeof(v -> 'present') <> 'boolean'
-              OR jsonb_typeof(v -> 'confidence') <> 'number' OR (v ->> 'confidence')::numeric NOT BETWEEN 0 AND 1 THEN
-            RETURN 'topics[] needs topic (string), present (boolean), confidence (0..1)';
-        ELSIF array_position(v_topics, v ->> 'topic') IS NOT NULL THEN
-            RETURN 'topics must hold exactly one entry per script topic';
         END IF;
         v_topics := v_topics || (v ->> 'topic');
     END LOOP;
@@ -587,44 +598,52 @@ $$;
 -- (customer or agent) and how the excerpt matched, plus a "problem" for each
 -- item that is not grounded and for each verdict that needs evidence and has
 -- none (an outcome other than unknown, unless insufficient_context; any flag).
+-- One row. A SQL function returning a set, so that the planner inlines it into
+-- the query that reads it: _store_reports grounds a batch's reports in its check
+-- query (a subplan started once, not a function and a query per report).
+CREATE OR REPLACE FUNCTION parecer._grounding_set(p_report jsonb, p_session_id text) RETURNS TABLE (grounding jsonb)
+LANGUAGE sql STABLE
+AS $$
+    SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
+    FROM (
+        SELECT l.ord, e.i,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'path', l.k || '[' || (e.i - 1) || ']',
+                   'message_id', e.x ->> 'message_id',
+                   'role', m.role,
+                   'match', m.match,
+                   'problem', CASE WHEN m.match IS NOT NULL THEN NULL
+                                   WHEN m.role IS NOT NULL THEN 'not found in the cited message'
+                                   ELSE 'no such message in this session' END)) AS item
+        FROM parecer._evidence_lists(p_report) WITH ORDINALITY l(k, ev, ord)
+        CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
+        LEFT JOIN LATERAL (
+            SELECT CASE WHEN sm.from_me THEN 'agent' ELSE 'customer' END AS role,
+                   COALESCE(parecer._match(sm.body, e.x ->> 'excerpt'),
+                            parecer._match(sm.transcription, e.x ->> 'excerpt')) AS match
+            FROM parecer.source_messages sm
+            WHERE sm.message_id = e.x ->> 'message_id' AND sm.session_id = p_session_id
+            ORDER BY 2 NULLS LAST
+            LIMIT 1) m ON true
+        UNION ALL
+        SELECT 0, 0, jsonb_build_object('path', 'outcome.evidence', 'problem', 'a verdict needs evidence: outcome.status '
+                                        || (p_report #>> '{outcome,status}') || ' cites no message')
+        WHERE p_report #>> '{outcome,status}' <> 'unknown' AND NOT (p_report -> 'insufficient_context')::boolean
+          AND jsonb_array_length(p_report #> '{outcome,evidence}') = 0
+        UNION ALL
+        SELECT 1000 + f.i, 0, jsonb_build_object('path', pg_catalog.format('flags[%s].evidence', f.i - 1),
+                                                 'problem', 'a flag needs evidence: ' || (f.x ->> 'flag') || ' cites no message')
+        FROM jsonb_array_elements(p_report -> 'flags') WITH ORDINALITY f(x, i)
+        WHERE jsonb_array_length(f.x -> 'evidence') = 0
+    ) g
+$$;
+
+-- _grounding_set's one row, for one report.
 CREATE OR REPLACE FUNCTION parecer._grounding(p_report jsonb, p_session_id text) RETURNS jsonb
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN (
-        SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
-        FROM (
-            SELECT l.ord, e.i,
-                   jsonb_strip_nulls(jsonb_build_object(
-                       'path', l.k || '[' || (e.i - 1) || ']',
-                       'message_id', e.x ->> 'message_id',
-                       'role', m.role,
-                       'match', m.match,
-                       'problem', CASE WHEN m.match IS NOT NULL THEN NULL
-                                       WHEN m.role IS NOT NULL THEN 'not found in the cited message'
-                                       ELSE 'no such message in this session' END)) AS item
-            FROM parecer._evidence_lists(p_report) WITH ORDINALITY l(k, ev, ord)
-            CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
-            LEFT JOIN LATERAL (
-                SELECT CASE WHEN sm.from_me THEN 'agent' ELSE 'customer' END AS role,
-                       COALESCE(parecer._match(sm.body, e.x ->> 'excerpt'),
-                                parecer._match(sm.transcription, e.x ->> 'excerpt')) AS match
-                FROM parecer.source_messages sm
-                WHERE sm.message_id = e.x ->> 'message_id' AND sm.session_id = p_session_id
-                ORDER BY 2 NULLS LAST
-                LIMIT 1) m ON true
-            UNION ALL
-            SELECT 0, 0, jsonb_build_object('path', 'outcome.evidence', 'problem', 'a verdict needs evidence: outcome.status '
-                                            || (p_report #>> '{outcome,status}') || ' cites no message')
-            WHERE p_report #>> '{outcome,status}' <> 'unknown' AND NOT (p_report -> 'insufficient_context')::boolean
-              AND jsonb_array_length(p_report #> '{outcome,evidence}') = 0
-            UNION ALL
-            SELECT 1000 + f.i, 0, jsonb_build_object('path', pg_catalog.format('flags[%s].evidence', f.i - 1),
-                                                     'problem', 'a flag needs evidence: ' || (f.x ->> 'flag') || ' cites no message')
-            FROM jsonb_array_elements(p_report -> 'flags') WITH ORDINALITY f(x, i)
-            WHERE jsonb_array_length(f.x -> 'evidence') = 0
-        ) g
-    );
+    RETURN (SELECT g.grounding FROM parecer._grounding_set(p_report, p_session_id) g);
 END
 $$;
 
@@ -663,6 +682,7 @@ CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[],
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan   -- as _prompts: one plan for any batch
+SET jit = off   -- the inlined grounding's row estimates would make each check a 40 ms compile
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -714,44 +734,45 @@ BEGIN
                                                             parecer._input_budget_chars(a.instructions, a.report_schema))) END AS omitted
         FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages)
              WITH ORDINALITY i(id, token, report, model, hash, usage, o)
+        -- the clients of the batch the caller serves: _serves (15_access.sql) once per client
+        CROSS JOIN (SELECT ARRAY(SELECT x.client_id
+                                 FROM (SELECT DISTINCT a.client_id FROM parecer.analyses a WHERE a.analysis_id = ANY (p_ids)
+                                       OFFSET 0) x   -- not pushed below the DISTINCT
+                                 WHERE parecer._serves(x.client_id)) AS clients) sv
         LEFT JOIN LATERAL (
             SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language, s.instructions,
                    s.report_schema
             FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
             WHERE a.analysis_id = i.id AND a.lease_token = i.token AND a.lease_expires_at >= now()
-              AND parecer._serves(a.client_id)   -- the caller still serves the client (15_access.sql)
+              AND a.client_id = ANY (sv.clients)   -- the caller still serves the client
         ) a ON true
-        CROSS JOIN LATERAL (
+        CROSS JOIN LATERAL (   -- which of these checks refuses the item first, decided once
             SELECT CASE
                      WHEN a.session_id IS NULL THEN NULL
-                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage) THEN 'PR010'
-                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'PR010'
-                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200 THEN 'PR010'
+                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage) THEN 1
+                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 2
+                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200 THEN 3
                      -- The report must come from the prompt prompt_for gave the lease holder in
                      -- this attempt (with isolation off, an attempt that never asked keeps the
                      -- hash it reports).
                      WHEN a.given_prompt_hash IS DISTINCT FROM i.hash
-                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on') THEN 'PR017'
-                   END AS code,
-                   CASE
-                     WHEN a.session_id IS NULL THEN NULL
-                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage)
-                       THEN 'usage must be a JSON object with non-negative integer token counts, or NULL'
-                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'prompt_hash must be a sha256 hex digest'
-                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200
-                       THEN 'model must name the model that answered'
-                     WHEN a.given_prompt_hash IS DISTINCT FROM i.hash
-                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on')
-                       THEN pg_catalog.format('prompt_hash %s is not the hash of the prompt given for this attempt (%s)',
-                                              left(i.hash, 64), COALESCE(a.given_prompt_hash, 'none given'))
+                          AND (a.given_prompt_hash IS NOT NULL OR parecer._setting('isolation') = 'on') THEN 4
+                   END AS k
+            OFFSET 0
+        ) k
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN k.k = 4 THEN 'PR017' WHEN k.k IS NOT NULL THEN 'PR010' END AS code,
+                   CASE k.k
+                     WHEN 1 THEN 'usage must be a JSON object with non-negative integer token counts, or NULL'
+                     WHEN 2 THEN 'prompt_hash must be a sha256 hex digest'
+                     WHEN 3 THEN 'model must name the model that answered'
+                     WHEN 4 THEN pg_catalog.format('prompt_hash %s is not the hash of the prompt given for this attempt (%s)',
+                                                   left(i.hash, 64), COALESCE(a.given_prompt_hash, 'none given'))
                    END AS refusal,
-                   CASE
-                     WHEN a.session_id IS NULL THEN NULL
-                     WHEN i.usage IS NOT NULL AND NOT parecer._usage_ok(i.usage)
-                       THEN 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}'
-                     WHEN i.hash IS NULL OR NOT parecer._is_sha256_hex(i.hash) THEN 'Use prompt_hash from parecer.prompt_for.'
-                     WHEN i.model IS NULL OR btrim(i.model) = '' OR length(i.model) > 200
-                       THEN 'Pass the model from the provider''s response.'
+                   CASE k.k
+                     WHEN 1 THEN 'e.g. {"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}'
+                     WHEN 2 THEN 'Use prompt_hash from parecer.prompt_for.'
+                     WHEN 3 THEN 'Pass the model from the provider''s response.'
                      ELSE 'Report prompt_hash exactly as parecer.prompt_for returned it to you under this lease; call prompt_for after claim and send what it returns.'
                    END AS hint
             OFFSET 0
@@ -763,8 +784,9 @@ BEGIN
             OFFSET 0
         ) p
         CROSS JOIN LATERAL (
+            -- _grounding, inlined: one subplan for the batch (and only for a well-formed report)
             SELECT CASE WHEN a.session_id IS NOT NULL AND r.refusal IS NULL AND p.problem IS NULL
-                        THEN parecer._grounding(i.report, a.session_id) END AS grounding
+                        THEN (SELECT gs.grounding FROM parecer._grounding_set(i.report, a.session_id) gs) END AS grounding
             OFFSET 0
         ) g
         CROSS JOIN LATERAL (
@@ -776,19 +798,22 @@ BEGIN
     -- Store the items that passed, the lease checked again, the cost priced.
     IF v_any THEN
         WITH ok AS (
-            SELECT i.id, i.token, i.report, i.model, i.hash, i.usage, i.grounding, i.omitted, i.o
+            SELECT i.id, i.token, i.report, i.model, i.hash, i.usage, i.grounding, i.omitted, i.o, c.cost_usd
             FROM unnest(p_ids, p_tokens, p_reports, p_models, p_hashes, p_usages, v_ground, v_omitted, v_code)
                  WITH ORDINALITY i(id, token, report, model, hash, usage, grounding, omitted, code, o)
+            LEFT JOIN LATERAL parecer._cost_set(COALESCE(i.model, i.usage ->> 'model', ''), i.usage) c   -- _cost, inlined
+                   ON i.usage IS NOT NULL
             WHERE i.grounding IS NOT NULL AND i.code IS NULL
         ), u AS (
             UPDATE parecer.analyses a
                SET status = 'done', report = ok.report, grounding = ok.grounding, model = ok.model,
                    omitted_messages = ok.omitted,
-                   prompt_hash = ok.hash, usage = ok.usage, error = NULL,
-                   cost_usd = CASE WHEN ok.usage IS NOT NULL
-                                   THEN parecer._cost(COALESCE(ok.model, ok.usage ->> 'model', ''), ok.usage) END,
+                   prompt_hash = ok.hash, usage = ok.usage, error = NULL, cost_usd = ok.cost_usd,
                    next_retry_at = NULL, lease_token = NULL, lease_expires_at = NULL,
-                   processed_at = now(), updated_at = now()
+                   processed_at = now(), updated_at = now(),
+                   -- what was analysed: the session's fingerprint (68_changes.sql) as the source is now
+                   (analysed_message_count, analysed_last_message_at) =
+                       (SELECT count(*), max(m.sent_at) FROM parecer.source_messages m WHERE m.session_id = a.session_id)
               FROM ok
              WHERE a.analysis_id = ok.id
                AND a.analysis_id = ANY (ARRAY(SELECT ok.id FROM ok))   -- by primary key, never a scan

@@ -4,23 +4,12 @@
 -- again. Seed 001 keeps one conversation per chat across episodes, and late
 -- messages arrive: without this a changed session is never noticed.
 
--- Record the fingerprint when an item becomes done (mark_done's UPDATE), from the
--- source as it is at that moment. A message that arrives between prompt_for and
--- mark_done is counted without having been analysed; the min_idle rule makes that
--- rare, and the next change of the session flags the item again.
-CREATE OR REPLACE FUNCTION parecer._fingerprint() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    SELECT count(*), max(m.sent_at) INTO NEW.analysed_message_count, NEW.analysed_last_message_at
-    FROM parecer.source_messages m WHERE m.session_id = NEW.session_id;
-    RETURN NEW;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parecer.analyses
-    FOR EACH ROW WHEN (NEW.status = 'done' AND OLD.status IS DISTINCT FROM 'done')
-    EXECUTE FUNCTION parecer._fingerprint();
+-- The fingerprint is recorded by the UPDATE that makes an item done (_store_reports
+-- in 60_reports.sql, behind mark_done and mark_done_many: the one way to done),
+-- from the source as it is at that moment. A message that arrives between
+-- prompt_for and mark_done is counted without having been analysed; the min_idle
+-- rule makes that rare, and the next change of the session flags the item again.
+-- (Until migration 0016 a trigger did it, with one query per row.)
 
 -- Done items whose session changed since it was analysed.
 CREATE OR REPLACE VIEW parecer.stale_reports WITH (security_barrier = true) AS

@@ -1053,7 +1053,13 @@ body md5 5eba161d065427a5dfe7e6e86c0a39b0
 ARGUMENTS p_model text, p_usage jsonb
 RETURNS numeric
 LANGUAGE plpgsql STABLE
-body md5 6b30487b922a9bbd9210a33d19b352ad
+body md5 acb6a7e64c0e74ef72dbb5d3e95fd67e
+
+-- function: parecer._cost_set(text,jsonb)
+ARGUMENTS p_model text, p_usage jsonb
+RETURNS TABLE(cost_usd numeric)
+LANGUAGE sql STABLE
+body md5 7794b755d8f2a0851ad41543db8a13fd
 
 -- function: parecer._end_attempt(uuid,integer,text,uuid,timestamp with time zone,text,text,text,text,jsonb,text,text)
 ARGUMENTS p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid, p_claimed_at timestamp with time zone, p_outcome text, p_error text, p_model text, p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text
@@ -1085,12 +1091,6 @@ RETURNS json
 LANGUAGE plpgsql IMMUTABLE
 body md5 d700fa510d7a1a4110d52e82cf39776c
 
--- function: parecer._fingerprint()
-ARGUMENTS 
-RETURNS trigger
-LANGUAGE plpgsql VOLATILE
-body md5 d6268c3e9953019e05bc003511affc4f
-
 -- function: parecer._flags()
 ARGUMENTS 
 RETURNS text[]
@@ -1119,7 +1119,13 @@ body md5 01cde9e62565112a36dbd299a369fbe5
 ARGUMENTS p_report jsonb, p_session_id text
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
-body md5 433cb9ee7ca5dd5203009c6217b03e62
+body md5 75c1b847c9278ba9a992fe9f9dee3e8a
+
+-- function: parecer._grounding_set(jsonb,text)
+ARGUMENTS p_report jsonb, p_session_id text
+RETURNS TABLE(grounding jsonb)
+LANGUAGE sql STABLE
+body md5 a66cc954419f4df040898b2f3192c45a
 
 -- function: parecer._input_budget_chars(text,json)
 ARGUMENTS p_instructions text, p_report_schema json
@@ -1305,7 +1311,7 @@ body md5 45fdc30aff08d8efd23ac0c65e4064fa
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 292704cfc92e1a1d234d35563d5e3ab1
+body md5 9e392762a68d436e7acc6a99a4c3805d
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
@@ -1383,8 +1389,9 @@ body md5 8ad81007e882f8c329b8c41e2e94b279
 ARGUMENTS p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[], p_hashes text[], p_usages jsonb[]
 RETURNS TABLE(ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
 LANGUAGE plpgsql VOLATILE
+SET jit=off
 SET plan_cache_mode=force_generic_plan
-body md5 9b2f54a78be394959dd0cda75f9bdf3e
+body md5 83a64f3fc2b83ac9f316a2f6318aae59
 
 -- function: parecer._tag_filter(jsonb)
 ARGUMENTS p_filter jsonb, OUT mode text, OUT tags text[]
@@ -1774,9 +1781,6 @@ body md5 224e79649ce65dadedd2f900258ffb88
 -- trigger: analyses_extra_fields
 CREATE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (new.report IS DISTINCT FROM old.report))) EXECUTE FUNCTION parecer._check_extra_fields()
 
--- trigger: analyses_fingerprint
-CREATE TRIGGER analyses_fingerprint BEFORE UPDATE OF status ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (old.status IS DISTINCT FROM 'done'::text))) EXECUTE FUNCTION parecer._fingerprint()
-
 -- trigger: analyses_register_clients
 CREATE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION parecer._register_clients()
 
@@ -1894,6 +1898,9 @@ postgres=X/postgres
 -- acl: parecer._cost(text,jsonb)
 postgres=X/postgres
 
+-- acl: parecer._cost_set(text,jsonb)
+postgres=X/postgres
+
 -- acl: parecer._end_attempt(uuid,integer,text,uuid,timestamp with time
 postgres=X/postgres
 
@@ -1909,9 +1916,6 @@ postgres=X/postgres
 -- acl: parecer._extra_schema(jsonb)
 postgres=X/postgres
 
--- acl: parecer._fingerprint()
-postgres=X/postgres
-
 -- acl: parecer._flags()
 postgres=X/postgres
 
@@ -1925,6 +1929,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._grounding(jsonb,text)
+postgres=X/postgres
+
+-- acl: parecer._grounding_set(jsonb,text)
 postgres=X/postgres
 
 -- acl: parecer._input_budget_chars(text,json)
