@@ -1405,7 +1405,7 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
         {"message_id": other, "excerpt": next(x for x in pool.texts[other] if x)[:30]}
     ]
     bad = conn.execute(
-        "SELECT jsonb_path_query_array(parecer._grounding(%s::jsonb, %s), '$[*] ? (exists(@.problem))') AS bad",
+        "SELECT jsonb_path_query_array((SELECT g.grounding FROM parecer._grounding_set(%s::jsonb, %s) g), '$[*] ? (exists(@.problem))') AS bad",
         (json.dumps(doc), pool.item["session_id"]),
     ).fetchone()
     assert bad is not None and [b["message_id"] for b in bad["bad"]] == [other]
@@ -1418,7 +1418,7 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
 
 
 def check_never_raises(conn: Conn, report: Any, topics: list[str], session_id: str) -> None:
-    """mark_done's one report check (_report_problem, then _grounding) never raises on any input:
+    """mark_done's one report check (_report_problem, then _grounding_set) never raises on any input:
     whatever a model sends, the answer is a problem text (PR007), a list of ungrounded evidence
     (PR008), or neither."""
     try:
@@ -1435,7 +1435,8 @@ def check_never_raises(conn: Conn, report: Any, topics: list[str], session_id: s
         return
     if problem is None:
         bad = conn.execute(
-            "SELECT parecer._grounding(%s::jsonb, %s) AS b", (doc, session_id)
+            "SELECT (SELECT g.grounding FROM parecer._grounding_set(%s::jsonb, %s) g) AS b",
+            (doc, session_id),
         ).fetchone()
         assert bad is not None and isinstance(bad["b"], list)
     note(f"problem={problem}")

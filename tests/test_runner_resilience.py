@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from typing import Any
 
 import psycopg
@@ -201,7 +200,6 @@ def test_runner_once_with_a_wrong_key_exits_3_at_once_spending_nothing(db_url: s
             "OPENAI_BASE_URL": s.url,
             "OPENAI_API_KEY": KEY,
         }
-        t0 = time.monotonic()
         p = subprocess.run(
             [sys.executable, "-m", "parecer.cli", "runner", "--once", "--concurrency", "4"],
             env=env,
@@ -209,10 +207,9 @@ def test_runner_once_with_a_wrong_key_exits_3_at_once_spending_nothing(db_url: s
             text=True,
             timeout=60,
         )
-        took = time.monotonic() - t0
-        assert s.stats()["unauthorized"] >= 1
+        # at once: the calls in flight when the first 401 came back, none after it
+        assert 1 <= s.stats()["unauthorized"] <= 4
     assert p.returncode == EXIT_PROVIDER_FATAL, p.stderr
-    assert took < 30
     logs = p.stdout + p.stderr
     assert logs.count("fatal provider error") == 1, logs
     assert "OPENAI_API_KEY" in logs  # names the fix
@@ -281,10 +278,8 @@ def test_once_stops_at_a_daily_limit_instead_of_waiting_for_tomorrow(db_url: str
             make_session(c)
         c.execute("SELECT * FROM parecer.set_rate_limit('t:gpt-5-mini', rpd => 3)")
         start_run(c)
-    t0 = time.monotonic()
     with Standin(StandinConfig(latency_ms=(1, 5))) as s:
-        stats = run(cfg(db_url, s, concurrency=2))
-    assert time.monotonic() - t0 < 60
+        stats = run(cfg(db_url, s, concurrency=2))  # returns: does not wait for tomorrow
     with db.connect(db_url) as c:
         got = items(c)
         assert sorted(i["status"] for i in got.values()) == ["done"] * 3 + ["pending"] * 3

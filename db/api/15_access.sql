@@ -39,8 +39,7 @@ COMMENT ON VIEW parecer._caller_scope IS
 
 -- The client ids the caller may serve and see; NULL: every client.
 CREATE OR REPLACE FUNCTION parecer._caller_clients() RETURNS text[]
-LANGUAGE sql STABLE
-AS $$ SELECT CASE WHEN sc.all_clients THEN NULL ELSE sc.client_ids END FROM parecer._caller_scope sc $$;
+LANGUAGE sql STABLE AS $$ SELECT CASE WHEN sc.all_clients THEN NULL ELSE sc.client_ids END FROM parecer._caller_scope sc $$;
 
 -- Whether the caller serves a client: the one tenant check of every call on a
 -- leased item (parecer._lease, the lease predicate of mark_done, mark_failed and
@@ -50,8 +49,7 @@ AS $$ SELECT CASE WHEN sc.all_clients THEN NULL ELSE sc.client_ids END FROM pare
 -- pg_temp table is the caller's to forge, and SET ROLE may change the caller
 -- within a transaction.)
 CREATE OR REPLACE FUNCTION parecer._serves(p_client_id text) RETURNS boolean
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF (SELECT COALESCE(st.value, st.default_value) FROM parecer._settings st WHERE st.name = 'isolation') = 'off' THEN
         RETURN true;
@@ -64,8 +62,7 @@ $$;
 -- superuser, schema owner, or granted the client directly or through a role it is
 -- a member of); false for a role that does not exist. For revoke_client and doctor.
 CREATE OR REPLACE FUNCTION parecer._role_serves(p_role name, p_client_id text) RETURNS boolean
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF p_role IS NULL OR NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = p_role) THEN
         RETURN false;
@@ -81,8 +78,7 @@ $$;
 -- Resolve a client slug the caller may see; a client it may not see is unknown
 -- to it (PR001, the same error as a slug that does not exist).
 CREATE OR REPLACE FUNCTION parecer._visible_client(p_slug text, OUT client_id text, OUT client_slug text)
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_ids text[] := parecer._caller_clients();
 BEGIN
@@ -106,10 +102,7 @@ COMMENT ON VIEW parecer.client_grants IS
 -- Bind a role to a client.
 CREATE OR REPLACE FUNCTION parecer.grant_client(role name, client_slug text)
 RETURNS SETOF parecer.client_grants
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_oid    oid;
     v_client record;
@@ -136,10 +129,7 @@ COMMENT ON FUNCTION parecer.grant_client(name, text) IS
 -- without waiting for the lease to run out.
 CREATE OR REPLACE FUNCTION parecer.revoke_client(role name, client_slug text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_n       integer;
     v_clients text[];

@@ -8,23 +8,19 @@
 
 -- How a conversation ended (report.outcome.status).
 CREATE OR REPLACE FUNCTION parecer._outcomes() RETURNS text[]
-LANGUAGE sql IMMUTABLE
-AS $$ SELECT '{resolved,unresolved,escalated,abandoned,unknown}'::text[] $$;
+LANGUAGE sql IMMUTABLE AS $$ SELECT '{resolved,unresolved,escalated,abandoned,unknown}'::text[] $$;
 
 -- The customer's mood (report.sentiment.start / .end).
 CREATE OR REPLACE FUNCTION parecer._sentiments() RETURNS text[]
-LANGUAGE sql IMMUTABLE
-AS $$ SELECT '{positive,neutral,negative,unknown}'::text[] $$;
+LANGUAGE sql IMMUTABLE AS $$ SELECT '{positive,neutral,negative,unknown}'::text[] $$;
 
 -- Things an operator should know about (report.flags[].flag).
 CREATE OR REPLACE FUNCTION parecer._flags() RETURNS text[]
-LANGUAGE sql IMMUTABLE
-AS $$ SELECT '{churn_risk,complaint,legal_threat,agent_error,slow_response,sensitive_data,abusive_language,human_requested}'::text[] $$;
+LANGUAGE sql IMMUTABLE AS $$ SELECT '{churn_risk,complaint,legal_threat,agent_error,slow_response,sensitive_data,abusive_language,human_requested}'::text[] $$;
 
 -- Resolve a client slug through parecer.source_clients; PR001 when unknown.
 CREATE OR REPLACE FUNCTION parecer._client(p_slug text, OUT client_id text, OUT client_slug text)
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     SELECT c.client_id, c.slug INTO client_id, client_slug
     FROM parecer.source_clients c
@@ -40,8 +36,7 @@ $$;
 -- Raise PR001 (unknown client) for a slug: one that does not exist, or that the
 -- caller may not see (parecer._visible_client).
 CREATE OR REPLACE FUNCTION parecer._raise_unknown_client(p_slug text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     RAISE EXCEPTION 'unknown client "%"', COALESCE(left(p_slug, 100), '<null>')
         USING ERRCODE = 'PR001',
@@ -52,8 +47,7 @@ $$;
 -- Role labels and fixed phrases per script language.
 CREATE OR REPLACE FUNCTION parecer._labels(p_language text)
 RETURNS TABLE (agent text, customer text, audio_missing text, audio_transcribed text, empty_message text)
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT l.agent, l.customer, l.audio_missing, l.audio_transcribed, l.empty_message FROM (VALUES
         ('pt-BR', 'ATENDENTE', 'CLIENTE', '[áudio: audio_present, conteúdo não disponível]', '[áudio transcrito]', '[mensagem sem texto]'),
         ('en',    'AGENT',     'CUSTOMER', '[audio: audio_present, content unavailable]',    '[audio transcript]', '[message without text]'),
@@ -67,8 +61,7 @@ $$;
 -- Company-side senders start with the agent label, so the instructions' "AGENT =
 -- sent by the company" still reads true; notes and system messages say what they are.
 CREATE OR REPLACE FUNCTION parecer._sender_label(p_language text, p_sender text) RETURNS text
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE p_sender
                WHEN 'customer' THEN l.customer
                WHEN 'agent' THEN l.agent
@@ -88,8 +81,7 @@ $$;
 -- Empty when the version names no keys or the session has none of them, so
 -- prompts without metadata are unchanged. Values on one line, 200 characters each.
 CREATE OR REPLACE FUNCTION parecer._metadata_line(p_session_id text, p_keys text[], p_language text) RETURNS text
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF cardinality(p_keys) IS DISTINCT FROM 0 AND p_keys IS NOT NULL THEN
         RETURN COALESCE((
@@ -111,8 +103,7 @@ $$;
 -- number "minimum"/"maximum", enum "values" (1-100 strings), string_list
 -- "max_items"; "evidence": true makes the field {"evidence": [...], "value": ...}.
 CREATE OR REPLACE FUNCTION parecer._extra_schema(p_fields jsonb) RETURNS json
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_hint constant text := 'extra_fields is a JSON array of up to 30 objects {"name": "priority", "type": "string"|"number"|"boolean"|"enum"|"string_list", "description": "...", "evidence": false} with distinct names (letters, digits, _; up to 64); number takes "minimum"/"maximum", enum "values" (1-100 distinct strings), string_list "max_items".';
     v_ev   constant json := parecer._report_schema('{}') -> 'properties' -> 'outcome' -> 'properties' -> 'evidence';
@@ -182,8 +173,7 @@ $$;
 -- A report schema with a version's "extra" object appended (key order kept);
 -- unchanged when there is none.
 CREATE OR REPLACE FUNCTION parecer._with_extra(p_schema json, p_extra json) RETURNS json
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_extra IS NULL THEN p_schema ELSE
         json_build_object(
             'type', 'object', 'additionalProperties', false,
@@ -197,8 +187,7 @@ $$;
 -- declares (NULL: nothing). Evidence inside is shaped and grounded with the rest
 -- of the report (_evidence_lists).
 CREATE OR REPLACE FUNCTION parecer._extra_problem(p_report jsonb, p_fields jsonb) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     f  jsonb;
     v  jsonb;
@@ -245,8 +234,7 @@ $$;
 -- (mark_done checks the standard report; this trigger the version's own fields,
 -- in the same statement, so a refused report still changes nothing).
 CREATE OR REPLACE FUNCTION parecer._check_extra_fields() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_problem text := parecer._extra_problem(NEW.report, (SELECT s.extra_fields FROM parecer.scripts s
                                                           WHERE s.script_id = NEW.script_id));
@@ -265,8 +253,7 @@ CREATE OR REPLACE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report 
 
 -- The report schema for a topic list: strict-mode JSON Schema, key order significant.
 CREATE OR REPLACE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
 WITH ev AS (
     SELECT json_build_object(
         'type', 'array',
@@ -334,8 +321,7 @@ RETURNS TABLE (role_intro text, script_title text, client_word text, script_word
                no_topics text, topics_ask text, read_title text, line_rule text, data_rule text,
                sent_by_company text, sent_by_customer text, audio_missing_rule text, audio_transcribed_rule text,
                answer_title text, json_rule text, evidence_rule text, order_rule text, language_rule text)
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT f.role_intro, f.script_title, f.client_word, f.script_word, f.topics_title, f.no_topics, f.topics_ask,
            f.read_title, f.line_rule, f.data_rule, f.sent_by_company, f.sent_by_customer, f.audio_missing_rule,
            f.audio_transcribed_rule, f.answer_title, f.json_rule, f.evidence_rule, f.order_rule, f.language_rule
@@ -396,8 +382,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._instructions(p_client_slug text, p_script_key text, p_version integer,
                                       p_script_text text, p_topics text[], p_language text)
 RETURNS text
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
 SELECT f.role_intro || E'\n\n'
     || '## ' || f.script_title || ' (' || f.client_word || ' ' || p_client_slug || ', ' || f.script_word || ' '
     || p_script_key || ' v' || p_version || ')' || E'\n'
@@ -422,8 +407,7 @@ $$;
 
 -- A script_info row for a scripts row.
 CREATE OR REPLACE FUNCTION parecer._script_info(s parecer.scripts) RETURNS parecer.script_info
-LANGUAGE sql STABLE
-AS $$
+LANGUAGE sql STABLE AS $$
     SELECT ROW(s.script_id, s.client_slug, s.script_key, s.version, s.is_active, s.language, s.model,
                s.topics, s.created_at, s.created_by, s.script_text, s.metadata_keys, s.extra_fields)::parecer.script_info
 $$;
@@ -440,10 +424,7 @@ CREATE OR REPLACE FUNCTION parecer.create_script_version(
     metadata_keys text[] DEFAULT '{}',
     extra_fields  jsonb DEFAULT NULL
 ) RETURNS parecer.script_info
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_client  record;
     v_version integer;
@@ -528,10 +509,7 @@ COMMENT ON FUNCTION parecer.create_script_version(text, text, text, text[], text
 -- List a client's scripts.
 CREATE OR REPLACE FUNCTION parecer.list_scripts(client_slug text, script_key text DEFAULT NULL, active_only boolean DEFAULT false)
 RETURNS SETOF parecer.script_info
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_client record;
 BEGIN
@@ -551,8 +529,7 @@ COMMENT ON FUNCTION parecer.list_scripts(text, text, boolean) IS
 -- The script version a run uses: the given version, or the highest active one.
 CREATE OR REPLACE FUNCTION parecer._resolve_script(p_client_slug text, p_script_key text, p_version integer)
 RETURNS parecer.scripts
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_client record;
     v_row    parecer.scripts;
@@ -588,10 +565,7 @@ $$;
 -- Resolve a script: the given version, or without one the highest active version.
 CREATE OR REPLACE FUNCTION parecer.resolve_script(client_slug text, script_key text, script_version integer DEFAULT NULL)
 RETURNS parecer.script_info
-LANGUAGE sql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT parecer._script_info(parecer._resolve_script(client_slug, script_key, script_version))
 $$;
 COMMENT ON FUNCTION parecer.resolve_script(text, text, integer) IS
@@ -601,10 +575,7 @@ COMMENT ON FUNCTION parecer.resolve_script(text, text, integer) IS
 CREATE OR REPLACE FUNCTION parecer.activate_script(client_slug text, script_key text, script_version integer,
                                         deactivate_others boolean DEFAULT true)
 RETURNS parecer.script_info
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_row parecer.scripts;
 BEGIN

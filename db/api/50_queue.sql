@@ -43,8 +43,7 @@
 -- checked in the WHERE: another client's item is not even locked (FOR UPDATE
 -- locks only the rows that pass it).
 CREATE OR REPLACE FUNCTION parecer._lease(p_analysis_id uuid, p_token uuid) RETURNS parecer.analyses
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_row parecer.analyses;
 BEGIN
@@ -75,8 +74,7 @@ $$;
 -- row visit): `lease_token = <token> AND lease_expires_at >= now() AND
 -- parecer._serves(client_id)`; this runs only when that UPDATE found nothing.
 CREATE OR REPLACE FUNCTION parecer._lease_refused(p_analysis_id uuid, p_token uuid) RETURNS void
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM parecer._lease(p_analysis_id, p_token);
     -- _lease found the lease valid: the caller's UPDATE lost a race it can retry.
@@ -92,8 +90,7 @@ $$;
 -- a batch that outlived its window is the provider's or the poller's fault, not
 -- the item's.
 CREATE OR REPLACE FUNCTION parecer._expire_leases() RETURNS integer
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_max     integer := parecer._setting_int('max_attempts');
     v_max_rel integer := parecer._setting_int('max_releases');
@@ -143,10 +140,7 @@ CREATE OR REPLACE FUNCTION parecer.enqueue(
     force_reprocess      boolean DEFAULT false,
     run_id               bigint DEFAULT NULL
 ) RETURNS TABLE (enqueued integer, reset integer, skipped integer)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_script  parecer.scripts;
     v_ids     text[];
@@ -264,11 +258,9 @@ COMMENT ON FUNCTION parecer.enqueue(text[], bigint, text, boolean, bigint) IS
 -- p_run_id: only items of that run (a batch of a backlog run, 75_batches.sql).
 CREATE OR REPLACE FUNCTION parecer._candidates(p_client_id text, p_limit integer, p_run_id bigint DEFAULT NULL)
 RETURNS TABLE (analysis_id uuid, backlog boolean)
-LANGUAGE plpgsql
 -- Generic plans: the same plan is right at any queue size and any LIMIT, and
 -- re-planning per LIMIT value cost as much as running the query.
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v_n integer;
 BEGIN
@@ -302,9 +294,8 @@ $$;
 -- planner could turn into a hash join over the whole table.
 CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name)
 RETURNS SETOF parecer.claimed_item
-LANGUAGE plpgsql   -- not sql: PL/pgSQL keeps the statement's plan across calls
-SET plan_cache_mode = force_generic_plan
-AS $$
+-- not sql: PL/pgSQL keeps the statement's plan across calls
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     RETURN QUERY
     WITH u AS (
@@ -329,6 +320,17 @@ BEGIN
 END
 $$;
 
+-- PR010 unless worker names the process that claims (claim, open_batch).
+CREATE OR REPLACE FUNCTION parecer._check_worker(p_worker text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_worker IS NULL OR btrim(p_worker) = '' OR length(p_worker) > 200 THEN
+        PERFORM parecer._invalid('worker must be a non-empty name of up to 200 characters',
+                                 'Name the process, e.g. worker => ''host-1:4242''.');
+    END IF;
+END
+$$;
+
 -- Claim up to max_items claimable items: each gets a lease (token + expiry) and
 -- the attempt number; commit before calling the model.
 CREATE OR REPLACE FUNCTION parecer.claim(
@@ -338,11 +340,7 @@ CREATE OR REPLACE FUNCTION parecer.claim(
     client_slug   text DEFAULT NULL,
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_item
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_worker  text := $1;
@@ -372,9 +370,7 @@ BEGIN
            EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
            (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
       INTO v_lease, v_expired, v_n, v_one;
-    IF v_worker IS NULL OR btrim(v_worker) = '' OR length(v_worker) > 200 THEN
-        PERFORM parecer._invalid('worker must be a non-empty name of up to 200 characters', 'Name the runner, e.g. worker => ''host-1:4242''.');
-    END IF;
+    PERFORM parecer._check_worker(v_worker);
     IF v_limit IS NULL OR v_limit < 1 OR v_limit > 1000 THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid max_items: %s', COALESCE(v_limit::text, 'NULL')), 'max_items must be between 1 and 1000.');
     END IF;
@@ -432,10 +428,7 @@ COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
 -- Extend the lease of an item in flight (heartbeat).
 CREATE OR REPLACE FUNCTION parecer.extend_lease(analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL)
 RETURNS timestamptz
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_lease integer := COALESCE(extend_lease.lease_seconds,
                                 LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds')));
@@ -464,8 +457,7 @@ COMMENT ON FUNCTION parecer.extend_lease(uuid, uuid, integer) IS
 CREATE OR REPLACE FUNCTION parecer._end_attempt(p_a parecer.analyses, p_analysis_id uuid, p_token uuid,
                                                 p_outcome text, p_error text, p_usage jsonb)
 RETURNS void
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_spent boolean := jsonb_typeof(p_usage) = 'object';
     v_cost  numeric;
@@ -474,7 +466,7 @@ BEGIN
         PERFORM parecer._lease_refused(p_analysis_id, p_token);
     END IF;
     IF v_spent THEN
-        v_cost := parecer._cost(COALESCE(p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage);
+        v_cost := (SELECT c.cost_usd FROM parecer._cost_set(COALESCE(p_usage ->> 'model', p_usage ->> 'requested_model', ''), p_usage) c);
     END IF;
     INSERT INTO parecer._attempts (analysis_id, attempt, worker, lease_token, claimed_at, finished_at, outcome,
                                    error, usage, cost_usd)
@@ -491,10 +483,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.mark_failed(analysis_id uuid, lease_token uuid, error text, retryable boolean DEFAULT true,
                                                usage jsonb DEFAULT NULL)
 RETURNS parecer.item_outcome
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_max   integer := parecer._setting_int('max_attempts');
     v_error text := left(COALESCE(NULLIF(btrim(mark_failed.error), ''), 'unspecified error'), 1000);
@@ -522,10 +511,7 @@ COMMENT ON FUNCTION parecer.mark_failed(uuid, uuid, text, boolean, jsonb) IS
 -- Give back an item you hold without spending an attempt.
 CREATE OR REPLACE FUNCTION parecer.release(analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, reason text DEFAULT NULL)
 RETURNS parecer.item_outcome
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_max    integer := parecer._setting_int('max_attempts');
     v_max_rel integer := parecer._setting_int('max_releases');
@@ -560,10 +546,7 @@ COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS
 
 -- When the next item becomes claimable (or a lease runs out), for a runner's poll timer.
 CREATE OR REPLACE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
-LANGUAGE sql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
     FROM parecer.analyses a
     JOIN parecer._budget_state b ON b.client_id = a.client_id AND b.blocked_reason IS NULL

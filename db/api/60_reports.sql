@@ -9,8 +9,7 @@
 -- no marker, and _fold still reads it as "[msg").
 -- (Not STRICT: a STRICT SQL function whose body is not strict is never inlined.)
 CREATE OR REPLACE FUNCTION parecer._one_line(p text) RETURNS text
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
 SELECT CASE WHEN p !~ '[\x01-\x1f\x7f\u0085\u2028\u2029]|\[[mM][sS][gG]' THEN p   -- most messages: one test
        ELSE regexp_replace(
               regexp_replace(
@@ -26,8 +25,7 @@ $$;
 -- what _transcript_fit says. mark_done records it.
 CREATE OR REPLACE FUNCTION parecer._omitted_messages(p_session_id text, p_language text, p_budget_chars bigint)
 RETURNS integer
-LANGUAGE plpgsql STABLE
-AS $fn$
+LANGUAGE plpgsql STABLE AS $fn$
 BEGIN
     IF (SELECT COALESCE(sum(6 * length(m.message_id) + 60 + length(COALESCE(m.media_type, ''))
                             + 3 * (COALESCE(length(m.body), 0) + COALESCE(length(m.transcription), 0)) + 60), 0)
@@ -46,8 +44,7 @@ $fn$;
 -- prompts of a batch build their transcripts in one statement, planned once.)
 CREATE OR REPLACE FUNCTION parecer._transcript_lines(p_session_id text, p_language text)
 RETURNS TABLE (lines text[])
-LANGUAGE sql STABLE
-AS $fn$
+LANGUAGE sql STABLE AS $fn$
 SELECT COALESCE(array_agg(
            '[msg ' || CASE WHEN m.message_id ~ '^[^][:space:][:cntrl:]"\u0085\u2028\u2029]+$' THEN m.message_id
                            ELSE COALESCE(translate(to_json(m.message_id)::text, E'\u0085\u2028\u2029', '   '), '?') END || '] '
@@ -80,8 +77,7 @@ $fn$;
 -- The line that stands for the messages the size policy leaves out, in the
 -- script's language: "[… 12 mensagens omitidas …]".
 CREATE OR REPLACE FUNCTION parecer._omission_line(p_language text, p_omitted integer) RETURNS text
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
 SELECT '[… ' || p_omitted || ' ' || CASE p_language
            WHEN 'en' THEN CASE WHEN p_omitted = 1 THEN 'message omitted' ELSE 'messages omitted' END
            WHEN 'es' THEN CASE WHEN p_omitted = 1 THEN 'mensaje omitido' ELSE 'mensajes omitidos' END
@@ -137,8 +133,7 @@ $fn$;
 -- names it in FROM, with _transcript_lines; a transcript that fits costs no call.)
 CREATE OR REPLACE FUNCTION parecer._transcript_fit(p_session_id text, p_language text, p_budget_chars bigint)
 RETURNS TABLE (input text, omitted integer)
-LANGUAGE sql STABLE
-AS $fn$
+LANGUAGE sql STABLE AS $fn$
 SELECT CASE WHEN w.fits THEN w.whole ELSE c.input END, CASE WHEN w.fits THEN 0 ELSE c.omitted END
 FROM parecer._transcript_lines(p_session_id, p_language) t
 CROSS JOIN LATERAL (
@@ -157,8 +152,7 @@ $fn$;
 -- estimate is ceil(characters / 3) of instructions, report schema and input
 -- (Portuguese runs near 3.5 characters a token; 3 errs on the safe side).
 CREATE OR REPLACE FUNCTION parecer._input_budget_chars(p_instructions text, p_report_schema json) RETURNS bigint
-LANGUAGE sql STABLE
-AS $$
+LANGUAGE sql STABLE AS $$
 SELECT parecer._setting_int('max_input_tokens')::bigint * 3
        - length(p_instructions) - length(p_report_schema::text) - 2
 $$;
@@ -167,23 +161,17 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.session_transcript(session_id text)
 RETURNS TABLE (message_id text, "position" bigint, from_me boolean, sent_at timestamptz,
                media_type text, body text, transcription text)
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-    v_session text := session_transcript.session_id;
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM parecer.source_sessions s WHERE s.session_id = v_session) THEN
-        RAISE EXCEPTION 'unknown session "%"', COALESCE(left(v_session, 100), '<null>')
+    IF NOT EXISTS (SELECT FROM parecer.source_sessions s WHERE s.session_id = session_transcript.session_id) THEN
+        RAISE EXCEPTION 'unknown session "%"', COALESCE(left(session_transcript.session_id, 100), '<null>')
             USING ERRCODE = 'PR014', HINT = 'Session ids come from parecer.eligible_sessions(client_slug) or parecer.reports.';
     END IF;
     RETURN QUERY
     SELECT m.message_id, row_number() OVER (ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST), m.from_me,
            m.sent_at, m.media_type, m.body, m.transcription
     FROM parecer.source_messages m
-    WHERE m.session_id = v_session
+    WHERE m.session_id = session_transcript.session_id
     ORDER BY m.sent_at NULLS LAST, m.message_id NULLS LAST;
 END
 $$;
@@ -195,11 +183,7 @@ COMMENT ON FUNCTION parecer.session_transcript(text) IS
 CREATE OR REPLACE FUNCTION parecer.leased_transcript(analysis_id uuid, lease_token uuid)
 RETURNS TABLE (message_id text, "position" bigint, from_me boolean, sent_at timestamptz,
                media_type text, body text, transcription text)
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_session text;
 BEGIN
@@ -230,11 +214,10 @@ CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[])
 RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
                sqlstate text, message text, hint text)
-LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
+-- records the hashes it gives the lease holder
 -- Generic plans: one plan is right for any list of ids, and planning this
 -- statement anew for each call cost more than running it.
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     v_sc      parecer._caller_scope;
@@ -314,10 +297,8 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.prompt_for(analysis_id uuid)
 RETURNS TABLE (instructions text, input text, report_schema json, prompt_hash text, model text,
                omitted_messages integer, input_tokens integer, repair_calls integer)
-LANGUAGE plpgsql VOLATILE   -- records the hash it gives the lease holder
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+-- records the hash it gives the lease holder
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v record;
@@ -337,10 +318,8 @@ COMMENT ON FUNCTION parecer.prompt_for(uuid) IS
 CREATE OR REPLACE FUNCTION parecer.prompts_for(analysis_ids uuid[])
 RETURNS TABLE (analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text,
                omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text)
-LANGUAGE plpgsql VOLATILE   -- records the hashes it gives the lease holder
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+-- records the hashes it gives the lease holder
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     IF analysis_ids IS NULL OR array_ndims(analysis_ids) > 1 OR cardinality(analysis_ids) > 1000 THEN
@@ -361,8 +340,7 @@ COMMENT ON FUNCTION parecer.prompts_for(uuid[]) IS
 -- NULL when nothing is: the one check of a report, for mark_done's decision and
 -- for its error message alike. Grounding is _grounding's.
 CREATE OR REPLACE FUNCTION parecer._report_problem(p_report jsonb, p_topics text[]) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     k_report  constant text[] := ARRAY['schema_version', 'summary', 'outcome', 'sentiment', 'topics', 'flags',
                                        'insufficient_context', 'next_action'];
@@ -477,8 +455,7 @@ $$;
 
 -- What is wrong with an object that must have exactly these keys, or NULL.
 CREATE OR REPLACE FUNCTION parecer._keys_problem(p_obj jsonb, p_keys text[], p_where text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
     IF jsonb_typeof(p_obj) = 'object' AND p_obj ?& p_keys AND (p_obj - p_keys) = '{}' THEN
         RETURN NULL;   -- the usual case, as one simple expression
@@ -496,8 +473,7 @@ $$;
 -- fields declared with evidence. (Element by element in simple expressions: no
 -- query to start for a report without custom fields.)
 CREATE OR REPLACE FUNCTION parecer._evidence_lists(p_report jsonb) RETURNS TABLE (k text, ev jsonb)
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_list jsonb;
     v_name text;
@@ -533,8 +509,7 @@ $$;
 -- variation selectors and zero-width characters dropped, whitespace runs as one
 -- space, and punctuation, quotes and spaces trimmed from both ends.
 CREATE OR REPLACE FUNCTION parecer._fold(p text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 SELECT btrim(
          regexp_replace(
            translate(
@@ -554,8 +529,7 @@ $$;
 -- folded excerpt shorter than 3 characters counts only when it is the whole
 -- message. A verbatim excerpt of 3 characters or more is found without folding.
 CREATE OR REPLACE FUNCTION parecer._match(p_text text, p_excerpt text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_text    text;
     v_excerpt text;
@@ -602,8 +576,7 @@ $$;
 -- the query that reads it: _store_reports grounds a batch's reports in its check
 -- query (a subplan started once, not a function and a query per report).
 CREATE OR REPLACE FUNCTION parecer._grounding_set(p_report jsonb, p_session_id text) RETURNS TABLE (grounding jsonb)
-LANGUAGE sql STABLE
-AS $$
+LANGUAGE sql STABLE AS $$
     SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
     FROM (
         SELECT l.ord, e.i,
@@ -638,19 +611,9 @@ AS $$
     ) g
 $$;
 
--- _grounding_set's one row, for one report.
-CREATE OR REPLACE FUNCTION parecer._grounding(p_report jsonb, p_session_id text) RETURNS jsonb
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    RETURN (SELECT g.grounding FROM parecer._grounding_set(p_report, p_session_id) g);
-END
-$$;
-
 -- Usage: token counts are JSON numbers written as 1 to 12 digits (no sign, fraction or exponent).
 CREATE OR REPLACE FUNCTION parecer._usage_ok(p_usage jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
 SELECT jsonb_typeof(p_usage) IS NOT DISTINCT FROM 'object'
    AND COALESCE(jsonb_typeof(p_usage -> 'input_tokens'), 'null') IN ('null', 'number')
    AND COALESCE(jsonb_typeof(p_usage -> 'cached_input_tokens'), 'null') IN ('null', 'number')
@@ -665,8 +628,7 @@ $$;
 
 -- Whether a prompt_hash is a sha256 digest in lowercase hex.
 CREATE OR REPLACE FUNCTION parecer._is_sha256_hex(p text) RETURNS boolean
-LANGUAGE sql IMMUTABLE
-AS $$ SELECT length(p) = 64 AND ltrim(p, '0123456789abcdef') = '' $$;
+LANGUAGE sql IMMUTABLE AS $$ SELECT length(p) = 64 AND ltrim(p, '0123456789abcdef') = '' $$;
 
 -- mark_done's checks and its write, for a batch of items given as parallel arrays
 -- (mark_done is a batch of one, mark_done_many a batch of distinct items): one
@@ -680,10 +642,9 @@ AS $$ SELECT length(p) = 64 AND ltrim(p, '0123456789abcdef') = '' $$;
 CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[],
                                                   p_hashes text[], p_usages jsonb[])
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan   -- as _prompts: one plan for any batch
-SET jit = off   -- the inlined grounding's row estimates would make each check a 40 ms compile
-AS $$
+-- as _prompts: one plan for any batch
+-- the inlined grounding's row estimates would make each check a 40 ms compile
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     v_n       integer := COALESCE(cardinality(p_ids), 0);
@@ -862,10 +823,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer.mark_done(analysis_id uuid, lease_token uuid, report jsonb, model text,
                                              prompt_hash text, usage jsonb DEFAULT NULL)
 RETURNS parecer.item_outcome
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v record;
 BEGIN
@@ -900,10 +858,7 @@ COMMENT ON VIEW parecer.reports IS 'With the isolation setting on, only the clie
 -- parecer.mark_done in a subtransaction of its own.
 CREATE OR REPLACE FUNCTION parecer.mark_done_many(items jsonb)
 RETURNS TABLE (analysis_id uuid, outcome text, sqlstate text, message text)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     v_item  jsonb;

@@ -106,9 +106,7 @@ BEGIN
         RAISE EXCEPTION 'unknown run %', COALESCE(open_batch.run_id::text, 'NULL')
             USING ERRCODE = 'PR012', HINT = 'SELECT run_id, client_slug, created_at FROM parecer.runs_overview lists the runs.';
     END IF;
-    IF worker IS NULL OR btrim(worker) = '' OR length(worker) > 200 THEN
-        PERFORM parecer._invalid('worker must be a non-empty name of up to 200 characters', 'Name the process, e.g. worker => ''host-1:4242''.');
-    END IF;
+    PERFORM parecer._check_worker(open_batch.worker);
     IF v_limit < 1 OR v_limit > parecer._setting_int('batch_max_items') THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid max_items: %s', v_limit),
                                  pg_catalog.format('max_items must be between 1 and %s (setting batch_max_items).',

@@ -9,10 +9,7 @@ CREATE OR REPLACE FUNCTION parecer.set_model_price(model text, input_usd_per_mto
                                         output_usd_per_mtok numeric, source text DEFAULT 'set by operator',
                                         taken_on date DEFAULT CURRENT_DATE, batch_price_factor numeric DEFAULT NULL)
 RETURNS SETOF parecer.model_prices
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF model IS NULL OR model !~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$' THEN
         PERFORM parecer._invalid('invalid model name', 'e.g. gpt-5-mini (prices match by prefix).');
@@ -41,26 +38,24 @@ $$;
 COMMENT ON FUNCTION parecer.set_model_price(text, numeric, numeric, numeric, text, date, numeric) IS
 'Add or change a model''s price (USD per million input, cached input and output tokens). batch_price_factor: the Batch API price as a fraction of those (NULL: keep the model''s, 0.5 for a new one). Errors: PR010.';
 
--- The cost in USD of an attempt's usage at the model's price. The tokens under
--- usage.batch (a Batch API call, 75_batches.sql) are part of the totals and are
--- charged at batch_price_factor times the standard price.
 -- Tokens of a usage object at per-million prices, in USD per million (no rounding).
 CREATE OR REPLACE FUNCTION parecer._usd_mtok(p_usage jsonb, p_input numeric, p_cached numeric, p_output numeric)
 RETURNS numeric
-LANGUAGE sql IMMUTABLE
-AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT GREATEST(COALESCE((p_usage ->> 'input_tokens')::numeric, 0)
                     - COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0), 0) * p_input
            + COALESCE((p_usage ->> 'cached_input_tokens')::numeric, 0) * p_cached
            + COALESCE((p_usage ->> 'output_tokens')::numeric, 0) * p_output
 $$;
 
--- _cost as a one-row set (none when the model has no price): a SQL function
--- returning a set, so that the planner inlines it into the query that joins it
--- (_store_reports prices a batch in its UPDATE, no function call per item).
+-- The cost in USD of an attempt's usage at the model's price (the longest priced
+-- prefix of the model's name), as a one-row set (none when the model has no price).
+-- The tokens under usage.batch (a Batch API call, 75_batches.sql) are part of the
+-- totals and are charged at batch_price_factor times the standard price. A SQL
+-- function returning a set, so that the planner inlines it into the query that
+-- joins it (_store_reports prices a batch in its UPDATE, no function call per item).
 CREATE OR REPLACE FUNCTION parecer._cost_set(p_model text, p_usage jsonb) RETURNS TABLE (cost_usd numeric)
-LANGUAGE sql STABLE
-AS $$
+LANGUAGE sql STABLE AS $$
     SELECT round((parecer._usd_mtok(p_usage, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok)
                   - (1 - p.batch_price_factor)
                     * parecer._usd_mtok(b.batch, p.input_usd_per_mtok, p.cached_input_usd_per_mtok, p.output_usd_per_mtok))
@@ -72,17 +67,12 @@ AS $$
     LIMIT 1
 $$;
 
+-- _cost_set as a scalar, for ad-hoc use (psql, tests, benchmarks): NULL when unpriced.
 CREATE OR REPLACE FUNCTION parecer._cost(p_model text, p_usage jsonb) RETURNS numeric
-LANGUAGE plpgsql STABLE
-AS $$
-BEGIN
-    RETURN (SELECT c.cost_usd FROM parecer._cost_set(p_model, p_usage) c);
-END
-$$;
+LANGUAGE sql STABLE AS $$ SELECT c.cost_usd FROM parecer._cost_set(p_model, p_usage) c $$;
 
 CREATE OR REPLACE FUNCTION parecer._budget_day(p_ts timestamptz DEFAULT now()) RETURNS date
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (p_ts AT TIME ZONE parecer._setting('budget_timezone'))::date;
 END
@@ -94,8 +84,7 @@ $$;
 CREATE OR REPLACE FUNCTION parecer._add_spend(p_client_id text, p_client_slug text, p_day date, p_usages jsonb[],
                                               p_cost numeric)
 RETURNS void
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_shard   smallint := pg_backend_pid() % 16;
     v_n       integer;
@@ -143,8 +132,7 @@ $$;
 
 -- Every client that ever had work gets a policy row (default priority, no budget).
 CREATE OR REPLACE FUNCTION parecer._register_clients() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO parecer._client_policy (client_id, client_slug)
     SELECT DISTINCT n.client_id, n.client_slug FROM new_rows n
@@ -187,8 +175,7 @@ LEFT JOIN LATERAL (
 -- Why claim hands out no work at all (the installation's budget), NULL when it may.
 -- A single lookup when no global budget is set.
 CREATE OR REPLACE FUNCTION parecer._global_blocked_reason() RETURNS text
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM parecer._global_budget b
                    WHERE b.daily_budget_usd IS NOT NULL OR b.monthly_budget_usd IS NOT NULL) THEN
@@ -229,8 +216,7 @@ CROSS JOIN LATERAL (
 -- claim asks it for every client with a budget, on every call, and as a SQL
 -- function it re-planned the budget-state view each time.
 CREATE OR REPLACE FUNCTION parecer._blocked_reason(p_client_id text) RETURNS text
-LANGUAGE plpgsql STABLE
-AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (SELECT b.blocked_reason FROM parecer._budget_state b WHERE b.client_id = p_client_id);
 END
@@ -241,8 +227,7 @@ $$;
 -- its spend is every client's, its notification says "client": null, "scope": "installation".
 CREATE OR REPLACE FUNCTION parecer._budget_alerts_check(p_client_id text, p_client_slug text, p_day date,
                                              p_daily numeric, p_monthly numeric) RETURNS void
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_spent  numeric;
     v_period text;
@@ -403,10 +388,7 @@ GROUP BY ri.run_id;
 COMMENT ON VIEW parecer.run_costs IS 'Tokens and cost per run (every attempt of the run''s items).';
 
 CREATE OR REPLACE FUNCTION parecer.estimate_cost(script_id bigint, sessions integer) RETURNS numeric
-LANGUAGE sql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH per_script AS (
         SELECT sum(t.cost_usd) / NULLIF(count(DISTINCT a.analysis_id) FILTER (WHERE a.status = 'done'), 0) AS c
         FROM parecer.analyses a JOIN parecer._finished_attempts t ON t.analysis_id = a.analysis_id
@@ -428,8 +410,7 @@ COMMENT ON FUNCTION parecer.estimate_cost(bigint, integer) IS
 -- Stored in _budget_alerts under the client id '*' (no source client id is '*'
 -- in practice; purge treats the rows like any other).
 CREATE OR REPLACE FUNCTION parecer._global_budget_alerts_check(p_day date) RETURNS void
-LANGUAGE plpgsql
-AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     v_b parecer._global_budget;
 BEGIN
@@ -451,10 +432,7 @@ COMMENT ON VIEW parecer.global_budget IS 'The installation''s daily and monthly 
 -- Set the installation's daily / monthly budget in USD (NULL: none).
 CREATE OR REPLACE FUNCTION parecer.set_global_budget(daily_usd numeric DEFAULT NULL, monthly_usd numeric DEFAULT NULL)
 RETURNS SETOF parecer.global_budget
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF daily_usd < 0 OR monthly_usd < 0 OR daily_usd > 1e9 OR monthly_usd > 1e9 THEN
         PERFORM parecer._invalid('budgets must be between 0 and 1e9 USD',
@@ -472,10 +450,7 @@ COMMENT ON FUNCTION parecer.set_global_budget(numeric, numeric) IS
 
 -- Units of a currency per US dollar: 1 for USD, the usd_exchange_rate setting for display_currency.
 CREATE OR REPLACE FUNCTION parecer.exchange_rate(currency text DEFAULT NULL) RETURNS numeric
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_display text := parecer._setting('display_currency');
     v_cur     text := upper(COALESCE(exchange_rate.currency, v_display));
@@ -499,10 +474,7 @@ RETURNS TABLE (client_slug text, month date, days_elapsed numeric, days_in_month
                spent_today_usd numeric, projected_today_usd numeric, spent_month_usd numeric, projected_month_usd numeric,
                currency_code text, spent_today numeric, projected_today numeric, spent_month numeric,
                projected_month numeric)
-LANGUAGE plpgsql STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_rate    numeric := parecer.exchange_rate(spend_projection.currency);
     v_cur     text := upper(COALESCE(spend_projection.currency, parecer._setting('display_currency')));

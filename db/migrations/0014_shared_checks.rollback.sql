@@ -4,3 +4,4 @@ DROP FUNCTION IF EXISTS parecer._batch(bigint, text[], text);
 DROP FUNCTION IF EXISTS parecer._check_provider_id(text, text, text, text);
 DROP FUNCTION IF EXISTS parecer._insights_client(text, text, integer, timestamptz, timestamptz);
 DROP FUNCTION IF EXISTS parecer._end_attempt(parecer.analyses, uuid, uuid, text, text, jsonb);
+DROP FUNCTION IF EXISTS parecer._check_worker(text);
