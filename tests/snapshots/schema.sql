@@ -982,17 +982,11 @@ RETURNS interval
 LANGUAGE plpgsql STABLE
 body md5 4af268e643a904e5b30d9e2e42989305
 
--- function: parecer._batch(bigint)
-ARGUMENTS p_batch_id bigint
+-- function: parecer._batch(bigint,text[],text)
+ARGUMENTS p_batch_id bigint, p_allowed text[], p_step text
 RETURNS parecer._batches
 LANGUAGE plpgsql VOLATILE
-body md5 47b7612ef88d45e3d97ee8f99accc37c
-
--- function: parecer._batch_state(parecer._batches,text[],text)
-ARGUMENTS p_b parecer._batches, p_allowed text[], p_step text
-RETURNS void
-LANGUAGE plpgsql VOLATILE
-body md5 5b628a0a7f8399c1aff7f9ebe650975b
+body md5 f3167e21374c7c7727c75aebe576af31
 
 -- function: parecer._blocked_reason(text)
 ARGUMENTS p_client_id text
@@ -1031,6 +1025,12 @@ RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 body md5 1333864aff7bb51fad5c8c2f550dbf4b
 
+-- function: parecer._check_provider_id(text,text,text,text)
+ARGUMENTS p_value text, p_name text, p_kind text, p_example text
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+body md5 1581bf8b35a28fb230d5b325ab08de12
+
 -- function: parecer._check_rate_key(text)
 ARGUMENTS p_key text
 RETURNS void
@@ -1043,6 +1043,12 @@ RETURNS void
 LANGUAGE plpgsql STABLE
 body md5 470537dde76d4ae164a438697bcf864b
 
+-- function: parecer._check_worker(text)
+ARGUMENTS p_worker text
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+body md5 0fab179a7095e29a20b7b59026e99eec
+
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
@@ -1052,8 +1058,8 @@ body md5 5eba161d065427a5dfe7e6e86c0a39b0
 -- function: parecer._cost(text,jsonb)
 ARGUMENTS p_model text, p_usage jsonb
 RETURNS numeric
-LANGUAGE plpgsql STABLE
-body md5 acb6a7e64c0e74ef72dbb5d3e95fd67e
+LANGUAGE sql STABLE
+body md5 beb23ce04ddce796c1d3c6774d5b8186
 
 -- function: parecer._cost_set(text,jsonb)
 ARGUMENTS p_model text, p_usage jsonb
@@ -1061,11 +1067,11 @@ RETURNS TABLE(cost_usd numeric)
 LANGUAGE sql STABLE
 body md5 7794b755d8f2a0851ad41543db8a13fd
 
--- function: parecer._end_attempt(uuid,integer,text,uuid,timestamp with time zone,text,text,text,text,jsonb,text,text)
-ARGUMENTS p_analysis_id uuid, p_attempt integer, p_worker text, p_token uuid, p_claimed_at timestamp with time zone, p_outcome text, p_error text, p_model text, p_prompt_hash text, p_usage jsonb, p_client_id text, p_client_slug text
+-- function: parecer._end_attempt(parecer.analyses,uuid,uuid,text,text,jsonb)
+ARGUMENTS p_a parecer.analyses, p_analysis_id uuid, p_token uuid, p_outcome text, p_error text, p_usage jsonb
 RETURNS void
 LANGUAGE plpgsql VOLATILE
-body md5 ad80c7062487bd86fa45a7a7ab2b0207
+body md5 dcbfe080fb7e6c46dc574aaf31253b8c
 
 -- function: parecer._evidence_lists(jsonb)
 ARGUMENTS p_report jsonb
@@ -1115,12 +1121,6 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE
 body md5 01cde9e62565112a36dbd299a369fbe5
 
--- function: parecer._grounding(jsonb,text)
-ARGUMENTS p_report jsonb, p_session_id text
-RETURNS jsonb
-LANGUAGE plpgsql STABLE
-body md5 75c1b847c9278ba9a992fe9f9dee3e8a
-
 -- function: parecer._grounding_set(jsonb,text)
 ARGUMENTS p_report jsonb, p_session_id text
 RETURNS TABLE(grounding jsonb)
@@ -1141,12 +1141,12 @@ SET jit=off
 SET search_path=pg_catalog, pg_temp
 body md5 b814c0201df0969593caed8aec354880
 
--- function: parecer._insights_check(text,text,text,integer,timestamp with time zone,timestamp with time zone)
-ARGUMENTS p_client_id text, p_client_slug text, p_script_key text, p_version integer, p_since timestamp with time zone, p_until timestamp with time zone
-RETURNS void
+-- function: parecer._insights_client(text,text,integer,timestamp with time zone,timestamp with time zone)
+ARGUMENTS p_slug text, p_script_key text, p_version integer, p_since timestamp with time zone, p_until timestamp with time zone, OUT client_id text, OUT client_slug text
+RETURNS record
 LANGUAGE plpgsql STABLE
 SET search_path=pg_catalog, pg_temp
-body md5 cb4d4b60a9a5b9dd986102a1b05db586
+body md5 86d215a6aeea0a12ad10d06ef3935bb6
 
 -- function: parecer._insights_extra(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 ARGUMENTS p_client_id text, p_script_key text, p_since timestamp with time zone, p_until timestamp with time zone, p_version integer, p_tag text
@@ -1271,6 +1271,12 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
 body md5 e7e4bc2db7f40fdf15ff73f41674d2e5
 
+-- function: parecer._purge_rows(regclass,text,boolean,integer)
+ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+body md5 f72671fc486680a121b0545f09957dd8
+
 -- function: parecer._purgeable_analyses(timestamp with time zone)
 ARGUMENTS p_cutoff timestamp with time zone
 RETURNS TABLE(analysis_id uuid)
@@ -1367,6 +1373,12 @@ RETURNS boolean
 LANGUAGE plpgsql STABLE
 body md5 bdd8831a1eea96d0ea19066ec83565cb
 
+-- function: parecer._set_client_policy(text,boolean,numeric,numeric,integer)
+ARGUMENTS p_slug text, p_budgets boolean, p_daily numeric, p_monthly numeric, p_priority integer
+RETURNS SETOF parecer.budgets
+LANGUAGE plpgsql VOLATILE
+body md5 06844527da26d193247f2a2542f0b058
+
 -- function: parecer._setting(text)
 ARGUMENTS p_name text
 RETURNS text
@@ -1376,14 +1388,14 @@ body md5 c643073b9f2156c51900acbbc493bbd9
 -- function: parecer._setting_int(text)
 ARGUMENTS p_name text
 RETURNS integer
-LANGUAGE plpgsql STABLE
-body md5 7035de3ce61f3cd2b032fe73eb610c79
+LANGUAGE sql STABLE
+body md5 a4c625c6369012d4e0baf1e46443a016
 
 -- function: parecer._setting_interval(text)
 ARGUMENTS p_name text
 RETURNS interval
-LANGUAGE plpgsql STABLE
-body md5 8ad81007e882f8c329b8c41e2e94b279
+LANGUAGE sql STABLE
+body md5 9ae5412af62a05cde97263379d9dfde3
 
 -- function: parecer._store_reports(uuid[],uuid[],jsonb[],text[],text[],jsonb[])
 ARGUMENTS p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[], p_hashes text[], p_usages jsonb[]
@@ -1466,28 +1478,28 @@ ARGUMENTS batch_id bigint
 RETURNS TABLE(analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint, script_key text, script_version integer, model text, lease_expires_at timestamp with time zone, retry_count integer, prompt_hash text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 fad6b59c975e9987ff36e8194696dfca
+body md5 31d1369d38e708b3ae879fd3ffc7565d
 
 -- function: parecer.batch_progress(bigint,text,integer,integer,integer,text,text,text)
 ARGUMENTS batch_id bigint, provider_status text, request_total integer DEFAULT NULL::integer, request_completed integer DEFAULT NULL::integer, request_failed integer DEFAULT NULL::integer, output_file_id text DEFAULT NULL::text, error_file_id text DEFAULT NULL::text, error text DEFAULT NULL::text
 RETURNS SETOF parecer.batches
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 925f87585375b1547bf7fb0a2bf5afd1
+body md5 8aecb3229472c31ef03959340ecd33b4
 
 -- function: parecer.batch_submitted(bigint,text,text)
 ARGUMENTS batch_id bigint, provider_batch_id text, provider_status text DEFAULT NULL::text
 RETURNS SETOF parecer.batches
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 019ad8b45d3bab631d2ae15fd470d92d
+body md5 d49ec535e45ab025b134d0a02e343bf2
 
 -- function: parecer.batch_uploaded(bigint,text)
 ARGUMENTS batch_id bigint, input_file_id text
 RETURNS SETOF parecer.batches
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 3864e664559d4bcc465e21439e0cc791
+body md5 6536ad5d02a9a2405f51858692adddab
 
 -- function: parecer.bind_rate_limit(text,text[])
 ARGUMENTS limit_key text, client_slugs text[]
@@ -1509,7 +1521,7 @@ RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 bc73d55b086735d518368086f7f1f8f3
+body md5 6508d9ec7b6af8e5886900a297f15666
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
@@ -1565,7 +1577,7 @@ ARGUMENTS batch_id bigint, reason text DEFAULT NULL::text
 RETURNS SETOF parecer.batches
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 0e9eadbf6557f909ce28dca1722f312e
+body md5 c2743398b5fdc45432a4b41df10ab7f0
 
 -- function: parecer.grant_client(name,text)
 ARGUMENTS role name, client_slug text
@@ -1580,21 +1592,21 @@ RETURNS SETOF parecer.insight_session
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET jit=off
 SET search_path=pg_catalog, pg_temp
-body md5 71297d96ef4dc614da817fd09763c4f3
+body md5 d5c323e6ba885d63926e4d029a35c643
 
 -- function: parecer.insights(text,text,timestamp with time zone,timestamp with time zone,integer,text)
 ARGUMENTS client_slug text, script_key text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, script_version integer DEFAULT NULL::integer, analysis_version_tag text DEFAULT NULL::text
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 0d09ff608dedd99f8d0dc92ffae20da4
+body md5 b27cb231df37ee785c5096dc2741666a
 
 -- function: parecer.leased_transcript(uuid,uuid)
 ARGUMENTS analysis_id uuid, lease_token uuid
 RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at timestamp with time zone, media_type text, body text, transcription text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 86e8a4e6b93815b066a1b6d1b7c4fa7e
+body md5 e65570839a6248b122a8d05390a20544
 
 -- function: parecer.list_batches(bigint,boolean)
 ARGUMENTS run_id bigint DEFAULT NULL::bigint, open_only boolean DEFAULT true
@@ -1629,7 +1641,7 @@ ARGUMENTS analysis_id uuid, lease_token uuid, error text, retryable boolean DEFA
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 31f9f655d200831292bbe11341277a91
+body md5 9e8dd043607b0e50922493e47ce4de3b
 
 -- function: parecer.next_due(text)
 ARGUMENTS client_slug text DEFAULT NULL::text
@@ -1643,7 +1655,7 @@ ARGUMENTS run_id bigint, worker text, max_items integer DEFAULT NULL::integer
 RETURNS SETOF parecer.batches
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 4911ffa5db0ced9395af625138fb1094
+body md5 5a031d52f1cf4a7146b6c4838e7ac474
 
 -- function: parecer.prompt_for(uuid)
 ARGUMENTS analysis_id uuid
@@ -1664,14 +1676,14 @@ ARGUMENTS older_than interval, dry_run boolean DEFAULT true, batch_size integer 
 RETURNS TABLE(kind text, deleted bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 560c2496fca76b1174c01d000fe09d4d
+body md5 a72e9e8ca6bddb506cd818223d3f09be
 
 -- function: parecer.release(uuid,uuid,integer,text)
 ARGUMENTS analysis_id uuid, lease_token uuid, delay_seconds integer DEFAULT 0, reason text DEFAULT NULL::text
 RETURNS parecer.item_outcome
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 78a1e289010ef2f9ea23d3b1b8f7dcd1
+body md5 e5178318de37455b15d57112cb558423
 
 -- function: parecer.report_rate(text,double precision,integer,integer,double precision,integer,integer,text)
 ARGUMENTS limit_key text, retry_after_seconds double precision DEFAULT NULL::double precision, remaining_requests integer DEFAULT NULL::integer, remaining_tokens integer DEFAULT NULL::integer, reset_seconds double precision DEFAULT NULL::double precision, estimated_tokens integer DEFAULT NULL::integer, actual_tokens integer DEFAULT NULL::integer, reason text DEFAULT NULL::text
@@ -1713,21 +1725,21 @@ ARGUMENTS session_id text
 RETURNS TABLE(message_id text, "position" bigint, from_me boolean, sent_at timestamp with time zone, media_type text, body text, transcription text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 e5ea8fe2006d612f6b1676df8e1c0b76
+body md5 5542ac602fd963cdf573b70b217c9b25
 
 -- function: parecer.set_budget(text,numeric,numeric)
 ARGUMENTS client_slug text, daily_usd numeric DEFAULT NULL::numeric, monthly_usd numeric DEFAULT NULL::numeric
 RETURNS SETOF parecer.budgets
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 7c905d18c9f875a1451553f1e13d58ca
+body md5 0e4f63ba8c7a86a36df071fa232e6c20
 
 -- function: parecer.set_client_priority(text,integer)
 ARGUMENTS client_slug text, priority integer
 RETURNS SETOF parecer.budgets
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 cebc7ac2fc421d0861ef5af3a835876f
+body md5 e43c1b359f4b7166b3d35bbdb6ba4313
 
 -- function: parecer.set_global_budget(numeric,numeric)
 ARGUMENTS daily_usd numeric DEFAULT NULL::numeric, monthly_usd numeric DEFAULT NULL::numeric
@@ -1776,7 +1788,7 @@ ARGUMENTS client_slug text, script_key text, script_version integer DEFAULT NULL
 RETURNS parecer.run_result
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 224e79649ce65dadedd2f900258ffb88
+body md5 2dd558303eb38cbeb3db3ff8162357f6
 
 -- trigger: analyses_extra_fields
 CREATE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (new.report IS DISTINCT FROM old.report))) EXECUTE FUNCTION parecer._check_extra_fields()
@@ -1862,10 +1874,7 @@ postgres=X/postgres
 -- acl: parecer._backoff(integer)
 postgres=X/postgres
 
--- acl: parecer._batch(bigint)
-postgres=X/postgres
-
--- acl: parecer._batch_state(parecer._batches,text[],text)
+-- acl: parecer._batch(bigint,text[],text)
 postgres=X/postgres
 
 -- acl: parecer._blocked_reason(text)
@@ -1886,10 +1895,16 @@ postgres=X/postgres
 -- acl: parecer._check_extra_fields()
 postgres=X/postgres
 
+-- acl: parecer._check_provider_id(text,text,text,text)
+postgres=X/postgres
+
 -- acl: parecer._check_rate_key(text)
 postgres=X/postgres
 
 -- acl: parecer._check_unique_sessions(text[])
+postgres=X/postgres
+
+-- acl: parecer._check_worker(text)
 postgres=X/postgres
 
 -- acl: parecer._client(text)
@@ -1901,7 +1916,7 @@ postgres=X/postgres
 -- acl: parecer._cost_set(text,jsonb)
 postgres=X/postgres
 
--- acl: parecer._end_attempt(uuid,integer,text,uuid,timestamp with time
+-- acl: parecer._end_attempt(parecer.analyses,uuid,uuid,text,text,jsonb
 postgres=X/postgres
 
 -- acl: parecer._evidence_lists(jsonb)
@@ -1928,9 +1943,6 @@ postgres=X/postgres
 -- acl: parecer._global_budget_alerts_check(date)
 postgres=X/postgres
 
--- acl: parecer._grounding(jsonb,text)
-postgres=X/postgres
-
 -- acl: parecer._grounding_set(jsonb,text)
 postgres=X/postgres
 
@@ -1940,7 +1952,7 @@ postgres=X/postgres
 -- acl: parecer._insights(text,text,timestamp with time zone,timestamp 
 postgres=X/postgres
 
--- acl: parecer._insights_check(text,text,text,integer,timestamp with t
+-- acl: parecer._insights_client(text,text,integer,timestamp with time 
 postgres=X/postgres
 
 -- acl: parecer._insights_extra(text,text,timestamp with time zone,time
@@ -2003,6 +2015,9 @@ postgres=X/postgres
 -- acl: parecer._prompts(uuid[])
 postgres=X/postgres
 
+-- acl: parecer._purge_rows(regclass,text,boolean,integer)
+postgres=X/postgres
+
 -- acl: parecer._purgeable_analyses(timestamp with time zone)
 postgres=X/postgres
 
@@ -2049,6 +2064,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._serves(text)
+postgres=X/postgres
+
+-- acl: parecer._set_client_policy(text,boolean,numeric,numeric,integer
 postgres=X/postgres
 
 -- acl: parecer._setting(text)
@@ -2460,7 +2478,7 @@ Change a setting; NULL restores the default. Errors: PR009 unknown setting or in
 Spend extrapolated linearly, budget_timezone calendar: this month's to the whole month (month-to-date / days elapsed, today counted by its elapsed fraction, * days in the month) and today's to the whole day (today / fraction of the day gone by); one row per client with spend this month, and a first row with client_slug NULL for the installation. Costs in USD and in currency (default: display_currency, via parecer.exchange_rate). Errors: PR030.
 
 -- comment: function parecer.start_run(text,text,integer,integer,jsonb,text,boolean,boolean,integer,timestamp with time zone,timestamp with time zone,boolean,boolean,interval,boolean,jsonb)
-Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions above max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.
+Select a client's eligible sessions for a script (highest active version unless script_version) and queue the newest max_sessions not yet done nor terminally failed (any with force_reprocess); backlog => true queues them as a backlog run (see set_run_backlog). Sessions must be idle for min_idle (NULL: the min_idle setting, 24 hours by default); a run asking for less says so in note. reanalyse_changed => true also re-queues done sessions whose messages changed since they were analysed (counted in changed; see parecer.stale_reports). metadata_filter: only sessions whose parecer.source_session_metadata contains it (see eligible_sessions). Returns the counts and estimated_cost_usd (parecer.estimate_cost of what it would enqueue). dry_run => true only counts and writes nothing. Errors: PR001, PR002, PR003, PR004, PR005 max_sessions outside 1..max_sessions_cap, PR010, PR015 session duplicated in source_sessions, PR031 invalid metadata_filter.
 
 -- comment: schema parecer
 parecer: LLM analysis of support chat sessions. Tables are not the API; functions and views are (see docs/sql-api.md).
