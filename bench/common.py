@@ -163,8 +163,12 @@ def _qi(name: str) -> str:
 
 @contextmanager
 def bench_database(server_url: str, name: str, *, keep: bool = False) -> Iterator[str]:
-    """A fresh database ``parecer_bench_<name>``: migrated, reference schema + adapter."""
-    dbname = f"parecer_bench_{name}"
+    """A fresh database ``parecer_bench_<name>``: migrated, reference schema + adapter.
+
+    It is dropped first (FORCE): two people benchmarking on one server set
+    PARECER_BENCH_TAG to tell their databases apart (``parecer_bench_<tag>_<name>``)."""
+    tag = os.environ.get("PARECER_BENCH_TAG", "")
+    dbname = f"parecer_bench_{tag + '_' if tag else ''}{name}"
     with psycopg.connect(server_url, autocommit=True) as c:
         c.add_notice_handler(lambda d: None)  # "does not exist, skipping"
         c.execute(f"DROP DATABASE IF EXISTS {_qi(dbname)} WITH (FORCE)")
