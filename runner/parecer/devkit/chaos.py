@@ -49,7 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -1073,25 +1073,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-database", action="store_true")
     a = p.parse_args(argv)
     lo, _, hi = a.latency_ms.partition(",")
-    cfg = ChaosConfig(
-        items=a.items,
-        minutes=a.minutes,
-        runners=a.runners,
-        concurrency=a.concurrency,
-        fault_rate=a.fault_rate,
-        faults=tuple(x.strip() for x in a.faults.split(",") if x.strip()),
-        latency_ms=(int(lo), int(hi or lo)),
-        lease_seconds=a.lease_seconds,
-        seed=a.seed,
-        kills=a.kills,
-        stops=a.stops,
-        cuts=a.cuts,
-        kill_every=a.kill_every,
-        stop_every=a.stop_every,
-        cut_every=a.cut_every,
-        settle_seconds=a.settle_seconds,
-        log_dir=a.log_dir,
-    )
+    # every option named as a ChaosConfig field is that field; two need parsing
+    given = {f.name: getattr(a, f.name) for f in fields(ChaosConfig) if f.name in vars(a)}
+    given["faults"] = tuple(x.strip() for x in a.faults.split(",") if x.strip())
+    given["latency_ms"] = (int(lo), int(hi or lo))
+    cfg = ChaosConfig(**given)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
