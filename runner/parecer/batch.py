@@ -161,6 +161,16 @@ class BatchRow:
     finished_at: datetime | None
     updated_at: datetime
 
+    def outcome(self) -> dict[str, Any]:
+        """What a log line says of a finished batch: status, item outcomes and cost."""
+        return {
+            "status": self.status,
+            "done": self.done,
+            "failed": self.failed,
+            "released": self.released,
+            "cost_usd": str(self.cost_usd),
+        }
+
 
 @dataclass(frozen=True)
 class BatchItem(ClaimedItem):
@@ -507,16 +517,7 @@ class BatchDriver:
         self.stats.output_tokens += runner.stats.output_tokens
         row = await self._batch("SELECT * FROM parecer.finish_batch(%s)", (b.batch_id,))
         assert row is not None
-        event(
-            log,
-            "batch finished",
-            batch=b.batch_id,
-            status=row.status,
-            done=row.done,
-            failed=row.failed,
-            released=row.released,
-            cost_usd=str(row.cost_usd),
-        )
+        event(log, "batch finished", batch=b.batch_id, **row.outcome())
         return row
 
     def _line_error(self, status: int, body: dict[str, Any]) -> ProviderPause | ItemFailure:

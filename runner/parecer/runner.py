@@ -341,6 +341,11 @@ def _retry_after(exc: openai.APIStatusError, default: float) -> float:
     return default
 
 
+# The calls that end an attempt without a report (the item's id and lease token first).
+_MARK_FAILED = "SELECT * FROM parecer.mark_failed(%s, %s, %s, %s, %s)"
+_RELEASE = "SELECT * FROM parecer.release(%s, %s, %s, %s)"
+
+
 def _db_lost(what: str, exc: psycopg.OperationalError, failures: int) -> float:
     """Log that the database went away (the error's kind, never its text) and return how
     long to wait before the next try: 1, 2, 4 ... up to 30 seconds for the failures in a row."""
@@ -1331,13 +1336,8 @@ class Runner:
     async def _finish_failed(
         self, flight: InFlight, fields: dict[str, Any], f: ItemFailure, t0: float
     ) -> None:
-        out = await self._settle(
-            flight,
-            fields,
-            f.reason,
-            "SELECT * FROM parecer.mark_failed(%s, %s, %s, %s, %s)",
-            (f.reason, f.retryable, f.usage.json() if f.usage else None),
-        )
+        args = (f.reason, f.retryable, f.usage.json() if f.usage else None)
+        out = await self._settle(flight, fields, f.reason, _MARK_FAILED, args)
         if out is None:
             return
         terminal = out.next_retry_at is None
@@ -1356,13 +1356,8 @@ class Runner:
     async def _finish_release(
         self, flight: InFlight, fields: dict[str, Any], reason: str, delay: int
     ) -> None:
-        out = await self._settle(
-            flight,
-            fields,
-            f"lease lost before release ({reason})",
-            "SELECT * FROM parecer.release(%s, %s, %s, %s)",
-            (min(delay, 86400), reason),
-        )
+        lost = f"lease lost before release ({reason})"
+        out = await self._settle(flight, fields, lost, _RELEASE, (min(delay, 86400), reason))
         if out is None:
             return
         self.stats.outcomes["released"] += 1
