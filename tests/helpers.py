@@ -6,6 +6,9 @@ from typing import Any
 
 import psycopg
 
+from parecer.devkit.standin import Standin
+from parecer.runner import RunnerConfig
+
 
 def table_checksum(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """md5 of every parecer table's full content: proves a call changed nothing."""
@@ -32,3 +35,9 @@ def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[s
     row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return dict(row)
+
+
+def runner_config(db_url: str, s: Standin, api_key: str, **kw: Any) -> RunnerConfig:
+    """A runner's configuration against the stand-in ``s`` (a test module's defaults and the
+    test's own values in ``kw``)."""
+    return RunnerConfig(database_url=db_url, api_key=api_key, base_url=s.url, **kw)

@@ -17,10 +17,10 @@ import pytest
 
 from parecer import batch, db
 from parecer.devkit.standin import Standin, StandinConfig
-from parecer.runner import RunnerConfig
+from parecer.runner import RunnerConfig, RunnerStats
 
 from .factories import make_script, make_session
-from .helpers import one, table_checksum
+from .helpers import one, runner_config, table_checksum
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "sk" + "-test-batch-NEVER-LOG-0123456789"  # fake
@@ -42,16 +42,23 @@ def backlog_run(conn: psycopg.Connection[Any], n: int, *, backlog: bool = True) 
 
 
 def cfg(db_url: str, s: Standin, **kw: Any) -> RunnerConfig:
-    base: dict[str, Any] = dict(
-        database_url=db_url,
-        api_key=KEY,
-        base_url=s.url,
-        concurrency=8,
-        request_timeout=10.0,
-        worker_id="batch-test",
+    return runner_config(
+        db_url,
+        s,
+        KEY,
+        **({"concurrency": 8, "request_timeout": 10.0, "worker_id": "batch-test"} | kw),
     )
-    base.update(kw)
-    return RunnerConfig(**base)
+
+
+def submit_and_poll(
+    conn: psycopg.Connection[Any], db_url: str, s: Standin, n: int
+) -> tuple[int, batch.BatchRow, RunnerStats]:
+    """A backlog run of n sessions submitted as one batch and polled once: (run_id, the
+    batch as the poll left it, the poll's stats)."""
+    run_id = backlog_run(conn, n)
+    asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
+    [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+    return run_id, b, stats
 
 
 @pytest.fixture
@@ -149,9 +156,7 @@ def test_line_errors_fail_the_item_and_ungrounded_lines_get_the_repair_call(db_u
         batch_line_faults=("server_error", "ungrounded_once"),
     )
     with Standin(config) as s, db.connect(db_url) as c:
-        run_id = backlog_run(c, 30)
-        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
-        [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        run_id, b, stats = submit_and_poll(c, db_url, s, 30)
         faults = s.stats()["faults"]
         st = s.stats()
         assert faults["server_error"] > 0 and faults["ungrounded_once"] > 0
@@ -180,9 +185,7 @@ def test_line_errors_fail_the_item_and_ungrounded_lines_get_the_repair_call(db_u
 @pytest.mark.parametrize("outcome", ["expired", "failed"])
 def test_a_batch_that_expires_or_fails_releases_its_items(db_url: str, outcome: str) -> None:
     with Standin(StandinConfig(batch_outcome=outcome)) as s, db.connect(db_url) as c:
-        run_id = backlog_run(c, 12)
-        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
-        [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        run_id, b, stats = submit_and_poll(c, db_url, s, 12)
         assert (b.status, b.released, b.done, b.failed, b.in_flight) == (outcome, 12, 0, 0, 0)
         rows = c.execute(
             "SELECT status, retry_count, releases, next_retry_at FROM parecer.analyses"
@@ -454,9 +457,7 @@ def test_error_lines_are_judged_as_the_runner_judges_the_same_answer(db_url: str
         seed=2, batch_line_fault_rate=1.0, batch_line_faults=("context_length", "rate_limit")
     )
     with Standin(config) as s, db.connect(db_url) as c:
-        run_id = backlog_run(c, 12)
-        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
-        [b], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        run_id, b, _ = submit_and_poll(c, db_url, s, 12)
         faults = s.stats()["faults"]
         assert faults["context_length"] > 0 and faults["rate_limit"] > 0
         # context length: the item's terminal failure; a 429: not its fault, released.
@@ -508,9 +509,7 @@ def test_an_expired_batch_stores_the_lines_it_ran_and_releases_the_rest(db_url: 
         batch_line_faults=("server_error", "ungrounded_once"),
     )
     with Standin(config) as s, db.connect(db_url) as c:
-        run_id = backlog_run(c, 40)
-        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
-        [b], stats = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        run_id, b, stats = submit_and_poll(c, db_url, s, 40)
         faults = s.stats()["faults"]
         assert faults["server_error"] > 0 and faults["ungrounded_once"] > 0
         # Both files: the lines run before expiry (results, and a 500 per server_error)
@@ -576,9 +575,7 @@ def test_an_error_file_alone_is_read(db_url: str) -> None:
     """Every line an error (no output file): each judged from the error file."""
     config = StandinConfig(seed=3, batch_line_fault_rate=1.0, batch_line_faults=("server_error",))
     with Standin(config) as s, db.connect(db_url) as c:
-        run_id = backlog_run(c, 5)
-        asyncio.run(batch.submit(cfg(db_url, s), run_id, None))
-        [b], _ = asyncio.run(batch.poll(cfg(db_url, s), run_id))
+        run_id, b, _ = submit_and_poll(c, db_url, s, 5)
         assert b.output_file_id is None and b.error_file_id is not None
         assert (b.status, b.failed, b.done, b.released) == ("completed", 5, 0, 0)
 

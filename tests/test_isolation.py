@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 from parecer import db
 
 from .factories import Session, make_script, make_session, report_for
-from .helpers import one, table_checksum
+from .helpers import one, runner_config, table_checksum
 
 Conn = psycopg.Connection[dict[str, Any]]
 CLIENTS = ("alpha", "beta")
@@ -706,23 +706,16 @@ def test_login_roles_have_their_group_privileges(world: World) -> None:
 def test_runner_bound_to_alpha_drains_alpha_only(world: World) -> None:
     """The real runner, logged in as a role bound to alpha, with isolation on: alpha's work only, every report's hash the one given."""
     from parecer.devkit.standin import Standin, StandinConfig
-    from parecer.runner import RunnerConfig, run
+    from parecer.runner import run
 
     url = make_conninfo(world.url, user=world.roles["runner_a"])
 
     def drain() -> Any:
         with Standin(StandinConfig(latency_ms=(1, 5), seed=5)) as s:
-            return run(
-                RunnerConfig(
-                    database_url=url,
-                    api_key="test",
-                    base_url=s.url,
-                    concurrency=2,
-                    once=True,
-                    request_timeout=5.0,
-                    poll_seconds=30.0,
-                )
+            cfg = runner_config(
+                url, s, "test", concurrency=2, once=True, request_timeout=5.0, poll_seconds=30.0
             )
+            return run(cfg)
 
     # its limit key is bound to no client yet: PR025, a fatal pause (the item goes back, no attempt spent)
     stats = drain()
@@ -1018,7 +1011,7 @@ def test_the_runner_drops_a_result_when_revoked_mid_call(world: World) -> None:
     import time
 
     from parecer.devkit.standin import Standin, StandinConfig
-    from parecer.runner import RunnerConfig, run
+    from parecer.runner import run
 
     with db.connect(world.url) as su:
         su.execute("SELECT * FROM parecer.bind_rate_limit('key-9f86d081:gpt-5-mini', '{alpha}')")
@@ -1027,10 +1020,10 @@ def test_the_runner_drops_a_result_when_revoked_mid_call(world: World) -> None:
             t = threading.Thread(
                 target=lambda: out.update(
                     stats=run(
-                        RunnerConfig(
-                            database_url=make_conninfo(world.url, user=world.roles["runner_a"]),
-                            api_key="test",
-                            base_url=s.url,
+                        runner_config(
+                            make_conninfo(world.url, user=world.roles["runner_a"]),
+                            s,
+                            "test",
                             concurrency=1,
                             once=True,
                             request_timeout=10.0,

@@ -20,7 +20,7 @@ from parecer.devkit.standin import Standin, StandinConfig
 from parecer.runner import Runner, RunnerConfig, run
 
 from .factories import make_script, make_session
-from .helpers import one
+from .helpers import one, runner_config
 
 SECRET_KEY = (
     "sk" + "-test-NEVER-LOG-THIS-0123456789abcdef"
@@ -46,17 +46,12 @@ def standin() -> Iterator[Standin]:
 
 
 def cfg(db_url: str, s: Standin, **kw: Any) -> RunnerConfig:
-    base = dict(
-        database_url=db_url,
-        api_key=SECRET_KEY,
-        base_url=s.url,
-        concurrency=4,
-        once=True,
-        request_timeout=5.0,
-        poll_seconds=30.0,
+    return runner_config(
+        db_url,
+        s,
+        SECRET_KEY,
+        **({"concurrency": 4, "once": True, "request_timeout": 5.0, "poll_seconds": 30.0} | kw),
     )
-    base.update(kw)
-    return RunnerConfig(**base)  # type: ignore[arg-type]
 
 
 def test_drains_a_run_with_grounded_reports(db_url: str, standin: Standin) -> None:

@@ -19,24 +19,19 @@ from parecer.devkit.standin.report import SLIPS
 from parecer.runner import EXIT_PROVIDER_FATAL, RunnerConfig, run
 
 from .factories import make_script, make_session
-from .helpers import one
+from .helpers import one, runner_config
 
 Conn = psycopg.Connection[Any]
 KEY = "sk" + "-test-resilience-0123456789"  # fake
 
 
 def cfg(db_url: str, s: Standin, **kw: Any) -> RunnerConfig:
-    base: dict[str, Any] = dict(
-        database_url=db_url,
-        api_key=KEY,
-        base_url=s.url,
-        concurrency=4,
-        once=True,
-        request_timeout=20.0,
-        key_label="t",
+    return runner_config(
+        db_url,
+        s,
+        KEY,
+        **({"concurrency": 4, "once": True, "request_timeout": 20.0, "key_label": "t"} | kw),
     )
-    base.update(kw)
-    return RunnerConfig(**base)
 
 
 def add_messages(conn: Conn, session_id: str, n: int, body: str, start: int = 0) -> None:
