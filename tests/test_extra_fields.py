@@ -161,6 +161,34 @@ def test_mark_done_checks_and_grounds_extra_fields(conn: psycopg.Connection[Any]
     assert "extra.internet_problem.evidence[0]" in [g["path"] for g in r["grounding"]]
 
 
+def test_mark_done_many_refuses_only_the_item_with_bad_custom_fields(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """The custom fields are part of the report check (PR007, before grounding): in a
+    batch, the item that breaks them is refused with mark_done's error and the others
+    are stored."""
+    v2 = _version(conn)
+    (s1, i1), (s2, i2) = _claimed(conn, v2["script_id"]), _claimed(conn, v2["script_id"])
+    ungrounded = {"evidence": [{"message_id": s2.message_ids[0], "excerpt": "nunca dito"}], "value": True}
+    items = [
+        {**i, "report": {**report_for(s), "extra": extra}, "model": "m", "prompt_hash": "a" * 64}
+        for i, s, extra in (
+            (i1, s1, _extra(s1)),
+            (i2, s2, _extra(s2, confidence=1.5, internet_problem=ungrounded)),
+        )
+    ]
+    rows = conn.execute(
+        "SELECT analysis_id, outcome, sqlstate, message FROM parecer.mark_done_many(%s)",
+        (json.dumps(items, default=str),),
+    ).fetchall()
+    assert [(r["outcome"], r["sqlstate"]) for r in rows] == [
+        ("done", None),
+        ("invalid", errors.INVALID_REPORT),
+    ]
+    assert rows[1]["message"] == "invalid report: extra.confidence must be a number from 0 to 1"
+    assert one(conn, "SELECT count(*) AS n FROM parecer.reports")["n"] == 1
+
+
 def test_a_version_without_extra_fields_refuses_an_extra_object(
     conn: psycopg.Connection[Any],
 ) -> None:

@@ -184,18 +184,24 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- What is wrong with a report's "extra" object against the fields its version
--- declares (NULL: nothing). Evidence inside is shaped and grounded with the rest
--- of the report (_evidence_lists).
+-- declares (NULL: nothing): part of mark_done's report check (_store_reports,
+-- after _report_problem). Evidence inside is shaped and grounded with the rest
+-- of the report (_evidence_lists). A SQL expression, inlined into the check
+-- query: a version without custom fields (the usual case) costs no call.
 CREATE OR REPLACE FUNCTION parecer._extra_problem(p_report jsonb, p_fields jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+SELECT CASE WHEN p_fields IS NOT NULL THEN parecer._declared_fields_problem(p_report, p_fields)
+            WHEN p_report ? 'extra' THEN 'report has unexpected keys' END
+$$;
+
+-- _extra_problem for a version that declares custom fields.
+CREATE OR REPLACE FUNCTION parecer._declared_fields_problem(p_report jsonb, p_fields jsonb) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     f  jsonb;
     v  jsonb;
     v_names text[];
 BEGIN
-    IF p_fields IS NULL THEN
-        RETURN CASE WHEN p_report ? 'extra' THEN 'report has unexpected keys' END;
-    END IF;
     SELECT array_agg(e ->> 'name') INTO v_names FROM jsonb_array_elements(p_fields) e;
     IF parecer._keys_problem(p_report -> 'extra', v_names, 'extra') IS NOT NULL THEN
         RETURN parecer._keys_problem(p_report -> 'extra', v_names, 'extra');
@@ -229,27 +235,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
--- A done item's report has exactly the extra fields its script version declares
--- (mark_done checks the standard report; this trigger the version's own fields,
--- in the same statement, so a refused report still changes nothing).
-CREATE OR REPLACE FUNCTION parecer._check_extra_fields() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_problem text := parecer._extra_problem(NEW.report, (SELECT s.extra_fields FROM parecer.scripts s
-                                                          WHERE s.script_id = NEW.script_id));
-BEGIN
-    IF v_problem IS NOT NULL THEN
-        RAISE EXCEPTION 'invalid report: %', v_problem
-            USING ERRCODE = 'PR007', HINT = 'The report must follow report_schema from parecer.prompt_for (parecer.report.v1) exactly.';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses
-    FOR EACH ROW WHEN (NEW.status = 'done' AND NEW.report IS DISTINCT FROM OLD.report)
-    EXECUTE FUNCTION parecer._check_extra_fields();
 
 -- The report schema for a topic list: strict-mode JSON Schema, key order significant.
 CREATE OR REPLACE FUNCTION parecer._report_schema(p_topics text[]) RETURNS json

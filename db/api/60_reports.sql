@@ -635,10 +635,11 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT length(p) = 64 AND ltrim(p, '0123456789abcde
 -- row per item, in order, with its retry_count when stored or the error
 -- mark_done raises for it (sqlstate, message, detail, hint). Every item is
 -- checked in one query, in mark_done's order: lease, usage, prompt_hash, model,
--- the hash given (PR017), report (PR007), grounding (PR008). The items that pass
--- are stored by one UPDATE whose WHERE checks the lease again (a refused item
--- changes nothing, an item is written once), and each client's spend is added
--- once, clients in order: two batches never take spend rows in opposite orders.
+-- the hash given (PR017), report and its version's custom fields (PR007),
+-- grounding (PR008). The items that pass are stored by one UPDATE whose WHERE
+-- checks the lease again (a refused item changes nothing, an item is written
+-- once), and each client's spend is added once, clients in order: two batches
+-- never take spend rows in opposite orders.
 CREATE OR REPLACE FUNCTION parecer._store_reports(p_ids uuid[], p_tokens uuid[], p_reports jsonb[], p_models text[],
                                                   p_hashes text[], p_usages jsonb[])
 RETURNS TABLE (ord integer, retry_count integer, sqlstate text, message text, detail text, hint text)
@@ -702,7 +703,7 @@ BEGIN
                                  WHERE parecer._serves(x.client_id)) AS clients) sv
         LEFT JOIN LATERAL (
             SELECT a.session_id, a.given_prompt_hash, a.omitted_messages, s.topics, s.language, s.instructions,
-                   s.report_schema
+                   s.report_schema, s.extra_fields
             FROM parecer.analyses a JOIN parecer.scripts s ON s.script_id = a.script_id
             WHERE a.analysis_id = i.id AND a.lease_token = i.token AND a.lease_expires_at >= now()
               AND a.client_id = ANY (sv.clients)   -- the caller still serves the client
@@ -741,7 +742,9 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT CASE WHEN a.session_id IS NOT NULL AND r.refusal IS NULL
                         THEN CASE WHEN i.report IS NULL THEN 'report must be an object'
-                                  ELSE parecer._report_problem(i.report, a.topics) END END AS problem
+                                  -- the standard report, then the version's custom fields (30_scripts.sql)
+                                  ELSE COALESCE(parecer._report_problem(i.report, a.topics),
+                                                parecer._extra_problem(i.report, a.extra_fields)) END END AS problem
             OFFSET 0
         ) p
         CROSS JOIN LATERAL (
