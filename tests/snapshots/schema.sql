@@ -1019,12 +1019,6 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
 body md5 615624e807ffe170d8ef450ab62d7e98
 
--- function: parecer._check_extra_fields()
-ARGUMENTS 
-RETURNS trigger
-LANGUAGE plpgsql VOLATILE
-body md5 1333864aff7bb51fad5c8c2f550dbf4b
-
 -- function: parecer._check_provider_id(text,text,text,text)
 ARGUMENTS p_value text, p_name text, p_kind text, p_example text
 RETURNS void
@@ -1067,6 +1061,12 @@ RETURNS TABLE(cost_usd numeric)
 LANGUAGE sql STABLE
 body md5 7794b755d8f2a0851ad41543db8a13fd
 
+-- function: parecer._declared_fields_problem(jsonb,jsonb)
+ARGUMENTS p_report jsonb, p_fields jsonb
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+body md5 dae28acb9aed32be0821b4dc9deb5c57
+
 -- function: parecer._end_attempt(parecer.analyses,uuid,uuid,text,text,jsonb)
 ARGUMENTS p_a parecer.analyses, p_analysis_id uuid, p_token uuid, p_outcome text, p_error text, p_usage jsonb
 RETURNS void
@@ -1088,8 +1088,8 @@ body md5 5806844c5b2fb78527339b0758edc3bf
 -- function: parecer._extra_problem(jsonb,jsonb)
 ARGUMENTS p_report jsonb, p_fields jsonb
 RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-body md5 bdee97a5ed95e526649a2c86fbf399fb
+LANGUAGE sql IMMUTABLE
+body md5 1bdc91eb4d14eeebcf6ff195df70ff30
 
 -- function: parecer._extra_schema(jsonb)
 ARGUMENTS p_fields jsonb
@@ -1403,7 +1403,7 @@ RETURNS TABLE(ord integer, retry_count integer, sqlstate text, message text, det
 LANGUAGE plpgsql VOLATILE
 SET jit=off
 SET plan_cache_mode=force_generic_plan
-body md5 83a64f3fc2b83ac9f316a2f6318aae59
+body md5 c7c28463a6d7d5729237f9bed96b7c66
 
 -- function: parecer._tag_filter(jsonb)
 ARGUMENTS p_filter jsonb, OUT mode text, OUT tags text[]
@@ -1790,9 +1790,6 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
 body md5 2dd558303eb38cbeb3db3ff8162357f6
 
--- trigger: analyses_extra_fields
-CREATE TRIGGER analyses_extra_fields BEFORE UPDATE OF status, report ON parecer.analyses FOR EACH ROW WHEN (((new.status = 'done'::text) AND (new.report IS DISTINCT FROM old.report))) EXECUTE FUNCTION parecer._check_extra_fields()
-
 -- trigger: analyses_register_clients
 CREATE TRIGGER analyses_register_clients AFTER INSERT ON parecer.analyses REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION parecer._register_clients()
 
@@ -1892,9 +1889,6 @@ postgres=X/postgres
 -- acl: parecer._candidates(text,integer,bigint)
 postgres=X/postgres
 
--- acl: parecer._check_extra_fields()
-postgres=X/postgres
-
 -- acl: parecer._check_provider_id(text,text,text,text)
 postgres=X/postgres
 
@@ -1914,6 +1908,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._cost_set(text,jsonb)
+postgres=X/postgres
+
+-- acl: parecer._declared_fields_problem(jsonb,jsonb)
 postgres=X/postgres
 
 -- acl: parecer._end_attempt(parecer.analyses,uuid,uuid,text,text,jsonb
