@@ -1313,11 +1313,17 @@ RETURNS trigger
 LANGUAGE plpgsql VOLATILE
 body md5 45fdc30aff08d8efd23ac0c65e4064fa
 
--- function: parecer._report_problem(jsonb,text[])
+-- function: parecer._report_first_problem(jsonb,text[])
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 body md5 9e392762a68d436e7acc6a99a4c3805d
+
+-- function: parecer._report_problem(jsonb,text[])
+ARGUMENTS p_report jsonb, p_topics text[]
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+body md5 97179ad14b976cc2a34204d9a9bce61d
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
@@ -2031,6 +2037,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._register_clients()
+postgres=X/postgres
+
+-- acl: parecer._report_first_problem(jsonb,text[])
 postgres=X/postgres
 
 -- acl: parecer._report_problem(jsonb,text[])
