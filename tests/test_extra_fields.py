@@ -169,7 +169,10 @@ def test_mark_done_many_refuses_only_the_item_with_bad_custom_fields(
     are stored."""
     v2 = _version(conn)
     (s1, i1), (s2, i2) = _claimed(conn, v2["script_id"]), _claimed(conn, v2["script_id"])
-    ungrounded = {"evidence": [{"message_id": s2.message_ids[0], "excerpt": "nunca dito"}], "value": True}
+    ungrounded = {
+        "evidence": [{"message_id": s2.message_ids[0], "excerpt": "nunca dito"}],
+        "value": True,
+    }
     items = [
         {**i, "report": {**report_for(s), "extra": extra}, "model": "m", "prompt_hash": "a" * 64}
         for i, s, extra in (

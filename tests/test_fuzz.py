@@ -1420,19 +1420,26 @@ def test_fuzz_mark_done_reports(conn: Conn) -> None:
 def check_never_raises(conn: Conn, report: Any, topics: list[str], session_id: str) -> None:
     """mark_done's one report check (_report_problem, then _grounding_set) never raises on any input:
     whatever a model sends, the answer is a problem text (PR007), a list of ungrounded evidence
-    (PR008), or neither."""
+    (PR008), or neither; and _report_problem's fast path answers as the step-by-step check
+    (_report_first_problem) does."""
     try:
         doc = json.dumps(report, allow_nan=False)
     except (TypeError, ValueError):
         return
     try:
-        problem = conn.execute(
-            "SELECT parecer._report_problem(%s::jsonb, %s::text[]) AS p", (doc, topics)
-        ).fetchone()["p"]  # type: ignore[index]
+        row = conn.execute(
+            "SELECT parecer._report_problem(%s::jsonb, %s::text[]) AS p,"
+            " parecer._report_first_problem(%s::jsonb, %s::text[]) AS full_check",
+            (doc, topics, doc, topics),
+        ).fetchone()
+        assert row is not None
+        problem = row["p"]
     except (
         psycopg.DataError
     ):  # not storable as jsonb (e.g. \u0000): refused at input, before any check
         return
+    # the fast path lets through only what the step-by-step check accepts (test_report_check.py)
+    assert problem == row["full_check"], (problem, row["full_check"])
     if problem is None:
         bad = conn.execute(
             "SELECT (SELECT g.grounding FROM parecer._grounding_set(%s::jsonb, %s) g) AS b",
