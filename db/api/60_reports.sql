@@ -570,7 +570,7 @@ BEGIN
     FOREACH v_name IN ARRAY ARRAY['topics', 'flags'] LOOP
         v_list := CASE WHEN jsonb_typeof(p_report -> v_name) = 'array' THEN p_report -> v_name END;
         FOR i IN 0 .. COALESCE(jsonb_array_length(v_list), 0) - 1 LOOP
-            k := pg_catalog.format('%s[%s].evidence', v_name, i);
+            k := v_name || '[' || i || '].evidence';   -- (format() would look up its argument types on every call)
             ev := v_list -> i -> 'evidence';
             RETURN NEXT;
         END LOOP;
@@ -610,8 +610,10 @@ $$;
 -- (after _fold), 'fragments' (parts joined by "..." or "…", each of at least 3
 -- characters once folded, all in the text in order), or NULL (it does not). A
 -- folded excerpt shorter than 3 characters counts only when it is the whole
--- message. A verbatim excerpt of 3 characters or more is found without folding.
-CREATE OR REPLACE FUNCTION parecer._match(p_text text, p_excerpt text) RETURNS text
+-- message. A verbatim excerpt of 3 characters or more is found without folding:
+-- that usual case is a SQL expression, inlined into the query that grounds a
+-- report (no function call), and _match_folded decides the rest.
+CREATE OR REPLACE FUNCTION parecer._match_folded(p_text text, p_excerpt text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     v_text    text;
@@ -621,11 +623,6 @@ DECLARE
     v_pos     integer;
     v_n       integer := 0;
 BEGIN
-    IF p_text IS NULL OR p_excerpt IS NULL THEN
-        RETURN NULL;
-    ELSIF length(btrim(p_excerpt)) >= 3 AND strpos(p_text, btrim(p_excerpt)) > 0 THEN
-        RETURN 'exact';   -- the usual case: nothing to fold
-    END IF;
     v_text := parecer._fold(p_text);
     v_excerpt := parecer._fold(p_excerpt);
     IF v_excerpt = '' OR (length(v_excerpt) < 3 AND v_excerpt <> v_text) THEN
@@ -650,6 +647,14 @@ BEGIN
 END
 $$;
 
+-- (Not STRICT: a STRICT SQL function whose body is not strict is never inlined.)
+CREATE OR REPLACE FUNCTION parecer._match(p_text text, p_excerpt text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+SELECT CASE WHEN p_text IS NULL OR p_excerpt IS NULL THEN NULL
+            WHEN length(btrim(p_excerpt)) >= 3 AND strpos(p_text, btrim(p_excerpt)) > 0 THEN 'exact'
+            ELSE parecer._match_folded(p_text, p_excerpt) END
+$$;
+
 -- Every evidence item of a well-formed report, grounded in this session: one
 -- object per item with its path, message_id, the cited message's role
 -- (customer or agent) and how the excerpt matched, plus a "problem" for each
@@ -663,14 +668,21 @@ LANGUAGE sql STABLE AS $$
     SELECT COALESCE(jsonb_agg(g.item ORDER BY g.ord, g.i), '[]')
     FROM (
         SELECT l.ord, e.i,
-               jsonb_strip_nulls(jsonb_build_object(
-                   'path', l.k || '[' || (e.i - 1) || ']',
-                   'message_id', e.x ->> 'message_id',
-                   'role', m.role,
-                   'match', m.match,
-                   'problem', CASE WHEN m.match IS NOT NULL THEN NULL
-                                   WHEN m.role IS NOT NULL THEN 'not found in the cited message'
-                                   ELSE 'no such message in this session' END)) AS item
+               -- the keys that have a value (jsonb_object of text arrays: jsonb_build_object
+               -- looks up its arguments' types on every call, then jsonb_strip_nulls copies it)
+               CASE WHEN m.match IS NOT NULL
+                    THEN jsonb_object('{path,message_id,role,match}',
+                                      ARRAY[l.k || '[' || (e.i - 1) || ']', e.x ->> 'message_id', m.role, m.match])
+                    WHEN m.role IS NOT NULL
+                    THEN jsonb_object('{path,message_id,role,problem}',
+                                      ARRAY[l.k || '[' || (e.i - 1) || ']', e.x ->> 'message_id', m.role,
+                                            'not found in the cited message'])
+                    WHEN e.x ->> 'message_id' IS NOT NULL
+                    THEN jsonb_object('{path,message_id,problem}',
+                                      ARRAY[l.k || '[' || (e.i - 1) || ']', e.x ->> 'message_id',
+                                            'no such message in this session'])
+                    ELSE jsonb_object('{path,problem}',
+                                      ARRAY[l.k || '[' || (e.i - 1) || ']', 'no such message in this session']) END AS item
         FROM parecer._evidence_lists(p_report) WITH ORDINALITY l(k, ev, ord)
         CROSS JOIN LATERAL jsonb_array_elements(l.ev) WITH ORDINALITY e(x, i)
         LEFT JOIN LATERAL (

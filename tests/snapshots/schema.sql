@@ -1077,7 +1077,7 @@ body md5 dcbfe080fb7e6c46dc574aaf31253b8c
 ARGUMENTS p_report jsonb
 RETURNS TABLE(k text, ev jsonb)
 LANGUAGE plpgsql IMMUTABLE
-body md5 19b6a263505eac88c28a27665acb71eb
+body md5 8b8cb401f8f5802c3527f31196fc2f63
 
 -- function: parecer._expire_leases()
 ARGUMENTS 
@@ -1125,7 +1125,7 @@ body md5 01cde9e62565112a36dbd299a369fbe5
 ARGUMENTS p_report jsonb, p_session_id text
 RETURNS TABLE(grounding jsonb)
 LANGUAGE sql STABLE
-body md5 a66cc954419f4df040898b2f3192c45a
+body md5 2efd8d6e6db94b52f613cf8b71beac15
 
 -- function: parecer._input_budget_chars(text,json)
 ARGUMENTS p_instructions text, p_report_schema json
@@ -1213,8 +1213,14 @@ body md5 c9292e8916ce55c7287e78306891b414
 -- function: parecer._match(text,text)
 ARGUMENTS p_text text, p_excerpt text
 RETURNS text
+LANGUAGE sql IMMUTABLE
+body md5 dbed358f8f13254f5193a982a0ca3fb8
+
+-- function: parecer._match_folded(text,text)
+ARGUMENTS p_text text, p_excerpt text
+RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 6a9b3f669ea756fea07f68775b039f5d
+body md5 f0299c0da5d9053beed2a1c040180535
 
 -- function: parecer._metadata_filter(jsonb)
 ARGUMENTS p_filter jsonb
@@ -1989,6 +1995,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._match(text,text)
+postgres=X/postgres
+
+-- acl: parecer._match_folded(text,text)
 postgres=X/postgres
 
 -- acl: parecer._metadata_filter(jsonb)
