@@ -134,16 +134,15 @@ $fn$;
 CREATE OR REPLACE FUNCTION parecer._transcript_fit(p_session_id text, p_language text, p_budget_chars bigint)
 RETURNS TABLE (input text, omitted integer)
 LANGUAGE sql STABLE AS $fn$
-SELECT CASE WHEN w.fits THEN w.whole ELSE c.input END, CASE WHEN w.fits THEN 0 ELSE c.omitted END
-FROM parecer._transcript_lines(p_session_id, p_language) t
-CROSS JOIN LATERAL (
-    SELECT x.whole, length(x.whole) <= p_budget_chars AS fits
-    FROM (SELECT array_to_string(t.lines, E'\n') AS whole OFFSET 0) x
-    OFFSET 0
-) w
+SELECT CASE WHEN length(w.whole) <= p_budget_chars THEN w.whole ELSE c.input END,
+       CASE WHEN length(w.whole) <= p_budget_chars THEN 0 ELSE c.omitted END
+-- one subquery (OFFSET 0: the lines and their join built once) rather than a
+-- LATERAL per step: each level of nodes cost a few µs a session
+FROM (SELECT t.lines, array_to_string(t.lines, E'\n') AS whole
+      FROM parecer._transcript_lines(p_session_id, p_language) t OFFSET 0) w
 LEFT JOIN LATERAL (
-    SELECT k.input, k.omitted FROM parecer._transcript_cut(t.lines, p_language, p_budget_chars) k
-    WHERE NOT w.fits   -- called only for a transcript over the budget
+    SELECT k.input, k.omitted FROM parecer._transcript_cut(w.lines, p_language, p_budget_chars) k
+    WHERE length(w.whole) > p_budget_chars   -- called only for a transcript over the budget
     OFFSET 0
 ) c ON true
 $fn$;
@@ -252,8 +251,9 @@ BEGIN
         ) s
     ), f AS MATERIALIZED (
         SELECT p.o, p.id, p.lease_token, p.holder, sc.instructions, sc.report_schema, sc.model, sc.fixed_chars, t.omitted,
-               CASE WHEN t.input IS NOT NULL
-                    THEN parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END AS input,  -- contract v2 (30_scripts.sql)
+               CASE WHEN t.input IS NOT NULL   -- contract v2 (30_scripts.sql); no metadata_keys (the usual case): no call
+                    THEN CASE WHEN cardinality(sc.metadata_keys) = 0 THEN t.input
+                              ELSE parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END END AS input,
                CASE WHEN NOT p.visible THEN 'PR011' WHEN t.input IS NULL THEN 'PR016' END AS code,
                CASE WHEN NOT p.visible THEN 'unknown analysis ' || COALESCE(p.id::text, 'NULL')
                     WHEN t.input IS NULL

@@ -1275,7 +1275,7 @@ ARGUMENTS p_ids uuid[]
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 e7e4bc2db7f40fdf15ff73f41674d2e5
+body md5 252528c6e7035d5badbc24b076d68a6e
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
@@ -1433,7 +1433,7 @@ body md5 6680785e00bb079fc731ed7351ee161a
 ARGUMENTS p_session_id text, p_language text, p_budget_chars bigint
 RETURNS TABLE(input text, omitted integer)
 LANGUAGE sql STABLE
-body md5 34c6b269b79da4a1a6c6578f70e6440e
+body md5 4e70cabe2995aed18fa1107fdeca2b16
 
 -- function: parecer._transcript_lines(text,text)
 ARGUMENTS p_session_id text, p_language text
