@@ -352,72 +352,73 @@ DECLARE
     v_senti  jsonb := p_report -> 'sentiment';
     v_tlist  jsonb;
     v_flist  jsonb;
+    v_nt     integer;
+    v_nf     integer;
     v_xlists jsonb[];
     v_list   jsonb;
     v        jsonb;
     v_topics text[] := '{}';
 BEGIN
-    -- "extra" (a version's custom fields) is _extra_problem's (30_scripts.sql), but for its evidence.
-    -- (A - on a value that is not an object raises: each comes after the typeof that rules that out.)
-    IF (jsonb_typeof(p_report) = 'object'
-        AND (p_report - '{schema_version,summary,outcome,sentiment,topics,flags,insufficient_context,next_action}'::text[]
-             - 'extra') = '{}'
-        AND p_report -> 'schema_version' = '"parecer.report.v1"' AND jsonb_typeof(p_report -> 'summary') = 'string'
-        AND jsonb_typeof(p_report -> 'insufficient_context') = 'boolean'
-        AND jsonb_typeof(p_report -> 'next_action') IN ('string', 'null')
-        AND jsonb_typeof(v_out) = 'object' AND (v_out - '{evidence,status}'::text[]) = '{}'
-        AND jsonb_typeof(v_out -> 'status') = 'string' AND v_out ->> 'status' = ANY (parecer._outcomes())
-        AND jsonb_typeof(v_senti) = 'object' AND (v_senti - '{evidence,start,end}'::text[]) = '{}'
-        AND jsonb_typeof(v_senti -> 'start') = 'string' AND v_senti ->> 'start' = ANY (parecer._sentiments())
-        AND jsonb_typeof(v_senti -> 'end') = 'string' AND v_senti ->> 'end' = ANY (parecer._sentiments())
-        AND jsonb_typeof(p_report -> 'topics') = 'array' AND jsonb_typeof(p_report -> 'flags') = 'array') IS NOT TRUE THEN
-        RETURN parecer._report_first_problem(p_report, p_topics);
-    END IF;
-    v_tlist := p_report -> 'topics';
-    FOR i IN 0 .. jsonb_array_length(v_tlist) - 1 LOOP
-        v := v_tlist -> i;
-        IF (jsonb_typeof(v) = 'object' AND (v - '{topic,evidence,present,confidence}'::text[]) = '{}'
-            AND jsonb_typeof(v -> 'topic') = 'string' AND jsonb_typeof(v -> 'present') = 'boolean'
-            AND jsonb_typeof(v -> 'confidence') = 'number' AND (v ->> 'confidence')::numeric BETWEEN 0 AND 1) IS NOT TRUE THEN
-            RETURN parecer._report_first_problem(p_report, p_topics);
+    <<valid>>
+    BEGIN   -- left (EXIT valid) at the first thing that is not as a valid report has it
+        -- "extra" (a version's custom fields) is _extra_problem's (30_scripts.sql), but for its evidence.
+        -- (A - on a value that is not an object raises: each comes after the typeof that rules that out.)
+        IF (jsonb_typeof(p_report) = 'object'
+            AND (p_report - '{schema_version,summary,outcome,sentiment,topics,flags,insufficient_context,next_action}'::text[]
+                 - 'extra') = '{}'
+            AND p_report -> 'schema_version' = '"parecer.report.v1"' AND jsonb_typeof(p_report -> 'summary') = 'string'
+            AND jsonb_typeof(p_report -> 'insufficient_context') = 'boolean'
+            AND jsonb_typeof(p_report -> 'next_action') IN ('string', 'null')
+            AND jsonb_typeof(v_out) = 'object' AND (v_out - '{evidence,status}'::text[]) = '{}'
+            AND jsonb_typeof(v_out -> 'status') = 'string' AND v_out ->> 'status' = ANY (parecer._outcomes())
+            AND jsonb_typeof(v_senti) = 'object' AND (v_senti - '{evidence,start,end}'::text[]) = '{}'
+            AND jsonb_typeof(v_senti -> 'start') = 'string' AND v_senti ->> 'start' = ANY (parecer._sentiments())
+            AND jsonb_typeof(v_senti -> 'end') = 'string' AND v_senti ->> 'end' = ANY (parecer._sentiments())
+            AND jsonb_typeof(p_report -> 'topics') = 'array' AND jsonb_typeof(p_report -> 'flags') = 'array') IS NOT TRUE THEN
+            EXIT valid;
         END IF;
-        v_topics := v_topics || (v ->> 'topic');
-    END LOOP;
-    IF (cardinality(v_topics) = cardinality(p_topics) AND v_topics <@ p_topics AND v_topics @> p_topics) IS NOT TRUE THEN
-        RETURN parecer._report_first_problem(p_report, p_topics);
-    END IF;
-    v_flist := p_report -> 'flags';
-    FOR i IN 0 .. jsonb_array_length(v_flist) - 1 LOOP
-        v := v_flist -> i;
-        IF (jsonb_typeof(v) = 'object' AND (v - '{evidence,flag}'::text[]) = '{}'
-            AND jsonb_typeof(v -> 'flag') = 'string' AND v ->> 'flag' = ANY (parecer._flags())) IS NOT TRUE THEN
-            RETURN parecer._report_first_problem(p_report, p_topics);
-        END IF;
-    END LOOP;
-    IF jsonb_typeof(p_report -> 'extra') = 'object' THEN   -- the custom fields' lists, as _evidence_lists finds them
-        v_xlists := ARRAY(SELECT x.value -> 'evidence' FROM jsonb_each(p_report -> 'extra') x
-                          WHERE jsonb_typeof(x.value) = 'object' AND x.value ? 'evidence');
-    END IF;
-    -- Every evidence list (outcome, sentiment, topics[i], flags[i], custom fields) and every element of it.
-    FOR n IN 1 .. 2 + jsonb_array_length(v_tlist) + jsonb_array_length(v_flist) + COALESCE(cardinality(v_xlists), 0) LOOP
-        v_list := CASE WHEN n = 1 THEN v_out -> 'evidence' WHEN n = 2 THEN v_senti -> 'evidence'
-                       WHEN n <= 2 + jsonb_array_length(v_tlist) THEN v_tlist -> (n - 3) -> 'evidence'
-                       WHEN n <= 2 + jsonb_array_length(v_tlist) + jsonb_array_length(v_flist)
-                            THEN v_flist -> (n - 3 - jsonb_array_length(v_tlist)) -> 'evidence'
-                       ELSE v_xlists[n - 2 - jsonb_array_length(v_tlist) - jsonb_array_length(v_flist)] END;
-        IF jsonb_typeof(v_list) IS DISTINCT FROM 'array' THEN
-            RETURN parecer._report_first_problem(p_report, p_topics);
-        END IF;
-        FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
-            v := v_list -> i;
-            IF (jsonb_typeof(v) = 'object' AND (v - '{message_id,excerpt}'::text[]) = '{}'
-                AND jsonb_typeof(v -> 'message_id') = 'string' AND jsonb_typeof(v -> 'excerpt') = 'string'
-                AND length(v ->> 'excerpt') <= 500 AND v ->> 'excerpt' ~ '[^[:space:]]') IS NOT TRUE THEN
-                RETURN parecer._report_first_problem(p_report, p_topics);
+        v_tlist := p_report -> 'topics';
+        v_flist := p_report -> 'flags';
+        v_nt := jsonb_array_length(v_tlist);
+        v_nf := jsonb_array_length(v_flist);
+        -- Each topic, then each flag.
+        FOR i IN 0 .. v_nt + v_nf - 1 LOOP
+            v := CASE WHEN i < v_nt THEN v_tlist -> i ELSE v_flist -> (i - v_nt) END;
+            EXIT valid WHEN (jsonb_typeof(v) = 'object'
+                             AND CASE WHEN i < v_nt
+                                      THEN (v - '{topic,evidence,present,confidence}'::text[]) = '{}'
+                                           AND jsonb_typeof(v -> 'topic') = 'string' AND jsonb_typeof(v -> 'present') = 'boolean'
+                                           AND jsonb_typeof(v -> 'confidence') = 'number'
+                                           AND (v ->> 'confidence')::numeric BETWEEN 0 AND 1
+                                      ELSE (v - '{evidence,flag}'::text[]) = '{}'
+                                           AND jsonb_typeof(v -> 'flag') = 'string' AND v ->> 'flag' = ANY (parecer._flags())
+                                 END) IS NOT TRUE;
+            IF i < v_nt THEN
+                v_topics := v_topics || (v ->> 'topic');
             END IF;
         END LOOP;
-    END LOOP;
-    RETURN NULL;
+        EXIT valid WHEN (cardinality(v_topics) = cardinality(p_topics) AND v_topics <@ p_topics AND v_topics @> p_topics) IS NOT TRUE;
+        IF jsonb_typeof(p_report -> 'extra') = 'object' THEN   -- the custom fields' lists, as _evidence_lists finds them
+            v_xlists := ARRAY(SELECT x.value -> 'evidence' FROM jsonb_each(p_report -> 'extra') x
+                              WHERE jsonb_typeof(x.value) = 'object' AND x.value ? 'evidence');
+        END IF;
+        -- Every evidence list (outcome, sentiment, topics[i], flags[i], custom fields) and every element of it.
+        FOR n IN 1 .. 2 + v_nt + v_nf + COALESCE(cardinality(v_xlists), 0) LOOP
+            v_list := CASE WHEN n = 1 THEN v_out -> 'evidence' WHEN n = 2 THEN v_senti -> 'evidence'
+                           WHEN n <= 2 + v_nt THEN v_tlist -> (n - 3) -> 'evidence'
+                           WHEN n <= 2 + v_nt + v_nf THEN v_flist -> (n - 3 - v_nt) -> 'evidence'
+                           ELSE v_xlists[n - 2 - v_nt - v_nf] END;
+            EXIT valid WHEN jsonb_typeof(v_list) IS DISTINCT FROM 'array';
+            FOR i IN 0 .. jsonb_array_length(v_list) - 1 LOOP
+                v := v_list -> i;
+                EXIT valid WHEN (jsonb_typeof(v) = 'object' AND (v - '{message_id,excerpt}'::text[]) = '{}'
+                                 AND jsonb_typeof(v -> 'message_id') = 'string' AND jsonb_typeof(v -> 'excerpt') = 'string'
+                                 AND length(v ->> 'excerpt') <= 500 AND v ->> 'excerpt' ~ '[^[:space:]]') IS NOT TRUE;
+            END LOOP;
+        END LOOP;
+        RETURN NULL;   -- a valid report
+    END valid;
+    RETURN parecer._report_first_problem(p_report, p_topics);
 END
 $$;
 

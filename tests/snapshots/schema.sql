@@ -1329,7 +1329,7 @@ body md5 9e392762a68d436e7acc6a99a4c3805d
 ARGUMENTS p_report jsonb, p_topics text[]
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
-body md5 97179ad14b976cc2a34204d9a9bce61d
+body md5 36140ca8081a3d4a7b460eccffe603b0
 
 -- function: parecer._report_schema(text[])
 ARGUMENTS p_topics text[]
