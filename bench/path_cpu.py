@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The server's own time per item of benchmark 8's path, for comparing two versions of the SQL.
+
+Benchmark 8 drains with 8 workers and a client on the same 2 cores, and this VM's speed
+moves by 20-30% between minutes: a change worth 10% of the server's CPU per item is lost
+in its noise. This measures the same path with nothing else in it: a PL/pgSQL procedure
+on one connection runs ``parecer.claim(worker, 10)``, ``parecer.prompts_for`` of the ten,
+``parecer.mark_done_many`` of their ten valid grounded reports (with usage), and commits
+after each call as the runner's transactions do (``synchronous_commit = off`` for this
+connection only: no WAL flush wait in the figure), for ``--items`` items. The queue is
+refilled and vacuumed between rounds (not timed).
+
+With ``--against TREE`` (another checkout, e.g. ``git worktree add /tmp/old <commit>``)
+the same runs in a second database migrated by that checkout's parecer, rounds
+interleaved; figures are the minimum and the median over ``--rounds``, per side, and
+their ratios (this tree / the other).
+
+    python bench/path_cpu.py --items 1000 --rounds 15 [--against /tmp/old]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+import common as C
+
+# Run by each side's own checkout (its bench/ and runner/ first on the path): a database
+# with n two-message sessions of client b08, a script, one valid grounded report per
+# session in public.rep, every session queued. Only functions every version has.
+SETUP = """
+import sys
+import common as C, b08_pgqueuer as B
+from b01_queue import grounded_reports
+server, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url = C.bench_database(server, name, keep=True).__enter__()
+B.two_message_sessions(url, n)
+C.vacuum_analyze(url)
+with C.connect(url) as c:
+    script = C.make_script(c, client=B.TWO_MESSAGE_CLIENT)
+    sessions = C.client_sessions(c, B.TWO_MESSAGE_CLIENT, limit=n)
+    reports = grounded_reports(c, sessions)
+    c.execute("CREATE TABLE public.rep (session_id text PRIMARY KEY, report jsonb NOT NULL)")
+    with c.cursor().copy("COPY public.rep FROM STDIN") as cp:
+        for k, v in reports.items():
+            cp.write_row((k, v))
+    c.execute("SELECT count(*) FROM parecer.enqueue(%s, %s, force_reprocess => true)",
+              (sessions, script["script_id"]))
+print(url)
+"""
+
+PATH = """
+CREATE PROCEDURE public.bench_path(batches integer) LANGUAGE plpgsql AS $$
+DECLARE
+    v_c      parecer.claimed_item[];
+    v_hashes text[];
+    v_items  jsonb;
+    v_done   integer;
+BEGIN
+    FOR b IN 1 .. batches LOOP
+        SELECT array_agg(c) INTO v_c FROM parecer.claim('bench', 10, lease_seconds => 600, sync_commit => false) c;
+        EXIT WHEN v_c IS NULL;
+        COMMIT;
+        v_hashes := ARRAY(SELECT p.prompt_hash
+                          FROM parecer.prompts_for(ARRAY(SELECT (x).analysis_id FROM unnest(v_c) x)) p);
+        COMMIT;
+        v_items := (SELECT jsonb_agg(jsonb_build_object(
+                               'analysis_id', x.analysis_id, 'lease_token', x.lease_token,
+                               'report', (SELECT r.report FROM public.rep r WHERE r.session_id = x.session_id),
+                               'model', 'bench-noop', 'prompt_hash', v_hashes[x.ordinality],
+                               'usage', '{"input_tokens": 1200, "cached_input_tokens": 0, "output_tokens": 300}'::jsonb))
+                    FROM unnest(v_c) WITH ORDINALITY x);
+        SELECT count(*) INTO v_done FROM parecer.mark_done_many(v_items) m WHERE m.outcome = 'done';
+        IF v_done <> cardinality(v_c) THEN
+            RAISE EXCEPTION 'mark_done_many refused % of % items', cardinality(v_c) - v_done, cardinality(v_c);
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$$;
+"""
+REFILL = "SELECT count(*) FROM parecer.enqueue(ARRAY(SELECT session_id FROM public.rep), 1, force_reprocess => true)"
+
+
+def make_database(server: str, tree: Path, name: str, sessions: int) -> str:
+    """A database set up by ``tree``'s own parecer (migrations and API of that version)."""
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'bench'}{os.pathsep}{tree / 'runner'}"}
+    out = subprocess.run(
+        [sys.executable, "-c", SETUP, server, name, str(sessions)],
+        cwd=tree / "bench",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    url = out.stdout.strip().splitlines()[-1]
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(PATH)
+    return url
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    C.add_common_args(p)
+    p.add_argument("--items", type=int, default=1000, help="items per round (batches of 10)")
+    p.add_argument("--rounds", type=int, default=15, help="rounds per side, interleaved")
+    p.add_argument("--against", type=Path, help="another checkout to compare with")
+    a = p.parse_args(argv)
+    sides = {"this tree": C.ROOT, **({"other": a.against.resolve()} if a.against else {})}
+    res = C.Result("path", f"claim10+prompts_for+mark_done_many10, {a.items} items, one connection")
+    t0 = time.perf_counter()
+    with C.server(a.database_url) as srv:
+        urls = {
+            side: make_database(srv, tree, f"path_{i}", a.items)
+            for i, (side, tree) in enumerate(sides.items())
+        }
+        conns = {
+            side: psycopg.connect(url, autocommit=True, options="-c synchronous_commit=off")
+            for side, url in urls.items()
+        }
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        try:
+            for r in range(a.rounds):
+                for side in list(sides)[:: 1 if r % 2 == 0 else -1]:
+                    c = conns[side]
+                    c.execute("VACUUM ANALYZE parecer.analyses")
+                    t = time.perf_counter()
+                    c.execute("CALL public.bench_path(%s)", (a.items // 10,))
+                    times[side].append((time.perf_counter() - t) / a.items * 1e6)
+                    c.execute(REFILL)
+        finally:
+            for side, c in conns.items():
+                c.close()
+                if not a.keep:
+                    with psycopg.connect(srv, autocommit=True) as s:
+                        s.execute(
+                            f'DROP DATABASE IF EXISTS "{conninfo_to_dict(urls[side])["dbname"]}" WITH (FORCE)'
+                        )
+    this = times["this tree"]
+    for stat, f in (("min", min), ("median", statistics.median)):
+        other = times.get("other")
+        res.add(
+            f"server time per item, {stat} of {a.rounds} rounds",
+            f(this),
+            "µs",
+            baseline_name=f"{a.against}" if other else None,
+            baseline=f(other) if other else None,
+            ratio=f(this) / f(other) if other else None,
+            ratio_label="x",
+        )
+    res.seconds = time.perf_counter() - t0
+    C.print_result(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
