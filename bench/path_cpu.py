@@ -141,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 c.close()
                 if not a.keep:
                     with psycopg.connect(srv, autocommit=True) as s:
-                        s.execute(
-                            f'DROP DATABASE IF EXISTS "{conninfo_to_dict(urls[side])["dbname"]}" WITH (FORCE)'
-                        )
+                        dbname = conninfo_to_dict(urls[side])["dbname"]
+                        s.execute(f"DROP DATABASE IF EXISTS {C._qi(str(dbname))} WITH (FORCE)")
     this = times["this tree"]
     for stat, f in (("min", min), ("median", statistics.median)):
         other = times.get("other")

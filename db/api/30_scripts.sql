@@ -81,19 +81,23 @@ $$;
 -- Empty when the version names no keys or the session has none of them, so
 -- prompts without metadata are unchanged. Values on one line, 200 characters each.
 CREATE OR REPLACE FUNCTION parecer._metadata_line(p_session_id text, p_keys text[], p_language text) RETURNS text
+-- SQL, inlined into _prompts: a version without keys (the usual case) costs no call
+LANGUAGE sql STABLE AS $$
+SELECT CASE WHEN cardinality(p_keys) > 0 THEN parecer._metadata_values(p_session_id, p_keys, p_language) ELSE '' END
+$$;
+
+-- _metadata_line for a version that names keys.
+CREATE OR REPLACE FUNCTION parecer._metadata_values(p_session_id text, p_keys text[], p_language text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    IF cardinality(p_keys) IS DISTINCT FROM 0 AND p_keys IS NOT NULL THEN
-        RETURN COALESCE((
-            SELECT CASE p_language WHEN 'en' THEN '[session data] ' WHEN 'es' THEN '[datos de la sesión] '
-                                   ELSE '[dados da sessão] ' END
-                   || string_agg(k || ': ' || parecer._one_line(left(md.metadata ->> k, 200)), '; ' ORDER BY o) || E'\n'
-            FROM parecer.source_session_metadata md
-            CROSS JOIN unnest(p_keys) WITH ORDINALITY u(k, o)
-            WHERE md.session_id = p_session_id AND jsonb_typeof(md.metadata) = 'object'
-              AND NULLIF(md.metadata ->> k, '') IS NOT NULL), '');
-    END IF;
-    RETURN '';
+    RETURN COALESCE((
+        SELECT CASE p_language WHEN 'en' THEN '[session data] ' WHEN 'es' THEN '[datos de la sesión] '
+                               ELSE '[dados da sessão] ' END
+               || string_agg(k || ': ' || parecer._one_line(left(md.metadata ->> k, 200)), '; ' ORDER BY o) || E'\n'
+        FROM parecer.source_session_metadata md
+        CROSS JOIN unnest(p_keys) WITH ORDINALITY u(k, o)
+        WHERE md.session_id = p_session_id AND jsonb_typeof(md.metadata) = 'object'
+          AND NULLIF(md.metadata ->> k, '') IS NOT NULL), '');
 END
 $$;
 

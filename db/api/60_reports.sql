@@ -251,9 +251,8 @@ BEGIN
         ) s
     ), f AS MATERIALIZED (
         SELECT p.o, p.id, p.lease_token, p.holder, sc.instructions, sc.report_schema, sc.model, sc.fixed_chars, t.omitted,
-               CASE WHEN t.input IS NOT NULL   -- contract v2 (30_scripts.sql); no metadata_keys (the usual case): no call
-                    THEN CASE WHEN cardinality(sc.metadata_keys) = 0 THEN t.input
-                              ELSE parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END END AS input,
+               CASE WHEN t.input IS NOT NULL
+                    THEN parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END AS input,  -- contract v2 (30_scripts.sql)
                CASE WHEN NOT p.visible THEN 'PR011' WHEN t.input IS NULL THEN 'PR016' END AS code,
                CASE WHEN NOT p.visible THEN 'unknown analysis ' || COALESCE(p.id::text, 'NULL')
                     WHEN t.input IS NULL

@@ -1231,8 +1231,14 @@ body md5 97668d0e139f811cb8bf96345a438e5c
 -- function: parecer._metadata_line(text,text[],text)
 ARGUMENTS p_session_id text, p_keys text[], p_language text
 RETURNS text
+LANGUAGE sql STABLE
+body md5 b80b61c9afa66dcc2d3ca54867933c56
+
+-- function: parecer._metadata_values(text,text[],text)
+ARGUMENTS p_session_id text, p_keys text[], p_language text
+RETURNS text
 LANGUAGE plpgsql STABLE
-body md5 6e290d4d911a2b89b168a66d28861a60
+body md5 1341804af5bdca574c956ca5957d3b59
 
 -- function: parecer._min_idle(interval)
 ARGUMENTS p_min_idle interval
@@ -1275,7 +1281,7 @@ ARGUMENTS p_ids uuid[]
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 252528c6e7035d5badbc24b076d68a6e
+body md5 e7e4bc2db7f40fdf15ff73f41674d2e5
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
@@ -2004,6 +2010,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._metadata_line(text,text[],text)
+postgres=X/postgres
+
+-- acl: parecer._metadata_values(text,text[],text)
 postgres=X/postgres
 
 -- acl: parecer._min_idle(interval)
