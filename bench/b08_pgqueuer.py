@@ -5,10 +5,11 @@ Both sides drain a queue with ``--workers`` asyncio workers (each its own connec
 in one event loop of this process, so the client side costs both the same:
 
 * **parecer**, through its public functions only, as the runner does with
-  ``--ack-batch 10``: ``parecer.claim(worker, 10, sync_commit => false)``, then
-  ``parecer.prompt_for`` per item (the prompt's hash goes into the report), then one
-  ``parecer.mark_done_many`` with the ten valid grounded reports (each through
-  ``mark_done``'s checks, one commit). Every item is a real analysis of a sample
+  ``--ack-batch 10``: ``parecer.claim_with_prompts(worker, 10, sync_commit => false)``
+  (ten items and their prompts, each hash recorded as ``prompt_for`` records it; the
+  hash goes into the report), then one ``parecer.mark_done_many`` with the ten valid
+  grounded reports (each through ``mark_done``'s checks, one commit); against an
+  older installation, ``claim`` then ``prompts_for``. Every item is a real analysis of a sample
   session, with a usage object, so spend accounting runs as in production.
 * **pgqueuer 1.6.0** (the ``bench`` extra), through its own API: ``Queries.install``,
   ``Queries.enqueue`` of no-op jobs, one ``QueueManager`` per worker with a no-op
@@ -49,6 +50,8 @@ from b01_queue import USAGE, grounded_reports
 ENTRYPOINT = "parecer_bench_noop"
 # parecer.prompts_for exists (set by run_async): the claimed items' prompts in one call
 PROMPTS_FOR = True
+# parecer.claim_with_prompts exists (set by run_async): the claim gives the prompts
+CLAIM_WITH_PROMPTS = True
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -151,6 +154,13 @@ def two_message_sessions(url: str, n: int) -> None:
         )
 
 
+def claim_label() -> str:
+    """How the parecer side claims and gets its prompts, for the result lines."""
+    if CLAIM_WITH_PROMPTS:
+        return "claim_with_prompts10"
+    return "claim10+prompts_for" if PROMPTS_FOR else "claim10+prompt_for"
+
+
 async def close_and_wait(conns: list[psycopg.AsyncConnection[Any]]) -> None:
     """Close connections and wait until their server processes are gone: a backend that
     exits between the two CPU reads would take its CPU time out of the next figure."""
@@ -181,15 +191,26 @@ async def parecer_worker(
     cur = conn.cursor(row_factory=dict_row)
     while limit is None or done < limit:
         n = 10 if limit is None else min(10, limit - done)
-        await cur.execute(
-            "SELECT analysis_id, lease_token, session_id"
-            " FROM parecer.claim(%s, %s, sync_commit => false)",
-            (wid, n),
-        )
+        if CLAIM_WITH_PROMPTS:  # as the runner claims: the prompts come with the items
+            await cur.execute(
+                "SELECT analysis_id, lease_token, session_id, prompt_hash, sqlstate"
+                " FROM parecer.claim_with_prompts(%s, %s, sync_commit => false)",
+                (wid, n),
+            )
+        else:
+            await cur.execute(
+                "SELECT analysis_id, lease_token, session_id"
+                " FROM parecer.claim(%s, %s, sync_commit => false)",
+                (wid, n),
+            )
         claimed = await cur.fetchall()
         if not claimed:
             break
-        if PROMPTS_FOR:
+        if CLAIM_WITH_PROMPTS:
+            prompts = claimed
+            if any(p["sqlstate"] for p in prompts):
+                raise RuntimeError(f"claim_with_prompts gave no prompt for items: {prompts}")
+        elif PROMPTS_FOR:
             await cur.execute(
                 "SELECT prompt_hash, sqlstate FROM parecer.prompts_for(%s)",
                 ([r["analysis_id"] for r in claimed],),
@@ -325,14 +346,15 @@ async def run_async(
     from pgqueuer.db import PsycopgDriver
     from pgqueuer.queries import Queries
 
-    global PROMPTS_FOR
+    global PROMPTS_FOR, CLAIM_WITH_PROMPTS
     meter = await connect(url)
     await Queries(PsycopgDriver(meter)).install()
-    cur = await meter.execute("SELECT to_regprocedure('parecer.prompts_for(uuid[])') IS NOT NULL")
-    PROMPTS_FOR = bool((await cur.fetchone() or [False])[0])
-    C.say(
-        f"   b08 prompts: {'one prompts_for call per claim' if PROMPTS_FOR else 'prompt_for per item'}"
+    cur = await meter.execute(
+        "SELECT to_regprocedure('parecer.prompts_for(uuid[])') IS NOT NULL,"
+        " to_regprocedure('parecer.claim_with_prompts(text, integer, integer, text, boolean)') IS NOT NULL"
     )
+    PROMPTS_FOR, CLAIM_WITH_PROMPTS = map(bool, await cur.fetchone() or [False, False])
+    C.say(f"   b08 claims and prompts: {claim_label()}")
     with C.connect(url) as c:
         script = C.make_script(c, client=client)
         sessions = C.client_sessions(c, client, limit=items)
@@ -406,7 +428,7 @@ async def run_async(
 
         rate_p, rate_q = med("parecer", lambda d: d.rate), med("pgqueuer", lambda d: d.rate)
         res.add(
-            f"parecer claim10+prompt_for+mark_done_many10, {workers} workers, {mode} connections",
+            f"parecer {claim_label()}+mark_done_many10, {workers} workers, {mode} connections",
             rate_p,
             "items/s",
             baseline_name="pgqueuer 1.6.0 no-op jobs",
@@ -418,7 +440,7 @@ async def run_async(
         if "parecer-single" in per:
             rate_s = med("parecer-single", lambda d: d.rate)
             res.add(
-                f"parecer claim10+prompt_for+mark_done per item (ack window 0), {workers} workers, "
+                f"parecer {claim_label()}+mark_done per item (ack window 0), {workers} workers, "
                 f"{mode} connections",
                 rate_s,
                 "items/s",

@@ -4,8 +4,8 @@
 Benchmark 8 drains with 8 workers and a client on the same 2 cores, and this VM's speed
 moves by 20-30% between minutes: a change worth 10% of the server's CPU per item is lost
 in its noise. This measures the same path with nothing else in it: a PL/pgSQL procedure
-on one connection runs ``parecer.claim(worker, 10)``, ``parecer.prompts_for`` of the ten,
-``parecer.mark_done_many`` of their ten valid grounded reports (with usage), and commits
+on one connection runs ``parecer.claim_with_prompts(worker, 10)`` (in a version without
+it, ``parecer.claim`` then ``parecer.prompts_for`` of the ten), ``parecer.mark_done_many`` of their ten valid grounded reports (with usage), and commits
 after each call as the runner's transactions do (``synchronous_commit = off`` for this
 connection only: no WAL flush wait in the figure), for ``--items`` items. The queue is
 refilled and vacuumed between rounds (not timed).
@@ -66,12 +66,7 @@ DECLARE
     v_done   integer;
 BEGIN
     FOR b IN 1 .. batches LOOP
-        SELECT array_agg(c) INTO v_c FROM parecer.claim('bench', 10, lease_seconds => 600, sync_commit => false) c;
-        EXIT WHEN v_c IS NULL;
-        COMMIT;
-        v_hashes := ARRAY(SELECT p.prompt_hash
-                          FROM parecer.prompts_for(ARRAY(SELECT (x).analysis_id FROM unnest(v_c) x)) p);
-        COMMIT;
+        CLAIM_AND_PROMPTS
         v_items := (SELECT jsonb_agg(jsonb_build_object(
                                'analysis_id', x.analysis_id, 'lease_token', x.lease_token,
                                'report', (SELECT r.report FROM public.rep r WHERE r.session_id = x.session_id),
@@ -86,6 +81,29 @@ BEGIN
     END LOOP;
 END
 $$;
+"""
+# How a version claims and gets its prompts: claim_with_prompts where it exists (as the
+# runner), else claim then prompts_for.
+CLAIM_WITH_PROMPTS = """
+        SELECT array_agg(ROW(c.analysis_id, c.lease_token, c.attempt, c.client_slug, c.session_id, c.script_id,
+                             c.script_key, c.script_version, c.model, c.lease_expires_at, c.retry_count)::parecer.claimed_item
+                         ORDER BY c.ord),
+               array_agg(c.prompt_hash ORDER BY c.ord)
+          INTO v_c, v_hashes
+        FROM parecer.claim_with_prompts('bench', 10, lease_seconds => 600, sync_commit => false) WITH ORDINALITY c(
+            analysis_id, lease_token, attempt, client_slug, session_id, script_id, script_key, script_version, model,
+            lease_expires_at, retry_count, instructions, input, report_schema, prompt_hash, omitted_messages,
+            input_tokens, repair_calls, sqlstate, message, ord);
+        EXIT WHEN v_c IS NULL;
+        COMMIT;
+"""
+CLAIM_THEN_PROMPTS = """
+        SELECT array_agg(c) INTO v_c FROM parecer.claim('bench', 10, lease_seconds => 600, sync_commit => false) c;
+        EXIT WHEN v_c IS NULL;
+        COMMIT;
+        v_hashes := ARRAY(SELECT p.prompt_hash
+                          FROM parecer.prompts_for(ARRAY(SELECT (x).analysis_id FROM unnest(v_c) x)) p);
+        COMMIT;
 """
 REFILL = "SELECT count(*) FROM parecer.enqueue(ARRAY(SELECT session_id FROM public.rep), 1, force_reprocess => true)"
 
@@ -103,7 +121,12 @@ def make_database(server: str, tree: Path, name: str, sessions: int) -> str:
     )
     url = out.stdout.strip().splitlines()[-1]
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute(PATH)
+        row = c.execute(
+            "SELECT to_regprocedure('parecer.claim_with_prompts(text, integer, integer, text, boolean)')"
+            " IS NOT NULL"
+        ).fetchone()
+        fused = bool(row and row[0])
+        c.execute(PATH.replace("CLAIM_AND_PROMPTS", CLAIM_WITH_PROMPTS if fused else CLAIM_THEN_PROMPTS))
     return url
 
 

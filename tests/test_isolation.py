@@ -193,6 +193,26 @@ def probes(w: World, conn: Conn, client: str) -> set[str]:
         "claim (any client)": _ok(
             conn, "SELECT * FROM parecer.claim('w', 10)", None, _has_client(client)
         ),
+        "claim_with_prompts": _ok(
+            conn,
+            "SELECT * FROM parecer.claim_with_prompts('w', 10, client_slug => %s)",
+            (client,),
+            lambda rows: bool(rows) and all(r["prompt_hash"] for r in rows),
+        ),
+        "claim_with_prompts (any client)": _ok(
+            conn, "SELECT * FROM parecer.claim_with_prompts('w', 10)", None, _has_client(client)
+        ),
+        # a row for another holder's item, but nothing of it unless the caller sees it
+        "prompts_for (another's lease)": _ok(
+            conn,
+            "SELECT * FROM parecer.prompts_for(%s)",
+            ([other["analysis_id"]],),
+            lambda rows: any(
+                r[k] is not None
+                for r in rows
+                for k in ("instructions", "input", "report_schema", "model")
+            ),
+        ),
         "prompt_for (own lease)": _claim_then(
             conn, client, "SELECT * FROM parecer.prompt_for(%s) WHERE %s::uuid IS NOT NULL"
         ),
@@ -315,6 +335,8 @@ def probes(w: World, conn: Conn, client: str) -> set[str]:
 RUNNER = {
     "claim",
     "claim (any client)",
+    "claim_with_prompts",
+    "claim_with_prompts (any client)",
     "prompt_for (own lease)",
     "leased_transcript (own lease)",
     "extend_lease (own lease)",
@@ -350,6 +372,7 @@ READER = {
 # parecer_admin holds no runner privilege: it reads and manages every client, it works no item
 ADMIN = READER | {
     "prompt_for (another's lease)",
+    "prompts_for (another's lease)",
     "session_transcript",
     "list_scripts",
     "eligible_sessions",

@@ -340,3 +340,91 @@ def test_mark_done_stores_the_omitted_count_prompt_for_gave(conn: psycopg.Connec
     assert one(conn, "SELECT omitted_messages FROM parecer.reports") == {
         "omitted_messages": p["omitted_messages"]
     }
+
+
+def test_claim_with_prompts_is_claim_then_prompt_for(conn: psycopg.Connection[Any]) -> None:
+    """One call claims as claim does and gives each item what prompt_for would give its
+    lease holder, the hash recorded by the lease itself: an item the size policy cuts,
+    one too large to send (claimed all the same, with PR016 and no prompt), and one that
+    fits; mark_done takes the recorded hash and refuses another (PR017)."""
+    script = make_script(conn)
+    short, long_ = make_session(conn), make_session(conn, messages=300)
+    huge = make_session(conn, messages=0)  # its one message never fits: PR016
+    conn.execute(
+        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
+        " created_at_external) VALUES (%s, %s, false, 'text', %s, now(), now())",
+        (huge.session_id + "-big", huge.session_id, "z" * 20_000),
+    )
+    sessions = {s.session_id: s for s in (short, long_, huge)}
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (list(sessions), script["script_id"]))
+    conn.execute("SELECT parecer.set_setting('max_input_tokens', %s)", ("5000",))
+    for bad in ("''", "NULL"):  # claim's checks, claim's errors, nothing claimed
+        with pytest.raises(psycopg.Error) as exc:
+            conn.execute(f"SELECT * FROM parecer.claim_with_prompts({bad}, 3)")
+        assert errors.sqlstate(exc.value) == errors.INVALID_ARGUMENT
+    with conn.transaction():
+        rows = conn.execute(
+            "SELECT * FROM parecer.claim_with_prompts('w', 3, sync_commit => false)"
+        ).fetchall()
+        assert one(conn, "SHOW synchronous_commit")["synchronous_commit"] == "off"
+    assert len(rows) == 3
+    claim_cols = [
+        r["attname"]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'parecer.claimed_item'::regclass"
+            " AND attnum > 0 ORDER BY attnum"
+        )
+    ]
+    assert list(rows[0])[: len(claim_cols)] == claim_cols  # claim's columns first
+    by_session = {r["session_id"]: r for r in rows}
+    too_large = by_session[huge.session_id]
+    assert (too_large["sqlstate"], too_large["prompt_hash"], too_large["input"]) == (
+        "PR016",
+        None,
+        None,
+    )
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute("SELECT * FROM parecer.prompt_for(%s)", (too_large["analysis_id"],))
+    assert (errors.sqlstate(exc.value), exc.value.diag.message_primary) == (
+        "PR016",
+        too_large["message"],
+    )
+    recorded = {
+        r["analysis_id"]: r
+        for r in conn.execute(
+            "SELECT analysis_id, status, lease_token, given_prompt_hash, omitted_messages,"
+            " prompt_given_at FROM parecer.analyses"
+        )
+    }
+    assert recorded[too_large["analysis_id"]]["given_prompt_hash"] is None
+    assert by_session[long_.session_id]["omitted_messages"] > 0  # the size policy cut it
+    for sid in (short.session_id, long_.session_id):
+        r = by_session[sid]
+        a = recorded[r["analysis_id"]]
+        assert (a["status"], a["lease_token"]) == ("processing", r["lease_token"])
+        assert (a["given_prompt_hash"], a["omitted_messages"]) == (
+            r["prompt_hash"],
+            r["omitted_messages"],
+        )
+        assert a["prompt_given_at"] is not None
+        assert r["sqlstate"] is None and r["message"] is None
+        single = one(conn, "SELECT * FROM parecer.prompt_for(%s)", (r["analysis_id"],))
+        assert single == {k: r[k] for k in single}, "what prompt_for gives the lease holder"
+        assert (
+            r["prompt_hash"]
+            == hashlib.sha256((r["instructions"] + "\n\n" + r["input"]).encode()).hexdigest()
+        )
+    r = by_session[short.session_id]
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute(
+            "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+            (r["analysis_id"], r["lease_token"], json.dumps(report_for(short)), "0" * 64),
+        )
+    assert errors.sqlstate(exc.value) == "PR017"
+    done = one(
+        conn,
+        "SELECT * FROM parecer.mark_done(%s, %s, %s, 'm', %s)",
+        (r["analysis_id"], r["lease_token"], json.dumps(report_for(short)), r["prompt_hash"]),
+    )
+    assert done["status"] == "done"
+    assert conn.execute("SELECT * FROM parecer.claim_with_prompts('w', 3)").fetchall() == []

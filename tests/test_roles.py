@@ -25,6 +25,7 @@ CALLS: dict[str, str] = {
     "start_run": "SELECT * FROM parecer.start_run('acme', 'qa', dry_run => true)",
     "run_summary": "SELECT * FROM parecer.run_summary(1)",
     "claim": "SELECT * FROM parecer.claim('w', client_slug => 'nobody-here')",
+    "claim_with_prompts": "SELECT * FROM parecer.claim_with_prompts('w', client_slug => 'nobody-here')",
     "extend_lease": f"SELECT * FROM parecer.extend_lease('{U}', '{U}')",
     "mark_done": f"SELECT * FROM parecer.mark_done('{U}', '{U}', '{{}}', 'm', 'h')",
     "mark_failed": f"SELECT * FROM parecer.mark_failed('{U}', '{U}', 'e')",
@@ -161,6 +162,7 @@ MATRIX: dict[str, set[str]] = {
     | READER_VIEWS,
     "parecer_runner": {
         "claim",
+        "claim_with_prompts",
         "extend_lease",
         "mark_done",
         "mark_done_many",

@@ -39,6 +39,7 @@ TO parecer_reader;
 -- parecer_runner: claim, read the prompt, heartbeat, report, release; the shared rate limiter.
 GRANT EXECUTE ON FUNCTION
     parecer.claim(text, integer, integer, text, boolean),
+    parecer.claim_with_prompts(text, integer, integer, text, boolean),
     parecer.prompt_for(uuid),
     parecer.prompts_for(uuid[]),
     parecer.leased_transcript(uuid, uuid),

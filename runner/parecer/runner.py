@@ -1,7 +1,7 @@
 """The runner: claims work from PostgreSQL, calls the model, reports the outcome.
 
 It owns no queue logic. Every decision about an item is a ``parecer.`` SQL function
-(claim, prompts_for / prompt_for, extend_lease, mark_done_many / mark_done, mark_failed,
+(claim_with_prompts / prompt_for, extend_lease, mark_done_many / mark_done, mark_failed,
 release); the runner keeps the model busy, safely:
 
 * wakes on ``NOTIFY parecer_work`` (a dedicated autocommit LISTEN connection) and
@@ -97,16 +97,14 @@ class Prompt:
 
 
 @dataclass(frozen=True)
-class ClaimedPrompt:
-    """A row of ``parecer.prompts_for``: one claimed item's prompt, or (``sqlstate``) the
-    error ``prompt_for`` raises for it."""
+class ClaimedPrompt(ClaimedItem):
+    """A row of ``parecer.claim_with_prompts``: a claimed item with its prompt, or
+    (``sqlstate``) the error ``prompt_for`` raises for it."""
 
-    analysis_id: UUID
     instructions: str | None
     input: str | None
     report_schema: dict[str, Any] | None
     prompt_hash: str | None
-    model: str | None
     omitted_messages: int | None
     input_tokens: int | None
     repair_calls: int | None
@@ -248,7 +246,7 @@ class InFlight:
 
     item: ClaimedItem
     reporting: bool = False
-    prompt: Prompt | None = None  # from parecer.prompts_for right after the claim
+    prompt: Prompt | None = None  # from parecer.claim_with_prompts
 
 
 Row = TypeVar("Row")
@@ -811,10 +809,12 @@ class Runner:
             claimed = 0
             if free > 0:
                 try:
+                    # the items and their prompts in one call (the hashes recorded as
+                    # prompt_for records them)
                     items = await self._rows(
-                        ClaimedItem,
-                        "SELECT c.*, clock_timestamp() AS db_now FROM parecer.claim(worker => %s, max_items => %s,"
-                        " lease_seconds => %s, client_slug => %s, sync_commit => false) c",
+                        ClaimedPrompt,
+                        "SELECT c.*, clock_timestamp() AS db_now FROM parecer.claim_with_prompts(worker => %s,"
+                        " max_items => %s, lease_seconds => %s, client_slug => %s, sync_commit => false) c",
                         (cfg.worker_id, free, cfg.lease_seconds, cfg.client_slug),
                         attempts=1,
                     )
@@ -825,9 +825,10 @@ class Runner:
                     continue
                 claimed = len(items)
                 self.stats.claimed += claimed
-                prompts = await self._claimed_prompts(items)
                 for item in items:
-                    flight = InFlight(item, prompt=prompts.get(item.analysis_id))
+                    # no prompt (prompt_for would raise for it): the item asks prompt_for
+                    # on its own, which raises what it raises
+                    flight = InFlight(item, prompt=item.prompt())
                     task = asyncio.create_task(self._process(flight))
                     self._inflight[task] = flight
                 if claimed == free:
@@ -838,24 +839,6 @@ class Runner:
                 if cfg.run_id is not None and await self._run_settled():
                     return
             await self._sleep(await self._poll_timeout())
-
-    async def _claimed_prompts(self, items: list[ClaimedItem]) -> dict[UUID, Prompt]:
-        """The prompts of the items just claimed, in one parecer.prompts_for call. An item
-        without one here (prompt_for would raise for it, or this call failed) asks
-        parecer.prompt_for on its own, which raises what it raises."""
-        if not items:
-            return {}
-        try:
-            rows = await self._rows(
-                ClaimedPrompt,
-                "SELECT * FROM parecer.prompts_for(%s)",
-                ([i.analysis_id for i in items],),
-                attempts=1,
-            )
-        except psycopg.Error as exc:
-            log.debug("prompts_for failed: each item asks prompt_for", exc_info=exc)
-            return {}
-        return {r.analysis_id: p for r in rows if (p := r.prompt()) is not None}
 
     async def _run_settled(self) -> bool:
         rows = await self._rows(

@@ -174,6 +174,28 @@
     lease_expires_at timestamp with time zone,
     retry_count integer
 
+-- table: claimed_prompt
+    analysis_id uuid,
+    lease_token uuid,
+    attempt integer,
+    client_slug text,
+    session_id text,
+    script_id bigint,
+    script_key text,
+    script_version integer,
+    model text,
+    lease_expires_at timestamp with time zone,
+    retry_count integer,
+    instructions text,
+    input text,
+    report_schema json,
+    prompt_hash text,
+    omitted_messages integer,
+    input_tokens integer,
+    repair_calls integer,
+    sqlstate text,
+    message text
+
 -- table: insight_session
     analysis_id uuid,
     session_id text,
@@ -1043,6 +1065,13 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 body md5 0fab179a7095e29a20b7b59026e99eec
 
+-- function: parecer._claim(text,integer,integer,text,boolean,boolean)
+ARGUMENTS p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text, p_sync_commit boolean, p_prompts boolean
+RETURNS TABLE(analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint, script_key text, script_version integer, model text, lease_expires_at timestamp with time zone, retry_count integer, instructions text, input text, report_schema json, prompt_hash text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
+body md5 51c94bab1c80a11a0b6c52c6a0360fab
+
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
@@ -1191,12 +1220,12 @@ RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
 body md5 4b6a2270863d92b171fed17160653d75
 
--- function: parecer._lease_items(uuid[],text,integer,name)
-ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
-RETURNS SETOF parecer.claimed_item
+-- function: parecer._lease_items(uuid[],text,integer,name,boolean)
+ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name, p_prompts boolean DEFAULT false
+RETURNS TABLE(analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint, script_key text, script_version integer, model text, lease_expires_at timestamp with time zone, retry_count integer, instructions text, input text, report_schema json, prompt_hash text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 fafce49e6c8e6dccea6bceaaaaf1fafb
+body md5 bafb5281e32f8c5d3f471f8dc80d866c
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1276,12 +1305,19 @@ RETURNS TABLE(role_intro text, script_title text, client_word text, script_word 
 LANGUAGE sql IMMUTABLE
 body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 
+-- function: parecer._prompt_texts(uuid[])
+ARGUMENTS p_ids uuid[]
+RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode=force_generic_plan
+body md5 9b9cc359da850ab0e91a2422572ae5fb
+
 -- function: parecer._prompts(uuid[])
 ARGUMENTS p_ids uuid[]
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 e7e4bc2db7f40fdf15ff73f41674d2e5
+body md5 328fe1d09c775c52e0b8f50ed461f33e
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
@@ -1537,9 +1573,15 @@ body md5 b10cedd97e1a8dff35e1953b7cb55fff
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 6508d9ec7b6af8e5886900a297f15666
+body md5 10fdb84b26b1f995187e1b37551418d5
+
+-- function: parecer.claim_with_prompts(text,integer,integer,text,boolean)
+ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
+RETURNS SETOF parecer.claimed_prompt
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path=pg_catalog, pg_temp
+body md5 c520153afc6aef35b429db515422bd68
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
@@ -1919,6 +1961,9 @@ postgres=X/postgres
 -- acl: parecer._check_worker(text)
 postgres=X/postgres
 
+-- acl: parecer._claim(text,integer,integer,text,boolean,boolean)
+postgres=X/postgres
+
 -- acl: parecer._client(text)
 postgres=X/postgres
 
@@ -1991,7 +2036,7 @@ postgres=X/postgres
 -- acl: parecer._lease(uuid,uuid)
 postgres=X/postgres
 
--- acl: parecer._lease_items(uuid[],text,integer,name)
+-- acl: parecer._lease_items(uuid[],text,integer,name,boolean)
 postgres=X/postgres
 
 -- acl: parecer._lease_refused(uuid,uuid)
@@ -2031,6 +2076,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._phrases(text)
+postgres=X/postgres
+
+-- acl: parecer._prompt_texts(uuid[])
 postgres=X/postgres
 
 -- acl: parecer._prompts(uuid[])
@@ -2157,6 +2205,9 @@ parecer_admin=X/postgres postgres=X/postgres
 parecer_admin=X/postgres postgres=X/postgres
 
 -- acl: parecer.claim(text,integer,integer,text,boolean)
+parecer_runner=X/postgres postgres=X/postgres
+
+-- acl: parecer.claim_with_prompts(text,integer,integer,text,boolean)
 parecer_runner=X/postgres postgres=X/postgres
 
 -- acl: parecer.create_script_version(text,text,text,text[],text,text,b
@@ -2389,6 +2440,9 @@ Check the installed adapter against this host's data: row counts of the four sou
 
 -- comment: function parecer.claim(text,integer,integer,text,boolean)
 Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client's fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.
+
+-- comment: function parecer.claim_with_prompts(text,integer,integer,text,boolean)
+parecer.claim and parecer.prompt_for in one call: claims as claim does (same arguments, same order, fairness, budgets, isolation and errors) and gives each claimed item, with claim's columns, prompt_for's: instructions, input, report_schema, prompt_hash, omitted_messages, input_tokens, repair_calls; the hash is recorded for the lease holder as prompt_for records it (mark_done requires it, PR017). An item whose prompt cannot be built is claimed all the same, with the sqlstate and message prompt_for raises for it (PR016 prompt too large: mark it failed) and no prompt. Errors: PR010.
 
 -- comment: function parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 Create the next version (max + 1) of a client's analysis script; activate => true makes it the only active version; metadata_keys: keys of parecer.source_session_metadata shown to the model above the transcript; extra_fields: custom typed report fields (a JSON array of {"name", "type": string|number|boolean|enum|string_list, "description", optional "minimum"/"maximum", "values", "max_items", "evidence"}) merged into the report schema under "extra" and checked by mark_done. Errors: PR001 unknown client, PR013 invalid script (key, text, topics, language, model).
