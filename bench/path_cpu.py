@@ -126,7 +126,9 @@ def make_database(server: str, tree: Path, name: str, sessions: int) -> str:
             " IS NOT NULL"
         ).fetchone()
         fused = bool(row and row[0])
-        c.execute(PATH.replace("CLAIM_AND_PROMPTS", CLAIM_WITH_PROMPTS if fused else CLAIM_THEN_PROMPTS))
+        c.execute(
+            PATH.replace("CLAIM_AND_PROMPTS", CLAIM_WITH_PROMPTS if fused else CLAIM_THEN_PROMPTS)
+        )
     return url
 
 
