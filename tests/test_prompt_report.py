@@ -27,6 +27,19 @@ def one_item(conn: psycopg.Connection[Any], **kw: Any) -> tuple[dict[str, Any], 
     return item, s
 
 
+def three_sizes(conn: psycopg.Connection[Any]) -> tuple[Any, Any, Any]:
+    """Sessions whose prompts, under max_input_tokens 5000, fit whole, are cut by the
+    size policy, and cannot be sent (its one message never fits: PR016)."""
+    short, long_ = make_session(conn), make_session(conn, messages=300)
+    huge = make_session(conn, messages=0)
+    conn.execute(
+        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
+        " created_at_external) VALUES (%s, %s, false, 'text', %s, now(), now())",
+        (huge.session_id + "-big", huge.session_id, "z" * 20_000),
+    )
+    return short, long_, huge
+
+
 def test_transcript_order_and_audio_rule(conn: psycopg.Connection[Any]) -> None:
     s = make_session(conn, messages=0)
     t0 = datetime(2026, 1, 2, 10, 0, tzinfo=timezone.utc)
@@ -285,13 +298,7 @@ def test_prompts_for_builds_a_batch_of_several_scripts_as_prompt_for_does(
         "SELECT script_id FROM parecer.create_script_version('acme', 'en', 'Rate it.',"
         " topics => '{internet}', language => 'en')",
     )
-    short, long_ = make_session(conn), make_session(conn, messages=300)
-    huge = make_session(conn, messages=0)  # its one message never fits: PR016
-    conn.execute(
-        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
-        " created_at_external) VALUES (%s, %s, false, 'text', %s, now(), now())",
-        (huge.session_id + "-big", huge.session_id, "z" * 20_000),
-    )
+    short, long_, huge = three_sizes(conn)
     for sid in (pt["script_id"], en["script_id"]):
         conn.execute(
             "SELECT * FROM parecer.enqueue(%s, %s)",
@@ -348,13 +355,7 @@ def test_claim_with_prompts_is_claim_then_prompt_for(conn: psycopg.Connection[An
     one too large to send (claimed all the same, with PR016 and no prompt), and one that
     fits; mark_done takes the recorded hash and refuses another (PR017)."""
     script = make_script(conn)
-    short, long_ = make_session(conn), make_session(conn, messages=300)
-    huge = make_session(conn, messages=0)  # its one message never fits: PR016
-    conn.execute(
-        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
-        " created_at_external) VALUES (%s, %s, false, 'text', %s, now(), now())",
-        (huge.session_id + "-big", huge.session_id, "z" * 20_000),
-    )
+    short, long_, huge = three_sizes(conn)
     sessions = {s.session_id: s for s in (short, long_, huge)}
     conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (list(sessions), script["script_id"]))
     conn.execute("SELECT parecer.set_setting('max_input_tokens', %s)", ("5000",))

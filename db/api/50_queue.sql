@@ -293,18 +293,17 @@ $$;
 -- claim_with_prompts, open_batch). With p_prompts, each item's prompt
 -- (_prompt_texts, 60_reports.sql) is built first and its hash recorded by the same
 -- UPDATE, as prompt_for records it for the lease holder: one row version per item.
+-- Without, the prompt columns are NULL (claim and open_batch read the others).
 -- Updated by primary key (= ANY of the locked ids), never through a join the
 -- planner could turn into a hash join over the whole table.
 CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name,
                                                 p_prompts boolean DEFAULT false)
-RETURNS TABLE (analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text,
-               script_id bigint, script_key text, script_version integer, model text,
-               lease_expires_at timestamptz, retry_count integer,
-               instructions text, input text, report_schema json, prompt_hash text, omitted_messages integer,
-               input_tokens integer, sqlstate text, message text, hint text)
+RETURNS SETOF parecer.claimed_prompt
 -- not sql: PL/pgSQL keeps the statement's plan across calls
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
+DECLARE
+    v_repair integer := CASE WHEN p_prompts THEN parecer._setting_int('repair_calls') END;
 BEGIN
     RETURN QUERY
     WITH t AS MATERIALIZED (
@@ -330,7 +329,7 @@ BEGIN
     SELECT u.analysis_id, u.lease_token, u.claims, u.client_slug, u.session_id, u.script_id,
            s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count,
            t.instructions, t.input, t.report_schema, t.prompt_hash, t.omitted_messages, t.input_tokens,
-           t.sqlstate, t.message, t.hint
+           CASE WHEN t.sqlstate IS NULL THEN v_repair END, t.sqlstate, t.message
     FROM u
     JOIN parecer.scripts s ON s.script_id = u.script_id
     LEFT JOIN t ON t.analysis_id = u.analysis_id
@@ -354,11 +353,7 @@ $$;
 -- prompt (_lease_items); commit before calling the model.
 CREATE OR REPLACE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer,
                                           p_client_slug text, p_sync_commit boolean, p_prompts boolean)
-RETURNS TABLE (analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text,
-               script_id bigint, script_key text, script_version integer, model text,
-               lease_expires_at timestamptz, retry_count integer,
-               instructions text, input text, report_schema json, prompt_hash text, omitted_messages integer,
-               input_tokens integer, sqlstate text, message text, hint text)
+RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
@@ -475,15 +470,8 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_repair integer := parecer._setting_int('repair_calls');
 BEGIN
-    RETURN QUERY
-    SELECT c.analysis_id, c.lease_token, c.attempt, c.client_slug, c.session_id, c.script_id, c.script_key,
-           c.script_version, c.model, c.lease_expires_at, c.retry_count,
-           c.instructions, c.input, c.report_schema, c.prompt_hash, c.omitted_messages, c.input_tokens,
-           CASE WHEN c.sqlstate IS NULL THEN v_repair END, c.sqlstate, c.message
-    FROM parecer._claim($1, $2, $3, $4, $5, true) c;
+    RETURN QUERY SELECT * FROM parecer._claim($1, $2, $3, $4, $5, true);
 END
 $$;
 COMMENT ON FUNCTION parecer.claim_with_prompts(text, integer, integer, text, boolean) IS

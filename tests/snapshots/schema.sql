@@ -1067,7 +1067,7 @@ body md5 0fab179a7095e29a20b7b59026e99eec
 
 -- function: parecer._claim(text,integer,integer,text,boolean,boolean)
 ARGUMENTS p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text, p_sync_commit boolean, p_prompts boolean
-RETURNS TABLE(analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint, script_key text, script_version integer, model text, lease_expires_at timestamp with time zone, retry_count integer, instructions text, input text, report_schema json, prompt_hash text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
+RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
 body md5 51c94bab1c80a11a0b6c52c6a0360fab
@@ -1222,10 +1222,10 @@ body md5 4b6a2270863d92b171fed17160653d75
 
 -- function: parecer._lease_items(uuid[],text,integer,name,boolean)
 ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name, p_prompts boolean DEFAULT false
-RETURNS TABLE(analysis_id uuid, lease_token uuid, attempt integer, client_slug text, session_id text, script_id bigint, script_key text, script_version integer, model text, lease_expires_at timestamp with time zone, retry_count integer, instructions text, input text, report_schema json, prompt_hash text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
+RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 bafb5281e32f8c5d3f471f8dc80d866c
+body md5 8ad88827a909feb90ff707418b1dd4ca
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1581,7 +1581,7 @@ ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAUL
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 c520153afc6aef35b429db515422bd68
+body md5 9e5da84fa2359637023a5da99f0f18db
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
