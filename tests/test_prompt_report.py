@@ -351,7 +351,7 @@ def test_mark_done_stores_the_omitted_count_prompt_for_gave(conn: psycopg.Connec
 
 def test_claim_with_prompts_is_claim_then_prompt_for(conn: psycopg.Connection[Any]) -> None:
     """One call claims as claim does and gives each item what prompt_for would give its
-    lease holder, the hash recorded by the lease itself: an item the size policy cuts,
+    lease holder, the hash recorded as prompt_for records it: an item the size policy cuts,
     one too large to send (claimed all the same, with PR016 and no prompt), and one that
     fits; mark_done takes the recorded hash and refuses another (PR017)."""
     script = make_script(conn)

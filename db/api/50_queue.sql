@@ -289,26 +289,16 @@ END
 $$;
 
 -- Lease locked candidates (ids from parecer._candidates, in claim order) to a worker
--- for p_lease seconds: the one place a claim's lease is written (claim,
--- claim_with_prompts, open_batch). With p_prompts, each item's prompt
--- (_prompt_texts, 60_reports.sql) is built first and its hash recorded by the same
--- UPDATE, as prompt_for records it for the lease holder: one row version per item.
--- Without, the prompt columns are NULL (claim and open_batch read the others).
+-- for p_lease seconds: the one place a claim's lease is written (claim, open_batch).
 -- Updated by primary key (= ANY of the locked ids), never through a join the
 -- planner could turn into a hash join over the whole table.
-CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name,
-                                                p_prompts boolean DEFAULT false)
-RETURNS SETOF parecer.claimed_prompt
+CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name)
+RETURNS SETOF parecer.claimed_item
 -- not sql: PL/pgSQL keeps the statement's plan across calls
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
-#variable_conflict use_column
-DECLARE
-    v_repair integer := CASE WHEN p_prompts THEN parecer._setting_int('repair_calls') END;
 BEGIN
     RETURN QUERY
-    WITH t AS MATERIALIZED (
-        SELECT * FROM parecer._prompt_texts(p_ids) WHERE p_prompts
-    ), u AS (
+    WITH u AS (
         UPDATE parecer.analyses a
            SET status = 'processing',
                claims = a.claims + 1,
@@ -318,21 +308,14 @@ BEGIN
                next_retry_at = NULL,
                started_at = now(),
                updated_at = now(),
-               leased_to = p_who,
-               (given_prompt_hash, prompt_given_at, omitted_messages) =
-                   (SELECT t.prompt_hash, now(), t.omitted_messages FROM t
-                    WHERE t.analysis_id = a.analysis_id AND t.sqlstate IS NULL)
+               leased_to = p_who, given_prompt_hash = NULL, prompt_given_at = NULL, omitted_messages = NULL
          WHERE a.analysis_id = ANY (p_ids)
         RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
                   a.lease_expires_at, a.retry_count
     )
     SELECT u.analysis_id, u.lease_token, u.claims, u.client_slug, u.session_id, u.script_id,
-           s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count,
-           t.instructions, t.input, t.report_schema, t.prompt_hash, t.omitted_messages, t.input_tokens,
-           CASE WHEN t.sqlstate IS NULL THEN v_repair END, t.sqlstate, t.message
-    FROM u
-    JOIN parecer.scripts s ON s.script_id = u.script_id
-    LEFT JOIN t ON t.analysis_id = u.analysis_id
+           s.script_key, s.version, s.model, u.lease_expires_at, u.retry_count
+    FROM u JOIN parecer.scripts s ON s.script_id = u.script_id
     ORDER BY array_position(p_ids, u.analysis_id);
 END
 $$;
@@ -348,19 +331,22 @@ BEGIN
 END
 $$;
 
--- A claim (claim, claim_with_prompts): up to p_max_items claimable items, each
--- with a lease (token + expiry) and the attempt number, and with p_prompts its
--- prompt (_lease_items); commit before calling the model.
-CREATE OR REPLACE FUNCTION parecer._claim(p_worker text, p_max_items integer, p_lease_seconds integer,
-                                          p_client_slug text, p_sync_commit boolean, p_prompts boolean)
-RETURNS SETOF parecer.claimed_prompt
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+-- Claim up to max_items claimable items: each gets a lease (token + expiry) and
+-- the attempt number; commit before calling the model.
+CREATE OR REPLACE FUNCTION parecer.claim(
+    worker        text,
+    max_items     integer DEFAULT 1,
+    lease_seconds integer DEFAULT NULL,
+    client_slug   text DEFAULT NULL,
+    sync_commit   boolean DEFAULT true
+) RETURNS SETOF parecer.claimed_item
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
-    v_worker  text := p_worker;
-    v_limit   integer := p_max_items;
+    v_worker  text := $1;
+    v_limit   integer := $2;
     v_lease   integer;
-    v_client  text := p_client_slug;
+    v_client  text := $4;
     v_n       integer;
     v_one     text;
     v_ids     uuid[];
@@ -380,7 +366,7 @@ BEGIN
                OR parecer._blocked_reason(p.client_id) IS NULL)
         LIMIT 2
     )
-    SELECT COALESCE(p_lease_seconds, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
+    SELECT COALESCE($3, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
            EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
            (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
       INTO v_lease, v_expired, v_n, v_one;
@@ -395,13 +381,13 @@ BEGIN
     END IF;
     -- A claim hands out at most max_claim_items, whatever it asks (it may always get fewer).
     v_limit := LEAST(v_limit, parecer._setting_int('max_claim_items'));
-    IF p_sync_commit IS NULL THEN
+    IF sync_commit IS NULL THEN
         PERFORM parecer._invalid('sync_commit must be true or false', 'Leave it out (true) unless the claim is a transaction of its own.');
     END IF;
     -- A claim need not survive a server crash: lost, it leaves the item claimable as
     -- before, and its holder's mark_done / extend_lease get PR006. Not waiting for
     -- the WAL flush halves the flushes per item (SET LOCAL: until this transaction ends).
-    IF NOT p_sync_commit THEN
+    IF NOT sync_commit THEN
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
     END IF;
 
@@ -433,35 +419,16 @@ BEGIN
         RETURN;
     END IF;
 
-    RETURN QUERY SELECT * FROM parecer._lease_items(v_ids, v_worker, v_lease, v_who, p_prompts);
-END
-$$;
-
--- Claim up to max_items claimable items: each gets a lease (token + expiry) and
--- the attempt number; commit before calling the model.
-CREATE OR REPLACE FUNCTION parecer.claim(
-    worker        text,
-    max_items     integer DEFAULT 1,
-    lease_seconds integer DEFAULT NULL,
-    client_slug   text DEFAULT NULL,
-    sync_commit   boolean DEFAULT true
-) RETURNS SETOF parecer.claimed_item
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN QUERY
-    SELECT c.analysis_id, c.lease_token, c.attempt, c.client_slug, c.session_id, c.script_id, c.script_key,
-           c.script_version, c.model, c.lease_expires_at, c.retry_count
-    FROM parecer._claim($1, $2, $3, $4, $5, false) c;
+    RETURN QUERY SELECT * FROM parecer._lease_items(v_ids, v_worker, v_lease, v_who);
 END
 $$;
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
 'Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.';
 
-
--- claim and prompt_for in one call: the items a claim gives, each with its prompt
--- (or the error prompt_for raises for it), the hash recorded by the lease's own
--- UPDATE. What a runner calls: one statement and one row version per item fewer
--- than claim followed by prompts_for.
+-- claim and prompts_for in one call: the items a claim gives, each with its prompt
+-- (or the error prompt_for raises for it), recorded for the lease holder as
+-- prompt_for records it. What a runner calls: one round trip and one transaction
+-- per batch fewer than claim followed by prompts_for, with their results.
 CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     worker        text,
     max_items     integer DEFAULT 1,
@@ -470,8 +437,21 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_items parecer.claimed_item[];
 BEGIN
-    RETURN QUERY SELECT * FROM parecer._claim($1, $2, $3, $4, $5, true);
+    v_items := ARRAY(SELECT c FROM parecer.claim($1, $2, $3, $4, $5) c);
+    IF cardinality(v_items) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT i.analysis_id, i.lease_token, i.attempt, i.client_slug, i.session_id, i.script_id, i.script_key,
+           i.script_version, i.model, i.lease_expires_at, i.retry_count,
+           p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
+           p.repair_calls, p.sqlstate, p.message
+    FROM unnest(v_items) WITH ORDINALITY i
+    JOIN parecer._prompts(ARRAY(SELECT x.analysis_id FROM unnest(v_items) x)) p ON p.ord = i.ordinality
+    ORDER BY i.ordinality;
 END
 $$;
 COMMENT ON FUNCTION parecer.claim_with_prompts(text, integer, integer, text, boolean) IS

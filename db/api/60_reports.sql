@@ -203,70 +203,19 @@ $$;
 COMMENT ON FUNCTION parecer.leased_transcript(uuid, uuid) IS
 'The messages of the session of an item you hold (analysis_id + lease_token from parecer.claim, lease live), as parecer.session_transcript gives them. Unknown item, wrong or expired lease and (isolation on) a client not granted to you give the same error. Errors: PR006 not leased to you.';
 
--- The prompts of analyses, ids in order (a NULL or unknown id: no row): what the
--- model is sent under the size policy, its hash, the omitted count, or the PR016
--- a prompt too large gets. No check of who asks: _prompts passes only the ids its
--- caller may see, _lease_items (50_queue.sql) the ids its claim locked. One
--- statement for the batch: each script's texts, lengths and budget once, the
--- transcripts through the inlined _transcript_fit.
-CREATE OR REPLACE FUNCTION parecer._prompt_texts(p_ids uuid[])
-RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
-               model text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
--- Generic plans: one plan is right for any list of ids, and planning this
--- statement anew for each call cost more than running it.
-LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
-#variable_conflict use_column
-BEGIN
-    RETURN QUERY
-    WITH p AS MATERIALIZED (
-        SELECT i.o, i.id, a.session_id, a.script_id
-        FROM unnest(p_ids) WITH ORDINALITY i(id, o)
-        JOIN parecer.analyses a ON a.analysis_id = i.id
-    ), sc AS MATERIALIZED (   -- each script of the batch once
-        SELECT s.*, parecer._input_budget_chars(s.instructions, s.report_schema) AS budget,
-               length(s.instructions) + length(s.report_schema::text) AS fixed_chars
-        FROM (
-            -- instructions || '': a plain copy, read once (the column is compressed and
-            -- may be stored out of line; every item's hash reads it)
-            SELECT s.script_id, s.instructions || '' AS instructions, s.report_schema, s.model, s.language, s.metadata_keys
-            FROM parecer.scripts s
-            WHERE s.script_id IN (SELECT p.script_id FROM p)
-            OFFSET 0
-        ) s
-    ), f AS MATERIALIZED (
-        SELECT p.o, p.id, p.session_id, sc.instructions, sc.report_schema, sc.model, sc.fixed_chars, t.omitted,
-               CASE WHEN t.input IS NOT NULL
-                    THEN parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END AS input  -- contract v2 (30_scripts.sql)
-        FROM p
-        JOIN sc ON sc.script_id = p.script_id
-        LEFT JOIN LATERAL (
-            SELECT t.input, t.omitted FROM parecer._transcript_fit(p.session_id, sc.language, sc.budget) t OFFSET 0
-        ) t ON true
-    )
-    SELECT f.o::integer, f.id, f.instructions, f.input, f.report_schema,
-           encode(sha256(convert_to(f.instructions || E'\n\n' || f.input, 'UTF8')), 'hex'),
-           f.model, f.omitted, ceil((f.fixed_chars + length(f.input)) / 3.0)::integer,
-           CASE WHEN f.input IS NULL THEN 'PR016' END,
-           CASE WHEN f.input IS NULL
-                THEN pg_catalog.format('prompt too large: not one message of session %s fits in max_input_tokens (%s)',
-                                       left(f.session_id, 100), parecer._setting_int('max_input_tokens')) END,
-           CASE WHEN f.input IS NULL
-                THEN 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.' END
-    FROM f
-    ORDER BY f.o;
-END
-$$;
-
 -- What the model is sent for each of several analyses, under the size policy:
--- one row per id, in order, with the prompt (_prompt_texts) or the error
--- prompt_for raises for it (sqlstate, message, hint). The prompts given to the
--- caller as lease holder are recorded (hash, omitted messages) by the same
--- statement.
+-- one row per id, in order, with the prompt or the error prompt_for raises for
+-- it (sqlstate, message, hint). The prompts given to the caller as lease holder
+-- are recorded (hash, omitted messages) by the same statement. One statement for
+-- the batch: each script's texts, lengths and budget once, the transcripts
+-- through the inlined _transcript_fit.
 CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[])
 RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
                sqlstate text, message text, hint text)
 -- records the hashes it gives the lease holder
+-- Generic plans: one plan is right for any list of ids, and planning this
+-- statement anew for each call cost more than running it.
 LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
@@ -276,7 +225,7 @@ BEGIN
     SELECT * INTO v_sc FROM parecer._caller_scope;
     RETURN QUERY
     WITH p AS MATERIALIZED (
-        SELECT i.o, i.id, a.lease_token, x.holder, x.visible
+        SELECT i.o, i.id, a.lease_token, a.session_id, a.script_id, x.holder, x.visible
         FROM unnest(p_ids) WITH ORDINALITY i(id, o)
         LEFT JOIN parecer.analyses a ON a.analysis_id = i.id
         CROSS JOIN LATERAL (
@@ -289,31 +238,57 @@ BEGIN
                    a.analysis_id IS NOT NULL
                    AND (v_sc.all_clients OR (h.holder AND a.client_id = ANY (v_sc.client_ids))) IS NOT FALSE AS visible
         ) x
-    ), t AS MATERIALIZED (   -- built only for an id the caller may see
-        SELECT * FROM parecer._prompt_texts(ARRAY(SELECT CASE WHEN p.visible THEN p.id END FROM p ORDER BY p.o))
+    ), sc AS MATERIALIZED (   -- each script of the batch once
+        SELECT s.*, parecer._input_budget_chars(s.instructions, s.report_schema) AS budget,
+               length(s.instructions) + length(s.report_schema::text) AS fixed_chars
+        FROM (
+            -- instructions || '': a plain copy, read once (the column is compressed and
+            -- may be stored out of line; every item's hash reads it)
+            SELECT s.script_id, s.instructions || '' AS instructions, s.report_schema, s.model, s.language, s.metadata_keys
+            FROM parecer.scripts s
+            WHERE s.script_id IN (SELECT p.script_id FROM p WHERE p.visible)
+            OFFSET 0
+        ) s
+    ), f AS MATERIALIZED (
+        SELECT p.o, p.id, p.lease_token, p.holder, sc.instructions, sc.report_schema, sc.model, sc.fixed_chars, t.omitted,
+               CASE WHEN t.input IS NOT NULL
+                    THEN parecer._metadata_line(p.session_id, sc.metadata_keys, sc.language) || t.input END AS input,  -- contract v2 (30_scripts.sql)
+               CASE WHEN NOT p.visible THEN 'PR011' WHEN t.input IS NULL THEN 'PR016' END AS code,
+               CASE WHEN NOT p.visible THEN 'unknown analysis ' || COALESCE(p.id::text, 'NULL')
+                    WHEN t.input IS NULL
+                    THEN pg_catalog.format('prompt too large: not one message of session %s fits in max_input_tokens (%s)',
+                                           left(p.session_id, 100), parecer._setting_int('max_input_tokens')) END AS msg,
+               CASE WHEN NOT p.visible THEN 'analysis_id comes from parecer.claim or parecer.reports.'
+                    WHEN t.input IS NULL
+                    THEN 'The item cannot be sent: mark it failed (retryable => false). Raise max_input_tokens (parecer.set_setting) if the model takes more, then parecer.retry_failed.' END AS hint
+        FROM p
+        LEFT JOIN sc ON sc.script_id = p.script_id AND p.visible   -- nothing of an item the caller may not see
+        LEFT JOIN LATERAL (
+            SELECT t.input, t.omitted
+            FROM parecer._transcript_fit(p.session_id, sc.language, sc.budget) t
+            WHERE p.visible   -- not built for an id the caller may not see
+            OFFSET 0
+        ) t ON true
+    ), h AS MATERIALIZED (
+        SELECT f.*, encode(sha256(convert_to(f.instructions || E'\n\n' || f.input, 'UTF8')), 'hex') AS hash
+        FROM f
     ), g AS MATERIALIZED (   -- given to the lease holder (narrow: the UPDATE keeps a copy of each row)
-        SELECT p.id, p.lease_token, t.prompt_hash, t.omitted_messages
-        FROM p JOIN t ON t.ord = p.o
-        WHERE p.holder AND t.sqlstate IS NULL
+        SELECT h.id, h.lease_token, h.hash, h.omitted FROM h WHERE h.holder AND h.code IS NULL
     ), u AS (
         -- What the lease holder is given, for mark_done to check its prompt_hash against
         -- (and to store the omitted count with the report). Not worth a WAL flush: lost
         -- in a server crash, the holder's mark_done gets PR017 and the item is retried,
         -- as a claim lost so (claim's sync_commit) is. SET LOCAL: until this transaction ends.
-        UPDATE parecer.analyses a
-           SET given_prompt_hash = g.prompt_hash, omitted_messages = g.omitted_messages, prompt_given_at = now()
+        UPDATE parecer.analyses a SET given_prompt_hash = g.hash, omitted_messages = g.omitted, prompt_given_at = now()
           FROM g
          WHERE a.analysis_id = g.id AND a.lease_token = g.lease_token
         RETURNING pg_catalog.set_config('synchronous_commit', 'off', true)
     )
-    SELECT p.o::integer, p.id, t.instructions, t.input, t.report_schema, t.prompt_hash, t.model, t.omitted_messages,
-           t.input_tokens, v_repair,
-           CASE WHEN p.visible THEN t.sqlstate ELSE 'PR011' END,
-           CASE WHEN p.visible THEN t.message ELSE 'unknown analysis ' || COALESCE(p.id::text, 'NULL') END,
-           CASE WHEN p.visible THEN t.hint ELSE 'analysis_id comes from parecer.claim or parecer.reports.' END
-    FROM p
-    LEFT JOIN t ON t.ord = p.o
-    ORDER BY p.o;
+    SELECT h.o::integer, h.id, h.instructions, h.input, h.report_schema, h.hash, h.model, h.omitted,
+           ceil((h.fixed_chars + length(h.input)) / 3.0)::integer,
+           v_repair, h.code, h.msg, h.hint
+    FROM h
+    ORDER BY h.o;
 END
 $$;
 

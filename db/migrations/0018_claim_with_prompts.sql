@@ -1,7 +1,6 @@
 -- 0018: a claim can give its items' prompts (issue 18): parecer.claim_with_prompts
--- returns claim's columns and prompt_for's, and records each prompt's hash in the
--- lease's own UPDATE. Its row type goes here; _lease_items gains a parameter, so its
--- old signature goes too (db/api/ defines the new one).
+-- returns claim's columns and prompt_for's. Its row type goes here (db/api/ defines
+-- the function).
 CREATE TYPE parecer.claimed_prompt AS (
     analysis_id      uuid,
     lease_token      uuid,
@@ -24,4 +23,3 @@ CREATE TYPE parecer.claimed_prompt AS (
     sqlstate         text,
     message          text
 );
-DROP FUNCTION IF EXISTS parecer._lease_items(uuid[], text, integer, name);

@@ -1065,13 +1065,6 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 body md5 0fab179a7095e29a20b7b59026e99eec
 
--- function: parecer._claim(text,integer,integer,text,boolean,boolean)
-ARGUMENTS p_worker text, p_max_items integer, p_lease_seconds integer, p_client_slug text, p_sync_commit boolean, p_prompts boolean
-RETURNS SETOF parecer.claimed_prompt
-LANGUAGE plpgsql VOLATILE
-SET plan_cache_mode=force_generic_plan
-body md5 51c94bab1c80a11a0b6c52c6a0360fab
-
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
@@ -1220,12 +1213,12 @@ RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
 body md5 4b6a2270863d92b171fed17160653d75
 
--- function: parecer._lease_items(uuid[],text,integer,name,boolean)
-ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name, p_prompts boolean DEFAULT false
-RETURNS SETOF parecer.claimed_prompt
+-- function: parecer._lease_items(uuid[],text,integer,name)
+ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
+RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 8ad88827a909feb90ff707418b1dd4ca
+body md5 fafce49e6c8e6dccea6bceaaaaf1fafb
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1305,19 +1298,12 @@ RETURNS TABLE(role_intro text, script_title text, client_word text, script_word 
 LANGUAGE sql IMMUTABLE
 body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 
--- function: parecer._prompt_texts(uuid[])
-ARGUMENTS p_ids uuid[]
-RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, sqlstate text, message text, hint text)
-LANGUAGE plpgsql STABLE
-SET plan_cache_mode=force_generic_plan
-body md5 9b9cc359da850ab0e91a2422572ae5fb
-
 -- function: parecer._prompts(uuid[])
 ARGUMENTS p_ids uuid[]
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 328fe1d09c775c52e0b8f50ed461f33e
+body md5 96479a2d8c186791f4e5a7142ef31e9f
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
@@ -1573,15 +1559,16 @@ body md5 b10cedd97e1a8dff35e1953b7cb55fff
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 10fdb84b26b1f995187e1b37551418d5
+body md5 6508d9ec7b6af8e5886900a297f15666
 
 -- function: parecer.claim_with_prompts(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 9e5da84fa2359637023a5da99f0f18db
+body md5 9668f1412eb74ed1aa3d72c3c090d909
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
@@ -1961,9 +1948,6 @@ postgres=X/postgres
 -- acl: parecer._check_worker(text)
 postgres=X/postgres
 
--- acl: parecer._claim(text,integer,integer,text,boolean,boolean)
-postgres=X/postgres
-
 -- acl: parecer._client(text)
 postgres=X/postgres
 
@@ -2036,7 +2020,7 @@ postgres=X/postgres
 -- acl: parecer._lease(uuid,uuid)
 postgres=X/postgres
 
--- acl: parecer._lease_items(uuid[],text,integer,name,boolean)
+-- acl: parecer._lease_items(uuid[],text,integer,name)
 postgres=X/postgres
 
 -- acl: parecer._lease_refused(uuid,uuid)
@@ -2076,9 +2060,6 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._phrases(text)
-postgres=X/postgres
-
--- acl: parecer._prompt_texts(uuid[])
 postgres=X/postgres
 
 -- acl: parecer._prompts(uuid[])
