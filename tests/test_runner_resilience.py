@@ -4,19 +4,24 @@ stops ``runner --once`` at once, and honest quoting slips are accepted."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import random
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 
 from parecer import db
+from parecer import runner as runner_mod
 from parecer.devkit.standin import Standin, StandinConfig
 from parecer.devkit.standin.report import SLIPS
-from parecer.runner import EXIT_PROVIDER_FATAL, RunnerConfig, run
+from parecer.runner import EXIT_PROVIDER_FATAL, Runner, RunnerConfig, run
 
 from .factories import make_script, make_session
 from .helpers import one, runner_config
@@ -214,6 +219,54 @@ def test_runner_once_with_a_wrong_key_exits_3_at_once_spending_nothing(db_url: s
         got = items(c)
         assert {i["status"] for i in got.values()} == {"pending"}
         assert all(i["retry_count"] == 0 for i in got.values())
+
+
+def test_a_paused_runner_asks_for_its_key_before_claiming_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-running runner whose key the provider refuses pauses, and after each pause
+    asks the provider (models.retrieve) before it claims: the items in flight at the
+    first 401 are released once, none again however long the outage, so a key revoked
+    over a weekend fails no item on max_releases. Once the key is good, the work is done."""
+    monkeypatch.setattr(runner_mod, "FATAL_PAUSE_SECONDS", (0.2,))
+    with db.connect(db_url) as c:
+        make_script(c)
+        for _ in range(6):
+            make_session(c)
+        start_run(c)
+        c.execute("SELECT parecer.set_setting('max_releases', '3')")
+    with Standin(StandinConfig(require_key="sk-the-right-one")) as s:
+        # without the shared limiter: the tokens the refused calls reserved would hold the
+        # first call after the fix for up to a minute (their window), which is not tested here
+        r = Runner(cfg(db_url, s, once=False, concurrency=2, poll_seconds=0.5, rate_limit=False))
+        loop = asyncio.new_event_loop()
+        t = threading.Thread(target=lambda: loop.run_until_complete(r.run()), daemon=True)
+        t.start()
+        try:
+            deadline = time.monotonic() + 20
+            while s.stats()["model_probes"] < 10:  # ten pauses, ten refused probes
+                assert time.monotonic() < deadline and t.is_alive()
+                time.sleep(0.05)
+            assert s.stats()["unauthorized"] <= 2  # the calls in flight at the first 401
+            with db.connect(db_url) as c:
+                assert max(i["releases"] for i in items(c).values()) <= 1
+                assert {i["status"] for i in items(c).values()} == {"pending"}
+            # the key is fixed (here: the provider now takes it): the next probe passes
+            s._state.config = dataclasses.replace(s.config, require_key=KEY)
+            with db.connect(db_url) as c:
+                while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] < 6:
+                    assert time.monotonic() < deadline + 20 and t.is_alive()
+                    time.sleep(0.05)
+        finally:
+            loop.call_soon_threadsafe(r.stop)
+            t.join(timeout=30)
+            if not t.is_alive():
+                loop.close()
+    assert not t.is_alive()
+    with db.connect(db_url) as c:
+        got = items(c)
+        assert {i["status"] for i in got.values()} == {"done"}
+        assert all(i["retry_count"] == 0 and i["releases"] <= 1 for i in got.values())
 
 
 MESSAGES = [

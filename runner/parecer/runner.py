@@ -14,7 +14,8 @@ release); the runner keeps the model busy, safely:
   provider 429 "Request too large") is the item's terminal failure, never a pause;
 * fatal provider errors (401/403, insufficient_quota, unknown model) are logged once
   per runner with the fix; ``--once`` releases its items and exits with
-  ``EXIT_PROVIDER_FATAL`` (6), otherwise the runner pauses with a growing backoff;
+  ``EXIT_PROVIDER_FATAL`` (6), otherwise the runner pauses with a growing backoff and,
+  before it claims again, asks the provider (``models.retrieve``) whether it takes the key;
 * a report refused for ungrounded evidence (PR008) gets up to ``repair_calls``
   corrective calls within the same attempt (the setting comes from prompt_for);
 * SIGINT/SIGTERM: stop claiming, give in-flight calls a grace period, release the
@@ -569,6 +570,8 @@ class Runner:
         self._db_failures = 0
         self._rate_logged = 0.0
         self._fatal_pauses = 0  # consecutive fatal provider pauses (the backoff's index)
+        # after a fatal pause: ask the provider whether it takes the key before claiming
+        self._probe_due = False
         self._abort = False  # a fatal error under --once: in-flight calls get no grace
         # Reports waiting to be stored together (ack_window_ms > 0): (mark_done_many item, its
         # outcome's future); the timer sends them when the window closes, the sends are tracked.
@@ -613,6 +616,7 @@ class Runner:
         if p.fatal:
             seconds = FATAL_PAUSE_SECONDS[min(self._fatal_pauses, len(FATAL_PAUSE_SECONDS) - 1)]
             self._fatal_pauses += 1
+            self._probe_due = True
         self._pause_until = now + seconds
         self._slots = 1
         metrics.pause(p.reason)
@@ -805,6 +809,10 @@ class Runner:
             if now < self._pause_until:
                 await self._sleep(self._pause_until - now)
                 continue
+            if self._probe_due:
+                if await self._credentials_refused():
+                    continue  # paused again, no item claimed
+                self._probe_due = False
             free = min(self._slots, cfg.concurrency) - len(self._inflight)
             claimed = 0
             if free > 0:
@@ -839,6 +847,24 @@ class Runner:
                 if cfg.run_id is not None and await self._run_settled():
                     return
             await self._sleep(await self._poll_timeout())
+
+    async def _credentials_refused(self) -> bool:
+        """After a fatal pause, whether the provider still refuses this runner's key, asked
+        before claiming: an item claimed only to be released again counts against its
+        max_releases, so probing with items would end a long outage (a key revoked over a
+        weekend) with items failed. models.retrieve costs nothing; only a 401/403 keeps
+        the runner paused (it pauses again, with the growing backoff). Any other answer,
+        a server without that endpoint included, lets a real call decide."""
+        try:
+            await self.client.models.retrieve(self.cfg.model)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            verdict = classify(exc)
+            if isinstance(verdict, ProviderPause):
+                self._pause(verdict)
+                return True
+        except openai.APIError:
+            pass
+        return False
 
     async def _run_settled(self) -> bool:
         rows = await self._rows(

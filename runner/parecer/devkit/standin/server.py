@@ -165,6 +165,7 @@ class _State:
                     "incomplete",
                     "rate_limited",
                     "unauthorized",
+                    "model_probes",
                     "invalid_requests",
                     "max_concurrent",
                     "input_tokens",
@@ -568,6 +569,12 @@ class _Handler(BaseHTTPRequestHandler):
             or path.startswith("/v1/batches/")
         ):
             self._api(lambda: self._batch_api_get(path))
+        elif path.startswith("/v1/models/"):  # models.retrieve: the runner's key probe
+            self.state.count("model_probes")
+            model = path[len("/v1/models/") :]
+            self._api(
+                lambda: (200, {"id": model, "object": "model", "created": 0, "owned_by": "standin"})
+            )
         else:
             self._not_found("GET", path)
 
@@ -1148,7 +1155,8 @@ class Standin:
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, completed, incomplete, faults{kind: n}, rate_limited,
-        unauthorized, invalid_requests, in_flight, max_concurrent, token totals."""
+        unauthorized, model_probes (models.retrieve calls), invalid_requests, in_flight,
+        max_concurrent, token totals."""
         return self._state.snapshot()
 
     def reset(self) -> None:
