@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
 from parecer.devkit.standin import Standin
-from parecer.runner import RunnerConfig
+from parecer.runner import Runner, RunnerConfig
 
 
 def table_checksum(conn: psycopg.Connection[Any]) -> dict[str, str]:
@@ -41,3 +45,20 @@ def runner_config(db_url: str, s: Standin, api_key: str, **kw: Any) -> RunnerCon
     """A runner's configuration against the stand-in ``s`` (a test module's defaults and the
     test's own values in ``kw``)."""
     return RunnerConfig(database_url=db_url, api_key=api_key, base_url=s.url, **kw)
+
+
+@contextmanager
+def running(runner: Runner) -> Iterator[threading.Thread]:
+    """A long-running Runner in a thread of its own for the ``with`` block (the thread is
+    yielded, to check it is alive); stopped at the end, as SIGTERM stops one."""
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=lambda: loop.run_until_complete(runner.run()), daemon=True)
+    t.start()
+    try:
+        yield t
+    finally:
+        loop.call_soon_threadsafe(runner.stop)
+        t.join(timeout=30)
+        if not t.is_alive():
+            loop.close()
+    assert not t.is_alive(), "the runner did not stop"

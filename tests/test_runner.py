@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +18,7 @@ from parecer.devkit.standin import Standin, StandinConfig
 from parecer.runner import Runner, RunnerConfig, run
 
 from .factories import make_script, make_session
-from .helpers import one, runner_config
+from .helpers import one, runner_config, running
 
 SECRET_KEY = (
     "sk" + "-test-NEVER-LOG-THIS-0123456789abcdef"
@@ -242,35 +240,25 @@ def test_idle_runner_wakes_on_notify_not_poll(db_url: str, standin: Standin) -> 
         make_script(c)
         s = make_session(c)
     runner = Runner(cfg(db_url, standin, once=False, poll_seconds=3600.0))
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=lambda: loop.run_until_complete(runner.run()), daemon=True)
-    t.start()
-    try:
-        with db.connect(db_url) as c:
-            # wait until the runner is idle: it has made its first (empty) claim and listens
-            deadline = time.monotonic() + 20
-            while not c.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'parecer-listen'"
-                " AND query ILIKE 'LISTEN%%'"
-            ).fetchone():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            time.sleep(0.3)
-            c.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
-            # the poll would come after an hour: a done item within the wait proves NOTIFY woke it
-            deadline = time.monotonic() + 20
-            while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] == 0:
-                assert time.monotonic() < deadline, "NOTIFY did not wake the runner"
-                time.sleep(0.05)
-            assert c.execute("SELECT session_id FROM parecer.reports").fetchone() == {
-                "session_id": s.session_id
-            }
-    finally:
-        loop.call_soon_threadsafe(runner.stop)
-        t.join(timeout=30)
-        if not t.is_alive():
-            loop.close()
-    assert not t.is_alive()
+    with running(runner), db.connect(db_url) as c:
+        # wait until the runner is idle: it has made its first (empty) claim and listens
+        deadline = time.monotonic() + 20
+        while not c.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'parecer-listen'"
+            " AND query ILIKE 'LISTEN%%'"
+        ).fetchone():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        c.execute("SELECT * FROM parecer.start_run('acme', 'qa')")
+        # the poll would come after an hour: a done item within the wait proves NOTIFY woke it
+        deadline = time.monotonic() + 20
+        while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] == 0:
+            assert time.monotonic() < deadline, "NOTIFY did not wake the runner"
+            time.sleep(0.05)
+        assert c.execute("SELECT session_id FROM parecer.reports").fetchone() == {
+            "session_id": s.session_id
+        }
 
 
 def test_heartbeats_keep_a_long_call_alive(db_url: str) -> None:

@@ -4,13 +4,11 @@ stops ``runner --once`` at once, and honest quoting slips are accepted."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import random
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -24,7 +22,7 @@ from parecer.devkit.standin.report import SLIPS
 from parecer.runner import EXIT_PROVIDER_FATAL, Runner, RunnerConfig, run
 
 from .factories import make_script, make_session
-from .helpers import one, runner_config
+from .helpers import one, runner_config, running
 
 Conn = psycopg.Connection[Any]
 KEY = "sk" + "-test-resilience-0123456789"  # fake
@@ -239,10 +237,7 @@ def test_a_paused_runner_asks_for_its_key_before_claiming_again(
         # without the shared limiter: the tokens the refused calls reserved would hold the
         # first call after the fix for up to a minute (their window), which is not tested here
         r = Runner(cfg(db_url, s, once=False, concurrency=2, poll_seconds=0.5, rate_limit=False))
-        loop = asyncio.new_event_loop()
-        t = threading.Thread(target=lambda: loop.run_until_complete(r.run()), daemon=True)
-        t.start()
-        try:
+        with running(r) as t:
             deadline = time.monotonic() + 20
             while s.stats()["model_probes"] < 10:  # ten pauses, ten refused probes
                 assert time.monotonic() < deadline and t.is_alive()
@@ -257,12 +252,6 @@ def test_a_paused_runner_asks_for_its_key_before_claiming_again(
                 while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] < 6:
                     assert time.monotonic() < deadline + 20 and t.is_alive()
                     time.sleep(0.05)
-        finally:
-            loop.call_soon_threadsafe(r.stop)
-            t.join(timeout=30)
-            if not t.is_alive():
-                loop.close()
-    assert not t.is_alive()
     with db.connect(db_url) as c:
         got = items(c)
         assert {i["status"] for i in got.values()} == {"done"}
