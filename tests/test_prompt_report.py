@@ -429,3 +429,59 @@ def test_claim_with_prompts_is_claim_then_prompt_for(conn: psycopg.Connection[An
     )
     assert done["status"] == "done"
     assert conn.execute("SELECT * FROM parecer.claim_with_prompts('w', 3)").fetchall() == []
+
+
+# A host adapter whose cast fails on one message (a body that should have been a
+# number): reading that session's messages raises 22P02, as a real adapter's cast
+# of the host's data can.
+POISONED_ADAPTER = """
+CREATE OR REPLACE VIEW parecer.source_messages AS
+SELECT m.id AS message_id, m.session_id, m.from_me,
+       COALESCE(m.updated_at_external, m.created_at_external, m.created_at) AS sent_at,
+       m.media_type,
+       CASE WHEN m.body LIKE 'n=%' THEN (substr(m.body, 3)::integer)::text ELSE m.body END AS body,
+       m.transcription
+FROM chat.messages m
+"""
+
+
+def test_claim_with_prompts_keeps_the_claim_when_the_hosts_data_breaks_the_batch(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """One statement builds a claim's prompts: when the host's data makes it fail, the
+    items stay claimed, each row carries the error and no prompt, and prompt_for per item
+    fails only the item whose data is bad (the runner's path for a row without prompt)."""
+    script = make_script(conn)
+    good = [make_session(conn) for _ in range(2)]
+    bad = make_session(conn)
+    conn.execute(
+        "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
+        " created_at_external) VALUES (%s, %s, false, 'text', 'n=doze', now(), now())",
+        (bad.session_id + "-n", bad.session_id),
+    )
+    conn.execute(POISONED_ADAPTER)
+    conn.execute(
+        "SELECT * FROM parecer.enqueue(%s, %s)",
+        ([s.session_id for s in (*good, bad)], script["script_id"]),
+    )
+    rows = conn.execute("SELECT * FROM parecer.claim_with_prompts('w', 3)").fetchall()
+    assert len(rows) == 3
+    assert {(r["sqlstate"], r["prompt_hash"], r["input"]) for r in rows} == {("22P02", None, None)}
+    assert all("integer" in r["message"] for r in rows)
+    leased = one(
+        conn,
+        "SELECT count(*) AS n FROM parecer.analyses WHERE status = 'processing'"
+        " AND given_prompt_hash IS NULL",
+    )
+    assert leased["n"] == 3, "claimed, nothing recorded"
+    by_session = {r["session_id"]: r for r in rows}
+    for s in good:
+        p = one(
+            conn, "SELECT * FROM parecer.prompt_for(%s)", (by_session[s.session_id]["analysis_id"],)
+        )
+        assert p["prompt_hash"]
+    with pytest.raises(psycopg.Error) as exc:
+        conn.execute(
+            "SELECT * FROM parecer.prompt_for(%s)", (by_session[bad.session_id]["analysis_id"],)
+        )
+    assert errors.sqlstate(exc.value) == "22P02"

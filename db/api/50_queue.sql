@@ -428,7 +428,11 @@ COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
 -- claim and prompts_for in one call: the items a claim gives, each with its prompt
 -- (or the error prompt_for raises for it), recorded for the lease holder as
 -- prompt_for records it. What a runner calls: one round trip and one transaction
--- per batch fewer than claim followed by prompts_for, with their results.
+-- per batch fewer than claim followed by prompts_for, with their results. The
+-- prompts are built by one statement for the batch: if it fails (the host's data
+-- through its adapter, say), the claim stands and every row carries that error
+-- instead of a prompt, so prompt_for, asked per item, fails only the item it
+-- concerns, as when the runner asked prompts_for and fell back to prompt_for.
 CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     worker        text,
     max_items     integer DEFAULT 1,
@@ -439,23 +443,40 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_items parecer.claimed_item[];
+    v_rows  parecer.claimed_prompt[];
+    v_state text;
+    v_text  text;
 BEGIN
     v_items := ARRAY(SELECT c FROM parecer.claim($1, $2, $3, $4, $5) c);
     IF cardinality(v_items) = 0 THEN
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT i.analysis_id, i.lease_token, i.attempt, i.client_slug, i.session_id, i.script_id, i.script_key,
-           i.script_version, i.model, i.lease_expires_at, i.retry_count,
-           p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
-           p.repair_calls, p.sqlstate, p.message
-    FROM unnest(v_items) WITH ORDINALITY i
-    JOIN parecer._prompts(ARRAY(SELECT x.analysis_id FROM unnest(v_items) x)) p ON p.ord = i.ordinality
-    ORDER BY i.ordinality;
+    BEGIN
+        v_rows := ARRAY(
+            SELECT ROW(i.analysis_id, i.lease_token, i.attempt, i.client_slug, i.session_id, i.script_id, i.script_key,
+                       i.script_version, i.model, i.lease_expires_at, i.retry_count,
+                       p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
+                       p.repair_calls, p.sqlstate, p.message)::parecer.claimed_prompt
+            FROM unnest(v_items) WITH ORDINALITY i
+            JOIN parecer._prompts(ARRAY(SELECT x.analysis_id FROM unnest(v_items) x)) p ON p.ord = i.ordinality
+            ORDER BY i.ordinality);
+    EXCEPTION
+        WHEN syntax_error_or_access_rule_violation THEN
+            RAISE;   -- a bug or a missing grant, not the data's fault
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
+            v_rows := ARRAY(
+                SELECT ROW(i.analysis_id, i.lease_token, i.attempt, i.client_slug, i.session_id, i.script_id,
+                           i.script_key, i.script_version, i.model, i.lease_expires_at, i.retry_count,
+                           NULL, NULL, NULL, NULL, NULL, NULL, NULL, v_state, v_text)::parecer.claimed_prompt
+                FROM unnest(v_items) WITH ORDINALITY i
+                ORDER BY i.ordinality);
+    END;
+    RETURN QUERY SELECT * FROM unnest(v_rows);
 END
 $$;
 COMMENT ON FUNCTION parecer.claim_with_prompts(text, integer, integer, text, boolean) IS
-'parecer.claim and parecer.prompt_for in one call: claims as claim does (same arguments, same order, fairness, budgets, isolation and errors) and gives each claimed item, with claim''s columns, prompt_for''s: instructions, input, report_schema, prompt_hash, omitted_messages, input_tokens, repair_calls; the hash is recorded for the lease holder as prompt_for records it (mark_done requires it, PR017). An item whose prompt cannot be built is claimed all the same, with the sqlstate and message prompt_for raises for it (PR016 prompt too large: mark it failed) and no prompt. Errors: PR010.';
+'parecer.claim and parecer.prompt_for in one call: claims as claim does (same arguments, same order, fairness, budgets, isolation and errors) and gives each claimed item, with claim''s columns, prompt_for''s: instructions, input, report_schema, prompt_hash, omitted_messages, input_tokens, repair_calls; the hash is recorded for the lease holder as prompt_for records it (mark_done requires it, PR017). An item whose prompt cannot be built is claimed all the same, with the sqlstate and message prompt_for raises for it (PR016 prompt too large: mark it failed) and no prompt; if building the batch''s prompts fails (the host''s data through its adapter, say), every item is claimed with that error and no prompt: ask prompt_for per item. Errors: PR010.';
 
 -- Extend the lease of an item in flight (heartbeat).
 CREATE OR REPLACE FUNCTION parecer.extend_lease(analysis_id uuid, lease_token uuid, lease_seconds integer DEFAULT NULL)
