@@ -329,3 +329,32 @@ def test_once_stops_at_a_daily_limit_instead_of_waiting_for_tomorrow(db_url: str
         )
         assert released["n"] >= 1 and released["later"] is True, released  # back until the next day
     assert stats.outcomes["done"] == 3
+
+
+def test_a_session_whose_host_data_breaks_the_adapter_fails_alone(db_url: str) -> None:
+    """The claim's prompts are built by one statement; one session whose data the host's
+    adapter cannot read makes it fail. The runner still gets its items (each without a
+    prompt), asks prompt_for per item, and only that session's item fails."""
+    from .test_prompt_report import POISONED_ADAPTER
+
+    with db.connect(db_url) as c:
+        make_script(c)
+        sessions = [make_session(c).session_id for _ in range(5)]
+        bad = sessions[2]
+        c.execute(
+            "INSERT INTO chat.messages (id, session_id, from_me, media_type, body, created_at,"
+            " created_at_external) VALUES (%s, %s, false, 'text', 'n=doze',"
+            " now() - interval '3 days', now() - interval '3 days')",  # an old session: eligible
+            (bad + "-n", bad),
+        )
+        c.execute(POISONED_ADAPTER)
+        start_run(c)
+    with Standin(StandinConfig(latency_ms=(1, 5))) as s:
+        run(cfg(db_url, s))
+    with db.connect(db_url) as c:
+        got = items(c)
+    assert set(got) == set(sessions)
+    assert all(got[sid]["status"] == "done" for sid in sessions if sid != bad)
+    assert got[bad]["status"] != "done" and got[bad]["retry_count"] >= 1
+    # the runner names the error's kind, not its message (it may quote the host's data)
+    assert got[bad]["error"] == "runner error: InvalidTextRepresentation"
