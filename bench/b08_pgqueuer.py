@@ -9,8 +9,8 @@ in one event loop of this process, so the client side costs both the same:
   (ten items and their prompts, each hash recorded as ``prompt_for`` records it; the
   hash goes into the report), then one ``parecer.mark_done_many`` with the ten valid
   grounded reports (each through ``mark_done``'s checks, one commit); against an
-  older installation, ``claim`` then ``prompts_for``. Every item is a real analysis of a sample
-  session, with a usage object, so spend accounting runs as in production.
+  older installation, ``claim`` then ``prompts_for``. Every item is a real analysis of a
+  sample session, with a usage object, so spend accounting runs as in production.
 * **pgqueuer 1.6.0** (the ``bench`` extra), through its own API: ``Queries.install``,
   ``Queries.enqueue`` of no-op jobs, one ``QueueManager`` per worker with a no-op
   entrypoint, ``run(batch_size=10, mode=drain)`` (it dequeues in batches and

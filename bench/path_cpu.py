@@ -5,7 +5,8 @@ Benchmark 8 drains with 8 workers and a client on the same 2 cores, and this VM'
 moves by 20-30% between minutes: a change worth 10% of the server's CPU per item is lost
 in its noise. This measures the same path with nothing else in it: a PL/pgSQL procedure
 on one connection runs ``parecer.claim_with_prompts(worker, 10)`` (in a version without
-it, ``parecer.claim`` then ``parecer.prompts_for`` of the ten), ``parecer.mark_done_many`` of their ten valid grounded reports (with usage), and commits
+it, ``parecer.claim`` then ``parecer.prompts_for`` of the ten), then
+``parecer.mark_done_many`` of their ten valid grounded reports (with usage), and commits
 after each call as the runner's transactions do (``synchronous_commit = off`` for this
 connection only: no WAL flush wait in the figure), for ``--items`` items. The queue is
 refilled and vacuumed between rounds (not timed).
@@ -140,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", type=Path, help="another checkout to compare with")
     a = p.parse_args(argv)
     sides = {"this tree": C.ROOT, **({"other": a.against.resolve()} if a.against else {})}
-    res = C.Result("path", f"claim10+prompts_for+mark_done_many10, {a.items} items, one connection")
+    res = C.Result(
+        "path", f"claim 10 with prompts, mark_done_many10, {a.items} items, one connection"
+    )
     t0 = time.perf_counter()
     with C.server(a.database_url) as srv:
         urls = {
