@@ -16,7 +16,12 @@ the same runs in a second database migrated by that checkout's parecer, rounds
 interleaved; figures are the minimum and the median over ``--rounds``, per side, and
 their ratios (this tree / the other).
 
-    python bench/path_cpu.py --items 1000 --rounds 15 [--against /tmp/old]
+With ``--per-batch 1,10,30`` each round runs once per claim size (ten is the default, as
+benchmark 8 claims), and a straight line through the medians splits the time into what a
+batch costs whatever its size (its statements' start-up, its two commits) and what each
+item in it adds.
+
+    python bench/path_cpu.py --items 1000 --rounds 15 [--against /tmp/old] [--per-batch 1,10,30]
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ print(url)
 """
 
 PATH = """
-CREATE PROCEDURE public.bench_path(batches integer) LANGUAGE plpgsql AS $$
+CREATE PROCEDURE public.bench_path(batches integer, per_batch integer) LANGUAGE plpgsql AS $$
 DECLARE
     v_c      parecer.claimed_item[];
     v_hashes text[];
@@ -91,7 +96,7 @@ CLAIM_WITH_PROMPTS = """
                          ORDER BY c.ord),
                array_agg(c.prompt_hash ORDER BY c.ord)
           INTO v_c, v_hashes
-        FROM parecer.claim_with_prompts('bench', 10, lease_seconds => 600, sync_commit => false) WITH ORDINALITY c(
+        FROM parecer.claim_with_prompts('bench', per_batch, lease_seconds => 600, sync_commit => false) WITH ORDINALITY c(
             analysis_id, lease_token, attempt, client_slug, session_id, script_id, script_key, script_version, model,
             lease_expires_at, retry_count, instructions, input, report_schema, prompt_hash, omitted_messages,
             input_tokens, repair_calls, sqlstate, message, ord);
@@ -99,7 +104,7 @@ CLAIM_WITH_PROMPTS = """
         COMMIT;
 """
 CLAIM_THEN_PROMPTS = """
-        SELECT array_agg(c) INTO v_c FROM parecer.claim('bench', 10, lease_seconds => 600, sync_commit => false) c;
+        SELECT array_agg(c) INTO v_c FROM parecer.claim('bench', per_batch, lease_seconds => 600, sync_commit => false) c;
         EXIT WHEN v_c IS NULL;
         COMMIT;
         v_hashes := ARRAY(SELECT p.prompt_hash
@@ -133,16 +138,46 @@ def make_database(server: str, tree: Path, name: str, sessions: int) -> str:
     return url
 
 
+def per_batch_sizes(text: str) -> list[int]:
+    sizes = [int(x) for x in text.split(",") if x.strip()]
+    if not sizes or any(not 1 <= n <= 100 for n in sizes):
+        raise argparse.ArgumentTypeError(
+            "claim sizes between 1 and 100 (max_claim_items), e.g. 1,10,30"
+        )
+    return sizes
+
+
+def fixed_and_marginal(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares line through (items per batch, µs per batch): the cost of a batch
+    whatever its size (intercept) and of each item in it (slope)."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, slope
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_common_args(p)
-    p.add_argument("--items", type=int, default=1000, help="items per round (batches of 10)")
+    p.add_argument("--items", type=int, default=1000, help="items per round")
     p.add_argument("--rounds", type=int, default=15, help="rounds per side, interleaved")
     p.add_argument("--against", type=Path, help="another checkout to compare with")
+    p.add_argument(
+        "--per-batch",
+        type=per_batch_sizes,
+        default=[10],
+        help="items per claim (and per mark_done_many), e.g. 1,10,30: with several, also the"
+        " cost of a batch whatever its size and of each item in it",
+    )
     a = p.parse_args(argv)
     sides = {"this tree": C.ROOT, **({"other": a.against.resolve()} if a.against else {})}
+    sizes: list[int] = a.per_batch
     res = C.Result(
-        "path", f"claim 10 with prompts, mark_done_many10, {a.items} items, one connection"
+        "path",
+        f"claim {','.join(map(str, sizes))} with prompts, mark_done_many of as many,"
+        f" {a.items} items, one connection",
     )
     t0 = time.perf_counter()
     with C.server(a.database_url) as srv:
@@ -154,16 +189,20 @@ def main(argv: list[str] | None = None) -> int:
             side: psycopg.connect(url, autocommit=True, options="-c synchronous_commit=off")
             for side, url in urls.items()
         }
-        times: dict[str, list[float]] = {side: [] for side in sides}
+        times: dict[tuple[str, int], list[float]] = {(s, n): [] for s in sides for n in sizes}
         try:
             for r in range(a.rounds):
-                for side in list(sides)[:: 1 if r % 2 == 0 else -1]:
-                    c = conns[side]
-                    c.execute("VACUUM ANALYZE parecer.analyses")
-                    t = time.perf_counter()
-                    c.execute("CALL public.bench_path(%s)", (a.items // 10,))
-                    times[side].append((time.perf_counter() - t) / a.items * 1e6)
-                    c.execute(REFILL)
+                for n in sizes:
+                    for side in list(sides)[:: 1 if r % 2 == 0 else -1]:
+                        c = conns[side]
+                        c.execute("VACUUM ANALYZE parecer.analyses")
+                        batches = max(1, a.items // n)
+                        t = time.perf_counter()
+                        c.execute("CALL public.bench_path(%s, %s)", (batches, n))
+                        times[side, n].append(
+                            (time.perf_counter() - t) / min(batches * n, a.items) * 1e6
+                        )
+                        c.execute(REFILL)
         finally:
             for side, c in conns.items():
                 c.close()
@@ -171,18 +210,28 @@ def main(argv: list[str] | None = None) -> int:
                     with psycopg.connect(srv, autocommit=True) as s:
                         dbname = conninfo_to_dict(urls[side])["dbname"]
                         s.execute(f"DROP DATABASE IF EXISTS {C._qi(str(dbname))} WITH (FORCE)")
-    this = times["this tree"]
-    for stat, f in (("min", min), ("median", statistics.median)):
-        other = times.get("other")
-        res.add(
-            f"server time per item, {stat} of {a.rounds} rounds",
-            f(this),
-            "µs",
-            baseline_name=f"{a.against}" if other else None,
-            baseline=f(other) if other else None,
-            ratio=f(this) / f(other) if other else None,
-            ratio_label="x",
-        )
+    for n in sizes:
+        label = "" if sizes == [10] else f", claims of {n}"
+        this = times["this tree", n]
+        other = times.get(("other", n))
+        for stat, f in (("min", min), ("median", statistics.median)):
+            res.add(
+                f"server time per item{label}, {stat} of {a.rounds} rounds",
+                f(this),
+                "µs",
+                baseline_name=f"{a.against}" if other else None,
+                baseline=f(other) if other else None,
+                ratio=f(this) / f(other) if other else None,
+                ratio_label="x",
+            )
+    if len(sizes) > 1:
+        for side in sides:
+            fixed, each = fixed_and_marginal(
+                [(n, statistics.median(times[side, n]) * n) for n in sizes]
+            )
+            who = "" if side == "this tree" else f" ({a.against})"
+            res.add(f"a batch's own cost, whatever its size{who}", fixed, "µs")
+            res.add(f"each item's cost in a batch{who}", each, "µs")
     res.seconds = time.perf_counter() - t0
     C.print_result(res)
     return 0

@@ -1,6 +1,7 @@
 """bench/path_cpu.py, the benchmark that compares two versions of the SQL path, runs end to end
-(a few items, one round, this tree against itself): its procedure drives claim, prompts_for and
-mark_done_many through the public API and refuses a batch that is not all done."""
+(a few items, one round, this tree against itself): its procedure drives claim_with_prompts
+(or claim and prompts_for) and mark_done_many through the public API and refuses a batch that
+is not all done."""
 
 from __future__ import annotations
 
@@ -25,3 +26,33 @@ def test_path_cpu_runs_this_tree_against_itself(pg_server_url: str) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "server time per item, min of 1 rounds" in out.stdout
     assert "ratio" in out.stdout
+
+
+def test_path_cpu_splits_a_batch_s_cost_from_its_items(pg_server_url: str) -> None:
+    """--per-batch with several claim sizes: a figure per size, then the line through them."""
+    out = subprocess.run(
+        [sys.executable, "bench/path_cpu.py", "--database-url", pg_server_url, "--items", "20",
+         "--rounds", "1", "--per-batch", "1,10"],
+        cwd=ROOT,
+        env={**os.environ, "PARECER_BENCH_TAG": f"split{os.getpid()}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "claims of 1, min of 1 rounds" in out.stdout
+    assert "claims of 10, median of 1 rounds" in out.stdout
+    assert "a batch's own cost, whatever its size" in out.stdout
+    assert "each item's cost in a batch" in out.stdout
+
+
+def test_path_cpu_refuses_a_claim_size_beyond_max_claim_items() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/path_cpu.py", "--per-batch", "10,500"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "claim sizes between 1 and 100" in out.stderr
