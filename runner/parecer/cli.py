@@ -2066,6 +2066,14 @@ def purge_cmd(
     show_envvar=True,
     help="Store the waiting reports as soon as this many are waiting.",
 )
+@click.option(
+    "--claim-ahead",
+    type=int_range(0, 1000),
+    default=0,
+    envvar="PARECER_CLAIM_AHEAD",
+    show_envvar=True,
+    help="Claim up to this many items beyond the free slots; they wait in the runner (leases heartbeated) and the runner claims again when half have started: fewer, larger claims. 0: claim only for free slots.",
+)
 @click.pass_context
 def runner_cmd(
     ctx: click.Context,
@@ -2084,6 +2092,7 @@ def runner_cmd(
     metrics_port: int | None,
     ack_window_ms: int,
     ack_batch: int,
+    claim_ahead: int,
 ) -> None:
     """Claim queued analyses, call the model, store the reports (OPENAI_API_KEY from the environment)."""
     from .runner import Runner
@@ -2105,6 +2114,7 @@ def runner_cmd(
         metrics=metrics_port is not None,
         ack_window_ms=ack_window_ms,
         ack_batch=ack_batch,
+        claim_ahead=claim_ahead,
     )
     try:
         runner = Runner(cfg)

@@ -49,6 +49,11 @@ class RunnerConfig:
     # 0: each report is its own parecer.mark_done call (docs/reliability.md, the trade-off).
     ack_window_ms: int = 20
     ack_batch: int = 10
+    # Claims ahead of the free slots: up to claim_ahead more items are claimed (their
+    # prompts with them) and wait in the runner, leases heartbeated, for a slot to free;
+    # the runner claims again once half of them have started. Claims then come in
+    # batches instead of one item per finished item. 0: claim only for free slots.
+    claim_ahead: int = 0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -59,6 +64,8 @@ class RunnerConfig:
             raise ValueError("ack_window_ms must be between 0 and 10000")
         if not 1 <= self.ack_batch <= 1000:
             raise ValueError("ack_batch must be between 1 and 1000")
+        if not 0 <= self.claim_ahead <= 1000:
+            raise ValueError("claim_ahead must be between 0 and 1000")
 
 
 @dataclass(frozen=True)

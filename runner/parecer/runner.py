@@ -7,7 +7,9 @@ release); the runner keeps the model busy, safely:
 * wakes on ``NOTIFY parecer_work`` (a dedicated autocommit LISTEN connection) and
   polls as a backstop, at the latest when ``parecer.next_due()`` says a retry falls due;
 * keeps up to ``concurrency`` items in flight and claims only as many as it has free
-  slots; heartbeats extend leases; no transaction is open across a model call;
+  slots (with ``claim_ahead``, up to that many more, which wait in the runner for a
+  slot, so that claims come in batches); heartbeats extend leases; no transaction is
+  open across a model call;
 * provider trouble (429, quota, auth) pauses every slot and releases the item
   without spending an attempt; the item's own faults go to ``mark_failed``;
 * a prompt too large for the model or for the key's tokens per minute (PR016, or a
@@ -61,6 +63,9 @@ MAX_LOCAL_RATE_WAIT = 10.0  # longer shared-limit waits release the item instead
 ONCE_MAX_PAUSE_SECONDS = (
     60.0  # --once does not sit out a longer pause (a daily limit, say): it stops
 )
+# An item claimed ahead (claim_ahead) waits out a pause this long at most; a longer one
+# (a fatal provider error, a daily limit) releases it for another runner to take.
+AHEAD_MAX_PAUSE_WAIT = 30.0
 log = logging.getLogger(LOGGER + ".runner")
 
 
@@ -291,6 +296,16 @@ class ProviderPause(Exception):
         return self.fix is not None
 
 
+class NotStarted(Exception):
+    """An item claimed ahead that will not start here (shutdown, a long pause): release it,
+    no attempt spent, claimable again after ``delay`` seconds."""
+
+    def __init__(self, reason: str, delay: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
 class ItemFailure(Exception):
     """The item's attempt failed: mark_failed with this short reason."""
 
@@ -305,6 +320,7 @@ class ItemFailure(Exception):
 class RunnerStats:
     outcomes: Counter[str] = field(default_factory=metrics.OutcomeCounter)
     claimed: int = 0
+    claims: int = 0  # claim calls that gave items (claimed / claims: items per claim)
     input_tokens: int = 0
     output_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -320,6 +336,7 @@ class RunnerStats:
         secs = max(time.monotonic() - self.started, 1e-9)
         return {
             "claimed": self.claimed,
+            "claims": self.claims,
             **dict(self.outcomes),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -567,6 +584,8 @@ class Runner:
         self._inflight: dict[asyncio.Task[None], InFlight] = {}
         self._pause_until = 0.0
         self._slots = config.concurrency  # ramps back up after a pause
+        self._working = 0  # items holding a slot (the rest of _inflight waits for one)
+        self._slot_freed = asyncio.Event()  # a slot freed, a pause or a stop: waiters look again
         self._db_failures = 0
         self._rate_logged = 0.0
         self._fatal_pauses = 0  # consecutive fatal provider pauses (the backoff's index)
@@ -586,6 +605,7 @@ class Runner:
             event(log, "stopping", worker=self.cfg.worker_id, in_flight=len(self._inflight))
         self._stopping.set()
         self._wake.set()
+        self._slot_freed.set()
 
     def _pause(self, p: ProviderPause) -> int:
         """Pause every slot of this runner (said once per pause, not once per slot); returns
@@ -619,6 +639,7 @@ class Runner:
             self._probe_due = True
         self._pause_until = now + seconds
         self._slots = 1
+        self._slot_freed.set()  # items claimed ahead decide whether to wait it out
         metrics.pause(p.reason)
         event(
             log,
@@ -813,7 +834,7 @@ class Runner:
                 if await self._credentials_refused():
                     continue  # paused again, no item claimed
                 self._probe_due = False
-            free = min(self._slots, cfg.concurrency) - len(self._inflight)
+            free = self._claimable()
             claimed = 0
             if free > 0:
                 try:
@@ -833,6 +854,8 @@ class Runner:
                     continue
                 claimed = len(items)
                 self.stats.claimed += claimed
+                if claimed:
+                    self.stats.claims += 1
                 for item in items:
                     # no prompt (prompt_for would raise for it): the item asks prompt_for
                     # on its own, which raises what it raises
@@ -847,6 +870,41 @@ class Runner:
                 if cfg.run_id is not None and await self._run_settled():
                     return
             await self._sleep(await self._poll_timeout())
+
+    def _claimable(self) -> int:
+        """How many items to claim now: the free slots; with claim_ahead, once no more than
+        half of the items claimed ahead are still waiting, enough to fill the free slots and
+        claim_ahead waiting items again (so that claims come in batches)."""
+        cap = min(self._slots, self.cfg.concurrency)
+        ahead = self.cfg.claim_ahead
+        if not ahead:
+            return cap - len(self._inflight)
+        waiting = len(self._inflight) - self._working
+        return cap + ahead - len(self._inflight) if waiting <= ahead // 2 else 0
+
+    async def _take_slot(self) -> None:
+        """Wait for a slot (an item claimed ahead); NotStarted when the item should go back
+        instead: the runner stops, or pauses for longer than AHEAD_MAX_PAUSE_WAIT. Without
+        claim_ahead every item is claimed for a free slot and takes it at once."""
+        cfg = self.cfg
+        while cfg.claim_ahead:
+            if self._stopping.is_set():
+                raise NotStarted("shutdown: runner stopped before the item started", 0)
+            pause = self._pause_until - time.monotonic()
+            if pause > AHEAD_MAX_PAUSE_WAIT:
+                raise NotStarted("runner paused before the item started", int(pause + 0.999))
+            if pause <= 0 and self._working < min(self._slots, cfg.concurrency):
+                break
+            self._slot_freed.clear()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), pause if pause > 0 else None)
+            except TimeoutError:
+                pass
+        self._working += 1
+
+    def _give_slot(self) -> None:
+        self._working -= 1
+        self._slot_freed.set()
 
     async def _credentials_refused(self) -> bool:
         """After a fatal pause, whether the provider still refuses this runner's key, asked
@@ -962,10 +1020,16 @@ class Runner:
             "attempt": item.attempt,
         }
         heartbeat = asyncio.create_task(self._heartbeat(flight))
+        slot = False  # held: given back when the item is done with, reported or not
         t0 = time.monotonic()
         try:
             try:
+                await self._take_slot()
+                slot = True
+                t0 = time.monotonic()
                 await self._attempt(flight, fields, answer)
+            except NotStarted as n:
+                await self._finish_release(flight, fields, n.reason, n.delay)
             except asyncio.CancelledError:
                 await self._finish_release(flight, fields, "shutdown: runner stopped", 0)
                 raise
@@ -991,6 +1055,8 @@ class Runner:
                 sqlstate=errors.sqlstate(exc),
             )
         finally:
+            if slot:
+                self._give_slot()
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
 
