@@ -139,3 +139,44 @@ def test_items_claimed_ahead_go_back_when_the_runner_pauses_for_long(
 def test_claim_ahead_is_checked() -> None:
     with pytest.raises(ValueError, match="claim_ahead must be between 0 and 1000"):
         runner_mod.RunnerConfig(database_url="postgresql://x", claim_ahead=-1)
+
+
+def test_a_report_waiting_to_be_stored_gives_its_slot_to_the_next_item(db_url: str) -> None:
+    """With claim_ahead, the ack window costs no model time: two slots run all eight calls
+    while the first reports still wait in the buffer (a 3 s window), then one store."""
+    with db.connect(db_url) as c:
+        make_run(c, 8)
+
+    async def scenario(s: Standin) -> tuple[int, runner_mod.RunnerStats]:
+        r = Runner(cfg(db_url, s, concurrency=2, claim_ahead=6, ack_window_ms=3000, ack_batch=100))
+        task = asyncio.create_task(r.run())
+        deadline = time.monotonic() + 2.5  # well inside the first window
+        while s.stats()["completed"] < 8:
+            assert time.monotonic() < deadline, s.stats()
+            await asyncio.sleep(0.02)
+        with db.connect(db_url) as c:
+            stored = one(c, "SELECT count(*) AS n FROM parecer.reports")["n"]
+        return stored, await task
+
+    with Standin(StandinConfig(latency_ms=(50, 50), seed=1)) as s:
+        stored, stats = asyncio.run(scenario(s))
+        assert s.stats()["max_concurrent"] <= 2
+    assert stored == 0 and stats.outcomes["done"] == 8
+    with db.connect(db_url) as c:  # every report in one mark_done_many: one commit
+        assert one(c, "SELECT count(DISTINCT processed_at) AS n FROM parecer.analyses")["n"] == 1
+
+
+def test_a_refused_report_takes_a_slot_back_for_its_repair_call(db_url: str) -> None:
+    with db.connect(db_url) as c:
+        make_run(c, 6)
+    fault = {"x-standin-fault": "ungrounded_once"}
+    with Standin(StandinConfig(latency_ms=(20, 40), seed=1)) as s:
+        stats = run(
+            cfg(db_url, s, concurrency=2, claim_ahead=4, ack_window_ms=200, extra_headers=fault)
+        )
+        st = s.stats()
+    assert stats.outcomes["done"] == 6
+    assert st["repair_requests"] == 6 and st["max_concurrent"] <= 2
+    assert {(i["status"], i["retry_count"], i["claims"]) for i in _items(db_url)} == {
+        ("done", 0, 1)
+    }

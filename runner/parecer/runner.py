@@ -253,6 +253,7 @@ class InFlight:
     item: ClaimedItem
     reporting: bool = False
     prompt: Prompt | None = None  # from parecer.claim_with_prompts
+    slot: bool = False  # holds one of the runner's slots (a model call may run)
 
 
 Row = TypeVar("Row")
@@ -585,6 +586,7 @@ class Runner:
         self._pause_until = 0.0
         self._slots = config.concurrency  # ramps back up after a pause
         self._working = 0  # items holding a slot (the rest of _inflight waits for one)
+        self._storing = 0  # claim_ahead: items whose report waits to be stored, slot given back
         self._slot_freed = asyncio.Event()  # a slot freed, a pause or a stop: waiters look again
         self._db_failures = 0
         self._rate_logged = 0.0
@@ -879,32 +881,37 @@ class Runner:
         ahead = self.cfg.claim_ahead
         if not ahead:
             return cap - len(self._inflight)
-        waiting = len(self._inflight) - self._working
+        waiting = len(self._inflight) - self._working - self._storing
         return cap + ahead - len(self._inflight) if waiting <= ahead // 2 else 0
 
-    async def _take_slot(self) -> None:
-        """Wait for a slot (an item claimed ahead); NotStarted when the item should go back
-        instead: the runner stops, or pauses for longer than AHEAD_MAX_PAUSE_WAIT. Without
-        claim_ahead every item is claimed for a free slot and takes it at once."""
+    async def _take_slot(self, flight: InFlight, starting: bool = True) -> None:
+        """Wait for a slot: an item claimed ahead before its first call (``starting``; it
+        raises NotStarted when the item should go back instead: the runner stops, or pauses
+        for longer than AHEAD_MAX_PAUSE_WAIT), or an item whose report came back refused
+        before its repair call. Without claim_ahead every item is claimed for a free slot
+        and keeps it to the end: it takes it at once."""
         cfg = self.cfg
         while cfg.claim_ahead:
-            if self._stopping.is_set():
-                raise NotStarted("shutdown: runner stopped before the item started", 0)
             pause = self._pause_until - time.monotonic()
-            if pause > AHEAD_MAX_PAUSE_WAIT:
+            if starting and self._stopping.is_set():
+                raise NotStarted("shutdown: runner stopped before the item started", 0)
+            if starting and pause > AHEAD_MAX_PAUSE_WAIT:
                 raise NotStarted("runner paused before the item started", int(pause + 0.999))
-            if pause <= 0 and self._working < min(self._slots, cfg.concurrency):
+            if (pause <= 0 or not starting) and self._working < min(self._slots, cfg.concurrency):
                 break
             self._slot_freed.clear()
             try:
                 await asyncio.wait_for(self._slot_freed.wait(), pause if pause > 0 else None)
             except TimeoutError:
                 pass
+        flight.slot = True
         self._working += 1
 
-    def _give_slot(self) -> None:
-        self._working -= 1
-        self._slot_freed.set()
+    def _give_slot(self, flight: InFlight) -> None:
+        if flight.slot:
+            flight.slot = False
+            self._working -= 1
+            self._slot_freed.set()
 
     async def _credentials_refused(self) -> bool:
         """After a fatal pause, whether the provider still refuses this runner's key, asked
@@ -1020,12 +1027,10 @@ class Runner:
             "attempt": item.attempt,
         }
         heartbeat = asyncio.create_task(self._heartbeat(flight))
-        slot = False  # held: given back when the item is done with, reported or not
         t0 = time.monotonic()
         try:
             try:
-                await self._take_slot()
-                slot = True
+                await self._take_slot(flight)
                 t0 = time.monotonic()
                 await self._attempt(flight, fields, answer)
             except NotStarted as n:
@@ -1055,8 +1060,7 @@ class Runner:
                 sqlstate=errors.sqlstate(exc),
             )
         finally:
-            if slot:
-                self._give_slot()
+            self._give_slot(flight)  # when the item is done with, reported or not
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
 
@@ -1124,6 +1128,7 @@ class Runner:
                 + REPAIR_MESSAGE_TOKENS
                 + cfg.expected_output_tokens
             )
+            await self._take_slot(flight, starting=False)  # given back while the report was stored
             try:
                 resp, more = await self._call_model(
                     item.analysis_id, prompt, model, limit_key, repair_estimate, messages
@@ -1214,16 +1219,26 @@ class Runner:
         stale_reason = "lease lost before reporting; result dropped"
         if self.cfg.ack_window_ms > 0:
             flight.reporting = True
-            row = await self._ack(
-                {
-                    "analysis_id": str(flight.item.analysis_id),
-                    "lease_token": str(flight.item.lease_token),
-                    "report": report,
-                    "model": model,
-                    "prompt_hash": prompt_hash,
-                    "usage": json.loads(usage.json()),
-                }
-            )
+            # With claim_ahead, a report waiting to be stored gives its slot to the next
+            # item (a repair call takes one back): the window costs no model time.
+            ahead = self.cfg.claim_ahead > 0
+            if ahead:
+                self._give_slot(flight)
+                self._storing += 1
+            try:
+                row = await self._ack(
+                    {
+                        "analysis_id": str(flight.item.analysis_id),
+                        "lease_token": str(flight.item.lease_token),
+                        "report": report,
+                        "model": model,
+                        "prompt_hash": prompt_hash,
+                        "usage": json.loads(usage.json()),
+                    }
+                )
+            finally:
+                if ahead:
+                    self._storing -= 1
             if row.outcome == "done":
                 return True
             if row.outcome == "stale":
