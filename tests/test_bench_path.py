@@ -13,33 +13,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_path_cpu_runs_this_tree_against_itself(pg_server_url: str) -> None:
+def _path_cpu(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [sys.executable, "bench/path_cpu.py", "--database-url", pg_server_url, "--items", "30",
-         "--rounds", "1", "--against", str(ROOT)],
+        [sys.executable, "bench/path_cpu.py", "--database-url", url, "--rounds", "1", *args],
         cwd=ROOT,
         env={**os.environ, "PARECER_BENCH_TAG": f"test{os.getpid()}"},
         capture_output=True,
         text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_path_cpu_runs_this_tree_against_itself(pg_server_url: str) -> None:
+    out = _path_cpu(pg_server_url, "--items", "30", "--against", str(ROOT))
     assert "server time per item, min of 1 rounds" in out.stdout
     assert "ratio" in out.stdout
 
 
 def test_path_cpu_splits_a_batch_s_cost_from_its_items(pg_server_url: str) -> None:
     """--per-batch with several claim sizes: a figure per size, then the line through them."""
-    out = subprocess.run(
-        [sys.executable, "bench/path_cpu.py", "--database-url", pg_server_url, "--items", "20",
-         "--rounds", "1", "--per-batch", "1,10"],
-        cwd=ROOT,
-        env={**os.environ, "PARECER_BENCH_TAG": f"split{os.getpid()}"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _path_cpu(pg_server_url, "--items", "20", "--per-batch", "1,10")
     assert "claims of 1, min of 1 rounds" in out.stdout
     assert "claims of 10, median of 1 rounds" in out.stdout
     assert "a batch's own cost, whatever its size" in out.stdout
