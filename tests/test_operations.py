@@ -65,6 +65,7 @@ def test_runner_metrics_are_served(conn: psycopg.Connection[Any], db_url: str) -
     before = sample("parecer_items_total", outcome="done")
     calls = sample("parecer_model_latency_seconds_count")
     acked = sample("parecer_ack_batch_items_sum")
+    claimed = sample("parecer_claim_batch_items_sum")
     with Standin(StandinConfig(latency_ms=(5, 20), seed=2)) as s:
         stats = run(cfg(db_url, s, concurrency=4, metrics=True, pool_max=2))
     assert stats.outcomes["done"] == 12
@@ -72,6 +73,7 @@ def test_runner_metrics_are_served(conn: psycopg.Connection[Any], db_url: str) -
     assert sample("parecer_model_latency_seconds_count") - calls == 12
     # every report went through mark_done_many
     assert sample("parecer_ack_batch_items_sum") - acked == 12
+    assert sample("parecer_claim_batch_items_sum") - claimed == 12  # every item, in its claim
     assert sample("parecer_tokens_total", kind="input") > 0
     port = _free_port()
     metrics.serve(port, addr="127.0.0.1")
@@ -83,6 +85,7 @@ def test_runner_metrics_are_served(conn: psycopg.Connection[Any], db_url: str) -
         "parecer_in_flight",
         "parecer_lease_extensions_total",
         "parecer_ack_batch_items_count",  # the runner's reports went through mark_done_many
+        "parecer_claim_batch_items_count",
         "parecer_db_errors_total",
         "parecer_rate_limit_waits_total",
         "parecer_queue_pending",  # refreshed from parecer.metrics by the runner

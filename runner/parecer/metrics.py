@@ -58,6 +58,11 @@ ACK_BATCHES = Histogram(
     "Reports stored per parecer.mark_done_many call (the runner's acknowledgement batches).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 1000),
 )
+CLAIM_BATCHES = Histogram(
+    "parecer_claim_batch_items",
+    "Items per parecer.claim_with_prompts call that gave any (the runner's claims; --claim-ahead).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 1000),
+)
 LEASE_EXTENSIONS = Counter("parecer_lease_extensions", "Leases extended by heartbeats.")
 DB_ERRORS = Counter(
     "parecer_db_errors", "Database calls that failed (unreachable, or an unexpected error)."

@@ -858,6 +858,7 @@ class Runner:
                 self.stats.claimed += claimed
                 if claimed:
                     self.stats.claims += 1
+                    metrics.CLAIM_BATCHES.observe(claimed)
                 for item in items:
                     # no prompt (prompt_for would raise for it): the item asks prompt_for
                     # on its own, which raises what it raises
