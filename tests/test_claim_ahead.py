@@ -180,3 +180,23 @@ def test_a_refused_report_takes_a_slot_back_for_its_repair_call(db_url: str) -> 
     assert {(i["status"], i["retry_count"], i["claims"]) for i in _items(db_url)} == {
         ("done", 0, 1)
     }
+
+
+def test_an_item_whose_lease_is_lost_while_it_waits_is_not_started(db_url: str) -> None:
+    """The heartbeat finds the lease gone (here: every item taken over while the first call
+    runs): the waiting items are dropped unstarted, no model call is paid for them."""
+    with db.connect(db_url) as c:
+        make_run(c, 3)
+    with Standin(StandinConfig(latency_ms=(4000, 4000), seed=1)) as s:
+        r = Runner(cfg(db_url, s, once=False, concurrency=1, claim_ahead=2, lease_seconds=6))
+        with running(r) as t:
+            deadline = time.monotonic() + 20
+            while s.stats()["requests"] < 1:
+                assert time.monotonic() < deadline and t.is_alive()
+                time.sleep(0.02)
+            with db.connect(db_url) as c:  # another runner's now
+                c.execute("UPDATE parecer.analyses SET lease_token = gen_random_uuid()")
+            while r.stats.outcomes["stale"] < 3:  # the first's result dropped, two not started
+                assert time.monotonic() < deadline and t.is_alive()
+                time.sleep(0.05)
+        assert s.stats()["requests"] == 1

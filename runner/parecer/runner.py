@@ -894,8 +894,10 @@ class Runner:
         cfg = self.cfg
         while cfg.claim_ahead:
             pause = self._pause_until - time.monotonic()
-            if starting and self._stopping.is_set():
-                raise NotStarted("shutdown: runner stopped before the item started", 0)
+            if starting and self._stopping.is_set():  # back, after the pause if one runs
+                raise NotStarted(
+                    "shutdown: runner stopped before the item started", max(int(pause + 0.999), 0)
+                )
             if starting and pause > AHEAD_MAX_PAUSE_WAIT:
                 raise NotStarted("runner paused before the item started", int(pause + 0.999))
             if (pause <= 0 or not starting) and self._working < min(self._slots, cfg.concurrency):
@@ -1033,6 +1035,10 @@ class Runner:
             try:
                 await self._take_slot(flight)
                 t0 = time.monotonic()
+                if heartbeat.done() and not heartbeat.cancelled() and heartbeat.exception() is None:
+                    # claimed ahead, and its lease was lost while it waited (taken over, reset)
+                    self._stale(fields, "lease lost while waiting for a slot; not started")
+                    return
                 await self._attempt(flight, fields, answer)
             except NotStarted as n:
                 await self._finish_release(flight, fields, n.reason, n.delay)
@@ -1202,6 +1208,7 @@ class Runner:
         self._fatal_pauses = 0  # the provider answered: a later fatal pause starts short
         if self._slots < cfg.concurrency:
             self._slots += 1  # ramp back after a pause
+            self._slot_freed.set()  # an item claimed ahead may start
         return resp, usage
 
     async def _report_done(
