@@ -709,3 +709,33 @@ def test_doctor_metrics_and_status_show_batches_left_behind(db_url: str) -> None
         one(c, "SELECT * FROM parecer.finish_batch(%s)", (sent["batch_id"],))
         assert (check(c)["status"], check(c)["detail"]) == ("ok", "0 open batch(es)")
         assert "batches open" not in parecer_cli(db_url, "status").output
+
+
+def test_a_batch_is_sized_to_the_budget_left(db_url: str) -> None:
+    """A batch's cost is spent only when its results are stored, hours later: under a budget,
+    open_batch takes no more items than the money left (less what the open batches' items
+    are expected to cost) pays for at the past cost per analysis; at least one."""
+    from .test_daily_limits_spend import _done_with_usage
+
+    with db.connect(db_url) as c:
+        run_id = backlog_run(c, 30)
+        for _ in range(2):  # history: two analyses of acme at 1 USD each (gpt-5-mini output)
+            _done_with_usage(c, "acme", 500_000)
+        assert one(c, "SELECT parecer.estimate_cost(%s, 1) AS e", (script_of(c, run_id),))[
+            "e"
+        ] == Decimal("1.0000")
+        c.execute("SELECT parecer.set_budget('acme', daily_usd => 12.5)")  # 2 spent: 10.5 left
+        assert one(c, "SELECT * FROM parecer.open_batch(%s, 'w')", (run_id,))["items"] == 10
+        # those ten are expected to cost 10 of the 10.5 left: the next batch gets one
+        assert one(c, "SELECT * FROM parecer.open_batch(%s, 'w')", (run_id,))["items"] == 1
+        c.execute("SELECT parecer.set_global_budget(daily_usd => 14)")  # 14 - 2 - 11 held: 1
+        c.execute("SELECT parecer.set_budget('acme')")  # no client budget any more
+        assert one(c, "SELECT * FROM parecer.open_batch(%s, 'w', 5)", (run_id,))["items"] == 1
+        c.execute("SELECT parecer.set_global_budget()")  # no budget at all: what the run has
+        assert one(c, "SELECT * FROM parecer.open_batch(%s, 'w')", (run_id,))["items"] == 30 - 12
+
+
+def script_of(conn: psycopg.Connection[Any], run_id: int) -> int:
+    return int(
+        one(conn, "SELECT script_id FROM parecer.runs WHERE run_id = %s", (run_id,))["script_id"]
+    )

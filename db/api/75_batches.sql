@@ -127,6 +127,8 @@ BEGIN
     IF parecer._global_blocked_reason() IS NOT NULL OR parecer._blocked_reason(v_run.client_id) IS NOT NULL THEN
         RETURN;
     END IF;
+    -- Under a budget, no more items than the money left is expected to pay for (85_spend.sql).
+    v_limit := LEAST(v_limit, parecer._batch_budget_items(v_run.client_id, v_run.script_id));
     v_ids := ARRAY(SELECT c.analysis_id FROM parecer._candidates(v_run.client_id, v_limit, v_run.run_id) c);
     IF cardinality(v_ids) = 0 THEN
         RETURN;
@@ -142,7 +144,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION parecer.open_batch(bigint, text, integer) IS
-'Claim up to max_items (default and cap: setting batch_max_items) claimable items of a backlog run into a new Batch API batch (status preparing), leased for batch_lease_seconds (26 hours: the 24-hour window and a margin), and return the batch; no row when nothing is claimable or the client is over budget. Claims as parecer.claim does (expired leases recovered first; with the isolation setting on, only a run of the caller''s clients). Errors: PR010, PR012 unknown run, PR021 not a backlog run.';
+'Claim up to max_items (default and cap: setting batch_max_items) claimable items of a backlog run into a new Batch API batch (status preparing), leased for batch_lease_seconds (26 hours: the 24-hour window and a margin), and return the batch; no row when nothing is claimable or the client is over budget. Under a budget (the client''s or the installation''s, day or month), no more items than the money left, less what the open batches'' items are expected to cost, pays for at the script''s past cost per analysis (parecer.estimate_cost; at least one; no cap without history). Claims as parecer.claim does (expired leases recovered first; with the isolation setting on, only a run of the caller''s clients). Errors: PR010, PR012 unknown run, PR021 not a backlog run.';
 
 -- The items a batch still holds, with their lease tokens (for mark_done / mark_failed).
 CREATE OR REPLACE FUNCTION parecer.batch_items(batch_id bigint)

@@ -222,6 +222,44 @@ BEGIN
 END
 $$;
 
+-- How many items one more Batch API batch of a client's script may take under
+-- the budgets (the client's and the installation's, day and month): the money
+-- left, less what the items the open batches hold are expected to cost, over
+-- the expected cost of one item (parecer.estimate_cost: the past analyses of the
+-- script, else of the client, all attempts, at the prices paid; from synchronous
+-- history it is about twice a batch's price, so the batch errs small). At least
+-- 1: open_batch is not called for a client over budget. NULL: no budget set, or
+-- no history to estimate from. A batch's cost is spent only when its results are
+-- stored, hours later, so without this a client near its budget could send a
+-- whole batch (up to batch_max_items) past it (75_batches.sql, open_batch).
+CREATE OR REPLACE FUNCTION parecer._batch_budget_items(p_client_id text, p_script_id bigint) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_client numeric := (SELECT LEAST(b.daily_budget_usd - b.spent_today, b.monthly_budget_usd - b.spent_month)
+                         FROM parecer._budget_state b WHERE b.client_id = p_client_id);
+    v_all    numeric := (SELECT LEAST(g.daily_budget_usd - g.spent_today, g.monthly_budget_usd - g.spent_month)
+                         FROM parecer._global_budget_state g);
+    v_each   numeric;
+    v_held   bigint;   -- items the client's open batches hold
+    v_held_all bigint; -- items every open batch holds
+BEGIN
+    IF v_client IS NULL AND v_all IS NULL THEN
+        RETURN NULL;   -- no budget: nothing to size the batch to
+    END IF;
+    v_each := parecer.estimate_cost(p_script_id, 1);
+    IF v_each IS NULL OR v_each <= 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*) FILTER (WHERE b.client_id = p_client_id), count(*) INTO v_held, v_held_all
+    FROM parecer._batches b
+    JOIN parecer._batch_items bi ON bi.batch_id = b.batch_id
+    JOIN parecer.analyses a ON a.analysis_id = bi.analysis_id AND a.lease_token = bi.lease_token
+    WHERE b.status IN ('preparing', 'uploaded', 'submitted', 'ingesting') AND a.status = 'processing';
+    RETURN LEAST(GREATEST(floor(LEAST(v_client - v_held * v_each, v_all - v_held_all * v_each) / v_each), 1),
+                 2147483647)::integer;
+END
+$$;
+
 -- Raise budget alerts (NOTIFY parecer_budget, once per client, period and threshold) at 80% and 100%.
 -- The client id '*' stands for the installation (parecer._global_budget_alerts_check):
 -- its spend is every client's, its notification says "client": null, "scope": "installation".

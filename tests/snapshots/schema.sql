@@ -1010,6 +1010,12 @@ RETURNS parecer._batches
 LANGUAGE plpgsql VOLATILE
 body md5 f3167e21374c7c7727c75aebe576af31
 
+-- function: parecer._batch_budget_items(text,bigint)
+ARGUMENTS p_client_id text, p_script_id bigint
+RETURNS integer
+LANGUAGE plpgsql STABLE
+body md5 efe9b4410e0485082cfe8e110fcce0bb
+
 -- function: parecer._blocked_reason(text)
 ARGUMENTS p_client_id text
 RETURNS text
@@ -1702,7 +1708,7 @@ ARGUMENTS run_id bigint, worker text, max_items integer DEFAULT NULL::integer
 RETURNS SETOF parecer.batches
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 5a031d52f1cf4a7146b6c4838e7ac474
+body md5 c5797c374fff9f2bfebfea706c840be6
 
 -- function: parecer.prompt_for(uuid)
 ARGUMENTS analysis_id uuid
@@ -1919,6 +1925,9 @@ postgres=X/postgres
 postgres=X/postgres
 
 -- acl: parecer._batch(bigint,text[],text)
+postgres=X/postgres
+
+-- acl: parecer._batch_budget_items(text,bigint)
 postgres=X/postgres
 
 -- acl: parecer._blocked_reason(text)
@@ -2480,7 +2489,7 @@ Record a failed attempt of an item you hold (usage: tokens the failed call cost,
 The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting; with the isolation setting on, only items of the caller's clients count. Runners sleep until then at most.
 
 -- comment: function parecer.open_batch(bigint,text,integer)
-Claim up to max_items (default and cap: setting batch_max_items) claimable items of a backlog run into a new Batch API batch (status preparing), leased for batch_lease_seconds (26 hours: the 24-hour window and a margin), and return the batch; no row when nothing is claimable or the client is over budget. Claims as parecer.claim does (expired leases recovered first; with the isolation setting on, only a run of the caller's clients). Errors: PR010, PR012 unknown run, PR021 not a backlog run.
+Claim up to max_items (default and cap: setting batch_max_items) claimable items of a backlog run into a new Batch API batch (status preparing), leased for batch_lease_seconds (26 hours: the 24-hour window and a margin), and return the batch; no row when nothing is claimable or the client is over budget. Under a budget (the client's or the installation's, day or month), no more items than the money left, less what the open batches' items are expected to cost, pays for at the script's past cost per analysis (parecer.estimate_cost; at least one; no cap without history). Claims as parecer.claim does (expired leases recovered first; with the isolation setting on, only a run of the caller's clients). Errors: PR010, PR012 unknown run, PR021 not a backlog run.
 
 -- comment: function parecer.prompt_for(uuid)
 Exactly what the model is sent for an analysis: instructions (fixed per script version), input (the transcript, one line per message with its id), the strict report schema, prompt_hash = sha256 hex of instructions || E'\n\n' || input, the script's model (NULL: runner default); omitted_messages: messages the size policy left out (a session over max_input_tokens keeps its start and end around a "[… N mensagens omitidas …]" line); input_tokens: the estimate ceil(characters / 3) of instructions, schema and input; repair_calls: the setting a runner follows when mark_done finds ungrounded evidence. Called by the role holding the item's live lease, it records prompt_hash on the item: mark_done then requires the same hash (PR017). With the isolation setting on, a role that does not see every client gets only items of its clients it holds a live lease on (admins: any). Errors: PR011 unknown analysis (or not yours), PR016 prompt too large (not one message fits).
