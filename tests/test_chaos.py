@@ -17,8 +17,18 @@ from parecer.devkit import chaos
 
 
 @pytest.mark.slow
-def test_chaos_every_item_settles_once_with_reason(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "runner_opts",
+    [{}, {"claim_ahead": 8, "ack_window_ms": 250}],
+    ids=["default", "claim-ahead"],
+)
+def test_chaos_every_item_settles_once_with_reason(
+    db_url: str, tmp_path: Path, runner_opts: dict[str, int]
+) -> None:
+    """Also with --claim-ahead and a long ack window: items waiting in a killed or stopped
+    runner, and reports waiting in its buffer, end as every other item does."""
     cfg = chaos.ChaosConfig(
+        **runner_opts,  # type: ignore[arg-type]
         items=200,
         runners=3,
         concurrency=4,

@@ -83,6 +83,8 @@ class ChaosConfig:
     timeout_delay_s: float = 3.0
     poll_seconds: float = 5.0
     shutdown_grace: float = 2.0
+    claim_ahead: int = 0  # runner --claim-ahead
+    ack_window_ms: int = 20  # runner --ack-window-ms
     backoff_schedule: str = "{1 second,2 seconds,3 seconds}"
     # chaos actions: explicit counts, or one per *_every seconds of the window
     kills: int | None = None
@@ -318,7 +320,7 @@ class Fleet:
             "OPENAI_API_KEY": self.api_key,
             "PYTHONUNBUFFERED": "1",
         }
-        for k in ("PARECER_CLIENT", "PARECER_ONCE", "PARECER_LOG_FORMAT"):
+        for k in ("PARECER_CLIENT", "PARECER_ONCE", "PARECER_LOG_FORMAT"):  # options say the rest
             env.pop(k, None)
         c = self.cfg
         popen = subprocess.Popen(
@@ -339,6 +341,10 @@ class Fleet:
                 str(c.shutdown_grace),
                 "--poll-seconds",
                 str(c.poll_seconds),
+                "--claim-ahead",
+                str(c.claim_ahead),
+                "--ack-window-ms",
+                str(c.ack_window_ms),
             ],
             env=env,
             stdout=f,
@@ -1068,6 +1074,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-every", type=float, default=60.0)
     p.add_argument("--cut-every", type=float, default=10.0)
     p.add_argument("--settle-seconds", type=float, default=120.0)
+    p.add_argument("--claim-ahead", type=int, default=0, help="the runners' --claim-ahead")
+    p.add_argument("--ack-window-ms", type=int, default=20, help="the runners' --ack-window-ms")
     p.add_argument("--log-dir", type=Path, default=None, help="keep the runner logs here")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     p.add_argument("--keep-database", action="store_true")
