@@ -258,6 +258,42 @@ def test_a_paused_runner_asks_for_its_key_before_claiming_again(
         assert all(i["retry_count"] == 0 and i["releases"] <= 1 for i in got.values())
 
 
+def test_a_runner_out_of_quota_probes_with_a_call_of_its_own_not_an_item(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """insufficient_quota: models.retrieve still answers while the quota is gone, so after each
+    pause the runner asks with the smallest call of its own (16 output tokens, no item) before
+    it claims. The items in flight at the first refusal are released once, none again however
+    long the outage (each probe with an item cost it a counted release, and a weekend without
+    quota failed items on max_releases). Once there is quota again, the work is done."""
+    monkeypatch.setattr(runner_mod, "FATAL_PAUSE_SECONDS", (0.2,))
+    with db.connect(db_url) as c:
+        make_script(c)
+        for _ in range(6):
+            make_session(c)
+        start_run(c)
+        c.execute("SELECT parecer.set_setting('max_releases', '3')")
+    with Standin(StandinConfig(fault_rate=1.0, faults=("quota",))) as s:
+        r = Runner(cfg(db_url, s, once=False, concurrency=2, poll_seconds=0.5, rate_limit=False))
+        with running(r) as t:
+            deadline = time.monotonic() + 20
+            while s.stats()["faults"].get("quota", 0) < 12:  # ten pauses and more, each probed
+                assert time.monotonic() < deadline and t.is_alive()
+                time.sleep(0.05)
+            with db.connect(db_url) as c:
+                assert max(i["releases"] for i in items(c).values()) <= 1
+                assert {i["status"] for i in items(c).values()} == {"pending"}
+            s._state.config = dataclasses.replace(s.config, fault_rate=0.0)  # credit added
+            with db.connect(db_url) as c:
+                while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] < 6:
+                    assert time.monotonic() < deadline + 20 and t.is_alive()
+                    time.sleep(0.05)
+    with db.connect(db_url) as c:
+        got = items(c)
+        assert {i["status"] for i in got.values()} == {"done"}
+        assert all(i["retry_count"] == 0 and i["releases"] <= 1 for i in got.values())
+
+
 MESSAGES = [
     "Olá! Meu pedido nº 123 chegou “quebrado” — quero o reembolso, por favor. 😡 Obrigada.",
     "Bom dia, a internet caiu de novo e o técnico não apareceu; já liguei três vezes hoje.",

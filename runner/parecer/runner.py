@@ -63,6 +63,7 @@ MAX_LOCAL_RATE_WAIT = 10.0  # longer shared-limit waits release the item instead
 ONCE_MAX_PAUSE_SECONDS = (
     60.0  # --once does not sit out a longer pause (a daily limit, say): it stops
 )
+QUOTA_REASON = "insufficient_quota"  # its pause is probed with a call (Runner._credentials_refused)
 # An item claimed ahead (claim_ahead) waits out a pause this long at most; a longer one
 # (a fatal provider error, a daily limit) releases it for another runner to take.
 AHEAD_MAX_PAUSE_WAIT = 30.0
@@ -396,7 +397,7 @@ def classify(exc: Exception) -> ProviderPause | ItemFailure:
     if isinstance(exc, openai.RateLimitError):
         if exc.code == "insufficient_quota":
             return ProviderPause(
-                "insufficient_quota: the provider account has no quota left",
+                f"{QUOTA_REASON}: the provider account has no quota left",
                 300.0,
                 loud=True,
                 fix="add credit or raise the usage limit of the provider account (billing)",
@@ -593,6 +594,7 @@ class Runner:
         self._fatal_pauses = 0  # consecutive fatal provider pauses (the backoff's index)
         # after a fatal pause: ask the provider whether it takes the key before claiming
         self._probe_due = False
+        self._probe_quota = False  # the fatal pause was insufficient_quota: probe with a call
         self._abort = False  # a fatal error under --once: in-flight calls get no grace
         # Reports waiting to be stored together (ack_window_ms > 0): (mark_done_many item, its
         # outcome's future); the timer sends them when the window closes, the sends are tracked.
@@ -639,6 +641,7 @@ class Runner:
             seconds = FATAL_PAUSE_SECONDS[min(self._fatal_pauses, len(FATAL_PAUSE_SECONDS) - 1)]
             self._fatal_pauses += 1
             self._probe_due = True
+            self._probe_quota = p.reason.startswith(QUOTA_REASON)
         self._pause_until = now + seconds
         self._slots = 1
         self._slot_freed.set()  # items claimed ahead decide whether to wait it out
@@ -917,17 +920,35 @@ class Runner:
             self._slot_freed.set()
 
     async def _credentials_refused(self) -> bool:
-        """After a fatal pause, whether the provider still refuses this runner's key, asked
-        before claiming: an item claimed only to be released again counts against its
-        max_releases, so probing with items would end a long outage (a key revoked over a
-        weekend) with items failed. models.retrieve costs nothing; only a 401/403 keeps
-        the runner paused (it pauses again, with the growing backoff). Any other answer,
-        a server without that endpoint included, lets a real call decide."""
+        """After a fatal pause, whether the provider still refuses this runner's key or
+        account, asked before claiming: an item claimed only to be released again counts
+        against its max_releases, so probing with items would end a long outage (a key
+        revoked, a quota used up, over a weekend) with items failed. For a key,
+        models.retrieve (free); for insufficient_quota, which models.retrieve does not
+        see, the smallest call of the runner's own (16 output tokens, nothing stored, no
+        item; its few tokens are no item's, so no spend records them). Only the fatal
+        answer again keeps the runner paused (it pauses again, with the growing backoff).
+        Any other answer, a server without that endpoint included, lets a real call decide."""
+        cfg = self.cfg
         try:
-            await self.client.models.retrieve(self.cfg.model)
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            if self._probe_quota:
+                await self.client.responses.create(
+                    model=cfg.model,
+                    input="ping",
+                    max_output_tokens=16,
+                    store=False,
+                    timeout=cfg.request_timeout,
+                    extra_headers=cfg.extra_headers,
+                )
+            else:
+                await self.client.models.retrieve(cfg.model)
+        except (
+            openai.AuthenticationError,
+            openai.PermissionDeniedError,
+            openai.RateLimitError,
+        ) as exc:
             verdict = classify(exc)
-            if isinstance(verdict, ProviderPause):
+            if isinstance(verdict, ProviderPause) and verdict.fatal:
                 self._pause(verdict)
                 return True
         except openai.APIError:
