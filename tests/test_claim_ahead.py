@@ -166,13 +166,26 @@ def test_a_report_waiting_to_be_stored_gives_its_slot_to_the_next_item(db_url: s
         assert one(c, "SELECT count(DISTINCT processed_at) AS n FROM parecer.analyses")["n"] == 1
 
 
-def test_a_refused_report_takes_a_slot_back_for_its_repair_call(db_url: str) -> None:
+@pytest.mark.parametrize("window_ms", [200, 0])
+def test_a_refused_report_takes_a_slot_back_for_its_repair_call(
+    db_url: str, window_ms: int
+) -> None:
+    """Through the buffer the slot was given back and is taken again; without it (window 0)
+    the item kept its slot and makes the repair call with it."""
     with db.connect(db_url) as c:
         make_run(c, 6)
     fault = {"x-standin-fault": "ungrounded_once"}
     with Standin(StandinConfig(latency_ms=(20, 40), seed=1)) as s:
         stats = run(
-            cfg(db_url, s, concurrency=2, claim_ahead=4, ack_window_ms=200, extra_headers=fault)
+            cfg(
+                db_url,
+                s,
+                concurrency=2,
+                claim_ahead=4,
+                ack_window_ms=window_ms,
+                extra_headers=fault,
+                request_timeout=5.0,
+            )
         )
         st = s.stats()
     assert stats.outcomes["done"] == 6

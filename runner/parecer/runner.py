@@ -895,6 +895,8 @@ class Runner:
         before its repair call. Without claim_ahead every item is claimed for a free slot
         and keeps it to the end: it takes it at once."""
         cfg = self.cfg
+        if flight.slot:
+            return  # kept it (its report was stored without the buffer)
         while cfg.claim_ahead:
             pause = self._pause_until - time.monotonic()
             if starting and self._stopping.is_set():  # back, after the pause if one runs
