@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,3 +63,12 @@ def running(runner: Runner) -> Iterator[threading.Thread]:
         if not t.is_alive():
             loop.close()
     assert not t.is_alive(), "the runner did not stop"
+
+
+def until(cond: Callable[[], bool], runner: threading.Thread, seconds: float = 20.0) -> None:
+    """Wait for ``cond`` while the runner's thread (helpers.running) lives, at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        assert runner.is_alive(), "the runner stopped"
+        time.sleep(0.02)

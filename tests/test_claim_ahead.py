@@ -15,7 +15,7 @@ from parecer import runner as runner_mod
 from parecer.devkit.standin import Standin, StandinConfig
 from parecer.runner import Runner, run
 
-from .helpers import one, running
+from .helpers import one, running, until
 from .test_runner import cfg, make_run
 
 
@@ -74,10 +74,7 @@ def test_items_claimed_ahead_go_back_unstarted_when_the_runner_stops(db_url: str
     with Standin(StandinConfig(latency_ms=(3000, 3000), seed=1)) as s:
         r = Runner(cfg(db_url, s, once=False, concurrency=2, claim_ahead=6, shutdown_grace=0.2))
         with running(r) as t:
-            deadline = time.monotonic() + 20
-            while s.stats()["requests"] < 2:  # two calls in flight, six items waiting
-                assert time.monotonic() < deadline and t.is_alive()
-                time.sleep(0.02)
+            until(lambda: s.stats()["requests"] >= 2, t)  # two calls in flight, six waiting
             time.sleep(0.3)
             assert sum(i["status"] == "processing" for i in _items(db_url)) == 8
             r.stop()
@@ -117,12 +114,13 @@ def test_items_claimed_ahead_go_back_when_the_runner_pauses_for_long(
             )
         )
         with running(r) as t:
-            deadline = time.monotonic() + 20
-            while s.stats()["unauthorized"] < 1 or any(
-                i["status"] != "pending" for i in _items(db_url)
-            ):  # the first call refused, then every item back
-                assert time.monotonic() < deadline and t.is_alive()
-                time.sleep(0.05)
+            until(  # the first call refused, then every item back
+                lambda: (
+                    s.stats()["unauthorized"] >= 1
+                    and all(i["status"] == "pending" for i in _items(db_url))
+                ),
+                t,
+            )
             r.stop()
         assert s.stats()["unauthorized"] == 1  # only the item in flight called
     got = _items(db_url)
@@ -203,13 +201,9 @@ def test_an_item_whose_lease_is_lost_while_it_waits_is_not_started(db_url: str) 
     with Standin(StandinConfig(latency_ms=(4000, 4000), seed=1)) as s:
         r = Runner(cfg(db_url, s, once=False, concurrency=1, claim_ahead=2, lease_seconds=6))
         with running(r) as t:
-            deadline = time.monotonic() + 20
-            while s.stats()["requests"] < 1:
-                assert time.monotonic() < deadline and t.is_alive()
-                time.sleep(0.02)
+            until(lambda: s.stats()["requests"] >= 1, t)
             with db.connect(db_url) as c:  # another runner's now
                 c.execute("UPDATE parecer.analyses SET lease_token = gen_random_uuid()")
-            while r.stats.outcomes["stale"] < 3:  # the first's result dropped, two not started
-                assert time.monotonic() < deadline and t.is_alive()
-                time.sleep(0.05)
+            # the first's result dropped, two not started
+            until(lambda: r.stats.outcomes["stale"] >= 3, t)
         assert s.stats()["requests"] == 1

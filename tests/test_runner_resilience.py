@@ -9,7 +9,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from typing import Any
 
 import psycopg
@@ -22,7 +21,7 @@ from parecer.devkit.standin.report import SLIPS
 from parecer.runner import EXIT_PROVIDER_FATAL, Runner, RunnerConfig, run
 
 from .factories import make_script, make_session
-from .helpers import one, runner_config, running
+from .helpers import one, runner_config, running, until
 
 Conn = psycopg.Connection[Any]
 KEY = "sk" + "-test-resilience-0123456789"  # fake
@@ -219,13 +218,16 @@ def test_runner_once_with_a_wrong_key_exits_3_at_once_spending_nothing(db_url: s
         assert all(i["retry_count"] == 0 for i in got.values())
 
 
-def test_a_paused_runner_asks_for_its_key_before_claiming_again(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("outage", ["key", "quota"])
+def test_a_paused_runner_asks_the_provider_before_claiming_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, outage: str
 ) -> None:
-    """A long-running runner whose key the provider refuses pauses, and after each pause
-    asks the provider (models.retrieve) before it claims: the items in flight at the
-    first 401 are released once, none again however long the outage, so a key revoked
-    over a weekend fails no item on max_releases. Once the key is good, the work is done."""
+    """A long-running runner whose key the provider refuses (401), or whose account has no
+    quota left (insufficient_quota), pauses, and after each pause asks the provider before
+    it claims: for the key models.retrieve, for the quota (which models.retrieve does not
+    see) the smallest call of its own, no item. The items in flight at the first refusal
+    are released once, none again however long the outage, so a key revoked or a quota
+    used up over a weekend fails no item on max_releases. Once fixed, the work is done."""
     monkeypatch.setattr(runner_mod, "FATAL_PAUSE_SECONDS", (0.2,))
     with db.connect(db_url) as c:
         make_script(c)
@@ -233,61 +235,31 @@ def test_a_paused_runner_asks_for_its_key_before_claiming_again(
             make_session(c)
         start_run(c)
         c.execute("SELECT parecer.set_setting('max_releases', '3')")
-    with Standin(StandinConfig(require_key="sk-the-right-one")) as s:
+    outages: dict[str, tuple[StandinConfig, dict[str, Any]]] = {
+        "key": (StandinConfig(require_key="sk-the-right-one"), {"require_key": KEY}),
+        "quota": (StandinConfig(fault_rate=1.0, faults=("quota",)), {"fault_rate": 0.0}),
+    }
+    refused, fixed = outages[outage]
+    with Standin(refused) as s:
+
+        def probes() -> int:  # refused probes so far (ten pauses and more)
+            st = s.stats()
+            return int(st["model_probes"] if outage == "key" else st["faults"].get("quota", 0))
+
         # without the shared limiter: the tokens the refused calls reserved would hold the
         # first call after the fix for up to a minute (their window), which is not tested here
         r = Runner(cfg(db_url, s, once=False, concurrency=2, poll_seconds=0.5, rate_limit=False))
         with running(r) as t:
-            deadline = time.monotonic() + 20
-            while s.stats()["model_probes"] < 10:  # ten pauses, ten refused probes
-                assert time.monotonic() < deadline and t.is_alive()
-                time.sleep(0.05)
-            assert s.stats()["unauthorized"] <= 2  # the calls in flight at the first 401
+            until(lambda: probes() >= 12, t)
+            if outage == "key":
+                assert s.stats()["unauthorized"] <= 2  # the calls in flight at the first 401
             with db.connect(db_url) as c:
                 assert max(i["releases"] for i in items(c).values()) <= 1
                 assert {i["status"] for i in items(c).values()} == {"pending"}
-            # the key is fixed (here: the provider now takes it): the next probe passes
-            s._state.config = dataclasses.replace(s.config, require_key=KEY)
+            # fixed (the provider now takes the key / the account has credit): the next probe passes
+            s._state.config = dataclasses.replace(s.config, **fixed)
             with db.connect(db_url) as c:
-                while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] < 6:
-                    assert time.monotonic() < deadline + 20 and t.is_alive()
-                    time.sleep(0.05)
-    with db.connect(db_url) as c:
-        got = items(c)
-        assert {i["status"] for i in got.values()} == {"done"}
-        assert all(i["retry_count"] == 0 and i["releases"] <= 1 for i in got.values())
-
-
-def test_a_runner_out_of_quota_probes_with_a_call_of_its_own_not_an_item(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """insufficient_quota: models.retrieve still answers while the quota is gone, so after each
-    pause the runner asks with the smallest call of its own (16 output tokens, no item) before
-    it claims. The items in flight at the first refusal are released once, none again however
-    long the outage (each probe with an item cost it a counted release, and a weekend without
-    quota failed items on max_releases). Once there is quota again, the work is done."""
-    monkeypatch.setattr(runner_mod, "FATAL_PAUSE_SECONDS", (0.2,))
-    with db.connect(db_url) as c:
-        make_script(c)
-        for _ in range(6):
-            make_session(c)
-        start_run(c)
-        c.execute("SELECT parecer.set_setting('max_releases', '3')")
-    with Standin(StandinConfig(fault_rate=1.0, faults=("quota",))) as s:
-        r = Runner(cfg(db_url, s, once=False, concurrency=2, poll_seconds=0.5, rate_limit=False))
-        with running(r) as t:
-            deadline = time.monotonic() + 20
-            while s.stats()["faults"].get("quota", 0) < 12:  # ten pauses and more, each probed
-                assert time.monotonic() < deadline and t.is_alive()
-                time.sleep(0.05)
-            with db.connect(db_url) as c:
-                assert max(i["releases"] for i in items(c).values()) <= 1
-                assert {i["status"] for i in items(c).values()} == {"pending"}
-            s._state.config = dataclasses.replace(s.config, fault_rate=0.0)  # credit added
-            with db.connect(db_url) as c:
-                while one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] < 6:
-                    assert time.monotonic() < deadline + 20 and t.is_alive()
-                    time.sleep(0.05)
+                until(lambda: one(c, "SELECT count(*) AS n FROM parecer.reports")["n"] >= 6, t)
     with db.connect(db_url) as c:
         got = items(c)
         assert {i["status"] for i in got.values()} == {"done"}
