@@ -368,6 +368,13 @@ def test_claim_with_prompts_is_claim_then_prompt_for(conn: psycopg.Connection[An
             "SELECT * FROM parecer.claim_with_prompts('w', 3, sync_commit => false)"
         ).fetchall()
         assert one(conn, "SHOW synchronous_commit")["synchronous_commit"] == "off"
+        # the lease's own UPDATE records the hashes: each item's row is written once
+        # (a second update in the same transaction also ran the scripts foreign key's check)
+        writes = one(
+            conn,
+            "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'parecer.analyses'::regclass",
+        )
+        assert writes["n_tup_upd"] == 3
     assert len(rows) == 3
     claim_cols = [
         r["attname"]
@@ -397,7 +404,10 @@ def test_claim_with_prompts_is_claim_then_prompt_for(conn: psycopg.Connection[An
             " prompt_given_at FROM parecer.analyses"
         )
     }
-    assert recorded[too_large["analysis_id"]]["given_prompt_hash"] is None
+    assert (
+        recorded[too_large["analysis_id"]]["given_prompt_hash"],
+        recorded[too_large["analysis_id"]]["prompt_given_at"],
+    ) == (None, None)
     assert by_session[long_.session_id]["omitted_messages"] > 0  # the size policy cut it
     for sid in (short.session_id, long_.session_id):
         r = by_session[sid]

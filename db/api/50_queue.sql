@@ -289,10 +289,16 @@ END
 $$;
 
 -- Lease locked candidates (ids from parecer._candidates, in claim order) to a worker
--- for p_lease seconds: the one place a claim's lease is written (claim, open_batch).
+-- for p_lease seconds: the one place a claim's lease is written (claim,
+-- claim_with_prompts, open_batch). With p_hashes (and p_omitted), the prompt each
+-- item is given (by position in p_ids; NULL: none) is recorded by the same UPDATE,
+-- as prompt_for records it for the lease holder: one row version per item, not a
+-- lease and then a second update of the row (and its foreign key's check) in the
+-- same transaction.
 -- Updated by primary key (= ANY of the locked ids), never through a join the
 -- planner could turn into a hash join over the whole table.
-CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name)
+CREATE OR REPLACE FUNCTION parecer._lease_items(p_ids uuid[], p_worker text, p_lease integer, p_who name,
+                                                p_hashes text[] DEFAULT NULL, p_omitted integer[] DEFAULT NULL)
 RETURNS SETOF parecer.claimed_item
 -- not sql: PL/pgSQL keeps the statement's plan across calls
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
@@ -308,7 +314,13 @@ BEGIN
                next_retry_at = NULL,
                started_at = now(),
                updated_at = now(),
-               leased_to = p_who, given_prompt_hash = NULL, prompt_given_at = NULL, omitted_messages = NULL
+               leased_to = p_who,
+               (given_prompt_hash, omitted_messages, prompt_given_at) =
+                   (SELECT g.hash, CASE WHEN g.hash IS NOT NULL THEN p_omitted[g.n] END,
+                           CASE WHEN g.hash IS NOT NULL THEN now() END
+                    FROM (SELECT k.n, p_hashes[k.n] AS hash
+                          FROM (SELECT CASE WHEN p_hashes IS NOT NULL THEN array_position(p_ids, a.analysis_id) END AS n
+                                OFFSET 0) k) g)
          WHERE a.analysis_id = ANY (p_ids)
         RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
                   a.lease_expires_at, a.retry_count
@@ -331,28 +343,33 @@ BEGIN
 END
 $$;
 
--- Claim up to max_items claimable items: each gets a lease (token + expiry) and
--- the attempt number; commit before calling the model.
-CREATE OR REPLACE FUNCTION parecer.claim(
-    worker        text,
-    max_items     integer DEFAULT 1,
-    lease_seconds integer DEFAULT NULL,
-    client_slug   text DEFAULT NULL,
-    sync_commit   boolean DEFAULT true
-) RETURNS SETOF parecer.claimed_item
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
-#variable_conflict use_column
+-- A claim: up to p_limit claimable items, each leased (token + expiry) with its
+-- attempt number; commit before calling the model. With p_prompts, each item's
+-- prompt too (_prompts, as prompt_for builds it), built before the lease so that
+-- the lease's UPDATE records its hash (_lease_items): one row version per item.
+-- The prompts are built by one statement for the batch: if it fails (the host's
+-- data through its adapter, say), the items are leased all the same and every row
+-- carries that error instead of a prompt, so prompt_for, asked per item, fails
+-- only the item it concerns. parecer.claim and parecer.claim_with_prompts are
+-- this, without and with the prompts.
+CREATE OR REPLACE FUNCTION parecer._claim(p_worker text, p_limit integer, p_lease integer, p_client text,
+                                          p_sync boolean, p_prompts boolean)
+RETURNS SETOF parecer.claimed_prompt
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    v_worker  text := $1;
-    v_limit   integer := $2;
+    v_worker  text := p_worker;
+    v_limit   integer := p_limit;
     v_lease   integer;
-    v_client  text := $4;
+    v_client  text := p_client;
     v_n       integer;
     v_one     text;
     v_ids     uuid[];
     v_expired boolean;
     v_scope   text[];   -- clients the caller serves (NULL: all; tenant isolation, 15_access.sql)
     v_who     name;
+    v_given   parecer.claimed_prompt[];   -- the prompts (their columns only), in v_ids' order
+    v_state   text;
+    v_text    text;
 BEGIN
     SELECT CASE WHEN sc.all_clients THEN NULL ELSE sc.client_ids END, sc.who INTO v_scope, v_who
     FROM parecer._caller_scope sc;
@@ -366,7 +383,7 @@ BEGIN
                OR parecer._blocked_reason(p.client_id) IS NULL)
         LIMIT 2
     )
-    SELECT COALESCE($3, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
+    SELECT COALESCE(p_lease, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
            EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
            (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
       INTO v_lease, v_expired, v_n, v_one;
@@ -381,13 +398,13 @@ BEGIN
     END IF;
     -- A claim hands out at most max_claim_items, whatever it asks (it may always get fewer).
     v_limit := LEAST(v_limit, parecer._setting_int('max_claim_items'));
-    IF sync_commit IS NULL THEN
+    IF p_sync IS NULL THEN
         PERFORM parecer._invalid('sync_commit must be true or false', 'Leave it out (true) unless the claim is a transaction of its own.');
     END IF;
     -- A claim need not survive a server crash: lost, it leaves the item claimable as
     -- before, and its holder's mark_done / extend_lease get PR006. Not waiting for
     -- the WAL flush halves the flushes per item (SET LOCAL: until this transaction ends).
-    IF NOT sync_commit THEN
+    IF NOT p_sync THEN
         PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
     END IF;
 
@@ -419,20 +436,60 @@ BEGIN
         RETURN;
     END IF;
 
-    RETURN QUERY SELECT * FROM parecer._lease_items(v_ids, v_worker, v_lease, v_who);
+    IF p_prompts THEN
+        BEGIN
+            v_given := ARRAY(
+                SELECT ROW(p.analysis_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                           p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
+                           p.repair_calls, p.sqlstate, p.message)::parecer.claimed_prompt
+                FROM parecer._prompts(v_ids, true) p
+                ORDER BY p.ord);
+        EXCEPTION
+            WHEN syntax_error_or_access_rule_violation THEN
+                RAISE;   -- a bug or a missing grant, not the data's fault
+            WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
+        END;
+    END IF;
+    RETURN QUERY
+    SELECT l.analysis_id, l.lease_token, l.attempt, l.client_slug, l.session_id, l.script_id, l.script_key,
+           l.script_version, l.model, l.lease_expires_at, l.retry_count,
+           g.instructions, g.input, g.report_schema, g.prompt_hash, g.omitted_messages, g.input_tokens,
+           g.repair_calls, COALESCE(g.sqlstate, v_state), COALESCE(g.message, v_text)
+    FROM parecer._lease_items(v_ids, v_worker, v_lease, v_who,
+                              CASE WHEN p_prompts THEN ARRAY(SELECT x.prompt_hash FROM unnest(v_given) x) END,
+                              CASE WHEN p_prompts THEN ARRAY(SELECT x.omitted_messages FROM unnest(v_given) x) END)
+         WITH ORDINALITY l
+    LEFT JOIN unnest(v_given) g ON g.analysis_id = l.analysis_id
+    ORDER BY l.ordinality;
+END
+$$;
+
+-- Claim up to max_items claimable items: each gets a lease (token + expiry) and
+-- the attempt number; commit before calling the model (_claim, without prompts).
+CREATE OR REPLACE FUNCTION parecer.claim(
+    worker        text,
+    max_items     integer DEFAULT 1,
+    lease_seconds integer DEFAULT NULL,
+    client_slug   text DEFAULT NULL,
+    sync_commit   boolean DEFAULT true
+) RETURNS SETOF parecer.claimed_item
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT c.analysis_id, c.lease_token, c.attempt, c.client_slug, c.session_id, c.script_id, c.script_key,
+           c.script_version, c.model, c.lease_expires_at, c.retry_count
+    FROM parecer._claim($1, $2, $3, $4, $5, false) c;
 END
 $$;
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
 'Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.';
 
--- claim and prompts_for in one call: the items a claim gives, each with its prompt
--- (or the error prompt_for raises for it), recorded for the lease holder as
--- prompt_for records it. What a runner calls: one round trip and one transaction
--- per batch fewer than claim followed by prompts_for, with their results. The
--- prompts are built by one statement for the batch: if it fails (the host's data
--- through its adapter, say), the claim stands and every row carries that error
--- instead of a prompt, so prompt_for, asked per item, fails only the item it
--- concerns, as when the runner asked prompts_for and fell back to prompt_for.
+-- claim and prompts_for in one call (_claim, with prompts): the items a claim
+-- gives, each with its prompt (or the error prompt_for raises for it), its hash
+-- recorded for the lease holder as prompt_for records it, by the lease's own
+-- UPDATE. What a runner calls: one round trip, one transaction and one row version
+-- per item fewer than claim followed by prompts_for, with their results.
 CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     worker        text,
     max_items     integer DEFAULT 1,
@@ -441,38 +498,8 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_items parecer.claimed_item[];
-    v_rows  parecer.claimed_prompt[];
-    v_state text;
-    v_text  text;
 BEGIN
-    v_items := ARRAY(SELECT c FROM parecer.claim($1, $2, $3, $4, $5) c);
-    IF cardinality(v_items) = 0 THEN
-        RETURN;
-    END IF;
-    BEGIN
-        v_rows := ARRAY(
-            SELECT ROW(i.analysis_id, i.lease_token, i.attempt, i.client_slug, i.session_id, i.script_id, i.script_key,
-                       i.script_version, i.model, i.lease_expires_at, i.retry_count,
-                       p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
-                       p.repair_calls, p.sqlstate, p.message)::parecer.claimed_prompt
-            FROM unnest(v_items) WITH ORDINALITY i
-            JOIN parecer._prompts(ARRAY(SELECT x.analysis_id FROM unnest(v_items) x)) p ON p.ord = i.ordinality
-            ORDER BY i.ordinality);
-    EXCEPTION
-        WHEN syntax_error_or_access_rule_violation THEN
-            RAISE;   -- a bug or a missing grant, not the data's fault
-        WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
-            v_rows := ARRAY(
-                SELECT ROW(i.analysis_id, i.lease_token, i.attempt, i.client_slug, i.session_id, i.script_id,
-                           i.script_key, i.script_version, i.model, i.lease_expires_at, i.retry_count,
-                           NULL, NULL, NULL, NULL, NULL, NULL, NULL, v_state, v_text)::parecer.claimed_prompt
-                FROM unnest(v_items) WITH ORDINALITY i
-                ORDER BY i.ordinality);
-    END;
-    RETURN QUERY SELECT * FROM unnest(v_rows);
+    RETURN QUERY SELECT * FROM parecer._claim($1, $2, $3, $4, $5, true);
 END
 $$;
 COMMENT ON FUNCTION parecer.claim_with_prompts(text, integer, integer, text, boolean) IS

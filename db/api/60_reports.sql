@@ -208,8 +208,10 @@ COMMENT ON FUNCTION parecer.leased_transcript(uuid, uuid) IS
 -- it (sqlstate, message, hint). The prompts given to the caller as lease holder
 -- are recorded (hash, omitted messages) by the same statement. One statement for
 -- the batch: each script's texts, lengths and budget once, the transcripts
--- through the inlined _transcript_fit.
-CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[])
+-- through the inlined _transcript_fit. p_claimed: the ids are candidates this
+-- transaction has locked for the caller and is about to lease (_claim): each is
+-- built as for its lease holder, and recorded by the lease itself (_lease_items).
+CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[], p_claimed boolean DEFAULT false)
 RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
                sqlstate text, message text, hint text)
@@ -229,7 +231,8 @@ BEGIN
         FROM unnest(p_ids) WITH ORDINALITY i(id, o)
         LEFT JOIN parecer.analyses a ON a.analysis_id = i.id
         CROSS JOIN LATERAL (
-            SELECT COALESCE(a.status = 'processing' AND a.lease_expires_at >= now() AND a.leased_to = v_sc.who, false) AS holder
+            SELECT p_claimed OR COALESCE(a.status = 'processing' AND a.lease_expires_at >= now() AND a.leased_to = v_sc.who,
+                                         false) AS holder
         ) h
         -- Isolation on: a caller that does not see every client reads only an item of
         -- its clients that it holds a live lease on; any other id is unknown to it.
@@ -273,7 +276,7 @@ BEGIN
         SELECT f.*, encode(sha256(convert_to(f.instructions || E'\n\n' || f.input, 'UTF8')), 'hex') AS hash
         FROM f
     ), g AS MATERIALIZED (   -- given to the lease holder (narrow: the UPDATE keeps a copy of each row)
-        SELECT h.id, h.lease_token, h.hash, h.omitted FROM h WHERE h.holder AND h.code IS NULL
+        SELECT h.id, h.lease_token, h.hash, h.omitted FROM h WHERE h.holder AND h.code IS NULL AND NOT p_claimed
     ), u AS (
         -- What the lease holder is given, for mark_done to check its prompt_hash against
         -- (and to store the omitted count with the report). Not worth a WAL flush: lost

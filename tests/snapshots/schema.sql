@@ -1071,6 +1071,13 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 body md5 0fab179a7095e29a20b7b59026e99eec
 
+-- function: parecer._claim(text,integer,integer,text,boolean,boolean)
+ARGUMENTS p_worker text, p_limit integer, p_lease integer, p_client text, p_sync boolean, p_prompts boolean
+RETURNS SETOF parecer.claimed_prompt
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode=force_generic_plan
+body md5 617d6f4abb0d4405a20198f89193e3db
+
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
 RETURNS record
@@ -1219,12 +1226,12 @@ RETURNS parecer.analyses
 LANGUAGE plpgsql VOLATILE
 body md5 4b6a2270863d92b171fed17160653d75
 
--- function: parecer._lease_items(uuid[],text,integer,name)
-ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name
+-- function: parecer._lease_items(uuid[],text,integer,name,text[],integer[])
+ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name, p_hashes text[] DEFAULT NULL::text[], p_omitted integer[] DEFAULT NULL::integer[]
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 fafce49e6c8e6dccea6bceaaaaf1fafb
+body md5 48bd5a0e5656bfe2bc3ef8b543aac1a6
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1304,12 +1311,12 @@ RETURNS TABLE(role_intro text, script_title text, client_word text, script_word 
 LANGUAGE sql IMMUTABLE
 body md5 09654c1568bc1fb5e18ca7c24de0ccb3
 
--- function: parecer._prompts(uuid[])
-ARGUMENTS p_ids uuid[]
+-- function: parecer._prompts(uuid[],boolean)
+ARGUMENTS p_ids uuid[], p_claimed boolean DEFAULT false
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 96479a2d8c186791f4e5a7142ef31e9f
+body md5 db2ae7dd8061db3a9e8f6e3c2b66336c
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
@@ -1565,16 +1572,15 @@ body md5 b10cedd97e1a8dff35e1953b7cb55fff
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 6508d9ec7b6af8e5886900a297f15666
+body md5 10fdb84b26b1f995187e1b37551418d5
 
 -- function: parecer.claim_with_prompts(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 62e64eb80352d3098ad04763a82cdd4c
+body md5 9e5da84fa2359637023a5da99f0f18db
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
@@ -1957,6 +1963,9 @@ postgres=X/postgres
 -- acl: parecer._check_worker(text)
 postgres=X/postgres
 
+-- acl: parecer._claim(text,integer,integer,text,boolean,boolean)
+postgres=X/postgres
+
 -- acl: parecer._client(text)
 postgres=X/postgres
 
@@ -2029,7 +2038,7 @@ postgres=X/postgres
 -- acl: parecer._lease(uuid,uuid)
 postgres=X/postgres
 
--- acl: parecer._lease_items(uuid[],text,integer,name)
+-- acl: parecer._lease_items(uuid[],text,integer,name,text[],integer[])
 postgres=X/postgres
 
 -- acl: parecer._lease_refused(uuid,uuid)
@@ -2071,7 +2080,7 @@ postgres=X/postgres
 -- acl: parecer._phrases(text)
 postgres=X/postgres
 
--- acl: parecer._prompts(uuid[])
+-- acl: parecer._prompts(uuid[],boolean)
 postgres=X/postgres
 
 -- acl: parecer._purge_rows(regclass,text,boolean,integer)
