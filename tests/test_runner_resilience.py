@@ -218,6 +218,27 @@ def test_runner_once_with_a_wrong_key_exits_3_at_once_spending_nothing(db_url: s
         assert all(i["retry_count"] == 0 for i in got.values())
 
 
+def test_a_refused_call_gives_back_the_tokens_it_reserved(db_url: str) -> None:
+    """A call the provider refuses (here 401) used none of the tokens it took from the
+    shared limiter's bucket: the runner gives them back, so the key's next calls (once it
+    is fixed) do not wait for the refused calls' window. The bucket ends as full as it
+    began (the default tpm's 6-second burst: 16,000 tokens), not short of the calls in
+    flight at the refusal."""
+    with db.connect(db_url) as c:
+        make_script(c)
+        for _ in range(6):
+            make_session(c)
+        start_run(c)
+        c.execute("SELECT parecer.set_setting('default_tpm', '160000')")  # the tests' is unlimited
+    with Standin(StandinConfig(require_key="sk-the-right-one")) as s:
+        stats = run(cfg(db_url, s, concurrency=4))
+        assert stats.fatal is not None and 1 <= s.stats()["unauthorized"] <= 4
+    with db.connect(db_url) as c:
+        bucket = one(c, "SELECT tok_tokens, granted FROM parecer._rate_limits")
+        assert bucket["granted"] >= 1  # the refused calls did take tokens
+        assert bucket["tok_tokens"] >= 160000 * 6 / 60 - 1
+
+
 @pytest.mark.parametrize("outage", ["key", "quota"])
 def test_a_paused_runner_asks_the_provider_before_claiming_again(
     db_url: str, monkeypatch: pytest.MonkeyPatch, outage: str
@@ -246,8 +267,9 @@ def test_a_paused_runner_asks_the_provider_before_claiming_again(
             st = s.stats()
             return int(st["model_probes"] if outage == "key" else st["faults"].get("quota", 0))
 
-        # without the shared limiter: the tokens the refused calls reserved would hold the
-        # first call after the fix for up to a minute (their window), which is not tested here
+        # without the shared limiter: the 401 pauses the key for every runner for a minute
+        # (the shared pause), which this test would sit out (the tokens the refused calls
+        # reserved come back: test_a_refused_call_gives_back_the_tokens_it_reserved)
         r = Runner(cfg(db_url, s, once=False, concurrency=2, poll_seconds=0.5, rate_limit=False))
         with running(r) as t:
             until(lambda: probes() >= 12, t)

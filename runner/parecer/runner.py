@@ -429,6 +429,12 @@ def classify(exc: Exception) -> ProviderPause | ItemFailure:
     return ItemFailure(f"runner error: {type(exc).__name__}")
 
 
+def _refused_unprocessed(status: int) -> bool:
+    """Whether an HTTP status says the provider refused the request without processing it
+    (no tokens used): any 4xx but 408 (request timeout)."""
+    return 400 <= status < 500 and status != 408
+
+
 REPAIR_MESSAGE_TOKENS = 300  # the limiter's allowance for the repair request's own text
 _REPAIR_LISTED = 20  # failing citations named in a repair request, at most
 
@@ -601,6 +607,10 @@ class Runner:
         self._acks: list[tuple[dict[str, Any], asyncio.Future[AckRow]]] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_sends: set[asyncio.Task[None]] = set()
+        # What a refused call tells the shared limiter (its pause, its tokens back): it
+        # lands even when the call's task is cancelled meanwhile (--once stopping at a
+        # fatal error); awaited before the pool closes, as the acknowledgements are.
+        self._rate_reports: set[asyncio.Task[Any]] = set()
 
     # ---- control -------------------------------------------------------
     def stop(self) -> None:
@@ -774,7 +784,7 @@ class Runner:
     async def close(self) -> None:
         """Store the buffered reports, close the pool and the client (when owned)."""
         self._send_acks()
-        await asyncio.gather(*self._ack_sends, return_exceptions=True)
+        await asyncio.gather(*self._ack_sends, *self._rate_reports, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
         if self._owns_client:
@@ -1215,11 +1225,31 @@ class Runner:
             resp = raw.parse()
         except openai.OpenAIError as exc:
             verdict = classify(exc)
-            if isinstance(verdict, ProviderPause) and cfg.rate_limit:
-                await self._call(
-                    "SELECT parecer.report_rate(%s, retry_after_seconds => %s, reason => %s)",
-                    (limit_key, min(verdict.seconds, 86400.0), verdict.reason),
+            pause = verdict if isinstance(verdict, ProviderPause) else None
+            # A request the provider refused (a 4xx answer other than 408: bad key, no
+            # quota, 429, bad request) used none of the tokens it reserved: they go back to
+            # the shared bucket, or a fixed key's first calls would wait for the refused
+            # calls' window (up to a minute). A timeout or a 5xx may have been processed.
+            refused = isinstance(exc, openai.APIStatusError) and _refused_unprocessed(
+                exc.status_code
+            )
+            if cfg.rate_limit and (pause is not None or refused):
+                report = asyncio.ensure_future(
+                    self._call(
+                        "SELECT parecer.report_rate(%s, retry_after_seconds => %s, reason => %s,"
+                        " estimated_tokens => %s, actual_tokens => %s)",
+                        (
+                            limit_key,
+                            min(pause.seconds, 86400.0) if pause else None,
+                            pause.reason if pause else None,
+                            estimate if refused else None,
+                            0 if refused else None,
+                        ),
+                    )
                 )
+                self._rate_reports.add(report)
+                report.add_done_callback(self._rate_reports.discard)
+                await asyncio.shield(report)
             raise verdict from None
         latency_ms = int((time.monotonic() - t0) * 1000)
         usage = _usage(resp, latency_ms, model)
