@@ -222,8 +222,8 @@ def test_a_refused_call_gives_back_the_tokens_it_reserved(db_url: str) -> None:
     """A call the provider refuses (here 401) used none of the tokens it took from the
     shared limiter's bucket: the runner gives them back, so the key's next calls (once it
     is fixed) do not wait for the refused calls' window. The bucket ends as full as it
-    began (the default tpm's 6-second burst: 16,000 tokens), not short of the calls in
-    flight at the refusal."""
+    began (the default tpm's 6-second burst: 16,000 tokens), not short of the refused
+    call's estimate."""
     with db.connect(db_url) as c:
         make_script(c)
         for _ in range(6):
@@ -231,11 +231,14 @@ def test_a_refused_call_gives_back_the_tokens_it_reserved(db_url: str) -> None:
         start_run(c)
         c.execute("SELECT parecer.set_setting('default_tpm', '160000')")  # the tests' is unlimited
     with Standin(StandinConfig(require_key="sk-the-right-one")) as s:
-        stats = run(cfg(db_url, s, concurrency=4))
-        assert stats.fatal is not None and 1 <= s.stats()["unauthorized"] <= 4
+        # one call at a time: --once stops at the refusal, and a call of a larger batch still
+        # waiting for its answer then is cancelled (whether a provider processed such a
+        # call is unknown: its tokens stay taken)
+        stats = run(cfg(db_url, s, concurrency=1))
+        assert stats.fatal is not None and s.stats()["unauthorized"] == 1
     with db.connect(db_url) as c:
         bucket = one(c, "SELECT tok_tokens, granted FROM parecer._rate_limits")
-        assert bucket["granted"] >= 1  # the refused calls did take tokens
+        assert bucket["granted"] == 1  # the refused call did take tokens
         assert bucket["tok_tokens"] >= 160000 * 6 / 60 - 1
 
 
