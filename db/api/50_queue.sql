@@ -360,6 +360,8 @@ DECLARE
     v_worker  text := p_worker;
     v_limit   integer := p_limit;
     v_lease   integer;
+    v_max_lease integer;   -- settings max_lease_seconds, max_claim_items
+    v_max_items integer;
     v_client  text := p_client;
     v_n       integer;
     v_one     text;
@@ -383,21 +385,22 @@ BEGIN
                OR parecer._blocked_reason(p.client_id) IS NULL)
         LIMIT 2
     )
-    SELECT COALESCE(p_lease, LEAST(parecer._setting_int('lease_seconds'), parecer._setting_int('max_lease_seconds'))),
+    SELECT parecer._setting_int('max_lease_seconds'), parecer._setting_int('max_claim_items'),
            EXISTS (SELECT FROM parecer.analyses a WHERE a.status = 'processing' AND a.lease_expires_at < now()),
            (SELECT count(*) FROM pol), (SELECT min(pol.client_id) FROM pol)
-      INTO v_lease, v_expired, v_n, v_one;
+      INTO v_max_lease, v_max_items, v_expired, v_n, v_one;
+    v_lease := COALESCE(p_lease, LEAST(parecer._setting_int('lease_seconds'), v_max_lease));
     PERFORM parecer._check_worker(v_worker);
     IF v_limit IS NULL OR v_limit < 1 OR v_limit > 1000 THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid max_items: %s', COALESCE(v_limit::text, 'NULL')), 'max_items must be between 1 and 1000.');
     END IF;
-    IF v_lease < 5 OR v_lease > parecer._setting_int('max_lease_seconds') THEN
+    IF v_lease < 5 OR v_lease > v_max_lease THEN
         PERFORM parecer._invalid(pg_catalog.format('invalid lease_seconds: %s', v_lease),
                                  pg_catalog.format('lease_seconds must be between 5 and %s (setting max_lease_seconds).',
-                                                   parecer._setting_int('max_lease_seconds')));
+                                                   v_max_lease));
     END IF;
     -- A claim hands out at most max_claim_items, whatever it asks (it may always get fewer).
-    v_limit := LEAST(v_limit, parecer._setting_int('max_claim_items'));
+    v_limit := LEAST(v_limit, v_max_items);
     IF p_sync IS NULL THEN
         PERFORM parecer._invalid('sync_commit must be true or false', 'Leave it out (true) unless the claim is a transaction of its own.');
     END IF;

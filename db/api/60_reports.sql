@@ -224,7 +224,9 @@ DECLARE
     v_sc      parecer._caller_scope;
     v_repair  integer := parecer._setting_int('repair_calls');
 BEGIN
-    SELECT * INTO v_sc FROM parecer._caller_scope;
+    IF NOT p_claimed THEN   -- a claim's candidates are of clients the caller serves (_claim)
+        SELECT * INTO v_sc FROM parecer._caller_scope;
+    END IF;
     RETURN QUERY
     WITH p AS MATERIALIZED (
         SELECT i.o, i.id, a.lease_token, a.session_id, a.script_id, x.holder, x.visible
@@ -239,7 +241,8 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT h.holder,
                    a.analysis_id IS NOT NULL
-                   AND (v_sc.all_clients OR (h.holder AND a.client_id = ANY (v_sc.client_ids))) IS NOT FALSE AS visible
+                   AND (p_claimed OR v_sc.all_clients OR (h.holder AND a.client_id = ANY (v_sc.client_ids))) IS NOT FALSE
+                   AS visible
         ) x
     ), sc AS MATERIALIZED (   -- each script of the batch once
         SELECT s.*, parecer._input_budget_chars(s.instructions, s.report_schema) AS budget,

@@ -1076,7 +1076,7 @@ ARGUMENTS p_worker text, p_limit integer, p_lease integer, p_client text, p_sync
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 617d6f4abb0d4405a20198f89193e3db
+body md5 9a7a75ccb85d384de2dc8449c1a4bb86
 
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
@@ -1316,7 +1316,7 @@ ARGUMENTS p_ids uuid[], p_claimed boolean DEFAULT false
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 db2ae7dd8061db3a9e8f6e3c2b66336c
+body md5 fddd2032516e194391bf548029004eda
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
