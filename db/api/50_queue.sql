@@ -343,19 +343,16 @@ BEGIN
 END
 $$;
 
--- A claim: up to p_limit claimable items, each leased (token + expiry) with its
--- attempt number; commit before calling the model. With p_prompts, each item's
--- prompt too (_prompts, as prompt_for builds it), built before the lease so that
--- the lease's UPDATE records its hash (_lease_items): one row version per item.
--- The prompts are built by one statement for the batch: if it fails (the host's
--- data through its adapter, say), the items are leased all the same and every row
--- carries that error instead of a prompt, so prompt_for, asked per item, fails
--- only the item it concerns. parecer.claim and parecer.claim_with_prompts are
--- this, without and with the prompts.
-CREATE OR REPLACE FUNCTION parecer._claim(p_worker text, p_limit integer, p_lease integer, p_client text,
-                                          p_sync boolean, p_prompts boolean)
-RETURNS SETOF parecer.claimed_prompt
+-- What a claim takes: its checks (PR010), the settings, expired leases recovered,
+-- the clients that may get work (scope, client filter, budgets) and the fair
+-- choice of up to p_limit candidates, locked (FOR UPDATE SKIP LOCKED) but not yet
+-- leased; with the lease length and the caller to lease them to. No candidates:
+-- ids is empty. parecer.claim leases them as they are; claim_with_prompts builds
+-- their prompts first, so that the lease records each prompt's hash.
+CREATE OR REPLACE FUNCTION parecer._claim_ids(p_worker text, p_limit integer, p_lease integer, p_client text,
+                                              p_sync boolean, OUT ids uuid[], OUT lease integer, OUT who name)
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
 DECLARE
     v_worker  text := p_worker;
     v_limit   integer := p_limit;
@@ -369,9 +366,6 @@ DECLARE
     v_expired boolean;
     v_scope   text[];   -- clients the caller serves (NULL: all; tenant isolation, 15_access.sql)
     v_who     name;
-    v_given   parecer.claimed_prompt[];   -- the prompts (their columns only), in v_ids' order
-    v_state   text;
-    v_text    text;
 BEGIN
     SELECT CASE WHEN sc.all_clients THEN NULL ELSE sc.client_ids END, sc.who INTO v_scope, v_who
     FROM parecer._caller_scope sc;
@@ -414,6 +408,7 @@ BEGIN
     IF v_expired THEN
         PERFORM parecer._expire_leases();
     END IF;
+    ids := '{}';
     IF parecer._global_blocked_reason() IS NOT NULL THEN RETURN; END IF;  -- the installation's budget (85_spend.sql)
 
     IF v_n = 0 THEN
@@ -435,41 +430,13 @@ BEGIN
             ORDER BY c.backlog, (c.rn - 1) / p.priority, -ln(1.0 - random()) / p.priority, c.rn
             LIMIT v_limit);
     END IF;
-    IF cardinality(v_ids) = 0 THEN
-        RETURN;
-    END IF;
-
-    IF p_prompts THEN
-        BEGIN
-            v_given := ARRAY(
-                SELECT ROW(p.analysis_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                           p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
-                           p.repair_calls, p.sqlstate, p.message)::parecer.claimed_prompt
-                FROM parecer._prompts(v_ids, true) p
-                ORDER BY p.ord);
-        EXCEPTION
-            WHEN syntax_error_or_access_rule_violation THEN
-                RAISE;   -- a bug or a missing grant, not the data's fault
-            WHEN OTHERS THEN
-                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
-        END;
-    END IF;
-    RETURN QUERY
-    SELECT l.analysis_id, l.lease_token, l.attempt, l.client_slug, l.session_id, l.script_id, l.script_key,
-           l.script_version, l.model, l.lease_expires_at, l.retry_count,
-           g.instructions, g.input, g.report_schema, g.prompt_hash, g.omitted_messages, g.input_tokens,
-           g.repair_calls, COALESCE(g.sqlstate, v_state), COALESCE(g.message, v_text)
-    FROM parecer._lease_items(v_ids, v_worker, v_lease, v_who,
-                              CASE WHEN p_prompts THEN ARRAY(SELECT x.prompt_hash FROM unnest(v_given) x) END,
-                              CASE WHEN p_prompts THEN ARRAY(SELECT x.omitted_messages FROM unnest(v_given) x) END)
-         WITH ORDINALITY l
-    LEFT JOIN unnest(v_given) g ON g.analysis_id = l.analysis_id
-    ORDER BY l.ordinality;
+    ids := COALESCE(v_ids, '{}');
+    lease := v_lease;
+    who := v_who;
 END
 $$;
-
 -- Claim up to max_items claimable items: each gets a lease (token + expiry) and
--- the attempt number; commit before calling the model (_claim, without prompts).
+-- the attempt number; commit before calling the model.
 CREATE OR REPLACE FUNCTION parecer.claim(
     worker        text,
     max_items     integer DEFAULT 1,
@@ -478,21 +445,30 @@ CREATE OR REPLACE FUNCTION parecer.claim(
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ids   uuid[];
+    v_lease integer;
+    v_who   name;
 BEGIN
-    RETURN QUERY
-    SELECT c.analysis_id, c.lease_token, c.attempt, c.client_slug, c.session_id, c.script_id, c.script_key,
-           c.script_version, c.model, c.lease_expires_at, c.retry_count
-    FROM parecer._claim($1, $2, $3, $4, $5, false) c;
+    SELECT c.ids, c.lease, c.who INTO v_ids, v_lease, v_who FROM parecer._claim_ids($1, $2, $3, $4, $5) c;
+    IF cardinality(v_ids) > 0 THEN
+        RETURN QUERY SELECT * FROM parecer._lease_items(v_ids, $1, v_lease, v_who);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
 'Claim up to max_items claimable items (status pending, next_retry_at NULL or past) with a lease of lease_seconds (default: setting lease_seconds). Fair across clients: weighted round-robin by client priority, each client''s fresh work newest-ended session first, then backlog runs oldest first; clients over budget get nothing (see parecer.budgets); with the isolation setting on, only clients granted to the caller (parecer.grant_client), whatever client_slug says. max_items is capped by the max_claim_items setting, lease_seconds by max_lease_seconds. Items whose lease expired are recovered first, as a failed attempt. sync_commit => false: the transaction the claim runs in commits without waiting for its WAL to reach disk (SET LOCAL synchronous_commit = off; the runner claims so, in a transaction of its own); a claim lost in a server crash leaves the item claimable. Errors: PR010.';
 
--- claim and prompts_for in one call (_claim, with prompts): the items a claim
--- gives, each with its prompt (or the error prompt_for raises for it), its hash
--- recorded for the lease holder as prompt_for records it, by the lease's own
--- UPDATE. What a runner calls: one round trip, one transaction and one row version
--- per item fewer than claim followed by prompts_for, with their results.
+-- claim and prompts_for in one call: the items a claim gives (_claim_ids), each
+-- with its prompt (or the error prompt_for raises for it), built before the lease
+-- so that the lease's own UPDATE records each hash for the lease holder, as
+-- prompt_for records it (one row version per item). What a runner calls: one
+-- round trip, one transaction and one row version per item fewer than claim
+-- followed by prompts_for, with their results. The prompts are built by one
+-- statement for the batch: if it fails (the host's data through its adapter,
+-- say), the items are leased all the same and every row carries that error
+-- instead of a prompt, so prompt_for, asked per item, fails only the item it
+-- concerns. Nothing is written inside the exception block.
 CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     worker        text,
     max_items     integer DEFAULT 1,
@@ -501,8 +477,41 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ids   uuid[];
+    v_lease integer;
+    v_who   name;
+    v_given parecer.claimed_prompt[];   -- the prompts (their columns only), in the claim's order
+    v_state text;
+    v_text  text;
 BEGIN
-    RETURN QUERY SELECT * FROM parecer._claim($1, $2, $3, $4, $5, true);
+    SELECT c.ids, c.lease, c.who INTO v_ids, v_lease, v_who FROM parecer._claim_ids($1, $2, $3, $4, $5) c;
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+    BEGIN
+        v_given := ARRAY(
+            SELECT ROW(p.analysis_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                       p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
+                       p.repair_calls, p.sqlstate, p.message)::parecer.claimed_prompt
+            FROM parecer._prompts(v_ids, true) p
+            ORDER BY p.ord);
+    EXCEPTION
+        WHEN syntax_error_or_access_rule_violation THEN
+            RAISE;   -- a bug or a missing grant, not the data's fault
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_text = MESSAGE_TEXT;
+    END;
+    RETURN QUERY
+    SELECT l.analysis_id, l.lease_token, l.attempt, l.client_slug, l.session_id, l.script_id, l.script_key,
+           l.script_version, l.model, l.lease_expires_at, l.retry_count,
+           g.instructions, g.input, g.report_schema, g.prompt_hash, g.omitted_messages, g.input_tokens,
+           g.repair_calls, COALESCE(g.sqlstate, v_state), COALESCE(g.message, v_text)
+    FROM parecer._lease_items(v_ids, $1, v_lease, v_who,
+                              ARRAY(SELECT x.prompt_hash FROM unnest(v_given) x),
+                              ARRAY(SELECT x.omitted_messages FROM unnest(v_given) x)) WITH ORDINALITY l
+    LEFT JOIN unnest(v_given) g ON g.analysis_id = l.analysis_id
+    ORDER BY l.ordinality;
 END
 $$;
 COMMENT ON FUNCTION parecer.claim_with_prompts(text, integer, integer, text, boolean) IS

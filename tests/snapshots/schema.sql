@@ -1071,12 +1071,12 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 body md5 0fab179a7095e29a20b7b59026e99eec
 
--- function: parecer._claim(text,integer,integer,text,boolean,boolean)
-ARGUMENTS p_worker text, p_limit integer, p_lease integer, p_client text, p_sync boolean, p_prompts boolean
-RETURNS SETOF parecer.claimed_prompt
+-- function: parecer._claim_ids(text,integer,integer,text,boolean)
+ARGUMENTS p_worker text, p_limit integer, p_lease integer, p_client text, p_sync boolean, OUT ids uuid[], OUT lease integer, OUT who name
+RETURNS record
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 9a7a75ccb85d384de2dc8449c1a4bb86
+body md5 1a8c5f69612f8427434a676c4e82200c
 
 -- function: parecer._client(text)
 ARGUMENTS p_slug text, OUT client_id text, OUT client_slug text
@@ -1573,14 +1573,14 @@ ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAUL
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 10fdb84b26b1f995187e1b37551418d5
+body md5 ea98f4b90d21b1a92c0c87c873ea6452
 
 -- function: parecer.claim_with_prompts(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 9e5da84fa2359637023a5da99f0f18db
+body md5 09e1bc4a5291d08477f686c137975ead
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
@@ -1963,7 +1963,7 @@ postgres=X/postgres
 -- acl: parecer._check_worker(text)
 postgres=X/postgres
 
--- acl: parecer._claim(text,integer,integer,text,boolean,boolean)
+-- acl: parecer._claim_ids(text,integer,integer,text,boolean)
 postgres=X/postgres
 
 -- acl: parecer._client(text)
