@@ -21,7 +21,13 @@ benchmark 8 claims), and a straight line through the medians splits the time int
 batch costs whatever its size (its statements' start-up, its two commits) and what each
 item in it adds.
 
+With ``--claim-path prompts-for`` or ``prompt-for`` the procedure claims with
+``parecer.claim`` and then asks ``prompts_for`` of the batch, or ``prompt_for`` of each
+item (a transaction each, as benchmark 1's description has it), instead of
+``claim_with_prompts``: a change to ``claim`` is measured on the paths that use it.
+
     python bench/path_cpu.py --items 1000 --rounds 15 [--against /tmp/old] [--per-batch 1,10,30]
+        [--claim-path runner|prompts-for|prompt-for]
 """
 
 from __future__ import annotations
@@ -111,11 +117,31 @@ CLAIM_THEN_PROMPTS = """
                           FROM parecer.prompts_for(ARRAY(SELECT (x).analysis_id FROM unnest(v_c) x)) p);
         COMMIT;
 """
+# benchmark 1's description: claim, then prompt_for of each item (a transaction each)
+CLAIM_THEN_PROMPT = """
+        SELECT array_agg(c) INTO v_c FROM parecer.claim('bench', per_batch, lease_seconds => 600, sync_commit => false) c;
+        EXIT WHEN v_c IS NULL;
+        COMMIT;
+        v_hashes := '{}';
+        FOR i IN 1 .. cardinality(v_c) LOOP
+            v_hashes := v_hashes || (SELECT p.prompt_hash FROM parecer.prompt_for((v_c[i]).analysis_id) p);
+            COMMIT;
+        END LOOP;
+"""
+# --claim-path: how the procedure gets a batch's items and prompts
+CLAIM_PATHS = {
+    "runner": "claim_with_prompts, as the runner (claim then prompts_for where it does not exist)",
+    "prompts-for": "claim, then prompts_for of the batch",
+    "prompt-for": "claim, then prompt_for of each item",
+}
 REFILL = "SELECT count(*) FROM parecer.enqueue(ARRAY(SELECT session_id FROM public.rep), 1, force_reprocess => true)"
 
 
-def make_database(server: str, tree: Path, name: str, sessions: int) -> str:
-    """A database set up by ``tree``'s own parecer (migrations and API of that version)."""
+def make_database(
+    server: str, tree: Path, name: str, sessions: int, claim_path: str = "runner"
+) -> str:
+    """A database set up by ``tree``'s own parecer (migrations and API of that version), its
+    procedure claiming by ``claim_path`` (CLAIM_PATHS)."""
     env = {**os.environ, "PYTHONPATH": f"{tree / 'bench'}{os.pathsep}{tree / 'runner'}"}
     out = subprocess.run(
         [sys.executable, "-c", SETUP, server, name, str(sessions)],
@@ -132,9 +158,12 @@ def make_database(server: str, tree: Path, name: str, sessions: int) -> str:
             " IS NOT NULL"
         ).fetchone()
         fused = bool(row and row[0])
-        c.execute(
-            PATH.replace("CLAIM_AND_PROMPTS", CLAIM_WITH_PROMPTS if fused else CLAIM_THEN_PROMPTS)
-        )
+        claim = {
+            "runner": CLAIM_WITH_PROMPTS if fused else CLAIM_THEN_PROMPTS,
+            "prompts-for": CLAIM_THEN_PROMPTS,
+            "prompt-for": CLAIM_THEN_PROMPT,
+        }[claim_path]
+        c.execute(PATH.replace("CLAIM_AND_PROMPTS", claim))
     return url
 
 
@@ -171,18 +200,25 @@ def main(argv: list[str] | None = None) -> int:
         help="items per claim (and per mark_done_many), e.g. 1,10,30: with several, also the"
         " cost of a batch whatever its size and of each item in it",
     )
+    p.add_argument(
+        "--claim-path",
+        choices=list(CLAIM_PATHS),
+        default="runner",
+        help="how a batch's items and prompts are fetched: "
+        + "; ".join(f"{k}: {v}" for k, v in CLAIM_PATHS.items()),
+    )
     a = p.parse_args(argv)
     sides = {"this tree": C.ROOT, **({"other": a.against.resolve()} if a.against else {})}
     sizes: list[int] = a.per_batch
     res = C.Result(
         "path",
-        f"claim {','.join(map(str, sizes))} with prompts, mark_done_many of as many,"
-        f" {a.items} items, one connection",
+        f"claim {','.join(map(str, sizes))} with prompts ({a.claim_path}: "
+        f"{CLAIM_PATHS[a.claim_path]}), mark_done_many of as many, {a.items} items, one connection",
     )
     t0 = time.perf_counter()
     with C.server(a.database_url) as srv:
         urls = {
-            side: make_database(srv, tree, f"path_{i}", a.items)
+            side: make_database(srv, tree, f"path_{i}", a.items, a.claim_path)
             for i, (side, tree) in enumerate(sides.items())
         }
         conns = {

@@ -41,6 +41,15 @@ def test_path_cpu_splits_a_batch_s_cost_from_its_items(pg_server_url: str) -> No
     assert "each item's cost in a batch" in out.stdout
 
 
+def test_path_cpu_measures_the_claim_then_prompt_paths(pg_server_url: str) -> None:
+    """--claim-path: claim then prompts_for of the batch, or prompt_for of each item; every
+    batch still all done (the procedure refuses one that is not)."""
+    for path in ("prompts-for", "prompt-for"):
+        out = _path_cpu(pg_server_url, "--items", "20", "--claim-path", path)
+        assert f"({path}: claim, then prompt" in out.stdout
+        assert "server time per item, min of 1 rounds" in out.stdout
+
+
 def test_path_cpu_refuses_a_claim_size_beyond_max_claim_items() -> None:
     out = subprocess.run(
         [sys.executable, "bench/path_cpu.py", "--per-batch", "10,500"],

@@ -315,12 +315,12 @@ BEGIN
                started_at = now(),
                updated_at = now(),
                leased_to = p_who,
-               (given_prompt_hash, omitted_messages, prompt_given_at) =
-                   (SELECT g.hash, CASE WHEN g.hash IS NOT NULL THEN p_omitted[g.n] END,
-                           CASE WHEN g.hash IS NOT NULL THEN now() END
-                    FROM (SELECT k.n, p_hashes[k.n] AS hash
-                          FROM (SELECT CASE WHEN p_hashes IS NOT NULL THEN array_position(p_ids, a.analysis_id) END AS n
-                                OFFSET 0) k) g)
+               -- plain expressions, no subquery: without hashes (claim, open_batch) a row costs
+               -- nothing more than before
+               given_prompt_hash = CASE WHEN p_hashes IS NOT NULL THEN p_hashes[array_position(p_ids, a.analysis_id)] END,
+               omitted_messages = CASE WHEN p_hashes[array_position(p_ids, a.analysis_id)] IS NOT NULL
+                                       THEN p_omitted[array_position(p_ids, a.analysis_id)] END,
+               prompt_given_at = CASE WHEN p_hashes[array_position(p_ids, a.analysis_id)] IS NOT NULL THEN now() END
          WHERE a.analysis_id = ANY (p_ids)
         RETURNING a.analysis_id, a.lease_token, a.claims, a.client_slug, a.session_id, a.script_id,
                   a.lease_expires_at, a.retry_count
@@ -446,13 +446,11 @@ CREATE OR REPLACE FUNCTION parecer.claim(
 ) RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_ids   uuid[];
-    v_lease integer;
-    v_who   name;
+    v record;   -- _claim_ids: ids, lease, who (an assignment: a simple expression, no query)
 BEGIN
-    SELECT c.ids, c.lease, c.who INTO v_ids, v_lease, v_who FROM parecer._claim_ids($1, $2, $3, $4, $5) c;
-    IF cardinality(v_ids) > 0 THEN
-        RETURN QUERY SELECT * FROM parecer._lease_items(v_ids, $1, v_lease, v_who);
+    v := parecer._claim_ids($1, $2, $3, $4, $5);
+    IF cardinality(v.ids) > 0 THEN
+        RETURN QUERY SELECT * FROM parecer._lease_items(v.ids, $1, v.lease, v.who);
     END IF;
 END
 $$;
@@ -478,15 +476,13 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
 ) RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_ids   uuid[];
-    v_lease integer;
-    v_who   name;
+    v       record;   -- _claim_ids: ids, lease, who
     v_given parecer.claimed_prompt[];   -- the prompts (their columns only), in the claim's order
     v_state text;
     v_text  text;
 BEGIN
-    SELECT c.ids, c.lease, c.who INTO v_ids, v_lease, v_who FROM parecer._claim_ids($1, $2, $3, $4, $5) c;
-    IF cardinality(v_ids) = 0 THEN
+    v := parecer._claim_ids($1, $2, $3, $4, $5);
+    IF cardinality(v.ids) = 0 THEN
         RETURN;
     END IF;
     BEGIN
@@ -494,7 +490,7 @@ BEGIN
             SELECT ROW(p.analysis_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                        p.instructions, p.input, p.report_schema, p.prompt_hash, p.omitted_messages, p.input_tokens,
                        p.repair_calls, p.sqlstate, p.message)::parecer.claimed_prompt
-            FROM parecer._prompts(v_ids, true) p
+            FROM parecer._prompts(v.ids, true) p
             ORDER BY p.ord);
     EXCEPTION
         WHEN syntax_error_or_access_rule_violation THEN
@@ -507,7 +503,7 @@ BEGIN
            l.script_version, l.model, l.lease_expires_at, l.retry_count,
            g.instructions, g.input, g.report_schema, g.prompt_hash, g.omitted_messages, g.input_tokens,
            g.repair_calls, COALESCE(g.sqlstate, v_state), COALESCE(g.message, v_text)
-    FROM parecer._lease_items(v_ids, $1, v_lease, v_who,
+    FROM parecer._lease_items(v.ids, $1, v.lease, v.who,
                               ARRAY(SELECT x.prompt_hash FROM unnest(v_given) x),
                               ARRAY(SELECT x.omitted_messages FROM unnest(v_given) x)) WITH ORDINALITY l
     LEFT JOIN unnest(v_given) g ON g.analysis_id = l.analysis_id

@@ -1231,7 +1231,7 @@ ARGUMENTS p_ids uuid[], p_worker text, p_lease integer, p_who name, p_hashes tex
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 48bd5a0e5656bfe2bc3ef8b543aac1a6
+body md5 2d5c66317433509efa3b801b3ef627db
 
 -- function: parecer._lease_refused(uuid,uuid)
 ARGUMENTS p_analysis_id uuid, p_token uuid
@@ -1573,14 +1573,14 @@ ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAUL
 RETURNS SETOF parecer.claimed_item
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 ea98f4b90d21b1a92c0c87c873ea6452
+body md5 e50ddcff933c076b8d8a957b20d5c63d
 
 -- function: parecer.claim_with_prompts(text,integer,integer,text,boolean)
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path=pg_catalog, pg_temp
-body md5 09e1bc4a5291d08477f686c137975ead
+body md5 193b98901ef6078e5647bf8cf9c12977
 
 -- function: parecer.create_script_version(text,text,text,text[],text,text,boolean,text[],jsonb)
 ARGUMENTS client_slug text, script_key text, script_text text, topics text[] DEFAULT '{}'::text[], language text DEFAULT 'pt-BR'::text, model text DEFAULT NULL::text, activate boolean DEFAULT false, metadata_keys text[] DEFAULT '{}'::text[], extra_fields jsonb DEFAULT NULL::jsonb
