@@ -124,6 +124,23 @@ def test_doctor_finds_each_planted_problem(conn: psycopg.Connection[Any], db_url
     assert checks["api files"]["fix"] == "run `parecer db migrate`"
     db.apply_api(db_url)
 
+    # a function no db/api file defines (a helper an older release renamed, say): warned
+    # about, not dropped (it may be the operator's own)
+    conn.execute(
+        "CREATE FUNCTION parecer._left_over(integer) RETURNS integer LANGUAGE sql AS 'SELECT 1'"
+    )
+    db.apply_api(db_url)  # as an older release's migrate left it: executable by its owner only
+    code, checks = _doctor(db_url)
+    assert code == 0 and checks["api files"]["status"] == "warn", checks["api files"]
+    assert "parecer._left_over(integer)" in checks["api files"]["detail"]
+    assert "DROP FUNCTION" in checks["api files"]["fix"]
+    db.migrate(db_url)
+    assert one(conn, "SELECT to_regprocedure('parecer._left_over(integer)') IS NOT NULL AS kept")[
+        "kept"
+    ]
+    conn.execute("DROP FUNCTION parecer._left_over(integer)")
+    assert _doctor(db_url)[1]["api files"]["status"] == "ok"
+
     # a migration not applied
     row = one(
         conn,

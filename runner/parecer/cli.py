@@ -1832,7 +1832,7 @@ def doctor_cmd(ctx: click.Context, model: str, active_minutes: int, as_json: boo
         else:
             add("migrations", "ok", "every bundled migration is applied")
         try:
-            drift = db.api_drift(url)
+            drift, leftovers = db.api_diff(url)
         except psycopg.errors.LockNotAvailable:
             add(
                 "api files",
@@ -1855,6 +1855,16 @@ def doctor_cmd(ctx: click.Context, model: str, active_minutes: int, as_json: boo
                     "fail",
                     f"{len(drift)} object(s) differ from db/api: " + "; ".join(drift[:3]) + more,
                     MIGRATE_FIX,
+                )
+            elif leftovers:
+                more = f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else ""
+                add(
+                    "api files",
+                    "warn",
+                    f"{len(leftovers)} function(s) of schema parecer in no db/api file (left by an"
+                    " older release, or added by hand): " + "; ".join(leftovers[:3]) + more,
+                    "no function of this release calls them: drop each one that is not yours"
+                    " (DROP FUNCTION <signature>)",
                 )
             else:
                 add("api files", "ok", "functions, views and grants match this copy's db/api")

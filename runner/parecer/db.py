@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -106,8 +106,15 @@ def apply_api(url: str) -> None:
         apply_api_in(conn)
 
 
-def apply_api_in(conn: psycopg.Connection[Any]) -> None:
-    """Apply every API file inside ``conn``'s open transaction (the caller commits or rolls back)."""
+GRANTS_FILE = "99_grants.sql"  # the role matrix, applied last (it touches every function)
+
+
+def apply_api_in(
+    conn: psycopg.Connection[Any],
+    before_grants: Callable[[psycopg.Connection[Any]], None] | None = None,
+) -> None:
+    """Apply every API file inside ``conn``'s open transaction (the caller commits or rolls back);
+    ``before_grants`` is called once every object is defined, before GRANTS_FILE."""
     # As pg_dump does: SQL function bodies may name objects of a later file.
     conn.execute("SET LOCAL check_function_bodies = off")
     conn.execute("SET LOCAL client_min_messages = warning")
@@ -116,28 +123,58 @@ def apply_api_in(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "SELECT pg_catalog.set_config('parecer.settings_catalogue', %s, true)", [catalogue]
     )
-    for path in api_files():
+    files = api_files()
+    if before_grants is not None and GRANTS_FILE not in {p.name for p in files}:
+        raise RuntimeError(f"db/api has no {GRANTS_FILE}")
+    for path in files:
+        if before_grants is not None and path.name == GRANTS_FILE:
+            before_grants(conn)
         conn.execute(path.read_bytes())  # bytes: no client-side placeholders
 
 
-def api_drift(url: str, lock_timeout: str = "2s") -> list[str]:
-    """The objects whose installed definition differs from what this copy's db/api files make.
+class ApiDiff(NamedTuple):
+    """How an installation's SQL API compares with this copy's db/api files."""
+
+    drift: list[str]  # objects whose installed definition differs ('function: parecer.x(...)')
+    leftovers: list[str]  # functions of schema parecer that no db/api file defines (regprocedure)
+
+
+def api_diff(url: str, lock_timeout: str = "2s") -> ApiDiff:
+    """The objects whose installed definition differs from what this copy's db/api files make,
+    and the functions no db/api file defines (left by an older release whose migration did not
+    drop them, or added by hand).
 
     Applies the API files inside a transaction, compares the ``parecer.schema`` snapshot
-    before and after, and rolls back: nothing changes. Replacing a view locks it for the
-    transaction (well under a second), hence the lock timeout.
+    before and after, and rolls back: nothing changes. Every function of the API is
+    CREATE OR REPLACEd by the files, which rewrites its catalog row in this transaction:
+    a function whose row the transaction has not written when the definitions are done
+    (before the grants, which touch every function) is defined by no file. Replacing a
+    view locks it for the transaction (well under a second), hence the lock timeout.
     """
     from .schema import snapshot
+
+    leftovers: list[str] = []
+
+    def not_rewritten(conn: psycopg.Connection[Any]) -> None:
+        leftovers.extend(
+            r["fn"]
+            for r in conn.execute(
+                "SELECT p.oid::pg_catalog.regprocedure::text AS fn FROM pg_catalog.pg_proc p"
+                " WHERE p.pronamespace = 'parecer'::pg_catalog.regnamespace"
+                " AND p.xmin <> pg_catalog.xid(pg_catalog.pg_current_xact_id()) ORDER BY 1"
+            )
+        )
 
     with psycopg.connect(url, autocommit=False, row_factory=dict_row) as conn:
         try:
             conn.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
             before = _blocks(snapshot(conn))
-            apply_api_in(conn)
+            apply_api_in(conn, before_grants=not_rewritten)
             after = _blocks(snapshot(conn))
         finally:
             conn.rollback()
-    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    drift = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return ApiDiff(drift, leftovers)
 
 
 def _blocks(text: str) -> dict[str, str]:
