@@ -435,6 +435,7 @@ BEGIN
     who := v_who;
 END
 $$;
+
 -- Claim up to max_items claimable items: each gets a lease (token + expiry) and
 -- the attempt number; commit before calling the model.
 CREATE OR REPLACE FUNCTION parecer.claim(

@@ -209,8 +209,9 @@ COMMENT ON FUNCTION parecer.leased_transcript(uuid, uuid) IS
 -- are recorded (hash, omitted messages) by the same statement. One statement for
 -- the batch: each script's texts, lengths and budget once, the transcripts
 -- through the inlined _transcript_fit. p_claimed: the ids are candidates this
--- transaction has locked for the caller and is about to lease (_claim): each is
--- built as for its lease holder, and recorded by the lease itself (_lease_items).
+-- transaction has locked for the caller and is about to lease (claim_with_prompts,
+-- _claim_ids): each is built as for its lease holder, and recorded by the lease
+-- itself (_lease_items).
 CREATE OR REPLACE FUNCTION parecer._prompts(p_ids uuid[], p_claimed boolean DEFAULT false)
 RETURNS TABLE (ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text,
                model text, omitted_messages integer, input_tokens integer, repair_calls integer,
@@ -224,7 +225,7 @@ DECLARE
     v_sc      parecer._caller_scope;
     v_repair  integer := parecer._setting_int('repair_calls');
 BEGIN
-    IF NOT p_claimed THEN   -- a claim's candidates are of clients the caller serves (_claim)
+    IF NOT p_claimed THEN   -- a claim's candidates are of clients the caller serves (_claim_ids)
         SELECT * INTO v_sc FROM parecer._caller_scope;
     END IF;
     RETURN QUERY

@@ -1316,7 +1316,7 @@ ARGUMENTS p_ids uuid[], p_claimed boolean DEFAULT false
 RETURNS TABLE(ord integer, analysis_id uuid, instructions text, input text, report_schema json, prompt_hash text, model text, omitted_messages integer, input_tokens integer, repair_calls integer, sqlstate text, message text, hint text)
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode=force_generic_plan
-body md5 fddd2032516e194391bf548029004eda
+body md5 6bd3d7bc035a179110bb78f221ca4d6f
 
 -- function: parecer._purge_rows(regclass,text,boolean,integer)
 ARGUMENTS p_table regclass, p_where text, p_dry_run boolean, p_limit integer
