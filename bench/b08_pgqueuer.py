@@ -11,6 +11,10 @@ in one event loop of this process, so the client side costs both the same:
   grounded reports (each through ``mark_done``'s checks, one commit); against an
   older installation, ``claim`` then ``prompts_for``. Every item is a real analysis of a
   sample session, with a usage object, so spend accounting runs as in production.
+  ``--claim-path prompts-for`` claims with ``parecer.claim`` and asks ``prompts_for`` of
+  the ten (one more call and transaction a batch); ``prompt-for`` asks ``prompt_for`` of
+  each item (a call and a transaction per item: benchmark 1's description, a client
+  that asks for each prompt on its own).
 * **pgqueuer 1.6.0** (the ``bench`` extra), through its own API: ``Queries.install``,
   ``Queries.enqueue`` of no-op jobs, one ``QueueManager`` per worker with a no-op
   entrypoint, ``run(batch_size=10, mode=drain)`` (it dequeues in batches and
@@ -27,6 +31,7 @@ first calls plan and compile), ``kept`` opens them once and warms them up
 (``--warm-items`` per worker, not counted), as a long-running runner does.
 
     python bench/b08_pgqueuer.py --items 20000 --rounds 5 --modes new,kept [--sample]
+        [--claim-path runner|prompts-for|prompt-for]
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ PROMPTS_FOR = True
 # parecer.claim_with_prompts exists (set by run_async): the claim gives the prompts
 CLAIM_WITH_PROMPTS = True
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --claim-path: how the parecer side gets a batch's items and prompts (as path_cpu.py names them)
+CLAIM_PATHS = {
+    "runner": "claim_with_prompts, as the runner (claim then prompts_for where it does not exist)",
+    "prompts-for": "claim, then prompts_for of the batch",
+    "prompt-for": "claim, then prompt_for of each item",
+}
 
 
 @dataclass
@@ -152,6 +163,19 @@ def two_message_sessions(url: str, n: int) -> None:
             " + k * interval '10 seconds' AS t) x",
             (n,),
         )
+
+
+def use_claim_path(claim_path: str) -> None:
+    """Claim and get prompts by ``claim_path`` (CLAIM_PATHS), within what the installation
+    has (PROMPTS_FOR, CLAIM_WITH_PROMPTS as detected): ``runner`` as detected."""
+    global PROMPTS_FOR, CLAIM_WITH_PROMPTS
+    if claim_path not in CLAIM_PATHS:
+        raise ValueError(f"claim_path: one of {', '.join(CLAIM_PATHS)}")
+    if claim_path == "prompts-for" and not PROMPTS_FOR:
+        raise RuntimeError("this installation has no parecer.prompts_for")
+    if claim_path != "runner":
+        CLAIM_WITH_PROMPTS = False
+        PROMPTS_FOR = claim_path == "prompts-for"
 
 
 def claim_label() -> str:
@@ -341,6 +365,7 @@ async def run_async(
     client: str,
     single: bool,
     res: C.Result,
+    claim_path: str = "runner",
 ) -> None:
     sides: tuple[str, ...] = ("parecer", "pgqueuer", *(("parecer-single",) if single else ()))
     from pgqueuer.db import PsycopgDriver
@@ -354,6 +379,7 @@ async def run_async(
         " to_regprocedure('parecer.claim_with_prompts(text, integer, integer, text, boolean)') IS NOT NULL"
     )
     PROMPTS_FOR, CLAIM_WITH_PROMPTS = map(bool, await cur.fetchone() or [False, False])
+    use_claim_path(claim_path)
     C.say(f"   b08 claims and prompts: {claim_label()}")
     with C.connect(url) as c:
         script = C.make_script(c, client=client)
@@ -491,6 +517,7 @@ def run(
     single: bool = True,
     seed: int = 7,
     keep: bool = False,
+    claim_path: str = "runner",
 ) -> C.Result:
     kind = "sample sessions" if sample else "two-message sessions"
     res = C.Result("b08", f"parecer (batched) vs pgqueuer 1.6.0, {items} {kind}, {workers} workers")
@@ -514,6 +541,7 @@ def run(
                 client=C.CLIENT if sample else TWO_MESSAGE_CLIENT,
                 single=single,
                 res=res,
+                claim_path=claim_path,
             )
         )
     res.seconds = time.perf_counter() - t0
@@ -539,6 +567,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over them")
     p.add_argument("--modes", default="new,kept", help="connection modes: new, kept or both")
     p.add_argument("--warm-items", type=int, default=20, help="kept mode: warm-up items per worker")
+    p.add_argument(
+        "--claim-path",
+        choices=list(CLAIM_PATHS),
+        default="runner",
+        help="how the parecer side gets a batch's items and prompts: "
+        + "; ".join(f"{k}: {v}" for k, v in CLAIM_PATHS.items()),
+    )
     a = p.parse_args(argv)
     with C.server(a.database_url) as srv:
         res = run(
@@ -552,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             single=not a.no_single,
             seed=a.seed,
             keep=a.keep,
+            claim_path=a.claim_path,
         )
     C.print_result(res)
     return 0
