@@ -21,6 +21,10 @@ benchmark 8 claims), and a straight line through the medians splits the time int
 batch costs whatever its size (its statements' start-up, its two commits) and what each
 item in it adds.
 
+Besides the wall time of each round ("server time"), the backend's own CPU time
+("backend CPU", from ``/proc/<pid>/schedstat``: time on a core, not time waiting for one)
+when the server runs on this host: the steadier figure of the two on a busy VM.
+
 With ``--claim-path prompts-for`` or ``prompt-for`` the procedure claims with
 ``parecer.claim`` and then asks ``prompts_for`` of the batch, or ``prompt_for`` of each
 item (a transaction each, as benchmark 1's description has it), instead of
@@ -167,6 +171,21 @@ def make_database(
     return url
 
 
+def backend_cpu_ns(pid: int, dbname: str) -> int | None:
+    """The CPU time (ns, /proc/<pid>/schedstat) of the backend ``pid`` serving ``dbname``:
+    time on a core only, not time waiting for one (the VM's other processes, this script).
+    None when that backend is not a process of this host (a remote server)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            on_cpu = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    # a backend's title: "postgres: <user> <database> <host> <state>"
+    return on_cpu if title.startswith("postgres") and f" {dbname} " in f"{title} " else None
+
+
 def per_batch_sizes(text: str) -> list[int]:
     sizes = [int(x) for x in text.split(",") if x.strip()]
     if not sizes or any(not 1 <= n <= 100 for n in sizes):
@@ -226,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             for side, url in urls.items()
         }
         times: dict[tuple[str, int], list[float]] = {(s, n): [] for s in sides for n in sizes}
+        # the backend's own CPU per item (schedstat), when the server runs on this host
+        cpus: dict[tuple[str, int], list[float]] = {(s, n): [] for s in sides for n in sizes}
+        backends = {
+            side: (c.info.backend_pid, str(conninfo_to_dict(urls[side])["dbname"]))
+            for side, c in conns.items()
+        }
         try:
             for r in range(a.rounds):
                 for n in sizes:
@@ -233,11 +258,14 @@ def main(argv: list[str] | None = None) -> int:
                         c = conns[side]
                         c.execute("VACUUM ANALYZE parecer.analyses")
                         batches = max(1, a.items // n)
+                        done = min(batches * n, a.items)
+                        cpu0 = backend_cpu_ns(*backends[side])
                         t = time.perf_counter()
                         c.execute("CALL public.bench_path(%s, %s)", (batches, n))
-                        times[side, n].append(
-                            (time.perf_counter() - t) / min(batches * n, a.items) * 1e6
-                        )
+                        times[side, n].append((time.perf_counter() - t) / done * 1e6)
+                        cpu1 = backend_cpu_ns(*backends[side])
+                        if cpu0 is not None and cpu1 is not None:
+                            cpus[side, n].append((cpu1 - cpu0) / 1e3 / done)
                         c.execute(REFILL)
         finally:
             for side, c in conns.items():
@@ -260,6 +288,18 @@ def main(argv: list[str] | None = None) -> int:
                 ratio=f(this) / f(other) if other else None,
                 ratio_label="x",
             )
+        cpu_this, cpu_other = cpus["this tree", n], cpus.get(("other", n), [])
+        if cpu_this and (cpu_other or not other):
+            for stat, f in (("min", min), ("median", statistics.median)):
+                res.add(
+                    f"backend CPU per item{label}, {stat} of {a.rounds} rounds",
+                    f(cpu_this),
+                    "µs",
+                    baseline_name=f"{a.against}" if cpu_other else None,
+                    baseline=f(cpu_other) if cpu_other else None,
+                    ratio=f(cpu_this) / f(cpu_other) if cpu_other else None,
+                    ratio_label="x",
+                )
     if len(sizes) > 1:
         for side in sides:
             fixed, each = fixed_and_marginal(

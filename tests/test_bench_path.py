@@ -30,6 +30,8 @@ def test_path_cpu_runs_this_tree_against_itself(pg_server_url: str) -> None:
     out = _path_cpu(pg_server_url, "--items", "30", "--against", str(ROOT))
     assert "server time per item, min of 1 rounds" in out.stdout
     assert "ratio" in out.stdout
+    # the test server runs on this host: each backend's own CPU time is read too
+    assert "backend CPU per item, median of 1 rounds" in out.stdout
 
 
 def test_path_cpu_splits_a_batch_s_cost_from_its_items(pg_server_url: str) -> None:
