@@ -58,12 +58,6 @@ PROMPTS_FOR = True
 # parecer.claim_with_prompts exists (set by run_async): the claim gives the prompts
 CLAIM_WITH_PROMPTS = True
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# --claim-path: how the parecer side gets a batch's items and prompts (as path_cpu.py names them)
-CLAIM_PATHS = {
-    "runner": "claim_with_prompts, as the runner (claim then prompts_for where it does not exist)",
-    "prompts-for": "claim, then prompts_for of the batch",
-    "prompt-for": "claim, then prompt_for of each item",
-}
 
 
 @dataclass
@@ -166,11 +160,11 @@ def two_message_sessions(url: str, n: int) -> None:
 
 
 def use_claim_path(claim_path: str) -> None:
-    """Claim and get prompts by ``claim_path`` (CLAIM_PATHS), within what the installation
+    """Claim and get prompts by ``claim_path`` (C.CLAIM_PATHS), within what the installation
     has (PROMPTS_FOR, CLAIM_WITH_PROMPTS as detected): ``runner`` as detected."""
     global PROMPTS_FOR, CLAIM_WITH_PROMPTS
-    if claim_path not in CLAIM_PATHS:
-        raise ValueError(f"claim_path: one of {', '.join(CLAIM_PATHS)}")
+    if claim_path not in C.CLAIM_PATHS:
+        raise ValueError(f"claim_path: one of {', '.join(C.CLAIM_PATHS)}")
     if claim_path == "prompts-for" and not PROMPTS_FOR:
         raise RuntimeError("this installation has no parecer.prompts_for")
     if claim_path != "runner":
@@ -567,13 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over them")
     p.add_argument("--modes", default="new,kept", help="connection modes: new, kept or both")
     p.add_argument("--warm-items", type=int, default=20, help="kept mode: warm-up items per worker")
-    p.add_argument(
-        "--claim-path",
-        choices=list(CLAIM_PATHS),
-        default="runner",
-        help="how the parecer side gets a batch's items and prompts: "
-        + "; ".join(f"{k}: {v}" for k, v in CLAIM_PATHS.items()),
-    )
+    C.add_claim_path_arg(p)
     a = p.parse_args(argv)
     with C.server(a.database_url) as srv:
         res = run(

@@ -133,6 +133,25 @@ def print_result(res: Result) -> None:
 
 
 # ----------------------------------------------------------------------------- arguments
+# How a benchmark's parecer side gets a batch's items and prompts (path_cpu.py, b08_pgqueuer.py).
+CLAIM_PATHS = {
+    "runner": "claim_with_prompts, as the runner (claim then prompts_for where it does not exist)",
+    "prompts-for": "claim, then prompts_for of the batch",
+    "prompt-for": "claim, then prompt_for of each item",
+}
+
+
+def add_claim_path_arg(p: argparse.ArgumentParser) -> None:
+    """--claim-path, one of CLAIM_PATHS (default runner)."""
+    p.add_argument(
+        "--claim-path",
+        choices=list(CLAIM_PATHS),
+        default="runner",
+        help="how a batch's items and prompts are fetched: "
+        + "; ".join(f"{k}: {v}" for k, v in CLAIM_PATHS.items()),
+    )
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--database-url",

@@ -132,12 +132,6 @@ CLAIM_THEN_PROMPT = """
             COMMIT;
         END LOOP;
 """
-# --claim-path: how the procedure gets a batch's items and prompts
-CLAIM_PATHS = {
-    "runner": "claim_with_prompts, as the runner (claim then prompts_for where it does not exist)",
-    "prompts-for": "claim, then prompts_for of the batch",
-    "prompt-for": "claim, then prompt_for of each item",
-}
 REFILL = "SELECT count(*) FROM parecer.enqueue(ARRAY(SELECT session_id FROM public.rep), 1, force_reprocess => true)"
 
 
@@ -145,7 +139,7 @@ def make_database(
     server: str, tree: Path, name: str, sessions: int, claim_path: str = "runner"
 ) -> str:
     """A database set up by ``tree``'s own parecer (migrations and API of that version), its
-    procedure claiming by ``claim_path`` (CLAIM_PATHS)."""
+    procedure claiming by ``claim_path`` (C.CLAIM_PATHS)."""
     env = {**os.environ, "PYTHONPATH": f"{tree / 'bench'}{os.pathsep}{tree / 'runner'}"}
     out = subprocess.run(
         [sys.executable, "-c", SETUP, server, name, str(sessions)],
@@ -186,6 +180,28 @@ def backend_cpu_ns(pid: int, dbname: str) -> int | None:
     return on_cpu if title.startswith("postgres") and f" {dbname} " in f"{title} " else None
 
 
+def add_min_median(
+    res: C.Result,
+    name: str,
+    this: list[float],
+    other: list[float] | None,
+    rounds: int,
+    against: Path | None,
+) -> None:
+    """Two result lines, the minimum and the median of ``this`` (µs per item), each with its
+    ratio to ``other``'s when the run has another checkout."""
+    for stat, f in (("min", min), ("median", statistics.median)):
+        res.add(
+            f"{name}, {stat} of {rounds} rounds",
+            f(this),
+            "µs",
+            baseline_name=f"{against}" if other else None,
+            baseline=f(other) if other else None,
+            ratio=f(this) / f(other) if other else None,
+            ratio_label="x",
+        )
+
+
 def per_batch_sizes(text: str) -> list[int]:
     sizes = [int(x) for x in text.split(",") if x.strip()]
     if not sizes or any(not 1 <= n <= 100 for n in sizes):
@@ -219,20 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         help="items per claim (and per mark_done_many), e.g. 1,10,30: with several, also the"
         " cost of a batch whatever its size and of each item in it",
     )
-    p.add_argument(
-        "--claim-path",
-        choices=list(CLAIM_PATHS),
-        default="runner",
-        help="how a batch's items and prompts are fetched: "
-        + "; ".join(f"{k}: {v}" for k, v in CLAIM_PATHS.items()),
-    )
+    C.add_claim_path_arg(p)
     a = p.parse_args(argv)
     sides = {"this tree": C.ROOT, **({"other": a.against.resolve()} if a.against else {})}
     sizes: list[int] = a.per_batch
     res = C.Result(
         "path",
         f"claim {','.join(map(str, sizes))} with prompts ({a.claim_path}: "
-        f"{CLAIM_PATHS[a.claim_path]}), mark_done_many of as many, {a.items} items, one connection",
+        f"{C.CLAIM_PATHS[a.claim_path]}), mark_done_many of as many, {a.items} items, one connection",
     )
     t0 = time.perf_counter()
     with C.server(a.database_url) as srv:
@@ -278,28 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         label = "" if sizes == [10] else f", claims of {n}"
         this = times["this tree", n]
         other = times.get(("other", n))
-        for stat, f in (("min", min), ("median", statistics.median)):
-            res.add(
-                f"server time per item{label}, {stat} of {a.rounds} rounds",
-                f(this),
-                "µs",
-                baseline_name=f"{a.against}" if other else None,
-                baseline=f(other) if other else None,
-                ratio=f(this) / f(other) if other else None,
-                ratio_label="x",
-            )
+        add_min_median(res, f"server time per item{label}", this, other, a.rounds, a.against)
         cpu_this, cpu_other = cpus["this tree", n], cpus.get(("other", n), [])
         if cpu_this and (cpu_other or not other):
-            for stat, f in (("min", min), ("median", statistics.median)):
-                res.add(
-                    f"backend CPU per item{label}, {stat} of {a.rounds} rounds",
-                    f(cpu_this),
-                    "µs",
-                    baseline_name=f"{a.against}" if cpu_other else None,
-                    baseline=f(cpu_other) if cpu_other else None,
-                    ratio=f(cpu_this) / f(cpu_other) if cpu_other else None,
-                    ratio_label="x",
-                )
+            add_min_median(
+                res, f"backend CPU per item{label}", cpu_this, cpu_other, a.rounds, a.against
+            )
     if len(sizes) > 1:
         for side in sides:
             fixed, each = fixed_and_marginal(
