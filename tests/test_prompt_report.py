@@ -495,3 +495,34 @@ def test_claim_with_prompts_keeps_the_claim_when_the_hosts_data_breaks_the_batch
             "SELECT * FROM parecer.prompt_for(%s)", (by_session[bad.session_id]["analysis_id"],)
         )
     assert errors.sqlstate(exc.value) == "22P02"
+
+
+def test_a_claim_of_one_item_is_planned_once(conn: psycopg.Connection[Any]) -> None:
+    """A steady runner claims one or two items at a time: claim_with_prompts plans its
+    statements once per connection, not on every claim (before: its last statement got a
+    custom plan per call, the few ids making the custom plan look cheaper than the generic
+    one). log_planner_stats logs each planning of the calls after the warm-up: none."""
+    script = make_script(conn)
+    sessions = [make_session(conn, messages=2).session_id for _ in range(12)]
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (sessions, script["script_id"]))
+    for _ in range(8):  # past plancache's five custom plans, whatever it then decides
+        assert len(conn.execute("SELECT * FROM parecer.claim_with_prompts('w', 1)").fetchall()) == 1
+    plannings: list[str] = []
+    conn.add_notice_handler(
+        lambda d: (
+            plannings.append(d.message_primary or "")
+            if "PLANNER STATISTICS" in (d.message_primary or "")
+            else None
+        )
+    )
+    conn.execute("SET log_planner_stats = on")
+    conn.execute("SET client_min_messages = log")
+    try:
+        for _ in range(3):
+            rows = conn.execute("SELECT * FROM parecer.claim_with_prompts('w', 1)").fetchall()
+            assert len(rows) == 1 and rows[0]["prompt_hash"] is not None
+    finally:
+        conn.execute("RESET client_min_messages")
+        conn.execute("RESET log_planner_stats")
+    # (the top-level SELECT, prepared by psycopg after five runs, is not planned again either)
+    assert plannings == []

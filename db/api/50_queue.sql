@@ -468,6 +468,10 @@ COMMENT ON FUNCTION parecer.claim(text, integer, integer, text, boolean) IS
 -- say), the items are leased all the same and every row carries that error
 -- instead of a prompt, so prompt_for, asked per item, fails only the item it
 -- concerns. Nothing is written inside the exception block.
+-- Generic plans: a claim of one or two items (a steady runner's usual claim)
+-- otherwise re-planned its last statement on every call, the custom plan for
+-- the few ids estimated cheaper than the generic one (log_planner_stats showed
+-- it; tests/test_prompt_report.py checks it is planned once).
 CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     worker        text,
     max_items     integer DEFAULT 1,
@@ -475,7 +479,7 @@ CREATE OR REPLACE FUNCTION parecer.claim_with_prompts(
     client_slug   text DEFAULT NULL,
     sync_commit   boolean DEFAULT true
 ) RETURNS SETOF parecer.claimed_prompt
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     v       record;   -- _claim_ids: ids, lease, who
     v_given parecer.claimed_prompt[];   -- the prompts (their columns only), in the claim's order

@@ -1579,6 +1579,7 @@ body md5 e50ddcff933c076b8d8a957b20d5c63d
 ARGUMENTS worker text, max_items integer DEFAULT 1, lease_seconds integer DEFAULT NULL::integer, client_slug text DEFAULT NULL::text, sync_commit boolean DEFAULT true
 RETURNS SETOF parecer.claimed_prompt
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
 body md5 193b98901ef6078e5647bf8cf9c12977
 
