@@ -541,3 +541,45 @@ def test_a_claim_lost_before_it_reached_disk_is_an_expired_lease(db_url: str) ->
             again["analysis_id"] == ghost["analysis_id"]
             and again["lease_token"] != ghost["lease_token"]
         )
+
+
+def test_next_due_answers_now_fast_and_otherwise_the_earliest_wait(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """next_due: now() when an item is claimable (also one behind 120 items waiting for their
+    retry, past the first hundred it looks at), else the earliest retry or lease expiry;
+    NULL when nothing waits (for the client asked for)."""
+    script = make_script(conn)
+    sessions = [make_session(conn, messages=2).session_id for _ in range(122)]
+    conn.execute("SELECT * FROM parecer.enqueue(%s, %s)", (sessions, script["script_id"]))
+
+    def due() -> Any:
+        return conn.execute("SELECT parecer.next_due() AS d").fetchone()["d"]  # type: ignore[index]
+
+    def due_is_now() -> bool:
+        return bool(conn.execute("SELECT parecer.next_due() = now() AS n").fetchone()["n"])  # type: ignore[index]
+
+    assert due_is_now()  # claimable: now()
+    # every item waits for a retry, one of them due in 5 minutes, the others later
+    conn.execute(
+        "UPDATE parecer.analyses SET next_retry_at = now() + interval '1 hour' * (1 + random())"
+    )
+    first = conn.execute(
+        "UPDATE parecer.analyses SET next_retry_at = now() + interval '5 minutes'"
+        " WHERE analysis_id = (SELECT min(analysis_id::text)::uuid FROM parecer.analyses)"
+        " RETURNING next_retry_at"
+    ).fetchone()["next_retry_at"]  # type: ignore[index]
+    assert due() == first
+    # a claimable item behind the first hundred in claim order (the oldest session ended)
+    last = conn.execute(
+        "SELECT analysis_id FROM parecer.analyses"
+        " ORDER BY session_ended_at ASC NULLS FIRST, created_at LIMIT 1"
+    ).fetchone()["analysis_id"]  # type: ignore[index]
+    conn.execute("UPDATE parecer.analyses SET next_retry_at = NULL WHERE analysis_id = %s", (last,))
+    assert due_is_now()
+    # it is claimed: then its lease's expiry is the earliest wait
+    item = conn.execute("SELECT * FROM parecer.claim('w', 1, 60)").fetchone()
+    assert item is not None and item["analysis_id"] == last
+    assert due() == item["lease_expires_at"]
+    # nothing of a client with no work waits
+    assert conn.execute("SELECT parecer.next_due('nobody') AS d").fetchone() == {"d": None}

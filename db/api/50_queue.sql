@@ -638,14 +638,43 @@ COMMENT ON FUNCTION parecer.release(uuid, uuid, integer, text) IS
 'Give back an item you hold without spending an attempt, claimable again after delay_seconds (shutdown, provider throttling). Each release is counted (releases); the release beyond the max_releases setting makes the item a terminal failure ("released N times without finishing"), as does a release of an item with no retry left (max_attempts lowered meanwhile). Errors: PR006, PR010, PR011.';
 
 -- When the next item becomes claimable (or a lease runs out), for a runner's poll timer.
+-- now() as soon as a claimable item shows among the first 100 pending items of a
+-- client that may get work (not over budget, served by the caller, the one asked
+-- for), in the order claims take them (the partial indexes' first entries: the
+-- usual case, ~0.1 ms); else, as before, the earliest of every scheduled retry,
+-- delayed release and lease expiry of those clients (a pass over their pending
+-- and processing items: ~6 ms with 6,000 of them). It was always that pass, and as
+-- a SQL function with SECURITY DEFINER it was planned anew on each of a runner's
+-- polls.
 CREATE OR REPLACE FUNCTION parecer.next_due(client_slug text DEFAULT NULL) RETURNS timestamptz
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
-    FROM parecer.analyses a
-    JOIN parecer._budget_state b ON b.client_id = a.client_id AND b.blocked_reason IS NULL
-    WHERE a.status IN ('pending', 'processing')
-      AND (next_due.client_slug IS NULL OR a.client_slug = next_due.client_slug)
-      AND ((SELECT sc.all_clients FROM parecer._caller_scope sc) OR a.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[]))
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    v_slug    text := client_slug;
+    v_clients text[];
+BEGIN
+    v_clients := ARRAY(
+        SELECT b.client_id FROM parecer._budget_state b
+        WHERE b.blocked_reason IS NULL
+          AND (v_slug IS NULL OR b.client_slug = v_slug)
+          AND ((SELECT sc.all_clients FROM parecer._caller_scope sc)
+               OR b.client_id = ANY ((SELECT sc.client_ids FROM parecer._caller_scope sc)::text[])));
+    IF EXISTS (SELECT FROM unnest(v_clients) c(client_id)
+               WHERE EXISTS (SELECT FROM (SELECT a.next_retry_at FROM parecer.analyses a
+                                          WHERE a.client_id = c.client_id AND a.status = 'pending' AND NOT a.backlog
+                                          ORDER BY a.session_ended_at DESC NULLS LAST, a.created_at DESC
+                                          LIMIT 100) h
+                             WHERE h.next_retry_at IS NULL OR h.next_retry_at <= now())
+                  OR EXISTS (SELECT FROM (SELECT a.next_retry_at FROM parecer.analyses a
+                                          WHERE a.client_id = c.client_id AND a.status = 'pending' AND a.backlog
+                                          ORDER BY a.session_ended_at ASC NULLS FIRST, a.created_at
+                                          LIMIT 100) h
+                             WHERE h.next_retry_at IS NULL OR h.next_retry_at <= now())) THEN
+        RETURN now();
+    END IF;
+    RETURN (SELECT min(COALESCE(a.next_retry_at, a.lease_expires_at, now()))
+            FROM parecer.analyses a
+            WHERE a.status IN ('pending', 'processing') AND a.client_id = ANY (v_clients));
+END
 $$;
 COMMENT ON FUNCTION parecer.next_due(text) IS
 'The earliest time an item becomes claimable (a retry or a delayed release falling due, a lease running out; now() if one is claimable already), NULL when nothing is waiting; with the isolation setting on, only items of the caller''s clients count. Runners sleep until then at most.';

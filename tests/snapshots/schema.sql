@@ -1706,9 +1706,10 @@ body md5 9e8dd043607b0e50922493e47ce4de3b
 -- function: parecer.next_due(text)
 ARGUMENTS client_slug text DEFAULT NULL::text
 RETURNS timestamp with time zone
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET plan_cache_mode=force_generic_plan
 SET search_path=pg_catalog, pg_temp
-body md5 0c02eef2c95e3afe57ad879b2446c521
+body md5 e02905ca24e69e3411304459a02c1eda
 
 -- function: parecer.open_batch(bigint,text,integer)
 ARGUMENTS run_id bigint, worker text, max_items integer DEFAULT NULL::integer
