@@ -172,6 +172,18 @@ def use_claim_path(claim_path: str) -> None:
         PROMPTS_FOR = claim_path == "prompts-for"
 
 
+def parecer_work(url: str, client: str, items: int) -> tuple[Any, list[str], dict[str, Any]]:
+    """What the parecer side analyses: a script for ``client``, its first ``items``
+    sessions, and a valid grounded report for each (by session id)."""
+    with C.connect(url) as c:
+        script = C.make_script(c, client=client)
+        sessions = C.client_sessions(c, client, limit=items)
+        if len(sessions) < items:
+            raise RuntimeError(f"only {len(sessions)} sessions of {client} for {items} items")
+        reports = {k: json.loads(v) for k, v in grounded_reports(c, sessions).items()}
+    return script, sessions, reports
+
+
 def claim_label() -> str:
     """How the parecer side claims and gets its prompts, for the result lines."""
     if CLAIM_WITH_PROMPTS:
@@ -375,12 +387,7 @@ async def run_async(
     PROMPTS_FOR, CLAIM_WITH_PROMPTS = map(bool, await cur.fetchone() or [False, False])
     use_claim_path(claim_path)
     C.say(f"   b08 claims and prompts: {claim_label()}")
-    with C.connect(url) as c:
-        script = C.make_script(c, client=client)
-        sessions = C.client_sessions(c, client, limit=items)
-        if len(sessions) < items:
-            raise RuntimeError(f"only {len(sessions)} sessions of {client} for {items} items")
-        reports = {k: json.loads(v) for k, v in grounded_reports(c, sessions).items()}
+    script, sessions, reports = parecer_work(url, client, items)
 
     async def queue_parecer(n: int) -> None:
         await meter.execute(

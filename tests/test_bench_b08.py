@@ -15,16 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 DRAIN = """
-import asyncio, json, sys
+import asyncio, sys
 import common as C, b08_pgqueuer as B
-from b01_queue import grounded_reports
 server, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with C.bench_database(server, "b08_paths") as url:
     B.two_message_sessions(url, n)
+    script, sessions, reports = B.parecer_work(url, B.TWO_MESSAGE_CLIENT, n)
     with C.connect(url) as c:
-        script = C.make_script(c, client=B.TWO_MESSAGE_CLIENT)
-        sessions = C.client_sessions(c, B.TWO_MESSAGE_CLIENT, limit=n)
-        reports = {k: json.loads(v) for k, v in grounded_reports(c, sessions).items()}
         c.execute("SELECT * FROM parecer.enqueue(%s, %s)", (sessions, script["script_id"]))
     B.use_claim_path(path)
 
